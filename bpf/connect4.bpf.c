@@ -1,0 +1,42 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+#include "maps.h"
+#include "decide.h"
+#include "origin.h"
+
+/*
+ * connect() of an IPv4 socket in an attached cgroup. A TCP connection to a
+ * target on 443 is rewritten to the local terminator and its origin saved by
+ * socket cookie; everything else passes untouched. Returns 1 to let connect()
+ * proceed, 0 to fail it with EPERM.
+ */
+SEC("cgroup/connect4")
+int ag_connect4(struct bpf_sock_addr *ctx)
+{
+	struct ag_conn_facts f = {};
+	__u32 daddr = ctx->user_ip4;
+	__u32 counter = AG_CNT_REDIRECTED4;
+	struct ag_target *t;
+	int verdict;
+
+	ag_count(AG_CNT_CONNECT4);
+	t = bpf_map_lookup_elem(&ag_targets4, &daddr);
+	f.tgid = bpf_get_current_pid_tgid() >> 32;
+	f.daemon_tgid = ag_daemon_tgid;
+	f.sock_type = ctx->type;
+	f.dport = bpf_ntohs(ctx->user_port);
+	f.is_target = t != NULL;
+	f.refuse_quic = ag_refuse_quic;
+
+	verdict = ag_decide(&f, &counter);
+	ag_count(counter);
+	if (verdict == AG_PASS)
+		return 1;
+	if (verdict == AG_REFUSE || !t)
+		return 0;
+
+	if (ag_record_origin(ctx, (const __u8 *)&daddr, 4, AG_AF_INET, t->index) < 0)
+		return 0; /* fail closed: an unrecorded flow would be refused anyway */
+	ctx->user_ip4 = bpf_htonl(0x7f000001); /* 127.0.0.1 */
+	ctx->user_port = bpf_htons(ag_proxy_port);
+	return 1;
+}

@@ -1,0 +1,75 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Maps and load-time configuration shared by every hook. Each .bpf.c file
+ * includes this header; maps.bpf.c defines them, the others see externs, and
+ * `bpftool gen object` links all of them into one object, so there is one
+ * skeleton and the maps are shared by construction.
+ */
+#ifndef ATLASGATE_MAPS_H
+#define ATLASGATE_MAPS_H
+
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include "atlasgate_abi.h"
+
+#ifdef AG_DEFINE_MAPS
+#define AG_MAP
+#define AG_RODATA(type, name, init) const volatile type name = init
+#else
+#define AG_MAP extern
+#define AG_RODATA(type, name, init) extern const volatile type name
+#endif
+
+/* Set by the loader between skeleton open and load. */
+AG_RODATA(__u16, ag_proxy_port, 15443); /* host order */
+AG_RODATA(__u32, ag_daemon_tgid, 0);
+AG_RODATA(__u8, ag_refuse_quic, 1);
+
+/* Target addresses (IPv4, network order) -> which target owns them. */
+AG_MAP struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, AG_MAX_TARGETS4);
+	__type(key, __u32);
+	__type(value, struct ag_target);
+} ag_targets4 SEC(".maps");
+
+AG_MAP struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, AG_MAX_TARGETS6);
+	__type(key, struct ag_addr6);
+	__type(value, struct ag_target);
+} ag_targets6 SEC(".maps");
+
+/* Socket cookie -> origin, from connect() until the socket closes. */
+AG_MAP struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, AG_MAX_ORIGINS);
+	__type(key, __u64);
+	__type(value, struct ag_origin);
+} ag_origins SEC(".maps");
+
+/* Client (netns, address, port) -> origin, from establishment until accept. */
+AG_MAP struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, AG_MAX_FLOWS);
+	__type(key, struct ag_flow_key);
+	__type(value, struct ag_origin);
+} ag_flows SEC(".maps");
+
+AG_MAP struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, AG_CNT__MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} ag_counters SEC(".maps");
+
+static __always_inline void ag_count(__u32 idx)
+{
+	__u64 *v = bpf_map_lookup_elem(&ag_counters, &idx);
+
+	if (v)
+		*v += 1;
+}
+
+#endif /* ATLASGATE_MAPS_H */

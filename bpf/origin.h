@@ -1,0 +1,39 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+#ifndef ATLASGATE_ORIGIN_H
+#define ATLASGATE_ORIGIN_H
+
+#include "maps.h"
+
+/*
+ * Saves where a redirected connect() was going, and who made it, under the
+ * socket's cookie. Returns 0, or a negative errno when the map refused it.
+ */
+static __always_inline int ag_record_origin(struct bpf_sock_addr *ctx, const __u8 *addr,
+					    int addr_len, __u16 family, __u32 target_index)
+{
+	struct ag_origin o = {};
+	__u64 cookie = bpf_get_socket_cookie(ctx);
+	long err;
+
+	o.cgroup_id = bpf_get_current_cgroup_id();
+	o.netns_cookie = bpf_get_netns_cookie(ctx);
+	o.created_ns = bpf_ktime_get_ns();
+	if (addr_len == 16)
+		__builtin_memcpy(o.orig_addr, addr, 16);
+	else
+		__builtin_memcpy(o.orig_addr, addr, 4);
+	o.orig_port = ctx->user_port;
+	o.family = family;
+	o.pid = bpf_get_current_pid_tgid() >> 32;
+	o.target_index = target_index;
+	bpf_get_current_comm(o.comm, sizeof(o.comm));
+
+	err = bpf_map_update_elem(&ag_origins, &cookie, &o, BPF_ANY);
+	if (err) {
+		ag_count(AG_CNT_ORIGIN_UPDATE_ERR);
+		return (int)err;
+	}
+	return 0;
+}
+
+#endif /* ATLASGATE_ORIGIN_H */

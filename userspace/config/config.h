@@ -1,0 +1,160 @@
+#pragma once
+// The daemon's configuration (DESIGN.md section 4), as loaded from YAML.
+// Loading validates everything that can be checked without side effects and
+// reports the first problem as "FILE:LINE:COL: message". Unknown keys are an
+// error. Secrets are *not* read here: SecretRef says where a secret lives,
+// credentials/ reads it.
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/result.h"
+
+namespace atlasgate::config {
+
+struct SourceLoc {
+  std::string file;
+  int line = 0;    // 1-based; 0 when unknown
+  int column = 0;  // 1-based
+};
+
+// Where a secret comes from. Exactly one of the three is set.
+struct SecretRef {
+  std::string file;         // *_file: path to a file holding the secret
+  std::string env;          // *_env: name of an environment variable
+  std::string inlineValue;  // the secret itself; only accepted when the config file is mode 0600
+  SourceLoc loc;
+};
+
+struct ServiceAccount {
+  std::string clientId;  // mdb_sa_id_...
+  SecretRef clientSecret;
+};
+
+struct ApiKey {
+  std::string publicKey;
+  SecretRef privateKey;
+};
+
+struct Credential {
+  std::string name;  // "default" for the single (map) form
+  std::optional<ServiceAccount> serviceAccount;  // exactly one of these two
+  std::optional<ApiKey> apiKey;
+  std::vector<std::string> agents;  // globs on the agent name; empty = every agent
+  SourceLoc loc;
+
+  // "service_account:<client_id>" or "api_key:<public_key>": safe to log.
+  std::string describe() const;
+};
+
+struct Target {
+  std::string host;                       // lower-cased DNS name
+  std::vector<std::string> addresses;     // literal IPv4/IPv6 addresses, validated
+  std::optional<std::string> upstreamCa;  // PEM file; default: system trust store
+  std::uint16_t upstreamPort = 443;       // port dialled upstream when the origin is unknown
+  bool resolve = true;                    // also intercept what DNS answers for host
+  std::vector<Credential> credentials;    // may be empty (then requests pass with no credential)
+  SourceLoc loc;
+};
+
+enum class Action { Allow, Block, RateLimit, Approve, LogOnly };
+std::string_view actionName(Action a);
+
+enum class CondOp { Equals, In, NotIn, Matches, Exists };
+
+// A condition on the JSON request body. Values are kept as JSON text
+// ("\"M40\"", "3", "true") so that policy/ can compare typed values.
+struct Condition {
+  std::string pointer;                  // RFC 6901 JSON Pointer
+  CondOp op = CondOp::Exists;
+  std::vector<std::string> jsonValues;  // equals: one; in / not_in: many
+  std::string regex;                    // matches (ECMAScript syntax, full match)
+  bool exists = true;                   // exists: true|false
+  SourceLoc loc;
+};
+
+struct Rate {
+  std::uint64_t count = 0;       // tokens per period
+  std::uint64_t periodSeconds = 0;  // 1, 60, 3600 or 86400
+};
+
+enum class RatePer { Agent, Rule };
+
+struct Rule {
+  std::string name;                   // unique; generated "rule-<n>" when absent
+  std::vector<std::string> methods;   // upper-cased; empty = any
+  std::string path;                   // pattern; empty = any path
+  std::vector<std::string> hosts;     // lower-cased; empty = any target
+  std::vector<std::string> agents;    // globs; empty = any agent
+  std::vector<Condition> when;        // all must hold
+  Action action = Action::Allow;
+  std::optional<Rate> rate;           // rate_limit only (required there)
+  std::optional<std::uint64_t> burst; // rate_limit only; default = rate.count
+  RatePer per = RatePer::Agent;
+  std::chrono::seconds timeout{120};  // approve only
+  Action wouldBe = Action::Block;     // log_only: what the rule would have done (block by default)
+  std::string credential;             // optional: name of the target credential to use
+  SourceLoc loc;
+};
+
+struct Rules {
+  Action defaultAction = Action::Allow;  // allow or block
+  std::vector<Rule> list;
+};
+
+struct Listen {
+  std::uint16_t port = 15443;
+  std::optional<std::string> admin;  // "127.0.0.1:15444"
+};
+
+struct Agents {
+  std::string cgroup = "atlasgate";  // relative to the cgroup2 mount, or absolute
+  std::vector<std::string> attach;   // absolute cgroup paths
+};
+
+struct Limits {
+  std::uint32_t maxHeaderBytes = 16 * 1024;
+  std::uint32_t maxHeaders = 100;
+  std::uint64_t maxBodyBytes = 16 * 1024 * 1024;
+  std::chrono::seconds handshakeTimeout{10};
+  std::chrono::seconds headerTimeout{15};   // whole request head must arrive within this
+  std::chrono::seconds idleTimeout{60};     // keep-alive idle
+  std::chrono::seconds requestTimeout{300}; // one request/response exchange
+  std::chrono::seconds upstreamTimeout{60}; // upstream connect + first byte of response
+};
+
+struct BpfOptions {
+  // On a clean SIGTERM, leave the programs attached (and pinned) so agents
+  // stay redirected, and fail closed, while the daemon is down. Default true.
+  bool keepOnExit = true;
+  bool refuseQuic = true;  // fail UDP/443 to targets
+};
+
+struct Config {
+  std::string path;  // the file this came from
+  Listen listen;
+  std::string stateDir = "/var/lib/atlasgate";
+  std::string auditLog = "/var/log/atlasgate/audit.jsonl";  // "-" = stdout
+  std::string logLevel = "info";
+  Agents agents;
+  std::vector<Target> targets;  // at least one
+  Rules rules;
+  Limits limits;
+  BpfOptions bpf;
+};
+
+// Parses YAML text. fileIsPrivate says whether inline secrets are allowed
+// (the file is mode 0600 or stricter).
+Result<Config> parseConfig(std::string_view yaml, const std::string& fileName, bool fileIsPrivate);
+
+// Reads and parses a file; errors carry "FILE:LINE:COL: ...".
+Result<Config> loadConfig(const std::string& path);
+
+// Human-readable summary of a loaded config (used by `atlasgate check`).
+std::string describeConfig(const Config& c);
+
+}  // namespace atlasgate::config
