@@ -1,0 +1,390 @@
+#include "bpf/loader.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <sys/mount.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <unistd.h>
+
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "ag_bpf.skel.h"
+#include "common/log.h"
+
+namespace atlasgate::bpf {
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr unsigned long kBpfFsMagic = 0xcafe4a11;
+#ifndef SO_NETNS_COOKIE
+constexpr int SO_NETNS_COOKIE = 71;
+#endif
+
+struct Hook {
+  const char* name;  // program name == pin file suffix
+  bpf_program* (*get)(ag_bpf*);
+};
+
+// Every program attached to agent cgroups.
+const Hook kHooks[] = {
+    {"ag_connect4", [](ag_bpf* s) { return s->progs.ag_connect4; }},
+    {"ag_connect6", [](ag_bpf* s) { return s->progs.ag_connect6; }},
+    {"ag_sockops", [](ag_bpf* s) { return s->progs.ag_sockops; }},
+};
+
+class Fd {
+ public:
+  explicit Fd(int fd) : fd_(fd) {}
+  ~Fd() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  Fd(const Fd&) = delete;
+  Fd& operator=(const Fd&) = delete;
+  int get() const { return fd_; }
+
+ private:
+  int fd_;
+};
+
+int libbpfLog(enum libbpf_print_level level, const char* format, va_list args) {
+  if (level == LIBBPF_DEBUG && !log::enabled(log::Level::Debug)) return 0;
+  char buf[1024];
+  int n = std::vsnprintf(buf, sizeof buf, format, args);
+  std::string_view msg(buf, n > 0 ? std::min<std::size_t>(n, sizeof buf - 1) : 0);
+  while (!msg.empty() && msg.back() == '\n') msg.remove_suffix(1);
+  if (level == LIBBPF_WARN)
+    log::warn("libbpf: {}", msg);
+  else
+    log::debug("libbpf: {}", msg);
+  return 0;
+}
+
+std::string linkPinPath(const std::string& root, std::uint64_t cgid, const char* prog) {
+  return fmt::format("{}/links/{}-{}", root, cgid, prog);
+}
+
+}  // namespace
+
+Result<std::string> findCgroup2Mount() {
+  std::ifstream in("/proc/self/mountinfo");
+  if (!in) return sysError(errno, "open /proc/self/mountinfo");
+  std::string line;
+  while (std::getline(in, line)) {
+    // "36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw"
+    auto sep = line.find(" - ");
+    if (sep == std::string::npos) continue;
+    std::istringstream post(line.substr(sep + 3));
+    std::string fstype;
+    post >> fstype;
+    if (fstype != "cgroup2") continue;
+    std::istringstream pre(line.substr(0, sep));
+    std::string id, parent, dev, root, mountPoint;
+    pre >> id >> parent >> dev >> root >> mountPoint;
+    if (root != "/") continue;  // a bind mount of a sub-tree
+    return mountPoint;
+  }
+  return makeError("no cgroup v2 mount found in /proc/self/mountinfo (atlasgate needs cgroup v2)");
+}
+
+Result<void> ensureBpffs() {
+  const char* dir = "/sys/fs/bpf";
+  struct statfs st {};
+  if (::statfs(dir, &st) == 0 && static_cast<unsigned long>(st.f_type) == kBpfFsMagic) return {};
+  ::mkdir(dir, 0700);
+  if (::mount("bpf", dir, "bpf", 0, "mode=0700") != 0) return sysError(errno, "mount bpffs on {}", dir);
+  log::info("mounted bpffs on {}", dir);
+  return {};
+}
+
+Result<std::uint64_t> cgroupId(const std::string& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) return sysError(errno, "cgroup {}", path);
+  if (!S_ISDIR(st.st_mode)) return makeError("cgroup {}: not a directory", path);
+  // On cgroup2 the directory's inode number is the cgroup id that
+  // bpf_get_current_cgroup_id() reports.
+  return static_cast<std::uint64_t>(st.st_ino);
+}
+
+Result<std::uint64_t> currentNetnsCookie() {
+  Fd fd(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+  if (fd.get() < 0) return sysError(errno, "socket");
+  std::uint64_t cookie = 0;
+  socklen_t len = sizeof cookie;
+  if (::getsockopt(fd.get(), SOL_SOCKET, SO_NETNS_COOKIE, &cookie, &len) != 0)
+    return sysError(errno, "getsockopt(SO_NETNS_COOKIE) (kernel >= 5.14 needed)");
+  return cookie;
+}
+
+Result<std::unique_ptr<Loader>> Loader::open(const LoaderOptions& options) {
+  libbpf_set_print(libbpfLog);
+  if (auto r = ensureBpffs(); !r) return r.error();
+  std::unique_ptr<Loader> loader(new Loader(options));
+  if (auto r = loader->loadAndPin(); !r) return r.error();
+  if (auto r = loader->adoptPinnedLinks(); !r) return r.error();
+  return loader;
+}
+
+Result<void> Loader::loadAndPin() {
+  std::error_code ec;
+  const std::string& root = options_.pinRoot;
+  for (const char* sub : {"", "/maps", "/progs", "/links"}) {
+    fs::create_directories(root + sub, ec);
+    if (ec) return makeError("create {}{}: {}", root, sub, ec.message());
+  }
+
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    skel_ = ag_bpf__open();
+    if (!skel_) return sysError(errno, "open BPF skeleton");
+    skel_->rodata->ag_proxy_port = options_.proxyPort;
+    skel_->rodata->ag_daemon_tgid = options_.daemonTgid;
+    skel_->rodata->ag_refuse_quic = options_.refuseQuic ? 1 : 0;
+
+    // Maps persist across daemon generations: re-use the pinned ones.
+    bpf_map* map;
+    bpf_object__for_each_map(map, skel_->obj) {
+      if (bpf_map__is_internal(map)) continue;  // .rodata belongs to one generation
+      std::string pin = fmt::format("{}/maps/{}", root, bpf_map__name(map));
+      if (bpf_map__set_pin_path(map, pin.c_str()) != 0) return sysError(errno, "set pin path {}", pin);
+    }
+    int err = ag_bpf__load(skel_);
+    if (err == 0) break;
+    ag_bpf__destroy(skel_);
+    skel_ = nullptr;
+    if (attempt == 1) return sysError(-err, "load BPF programs (is the kernel >= 5.8 with BTF?)");
+    // A pinned map from an older, incompatible build: start those afresh.
+    // Links still attached keep working with their old maps until they are
+    // updated below, so agents are never left unredirected.
+    log::warn("pinned BPF maps could not be re-used ({}); re-creating them", std::strerror(-err));
+    fs::remove_all(root + "/maps", ec);
+    fs::create_directories(root + "/maps", ec);
+  }
+
+  for (const Hook& h : kHooks) {
+    std::string pin = fmt::format("{}/progs/{}", root, h.name);
+    ::unlink(pin.c_str());
+    if (bpf_program__pin(h.get(skel_), pin.c_str()) != 0) return sysError(errno, "pin program {}", pin);
+  }
+  return {};
+}
+
+Result<void> Loader::adoptPinnedLinks() {
+  // Links pinned by an earlier generation: move them to our programs.
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(options_.pinRoot + "/links", ec)) {
+    std::string file = entry.path().filename();
+    auto dash = file.find('-');
+    if (dash == std::string::npos) continue;
+    std::uint64_t cgid = std::strtoull(file.substr(0, dash).c_str(), nullptr, 10);
+    std::string prog = file.substr(dash + 1);
+    const Hook* hook = nullptr;
+    for (const Hook& h : kHooks)
+      if (prog == h.name) hook = &h;
+    bpf_link* link = bpf_link__open(entry.path().c_str());
+    if (!link) {
+      log::warn("pinned link {} cannot be opened: {}", entry.path().string(), std::strerror(errno));
+      continue;
+    }
+    if (!hook) {
+      // A hook this build no longer has: retire it.
+      bpf_link__unpin(link);
+      bpf_link__destroy(link);
+      continue;
+    }
+    if (bpf_link__update_program(link, hook->get(skel_)) != 0) {
+      int e = errno;
+      bpf_link__destroy(link);
+      return sysError(e, "update pinned link {}", entry.path().string());
+    }
+    links_[cgid].push_back(link);
+    paths_.try_emplace(cgid, std::string());
+  }
+  if (!links_.empty()) log::info("re-used {} pinned cgroup attachment(s) from a previous run", links_.size());
+  return {};
+}
+
+Loader::~Loader() {
+  // Close our handles only: pinned links stay attached unless detached or
+  // unpinAll() ran.
+  for (auto& [id, links] : links_)
+    for (bpf_link* l : links) bpf_link__destroy(l);
+  if (skel_) ag_bpf__destroy(skel_);
+}
+
+Result<void> Loader::attach(const std::string& cgroupPath) {
+  auto id = cgroupId(cgroupPath);
+  if (!id) return id.error();
+  if (auto it = links_.find(*id); it != links_.end() && it->second.size() == std::size(kHooks)) {
+    paths_[*id] = cgroupPath;
+    return {};
+  }
+  Fd cg(::open(cgroupPath.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (cg.get() < 0) return sysError(errno, "open cgroup {}", cgroupPath);
+  std::vector<bpf_link*> made;
+  auto rollback = [&] {
+    for (bpf_link* l : made) {
+      bpf_link__unpin(l);
+      bpf_link__destroy(l);
+    }
+  };
+  for (const Hook& h : kHooks) {
+    bpf_link* link = bpf_program__attach_cgroup(h.get(skel_), cg.get());
+    if (!link) {
+      int e = errno;
+      rollback();
+      return sysError(e, "attach {} to cgroup {}", h.name, cgroupPath);
+    }
+    made.push_back(link);
+    std::string pin = linkPinPath(options_.pinRoot, *id, h.name);
+    ::unlink(pin.c_str());
+    if (bpf_link__pin(link, pin.c_str()) != 0) {
+      int e = errno;
+      rollback();
+      return sysError(e, "pin link {}", pin);
+    }
+  }
+  // Replace whatever partial set existed.
+  for (bpf_link* l : links_[*id]) {
+    bpf_link__destroy(l);
+  }
+  links_[*id] = std::move(made);
+  paths_[*id] = cgroupPath;
+  log::info("attached to cgroup {} (id {})", cgroupPath, *id);
+  return {};
+}
+
+Result<void> Loader::detach(const std::string& cgroupPath) {
+  auto id = cgroupId(cgroupPath);
+  if (!id) return id.error();
+  auto it = links_.find(*id);
+  if (it == links_.end()) return makeError("cgroup {} is not attached", cgroupPath);
+  for (bpf_link* l : it->second) {
+    bpf_link__unpin(l);
+    bpf_link__detach(l);
+    bpf_link__destroy(l);
+  }
+  links_.erase(it);
+  paths_.erase(*id);
+  log::info("detached from cgroup {}", cgroupPath);
+  return {};
+}
+
+std::vector<Attachment> Loader::attachments() const {
+  std::vector<Attachment> out;
+  for (const auto& [id, links] : links_) {
+    auto p = paths_.find(id);
+    out.push_back({p == paths_.end() ? std::string() : p->second, id});
+  }
+  return out;
+}
+
+void Loader::unpinAll() {
+  for (auto& [id, links] : links_)
+    for (bpf_link* l : links) {
+      bpf_link__unpin(l);
+      bpf_link__detach(l);
+      bpf_link__destroy(l);
+    }
+  links_.clear();
+  paths_.clear();
+  std::error_code ec;
+  fs::remove_all(options_.pinRoot, ec);
+  if (ec) log::warn("remove {}: {}", options_.pinRoot, ec.message());
+  log::info("removed BPF attachments and pins under {}", options_.pinRoot);
+}
+
+Result<void> Loader::setTargets(const std::map<std::string, ag_target>& addresses) {
+  int fd4 = bpf_map__fd(skel_->maps.ag_targets4);
+  int fd6 = bpf_map__fd(skel_->maps.ag_targets6);
+  auto apply = [&](const std::string& text, const ag_target* value) -> Result<void> {
+    in_addr a4{};
+    ag_addr6 a6{};
+    int rc;
+    if (::inet_pton(AF_INET, text.c_str(), &a4) == 1) {
+      __u32 key = a4.s_addr;
+      rc = value ? bpf_map_update_elem(fd4, &key, value, BPF_ANY) : bpf_map_delete_elem(fd4, &key);
+    } else if (::inet_pton(AF_INET6, text.c_str(), a6.addr) == 1) {
+      rc = value ? bpf_map_update_elem(fd6, &a6, value, BPF_ANY) : bpf_map_delete_elem(fd6, &a6);
+    } else {
+      return makeError("not an IP address: {}", text);
+    }
+    if (rc != 0 && !(value == nullptr && errno == ENOENT))
+      return sysError(errno, "{} target address {}", value ? "add" : "remove", text);
+    return {};
+  };
+  for (const auto& [text, t] : addresses)
+    if (auto r = apply(text, &t); !r) return r;
+  for (const auto& [text, t] : targets_)
+    if (!addresses.contains(text))
+      if (auto r = apply(text, nullptr); !r) return r;
+  // Entries we did not put there (an earlier generation's) are dropped too.
+  for (int fd : {fd4, fd6}) {
+    bool v4 = fd == fd4;
+    std::array<std::uint8_t, 16> key{}, next{};
+    void* prev = nullptr;
+    std::vector<std::array<std::uint8_t, 16>> stale;
+    while (bpf_map_get_next_key(fd, prev, next.data()) == 0) {
+      char text[INET6_ADDRSTRLEN] = {};
+      ::inet_ntop(v4 ? AF_INET : AF_INET6, next.data(), text, sizeof text);
+      if (!addresses.contains(text)) stale.push_back(next);
+      key = next;
+      prev = key.data();
+    }
+    for (auto& k : stale) bpf_map_delete_elem(fd, k.data());
+  }
+  targets_ = addresses;
+  return {};
+}
+
+std::optional<ag_origin> Loader::takeFlow(const ag_flow_key& key) {
+  int fd = bpf_map__fd(skel_->maps.ag_flows);
+  ag_origin o{};
+  if (bpf_map_lookup_elem(fd, &key, &o) != 0) return std::nullopt;
+  bpf_map_delete_elem(fd, &key);
+  return o;
+}
+
+namespace {
+std::size_t countEntries(int fd, std::size_t keySize) {
+  std::vector<std::uint8_t> key(keySize), next(keySize);
+  void* prev = nullptr;
+  std::size_t n = 0;
+  while (bpf_map_get_next_key(fd, prev, next.data()) == 0) {
+    ++n;
+    key = next;
+    prev = key.data();
+  }
+  return n;
+}
+}  // namespace
+
+std::size_t Loader::flowCount() const {
+  return countEntries(bpf_map__fd(skel_->maps.ag_flows), sizeof(ag_flow_key));
+}
+
+std::size_t Loader::originCount() const {
+  return countEntries(bpf_map__fd(skel_->maps.ag_origins), sizeof(__u64));
+}
+
+std::array<std::uint64_t, AG_CNT__MAX> Loader::counters() const {
+  std::array<std::uint64_t, AG_CNT__MAX> out{};
+  int ncpu = libbpf_num_possible_cpus();
+  if (ncpu <= 0) return out;
+  std::vector<std::uint64_t> values(static_cast<std::size_t>(ncpu));
+  int fd = bpf_map__fd(skel_->maps.ag_counters);
+  for (__u32 i = 0; i < AG_CNT__MAX; ++i) {
+    if (bpf_map_lookup_elem(fd, &i, values.data()) != 0) continue;
+    for (std::uint64_t v : values) out[i] += v;
+  }
+  return out;
+}
+
+}  // namespace atlasgate::bpf

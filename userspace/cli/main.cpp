@@ -1,0 +1,248 @@
+// atlasgate: the daemon and its command line (DESIGN.md section 3).
+
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <boost/json.hpp>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+
+#include "common/log.h"
+#include "config/config.h"
+#include "control/control.h"
+#include "daemon/daemon.h"
+#include "policy/policy.h"
+#include "tls/authority.h"
+
+namespace json = boost::json;
+using namespace atlasgate;
+
+namespace {
+
+constexpr const char* kDefaultConfig = "/etc/atlasgate/atlasgate.yaml";
+
+int fail(const std::string& message) {
+  std::fprintf(stderr, "atlasgate: %s\n", message.c_str());
+  return 1;
+}
+
+// Sends a control request; prints the error and returns nullopt when it failed.
+std::optional<json::object> ask(const std::string& socket, json::object req) {
+  auto r = control::call(socket, req);
+  if (!r) {
+    fail(r.error().message);
+    return std::nullopt;
+  }
+  if (!r->is_object()) {
+    fail("unexpected answer from the daemon");
+    return std::nullopt;
+  }
+  auto& o = r->as_object();
+  if (auto ok = o.if_contains("ok"); !ok || !ok->is_bool() || !ok->as_bool()) {
+    auto e = o.if_contains("error");
+    fail(e && e->is_string() ? std::string(e->as_string()) : "the daemon refused the request");
+    return std::nullopt;
+  }
+  return o;
+}
+
+std::string str(const json::value* v) {
+  if (!v) return "";
+  if (v->is_string()) return std::string(v->as_string());
+  return json::serialize(*v);
+}
+
+void printStatus(const json::object& o) {
+  std::printf("atlasgate pid %s, listening on port %s, config %s\n", str(o.if_contains("pid")).c_str(),
+              str(o.if_contains("listen_port")).c_str(), str(o.if_contains("config")).c_str());
+  std::printf("\nattached cgroups:\n");
+  for (const auto& a : o.at("attached").as_array())
+    std::printf("  %s (id %s)\n", str(a.as_object().if_contains("cgroup")).c_str(),
+                str(a.as_object().if_contains("cgroup_id")).c_str());
+  std::printf("\ntargets:\n");
+  for (const auto& [host, t] : o.at("targets").as_object()) {
+    std::printf("  %s", std::string(host).c_str());
+    if (auto d = t.as_object().if_contains("dns")) std::printf("  (dns: %s)", str(d).c_str());
+    std::printf("\n");
+    for (const auto& a : t.as_object().at("addresses").as_array())
+      std::printf("    %-40s %s\n", str(a.as_object().if_contains("address")).c_str(),
+                  str(a.as_object().if_contains("source")).c_str());
+  }
+  std::printf("\ncredentials:\n");
+  for (const auto& c : o.at("credentials").as_array()) {
+    const auto& co = c.as_object();
+    std::printf("  %-50s %s (fetches %s, failures %s)\n", str(co.if_contains("credential")).c_str(),
+                str(co.if_contains("state")).c_str(), str(co.if_contains("fetches")).c_str(),
+                str(co.if_contains("failures")).c_str());
+  }
+  std::printf("\nconnections:\n");
+  const auto& conns = o.at("connections").as_array();
+  if (conns.empty()) std::printf("  none\n");
+  for (const auto& c : conns) {
+    const auto& co = c.as_object();
+    std::printf("  #%s agent %s pid %s (%s) -> %s, %s request(s), %ss\n", str(co.if_contains("id")).c_str(),
+                str(co.if_contains("agent")).c_str(), str(co.if_contains("pid")).c_str(),
+                str(co.if_contains("comm")).c_str(), str(co.if_contains("dst")).c_str(),
+                str(co.if_contains("requests")).c_str(), str(co.if_contains("age_s")).c_str());
+  }
+  std::printf("\ncounters:\n");
+  for (const auto& [k, v] : o.at("counters").as_object())
+    std::printf("  %-28s %s\n", std::string(k).c_str(), str(&v).c_str());
+  std::printf("\nkernel (bpf) counters:\n");
+  for (const auto& [k, v] : o.at("bpf").as_object())
+    std::printf("  %-28s %s\n", std::string(k).c_str(), str(&v).c_str());
+  std::printf("\napprovals pending: %s\n", str(o.if_contains("approvals_pending")).c_str());
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"atlasgate: safe, transparent credential brokering for AI agents using the MongoDB Atlas API"};
+  app.require_subcommand(1);
+  std::string socket = control::kDefaultSocket;
+  app.add_option("--control-socket", socket, "control socket of the daemon")->capture_default_str();
+
+  std::string configPath = kDefaultConfig;
+  std::string runDir = "/run/atlasgate";
+  auto* daemonCmd = app.add_subcommand("daemon", "load the BPF programs, attach, serve (SIGHUP reloads, SIGTERM drains)");
+  daemonCmd->add_option("--config,-c", configPath, "config file")->capture_default_str();
+  daemonCmd->add_option("--run-dir", runDir, "where control.sock and runtime.json live")->capture_default_str();
+
+  auto* checkCmd = app.add_subcommand("check", "validate a config and print the compiled rule table");
+  checkCmd->add_option("--config,-c", configPath, "config file")->capture_default_str();
+  std::vector<std::string> explain;
+  std::string explainAgent = "agent", explainBody, explainHost;
+  checkCmd->add_option("--explain", explain, "METHOD PATH: which rule would decide, and why")->expected(2);
+  checkCmd->add_option("--agent", explainAgent, "agent name for --explain")->capture_default_str();
+  checkCmd->add_option("--host", explainHost, "target host for --explain (default: the first target)");
+  checkCmd->add_option("--body", explainBody, "file with the JSON request body for --explain");
+
+  auto* caCmd = app.add_subcommand("ca", "print the paths of the CA certificate and of the agents' trust bundle");
+  caCmd->add_option("--config,-c", configPath, "config file")->capture_default_str();
+
+  bool asJson = false;
+  auto* statusCmd = app.add_subcommand("status", "agents, live connections, token state, counters");
+  statusCmd->add_flag("--json", asJson, "machine-readable output");
+
+  std::string cgroupPath;
+  auto* attachCmd = app.add_subcommand("attach", "attach a cgroup at run time");
+  attachCmd->add_option("PATH", cgroupPath, "cgroup (absolute, or relative to the cgroup2 mount)")->required();
+  auto* detachCmd = app.add_subcommand("detach", "detach a cgroup at run time");
+  detachCmd->add_option("PATH", cgroupPath, "cgroup (absolute, or relative to the cgroup2 mount)")->required();
+
+  std::vector<std::string> decision;
+  auto* approvalsCmd = app.add_subcommand("approvals", "list requests held by approve rules; allow|deny ID decides one");
+  approvalsCmd->add_option("DECISION", decision, "allow ID | deny ID")->expected(0, 2);
+  approvalsCmd->add_flag("--json", asJson, "machine-readable output");
+
+  auto* reloadCmd = app.add_subcommand("reload", "reload the daemon's config (like SIGHUP); prints why a bad one was refused");
+  app.add_subcommand("version", "print the version");
+
+  CLI11_PARSE(app, argc, argv);
+
+  if (daemonCmd->parsed()) return daemon::run({configPath, runDir});
+
+  if (checkCmd->parsed()) {
+    auto cfg = config::loadConfig(configPath);
+    if (!cfg) return fail(cfg.error().message);
+    auto pol = policy::Policy::compile(cfg->rules);
+    if (!pol) return fail(pol.error().message);
+    if (explain.empty()) {
+      std::printf("%s: OK\n\n%s\n%s", configPath.c_str(), config::describeConfig(*cfg).c_str(),
+                  (*pol)->table().c_str());
+      return 0;
+    }
+    std::string body;
+    if (!explainBody.empty()) {
+      std::ifstream in(explainBody);
+      if (!in) return fail("cannot read " + explainBody);
+      std::stringstream ss;
+      ss << in.rdbuf();
+      body = ss.str();
+    }
+    policy::Request req;
+    req.method = explain[0];
+    req.target = explain[1];
+    req.host = explainHost.empty() ? cfg->targets.front().host : explainHost;
+    req.agent = explainAgent;
+    if (!explainBody.empty()) req.body = std::string_view(body);
+    std::printf("%s", (*pol)->explain(req).render().c_str());
+    return 0;
+  }
+
+  if (caCmd->parsed()) {
+    std::string stateDir = "/var/lib/atlasgate";
+    if (::access(configPath.c_str(), R_OK) == 0) {
+      auto cfg = config::loadConfig(configPath);
+      if (!cfg) return fail(cfg.error().message);
+      stateDir = cfg->stateDir;
+    }
+    auto p = tls::caPaths(stateDir);
+    std::printf("ca_cert: %s\ntrust_bundle: %s\n", p.caCert.c_str(), p.trustBundle.c_str());
+    if (::access(p.caCert.c_str(), R_OK) != 0)
+      std::fprintf(stderr, "(not created yet: the daemon creates them on its first start)\n");
+    return 0;
+  }
+
+  if (statusCmd->parsed()) {
+    auto o = ask(socket, {{"cmd", "status"}});
+    if (!o) return 1;
+    if (asJson)
+      std::printf("%s\n", json::serialize(*o).c_str());
+    else
+      printStatus(*o);
+    return 0;
+  }
+
+  if (attachCmd->parsed() || detachCmd->parsed()) {
+    auto o = ask(socket, {{"cmd", attachCmd->parsed() ? "attach" : "detach"}, {"path", cgroupPath}});
+    if (!o) return 1;
+    std::printf("%s %s\n", attachCmd->parsed() ? "attached" : "detached", str(o->if_contains("path")).c_str());
+    return 0;
+  }
+
+  if (approvalsCmd->parsed()) {
+    if (decision.empty()) {
+      auto o = ask(socket, {{"cmd", "approvals"}});
+      if (!o) return 1;
+      if (asJson) {
+        std::printf("%s\n", json::serialize(*o).c_str());
+        return 0;
+      }
+      const auto& list = o->at("approvals").as_array();
+      if (list.empty()) std::printf("no requests are waiting for approval\n");
+      for (const auto& a : list) {
+        const auto& ao = a.as_object();
+        std::printf("%s  %s %s %s  agent %s  rule %s  waiting %ss of %ss\n", str(ao.if_contains("id")).c_str(),
+                    str(ao.if_contains("method")).c_str(), str(ao.if_contains("host")).c_str(),
+                    str(ao.if_contains("path")).c_str(), str(ao.if_contains("agent")).c_str(),
+                    str(ao.if_contains("rule")).c_str(), str(ao.if_contains("waiting_s")).c_str(),
+                    str(ao.if_contains("timeout_s")).c_str());
+        if (auto b = ao.if_contains("body"); b && b->is_string() && !b->as_string().empty())
+          std::printf("    body: %s\n", str(b).c_str());
+      }
+      return 0;
+    }
+    if (decision.size() != 2 || (decision[0] != "allow" && decision[0] != "deny"))
+      return fail("usage: atlasgate approvals [allow|deny ID]");
+    char* end = nullptr;
+    long long id = std::strtoll(decision[1].c_str(), &end, 10);
+    if (!end || *end || id <= 0) return fail("approval ID must be a positive number");
+    auto o = ask(socket, {{"cmd", "decide"}, {"id", id}, {"allow", decision[0] == "allow"}});
+    if (!o) return 1;
+    std::printf("request %lld %s\n", id, decision[0] == "allow" ? "allowed" : "denied");
+    return 0;
+  }
+
+  if (reloadCmd->parsed()) {
+    auto o = ask(socket, {{"cmd", "reload"}});
+    if (!o) return 1;
+    std::printf("reloaded\n");
+    return 0;
+  }
+
+  std::printf("atlasgate 0.1.0\n");
+  return 0;
+}

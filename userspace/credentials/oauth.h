@@ -1,0 +1,25 @@
+#pragma once
+// Pure pieces of the OAuth2 client-credentials flow, apart from I/O so that
+// they are unit-tested and fuzzed directly.
+
+#include <chrono>
+#include <string>
+#include <string_view>
+
+#include "common/result.h"
+
+namespace atlasgate::credentials {
+
+struct TokenResponse {
+  std::string accessToken;
+  std::chrono::seconds expiresIn{0};
+};
+
+// Parses a token endpoint answer. Errors never contain the body's tokens;
+// for OAuth error bodies they carry the (truncated) `error` code.
+Result<TokenResponse> parseTokenResponse(unsigned status, std::string_view body);
+
+// base64("id:secret") for HTTP Basic.
+std::string basicCredentials(std::string_view id, std::string_view secret);
+
+}  // namespace atlasgate::credentials

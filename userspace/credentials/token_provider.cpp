@@ -1,0 +1,189 @@
+#include "credentials/token_provider.h"
+
+#include <openssl/evp.h>
+
+#include <algorithm>
+#include <boost/json.hpp>
+#include <random>
+
+#include "common/log.h"
+#include "credentials/oauth.h"
+
+namespace atlasgate::credentials {
+
+using namespace proxy;  // asio, http, tcp, kUseTuple
+namespace json = boost::json;
+
+namespace {
+
+constexpr std::chrono::seconds kSafetyMargin{5};  // never inject a token this close to expiry
+constexpr std::chrono::seconds kMaxBackoff{60};
+
+std::chrono::milliseconds backoff(unsigned failures) {
+  // 500 ms, 1 s, 2 s ... capped, with up to 25% jitter so that many daemons
+  // do not hammer a recovering token endpoint in step.
+  auto base = std::chrono::milliseconds(500) * (1u << std::min(failures - 1, 7u));
+  base = std::min<std::chrono::milliseconds>(base, kMaxBackoff);
+  static thread_local std::minstd_rand rng{std::random_device{}()};
+  std::uniform_int_distribution<long> jitter(0, base.count() / 4);
+  return base + std::chrono::milliseconds(jitter(rng));
+}
+
+}  // namespace
+
+std::string basicCredentials(std::string_view id, std::string_view secret) {
+  std::string plain;
+  plain.reserve(id.size() + secret.size() + 1);
+  plain.append(id).append(":").append(secret);
+  std::string out(4 * ((plain.size() + 2) / 3) + 1, '\0');
+  int n = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data()),
+                          reinterpret_cast<const unsigned char*>(plain.data()), static_cast<int>(plain.size()));
+  OPENSSL_cleanse(plain.data(), plain.size());
+  out.resize(n > 0 ? static_cast<std::size_t>(n) : 0);
+  return out;
+}
+
+Result<TokenResponse> parseTokenResponse(unsigned status, std::string_view body) {
+  boost::system::error_code ec;
+  json::value v = json::parse(body, ec);
+  if (status != 200) {
+    // OAuth error shape: {"error":"invalid_client","error_description":"…"}.
+    std::string code = "unknown";
+    if (!ec && v.is_object()) {
+      if (auto* e = v.as_object().if_contains("error"); e && e->is_string())
+        code = std::string(e->as_string().subview(0, std::min<std::size_t>(e->as_string().size(), 64)));
+    }
+    return makeError("token endpoint answered {} ({})", status, code);
+  }
+  if (ec || !v.is_object()) return makeError("token endpoint answered 200 with a body that is not a JSON object");
+  const json::object& o = v.as_object();
+  const json::value* at = o.if_contains("access_token");
+  const json::value* tt = o.if_contains("token_type");
+  const json::value* ei = o.if_contains("expires_in");
+  if (!at || !at->is_string() || at->as_string().empty())
+    return makeError("token endpoint answer has no access_token");
+  if (!tt || !tt->is_string()) return makeError("token endpoint answer has no token_type");
+  std::string type(tt->as_string());
+  std::transform(type.begin(), type.end(), type.begin(), [](unsigned char c) { return std::tolower(c); });
+  if (type != "bearer") return makeError("token endpoint answered token_type {}, not Bearer", type.substr(0, 32));
+  std::int64_t ttl = 3600;
+  if (ei) {
+    if (ei->is_int64()) ttl = ei->as_int64();
+    else if (ei->is_uint64()) ttl = static_cast<std::int64_t>(std::min<std::uint64_t>(ei->as_uint64(), 1u << 30));
+    else if (ei->is_double()) ttl = static_cast<std::int64_t>(ei->as_double());
+    else return makeError("token endpoint answered a non-numeric expires_in");
+  }
+  if (ttl <= 0) return makeError("token endpoint answered expires_in {}", ttl);
+  return TokenResponse{std::string(at->as_string()), std::chrono::seconds(ttl)};
+}
+
+TokenProvider::TokenProvider(asio::any_io_executor ex, UpstreamPool& pool, std::string host,
+                             std::string clientId, Secret secret, std::chrono::seconds timeout)
+    : ex_(ex),
+      pool_(pool),
+      host_(std::move(host)),
+      clientId_(std::move(clientId)),
+      secret_(std::move(secret)),
+      timeout_(timeout),
+      wake_(ex) {}
+
+bool TokenProvider::valid(Clock::time_point now) const {
+  return !token_.empty() && now + kSafetyMargin < expiresAt_;
+}
+
+std::string TokenProvider::basicAuth() const { return "Basic " + basicCredentials(clientId_, secret_.view()); }
+
+asio::awaitable<Result<std::string>> TokenProvider::token(const tcp::endpoint& via) {
+  lastVia_ = via;
+  auto now = Clock::now();
+  if (valid(now)) {
+    if (now >= refreshAt_ && !refreshing_ && now >= nextAttempt_)
+      asio::co_spawn(ex_, refresh(via), asio::detached);  // ahead of expiry, in the background
+    co_return std::string(token_.view());
+  }
+  if (!refreshing_) {
+    if (failures_ > 0 && now < nextAttempt_)
+      co_return makeError("no valid token for {} (last attempt: {})", clientId_, lastError_);
+    asio::co_spawn(ex_, refresh(via), asio::detached);
+  }
+  // Wait for the one refresh in flight (bounded by its own timeout).
+  while (refreshing_) {
+    wake_.expires_at(Clock::time_point::max());
+    co_await wake_.async_wait(kUseTuple);
+  }
+  if (valid(Clock::now())) co_return std::string(token_.view());
+  co_return makeError("no valid token for {} ({})", clientId_, lastError_.empty() ? "unavailable" : lastError_);
+}
+
+asio::awaitable<void> TokenProvider::refresh(tcp::endpoint via) {
+  refreshing_ = true;
+  ++stats_.fetches;
+  http::request<http::string_body> req{http::verb::post, "/api/oauth/token", 11};
+  req.set(http::field::host, host_);
+  req.set(http::field::authorization, basicAuth());
+  req.set(http::field::content_type, "application/x-www-form-urlencoded");
+  req.set(http::field::accept, "application/json");
+  req.set(http::field::user_agent, "atlasgate/0.1");
+  req.body() = "grant_type=client_credentials";
+  auto started = Clock::now();
+  RoundTripResult rt = co_await roundTrip(pool_, host_, via, std::move(req), timeout_);
+  Result<TokenResponse> parsed = rt.ec ? Result<TokenResponse>(makeError("token endpoint {} failed: {}", rt.what,
+                                                                            rt.ec.message()))
+                                       : parseTokenResponse(rt.response.result_int(), rt.response.body());
+  auto now = Clock::now();
+  if (parsed) {
+    auto ttl = parsed->expiresIn;
+    token_ = Secret(std::move(parsed->accessToken));
+    expiresAt_ = started + ttl;
+    // Refresh at 80% of the lifetime, and never later than 10 s before expiry.
+    refreshAt_ = started + std::min<std::chrono::milliseconds>(ttl * 8 / 10, ttl - std::chrono::seconds(10));
+    failures_ = 0;
+    lastError_.clear();
+    log::info("service account {}: token obtained, valid {}s", clientId_, ttl.count());
+  } else {
+    ++stats_.failures;
+    ++failures_;
+    lastError_ = parsed.error().message;
+    nextAttempt_ = now + backoff(failures_);
+    log::warn("service account {}: {} (attempt {}, next in {} ms)", clientId_, lastError_, failures_,
+              std::chrono::duration_cast<std::chrono::milliseconds>(nextAttempt_ - now).count());
+  }
+  refreshing_ = false;
+  wake_.cancel();
+}
+
+void TokenProvider::invalidate(const std::string& token) {
+  if (token_.empty() || token_.view() != token) return;
+  ++stats_.invalidations;
+  token_.wipe();
+  expiresAt_ = {};
+  log::warn("service account {}: upstream rejected the current token; fetching a new one", clientId_);
+}
+
+asio::awaitable<void> TokenProvider::revoke() {
+  if (token_.empty() || !lastVia_) co_return;
+  http::request<http::string_body> req{http::verb::post, "/api/oauth/revoke", 11};
+  req.set(http::field::host, host_);
+  req.set(http::field::authorization, basicAuth());
+  req.set(http::field::content_type, "application/x-www-form-urlencoded");
+  req.set(http::field::accept, "application/json");
+  req.body() = "token=" + std::string(token_.view()) + "&token_type_hint=access_token";
+  RoundTripResult rt = co_await roundTrip(pool_, host_, *lastVia_, std::move(req), std::chrono::seconds(3));
+  if (rt.ec || rt.response.result_int() != 200)
+    log::warn("service account {}: revoking the token failed", clientId_);
+  else
+    log::info("service account {}: token revoked", clientId_);
+  token_.wipe();
+}
+
+std::string TokenProvider::describeState() const {
+  auto now = Clock::now();
+  if (refreshing_) return "refreshing";
+  if (valid(now))
+    return fmt::format("valid, expires in {}s",
+                       std::chrono::duration_cast<std::chrono::seconds>(expiresAt_ - now).count());
+  if (failures_ > 0) return fmt::format("failing ({} attempts): {}", failures_, lastError_);
+  return "no token yet";
+}
+
+}  // namespace atlasgate::credentials

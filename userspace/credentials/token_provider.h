@@ -1,0 +1,73 @@
+#pragma once
+// OAuth2 client credentials for an Atlas service account: the token is
+// fetched, cached, refreshed before it expires (at 80% of its lifetime at the
+// latest), one refresh at a time however many requests wait (single flight).
+// While no valid token can be had, callers are answered at once with the
+// last error (capped exponential backoff with jitter between attempts), so an
+// agent gets a 503 rather than a hang.
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "common/result.h"
+#include "credentials/secret.h"
+#include "proxy/asio.h"
+#include "proxy/upstream.h"
+
+namespace atlasgate::credentials {
+
+struct TokenStats {
+  std::uint64_t fetches = 0;
+  std::uint64_t failures = 0;
+  std::uint64_t invalidations = 0;
+};
+
+class TokenProvider {
+ public:
+  using Clock = std::chrono::steady_clock;
+
+  TokenProvider(proxy::asio::any_io_executor ex, proxy::UpstreamPool& pool, std::string host,
+                std::string clientId, Secret secret, std::chrono::seconds timeout);
+
+  // A valid bearer token, or an error whose message is safe to show.
+  // `via` is the address to dial for the token endpoint.
+  proxy::asio::awaitable<Result<std::string>> token(const proxy::tcp::endpoint& via);
+
+  // The upstream answered 401 for this token: do not inject it again.
+  void invalidate(const std::string& token);
+
+  // Revokes the current token (clean shutdown).
+  proxy::asio::awaitable<void> revoke();
+
+  // For status: "valid, expires in 3412s", "refreshing", "failing: …".
+  std::string describeState() const;
+  const TokenStats& stats() const { return stats_; }
+  const std::string& clientId() const { return clientId_; }
+
+ private:
+  proxy::asio::awaitable<void> refresh(proxy::tcp::endpoint via);
+  bool valid(Clock::time_point now) const;
+  std::string basicAuth() const;
+
+  proxy::asio::any_io_executor ex_;
+  proxy::UpstreamPool& pool_;
+  std::string host_;
+  std::string clientId_;
+  Secret secret_;
+  std::chrono::seconds timeout_;
+
+  Secret token_;
+  Clock::time_point expiresAt_{};
+  Clock::time_point refreshAt_{};
+  bool refreshing_ = false;
+  proxy::asio::steady_timer wake_;  // cancelled when a refresh completes
+  std::optional<proxy::tcp::endpoint> lastVia_;
+  std::string lastError_;
+  unsigned failures_ = 0;
+  Clock::time_point nextAttempt_{};
+  TokenStats stats_;
+};
+
+}  // namespace atlasgate::credentials

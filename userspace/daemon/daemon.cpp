@@ -1,0 +1,543 @@
+#include "daemon/daemon.h"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <boost/asio/signal_set.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/json.hpp>
+#include <condition_variable>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <mutex>
+#include <set>
+#include <thread>
+
+#include "audit/audit.h"
+#include "bpf/loader.h"
+#include "common/log.h"
+#include "config/config.h"
+#include "control/control.h"
+#include "credentials/secret.h"
+#include "credentials/token_provider.h"
+#include "dns/resolver.h"
+#include "policy/policy.h"
+#include "proxy/agents.h"
+#include "proxy/approvals.h"
+#include "proxy/asio.h"
+#include "proxy/server.h"
+#include "proxy/upstream.h"
+#include "tls/authority.h"
+#include "tls/client_context.h"
+#include "tls/server_context.h"
+
+namespace atlasgate::daemon {
+
+namespace fs = std::filesystem;
+namespace json = boost::json;
+using namespace proxy;  // asio, tcp, kUseTuple
+
+namespace {
+
+constexpr std::chrono::seconds kRetiredGrace{600};  // keep a retired DNS address this long
+constexpr std::size_t kMaxAddressesPerHost = 64;
+
+std::string absoluteCgroup(const std::string& mount, const std::string& cgroup) {
+  if (!cgroup.empty() && cgroup.front() == '/') return cgroup;
+  return mount + "/" + cgroup;
+}
+
+struct AddressEntry {
+  std::uint32_t targetIndex = 0;
+  bool isStatic = false;
+  std::chrono::steady_clock::time_point retireAt{};  // DNS: when it may be dropped
+};
+
+class Daemon {
+ public:
+  explicit Daemon(Options o) : opts_(std::move(o)), signals_(io_, SIGTERM, SIGINT, SIGHUP), approvals_(io_.get_executor()) {}
+  int run();
+
+ private:
+  Result<void> start();
+  Result<std::shared_ptr<const Runtime>> buildRuntime(std::shared_ptr<const config::Config> cfg,
+                                                      const Runtime* previous);
+  Result<void> applyTargets();
+  void resolverThread();
+  asio::awaitable<void> signalLoop();
+  asio::awaitable<void> shutdown();
+  Result<void> reload();
+  json::value control(const json::object& req);
+  json::value status();
+  void writeRuntimeFile();
+
+  Options opts_;
+  asio::io_context io_;
+  asio::signal_set signals_;
+  Approvals approvals_;
+  std::shared_ptr<const config::Config> config_;
+  std::string cgroupMount_;
+  std::string agentsCgroup_;
+  std::unique_ptr<bpf::Loader> loader_;
+  std::shared_ptr<const tls::Authority> authority_;
+  std::unique_ptr<tls::ServerContext> serverTls_;
+  std::unique_ptr<UpstreamPool> pool_;
+  std::unique_ptr<audit::AuditLog> audit_;
+  std::unique_ptr<AgentDirectory> agents_;
+  std::unique_ptr<Server> server_;
+  std::unique_ptr<control::Server> control_;
+  std::map<std::string, std::shared_ptr<credentials::TokenProvider>> tokenProviders_;
+  std::vector<std::string> extraAttached_;  // attached at run time with `atlasgate attach`
+
+  std::mutex addrMu_;  // addresses_ is shared with the resolver thread
+  std::map<std::string, AddressEntry> addresses_;
+  std::map<std::string, std::string> dnsState_;  // host -> last result, for status
+  std::thread resolver_;
+  std::mutex stopMu_;
+  std::condition_variable stopCv_;
+  bool stopping_ = false;
+  bool forced_ = false;
+};
+
+Result<void> Daemon::start() {
+  auto cfg = config::loadConfig(opts_.configPath);
+  if (!cfg) return cfg.error();
+  config_ = std::make_shared<const config::Config>(std::move(cfg.value()));
+  log::Level level;
+  if (log::parseLevel(config_->logLevel, level)) log::setLevel(level);
+  credentials::hardenProcess();
+  if (::geteuid() != 0) return makeError("atlasgate daemon must run as root (it loads BPF programs and attaches cgroups)");
+
+  auto mount = bpf::findCgroup2Mount();
+  if (!mount) return mount.error();
+  cgroupMount_ = *mount;
+  agentsCgroup_ = absoluteCgroup(cgroupMount_, config_->agents.cgroup);
+  std::error_code ec;
+  fs::create_directories(agentsCgroup_, ec);
+  if (ec) return makeError("create agents cgroup {}: {}", agentsCgroup_, ec.message());
+
+  // TLS first: a broken CA or upstream CA should fail before BPF is touched.
+  std::vector<std::string> hosts;
+  for (const auto& t : config_->targets) hosts.push_back(t.host);
+  auto ca = tls::Authority::loadOrCreate(config_->stateDir, hosts);
+  if (!ca) return ca.error();
+  authority_ = std::make_shared<const tls::Authority>(std::move(ca.value()));
+  auto stls = tls::ServerContext::create(authority_);
+  if (!stls) return stls.error();
+  serverTls_ = std::make_unique<tls::ServerContext>(std::move(stls.value()));
+  pool_ = std::make_unique<UpstreamPool>(io_.get_executor());
+  for (const auto& t : config_->targets) {
+    auto cctx = tls::makeClientContext(t.upstreamCa);
+    if (!cctx) return makeError("target {}: {}", t.host, cctx.error().message);
+    pool_->addHost(t.host, cctx.value().release());
+  }
+  auto audit = audit::AuditLog::open(config_->auditLog);
+  if (!audit) return audit.error();
+  audit_ = std::move(audit.value());
+
+  auto rt = buildRuntime(config_, nullptr);
+  if (!rt) return rt.error();
+
+  bpf::LoaderOptions lo;
+  lo.proxyPort = config_->listen.port;
+  lo.daemonTgid = static_cast<std::uint32_t>(::getpid());
+  lo.refuseQuic = config_->bpf.refuseQuic;
+  auto loader = bpf::Loader::open(lo);
+  if (!loader) return loader.error();
+  loader_ = std::move(loader.value());
+  if (auto r = applyTargets(); !r) return r;
+
+  auto cookie = bpf::currentNetnsCookie();
+  if (!cookie) return cookie.error();
+  agents_ = std::make_unique<AgentDirectory>(cgroupMount_, agentsCgroup_);
+  server_ = std::make_unique<Server>(io_, *loader_, *serverTls_, *pool_, *audit_, *agents_, approvals_, *cookie);
+  server_->setRuntime(rt.value());
+  // Listen before attaching, so that the first redirected connection finds us.
+  if (auto r = server_->listen(config_->listen.port); !r) return r;
+
+  std::vector<std::string> roots{agentsCgroup_};
+  if (auto r = loader_->attach(agentsCgroup_); !r) return r;
+  for (const auto& p : config_->agents.attach) {
+    if (auto r = loader_->attach(p); !r) return r;
+    roots.push_back(p);
+  }
+  agents_->setRoots(roots);
+
+  auto ctl = control::Server::start(io_, opts_.runDir + "/control.sock",
+                                    [this](const json::object& req) { return control(req); });
+  if (!ctl) return ctl.error();
+  control_ = std::move(ctl.value());
+  writeRuntimeFile();
+  return {};
+}
+
+Result<std::shared_ptr<const Runtime>> Daemon::buildRuntime(std::shared_ptr<const config::Config> cfg,
+                                                            const Runtime* previous) {
+  auto rt = std::make_shared<Runtime>();
+  rt->config = cfg;
+  auto pol = policy::Policy::compile(cfg->rules);
+  if (!pol) return pol.error();
+  rt->policy = std::move(pol.value());
+  if (previous && previous->policy) rt->policy->adoptStateFrom(*previous->policy);
+  std::map<std::string, std::shared_ptr<credentials::TokenProvider>> providers;
+  for (const auto& t : cfg->targets) {
+    TargetRuntime tr;
+    tr.host = t.host;
+    for (const auto& c : t.credentials) {
+      CredentialRuntime cr;
+      cr.name = c.name;
+      cr.description = c.describe();
+      cr.agents = c.agents;
+      if (c.serviceAccount) {
+        const auto& sa = *c.serviceAccount;
+        auto secret = credentials::readSecret(sa.clientSecret, "client secret of " + cr.description);
+        if (!secret) return secret.error();
+        // A provider survives a reload when nothing about it changed, so its
+        // token does too.
+        std::string key = fmt::format("{}|{}|{}|{}|{}", t.host, sa.clientId, sa.clientSecret.file,
+                                      sa.clientSecret.env, std::hash<std::string_view>{}(secret->view()));
+        auto it = tokenProviders_.find(key);
+        if (it != tokenProviders_.end()) {
+          cr.tokens = it->second;
+        } else {
+          cr.tokens = std::make_shared<credentials::TokenProvider>(io_.get_executor(), *pool_, t.host, sa.clientId,
+                                                                   std::move(secret.value()),
+                                                                   cfg->limits.upstreamTimeout);
+        }
+        providers[key] = cr.tokens;
+      }
+      tr.credentials.push_back(std::move(cr));
+    }
+    rt->targets.push_back(std::move(tr));
+  }
+  tokenProviders_ = std::move(providers);
+  return std::shared_ptr<const Runtime>(std::move(rt));
+}
+
+Result<void> Daemon::applyTargets() {
+  std::map<std::string, ag_target> table;
+  {
+    std::lock_guard lock(addrMu_);
+    auto now = std::chrono::steady_clock::now();
+    // Static addresses of the current config.
+    for (auto it = addresses_.begin(); it != addresses_.end();)
+      it = it->second.isStatic ? addresses_.erase(it) : std::next(it);
+    for (std::uint32_t i = 0; i < config_->targets.size(); ++i)
+      for (const auto& a : config_->targets[i].addresses) addresses_[a] = AddressEntry{i, true, {}};
+    for (auto it = addresses_.begin(); it != addresses_.end();) {
+      if (!it->second.isStatic && it->second.retireAt <= now)
+        it = addresses_.erase(it);
+      else
+        ++it;
+    }
+    for (const auto& [addr, e] : addresses_)
+      table[addr] = ag_target{e.targetIndex, e.isStatic ? static_cast<__u32>(AG_TARGET_STATIC) : 0u};
+  }
+  return loader_->setTargets(table);
+}
+
+void Daemon::resolverThread() {
+  std::map<std::string, std::chrono::steady_clock::time_point> nextAt;
+  for (;;) {
+    auto cfg = std::atomic_load(&config_);
+    auto now = std::chrono::steady_clock::now();
+    auto wake = now + std::chrono::seconds(30);
+    bool changed = false;
+    for (std::uint32_t i = 0; i < cfg->targets.size(); ++i) {
+      const auto& t = cfg->targets[i];
+      if (!t.resolve) continue;
+      auto& at = nextAt[t.host];
+      if (now < at) {
+        wake = std::min(wake, at);
+        continue;
+      }
+      auto ans = dns::resolve(t.host);
+      std::lock_guard lock(addrMu_);
+      if (!ans) {
+        // Keep the addresses we have; try again soon.
+        dnsState_[t.host] = ans.error().message;
+        at = now + std::chrono::seconds(15);
+        log::debug("dns: {}", ans.error().message);
+      } else {
+        auto interval = dns::refreshInterval(ans->ttl);
+        at = now + interval;
+        std::size_t n = 0;
+        for (const auto& a : ans->addresses) {
+          if (++n > kMaxAddressesPerHost) break;
+          auto& e = addresses_[a];
+          if (!e.isStatic) {
+            if (e.retireAt == std::chrono::steady_clock::time_point{}) changed = true;
+            e.targetIndex = i;
+            // Kept through the next refresh and a grace period after it, so
+            // agents that resolved it a little earlier are still caught.
+            e.retireAt = now + ans->ttl + interval + kRetiredGrace;
+          }
+        }
+        dnsState_[t.host] = fmt::format("{} address(es), ttl {}s, next refresh in {}s", ans->addresses.size(),
+                                        ans->ttl.count(), interval.count());
+      }
+      wake = std::min(wake, at);
+    }
+    if (changed) asio::post(io_, [this] {
+        if (auto r = applyTargets(); !r) log::warn("updating target addresses: {}", r.error().message);
+      });
+    std::unique_lock lock(stopMu_);
+    if (stopCv_.wait_until(lock, wake, [this] { return stopping_; })) return;
+  }
+}
+
+asio::awaitable<void> Daemon::signalLoop() {
+  for (;;) {
+    auto [ec, sig] = co_await signals_.async_wait(kUseTuple);
+    if (ec) co_return;
+    if (sig == SIGHUP) {
+      if (auto r = reload(); !r) log::error("reload refused, the running config stays in force: {}", r.error().message);
+      continue;
+    }
+    log::info("signal {}: draining", sig);
+    co_await shutdown();
+    co_return;
+  }
+}
+
+asio::awaitable<void> Daemon::shutdown() {
+  server_->stopAccepting();
+  asio::steady_timer t(io_);
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (server_->stats().liveConnections > 0 && std::chrono::steady_clock::now() < deadline) {
+    t.expires_after(std::chrono::milliseconds(100));
+    co_await t.async_wait(kUseTuple);
+  }
+  approvals_.denyAll();
+  server_->closeAll();
+  for (auto& [k, p] : tokenProviders_) co_await p->revoke();
+  if (control_) control_->stop();
+  pool_->clear();
+  {
+    std::lock_guard lock(stopMu_);
+    stopping_ = true;
+  }
+  stopCv_.notify_all();
+  // Closed sessions unwind on their own; whatever is still running after
+  // 2 s is cut short by stopping the loop.
+  for (int i = 0; i < 20 && server_->stats().liveConnections > 0; ++i) {
+    t.expires_after(std::chrono::milliseconds(100));
+    co_await t.async_wait(kUseTuple);
+  }
+  if (server_->stats().liveConnections > 0) {
+    forced_ = true;
+    io_.stop();
+  }
+}
+
+Result<void> Daemon::reload() {
+  auto cfg = config::loadConfig(opts_.configPath);
+  if (!cfg) return cfg.error();
+  auto next = std::make_shared<const config::Config>(std::move(cfg.value()));
+  // What cannot change without a restart.
+  if (next->listen.port != config_->listen.port) return makeError("listen.port changes need a restart");
+  if (next->stateDir != config_->stateDir) return makeError("state_dir changes need a restart");
+  if (next->targets.size() != config_->targets.size()) return makeError("adding or removing targets needs a restart");
+  for (std::size_t i = 0; i < next->targets.size(); ++i)
+    if (next->targets[i].host != config_->targets[i].host)
+      return makeError("changing target hosts needs a restart");
+  auto rt = buildRuntime(next, server_->runtime().get());
+  if (!rt) return rt.error();
+  std::atomic_store(&config_, std::shared_ptr<const config::Config>(next));
+  if (auto r = applyTargets(); !r) return r;
+  for (const auto& p : next->agents.attach)
+    if (auto r = loader_->attach(p); !r) log::warn("reload: {}", r.error().message);
+  log::Level level;
+  if (log::parseLevel(next->logLevel, level)) log::setLevel(level);
+  server_->setRuntime(rt.value());
+  if (auto r = audit_->reopen(); !r) log::warn("reload: {}", r.error().message);
+  log::info("configuration reloaded from {}", opts_.configPath);
+  return {};
+}
+
+json::value Daemon::control(const json::object& req) {
+  auto cmd = req.if_contains("cmd");
+  std::string c = cmd && cmd->is_string() ? std::string(cmd->as_string()) : "";
+  auto fail = [](std::string m) { return json::value(json::object{{"ok", false}, {"error", m}}); };
+  if (c == "status") return status();
+  if (c == "reload") {
+    if (auto r = reload(); !r) return fail(r.error().message);
+    return json::object{{"ok", true}};
+  }
+  if (c == "attach" || c == "detach") {
+    auto p = req.if_contains("path");
+    if (!p || !p->is_string()) return fail("missing path");
+    std::string path = absoluteCgroup(cgroupMount_, std::string(p->as_string()));
+    auto r = c == "attach" ? loader_->attach(path) : loader_->detach(path);
+    if (!r) return fail(r.error().message);
+    std::vector<std::string> roots{agentsCgroup_};
+    for (const auto& a : loader_->attachments())
+      if (!a.path.empty() && a.path != agentsCgroup_) roots.push_back(a.path);
+    agents_->setRoots(roots);
+    return json::object{{"ok", true}, {"path", path}};
+  }
+  if (c == "approvals") {
+    json::array list;
+    auto now = std::chrono::system_clock::now();
+    for (const auto& a : approvals_.pending())
+      list.push_back(json::object{{"id", a.id},
+                                  {"agent", a.agent},
+                                  {"method", a.method},
+                                  {"host", a.host},
+                                  {"path", a.path},
+                                  {"rule", a.rule},
+                                  {"body", a.bodyPreview},
+                                  {"waiting_s", std::chrono::duration_cast<std::chrono::seconds>(now - a.since).count()},
+                                  {"timeout_s", a.timeout.count()}});
+    return json::object{{"ok", true}, {"approvals", list}};
+  }
+  if (c == "decide") {
+    auto id = req.if_contains("id");
+    auto allow = req.if_contains("allow");
+    if (!id || !id->is_int64() || !allow || !allow->is_bool()) return fail("decide needs id and allow");
+    if (!approvals_.decide(static_cast<std::uint64_t>(id->as_int64()), allow->as_bool()))
+      return fail(fmt::format("no held request with id {}", id->as_int64()));
+    return json::object{{"ok", true}};
+  }
+  return fail("unknown command " + c);
+}
+
+json::value Daemon::status() {
+  json::object o;
+  o["ok"] = true;
+  o["pid"] = ::getpid();
+  o["config"] = opts_.configPath;
+  o["listen_port"] = config_->listen.port;
+  json::array agents;
+  for (const auto& a : loader_->attachments())
+    agents.push_back(json::object{{"cgroup", a.path}, {"cgroup_id", a.cgroupId}});
+  o["attached"] = agents;
+  json::array conns;
+  auto now = std::chrono::steady_clock::now();
+  for (const auto& c : server_->connections())
+    conns.push_back(json::object{{"id", c.id},
+                                 {"agent", c.agent},
+                                 {"pid", c.pid},
+                                 {"comm", c.comm},
+                                 {"dst", c.dst},
+                                 {"requests", c.requests},
+                                 {"age_s", std::chrono::duration_cast<std::chrono::seconds>(now - c.since).count()}});
+  o["connections"] = conns;
+  json::array tokens;
+  for (const auto& t : server_->runtime()->targets)
+    for (const auto& c : t.credentials)
+      tokens.push_back(json::object{{"host", t.host},
+                                    {"credential", c.description},
+                                    {"state", c.tokens ? c.tokens->describeState() : "api key"},
+                                    {"fetches", c.tokens ? c.tokens->stats().fetches : 0},
+                                    {"failures", c.tokens ? c.tokens->stats().failures : 0}});
+  o["credentials"] = tokens;
+  json::object targets;
+  {
+    std::lock_guard lock(addrMu_);
+    for (const auto& [addr, e] : addresses_) {
+      const std::string& host = config_->targets.at(e.targetIndex).host;
+      auto& entry = targets[host];
+      if (!entry.is_object()) entry = json::object{{"addresses", json::array{}}};
+      entry.as_object()["addresses"].as_array().push_back(
+          json::object{{"address", addr}, {"source", e.isStatic ? "static" : "dns"}});
+    }
+    for (const auto& [host, state] : dnsState_) {
+      auto& entry = targets[host];
+      if (!entry.is_object()) entry = json::object{{"addresses", json::array{}}};
+      entry.as_object()["dns"] = state;
+    }
+  }
+  o["targets"] = targets;
+  const auto& s = server_->stats();
+  json::object counters{{"accepted", s.accepted.load()},
+                        {"refused_no_flow", s.refusedNoFlow.load()},
+                        {"handshake_failures", s.handshakeFailures.load()},
+                        {"requests", s.requests.load()},
+                        {"blocked", s.blocked.load()},
+                        {"rate_limited", s.rateLimited.load()},
+                        {"approvals_held", s.approvalsHeld.load()},
+                        {"credential_failures", s.credentialFailures.load()},
+                        {"upstream_failures", s.upstreamFailures.load()},
+                        {"bad_requests", s.badRequests.load()},
+                        {"live_connections", s.liveConnections.load()},
+                        {"audit_written", audit_->written()},
+                        {"audit_lost", audit_->lost()},
+                        {"upstream_idle", pool_->idleCount()},
+                        {"upstream_connects", pool_->stats().connects},
+                        {"upstream_reuses", pool_->stats().reuses}};
+  auto tc = serverTls_->counters();
+  counters["tls_refused_unknown_sni"] = tc.refusedUnknownSni;
+  counters["tls_refused_missing_sni"] = tc.refusedMissingSni;
+  counters["tls_leaves_minted"] = tc.leavesMinted;
+  o["counters"] = counters;
+  json::object bpfc;
+  auto bc = loader_->counters();
+  for (int i = 0; i < AG_CNT__MAX; ++i) bpfc[ag_counter_names[i]] = bc[i];
+  bpfc["flows_pending"] = loader_->flowCount();
+  bpfc["origins"] = loader_->originCount();
+  o["bpf"] = bpfc;
+  o["approvals_pending"] = approvals_.pending().size();
+  return o;
+}
+
+void Daemon::writeRuntimeFile() {
+  json::object o{{"pid", ::getpid()},
+                 {"agents_cgroup", agentsCgroup_},
+                 {"ca_cert", authority_->paths().caCert},
+                 {"trust_bundle", authority_->paths().trustBundle},
+                 {"listen_port", config_->listen.port},
+                 {"control_socket", opts_.runDir + "/control.sock"},
+                 {"config", opts_.configPath}};
+  std::string tmp = opts_.runDir + "/runtime.json.tmp";
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    out << json::serialize(o) << "\n";
+  }
+  ::chmod(tmp.c_str(), 0644);
+  std::error_code ec;
+  fs::rename(tmp, opts_.runDir + "/runtime.json", ec);
+}
+
+int Daemon::run() {
+  if (auto r = start(); !r) {
+    log::error("{}", r.error().message);
+    return 1;
+  }
+  resolver_ = std::thread([this] { resolverThread(); });
+  asio::co_spawn(io_, signalLoop(), asio::detached);
+  log::info("atlasgate ready: {} target(s), listening on port {}, agents cgroup {}", config_->targets.size(),
+            config_->listen.port, agentsCgroup_);
+  io_.run();
+  {
+    std::lock_guard lock(stopMu_);
+    stopping_ = true;
+  }
+  stopCv_.notify_all();
+  if (resolver_.joinable()) resolver_.join();
+  std::error_code ec;
+  fs::remove(opts_.runDir + "/runtime.json", ec);
+  if (!config_->bpf.keepOnExit) {
+    loader_->unpinAll();
+  } else {
+    log::info("BPF programs stay attached (bpf.keep_on_exit): agents' Atlas connections are refused until atlasgate restarts");
+  }
+  log::info("atlasgate stopped");
+  if (forced_) {
+    // Sessions that did not finish in time still hold frames on the loop;
+    // tearing those down would touch freed state. Nothing is left to flush.
+    std::fflush(nullptr);
+    std::_Exit(0);
+  }
+  return 0;
+}
+
+}  // namespace
+
+int run(const Options& options) {
+  Daemon d(options);
+  return d.run();
+}
+
+}  // namespace atlasgate::daemon

@@ -1,0 +1,39 @@
+#pragma once
+// Names agents after their cgroup. A cgroup made by the launcher is
+// "<agents cgroup>/<name>.<launcher pid>", and its agent is <name>; any other
+// attached cgroup is named by its path below the cgroup2 mount.
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace atlasgate::proxy {
+
+struct AgentIdentity {
+  std::string name;        // for rules and audit
+  std::string cgroupPath;  // relative to the cgroup2 mount, "" when unknown
+};
+
+// Pure naming rule, for tests: `relPath` is relative to the cgroup2 mount.
+std::string agentNameFor(const std::string& relPath, const std::string& agentsRel);
+
+class AgentDirectory {
+ public:
+  AgentDirectory(std::string cgroupRoot, std::string agentsCgroup);
+
+  // Where to look for cgroup ids (the attached cgroups).
+  void setRoots(std::vector<std::string> absolutePaths);
+  AgentIdentity lookup(std::uint64_t cgroupId);
+
+  const std::string& cgroupRoot() const { return root_; }
+
+ private:
+  std::string relative(const std::string& abs) const;
+  std::string root_;
+  std::string agentsRel_;
+  std::vector<std::string> roots_;
+  std::map<std::uint64_t, AgentIdentity> cache_;
+};
+
+}  // namespace atlasgate::proxy

@@ -1,0 +1,31 @@
+#pragma once
+// The Asio/Beast vocabulary of the data plane, in one place.
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/ssl.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <boost/beast/ssl.hpp>
+
+namespace atlasgate::proxy {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+namespace ssl = asio::ssl;
+using tcp = asio::ip::tcp;
+
+// Data-plane awaits report errors as values, never as exceptions.
+inline constexpr auto kUseTuple = asio::as_tuple(asio::use_awaitable);
+
+using TlsStream = beast::ssl_stream<beast::tcp_stream>;
+
+}  // namespace atlasgate::proxy

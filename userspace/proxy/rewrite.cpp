@@ -1,0 +1,120 @@
+#include "proxy/rewrite.h"
+
+#include <algorithm>
+#include <cctype>
+#include <vector>
+
+#include <boost/beast/http/field.hpp>
+#include <boost/beast/http/rfc7230.hpp>
+
+namespace atlasgate::proxy {
+
+namespace http = boost::beast::http;
+
+namespace {
+
+bool iequals(std::string_view a, std::string_view b) {
+  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
+           return std::tolower(static_cast<unsigned char>(x)) == std::tolower(static_cast<unsigned char>(y));
+         });
+}
+
+std::string_view hostWithoutPort(std::string_view h) {
+  if (!h.empty() && h.front() == '[') {
+    auto close = h.find(']');
+    return close == std::string_view::npos ? h : h.substr(0, close + 1);
+  }
+  auto colon = h.rfind(':');
+  if (colon != std::string_view::npos && h.find(':') == colon) {
+    std::string_view port = h.substr(colon + 1);
+    if (port == "443" || port.empty()) return h.substr(0, colon);
+    return h;  // another port: keep it, the comparison fails
+  }
+  return h;
+}
+
+template <class Fields>
+void stripHopByHop(Fields& f) {
+  std::vector<std::string> named;
+  for (auto const& token : http::token_list{f[http::field::connection]}) named.emplace_back(token);
+  for (const auto& n : named) {
+    // Never let Connection remove what framing depends on.
+    if (iequals(n, "transfer-encoding") || iequals(n, "content-length") || iequals(n, "host")) continue;
+    f.erase(n);
+  }
+  f.erase(http::field::connection);
+  f.erase(http::field::keep_alive);
+  f.erase(http::field::proxy_connection);
+  f.erase(http::field::te);
+  f.erase(http::field::trailer);
+  f.erase(http::field::upgrade);
+}
+
+}  // namespace
+
+RequestCheck checkRequest(http::request<http::string_body>& req, std::string_view host) {
+  RequestCheck out;
+  auto fail = [&](unsigned status, std::string detail, bool close) {
+    out.ok = false;
+    out.status = status;
+    out.detail = std::move(detail);
+    out.closeConnection = close;
+    return out;
+  };
+  if (req.method() == http::verb::connect)
+    return fail(405, "CONNECT is not supported: atlasgate terminates TLS for the Atlas API only.", true);
+  if (req.count(http::field::upgrade) > 0)
+    return fail(400, "Protocol upgrades are not supported.", true);
+  if (req.count(http::field::content_length) > 1)
+    return fail(400, "Repeated Content-Length headers.", true);
+  if (req.count(http::field::content_length) > 0 && req.count(http::field::transfer_encoding) > 0)
+    return fail(400, "Both Content-Length and Transfer-Encoding are present.", true);
+  if (req.count(http::field::host) > 1) return fail(400, "Repeated Host headers.", true);
+
+  std::string_view target = req.target();
+  if (target.empty()) return fail(400, "Empty request target.", true);
+  if (target.front() != '/') {
+    // absolute-form: https://host[:443]/path
+    std::string_view rest = target;
+    if (rest.size() >= 8 && iequals(rest.substr(0, 8), "https://"))
+      rest.remove_prefix(8);
+    else if (rest.size() >= 7 && iequals(rest.substr(0, 7), "http://"))
+      rest.remove_prefix(7);
+    else
+      return fail(400, "The request target must be an absolute path.", true);
+    auto slash = rest.find('/');
+    std::string_view authority = rest.substr(0, slash);
+    if (!iequals(hostWithoutPort(authority), host))
+      return fail(421, "The request names another host than the one this connection is for.", false);
+    std::string origin = slash == std::string_view::npos ? std::string("/") : std::string(rest.substr(slash));
+    req.target(origin);
+  }
+  if (req.count(http::field::host) == 0) {
+    if (req.version() >= 11) return fail(400, "HTTP/1.1 request without a Host header.", true);
+  } else if (!iequals(hostWithoutPort(req[http::field::host]), host)) {
+    return fail(421, "The Host header does not match the TLS server name.", false);
+  }
+  return out;
+}
+
+void prepareUpstreamRequest(http::request<http::string_body>& req, std::string_view host) {
+  stripHopByHop(req);
+  req.erase(http::field::authorization);
+  req.erase(http::field::proxy_authorization);
+  req.erase(http::field::expect);
+  req.set(http::field::host, host);
+}
+
+void prepareAgentResponse(http::response<http::buffer_body>& res) {
+  // Transfer-Encoding is framing for the serializer; keep it.
+  std::vector<std::string> named;
+  for (auto const& token : http::token_list{res[http::field::connection]}) named.emplace_back(token);
+  for (const auto& n : named)
+    if (!iequals(n, "transfer-encoding") && !iequals(n, "content-length")) res.erase(n);
+  res.erase(http::field::connection);
+  res.erase(http::field::keep_alive);
+  res.erase(http::field::proxy_connection);
+  res.erase(http::field::upgrade);
+}
+
+}  // namespace atlasgate::proxy

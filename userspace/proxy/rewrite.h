@@ -1,0 +1,38 @@
+#pragma once
+// Pure request/response transforms of the terminator, apart from I/O so
+// that they are unit-tested with plain messages (and fuzzed).
+
+#include <string>
+#include <string_view>
+
+#include <boost/beast/http/buffer_body.hpp>
+#include <boost/beast/http/message.hpp>
+#include <boost/beast/http/string_body.hpp>
+
+namespace atlasgate::proxy {
+
+struct RequestCheck {
+  bool ok = true;
+  unsigned status = 0;  // 400, 405, 421
+  std::string detail;
+  bool closeConnection = false;  // framing in doubt: never reuse the connection
+};
+
+// Refuses what must not be forwarded: CONNECT, upgrades, absolute-form
+// targets for other hosts, a Host that does not match the TLS SNI, ambiguous
+// framing (Content-Length with Transfer-Encoding, repeated Content-Length or
+// Host). Rewrites an absolute-form target for `host` into origin-form.
+RequestCheck checkRequest(boost::beast::http::request<boost::beast::http::string_body>& req,
+                          std::string_view host);
+
+// Strips hop-by-hop headers (RFC 9110 7.6.1, incl. those the Connection
+// header names), the agent's Authorization and Proxy-Authorization, and
+// Expect (the body is already here); sets Host.
+void prepareUpstreamRequest(boost::beast::http::request<boost::beast::http::string_body>& req,
+                            std::string_view host);
+
+// Strips hop-by-hop headers from a response before it goes to the agent
+// (Transfer-Encoding stays: the serializer re-frames the body).
+void prepareAgentResponse(boost::beast::http::response<boost::beast::http::buffer_body>& res);
+
+}  // namespace atlasgate::proxy

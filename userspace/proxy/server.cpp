@@ -1,0 +1,654 @@
+#include "proxy/server.h"
+
+#include <boost/asio/ip/v6_only.hpp>
+
+#include <arpa/inet.h>
+#include <fnmatch.h>
+
+#include <boost/json.hpp>
+#include <cstring>
+
+#include "common/log.h"
+#include "credentials/token_provider.h"
+#include "policy/policy.h"
+#include "proxy/errors.h"
+#include "proxy/rewrite.h"
+#include "tls/server_context.h"
+
+namespace atlasgate::proxy {
+
+namespace json = boost::json;
+using Clock = std::chrono::steady_clock;
+
+ErrorResponse makeErrorResponse(unsigned status, std::string_view errorCode, std::string_view detail,
+                                const std::vector<std::string>& parameters, bool shouldRetry,
+                                unsigned httpVersion) {
+  ErrorResponse res{static_cast<http::status>(status), httpVersion};
+  json::object o;
+  o["error"] = status;
+  o["errorCode"] = errorCode;
+  std::string_view reason = http::obsolete_reason(static_cast<http::status>(status));
+  o["reason"] = reason;
+  o["detail"] = detail;
+  json::array params;
+  for (const auto& p : parameters) params.emplace_back(p);
+  o["parameters"] = std::move(params);
+  res.set(http::field::content_type, "application/json");
+  res.set(http::field::server, "atlasgate");
+  res.set("x-should-retry", shouldRetry ? "true" : "false");
+  res.body() = json::serialize(o);
+  res.prepare_payload();
+  return res;
+}
+
+const TargetRuntime* Runtime::findTarget(std::string_view host) const {
+  for (const auto& t : targets)
+    if (t.host == host) return &t;
+  return nullptr;
+}
+
+struct Server::Session {
+  ConnectionInfo info;
+  TlsStream* stream = nullptr;
+};
+
+Server::Server(asio::io_context& io, bpf::Loader& loader, tls::ServerContext& tls, UpstreamPool& pool,
+               audit::AuditLog& audit, AgentDirectory& agents, Approvals& approvals, std::uint64_t netnsCookie)
+    : io_(io),
+      loader_(loader),
+      tls_(tls),
+      sslCtx_(std::make_unique<ssl::context>(tls.share())),
+      pool_(pool),
+      audit_(audit),
+      agents_(agents),
+      approvals_(approvals),
+      netnsCookie_(netnsCookie) {}
+
+Server::~Server() = default;
+
+Result<void> Server::listen(std::uint16_t port) {
+  struct Addr {
+    const char* text;
+    bool required;
+  };
+  for (Addr a : {Addr{"127.0.0.1", true}, Addr{"::1", false}}) {
+    auto acc = std::make_unique<tcp::acceptor>(io_);
+    beast::error_code ec;
+    tcp::endpoint ep(asio::ip::make_address(a.text), port);
+    acc->open(ep.protocol(), ec);
+    if (!ec) acc->set_option(asio::socket_base::reuse_address(true), ec);
+    if (!ec && ep.address().is_v6()) acc->set_option(asio::ip::v6_only(true), ec);
+    if (!ec) acc->bind(ep, ec);
+    if (!ec) acc->listen(asio::socket_base::max_listen_connections, ec);
+    if (ec) {
+      if (a.required) return makeError("listen on {}:{}: {}", a.text, port, ec.message());
+      log::warn("not listening on [{}]:{}: {}", a.text, port, ec.message());
+      continue;
+    }
+    log::info("listening on {}", a.required ? fmt::format("{}:{}", a.text, port) : fmt::format("[{}]:{}", a.text, port));
+    asio::co_spawn(io_, acceptLoop(*acc), asio::detached);
+    acceptors_.push_back(std::move(acc));
+  }
+  return {};
+}
+
+void Server::stopAccepting() {
+  for (auto& a : acceptors_) {
+    beast::error_code ec;
+    a->close(ec);
+  }
+}
+
+void Server::closeAll() {
+  for (auto& [id, s] : sessions_) {
+    if (s->stream) {
+      beast::error_code ec;
+      beast::get_lowest_layer(*s->stream).socket().shutdown(tcp::socket::shutdown_both, ec);
+      beast::get_lowest_layer(*s->stream).close();
+    }
+  }
+}
+
+std::vector<ConnectionInfo> Server::connections() const {
+  std::vector<ConnectionInfo> out;
+  for (const auto& [id, s] : sessions_) out.push_back(s->info);
+  return out;
+}
+
+namespace {
+
+tcp::endpoint originalEndpoint(const ag_origin& o) {
+  std::uint16_t port = ntohs(o.orig_port);
+  if (o.family == AG_AF_INET6) {
+    asio::ip::address_v6::bytes_type b;
+    std::memcpy(b.data(), o.orig_addr, 16);
+    return {asio::ip::address_v6(b), port};
+  }
+  asio::ip::address_v4::bytes_type b;
+  std::memcpy(b.data(), o.orig_addr, 4);
+  return {asio::ip::address_v4(b), port};
+}
+
+std::string endpointText(const tcp::endpoint& ep) {
+  if (ep.address().is_v6()) return fmt::format("[{}]:{}", ep.address().to_string(), ep.port());
+  return fmt::format("{}:{}", ep.address().to_string(), ep.port());
+}
+
+}  // namespace
+
+asio::awaitable<void> Server::acceptLoop(tcp::acceptor& acceptor) {
+  for (;;) {
+    auto [ec, sock] = co_await acceptor.async_accept(kUseTuple);
+    if (ec) {
+      if (ec == asio::error::operation_aborted || !acceptor.is_open()) co_return;
+      log::warn("accept: {}", ec.message());
+      continue;
+    }
+    beast::error_code pec;
+    tcp::endpoint peer = sock.remote_endpoint(pec);
+    if (pec) continue;
+    ag_flow_key key{};
+    key.netns_cookie = netnsCookie_;
+    key.port = peer.port();
+    if (peer.address().is_v4()) {
+      key.family = AG_AF_INET;
+      auto b = peer.address().to_v4().to_bytes();
+      std::memcpy(key.addr, b.data(), 4);
+    } else {
+      auto a6 = peer.address().to_v6();
+      if (a6.is_v4_mapped()) {
+        key.family = AG_AF_INET;
+        auto b = asio::ip::make_address_v4(asio::ip::v4_mapped, a6).to_bytes();
+        std::memcpy(key.addr, b.data(), 4);
+      } else {
+        key.family = AG_AF_INET6;
+        auto b = a6.to_bytes();
+        std::memcpy(key.addr, b.data(), 16);
+      }
+    }
+    std::optional<ag_origin> origin = loader_.takeFlow(key);
+    if (!origin) {
+      // Not redirected by the kernel: nobody we can vouch for. Reset it.
+      ++stats_.refusedNoFlow;
+      log::debug("refused {}: no redirect record", endpointText(peer));
+      sock.set_option(asio::socket_base::linger(true, 0), pec);
+      sock.close(pec);
+      continue;
+    }
+    ++stats_.accepted;
+    Flow flow;
+    flow.origin = *origin;
+    flow.agent = agents_.lookup(origin->cgroup_id);
+    flow.originalDst = originalEndpoint(*origin);
+    flow.comm.assign(origin->comm, strnlen(origin->comm, sizeof origin->comm));
+    flow.id = nextId_++;
+    sock.set_option(tcp::no_delay(true), pec);
+    asio::co_spawn(io_, serve(std::move(sock), std::move(flow)), asio::detached);
+  }
+}
+
+namespace {
+
+// Per-request context the handler fills in for the audit record.
+struct Exchange {
+  audit::Record rec;
+  Clock::time_point start;
+  bool keepAlive = true;
+};
+
+const CredentialRuntime* chooseCredential(const TargetRuntime& t, const std::string& agent,
+                                          std::string_view wanted) {
+  for (const auto& c : t.credentials) {
+    if (!wanted.empty()) {
+      if (c.name == wanted) return &c;
+      continue;
+    }
+    if (c.agents.empty()) return &c;
+    for (const auto& g : c.agents)
+      if (::fnmatch(g.c_str(), agent.c_str(), 0) == 0) return &c;
+  }
+  return nullptr;
+}
+
+std::string_view decisionName(policy::Verdict v) {
+  switch (v) {
+    case policy::Verdict::Allow: return "allow";
+    case policy::Verdict::Block: return "block";
+    case policy::Verdict::RateLimited: return "rate_limited";
+    case policy::Verdict::Approve: return "approve";
+    case policy::Verdict::Malformed: return "malformed";
+  }
+  return "?";
+}
+
+}  // namespace
+
+asio::awaitable<void> Server::serve(tcp::socket socket, Flow flow) {
+  std::shared_ptr<const Runtime> rt = runtime_;
+  const config::Limits& limits = rt->config->limits;
+  TlsStream stream(std::move(socket), *sslCtx_);
+  auto& lower = beast::get_lowest_layer(stream);
+
+  Session session;
+  session.stream = &stream;
+  session.info = {flow.id, flow.agent.name, flow.origin.pid, flow.comm, endpointText(flow.originalDst),
+                  Clock::now(), 0};
+  sessions_[flow.id] = &session;
+  ++stats_.liveConnections;
+  struct Leave {
+    Server* s;
+    std::uint64_t id;
+    ~Leave() {
+      s->sessions_.erase(id);
+      --s->stats_.liveConnections;
+    }
+  } leave{this, flow.id};
+
+  // Absent SNI means the target that owns the address the agent dialled.
+  const std::string* defaultHost = nullptr;
+  if (flow.origin.target_index < rt->targets.size()) defaultHost = &rt->targets[flow.origin.target_index].host;
+  tls::ServerContext::setDefaultHost(stream.native_handle(), defaultHost);
+
+  lower.expires_after(limits.handshakeTimeout);
+  auto [hec] = co_await stream.async_handshake(ssl::stream_base::server, kUseTuple);
+  if (hec) {
+    ++stats_.handshakeFailures;
+    log::info("conn {} agent {}: TLS handshake failed: {}", flow.id, flow.agent.name, hec.message());
+    co_return;
+  }
+  const std::string* selected = tls::ServerContext::selectedHost(stream.native_handle());
+  const TargetRuntime* target = selected ? rt->findTarget(*selected) : nullptr;
+  if (!target) co_return;  // cannot happen: the handshake only completes for targets
+  const std::string host = target->host;
+  log::debug("conn {} agent {} pid {} comm {} -> {} ({})", flow.id, flow.agent.name, flow.origin.pid, flow.comm,
+             host, endpointText(flow.originalDst));
+
+  beast::flat_buffer buffer;
+  buffer.max_size(limits.maxHeaderBytes + 64 * 1024);
+  std::vector<char> relayBuf(16 * 1024);  // response body relay, reused across requests
+  for (;;) {
+    // Keep-alive: wait for the next request at most idleTimeout.
+    if (buffer.size() == 0) {
+      lower.expires_after(limits.idleTimeout);
+      auto mb = buffer.prepare(4096);
+      auto [rec, rn] = co_await stream.async_read_some(mb, kUseTuple);
+      if (rec) break;  // closed, reset or idle: nothing to answer
+      buffer.commit(rn);
+    }
+
+    Exchange ex;
+    ex.start = Clock::now();
+    ex.rec.agent = flow.agent.name;
+    ex.rec.pid = flow.origin.pid;
+    ex.rec.comm = flow.comm;
+    ex.rec.cgroup = flow.agent.cgroupPath;
+    ex.rec.host = host;
+    ex.rec.dst = endpointText(flow.originalDst);
+
+    // The whole head must arrive within headerTimeout (slow loris).
+    http::request_parser<http::string_body> parser;
+    parser.header_limit(limits.maxHeaderBytes);
+    parser.body_limit(limits.maxBodyBytes);
+    lower.expires_after(limits.headerTimeout);
+    auto [hrec, hn] = co_await http::async_read_header(stream, buffer, parser, kUseTuple);
+
+    auto answer = [&](ErrorResponse res, std::string_view code) -> asio::awaitable<bool> {
+      res.keep_alive(ex.keepAlive);
+      ex.rec.status = res.result_int();
+      ex.rec.error = std::string(code);
+      ex.rec.bytesOut = res.body().size();
+      lower.expires_after(limits.requestTimeout);
+      auto [wec, wn] = co_await http::async_write(stream, res, kUseTuple);
+      co_return !wec;
+    };
+    auto finish = [&] {
+      ex.rec.ts = std::chrono::system_clock::now();
+      ex.rec.totalMs = std::chrono::duration<double, std::milli>(Clock::now() - ex.start).count();
+      audit_.write(ex.rec);
+      ++session.info.requests;
+    };
+
+    if (hrec) {
+      if (hrec == http::error::end_of_stream || hrec == asio::ssl::error::stream_truncated) break;
+      ex.keepAlive = false;
+      ++stats_.badRequests;
+      if (hrec == beast::error::timeout) {
+        {
+        ErrorResponse errRes = makeErrorResponse(408, kRequestTimeout, "The request head did not arrive in time.");
+        co_await answer(std::move(errRes), kRequestTimeout);
+      }
+      } else if (hrec == http::error::header_limit || hrec == http::error::buffer_overflow) {
+        {
+        ErrorResponse errRes = makeErrorResponse(431, kHeadersTooLarge,
+                                          fmt::format("The request head exceeds {} bytes.", limits.maxHeaderBytes));
+        co_await answer(std::move(errRes), kHeadersTooLarge);
+      }
+      } else {
+        {
+        ErrorResponse errRes = makeErrorResponse(400, kBadRequest, fmt::format("Malformed HTTP request: {}.", hrec.message()));
+        co_await answer(std::move(errRes), kBadRequest);
+      }
+      }
+      ex.rec.method = "-";
+      ex.rec.decision = "malformed";
+      finish();
+      break;
+    }
+
+    auto& head = parser.get();
+    ex.rec.method = std::string(head.method_string());
+    ex.rec.path = std::string(head.target());
+    ex.keepAlive = head.keep_alive();
+    if (auto cl = parser.content_length(); cl && *cl > limits.maxBodyBytes) {
+      ex.keepAlive = false;
+      ++stats_.badRequests;
+      {
+        ErrorResponse errRes = makeErrorResponse(413, kBodyTooLarge,
+                                        fmt::format("The request body exceeds {} bytes.", limits.maxBodyBytes));
+        co_await answer(std::move(errRes), kBodyTooLarge);
+      }
+      ex.rec.decision = "malformed";
+      finish();
+      break;
+    }
+    if (head[http::field::expect] == "100-continue") {
+      http::response<http::empty_body> cont{http::status::continue_, 11};
+      co_await http::async_write(stream, cont, kUseTuple);
+    }
+    lower.expires_after(limits.requestTimeout);
+    auto [brec, bn] = co_await http::async_read(stream, buffer, parser, kUseTuple);
+    if (brec) {
+      ex.keepAlive = false;
+      ++stats_.badRequests;
+      if (brec == http::error::body_limit)
+        {
+        ErrorResponse errRes = makeErrorResponse(413, kBodyTooLarge,
+                                          fmt::format("The request body exceeds {} bytes.", limits.maxBodyBytes));
+        co_await answer(std::move(errRes), kBodyTooLarge);
+      }
+      else if (brec == beast::error::timeout)
+        {
+        ErrorResponse errRes = makeErrorResponse(408, kRequestTimeout, "The request body did not arrive in time.");
+        co_await answer(std::move(errRes), kRequestTimeout);
+      }
+      else if (brec != http::error::end_of_stream && brec != asio::ssl::error::stream_truncated)
+        {
+        ErrorResponse errRes = makeErrorResponse(400, kBadRequest, fmt::format("Malformed HTTP request body: {}.", brec.message()));
+        co_await answer(std::move(errRes), kBadRequest);
+      }
+      ex.rec.decision = "malformed";
+      finish();
+      break;
+    }
+    http::request<http::string_body> req = parser.release();
+    ex.rec.bytesIn = req.body().size();
+    ++stats_.requests;
+
+    // Framing and addressing checks (smuggling, misdirection).
+    RequestCheck check = checkRequest(req, host);
+    if (!check.ok) {
+      ex.keepAlive = ex.keepAlive && !check.closeConnection;
+      ++stats_.badRequests;
+      {
+        ErrorResponse errRes = makeErrorResponse(check.status, check.status == 421 ? kMisdirected : kBadRequest, check.detail);
+        co_await answer(std::move(errRes), check.status == 421 ? kMisdirected : kBadRequest);
+      }
+      ex.rec.decision = "malformed";
+      finish();
+      if (!ex.keepAlive) break;
+      continue;
+    }
+
+    // Rules decide before any credential is touched.
+    policy::Request preq;
+    preq.method = req.method_string();
+    preq.target = req.target();
+    preq.host = host;
+    preq.agent = flow.agent.name;
+    if (!req.body().empty()) preq.body = std::string_view(req.body());
+    policy::Decision d = rt->policy->evaluate(preq, Clock::now());
+    ex.rec.rule = std::string(d.ruleName);
+    ex.rec.decision = std::string(decisionName(d.verdict));
+    if (d.logOnlyWouldBe) ex.rec.decision = "log_only";
+
+    bool proceed = true;
+    switch (d.verdict) {
+      case policy::Verdict::Allow:
+        break;
+      case policy::Verdict::Malformed:
+        ++stats_.badRequests;
+        ex.keepAlive = false;
+        {
+        ErrorResponse errRes = makeErrorResponse(400, kBadRequest, fmt::format("Malformed request path: {}.", d.malformedReason));
+        co_await answer(std::move(errRes), kBadRequest);
+      }
+        proceed = false;
+        break;
+      case policy::Verdict::Block: {
+        ++stats_.blocked;
+        std::string detail = fmt::format("Blocked by rule \"{}\": {} {} is not allowed for agent \"{}\".", d.ruleName,
+                                         ex.rec.method, ex.rec.path, flow.agent.name);
+        {
+        ErrorResponse errRes = makeErrorResponse(403, kBlocked, detail, {std::string(d.ruleName)});
+        co_await answer(std::move(errRes), kBlocked);
+      }
+        proceed = false;
+        break;
+      }
+      case policy::Verdict::RateLimited: {
+        ++stats_.rateLimited;
+        auto secs = std::max<long long>(1, d.retryAfter.count());
+        std::string detail =
+            fmt::format("Rate limit of rule \"{}\" exceeded for agent \"{}\". Please retry after {} seconds.",
+                        d.ruleName, flow.agent.name, secs);
+        ErrorResponse res = makeErrorResponse(429, kRateLimited, detail, {std::string(d.ruleName)}, true);
+        res.set(http::field::retry_after, std::to_string(secs));
+        co_await answer(std::move(res), kRateLimited);
+        proceed = false;
+        break;
+      }
+      case policy::Verdict::Approve: {
+        ++stats_.approvalsHeld;
+        ApprovalInfo info;
+        info.agent = flow.agent.name;
+        info.method = ex.rec.method;
+        info.host = host;
+        info.path = ex.rec.path;
+        info.rule = std::string(d.ruleName);
+        info.bodyPreview = req.body().substr(0, 512);
+        info.timeout = d.approveTimeout.count() > 0 ? d.approveTimeout : std::chrono::seconds(120);
+        log::info("conn {} agent {}: {} {} held for approval by rule \"{}\"", flow.id, flow.agent.name,
+                  ex.rec.method, ex.rec.path, d.ruleName);
+        lower.expires_never();
+        ApprovalOutcome outcome = co_await approvals_.hold(std::move(info));
+        if (outcome == ApprovalOutcome::Approved) {
+          ex.rec.decision = "approved";
+          break;
+        }
+        ex.rec.decision = outcome == ApprovalOutcome::Denied ? "denied" : "approval_timeout";
+        std::string detail = fmt::format(
+            "Request {} {} for agent \"{}\" was {} (rule \"{}\").", ex.rec.method, ex.rec.path, flow.agent.name,
+            outcome == ApprovalOutcome::Denied ? "denied by an operator" : "not approved in time", d.ruleName);
+        {
+        ErrorResponse errRes = makeErrorResponse(403, kApprovalDenied, detail, {std::string(d.ruleName)});
+        co_await answer(std::move(errRes), kApprovalDenied);
+      }
+        proceed = false;
+        break;
+      }
+    }
+    if (!proceed) {
+      finish();
+      if (!ex.keepAlive) break;
+      continue;
+    }
+
+    // Credentials: the agent's own are dropped; the target's are injected.
+    const CredentialRuntime* cred = nullptr;
+    std::string token;
+    if (!target->credentials.empty()) {
+      cred = chooseCredential(*target, flow.agent.name, d.credential);
+      if (!cred) {
+        ++stats_.credentialFailures;
+        {
+        ErrorResponse errRes = makeErrorResponse(503, kCredentialUnavailable,
+                                          fmt::format("No credential of {} is configured for agent \"{}\".", host,
+                                                      flow.agent.name),
+                                          {}, false);
+        co_await answer(std::move(errRes), kCredentialUnavailable);
+      }
+        finish();
+        if (!ex.keepAlive) break;
+        continue;
+      }
+      ex.rec.credential = cred->description;
+      if (cred->tokens) {
+        Result<std::string> t = co_await cred->tokens->token(flow.originalDst);
+        if (!t) {
+          ++stats_.credentialFailures;
+          {
+        ErrorResponse errRes = makeErrorResponse(503, kCredentialUnavailable,
+                                            fmt::format("The credential {} is unavailable: {}", cred->description,
+                                                        t.error().message),
+                                            {}, true);
+        co_await answer(std::move(errRes), kCredentialUnavailable);
+      }
+          finish();
+          if (!ex.keepAlive) break;
+          continue;
+        }
+        token = std::move(t.value());
+      }
+    }
+    prepareUpstreamRequest(req, host);
+    if (!token.empty()) req.set(http::field::authorization, "Bearer " + token);
+    req.keep_alive(true);
+    req.prepare_payload();
+
+    // Upstream: one retry on a fresh connection if a reused one was dead.
+    std::unique_ptr<UpstreamConn> up;
+    beast::flat_buffer upBuffer;
+    std::optional<http::response_parser<http::buffer_body>> rpo;
+    bool sent = false;
+    beast::error_code uerr;
+    std::string ustep;
+    auto upStart = Clock::now();
+    for (int attempt = 0; attempt < 2 && !sent; ++attempt) {
+      bool reused = false;
+      auto [aec, conn] = co_await pool_.acquire(host, flow.originalDst, limits.upstreamTimeout, reused);
+      if (aec) {
+        uerr = aec;
+        ustep = "connect";
+        break;
+      }
+      up = std::move(conn);
+      auto& ulower = beast::get_lowest_layer(up->stream);
+      ulower.expires_after(limits.upstreamTimeout);
+      auto [wec, wn] = co_await http::async_write(up->stream, req, kUseTuple);
+      if (wec) {
+        uerr = wec;
+        ustep = "write";
+        up.reset();
+        if (reused) continue;
+        break;
+      }
+      rpo.emplace();
+      rpo->body_limit(boost::none);
+      if (req.method() == http::verb::head) rpo->skip(true);
+      auto [rec, rn] = co_await http::async_read_header(up->stream, upBuffer, *rpo, kUseTuple);
+      if (rec) {
+        uerr = rec;
+        ustep = "read";
+        up.reset();
+        if (reused && (rec == http::error::end_of_stream || rec == asio::ssl::error::stream_truncated) &&
+            upBuffer.size() == 0)
+          continue;
+        break;
+      }
+      sent = true;
+      uerr = {};
+    }
+    if (!sent) {
+      ++stats_.upstreamFailures;
+      bool timeout = uerr == beast::error::timeout;
+      log::warn("conn {} agent {}: upstream {} {} {} failed: {}", flow.id, flow.agent.name, host,
+                endpointText(flow.originalDst), ustep, uerr.message());
+      {
+        ErrorResponse errRes = makeErrorResponse(timeout ? 504 : 502, timeout ? kUpstreamTimeout : kUpstreamUnavailable,
+                                        fmt::format("{} could not be reached ({} failed: {}).", host, ustep,
+                                                    uerr.message()),
+                                        {}, true);
+        co_await answer(std::move(errRes), timeout ? kUpstreamTimeout : kUpstreamUnavailable);
+      }
+      ex.rec.upstreamMs = std::chrono::duration<double, std::milli>(Clock::now() - upStart).count();
+      finish();
+      if (!ex.keepAlive) break;
+      continue;
+    }
+
+    // Relay the response, streaming its body (chunked stays chunked).
+    auto& rp = *rpo;
+    auto& res = rp.get();
+    unsigned status = res.result_int();
+    if (status == 401 && cred && cred->tokens && !token.empty()) cred->tokens->invalidate(token);
+    bool upstreamKeepAlive = res.keep_alive();
+    prepareAgentResponse(res);
+    res.keep_alive(ex.keepAlive);
+    ex.rec.status = status;
+    ex.rec.upstreamMs = std::chrono::duration<double, std::milli>(Clock::now() - upStart).count();
+
+    http::response_serializer<http::buffer_body> sr{res};
+    beast::error_code relayErr;
+    bool agentFailed = false;
+    auto& ulower = beast::get_lowest_layer(up->stream);
+    do {
+      if (!rp.is_done()) {
+        res.body().data = relayBuf.data();
+        res.body().size = relayBuf.size();
+        ulower.expires_after(limits.upstreamTimeout);
+        auto [rec, rn] = co_await http::async_read(up->stream, upBuffer, rp, kUseTuple);
+        if (rec == http::error::need_buffer) rec = {};
+        if (rec) {
+          relayErr = rec;
+          break;
+        }
+        res.body().size = relayBuf.size() - res.body().size;
+        res.body().data = relayBuf.data();
+        res.body().more = !rp.is_done();
+        ex.rec.bytesOut += res.body().size;
+      } else {
+        res.body().data = nullptr;
+        res.body().size = 0;
+        res.body().more = false;
+      }
+      lower.expires_after(limits.requestTimeout);
+      auto [wec, wn] = co_await http::async_write(stream, sr, kUseTuple);
+      if (wec == http::error::need_buffer) wec = {};
+      if (wec) {
+        relayErr = wec;
+        agentFailed = true;
+        break;
+      }
+    } while (!rp.is_done() || !sr.is_done());
+
+    if (relayErr) {
+      // The agent must see a broken response, never a fabricated complete one.
+      log::warn("conn {} agent {}: relaying the response failed ({} side): {}", flow.id, flow.agent.name,
+                agentFailed ? "agent" : "upstream", relayErr.message());
+      ex.rec.error = agentFailed ? "AGENT_WRITE_FAILED" : "UPSTREAM_RESPONSE_TRUNCATED";
+      finish();
+      break;
+    }
+    ulower.expires_never();
+    if (upstreamKeepAlive && upBuffer.size() == 0) pool_.release(std::move(up));
+    finish();
+    if (!ex.keepAlive) break;
+  }
+
+  beast::error_code ec;
+  lower.expires_after(std::chrono::seconds(2));
+  co_await stream.async_shutdown(kUseTuple);
+  lower.socket().close(ec);
+}
+
+}  // namespace atlasgate::proxy

@@ -1,0 +1,130 @@
+#pragma once
+// The agent-facing TLS terminator: accepts redirected connections (and only
+// those: a peer without a kernel flow record is closed at once), terminates
+// TLS with a leaf minted for the SNI, applies the rules, injects the target's
+// credential and relays to the target over the shared upstream pool.
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <list>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "audit/audit.h"
+#include "bpf/loader.h"
+#include "config/config.h"
+#include "proxy/agents.h"
+#include "proxy/approvals.h"
+#include "proxy/asio.h"
+#include "proxy/upstream.h"
+
+namespace atlasgate::policy {
+class Policy;
+}
+namespace atlasgate::tls {
+class ServerContext;
+}
+namespace atlasgate::credentials {
+class TokenProvider;
+}
+
+namespace atlasgate::proxy {
+
+struct CredentialRuntime {
+  std::string name;
+  std::string description;          // "service_account:<id>", safe to log
+  std::vector<std::string> agents;  // globs; empty = every agent
+  std::shared_ptr<credentials::TokenProvider> tokens;  // service accounts
+};
+
+struct TargetRuntime {
+  std::string host;
+  std::vector<CredentialRuntime> credentials;
+};
+
+// Everything a reload replaces. Sessions hold the snapshot they started with.
+struct Runtime {
+  std::shared_ptr<const config::Config> config;
+  std::shared_ptr<policy::Policy> policy;
+  std::vector<TargetRuntime> targets;
+  const TargetRuntime* findTarget(std::string_view host) const;
+};
+
+// What the kernel told us about a connection.
+struct Flow {
+  ag_origin origin{};
+  AgentIdentity agent;
+  tcp::endpoint originalDst;
+  std::string comm;
+  std::uint64_t id = 0;  // connection number, for logs
+};
+
+struct ServerStats {
+  std::atomic<std::uint64_t> accepted{0};
+  std::atomic<std::uint64_t> refusedNoFlow{0};
+  std::atomic<std::uint64_t> handshakeFailures{0};
+  std::atomic<std::uint64_t> requests{0};
+  std::atomic<std::uint64_t> blocked{0};
+  std::atomic<std::uint64_t> rateLimited{0};
+  std::atomic<std::uint64_t> approvalsHeld{0};
+  std::atomic<std::uint64_t> credentialFailures{0};
+  std::atomic<std::uint64_t> upstreamFailures{0};
+  std::atomic<std::uint64_t> badRequests{0};
+  std::atomic<std::uint64_t> liveConnections{0};
+};
+
+struct ConnectionInfo {
+  std::uint64_t id;
+  std::string agent;
+  std::uint32_t pid;
+  std::string comm;
+  std::string dst;
+  std::chrono::steady_clock::time_point since;
+  std::uint64_t requests;
+};
+
+class Server {
+ public:
+  Server(asio::io_context& io, bpf::Loader& loader, tls::ServerContext& tls, UpstreamPool& pool,
+         audit::AuditLog& audit, AgentDirectory& agents, Approvals& approvals, std::uint64_t netnsCookie);
+  ~Server();
+
+  // Listens on 127.0.0.1:port and [::1]:port (the latter if IPv6 is up).
+  Result<void> listen(std::uint16_t port);
+  void setRuntime(std::shared_ptr<const Runtime> runtime) { runtime_ = std::move(runtime); }
+  std::shared_ptr<const Runtime> runtime() const { return runtime_; }
+
+  // Stop accepting; live sessions finish their current exchange.
+  void stopAccepting();
+  // Cancel whatever is still running (end of drain).
+  void closeAll();
+
+  const ServerStats& stats() const { return stats_; }
+  std::vector<ConnectionInfo> connections() const;
+
+ private:
+  struct Session;
+  asio::awaitable<void> acceptLoop(tcp::acceptor& acceptor);
+  asio::awaitable<void> serve(tcp::socket socket, Flow flow);
+
+  asio::io_context& io_;
+  bpf::Loader& loader_;
+  tls::ServerContext& tls_;
+  std::unique_ptr<ssl::context> sslCtx_;
+  UpstreamPool& pool_;
+  audit::AuditLog& audit_;
+  AgentDirectory& agents_;
+  Approvals& approvals_;
+  std::uint64_t netnsCookie_;
+  std::shared_ptr<const Runtime> runtime_;
+  std::vector<std::unique_ptr<tcp::acceptor>> acceptors_;
+  std::map<std::uint64_t, Session*> sessions_;
+  std::uint64_t nextId_ = 1;
+  ServerStats stats_;
+};
+
+}  // namespace atlasgate::proxy
