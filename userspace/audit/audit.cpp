@@ -7,6 +7,7 @@
 #include <boost/json.hpp>
 #include <ctime>
 #include <filesystem>
+#include <iterator>
 #include <memory>
 
 #include "common/log.h"
@@ -24,27 +25,20 @@ std::string toJson(const Record& r) {
   std::size_t n = std::strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%S", &tm);
   std::snprintf(ts + n, sizeof ts - n, ".%03lldZ",
                 static_cast<long long>(secs.time_since_epoch().count() % 1000));
-  auto round2 = [](double v) { return static_cast<double>(static_cast<long long>(v * 100 + 0.5)) / 100; };
-  json::object o;
-  o["ts"] = ts;
-  o["agent"] = r.agent;
-  o["pid"] = r.pid;
-  o["comm"] = r.comm;
-  o["cgroup"] = r.cgroup;
-  o["method"] = r.method;
-  o["host"] = r.host;
-  o["path"] = r.path;
-  o["rule"] = r.rule;
-  o["decision"] = r.decision;
-  o["status"] = r.status;
-  o["upstream_ms"] = round2(r.upstreamMs);
-  o["total_ms"] = round2(r.totalMs);
-  o["bytes_in"] = r.bytesIn;
-  o["bytes_out"] = r.bytesOut;
-  o["credential"] = r.credential;
-  o["dst"] = r.dst;
-  if (!r.error.empty()) o["error"] = r.error;
-  return json::serialize(o);
+  // Written by hand rather than through json::object so that durations keep
+  // a fixed two-decimal form (Boost.JSON prints doubles in exponent form).
+  auto q = [](std::string_view v) { return json::serialize(json::string_view(v)); };
+  std::string out;
+  out.reserve(512);
+  fmt::format_to(std::back_inserter(out),
+                 "{{\"ts\":{},\"agent\":{},\"pid\":{},\"comm\":{},\"cgroup\":{},\"method\":{},\"host\":{},"
+                 "\"path\":{},\"rule\":{},\"decision\":{},\"status\":{},\"upstream_ms\":{:.2f},\"total_ms\":{:.2f},"
+                 "\"bytes_in\":{},\"bytes_out\":{},\"credential\":{},\"dst\":{}",
+                 q(ts), q(r.agent), r.pid, q(r.comm), q(r.cgroup), q(r.method), q(r.host), q(r.path), q(r.rule),
+                 q(r.decision), r.status, r.upstreamMs, r.totalMs, r.bytesIn, r.bytesOut, q(r.credential), q(r.dst));
+  if (!r.error.empty()) fmt::format_to(std::back_inserter(out), ",\"error\":{}", q(r.error));
+  out.push_back('}');
+  return out;
 }
 
 Result<std::unique_ptr<AuditLog>> AuditLog::open(const std::string& path) {

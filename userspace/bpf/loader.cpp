@@ -11,6 +11,7 @@
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -56,15 +57,18 @@ class Fd {
 };
 
 int libbpfLog(enum libbpf_print_level level, const char* format, va_list args) {
-  if (level == LIBBPF_DEBUG && !log::enabled(log::Level::Debug)) return 0;
+  // libbpf's debug output is a page per load: only on request.
+  static const bool verbose = std::getenv("ATLASGATE_LIBBPF_DEBUG") != nullptr;
+  if (level == LIBBPF_DEBUG && !verbose) return 0;
   char buf[1024];
   int n = std::vsnprintf(buf, sizeof buf, format, args);
   std::string_view msg(buf, n > 0 ? std::min<std::size_t>(n, sizeof buf - 1) : 0);
   while (!msg.empty() && msg.back() == '\n') msg.remove_suffix(1);
+  if (msg.substr(0, 8) == "libbpf: ") msg.remove_prefix(8);
   if (level == LIBBPF_WARN)
     log::warn("libbpf: {}", msg);
   else
-    log::debug("libbpf: {}", msg);
+    log::info("libbpf: {}", msg);
   return 0;
 }
 
@@ -201,6 +205,14 @@ Result<void> Loader::adoptPinnedLinks() {
     }
     if (bpf_link__update_program(link, hook->get(skel_)) != 0) {
       int e = errno;
+      if (e == ENOLINK) {
+        // Its cgroup was removed: nothing to keep. attach() makes a new one
+        // if the cgroup is still wanted.
+        log::info("pinned link {} outlived its cgroup; removing it", entry.path().string());
+        bpf_link__unpin(link);
+        bpf_link__destroy(link);
+        continue;
+      }
       bpf_link__destroy(link);
       return sysError(e, "update pinned link {}", entry.path().string());
     }

@@ -3,14 +3,11 @@
 #include <openssl/ssl.h>
 
 #include "common/log.h"
+#include "tls/client_context.h"
 
 namespace atlasgate::proxy {
 
-UpstreamPool::~UpstreamPool() {
-  idle_.clear();
-  for (auto& [name, h] : hosts_)
-    if (h.session) SSL_SESSION_free(h.session);
-}
+UpstreamPool::~UpstreamPool() { idle_.clear(); }
 
 void UpstreamPool::addHost(const std::string& host, SSL_CTX* ctx) {
   Host h;
@@ -44,11 +41,11 @@ asio::awaitable<std::pair<beast::error_code, std::unique_ptr<UpstreamConn>>> Ups
   conn->host = host;
   conn->endpoint = ep;
   SSL* ssl = conn->stream.native_handle();
-  // SNI and host-name verification: the certificate must be for `host`.
-  SSL_set_tlsext_host_name(ssl, host.c_str());
-  SSL_set1_host(ssl, host.c_str());
-  SSL_set_verify(ssl, SSL_VERIFY_PEER, nullptr);
-  if (h.session) SSL_set_session(ssl, h.session);
+  // SNI, host-name verification and a resumable session for `host`.
+  if (auto r = tls::prepareClientSsl(ssl, host); !r) {
+    log::warn("upstream {}: {}", host, r.error().message);
+    co_return std::make_pair(beast::error_code(asio::error::invalid_argument), nullptr);
+  }
 
   auto& lower = beast::get_lowest_layer(conn->stream);
   lower.expires_after(timeout);
@@ -66,10 +63,6 @@ asio::awaitable<std::pair<beast::error_code, std::unique_ptr<UpstreamConn>>> Ups
   lower.expires_never();
   ++stats_.connects;
   if (SSL_session_reused(ssl)) ++stats_.resumedSessions;
-  if (SSL_SESSION* s = SSL_get1_session(ssl)) {
-    if (h.session) SSL_SESSION_free(h.session);
-    h.session = s;
-  }
   conn->uses = 1;
   co_return std::make_pair(beast::error_code{}, std::move(conn));
 }

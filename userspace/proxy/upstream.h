@@ -61,8 +61,7 @@ class UpstreamPool {
 
  private:
   struct Host {
-    std::unique_ptr<ssl::context> ctx;
-    SSL_SESSION* session = nullptr;  // last session, for resumption
+    std::unique_ptr<ssl::context> ctx;  // its session store resumes TLS sessions per host
   };
   asio::any_io_executor ex_;
   std::map<std::string, Host> hosts_;

@@ -1,0 +1,689 @@
+#include "config/config.h"
+
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace atlasgate::config {
+namespace {
+
+using namespace std::chrono_literals;
+
+constexpr const char* kData = AG_CONFIG_TEST_DATA;
+constexpr std::string_view kSecret = "s3cr3t-VALUE";
+
+// Every test file below starts from this: one target, then what is tested.
+constexpr std::string_view kTarget =
+    "targets:\n"
+    "  - host: cloud.mongodb.com\n";
+
+Result<Config> parse(std::string_view yaml, bool isPrivate = false) {
+  return parseConfig(yaml, "bad.yaml", isPrivate);
+}
+
+// Passes when yaml fails to load with one line that starts "bad.yaml:WHERE: "
+// and contains every one of words.
+testing::AssertionResult failsAt(std::string_view yaml, std::string_view where, std::vector<std::string_view> words,
+                                 bool isPrivate = false) {
+  const Result<Config> r = parse(yaml, isPrivate);
+  if (r.ok()) return testing::AssertionFailure() << "loaded without error";
+  const std::string& m = r.error().message;
+  const std::string prefix = "bad.yaml:" + std::string(where) + ": ";
+  if (m.rfind(prefix, 0) != 0) return testing::AssertionFailure() << "expected prefix \"" << prefix << "\" in: " << m;
+  if (m.find('\n') != std::string::npos) return testing::AssertionFailure() << "message is not one line: " << m;
+  for (std::string_view w : words) {
+    if (m.find(w) == std::string::npos) return testing::AssertionFailure() << "no \"" << w << "\" in: " << m;
+  }
+  return testing::AssertionSuccess() << m;
+}
+
+std::string rulesWith(std::string_view ruleBody) {
+  return std::string(kTarget) +
+         "rules:\n"
+         "  list:\n"
+         "    - name: r\n" +
+         std::string(ruleBody);
+}
+
+// A file in a fresh temporary directory, removed with it.
+class TempFile {
+ public:
+  TempFile(std::string_view text, mode_t mode) {
+    std::string pattern = (std::filesystem::temp_directory_path() / "atlasgate-config-XXXXXX").string();
+    if (::mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
+    dir_ = pattern;
+    path_ = dir_ + "/atlasgate.yaml";
+    std::ofstream(path_) << text;
+    ::chmod(path_.c_str(), mode);
+  }
+  ~TempFile() { std::filesystem::remove_all(dir_); }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string dir_;
+  std::string path_;
+};
+
+// ---- good files -----------------------------------------------------------
+
+TEST(ConfigLoad, FullFileRoundTrips) {
+  const std::string file = std::string(kData) + "/full.yaml";
+  Result<Config> r = loadConfig(file);
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  const Config& c = *r;
+
+  EXPECT_EQ(c.path, file);
+  EXPECT_EQ(c.listen.port, 16443);
+  EXPECT_EQ(c.listen.admin, "127.0.0.1:16444");
+  EXPECT_EQ(c.stateDir, "/srv/atlasgate/state");
+  EXPECT_EQ(c.auditLog, "-");
+  EXPECT_EQ(c.logLevel, "debug");
+  EXPECT_EQ(c.agents.cgroup, "/sys/fs/cgroup/agents");
+  EXPECT_EQ(c.agents.attach, (std::vector<std::string>{"/sys/fs/cgroup/ci.slice", "/sys/fs/cgroup/dev.slice"}));
+
+  ASSERT_EQ(c.targets.size(), 2u);
+  const Target& cloud = c.targets[0];
+  EXPECT_EQ(cloud.host, "cloud.mongodb.com");  // lower-cased, trailing dot dropped
+  EXPECT_EQ(cloud.addresses, (std::vector<std::string>{"203.0.113.7", "2001:db8::1"}));
+  EXPECT_EQ(cloud.upstreamCa, "/etc/atlasgate/upstream.pem");
+  EXPECT_EQ(cloud.upstreamPort, 8443);
+  EXPECT_FALSE(cloud.resolve);
+  EXPECT_EQ(cloud.loc.file, file);
+  EXPECT_EQ(cloud.loc.line, 12);
+  EXPECT_EQ(cloud.loc.column, 5);
+  ASSERT_EQ(cloud.credentials.size(), 1u);
+  const Credential& sa = cloud.credentials[0];
+  EXPECT_EQ(sa.name, "default");
+  ASSERT_TRUE(sa.serviceAccount.has_value());
+  EXPECT_FALSE(sa.apiKey.has_value());
+  EXPECT_EQ(sa.serviceAccount->clientId, "mdb_sa_id_123");
+  EXPECT_EQ(sa.serviceAccount->clientSecret.file, "/etc/atlasgate/atlas-client-secret");
+  EXPECT_EQ(sa.serviceAccount->clientSecret.env, "");
+  EXPECT_EQ(sa.serviceAccount->clientSecret.inlineValue, "");
+  EXPECT_EQ(sa.serviceAccount->clientSecret.loc.line, 20);
+  EXPECT_TRUE(sa.agents.empty());
+
+  const Target& realm = c.targets[1];
+  EXPECT_EQ(realm.host, "realm.mongodb.com");
+  EXPECT_TRUE(realm.addresses.empty());
+  EXPECT_FALSE(realm.upstreamCa.has_value());
+  EXPECT_EQ(realm.upstreamPort, 443);
+  EXPECT_TRUE(realm.resolve);
+  ASSERT_EQ(realm.credentials.size(), 2u);
+  EXPECT_EQ(realm.credentials[0].name, "ops");
+  EXPECT_EQ(realm.credentials[0].agents, (std::vector<std::string>{"ops-*", "deploy"}));
+  ASSERT_TRUE(realm.credentials[0].apiKey.has_value());
+  EXPECT_EQ(realm.credentials[0].apiKey->publicKey, "abcdefgh");
+  EXPECT_EQ(realm.credentials[0].apiKey->privateKey.env, "ATLAS_PRIVATE_KEY");
+  EXPECT_EQ(realm.credentials[1].name, "readonly");
+  ASSERT_TRUE(realm.credentials[1].serviceAccount.has_value());
+  EXPECT_EQ(realm.credentials[1].serviceAccount->clientSecret.env, "ATLAS_RO_SECRET");
+
+  EXPECT_EQ(c.rules.defaultAction, Action::Block);
+  ASSERT_EQ(c.rules.list.size(), 5u);
+
+  const Rule& block = c.rules.list[0];
+  EXPECT_EQ(block.name, "no-cluster-deletion");
+  EXPECT_EQ(block.methods, std::vector<std::string>{"DELETE"});
+  EXPECT_EQ(block.path, "/api/atlas/v2/groups/{groupId}/clusters/{clusterName}");
+  EXPECT_EQ(block.hosts, std::vector<std::string>{"cloud.mongodb.com"});
+  EXPECT_EQ(block.action, Action::Block);
+  EXPECT_EQ(block.loc.line, 37);
+
+  const Rule& approve = c.rules.list[1];
+  EXPECT_EQ(approve.name, "big-clusters-need-approval");
+  EXPECT_EQ(approve.methods, (std::vector<std::string>{"POST", "PATCH"}));
+  EXPECT_EQ(approve.path, "/api/atlas/v2/groups/*/clusters/**");
+  EXPECT_EQ(approve.hosts, std::vector<std::string>{"cloud.mongodb.com"});
+  EXPECT_EQ(approve.agents, std::vector<std::string>{"claude-*"});
+  EXPECT_EQ(approve.action, Action::Approve);
+  EXPECT_EQ(approve.timeout, 300s);
+  EXPECT_EQ(approve.credential, "default");
+  ASSERT_EQ(approve.when.size(), 5u);
+  EXPECT_EQ(approve.when[0].pointer, "/providerSettings/instanceSizeName");
+  EXPECT_EQ(approve.when[0].op, CondOp::In);
+  EXPECT_EQ(approve.when[0].jsonValues,
+            (std::vector<std::string>{"\"M40\"", "\"M50\"", "60", "2.5", "true", "null", "\"7\"", "\"false\""}));
+  EXPECT_EQ(approve.when[1].op, CondOp::Matches);
+  EXPECT_EQ(approve.when[1].regex, "prod-.*");
+  EXPECT_EQ(approve.when[2].op, CondOp::Equals);
+  EXPECT_EQ(approve.when[2].jsonValues, std::vector<std::string>{"false"});
+  EXPECT_EQ(approve.when[3].op, CondOp::NotIn);
+  EXPECT_EQ(approve.when[3].jsonValues, std::vector<std::string>{"1"});
+  EXPECT_EQ(approve.when[4].pointer, "/tags/a~1b");
+  EXPECT_EQ(approve.when[4].op, CondOp::Exists);
+  EXPECT_FALSE(approve.when[4].exists);
+
+  const Rule& budget = c.rules.list[2];
+  EXPECT_EQ(budget.name, "rule-2");  // unnamed: generated from its index
+  EXPECT_TRUE(budget.methods.empty());
+  EXPECT_EQ(budget.action, Action::RateLimit);
+  ASSERT_TRUE(budget.rate.has_value());
+  EXPECT_EQ(budget.rate->count, 60u);
+  EXPECT_EQ(budget.rate->periodSeconds, 60u);
+  EXPECT_EQ(budget.burst, 10u);
+  EXPECT_EQ(budget.per, RatePer::Rule);
+
+  const Rule& watch = c.rules.list[3];
+  EXPECT_EQ(watch.action, Action::LogOnly);
+  EXPECT_EQ(watch.wouldBe, Action::RateLimit);
+  ASSERT_TRUE(watch.rate.has_value());
+  EXPECT_EQ(watch.rate->count, 5u);
+  EXPECT_EQ(watch.rate->periodSeconds, 3600u);
+  EXPECT_EQ(watch.burst, 5u);  // defaults to the count
+
+  const Rule& reads = c.rules.list[4];
+  EXPECT_EQ(reads.agents, std::vector<std::string>{"deploy"});
+  EXPECT_EQ(reads.credential, "readonly");
+
+  EXPECT_EQ(c.limits.maxHeaderBytes, 32768u);
+  EXPECT_EQ(c.limits.maxHeaders, 50u);
+  EXPECT_EQ(c.limits.maxBodyBytes, 1048576u);
+  EXPECT_EQ(c.limits.handshakeTimeout, 5s);
+  EXPECT_EQ(c.limits.headerTimeout, 10s);
+  EXPECT_EQ(c.limits.idleTimeout, 120s);
+  EXPECT_EQ(c.limits.requestTimeout, 3600s);
+  EXPECT_EQ(c.limits.upstreamTimeout, 2s);  // 1500ms rounds up
+  EXPECT_FALSE(c.bpf.keepOnExit);
+  EXPECT_FALSE(c.bpf.refuseQuic);
+}
+
+TEST(ConfigLoad, Defaults) {
+  Result<Config> r = loadConfig(std::string(kData) + "/minimal.yaml");
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  const Config& c = *r;
+  const Config d;
+  EXPECT_EQ(c.listen.port, 15443);
+  EXPECT_FALSE(c.listen.admin.has_value());
+  EXPECT_EQ(c.stateDir, "/var/lib/atlasgate");
+  EXPECT_EQ(c.auditLog, "/var/log/atlasgate/audit.jsonl");
+  EXPECT_EQ(c.logLevel, "info");
+  EXPECT_EQ(c.agents.cgroup, "atlasgate");
+  EXPECT_TRUE(c.agents.attach.empty());
+  ASSERT_EQ(c.targets.size(), 1u);
+  EXPECT_EQ(c.targets[0].host, "cloud.mongodb.com");
+  EXPECT_TRUE(c.targets[0].addresses.empty());
+  EXPECT_FALSE(c.targets[0].upstreamCa.has_value());
+  EXPECT_EQ(c.targets[0].upstreamPort, 443);
+  EXPECT_TRUE(c.targets[0].resolve);
+  EXPECT_TRUE(c.targets[0].credentials.empty());
+  EXPECT_EQ(c.rules.defaultAction, Action::Allow);
+  EXPECT_TRUE(c.rules.list.empty());
+  EXPECT_EQ(c.limits.maxHeaderBytes, d.limits.maxHeaderBytes);
+  EXPECT_EQ(c.limits.maxHeaders, d.limits.maxHeaders);
+  EXPECT_EQ(c.limits.maxBodyBytes, d.limits.maxBodyBytes);
+  EXPECT_EQ(c.limits.handshakeTimeout, d.limits.handshakeTimeout);
+  EXPECT_EQ(c.limits.idleTimeout, d.limits.idleTimeout);
+  EXPECT_TRUE(c.bpf.keepOnExit);
+  EXPECT_TRUE(c.bpf.refuseQuic);
+}
+
+TEST(ConfigLoad, RuleDefaults) {
+  Result<Config> r = parse(std::string(kTarget) +
+                           "rules:\n"
+                           "  list:\n"
+                           "    - action: approve\n"
+                           "    - action: log_only\n"
+                           "    - action: rate_limit\n"
+                           "      rate: 3/d\n");
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  const auto& list = r->rules.list;
+  ASSERT_EQ(list.size(), 3u);
+  EXPECT_EQ(list[0].name, "rule-0");
+  EXPECT_TRUE(list[0].methods.empty());
+  EXPECT_TRUE(list[0].path.empty());
+  EXPECT_TRUE(list[0].hosts.empty());
+  EXPECT_EQ(list[0].timeout, 120s);
+  EXPECT_FALSE(list[0].rate.has_value());
+  EXPECT_EQ(list[1].wouldBe, Action::Block);
+  EXPECT_EQ(list[2].per, RatePer::Agent);
+  EXPECT_EQ(list[2].burst, 3u);
+}
+
+TEST(ConfigLoad, ServiceAccountMapFormWithInlineSecretInPrivateFile) {
+  Result<Config> r = parse(std::string(kTarget) +
+                               "    credentials:\n"
+                               "      service_account:\n"
+                               "        client_id: mdb_sa_id_x\n"
+                               "        client_secret: s3cr3t-VALUE\n",
+                           /*isPrivate=*/true);
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  ASSERT_EQ(r->targets[0].credentials.size(), 1u);
+  const Credential& k = r->targets[0].credentials[0];
+  EXPECT_EQ(k.name, "default");
+  ASSERT_TRUE(k.serviceAccount.has_value());
+  EXPECT_EQ(k.serviceAccount->clientSecret.inlineValue, kSecret);
+  EXPECT_EQ(k.serviceAccount->clientSecret.loc.line, 6);
+  EXPECT_EQ(k.serviceAccount->clientSecret.loc.column, 24);
+  EXPECT_EQ(k.describe(), "service_account:mdb_sa_id_x");
+}
+
+TEST(ConfigLoad, ApiKeyMapForm) {
+  Result<Config> r = parse(std::string(kTarget) +
+                           "    credentials:\n"
+                           "      api_key:\n"
+                           "        public_key: abcdefgh\n"
+                           "        private_key_file: /etc/atlasgate/key\n");
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  const Credential& k = r->targets[0].credentials.at(0);
+  EXPECT_EQ(k.name, "default");
+  ASSERT_TRUE(k.apiKey.has_value());
+  EXPECT_FALSE(k.serviceAccount.has_value());
+  EXPECT_EQ(k.apiKey->privateKey.file, "/etc/atlasgate/key");
+  EXPECT_EQ(k.describe(), "api_key:abcdefgh");
+}
+
+TEST(ConfigLoad, CredentialListForm) {
+  Result<Config> r = parse(std::string(kTarget) +
+                           "    credentials:\n"
+                           "      - name: admin\n"
+                           "        agents: ops-*\n"
+                           "        api_key: {public_key: pub, private_key_env: ATLAS_KEY}\n"
+                           "      - name: reader\n"
+                           "        service_account: {client_id: id, client_secret_file: /run/secret}\n");
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  const auto& ks = r->targets[0].credentials;
+  ASSERT_EQ(ks.size(), 2u);
+  EXPECT_EQ(ks[0].name, "admin");
+  EXPECT_EQ(ks[0].agents, std::vector<std::string>{"ops-*"});
+  EXPECT_EQ(ks[0].describe(), "api_key:pub");
+  EXPECT_EQ(ks[1].name, "reader");
+  EXPECT_TRUE(ks[1].agents.empty());
+  EXPECT_EQ(ks[1].describe(), "service_account:id");
+}
+
+TEST(ConfigLoad, Durations) {
+  const std::pair<std::string_view, std::chrono::seconds> cases[] = {{"1", 1s},      {"45s", 45s}, {"500ms", 1s},
+                                                                     {"1001ms", 2s}, {"2m", 120s}, {"1h", 3600s}};
+  for (const auto& [text, want] : cases) {
+    Result<Config> r = parse(std::string(kTarget) + "limits:\n  idle_timeout: " + std::string(text) + "\n");
+    ASSERT_TRUE(r.ok()) << text << ": " << r.error().message;
+    EXPECT_EQ(r->limits.idleTimeout, want) << text;
+  }
+}
+
+TEST(ConfigLoad, RateUnits) {
+  const std::pair<std::string_view, std::uint64_t> cases[] = {
+      {"s", 1},        {"sec", 1},  {"second", 1},  {"m", 60},    {"min", 60},    {"minute", 60},
+      {" Minute", 60}, {"h", 3600}, {"hour", 3600}, {"d", 86400}, {"day", 86400},
+  };
+  for (const auto& [unit, seconds] : cases) {
+    Result<Config> r = parse(rulesWith("      action: rate_limit\n      rate: 7/" + std::string(unit) + "\n"));
+    ASSERT_TRUE(r.ok()) << unit << ": " << r.error().message;
+    EXPECT_EQ(r->rules.list[0].rate->count, 7u);
+    EXPECT_EQ(r->rules.list[0].rate->periodSeconds, seconds) << unit;
+  }
+}
+
+TEST(ConfigLoad, ConditionValuesKeepYamlTypes) {
+  Result<Config> r =
+      parse(rulesWith("      action: block\n"
+                      "      when:\n"
+                      "        - pointer: \"\"\n"
+                      "          in: [-3, +4, 0x1F, 1e3, .5, \"12\", !!str 13, yes, ~, \"a\\\"b\\\\c\"]\n"));
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  const Condition& c = r->rules.list[0].when.at(0);
+  EXPECT_EQ(c.pointer, "");
+  EXPECT_EQ(c.jsonValues, (std::vector<std::string>{"-3", "4", "31", "1000", "0.5", "\"12\"", "\"13\"", "\"yes\"",
+                                                    "null", R"("a\"b\\c")"}));
+}
+
+TEST(ConfigLoad, DescribeSummarisesWithoutSecrets) {
+  Result<Config> r = parse(std::string(kTarget) +
+                               "    addresses: [192.0.2.1]\n"
+                               "    credentials:\n"
+                               "      - name: a\n"
+                               "        service_account: {client_id: mdb_sa_id_x, client_secret: s3cr3t-VALUE}\n"
+                               "      - name: b\n"
+                               "        api_key: {public_key: pubkey, private_key_env: ATLAS_KEY}\n"
+                               "listen:\n"
+                               "  admin: 127.0.0.1:15444\n"
+                               "agents:\n"
+                               "  attach: [/sys/fs/cgroup/a]\n"
+                               "rules:\n"
+                               "  list:\n"
+                               "    - action: block\n"
+                               "    - action: allow\n",
+                           /*isPrivate=*/true);
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  const std::string d = describeConfig(*r);
+  for (std::string_view want :
+       {"port 15443", "admin 127.0.0.1:15444", "/var/lib/atlasgate", "audit.jsonl", "cgroup atlasgate",
+        "attach /sys/fs/cgroup/a", "cloud.mongodb.com", "192.0.2.1", "service_account:mdb_sa_id_x", "secret inline",
+        "api_key:pubkey", "$ATLAS_KEY", "rules: 2"}) {
+    EXPECT_NE(d.find(want), std::string::npos) << "no \"" << want << "\" in:\n" << d;
+  }
+  EXPECT_EQ(d.find(kSecret), std::string::npos) << d;
+}
+
+TEST(ConfigLoad, ActionNames) {
+  EXPECT_EQ(actionName(Action::Allow), "allow");
+  EXPECT_EQ(actionName(Action::Block), "block");
+  EXPECT_EQ(actionName(Action::RateLimit), "rate_limit");
+  EXPECT_EQ(actionName(Action::Approve), "approve");
+  EXPECT_EQ(actionName(Action::LogOnly), "log_only");
+}
+
+// ---- loadConfig and the file mode -----------------------------------------
+
+const std::string kInlineSecretFile = std::string(kTarget) +
+                                      "    credentials:\n"
+                                      "      service_account:\n"
+                                      "        client_id: mdb_sa_id_x\n"
+                                      "        client_secret: s3cr3t-VALUE\n";
+
+TEST(ConfigFile, InlineSecretRejectedUnlessMode0600) {
+  const TempFile file(kInlineSecretFile, 0644);
+  Result<Config> r = loadConfig(file.path());
+  ASSERT_FALSE(r.ok());
+  const std::string& m = r.error().message;
+  EXPECT_EQ(m.rfind(file.path() + ":6:9: ", 0), 0u) << m;
+  for (std::string_view w : {"0600", "client_secret_file", "client_secret_env", "chmod 600"}) {
+    EXPECT_NE(m.find(w), std::string::npos) << w << " not in: " << m;
+  }
+  EXPECT_EQ(m.find(kSecret), std::string::npos) << m;
+}
+
+TEST(ConfigFile, GroupReadableIsNotPrivate) {
+  const TempFile file(kInlineSecretFile, 0640);
+  EXPECT_FALSE(loadConfig(file.path()).ok());
+}
+
+TEST(ConfigFile, InlineSecretAcceptedInMode0600) {
+  for (mode_t mode : {0600, 0400}) {
+    const TempFile file(kInlineSecretFile, mode);
+    Result<Config> r = loadConfig(file.path());
+    ASSERT_TRUE(r.ok()) << r.error().message;
+    EXPECT_EQ(r->path, file.path());
+    EXPECT_EQ(r->targets[0].credentials[0].serviceAccount->clientSecret.inlineValue, kSecret);
+    EXPECT_EQ(r->targets[0].credentials[0].serviceAccount->clientSecret.loc.file, file.path());
+  }
+}
+
+TEST(ConfigFile, MissingFile) {
+  Result<Config> r = loadConfig("/nonexistent/atlasgate.yaml");
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code, ENOENT);
+  EXPECT_EQ(r.error().message.rfind("/nonexistent/atlasgate.yaml: ", 0), 0u) << r.error().message;
+  EXPECT_NE(r.error().message.find("No such file or directory"), std::string::npos) << r.error().message;
+}
+
+// ---- bad files: one per kind of mistake -----------------------------------
+
+TEST(ConfigErrors, YamlSyntax) {
+  EXPECT_TRUE(
+      failsAt("targets:\n"
+              "  - host: cloud.mongodb.com\n"
+              "    addresses: [10.0.0.1\n"
+              "listen: {}\n",
+              "4:7", {"YAML syntax error"}));
+  EXPECT_TRUE(
+      failsAt("listen:\n"
+              "  port: 1\n"
+              " admin: x\n",
+              "3:2", {"YAML syntax error", "end of map not found"}));
+}
+
+TEST(ConfigErrors, EmptyFileAndSeveralDocuments) {
+  EXPECT_TRUE(failsAt("# nothing here\n", "1:1", {"empty", "targets"}));
+  EXPECT_TRUE(failsAt(std::string(kTarget) + "---\n" + std::string(kTarget), "4:1", {"one YAML document"}));
+}
+
+TEST(ConfigErrors, UnknownTopLevelKey) {
+  EXPECT_TRUE(failsAt(std::string(kTarget) + "lisen:\n  port: 1\n", "3:1",
+                      {"unknown top-level key \"lisen\"", "did you mean \"listen\"", "allowed: listen, state_dir"}));
+}
+
+TEST(ConfigErrors, UnknownNestedKey) {
+  EXPECT_TRUE(
+      failsAt(std::string(kTarget) + "    upstream-port: 8443\n", "3:5",
+              {"unknown key \"upstream-port\" in targets[0]", "did you mean \"upstream_port\"", "allowed: host"}));
+  EXPECT_TRUE(failsAt(rulesWith("      action: block\n"
+                                "      when:\n"
+                                "        - pointer: /a\n"
+                                "          equal: 3\n"),
+                      "9:11", {"unknown key \"equal\" in rules.list[0].when[0]", "did you mean \"equals\""}));
+}
+
+TEST(ConfigErrors, DuplicateKey) {
+  EXPECT_TRUE(
+      failsAt(std::string(kTarget) + "    host: other.example.com\n", "3:5", {"targets[0]", "duplicate key \"host\""}));
+}
+
+TEST(ConfigErrors, WrongType) {
+  EXPECT_TRUE(failsAt("listen: 15443\n" + std::string(kTarget), "1:9", {"listen", "expected a map", "scalar"}));
+  EXPECT_TRUE(failsAt("targets: cloud.mongodb.com\n", "1:10", {"targets", "expected a list"}));
+  EXPECT_TRUE(failsAt(std::string(kTarget) + "    resolve: sometimes\n", "3:14",
+                      {"targets[0].resolve", "true or false", "\"sometimes\""}));
+  EXPECT_TRUE(failsAt("targets:\n  - host: {name: a.com}\n", "2:11", {"targets[0].host", "expected a string", "map"}));
+}
+
+TEST(ConfigErrors, BadPort) {
+  EXPECT_TRUE(
+      failsAt("listen:\n  port: 70000\n" + std::string(kTarget), "2:9", {"listen.port", "from 1 to 65535", "70000"}));
+  EXPECT_TRUE(
+      failsAt(std::string(kTarget) + "    upstream_port: 0\n", "3:20", {"targets[0].upstream_port", "1 to 65535"}));
+  EXPECT_TRUE(
+      failsAt("listen:\n  admin: localhost\n" + std::string(kTarget), "2:10", {"listen.admin", "ADDRESS:PORT"}));
+}
+
+TEST(ConfigErrors, NoTargets) {
+  EXPECT_TRUE(failsAt("targets: []\n", "1:10", {"at least one target"}));
+  EXPECT_TRUE(failsAt("listen:\n  port: 15443\n", "1:1", {"targets", "required"}));
+}
+
+TEST(ConfigErrors, BadHost) {
+  EXPECT_TRUE(failsAt("targets:\n  - host: cloud_mongodb.com\n", "2:11", {"targets[0].host", "not a valid DNS name"}));
+  EXPECT_TRUE(failsAt("targets:\n  - host: -bad.example.com\n", "2:11", {"not a valid DNS name"}));
+  EXPECT_TRUE(failsAt("targets:\n  - host: 10.0.0.1\n", "2:11", {"is an IP address", "addresses"}));
+  EXPECT_TRUE(failsAt("targets:\n  - addresses: [10.0.0.1]\n", "2:5", {"targets[0]", "host is required"}));
+}
+
+TEST(ConfigErrors, BadAddress) {
+  EXPECT_TRUE(failsAt(std::string(kTarget) + "    addresses: [10.0.0.1, 10.0.0.300]\n", "3:27",
+                      {"targets[0].addresses[1]", "\"10.0.0.300\"", "not a literal IPv4 or IPv6 address"}));
+  EXPECT_TRUE(failsAt(std::string(kTarget) + "    addresses: [\"::1\", \"0:0::1\"]\n", "3:24",
+                      {"targets[0].addresses[1]", "address ::1 is listed twice"}));
+}
+
+TEST(ConfigErrors, DuplicateHost) {
+  EXPECT_TRUE(failsAt(std::string(kTarget) + "  - host: Cloud.MongoDB.com.\n", "3:11",
+                      {"targets[1].host", "duplicate target host \"cloud.mongodb.com\"", "first at line 2"}));
+}
+
+TEST(ConfigErrors, TwoSecretSources) {
+  EXPECT_TRUE(failsAt(
+      std::string(kTarget) + "    credentials:\n"
+                             "      service_account:\n"
+                             "        client_id: x\n"
+                             "        client_secret_file: /etc/secret\n"
+                             "        client_secret_env: SECRET\n",
+      "7:9",
+      {"targets[0].credentials.service_account", "both client_secret_file and client_secret_env", "exactly one"}));
+}
+
+TEST(ConfigErrors, TwoCredentialKinds) {
+  EXPECT_TRUE(failsAt(std::string(kTarget) + "    credentials:\n"
+                                             "      api_key: {public_key: p, private_key_env: K}\n"
+                                             "      service_account: {client_id: i, client_secret_env: S}\n",
+                      "5:7", {"targets[0].credentials", "both api_key and service_account", "one or the other"}));
+}
+
+TEST(ConfigErrors, NoSecretSource) {
+  EXPECT_TRUE(failsAt(
+      std::string(kTarget) + "    credentials:\n"
+                             "      api_key:\n"
+                             "        public_key: abcdefgh\n",
+      "4:7", {"targets[0].credentials.api_key", "needs one of private_key_file, private_key_env, private_key"}));
+}
+
+TEST(ConfigErrors, InlineSecretInSharedFile) {
+  EXPECT_TRUE(failsAt(kInlineSecretFile, "6:9",
+                      {"targets[0].credentials.service_account.client_secret", "bad.yaml is mode 0600",
+                       "use client_secret_file or client_secret_env", "chmod 600 bad.yaml"}));
+}
+
+TEST(ConfigErrors, CredentialListNeedsUniqueNames) {
+  EXPECT_TRUE(failsAt(std::string(kTarget) + "    credentials:\n"
+                                             "      - api_key: {public_key: p, private_key_env: K}\n",
+                      "4:9", {"targets[0].credentials[0]", "name is required"}));
+  EXPECT_TRUE(failsAt(std::string(kTarget) + "    credentials:\n"
+                                             "      - name: a\n"
+                                             "        api_key: {public_key: p, private_key_env: K}\n"
+                                             "      - name: a\n"
+                                             "        api_key: {public_key: q, private_key_env: K}\n",
+                      "6:15", {"duplicate credential name \"a\"", "first at line 4"}));
+}
+
+TEST(ConfigErrors, BadRuleAction) {
+  EXPECT_TRUE(
+      failsAt(rulesWith("      action: deny\n"), "6:15",
+              {"rules.list[0].action", "expected one of allow, block, rate_limit, approve, log_only", "\"deny\""}));
+  EXPECT_TRUE(failsAt(rulesWith("      path: /a\n"), "5:7", {"rules.list[0]", "action is required"}));
+  EXPECT_TRUE(
+      failsAt(rulesWith("      action: rate-limit\n      rate: 1/s\n"), "6:15", {"did you mean \"rate_limit\""}));
+}
+
+TEST(ConfigErrors, RateOnNonRateLimit) {
+  EXPECT_TRUE(failsAt(rulesWith("      action: block\n      rate: 5/m\n"), "7:7",
+                      {"rules.list[0].rate", "only allowed with action: rate_limit"}));
+  EXPECT_TRUE(failsAt(rulesWith("      action: allow\n      timeout: 5s\n"), "7:7",
+                      {"timeout", "only allowed with action: approve"}));
+  EXPECT_TRUE(failsAt(rulesWith("      action: block\n      would_be: approve\n"), "7:7",
+                      {"would_be", "only allowed with action: log_only"}));
+}
+
+TEST(ConfigErrors, MissingRate) {
+  EXPECT_TRUE(
+      failsAt(rulesWith("      action: rate_limit\n      burst: 5\n"), "6:15", {"rules.list[0]", "needs rate"}));
+  EXPECT_TRUE(failsAt(rulesWith("      action: log_only\n      would_be: rate_limit\n"), "7:17", {"needs rate"}));
+}
+
+TEST(ConfigErrors, BadRate) {
+  EXPECT_TRUE(failsAt(rulesWith("      action: rate_limit\n      rate: 5/fortnight\n"), "7:13",
+                      {"rules.list[0].rate", "unknown rate unit \"fortnight\"", "second, minute, hour, day"}));
+  EXPECT_TRUE(
+      failsAt(rulesWith("      action: rate_limit\n      rate: 5/minutes\n"), "7:13", {"did you mean \"minute\""}));
+  EXPECT_TRUE(failsAt(rulesWith("      action: rate_limit\n      rate: 0/s\n"), "7:13", {"COUNT/UNIT"}));
+  EXPECT_TRUE(failsAt(rulesWith("      action: rate_limit\n      rate: 60\n"), "7:13", {"COUNT/UNIT"}));
+  EXPECT_TRUE(failsAt(rulesWith("      action: rate_limit\n      rate: 1/s\n      burst: 0\n"), "8:14", {"burst"}));
+}
+
+TEST(ConfigErrors, BadRegex) {
+  EXPECT_TRUE(failsAt(rulesWith("      action: block\n"
+                                "      when:\n"
+                                "        - pointer: /name\n"
+                                "          matches: \"prod-(\"\n"),
+                      "9:20", {"rules.list[0].when[0].matches", "\"prod-(\"", "does not compile"}));
+}
+
+TEST(ConfigErrors, BadPointer) {
+  EXPECT_TRUE(failsAt(rulesWith("      action: block\n"
+                                "      when:\n"
+                                "        - pointer: name\n"
+                                "          exists: true\n"),
+                      "8:20", {"rules.list[0].when[0].pointer", "not a JSON pointer", "start with /"}));
+  EXPECT_TRUE(failsAt(rulesWith("      action: block\n"
+                                "      when:\n"
+                                "        - pointer: /a~2b\n"
+                                "          exists: true\n"),
+                      "8:20", {"'~' must be followed by 0 or 1"}));
+  EXPECT_TRUE(failsAt(rulesWith("      action: block\n"
+                                "      when:\n"
+                                "        - pointer: /a\n"),
+                      "8:11", {"needs one of equals, in, not_in, matches, exists"}));
+}
+
+TEST(ConfigErrors, BadMethod) {
+  EXPECT_TRUE(failsAt(rulesWith("      method: [GET, FETCH]\n      action: block\n"), "6:21",
+                      {"rules.list[0].method[1]", "\"FETCH\" is not an HTTP method", "GET, HEAD, POST"}));
+  EXPECT_TRUE(failsAt(rulesWith("      method: delet\n      action: block\n"), "6:15", {"did you mean \"DELETE\""}));
+}
+
+TEST(ConfigErrors, EmptyMatchList) {
+  EXPECT_TRUE(failsAt(rulesWith("      method:\n      action: block\n"), "6:7",
+                      {"rules.list[0].method", "is empty", "leave method out"}));
+  EXPECT_TRUE(
+      failsAt(rulesWith("      agents: []\n      action: allow\n"), "6:15", {"rules.list[0].agents", "is empty"}));
+}
+
+TEST(ConfigErrors, BadPathPattern) {
+  EXPECT_TRUE(failsAt(rulesWith("      path: api/v2\n      action: block\n"), "6:13",
+                      {"rules.list[0].path", "must start with /"}));
+  EXPECT_TRUE(failsAt(rulesWith("      path: /groups/{groupId\n      action: block\n"), "6:13", {"unbalanced braces"}));
+  EXPECT_TRUE(failsAt(rulesWith("      path: /groups/x*\n      action: block\n"), "6:13", {"mixes text"}));
+  EXPECT_TRUE(failsAt(rulesWith("      path: /a/{id}/b/{id}\n      action: block\n"), "6:13", {"{id} appears twice"}));
+  EXPECT_TRUE(failsAt(rulesWith("      path: /a?x=1\n      action: block\n"), "6:13", {"query string"}));
+}
+
+TEST(ConfigErrors, DuplicateRuleName) {
+  EXPECT_TRUE(failsAt(rulesWith("      action: block\n"
+                                "    - name: r\n"
+                                "      action: allow\n"),
+                      "7:13", {"rules.list[1]", "duplicate rule name \"r\"", "first at line 5"}));
+  EXPECT_TRUE(failsAt(std::string(kTarget) + "rules:\n"
+                                             "  list:\n"
+                                             "    - name: rule-1\n"
+                                             "      action: block\n"
+                                             "    - action: allow\n",
+                      "7:7", {"duplicate rule name \"rule-1\"", "generated", "give it a name"}));
+}
+
+TEST(ConfigErrors, RuleRefersToUnknownHostOrCredential) {
+  EXPECT_TRUE(failsAt(rulesWith("      host: realm.mongodb.com\n      action: block\n"), "6:13",
+                      {"rules.list[0].host", "\"realm.mongodb.com\" is not one of the targets (cloud.mongodb.com)"}));
+  EXPECT_TRUE(failsAt(rulesWith("      action: allow\n      credential: admin\n"), "7:19",
+                      {"rules.list[0].credential", "no target has a credential named \"admin\""}));
+}
+
+TEST(ConfigErrors, RelativeAttachPath) {
+  EXPECT_TRUE(failsAt("agents:\n  attach: [/sys/fs/cgroup/a, ci.slice]\n" + std::string(kTarget), "2:30",
+                      {"agents.attach[1]", "absolute path", "\"ci.slice\""}));
+  EXPECT_TRUE(failsAt("state_dir: var/lib\n" + std::string(kTarget), "1:12", {"state_dir", "absolute path"}));
+}
+
+TEST(ConfigErrors, BadDuration) {
+  EXPECT_TRUE(failsAt("limits:\n  idle_timeout: 5 minutes\n" + std::string(kTarget), "2:17",
+                      {"limits.idle_timeout", "expected a duration", "\"5 minutes\""}));
+  EXPECT_TRUE(failsAt("limits:\n  idle_timeout: 0ms\n" + std::string(kTarget), "2:17", {"greater than zero"}));
+  EXPECT_TRUE(
+      failsAt(rulesWith("      action: approve\n      timeout: -5\n"), "7:16", {"rules.list[0].timeout", "duration"}));
+}
+
+TEST(ConfigErrors, BadLogLevel) {
+  EXPECT_TRUE(
+      failsAt("log_level: verbose\n" + std::string(kTarget), "1:12", {"log_level", "debug, info, warn, error"}));
+}
+
+// Whatever goes wrong around a secret, the message names keys, never values.
+TEST(ConfigErrors, SecretsNeverAppearInMessages) {
+  const std::string head = std::string(kTarget) + "    credentials:\n      service_account:\n        client_id: id\n";
+  const std::pair<std::string, bool> cases[] = {
+      {head + "        client_secret: s3cr3t-VALUE\n", false},
+      {head + "        client_secret: s3cr3t-VALUE\n        client_secret_env: X\n", true},
+      {head + "        client_secret_file: /etc/x\n        client_secret: s3cr3t-VALUE\n", true},
+      {head + "        client_secret: [s3cr3t-VALUE]\n", true},
+      {head + "        client_secret_file: s3cr3t-VALUE\n", true},
+      {head + "        client_secret_env: s3cr3t-VALUE\n", true},
+      {head + "        client_secret: s3cr3t-VALUE\n        bogus: 1\n", true},
+      {head + "        client_secret: s3cr3t-VALUE\n      - x\n", true},
+      {head + "        client_secret: [s3cr3t-VALUE\n", true},
+  };
+  for (const auto& [yaml, isPrivate] : cases) {
+    Result<Config> r = parse(yaml, isPrivate);
+    ASSERT_FALSE(r.ok()) << yaml;
+    EXPECT_EQ(r.error().message.find(kSecret), std::string::npos) << r.error().message;
+    EXPECT_EQ(r.error().message.find("s3cr3t"), std::string::npos) << r.error().message;
+  }
+}
+
+}  // namespace
+}  // namespace atlasgate::config

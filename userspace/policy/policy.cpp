@@ -1,0 +1,528 @@
+#include "policy/policy.h"
+
+#include <fnmatch.h>
+
+#include <algorithm>
+#include <array>
+#include <set>
+#include <unordered_map>
+
+#include <fmt/format.h>
+
+#include "policy/condition.h"
+#include "policy/path.h"
+#include "policy/path_index.h"
+#include "policy/token_bucket.h"
+
+namespace atlasgate::policy {
+
+namespace {
+
+// Refusal strength, for choosing between the two views of a %2F path.
+int restrictiveness(config::Action a) {
+  switch (a) {
+    case config::Action::Allow: return 0;
+    case config::Action::LogOnly: return 1;
+    case config::Action::RateLimit: return 2;
+    case config::Action::Approve: return 3;
+    case config::Action::Block: return 4;
+  }
+  return 4;
+}
+
+// "cloud.mongodb.com", "Cloud.MongoDB.com.:443", "[::1]:443" -> comparable form.
+std::string normalizeHost(std::string_view h) {
+  if (!h.empty() && h.front() == '[') {
+    if (auto close = h.find(']'); close != std::string_view::npos) h = h.substr(0, close + 1);
+  } else if (auto colon = h.find(':'); colon != std::string_view::npos && h.find(':', colon + 1) == std::string_view::npos) {
+    h = h.substr(0, colon);
+  }
+  if (!h.empty() && h.back() == '.') h.remove_suffix(1);
+  return asciiLower(h);
+}
+
+std::string joinOr(const std::vector<std::string>& items, std::string_view empty) {
+  if (items.empty()) return std::string(empty);
+  return fmt::format("{}", fmt::join(items, ","));
+}
+
+std::string periodName(std::uint64_t seconds) {
+  switch (seconds) {
+    case 1: return "second";
+    case 60: return "minute";
+    case 3600: return "hour";
+    case 86400: return "day";
+    default: return fmt::format("{}s", seconds);
+  }
+}
+
+std::string locPrefix(const config::SourceLoc& loc) {
+  if (loc.line <= 0) return loc.file.empty() ? std::string() : loc.file + ": ";
+  return fmt::format("{}:{}:{}: ", loc.file.empty() ? "<config>" : loc.file, loc.line, loc.column);
+}
+
+}  // namespace
+
+std::string_view verdictName(Verdict v) {
+  switch (v) {
+    case Verdict::Allow: return "allow";
+    case Verdict::Block: return "block";
+    case Verdict::RateLimited: return "rate_limited";
+    case Verdict::Approve: return "approve";
+    case Verdict::Malformed: return "malformed";
+  }
+  return "?";
+}
+
+std::string_view actionText(config::Action a) {
+  switch (a) {
+    case config::Action::Allow: return "allow";
+    case config::Action::Block: return "block";
+    case config::Action::RateLimit: return "rate_limit";
+    case config::Action::Approve: return "approve";
+    case config::Action::LogOnly: return "log_only";
+  }
+  return "?";
+}
+
+// ---- compiled state ---------------------------------------------------------
+
+struct Policy::Compiled {
+  std::vector<std::string> methods;  // upper-cased
+  std::vector<std::string> hosts;    // normalizeHost()
+  std::vector<PatternSegment> pattern;
+  std::vector<std::string> agents;   // globs
+  std::vector<CompiledCondition> conditions;
+  std::uint64_t burst = 0;                // rate_limit
+  std::unique_ptr<RuleBuckets> buckets;  // rate_limit
+  std::string signature;                  // the definition, for adoptStateFrom()
+};
+
+struct Policy::Context {
+  Context(const Request& r, const Options& o)
+      : req(r), host(normalizeHost(r.host)), agent(r.agent), body(r.body, o.maxBodyBytes) {}
+
+  const Request& req;
+  std::string host;
+  std::string agent;  // NUL-terminated for fnmatch
+  LazyBody body;
+};
+
+struct Policy::Pick {
+  std::optional<std::size_t> index;  // nullopt = default
+  bool malformed = false;
+  std::string reason;
+  bool viaAlternate = false;
+};
+
+namespace {
+
+bool methodMatches(const std::vector<std::string>& methods, std::string_view method) {
+  if (methods.empty()) return true;
+  return std::any_of(methods.begin(), methods.end(), [&](const auto& m) { return asciiIEquals(m, method); });
+}
+
+bool hostMatches(const std::vector<std::string>& hosts, const std::string& host) {
+  return hosts.empty() || std::find(hosts.begin(), hosts.end(), host) != hosts.end();
+}
+
+bool agentMatches(const std::vector<std::string>& globs, const std::string& agent) {
+  if (globs.empty()) return true;
+  if (agent.find('\0') != std::string::npos) return false;  // fnmatch would see a prefix only
+  return std::any_of(globs.begin(), globs.end(),
+                     [&](const auto& g) { return ::fnmatch(g.c_str(), agent.c_str(), 0) == 0; });
+}
+
+// All conditions must hold: False wins over Unknown, which wins over True.
+// Stops at the first False; `unknownAt` gets the 0-based index of the first
+// Unknown one.
+Truth conditionsTruth(const std::vector<CompiledCondition>& conditions, LazyBody& body, std::size_t* falseAt,
+                      std::size_t* unknownAt) {
+  Truth result = Truth::True;
+  for (std::size_t i = 0; i < conditions.size(); ++i) {
+    Truth t = conditions[i].evaluate(body);
+    if (t == Truth::False) {
+      if (falseAt) *falseAt = i;
+      return Truth::False;
+    }
+    if (t == Truth::Unknown && result == Truth::True) {
+      result = Truth::Unknown;
+      if (unknownAt) *unknownAt = i;
+    }
+  }
+  return result;
+}
+
+std::string unknownWhy(LazyBody& body) {
+  if (body.state() == LazyBody::State::Unreadable) return body.unreadableReason();
+  return "a regular expression is too complex to evaluate against the body";
+}
+
+}  // namespace
+
+Policy::Policy() : index_(std::make_unique<PathIndex>()) {}
+Policy::~Policy() = default;
+
+Result<std::shared_ptr<Policy>> Policy::compile(const config::Rules& rules, const Options& options) {
+  std::shared_ptr<Policy> p(new Policy());
+  p->options_ = options;
+  if (rules.defaultAction != config::Action::Allow && rules.defaultAction != config::Action::Block) {
+    return makeError("rules.default must be allow or block, not {}", actionText(rules.defaultAction));
+  }
+  p->default_ = rules.defaultAction;
+  p->rules_ = rules.list;
+
+  std::set<std::string, std::less<>> names;
+  for (std::size_t i = 0; i < p->rules_.size(); ++i) {
+    config::Rule& rule = p->rules_[i];
+    if (rule.name.empty()) rule.name = fmt::format("rule-{}", i + 1);
+    auto fail = [&](std::string_view msg) {
+      return makeError("{}rule \"{}\": {}", locPrefix(rule.loc), rule.name, msg);
+    };
+    if (!names.insert(rule.name).second) return fail("the name is used by an earlier rule");
+
+    auto c = std::make_unique<Compiled>();
+    for (const auto& m : rule.methods) {
+      if (m.empty() || m.find_first_of(" \t/") != std::string::npos) return fail(fmt::format("bad method \"{}\"", m));
+      c->methods.push_back(asciiUpper(m));
+    }
+    rule.methods = c->methods;
+    for (const auto& h : rule.hosts) {
+      if (h.empty()) return fail("empty host");
+      c->hosts.push_back(normalizeHost(h));
+    }
+    c->agents = rule.agents;
+    auto pattern = parsePattern(rule.path);
+    if (!pattern) return fail(pattern.error().message);
+    c->pattern = std::move(pattern.value());
+
+    for (std::size_t k = 0; k < rule.when.size(); ++k) {
+      auto cond = CompiledCondition::compile(rule.when[k]);
+      if (!cond) {
+        const auto& loc = rule.when[k].loc.line > 0 ? rule.when[k].loc : rule.loc;
+        return makeError("{}rule \"{}\": condition {}: {}", locPrefix(loc), rule.name, k + 1, cond.error().message);
+      }
+      c->conditions.push_back(std::move(cond.value()));
+    }
+
+    switch (rule.action) {
+      case config::Action::RateLimit: {
+        if (!rule.rate || rule.rate->count == 0 || rule.rate->periodSeconds == 0) {
+          return fail("rate_limit needs a rate such as 60/minute");
+        }
+        if (rule.burst && *rule.burst == 0) return fail("burst must be at least 1");
+        c->burst = rule.burst.value_or(rule.rate->count);
+        c->buckets = std::make_unique<RuleBuckets>(*rule.rate, c->burst, rule.per, options.maxAgentsPerRule);
+        break;
+      }
+      case config::Action::Approve:
+        if (rule.timeout.count() <= 0) return fail("approve needs a positive timeout");
+        break;
+      case config::Action::LogOnly:
+        if (rule.wouldBe == config::Action::LogOnly) return fail("log_only cannot be what log_only would be");
+        break;
+      case config::Action::Allow:
+      case config::Action::Block:
+        break;
+    }
+
+    std::vector<std::string> conds;
+    for (const auto& cond : c->conditions) conds.push_back(cond.describe());
+    c->signature = fmt::format(
+        "{}\x1f{}\x1f{}\x1f{}\x1f{}\x1f{}\x1f{}\x1f{}\x1f{}\x1f{}", fmt::join(c->methods, ","), fmt::join(c->hosts, ","),
+        rule.path, fmt::join(c->agents, "\x1e"), fmt::join(conds, "\x1e"), actionText(rule.action),
+        rule.rate ? rule.rate->count : 0, rule.rate ? rule.rate->periodSeconds : 0, c->burst,
+        rule.per == config::RatePer::Agent ? "agent" : "rule");
+
+    p->index_->add(c->pattern, static_cast<std::uint32_t>(i));
+    p->compiled_.push_back(std::move(c));
+  }
+  return p;
+}
+
+// ---- deciding ---------------------------------------------------------------
+
+Policy::Pick Policy::decide(const std::vector<std::string>& segments, Context& ctx) const {
+  for (std::uint32_t i : index_->candidates(segments)) {
+    const Compiled& c = *compiled_[i];
+    if (!methodMatches(c.methods, ctx.req.method) || !hostMatches(c.hosts, ctx.host) ||
+        !agentMatches(c.agents, ctx.agent)) {
+      continue;
+    }
+    switch (conditionsTruth(c.conditions, ctx.body, nullptr, nullptr)) {
+      case Truth::True: return Pick{i, false, {}, false};
+      case Truth::False: continue;
+      case Truth::Unknown:
+        if (options_.uncheckableBody == UncheckableBody::ConditionsFail) continue;
+        return Pick{std::nullopt, true,
+                    fmt::format("rule \"{}\" has conditions on the request body, but {}", rules_[i].name,
+                                unknownWhy(ctx.body)),
+                    false};
+    }
+  }
+  return Pick{};
+}
+
+Policy::Pick Policy::choose(const Pick& primary, const std::optional<Pick>& alternate) const {
+  if (primary.malformed || !alternate) return primary;
+  Pick alt = *alternate;
+  alt.viaAlternate = true;
+  if (alt.malformed) return alt;
+  // The alternate view falling through to the default does not count when
+  // the primary view matched a rule (see policy.h).
+  if (!alt.index && primary.index) return primary;
+  auto actionOf = [&](const Pick& p) { return p.index ? rules_[*p.index].action : default_; };
+  return restrictiveness(actionOf(alt)) > restrictiveness(actionOf(primary)) ? alt : primary;
+}
+
+Decision Policy::evaluate(const Request& req, Clock::time_point now) {
+  Decision d;
+  auto norm = normalizeTarget(req.target);
+  if (!norm) {
+    d.verdict = Verdict::Malformed;
+    d.ruleName.clear();
+    d.malformedReason = norm.error().message;
+    return d;
+  }
+  Context ctx(req, options_);
+  Pick primary = decide(norm->segments, ctx);
+  std::optional<Pick> alternate;
+  if (norm->alternate && !primary.malformed) alternate = decide(*norm->alternate, ctx);
+  Pick pick = choose(primary, alternate);
+
+  d.viaAlternatePath = pick.viaAlternate;
+  d.path = displayPath(pick.viaAlternate ? *norm->alternate : norm->segments);
+  if (pick.malformed) {
+    d.verdict = Verdict::Malformed;
+    d.ruleName.clear();
+    d.malformedReason = std::move(pick.reason);
+    return d;
+  }
+  if (!pick.index) {
+    d.action = default_;
+    d.verdict = default_ == config::Action::Block ? Verdict::Block : Verdict::Allow;
+    return d;
+  }
+
+  const std::size_t i = *pick.index;
+  const config::Rule& rule = rules_[i];
+  d.rule = &rule;
+  d.ruleIndex = i;
+  d.ruleName = rule.name;
+  d.action = rule.action;
+  d.credential = rule.credential;
+  switch (rule.action) {
+    case config::Action::Allow: d.verdict = Verdict::Allow; break;
+    case config::Action::Block: d.verdict = Verdict::Block; break;
+    case config::Action::Approve:
+      d.verdict = Verdict::Approve;
+      d.approveTimeout = rule.timeout;
+      break;
+    case config::Action::LogOnly:
+      d.verdict = Verdict::Allow;
+      d.logOnlyWouldBe = rule.wouldBe;
+      break;
+    case config::Action::RateLimit: {
+      auto outcome = compiled_[i]->buckets->take(req.agent, now);
+      d.verdict = outcome.allowed ? Verdict::Allow : Verdict::RateLimited;
+      d.retryAfter = outcome.retryAfter;
+      break;
+    }
+  }
+  return d;
+}
+
+// ---- explaining -------------------------------------------------------------
+
+namespace {
+
+// Linear, reason-producing twin of Policy::decide(); explain() only.
+struct Scan {
+  std::optional<std::size_t> index;
+  bool malformed = false;
+  std::string reason;
+  std::vector<RuleCheck> checks;
+};
+
+}  // namespace
+
+Explanation Policy::explain(const Request& req, Clock::time_point now) const {
+  Explanation e;
+  e.method = std::string(req.method);
+  e.target = std::string(req.target);
+  e.host = std::string(req.host);
+  e.agent = std::string(req.agent);
+
+  auto norm = normalizeTarget(req.target);
+  if (!norm) {
+    e.malformed = true;
+    e.malformedReason = norm.error().message;
+    return e;
+  }
+  e.path = displayPath(norm->segments);
+  if (norm->alternate) e.alternatePath = displayPath(*norm->alternate);
+
+  Context ctx(req, options_);
+  auto scan = [&](const std::vector<std::string>& segments, const std::string& shown) {
+    Scan s;
+    for (std::size_t i = 0; i < rules_.size(); ++i) {
+      const config::Rule& rule = rules_[i];
+      const Compiled& c = *compiled_[i];
+      RuleCheck check{i, rule.name, false, {}};
+      std::size_t falseAt = 0, unknownAt = 0;
+      if (!methodMatches(c.methods, req.method)) {
+        check.reason = fmt::format("method {} is not one of {}", req.method, fmt::join(c.methods, ", "));
+      } else if (!hostMatches(c.hosts, ctx.host)) {
+        check.reason = fmt::format("host {} is not one of {}", ctx.host, fmt::join(c.hosts, ", "));
+      } else if (!matchPattern(c.pattern, segments)) {
+        check.reason = fmt::format("path {} does not match {}", shown, rule.path);
+      } else if (!agentMatches(c.agents, ctx.agent)) {
+        check.reason = fmt::format("agent \"{}\" matches none of {}", ctx.agent, fmt::join(c.agents, ", "));
+      } else {
+        switch (conditionsTruth(c.conditions, ctx.body, &falseAt, &unknownAt)) {
+          case Truth::True:
+            check.applies = true;
+            check.reason = "applies";
+            s.index = i;
+            break;
+          case Truth::False:
+            check.reason = fmt::format("condition {} ({}) does not hold", falseAt + 1, c.conditions[falseAt].describe());
+            break;
+          case Truth::Unknown:
+            check.reason = fmt::format("condition {} ({}) cannot be checked: {}", unknownAt + 1,
+                                       c.conditions[unknownAt].describe(), unknownWhy(ctx.body));
+            if (options_.uncheckableBody == UncheckableBody::Reject) {
+              s.malformed = true;
+              s.reason = fmt::format("rule \"{}\" has conditions on the request body, but {}", rule.name,
+                                     unknownWhy(ctx.body));
+            }
+            break;
+        }
+      }
+      s.checks.push_back(std::move(check));
+      if (s.index || s.malformed) break;
+    }
+    return s;
+  };
+
+  Scan primary = scan(norm->segments, e.path);
+  e.checks = primary.checks;
+  std::optional<Pick> alternatePick;
+  if (norm->alternate && !primary.malformed) {
+    Scan alt = scan(*norm->alternate, *e.alternatePath);
+    e.alternateChecks = alt.checks;
+    alternatePick = Pick{alt.index, alt.malformed, alt.reason, false};
+  }
+  Pick pick = choose(Pick{primary.index, primary.malformed, primary.reason, false}, alternatePick);
+  e.viaAlternatePath = pick.viaAlternate;
+  if (pick.malformed) {
+    e.malformed = true;
+    e.malformedReason = pick.reason;
+    return e;
+  }
+  e.ruleIndex = pick.index;
+  if (!pick.index) {
+    e.ruleName = "default";
+    e.action = default_;
+    return e;
+  }
+  const config::Rule& rule = rules_[*pick.index];
+  e.ruleName = rule.name;
+  e.action = rule.action;
+  if (rule.action == config::Action::LogOnly) e.logOnlyWouldBe = rule.wouldBe;
+  if (const auto& b = compiled_[*pick.index]->buckets) {
+    e.tokensAvailable = b->available(req.agent, now);
+    e.burst = compiled_[*pick.index]->burst;
+  }
+  return e;
+}
+
+std::string Explanation::render() const {
+  std::string out = fmt::format("request: {} {} host={} agent=\"{}\"\n", method, target, host, agent);
+  if (malformed && path.empty()) return out + fmt::format("decision: malformed (400): {}\n", malformedReason);
+  out += fmt::format("path: {}\n", path);
+  for (const auto& c : checks) out += fmt::format("  #{} {}: {}\n", c.index + 1, c.name, c.reason);
+  if (alternatePath) {
+    out += fmt::format("alternate view (encoded '/' or ';param'): {}\n", *alternatePath);
+    for (const auto& c : alternateChecks) out += fmt::format("  #{} {}: {}\n", c.index + 1, c.name, c.reason);
+  }
+  if (malformed) return out + fmt::format("decision: malformed (400): {}\n", malformedReason);
+  std::string by = ruleIndex ? fmt::format("rule #{} \"{}\"", *ruleIndex + 1, ruleName) : std::string("default");
+  out += fmt::format("decision: {} by {}", actionText(action), by);
+  if (viaAlternatePath) out += " (through the alternate view)";
+  if (logOnlyWouldBe) out += fmt::format("; allowed and logged, would be {}", actionText(*logOnlyWouldBe));
+  if (tokensAvailable) {
+    out += fmt::format("; {:.2f} of {} tokens available now", *tokensAvailable, burst.value_or(0));
+  }
+  out += '\n';
+  return out;
+}
+
+// ---- table and reload -------------------------------------------------------
+
+std::string Policy::table() const {
+  std::vector<std::array<std::string, 9>> rows;
+  rows.push_back({"#", "NAME", "METHOD", "HOST", "PATH", "AGENT", "WHEN", "ACTION", "SOURCE"});
+  for (std::size_t i = 0; i < rules_.size(); ++i) {
+    const config::Rule& r = rules_[i];
+    const Compiled& c = *compiled_[i];
+    std::vector<std::string> conds;
+    for (const auto& cond : c.conditions) conds.push_back(cond.describe());
+    std::string action(actionText(r.action));
+    switch (r.action) {
+      case config::Action::RateLimit:
+        action += fmt::format(" {}/{} burst {} per {}", r.rate->count, periodName(r.rate->periodSeconds), c.burst,
+                              r.per == config::RatePer::Agent ? "agent" : "rule");
+        break;
+      case config::Action::Approve: action += fmt::format(" timeout {}s", r.timeout.count()); break;
+      case config::Action::LogOnly: action += fmt::format(" would_be {}", actionText(r.wouldBe)); break;
+      default: break;
+    }
+    if (!r.credential.empty()) action += fmt::format(" credential {}", r.credential);
+    std::string source =
+        r.loc.line > 0 ? fmt::format("{}:{}", r.loc.file.empty() ? "<config>" : r.loc.file, r.loc.line) : "-";
+    rows.push_back({std::to_string(i + 1), r.name, joinOr(c.methods, "*"), joinOr(c.hosts, "*"),
+                    r.path.empty() ? std::string("/**") : r.path, joinOr(c.agents, "*"),
+                    conds.empty() ? std::string("-") : fmt::format("{}", fmt::join(conds, " && ")), action, source});
+  }
+  rows.push_back({"-", "default", "*", "*", "/**", "*", "-", std::string(actionText(default_)), "-"});
+
+  std::array<std::size_t, 9> width{};
+  for (const auto& row : rows) {
+    for (std::size_t k = 0; k < row.size(); ++k) width[k] = std::max(width[k], row[k].size());
+  }
+  std::string out;
+  for (const auto& row : rows) {
+    std::string line;
+    for (std::size_t k = 0; k < row.size(); ++k) {
+      line += row[k];
+      if (k + 1 < row.size()) line.append(width[k] - row[k].size() + 2, ' ');
+    }
+    while (!line.empty() && line.back() == ' ') line.pop_back();
+    out += line;
+    out += '\n';
+  }
+  return out;
+}
+
+void Policy::adoptStateFrom(const Policy& old) {
+  if (&old == this) return;
+  std::unordered_map<std::string_view, std::size_t> oldByName;
+  for (std::size_t j = 0; j < old.rules_.size(); ++j) oldByName.emplace(old.rules_[j].name, j);
+  for (std::size_t i = 0; i < rules_.size(); ++i) {
+    if (!compiled_[i]->buckets) continue;
+    auto it = oldByName.find(rules_[i].name);
+    if (it == oldByName.end()) continue;
+    const Compiled& before = *old.compiled_[it->second];
+    if (before.buckets && before.signature == compiled_[i]->signature) {
+      compiled_[i]->buckets->copyStateFrom(*before.buckets);
+    }
+  }
+}
+
+std::size_t Policy::bucketAgents(std::size_t index) const {
+  if (index >= compiled_.size() || !compiled_[index]->buckets) return 0;
+  return compiled_[index]->buckets->agentCount();
+}
+
+}  // namespace atlasgate::policy

@@ -1,0 +1,177 @@
+#pragma once
+// The rules engine: compiles config::Rules once into a matcher and decides,
+// for each request, allow / block / rate_limit / approve (DESIGN.md section 4).
+// Pure logic: no I/O. The Policy owns copies of everything it needs, so the
+// config it was compiled from may be destroyed (e.g. on reload).
+//
+// Matching. A rule applies when all of its filters hold: method (any of,
+// case-insensitive; empty = any), host (exact, case-insensitive, port and a
+// trailing dot ignored; empty = any), path pattern (path.h; empty = any),
+// agent (fnmatch globs without FNM_PATHNAME, so `*` matches '/' as in
+// "ns/pod"; empty = any) and every `when:` condition on the JSON body
+// (condition.h). The first rule that applies decides; none -> rules.default.
+//
+// Cost. Compile builds a segment trie over all path patterns (path_index.h).
+// evaluate() normalises the target, walks the trie once to collect the
+// candidate rules whose *path* matches -
+//   O(path segments x live trie nodes x log branching), independent of the
+//   number of rules for path-only rule sets -
+// then checks method/host/agent/conditions of the candidates in rule order,
+// O(candidates), stopping at the first that applies. The body is parsed at
+// most once per evaluation, and only when a candidate that passed the other
+// filters has conditions.
+//
+// Encoded slashes (see path.h). When the target has an alternate view (a
+// segment decoded to contain '/', or a ";param"), both views are decided and
+// the more restrictive outcome wins:
+//   malformed > block > approve > rate_limit > log_only > allow.
+// The alternate view only counts through a rule it matches (or when neither
+// view matched a rule): Atlas itself treats %2F as data, so the alternate path
+// falling through to a deny-by-default must not refuse a legitimate
+// `.../accessList/10.0.0.0%2F24` that an allow rule names as `{entryValue}`.
+//
+// Unreadable bodies. When the deciding candidate has conditions and the body
+// cannot be checked (not JSON, too large, regex blow-up), the condition's
+// truth is Unknown. By default (UncheckableBody::Reject) the request is then
+// Malformed: otherwise padding the body past the size cap or a parser
+// difference with Atlas (e.g. JSON Atlas accepts and we do not) would step
+// around a block rule. UncheckableBody::ConditionsFail makes Unknown simply
+// "does not hold" instead.
+//
+// Thread safety: evaluate() and explain() may be called concurrently; only the
+// rate-limit buckets are mutable and each rule's are behind a mutex.
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/result.h"
+#include "config/config.h"
+
+namespace atlasgate::policy {
+
+class PathIndex;
+
+struct Request {
+  std::string_view method;
+  std::string_view target;  // origin-form request-target; the query is ignored
+  std::string_view host;    // the target host (":port" and a trailing '.' are ignored)
+  std::string_view agent;   // the agent's name ("" when unknown)
+  std::optional<std::string_view> body;  // nullopt: no body
+};
+
+enum class Verdict { Allow, Block, RateLimited, Approve, Malformed };
+std::string_view verdictName(Verdict v);  // "allow", "block", "rate_limited", "approve", "malformed"
+std::string_view actionText(config::Action a);  // "allow", "block", "rate_limit", "approve", "log_only"
+
+struct Decision {
+  Verdict verdict = Verdict::Allow;
+  // The deciding rule (a copy owned by the Policy: valid while the Policy
+  // lives); nullptr for the default and for Malformed.
+  const config::Rule* rule = nullptr;
+  std::optional<std::size_t> ruleIndex;  // 0-based position in rules.list
+  std::string ruleName = "default";      // "default" when no rule decided; "" for Malformed
+  config::Action action = config::Action::Allow;  // the deciding rule's action or the default
+  std::optional<config::Action> logOnlyWouldBe;   // log_only: what it would have done (verdict is Allow)
+  std::chrono::seconds retryAfter{0};             // RateLimited
+  std::chrono::seconds approveTimeout{0};         // Approve
+  std::string credential;       // the rule's credential name, "" = the target's default
+  std::string malformedReason;  // Malformed: one line for the 400 answer and the audit log
+  std::string path;             // the normalised path decided on (display form, see displayPath)
+  bool viaAlternatePath = false;  // decided by the %2F / ";param" alternate view
+};
+
+// How a rule's filters fared against a request, for explain().
+struct RuleCheck {
+  std::size_t index = 0;  // 0-based
+  std::string name;
+  bool applies = false;
+  std::string reason;  // why not ("method GET is not one of DELETE", "condition 2 ... does not hold"), or "applies"
+};
+
+struct Explanation {
+  std::string method;
+  std::string target;
+  std::string host;
+  std::string agent;
+  bool malformed = false;
+  std::string malformedReason;
+  std::string path;                          // primary view (display form)
+  std::optional<std::string> alternatePath;  // the %2F / ";param" view, when there is one
+  std::vector<RuleCheck> checks;             // primary view: every rule in order up to the decider
+  std::vector<RuleCheck> alternateChecks;    // alternate view, likewise
+  bool viaAlternatePath = false;
+  std::optional<std::size_t> ruleIndex;  // the decider; nullopt = default (or malformed)
+  std::string ruleName;                  // "default" when no rule applies
+  config::Action action = config::Action::Allow;
+  std::optional<config::Action> logOnlyWouldBe;
+  std::optional<double> tokensAvailable;  // rate_limit: what the bucket holds now (nothing is taken)
+  std::optional<std::uint64_t> burst;
+
+  std::string render() const;
+};
+
+enum class UncheckableBody { Reject, ConditionsFail };
+
+struct Options {
+  std::size_t maxBodyBytes = 1024 * 1024;  // larger bodies are not parsed
+  UncheckableBody uncheckableBody = UncheckableBody::Reject;
+  std::size_t maxAgentsPerRule = 10'000;   // per-agent buckets kept per rule (LRU)
+};
+
+class Policy {
+ public:
+  using Clock = std::chrono::steady_clock;
+
+  // Errors name the rule and its source line: "atlasgate.yaml:12:7: rule "x": ...".
+  static Result<std::shared_ptr<Policy>> compile(const config::Rules& rules, const Options& options = {});
+
+  ~Policy();
+  Policy(const Policy&) = delete;
+  Policy& operator=(const Policy&) = delete;
+
+  // Decides and, for rate_limit rules, takes a token.
+  Decision evaluate(const Request& req, Clock::time_point now);
+
+  // Which rule would decide, and why each earlier one does not apply. Takes
+  // no token.
+  Explanation explain(const Request& req, Clock::time_point now = Clock::now()) const;
+
+  // The compiled rule table for `atlasgate check`.
+  std::string table() const;
+
+  // On reload: keeps the buckets of rate_limit rules that exist in `old` with
+  // the same name and the same definition (filters, conditions, action, rate,
+  // burst, per). Changed and new rules start with full buckets. Call before
+  // the new Policy is published.
+  void adoptStateFrom(const Policy& old);
+
+  const std::vector<config::Rule>& rules() const { return rules_; }
+  config::Action defaultAction() const { return default_; }
+  const Options& options() const { return options_; }
+
+  // Test hook: agents with a bucket for rule `index` (0 when not rate_limit).
+  std::size_t bucketAgents(std::size_t index) const;
+
+ private:
+  struct Compiled;     // per-rule matcher state, defined in policy.cpp
+  struct Context;      // per-request facts
+  struct Pick;         // a decision before tokens are taken
+
+  Policy();
+  Pick decide(const std::vector<std::string>& segments, Context& ctx) const;
+  Pick choose(const Pick& primary, const std::optional<Pick>& alternate) const;
+
+  std::vector<config::Rule> rules_;
+  std::vector<std::unique_ptr<Compiled>> compiled_;
+  std::unique_ptr<PathIndex> index_;
+  config::Action default_ = config::Action::Allow;
+  Options options_;
+};
+
+}  // namespace atlasgate::policy

@@ -1,0 +1,267 @@
+#include "tls/server_context.h"
+
+#include <algorithm>
+#include <cstring>
+#include <mutex>
+#include <span>
+#include <unordered_map>
+#include <utility>
+
+#include <openssl/err.h>
+#include <openssl/tls1.h>
+
+#include "common/log.h"
+#include "tls/sni.h"
+
+namespace atlasgate::tls {
+
+namespace {
+
+// TLS 1.2: forward-secret AEAD suites for our ECDSA leaves only. TLS 1.3
+// suites are all ECDHE here because the groups below are all elliptic.
+constexpr const char* kCipherList =
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305";
+constexpr const char* kCipherSuites =
+    "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256";
+constexpr const char* kGroups = "X25519:P-256:P-384";
+constexpr unsigned char kSessionIdContext[] = "atlasgate";
+
+using X509StackPtr = std::unique_ptr<STACK_OF(X509), void (*)(STACK_OF(X509)*)>;
+
+void freeX509Stack(STACK_OF(X509)* s) { sk_X509_pop_free(s, X509_free); }
+
+}  // namespace
+
+struct ServerContext::State {
+  std::shared_ptr<const Authority> authority;
+  Clock clock;
+  X509StackPtr chain{nullptr, freeX509Stack};  // the CA certificate, sent after the leaf
+
+  std::mutex mu;
+  std::unordered_map<std::string, std::shared_ptr<const Leaf>> leaves;  // guarded by mu
+
+  std::atomic<uint64_t> refusedUnknownSni{0};
+  std::atomic<uint64_t> refusedMissingSni{0};
+  std::atomic<uint64_t> refusedMalformedSni{0};
+  std::atomic<uint64_t> leavesMinted{0};
+  std::atomic<uint64_t> mintFailures{0};
+
+  // The Authority's own copy of `host`, so a pointer to it outlives the SSL.
+  const std::string* findHost(std::string_view host) const {
+    const auto& hosts = authority->hosts();
+    auto it = std::lower_bound(hosts.begin(), hosts.end(), host);
+    return it != hosts.end() && *it == host ? &*it : nullptr;
+  }
+
+  Result<std::shared_ptr<const Leaf>> leafFor(const std::string& host) {
+    std::lock_guard lock(mu);
+    auto now = clock();
+    if (auto it = leaves.find(host); it != leaves.end()) {
+      const Leaf& leaf = *it->second;
+      // Renew once less than a third of the lifetime is left, so an agent
+      // never receives a certificate that expires in the middle of its work.
+      if (leaf.notAfter - now > (leaf.notAfter - leaf.notBefore) / 3) return it->second;
+    }
+    auto minted = authority->mintLeaf(host);
+    if (!minted) {
+      mintFailures.fetch_add(1, std::memory_order_relaxed);
+      return minted.error();
+    }
+    leavesMinted.fetch_add(1, std::memory_order_relaxed);
+    auto leaf = std::make_shared<const Leaf>(std::move(minted).value());
+    leaves[leaf->host] = leaf;
+    log::info("minted a leaf certificate for {}", leaf->host);
+    return leaf;
+  }
+};
+
+namespace {
+
+using State = ServerContext::State;
+
+void freeState(void* /*parent*/, void* ptr, CRYPTO_EX_DATA* /*ad*/, int /*idx*/, long /*argl*/,
+               void* /*argp*/) {
+  delete static_cast<State*>(ptr);
+}
+
+int stateIndex() {
+  static const int idx = SSL_CTX_get_ex_new_index(0, nullptr, nullptr, nullptr, freeState);
+  return idx;
+}
+int defaultHostIndex() {
+  static const int idx = SSL_get_ex_new_index(0, nullptr, nullptr, nullptr, nullptr);
+  return idx;
+}
+int selectedHostIndex() {
+  static const int idx = SSL_get_ex_new_index(0, nullptr, nullptr, nullptr, nullptr);
+  return idx;
+}
+
+std::string lowerAscii(std::string_view s) {
+  std::string out(s);
+  for (char& c : out) {
+    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
+  }
+  return out;
+}
+
+int refuse(int* alert, int code) {
+  *alert = code;
+  return SSL_CLIENT_HELLO_ERROR;
+}
+
+// Runs before OpenSSL looks at the ClientHello's extensions: picks the target
+// host and installs its leaf. Exceptions must not cross back into OpenSSL.
+int onClientHello(SSL* ssl, int* alert, void* arg) noexcept {
+  auto* state = static_cast<State*>(arg);
+  try {
+    SSL_set_ex_data(ssl, selectedHostIndex(), nullptr);
+    const std::string* host = nullptr;
+    const unsigned char* ext = nullptr;
+    size_t extLen = 0;
+    if (SSL_client_hello_get0_ext(ssl, TLSEXT_TYPE_server_name, &ext, &extLen) == 1) {
+      SniResult sni = parseServerName(std::span<const uint8_t>(ext, extLen));
+      if (sni.status != SniStatus::Ok) {
+        state->refusedMalformedSni.fetch_add(1, std::memory_order_relaxed);
+        log::warn("refused TLS handshake: malformed server_name extension ({} bytes)", extLen);
+        return refuse(alert, SSL_AD_DECODE_ERROR);
+      }
+      host = state->findHost(sni.host);
+      if (host == nullptr) {
+        state->refusedUnknownSni.fetch_add(1, std::memory_order_relaxed);
+        log::warn("refused TLS handshake: SNI \"{}\" is not a configured target",
+                  printableName(sni.host));
+        return refuse(alert, SSL_AD_UNRECOGNIZED_NAME);
+      }
+    } else {
+      const auto* fallback = static_cast<const std::string*>(
+          SSL_get_ex_data(ssl, defaultHostIndex()));
+      if (fallback != nullptr) host = state->findHost(lowerAscii(*fallback));
+      if (host == nullptr) {
+        state->refusedMissingSni.fetch_add(1, std::memory_order_relaxed);
+        log::warn("refused TLS handshake: no SNI and no target owns the original destination");
+        return refuse(alert, SSL_AD_UNRECOGNIZED_NAME);
+      }
+    }
+
+    auto leaf = state->leafFor(*host);
+    if (!leaf) {
+      log::error("refused TLS handshake for {}: {}", *host, leaf.error().message);
+      return refuse(alert, SSL_AD_INTERNAL_ERROR);
+    }
+    // The SSL takes its own references to the leaf, key and chain, so a later
+    // renewal in the cache cannot pull them from under a live connection.
+    if (SSL_use_cert_and_key(ssl, (*leaf)->cert.get(), (*leaf)->key.get(), state->chain.get(),
+                             1) != 1) {
+      log::error("refused TLS handshake for {}: cannot install the leaf: {}", *host,
+                 opensslErrors());
+      return refuse(alert, SSL_AD_INTERNAL_ERROR);
+    }
+    SSL_set_ex_data(ssl, selectedHostIndex(), const_cast<std::string*>(host));
+    return SSL_CLIENT_HELLO_SUCCESS;
+  } catch (...) {
+    return refuse(alert, SSL_AD_INTERNAL_ERROR);
+  }
+}
+
+// Select http/1.1 when offered. A client offering only other protocols (only
+// h2, say) gets no ALPN at all rather than a failed handshake: it then falls
+// back to HTTP/1.1, which is all the terminator speaks.
+int onAlpnSelect(SSL* /*ssl*/, const unsigned char** out, unsigned char* outLen,
+                 const unsigned char* in, unsigned int inLen, void* /*arg*/) noexcept {
+  constexpr std::string_view kWanted = kAlpnHttp11;
+  size_t i = 0;
+  while (i < inLen) {
+    size_t n = in[i];
+    if (n == 0 || n > inLen - i - 1) break;  // malformed list: stop looking
+    if (n == kWanted.size() && std::memcmp(in + i + 1, kWanted.data(), n) == 0) {
+      *out = in + i + 1;
+      *outLen = static_cast<unsigned char>(n);
+      return SSL_TLSEXT_ERR_OK;
+    }
+    i += 1 + n;
+  }
+  return SSL_TLSEXT_ERR_NOACK;
+}
+
+}  // namespace
+
+Result<ServerContext> ServerContext::create(std::shared_ptr<const Authority> authority,
+                                            Clock clock) {
+  if (!authority || authority->caCert() == nullptr) return makeError("no CA for the TLS server");
+  SslCtxPtr ctx(SSL_CTX_new(TLS_server_method()));
+  if (!ctx) return makeError("SSL_CTX_new: {}", opensslErrors());
+  SSL_CTX* c = ctx.get();
+  bool ok = SSL_CTX_set_min_proto_version(c, TLS1_2_VERSION) == 1 &&
+            SSL_CTX_set_max_proto_version(c, TLS1_3_VERSION) == 1 &&
+            SSL_CTX_set_cipher_list(c, kCipherList) == 1 &&
+            SSL_CTX_set_ciphersuites(c, kCipherSuites) == 1 &&
+            SSL_CTX_set1_groups_list(c, kGroups) == 1 &&
+            SSL_CTX_set_session_id_context(c, kSessionIdContext, sizeof kSessionIdContext - 1) == 1;
+  if (!ok) return makeError("cannot configure the TLS server context: {}", opensslErrors());
+  SSL_CTX_set_options(c, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION |
+                             SSL_OP_CIPHER_SERVER_PREFERENCE);
+  // Resumption both ways: the server-side session cache (TLS 1.2 session
+  // ids) and tickets (on by default; keys are random per SSL_CTX).
+  SSL_CTX_set_session_cache_mode(c, SSL_SESS_CACHE_SERVER);
+
+  auto state = std::make_unique<State>();
+  state->authority = std::move(authority);
+  state->clock = clock ? std::move(clock) : Clock(&std::chrono::system_clock::now);
+  state->chain.reset(sk_X509_new_null());
+  if (!state->chain || sk_X509_push(state->chain.get(), state->authority->caCert()) <= 0) {
+    return makeError("cannot build the certificate chain: {}", opensslErrors());
+  }
+  X509_up_ref(state->authority->caCert());  // now owned by the stack
+
+  if (stateIndex() < 0 || SSL_CTX_set_ex_data(c, stateIndex(), state.get()) != 1) {
+    return makeError("cannot attach state to the TLS server context: {}", opensslErrors());
+  }
+  State* raw = state.release();  // freed by freeState with the SSL_CTX
+  SSL_CTX_set_client_hello_cb(c, onClientHello, raw);
+  SSL_CTX_set_alpn_select_cb(c, onAlpnSelect, nullptr);
+  return ServerContext(std::move(ctx), raw);
+}
+
+ServerContext::ServerContext(ServerContext&& other) noexcept
+    : ctx_(std::move(other.ctx_)), state_(std::exchange(other.state_, nullptr)) {}
+
+ServerContext& ServerContext::operator=(ServerContext&& other) noexcept {
+  if (this != &other) {
+    ctx_ = std::move(other.ctx_);
+    state_ = std::exchange(other.state_, nullptr);
+  }
+  return *this;
+}
+
+SSL_CTX* ServerContext::share() const {
+  if (!ctx_) return nullptr;
+  SSL_CTX_up_ref(ctx_.get());
+  return ctx_.get();
+}
+
+void ServerContext::setDefaultHost(SSL* ssl, const std::string* host) {
+  SSL_set_ex_data(ssl, defaultHostIndex(), const_cast<std::string*>(host));
+}
+
+const std::string* ServerContext::selectedHost(const SSL* ssl) {
+  return static_cast<const std::string*>(SSL_get_ex_data(ssl, selectedHostIndex()));
+}
+
+Result<std::shared_ptr<const Leaf>> ServerContext::leafFor(const std::string& host) const {
+  if (state_ == nullptr) return makeError("moved-from ServerContext");
+  return state_->leafFor(lowerAscii(host));
+}
+
+ServerCounters ServerContext::counters() const {
+  ServerCounters out;
+  if (state_ == nullptr) return out;
+  out.refusedUnknownSni = state_->refusedUnknownSni.load(std::memory_order_relaxed);
+  out.refusedMissingSni = state_->refusedMissingSni.load(std::memory_order_relaxed);
+  out.refusedMalformedSni = state_->refusedMalformedSni.load(std::memory_order_relaxed);
+  out.leavesMinted = state_->leavesMinted.load(std::memory_order_relaxed);
+  out.mintFailures = state_->mintFailures.load(std::memory_order_relaxed);
+  return out;
+}
+
+}  // namespace atlasgate::tls
