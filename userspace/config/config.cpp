@@ -1016,8 +1016,13 @@ Limits Parser::limits(const Field& f) const {
 }
 
 BpfOptions Parser::bpf(const Field& f) const {
-  const Fields m = fields(f, {"keep_on_exit", "refuse_quic"});
+  const Fields m = fields(f, {"keep_on_exit", "refuse_quic", "pin_root"});
   BpfOptions b;
+  if (const Field* v = m.find("pin_root")) {
+    b.pinRoot = absolutePath(*v);
+    if (b.pinRoot.rfind("/sys/fs/bpf/", 0) != 0)
+      fail(*v, "{}: must be a directory under /sys/fs/bpf/, got {}", v->path, shown(v->value));
+  }
   if (const Field* v = m.find("keep_on_exit")) b.keepOnExit = boolean(*v);
   if (const Field* v = m.find("refuse_quic")) b.refuseQuic = boolean(*v);
   return b;
@@ -1122,7 +1127,8 @@ std::string describeConfig(const Config& c) {
                  "idle {}s, request {}s, upstream {}s\n",
                  l.maxHeaderBytes, l.maxHeaders, l.maxBodyBytes, l.handshakeTimeout.count(), l.headerTimeout.count(),
                  l.idleTimeout.count(), l.requestTimeout.count(), l.upstreamTimeout.count());
-  fmt::format_to(to, "bpf: keep on exit {}, refuse QUIC {}\n", yesNo(c.bpf.keepOnExit), yesNo(c.bpf.refuseQuic));
+  fmt::format_to(to, "bpf: pins under {}, keep on exit {}, refuse QUIC {}\n", c.bpf.pinRoot, yesNo(c.bpf.keepOnExit),
+                 yesNo(c.bpf.refuseQuic));
   return out;
 }
 

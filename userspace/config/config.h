@@ -132,6 +132,7 @@ struct BpfOptions {
   // stay redirected, and fail closed, while the daemon is down. Default true.
   bool keepOnExit = true;
   bool refuseQuic = true;  // fail UDP/443 to targets
+  std::string pinRoot = "/sys/fs/bpf/atlasgate";  // where maps, programs and links are pinned
 };
 
 struct Config {

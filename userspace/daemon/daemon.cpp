@@ -143,6 +143,7 @@ Result<void> Daemon::start() {
   lo.proxyPort = config_->listen.port;
   lo.daemonTgid = static_cast<std::uint32_t>(::getpid());
   lo.refuseQuic = config_->bpf.refuseQuic;
+  lo.pinRoot = config_->bpf.pinRoot;
   auto loader = bpf::Loader::open(lo);
   if (!loader) return loader.error();
   loader_ = std::move(loader.value());
