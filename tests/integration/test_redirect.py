@@ -141,13 +141,13 @@ class RestartTest(PrivilegedTestCase):
             status, body, p = env.curl("/api/atlas/v2/groups", name="restart-bot")
             self.assertEqual(status, 200, p.stderr)
             env.stop_daemon(sig=signal.SIGKILL)
-            seen = len(env.fake.requests())
+            seen = len(env.fake.api_requests())
             # Daemon down: the redirect is still in force, so the agent's
             # connection is refused rather than sent straight to Atlas.
             p = env.run_in_cgroup(env.curl_args("/api/atlas/v2/groups"), name="restart-bot")
             self.assertEqual(p.returncode, 7, p.stderr)  # curl: failed to connect
             self.assertIn("connect", p.stderr.lower())
-            self.assertEqual(len(env.fake.requests()), seen, "a request went around atlasgate")
+            self.assertEqual(len(env.fake.api_requests()), seen, "a request went around atlasgate")
             self.assertTrue(os.path.isdir(os.path.join(env.pin_root, "links")))
             env.start_daemon()
             self.assertIn("re-used", env.daemon_output())
@@ -158,7 +158,11 @@ class RestartTest(PrivilegedTestCase):
             self.assertTrue(os.path.isdir(os.path.join(env.pin_root, "links")))
             p = env.run_in_cgroup(env.curl_args("/api/atlas/v2/groups"), name="restart-bot")
             self.assertEqual(p.returncode, 7, p.stderr)
-            self.assertEqual(len(env.fake.requests()), seen + 2, "a request went around atlasgate")
+            api = env.fake.api_requests()
+            self.assertEqual(len(api), seen + 1, "a request went around atlasgate")
+            self.assertTrue(all(r["header_map"].get("authorization", "").startswith("Bearer ") for r in api))
+            # The clean stop revoked the daemon's token.
+            self.assertEqual(env.fake.stats()["revoke_requests"], 1)
 
     def test_sigterm_without_keep_removes_pins(self):
         with Env() as env:
