@@ -19,6 +19,7 @@
 #include "common/log.h"
 #include "config/config.h"
 #include "control/control.h"
+#include "credentials/digest.h"
 #include "credentials/secret.h"
 #include "credentials/token_provider.h"
 #include "dns/resolver.h"
@@ -207,6 +208,10 @@ Result<std::shared_ptr<const Runtime>> Daemon::buildRuntime(std::shared_ptr<cons
                                                                    cfg->limits.upstreamTimeout);
         }
         providers[key] = cr.tokens;
+      } else if (c.apiKey) {
+        auto secret = credentials::readSecret(c.apiKey->privateKey, "private key of " + cr.description);
+        if (!secret) return secret.error();
+        cr.digest = std::make_shared<credentials::DigestAuth>(c.apiKey->publicKey, std::move(secret.value()));
       }
       tr.credentials.push_back(std::move(cr));
     }
@@ -460,6 +465,10 @@ json::value Daemon::status() {
                         {"rate_limited", s.rateLimited.load()},
                         {"approvals_held", s.approvalsHeld.load()},
                         {"credential_failures", s.credentialFailures.load()},
+                        {"credential_retries", s.credentialRetries.load()},
+                        {"phantom_tokens_issued", s.phantomIssued.load()},
+                        {"phantom_tokens_refused", s.phantomRefused.load()},
+                        {"phantom_tokens_live", server_->phantoms().size()},
                         {"upstream_failures", s.upstreamFailures.load()},
                         {"bad_requests", s.badRequests.load()},
                         {"live_connections", s.liveConnections.load()},

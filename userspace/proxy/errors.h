@@ -23,6 +23,7 @@ inline constexpr std::string_view kHeadersTooLarge = "ATLASGATE_HEADERS_TOO_LARG
 inline constexpr std::string_view kBodyTooLarge = "ATLASGATE_BODY_TOO_LARGE";
 inline constexpr std::string_view kRequestTimeout = "ATLASGATE_REQUEST_TIMEOUT";
 inline constexpr std::string_view kNotSupported = "ATLASGATE_NOT_SUPPORTED";
+inline constexpr std::string_view kInvalidToken = "ATLASGATE_INVALID_TOKEN";
 
 using ErrorResponse = boost::beast::http::response<boost::beast::http::string_body>;
 

@@ -6,9 +6,11 @@
 #include <fnmatch.h>
 
 #include <boost/json.hpp>
+#include <cctype>
 #include <cstring>
 
 #include "common/log.h"
+#include "credentials/digest.h"
 #include "credentials/token_provider.h"
 #include "policy/policy.h"
 #include "proxy/errors.h"
@@ -219,6 +221,50 @@ std::string_view decisionName(policy::Verdict v) {
     case policy::Verdict::Malformed: return "malformed";
   }
   return "?";
+}
+
+
+constexpr std::string_view kTokenPath = "/api/oauth/token";
+constexpr std::string_view kRevokePath = "/api/oauth/revoke";
+
+bool iequalsAscii(std::string_view a, std::string_view b) {
+  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
+           return std::tolower(static_cast<unsigned char>(x)) == std::tolower(static_cast<unsigned char>(y));
+         });
+}
+
+std::string_view trimAscii(std::string_view v) {
+  while (!v.empty() && (v.front() == ' ' || v.front() == '\t')) v.remove_prefix(1);
+  while (!v.empty() && (v.back() == ' ' || v.back() == '\t')) v.remove_suffix(1);
+  return v;
+}
+
+// Value of `key` in an application/x-www-form-urlencoded body ("" if absent).
+std::string formValue(std::string_view body, std::string_view key) {
+  while (!body.empty()) {
+    auto amp = body.find('&');
+    std::string_view pair = body.substr(0, amp);
+    auto eq = pair.find('=');
+    if (pair.substr(0, eq) == key && eq != std::string_view::npos) {
+      std::string out;
+      std::string_view v = pair.substr(eq + 1);
+      for (std::size_t i = 0; i < v.size(); ++i) {
+        if (v[i] == '+') {
+          out.push_back(' ');
+        } else if (v[i] == '%' && i + 2 < v.size() + 0 && std::isxdigit(static_cast<unsigned char>(v[i + 1])) &&
+                   std::isxdigit(static_cast<unsigned char>(v[i + 2]))) {
+          out.push_back(static_cast<char>(std::stoi(std::string(v.substr(i + 1, 2)), nullptr, 16)));
+          i += 2;
+        } else {
+          out.push_back(v[i]);
+        }
+      }
+      return out;
+    }
+    if (amp == std::string_view::npos) break;
+    body.remove_prefix(amp + 1);
+  }
+  return {};
 }
 
 }  // namespace
@@ -483,101 +529,138 @@ asio::awaitable<void> Server::serve(tcp::socket socket, Flow flow) {
       continue;
     }
 
+    // Clients that run the OAuth flow themselves get a phantom token here.
+    std::string_view pathOnly = req.target().substr(0, req.target().find('?'));
+    if (req.method() == http::verb::post && (pathOnly == kTokenPath || pathOnly == kRevokePath)) {
+      http::response<http::string_body> res = answerOAuthLocally(req, pathOnly == kTokenPath, agentKey(flow));
+      res.keep_alive(ex.keepAlive);
+      ex.rec.status = res.result_int();
+      ex.rec.bytesOut = res.body().size();
+      ex.rec.decision = "local";
+      lower.expires_after(limits.requestTimeout);
+      auto [wec, wn] = co_await http::async_write(stream, res, kUseTuple);
+      finish();
+      if (wec || !ex.keepAlive) break;
+      continue;
+    }
+    // A phantom token must be this agent's own, and alive; any other bearer
+    // the agent sends is simply dropped below.
+    if (std::string_view authz = req[http::field::authorization]; authz.size() > 7 && iequalsAscii(authz.substr(0, 7), "bearer ")) {
+      credentials::PhantomCheck pc = phantoms_.check(trimAscii(authz.substr(7)), agentKey(flow));
+      if (pc != credentials::PhantomCheck::NotPhantom && pc != credentials::PhantomCheck::Valid) {
+        const char* why = pc == credentials::PhantomCheck::WrongAgent ? "was issued to another agent"
+                          : pc == credentials::PhantomCheck::Expired  ? "has expired"
+                                                                      : "is not known";
+        {
+          ErrorResponse errRes = makeErrorResponse(
+              401, kInvalidToken, fmt::format("The access token {}; request a new one from /api/oauth/token.", why));
+          co_await answer(std::move(errRes), kInvalidToken);
+        }
+        ex.rec.decision = "invalid_token";
+        ++stats_.phantomRefused;
+        finish();
+        if (!ex.keepAlive) break;
+        continue;
+      }
+    }
+
     // Credentials: the agent's own are dropped; the target's are injected.
     const CredentialRuntime* cred = nullptr;
-    std::string token;
     if (!target->credentials.empty()) {
       cred = chooseCredential(*target, flow.agent.name, d.credential);
       if (!cred) {
         ++stats_.credentialFailures;
         {
-        ErrorResponse errRes = makeErrorResponse(503, kCredentialUnavailable,
-                                          fmt::format("No credential of {} is configured for agent \"{}\".", host,
-                                                      flow.agent.name),
-                                          {}, false);
-        co_await answer(std::move(errRes), kCredentialUnavailable);
-      }
+          ErrorResponse errRes = makeErrorResponse(
+              503, kCredentialUnavailable,
+              fmt::format("No credential of {} is configured for agent \"{}\".", host, flow.agent.name), {}, false);
+          co_await answer(std::move(errRes), kCredentialUnavailable);
+        }
         finish();
         if (!ex.keepAlive) break;
         continue;
       }
       ex.rec.credential = cred->description;
-      if (cred->tokens) {
+    }
+    prepareUpstreamRequest(req, host);
+    req.keep_alive(true);
+    req.prepare_payload();
+
+    // Send, answering what the credential needs: a Digest challenge (or a
+    // stale nonce), or one token refresh when Atlas rejects a token we
+    // believed valid. The body is buffered, so a replay is exact.
+    std::string token;
+    std::unique_ptr<UpstreamConn> up;
+    beast::flat_buffer upBuffer;
+    std::optional<http::response_parser<http::buffer_body>> rpo;
+    UpstreamResult ur;
+    bool credentialFailed = false;
+    auto upStart = Clock::now();
+    for (int round = 0; round < 3; ++round) {
+      bool sentAuth = false;
+      if (cred && cred->tokens) {
         Result<std::string> t = co_await cred->tokens->token(flow.originalDst);
         if (!t) {
           ++stats_.credentialFailures;
           {
-        ErrorResponse errRes = makeErrorResponse(503, kCredentialUnavailable,
-                                            fmt::format("The credential {} is unavailable: {}", cred->description,
-                                                        t.error().message),
-                                            {}, true);
-        co_await answer(std::move(errRes), kCredentialUnavailable);
-      }
-          finish();
-          if (!ex.keepAlive) break;
-          continue;
+            ErrorResponse errRes = makeErrorResponse(
+                503, kCredentialUnavailable,
+                fmt::format("The credential {} is unavailable: {}", cred->description, t.error().message), {}, true);
+            co_await answer(std::move(errRes), kCredentialUnavailable);
+          }
+          credentialFailed = true;
+          break;
         }
         token = std::move(t.value());
+        req.set(http::field::authorization, "Bearer " + token);
+        sentAuth = true;
+      } else if (cred && cred->digest) {
+        if (auto h = cred->digest->authorize(req.method_string(), req.target())) {
+          req.set(http::field::authorization, *h);
+          sentAuth = true;
+        } else {
+          req.erase(http::field::authorization);
+        }
       }
+      ur = co_await sendUpstream(host, flow.originalDst, limits, req, up, upBuffer, rpo);
+      if (!ur.ok || rpo->get().result_int() != 401 || round == 2) break;
+      bool retry = false;
+      if (cred && cred->digest) {
+        std::string_view www = rpo->get()[http::field::www_authenticate];
+        auto ch = credentials::parseDigestChallenge(www);
+        // The first challenge, or a stale nonce: answer it. A refusal of a
+        // fresh answer is real (wrong key): relay it.
+        if (ch && (!sentAuth || ch->stale)) {
+          (void)cred->digest->onChallenge(www);
+          retry = true;
+        } else if (sentAuth) {
+          cred->digest->reset();
+        }
+      } else if (cred && cred->tokens && round == 0) {
+        cred->tokens->invalidate(token);
+        retry = true;
+      }
+      if (!retry) break;
+      ++stats_.credentialRetries;
+      // Discard the 401's body; keep the connection if it can be reused.
+      bool drained = co_await drainBody(*up, upBuffer, *rpo, limits.upstreamTimeout);
+      if (drained && rpo->get().keep_alive() && upBuffer.size() == 0) pool_.release(std::move(up));
+      up.reset();
     }
-    prepareUpstreamRequest(req, host);
-    if (!token.empty()) req.set(http::field::authorization, "Bearer " + token);
-    req.keep_alive(true);
-    req.prepare_payload();
-
-    // Upstream: one retry on a fresh connection if a reused one was dead.
-    std::unique_ptr<UpstreamConn> up;
-    beast::flat_buffer upBuffer;
-    std::optional<http::response_parser<http::buffer_body>> rpo;
-    bool sent = false;
-    beast::error_code uerr;
-    std::string ustep;
-    auto upStart = Clock::now();
-    for (int attempt = 0; attempt < 2 && !sent; ++attempt) {
-      bool reused = false;
-      auto [aec, conn] = co_await pool_.acquire(host, flow.originalDst, limits.upstreamTimeout, reused);
-      if (aec) {
-        uerr = aec;
-        ustep = "connect";
-        break;
-      }
-      up = std::move(conn);
-      auto& ulower = beast::get_lowest_layer(up->stream);
-      ulower.expires_after(limits.upstreamTimeout);
-      auto [wec, wn] = co_await http::async_write(up->stream, req, kUseTuple);
-      if (wec) {
-        uerr = wec;
-        ustep = "write";
-        up.reset();
-        if (reused) continue;
-        break;
-      }
-      rpo.emplace();
-      rpo->body_limit(boost::none);
-      if (req.method() == http::verb::head) rpo->skip(true);
-      auto [rec, rn] = co_await http::async_read_header(up->stream, upBuffer, *rpo, kUseTuple);
-      if (rec) {
-        uerr = rec;
-        ustep = "read";
-        up.reset();
-        if (reused && (rec == http::error::end_of_stream || rec == asio::ssl::error::stream_truncated) &&
-            upBuffer.size() == 0)
-          continue;
-        break;
-      }
-      sent = true;
-      uerr = {};
+    if (credentialFailed) {
+      finish();
+      if (!ex.keepAlive) break;
+      continue;
     }
-    if (!sent) {
+    if (!ur.ok) {
       ++stats_.upstreamFailures;
-      bool timeout = uerr == beast::error::timeout;
+      bool timeout = ur.ec == beast::error::timeout;
       log::warn("conn {} agent {}: upstream {} {} {} failed: {}", flow.id, flow.agent.name, host,
-                endpointText(flow.originalDst), ustep, uerr.message());
+                endpointText(flow.originalDst), ur.step, ur.ec.message());
       {
-        ErrorResponse errRes = makeErrorResponse(timeout ? 504 : 502, timeout ? kUpstreamTimeout : kUpstreamUnavailable,
-                                        fmt::format("{} could not be reached ({} failed: {}).", host, ustep,
-                                                    uerr.message()),
-                                        {}, true);
+        ErrorResponse errRes = makeErrorResponse(
+            timeout ? 504 : 502, timeout ? kUpstreamTimeout : kUpstreamUnavailable,
+            fmt::format("{} could not be reached ({} failed: {}).", host, ur.step, ur.ec.message()), {}, true);
         co_await answer(std::move(errRes), timeout ? kUpstreamTimeout : kUpstreamUnavailable);
       }
       ex.rec.upstreamMs = std::chrono::duration<double, std::milli>(Clock::now() - upStart).count();
@@ -649,6 +732,107 @@ asio::awaitable<void> Server::serve(tcp::socket socket, Flow flow) {
   lower.expires_after(std::chrono::seconds(2));
   co_await stream.async_shutdown(kUseTuple);
   lower.socket().close(ec);
+}
+
+std::string Server::agentKey(const Flow& flow) {
+  // The cgroup path (with the launcher's ".<pid>") identifies one agent run;
+  // an agent cannot put itself into another agent's cgroup.
+  return flow.agent.cgroupPath.empty() ? flow.agent.name : flow.agent.cgroupPath;
+}
+
+http::response<http::string_body> Server::answerOAuthLocally(const http::request<http::string_body>& req, bool token,
+                                                             const std::string& key) {
+  http::response<http::string_body> res{http::status::ok, req.version()};
+  res.set(http::field::content_type, "application/json");
+  res.set(http::field::cache_control, "no-store");
+  res.set(http::field::pragma, "no-cache");
+  res.set(http::field::server, "atlasgate");
+  if (token) {
+    std::string grant = formValue(req.body(), "grant_type");
+    if (grant != "client_credentials") {
+      res.result(http::status::bad_request);
+      res.body() = json::serialize(json::object{
+          {"error", grant.empty() ? "invalid_request" : "unsupported_grant_type"},
+          {"error_description", grant.empty() ? "grant_type is missing" : "only client_credentials is supported"}});
+    } else {
+      ++stats_.phantomIssued;
+      json::object o;
+      o["access_token"] = phantoms_.issue(key);
+      o["expires_in"] = credentials::PhantomTokens::kLifetime.count();
+      o["token_type"] = "Bearer";
+      res.body() = json::serialize(o);
+    }
+  } else {
+    phantoms_.revoke(formValue(req.body(), "token"));
+    res.body() = "{}";
+  }
+  res.prepare_payload();
+  return res;
+}
+
+asio::awaitable<Server::UpstreamResult> Server::sendUpstream(
+    const std::string& host, const tcp::endpoint& dst, const config::Limits& limits,
+    http::request<http::string_body>& req, std::unique_ptr<UpstreamConn>& up, beast::flat_buffer& buffer,
+    std::optional<http::response_parser<http::buffer_body>>& rpo) {
+  UpstreamResult r;
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    bool reused = false;
+    buffer.clear();
+    auto [aec, conn] = co_await pool_.acquire(host, dst, limits.upstreamTimeout, reused);
+    if (aec) {
+      r.ec = aec;
+      r.step = "connect";
+      co_return r;
+    }
+    up = std::move(conn);
+    auto& ulower = beast::get_lowest_layer(up->stream);
+    ulower.expires_after(limits.upstreamTimeout);
+    auto [wec, wn] = co_await http::async_write(up->stream, req, kUseTuple);
+    if (wec) {
+      r.ec = wec;
+      r.step = "write";
+      up.reset();
+      if (reused) continue;
+      co_return r;
+    }
+    rpo.emplace();
+    rpo->body_limit(boost::none);
+    if (req.method() == http::verb::head) rpo->skip(true);
+    auto [rec, rn] = co_await http::async_read_header(up->stream, buffer, *rpo, kUseTuple);
+    if (rec) {
+      r.ec = rec;
+      r.step = "read";
+      up.reset();
+      // A keep-alive connection the target closed meanwhile: nothing of the
+      // request was processed, try once on a fresh one.
+      if (reused && (rec == http::error::end_of_stream || rec == asio::ssl::error::stream_truncated) &&
+          buffer.size() == 0)
+        continue;
+      co_return r;
+    }
+    r.ok = true;
+    r.ec = {};
+    r.step.clear();
+    co_return r;
+  }
+  co_return r;
+}
+
+asio::awaitable<bool> Server::drainBody(UpstreamConn& up, beast::flat_buffer& buffer,
+                                        http::response_parser<http::buffer_body>& parser,
+                                        std::chrono::seconds timeout) {
+  std::vector<char> scratch(8192);
+  auto& lower = beast::get_lowest_layer(up.stream);
+  while (!parser.is_done()) {
+    parser.get().body().data = scratch.data();
+    parser.get().body().size = scratch.size();
+    lower.expires_after(timeout);
+    auto [ec, n] = co_await http::async_read(up.stream, buffer, parser, kUseTuple);
+    if (ec == http::error::need_buffer) continue;
+    if (ec) co_return false;
+  }
+  lower.expires_never();
+  co_return true;
 }
 
 }  // namespace atlasgate::proxy

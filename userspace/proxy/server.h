@@ -17,6 +17,7 @@
 #include "audit/audit.h"
 #include "bpf/loader.h"
 #include "config/config.h"
+#include "credentials/phantom.h"
 #include "proxy/agents.h"
 #include "proxy/approvals.h"
 #include "proxy/asio.h"
@@ -30,6 +31,7 @@ class ServerContext;
 }
 namespace atlasgate::credentials {
 class TokenProvider;
+class DigestAuth;
 }
 
 namespace atlasgate::proxy {
@@ -39,6 +41,7 @@ struct CredentialRuntime {
   std::string description;          // "service_account:<id>", safe to log
   std::vector<std::string> agents;  // globs; empty = every agent
   std::shared_ptr<credentials::TokenProvider> tokens;  // service accounts
+  std::shared_ptr<credentials::DigestAuth> digest;     // API keys
 };
 
 struct TargetRuntime {
@@ -72,6 +75,9 @@ struct ServerStats {
   std::atomic<std::uint64_t> rateLimited{0};
   std::atomic<std::uint64_t> approvalsHeld{0};
   std::atomic<std::uint64_t> credentialFailures{0};
+  std::atomic<std::uint64_t> credentialRetries{0};  // Digest challenges answered, tokens refreshed after a 401
+  std::atomic<std::uint64_t> phantomIssued{0};
+  std::atomic<std::uint64_t> phantomRefused{0};
   std::atomic<std::uint64_t> upstreamFailures{0};
   std::atomic<std::uint64_t> badRequests{0};
   std::atomic<std::uint64_t> liveConnections{0};
@@ -104,12 +110,32 @@ class Server {
   void closeAll();
 
   const ServerStats& stats() const { return stats_; }
+  const credentials::PhantomTokens& phantoms() const { return phantoms_; }
   std::vector<ConnectionInfo> connections() const;
 
  private:
   struct Session;
   asio::awaitable<void> acceptLoop(tcp::acceptor& acceptor);
   asio::awaitable<void> serve(tcp::socket socket, Flow flow);
+
+  struct UpstreamResult {
+    bool ok = false;
+    beast::error_code ec;
+    std::string step;  // connect, write, read
+  };
+  // Writes req to the target (one retry on a fresh connection when a reused
+  // keep-alive one turns out dead) and reads the response head into rpo.
+  asio::awaitable<UpstreamResult> sendUpstream(const std::string& host, const tcp::endpoint& dst,
+                                               const config::Limits& limits, http::request<http::string_body>& req,
+                                               std::unique_ptr<UpstreamConn>& up, beast::flat_buffer& buffer,
+                                               std::optional<http::response_parser<http::buffer_body>>& rpo);
+  // Reads and discards the rest of a response body; false if the connection failed.
+  asio::awaitable<bool> drainBody(UpstreamConn& up, beast::flat_buffer& buffer,
+                                  http::response_parser<http::buffer_body>& parser, std::chrono::seconds timeout);
+  // POST /api/oauth/token and /api/oauth/revoke, answered here with phantoms.
+  http::response<http::string_body> answerOAuthLocally(const http::request<http::string_body>& req, bool token,
+                                                       const std::string& agentKey);
+  static std::string agentKey(const Flow& flow);
 
   asio::io_context& io_;
   bpf::Loader& loader_;
@@ -125,6 +151,7 @@ class Server {
   std::map<std::uint64_t, Session*> sessions_;
   std::uint64_t nextId_ = 1;
   ServerStats stats_;
+  credentials::PhantomTokens phantoms_;
 };
 
 }  // namespace atlasgate::proxy

@@ -1,0 +1,172 @@
+#include "credentials/digest.h"
+
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+
+#include <cctype>
+
+namespace atlasgate::credentials {
+
+namespace {
+
+constexpr std::size_t kMaxHeader = 4096;
+
+bool iequals(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) return false;
+  for (std::size_t i = 0; i < a.size(); ++i)
+    if (std::tolower(static_cast<unsigned char>(a[i])) != std::tolower(static_cast<unsigned char>(b[i])))
+      return false;
+  return true;
+}
+
+std::string md5Hex(std::string_view data) {
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  EVP_Digest(data.data(), data.size(), md, &len, EVP_md5(), nullptr);
+  static const char* hex = "0123456789abcdef";
+  std::string out;
+  out.reserve(len * 2);
+  for (unsigned i = 0; i < len; ++i) {
+    out.push_back(hex[md[i] >> 4]);
+    out.push_back(hex[md[i] & 15]);
+  }
+  return out;
+}
+
+void skipSpace(std::string_view s, std::size_t& i) {
+  while (i < s.size() && (s[i] == ' ' || s[i] == '\t')) ++i;
+}
+
+}  // namespace
+
+Result<DigestChallenge> parseDigestChallenge(std::string_view h) {
+  if (h.size() > kMaxHeader) return makeError("Digest challenge too long");
+  std::size_t i = 0;
+  skipSpace(h, i);
+  if (h.size() - i < 6 || !iequals(h.substr(i, 6), "Digest") ||
+      (h.size() > i + 6 && h[i + 6] != ' ' && h[i + 6] != '\t'))
+    return makeError("not a Digest challenge");
+  i += 6;
+  DigestChallenge c;
+  bool sawNonce = false;
+  while (i < h.size()) {
+    skipSpace(h, i);
+    if (i < h.size() && h[i] == ',') {
+      ++i;
+      continue;
+    }
+    std::size_t k = i;
+    while (i < h.size() && (std::isalnum(static_cast<unsigned char>(h[i])) || h[i] == '-' || h[i] == '_')) ++i;
+    std::string_view key = h.substr(k, i - k);
+    if (key.empty()) return makeError("malformed Digest challenge");
+    skipSpace(h, i);
+    if (i >= h.size() || h[i] != '=') return makeError("malformed Digest challenge");
+    ++i;
+    skipSpace(h, i);
+    std::string value;
+    if (i < h.size() && h[i] == '"') {
+      ++i;
+      bool closed = false;
+      while (i < h.size()) {
+        char ch = h[i++];
+        if (ch == '\\' && i < h.size()) {
+          value.push_back(h[i++]);
+        } else if (ch == '"') {
+          closed = true;
+          break;
+        } else {
+          value.push_back(ch);
+        }
+      }
+      if (!closed) return makeError("unterminated quoted string in Digest challenge");
+    } else {
+      std::size_t v = i;
+      while (i < h.size() && h[i] != ',' && h[i] != ' ' && h[i] != '\t') ++i;
+      value = std::string(h.substr(v, i - v));
+    }
+    if (iequals(key, "realm")) {
+      c.realm = value;
+    } else if (iequals(key, "nonce")) {
+      c.nonce = value;
+      sawNonce = true;
+    } else if (iequals(key, "opaque")) {
+      c.opaque = value;
+    } else if (iequals(key, "algorithm")) {
+      c.algorithm = value;
+    } else if (iequals(key, "qop")) {
+      c.qop = value;
+    } else if (iequals(key, "stale")) {
+      c.stale = iequals(value, "true");
+    }  // domain, charset, userhash...: not needed
+  }
+  if (!sawNonce || c.nonce.empty()) return makeError("Digest challenge without a nonce");
+  if (!iequals(c.algorithm, "MD5")) return makeError("unsupported Digest algorithm {}", c.algorithm.substr(0, 32));
+  // qop may be a list ("auth,auth-int"): we need auth.
+  bool hasAuth = false;
+  std::string_view q = c.qop;
+  while (!q.empty()) {
+    auto comma = q.find(',');
+    std::string_view one = q.substr(0, comma);
+    while (!one.empty() && one.front() == ' ') one.remove_prefix(1);
+    while (!one.empty() && one.back() == ' ') one.remove_suffix(1);
+    if (iequals(one, "auth")) hasAuth = true;
+    if (comma == std::string_view::npos) break;
+    q.remove_prefix(comma + 1);
+  }
+  if (!hasAuth) return makeError("Digest challenge without qop=auth");
+  c.qop = "auth";
+  return c;
+}
+
+std::string digestResponse(std::string_view user, std::string_view realm, std::string_view secret,
+                           std::string_view method, std::string_view uri, std::string_view nonce,
+                           std::string_view nc, std::string_view cnonce, std::string_view qop) {
+  std::string a1;
+  a1.append(user).append(":").append(realm).append(":").append(secret);
+  std::string ha1 = md5Hex(a1);
+  OPENSSL_cleanse(a1.data(), a1.size());
+  std::string ha2 = md5Hex(std::string(method) + ":" + std::string(uri));
+  std::string r = ha1 + ":" + std::string(nonce) + ":" + std::string(nc) + ":" + std::string(cnonce) + ":" +
+                  std::string(qop) + ":" + ha2;
+  std::string out = md5Hex(r);
+  OPENSSL_cleanse(ha1.data(), ha1.size());
+  OPENSSL_cleanse(r.data(), r.size());
+  return out;
+}
+
+std::optional<std::string> DigestAuth::authorize(std::string_view method, std::string_view uri) {
+  std::lock_guard lock(mu_);
+  if (!challenge_) return std::nullopt;
+  ++nc_;
+  char nc[9];
+  std::snprintf(nc, sizeof nc, "%08x", nc_);
+  unsigned char raw[8];
+  RAND_bytes(raw, sizeof raw);
+  char cnonce[17];
+  for (int i = 0; i < 8; ++i) std::snprintf(cnonce + 2 * i, 3, "%02x", raw[i]);
+  const DigestChallenge& c = *challenge_;
+  std::string resp = digestResponse(publicKey_, c.realm, privateKey_.view(), method, uri, c.nonce, nc, cnonce, c.qop);
+  std::string h = "Digest username=\"" + publicKey_ + "\", realm=\"" + c.realm + "\", nonce=\"" + c.nonce +
+                  "\", uri=\"" + std::string(uri) + "\", cnonce=\"" + cnonce + "\", nc=" + nc + ", qop=" + c.qop +
+                  ", response=\"" + resp + "\", algorithm=MD5";
+  if (!c.opaque.empty()) h += ", opaque=\"" + c.opaque + "\"";
+  return h;
+}
+
+Result<void> DigestAuth::onChallenge(std::string_view wwwAuthenticate) {
+  auto c = parseDigestChallenge(wwwAuthenticate);
+  if (!c) return c.error();
+  std::lock_guard lock(mu_);
+  challenge_ = std::move(c.value());
+  nc_ = 0;
+  ++challenges_;
+  return {};
+}
+
+void DigestAuth::reset() {
+  std::lock_guard lock(mu_);
+  challenge_.reset();
+  nc_ = 0;
+}
+
+}  // namespace atlasgate::credentials
