@@ -14,7 +14,7 @@
 
 namespace atlasgate::proxy {
 
-enum class ApprovalOutcome { Approved, Denied, TimedOut };
+enum class ApprovalOutcome { Approved, Denied, TimedOut, Waiting /* wait() was cancelled */ };
 
 struct ApprovalInfo {
   std::uint64_t id = 0;
@@ -32,8 +32,13 @@ class Approvals {
  public:
   explicit Approvals(asio::any_io_executor ex) : ex_(std::move(ex)) {}
 
-  // Suspends the calling session until decided or timed out.
-  asio::awaitable<ApprovalOutcome> hold(ApprovalInfo info);
+  // Registers a held request; returns its ID.
+  std::uint64_t add(ApprovalInfo info);
+  // Suspends until decided or timed out (the entry is then gone). When the
+  // wait itself is cancelled, returns Waiting and the entry stays.
+  asio::awaitable<ApprovalOutcome> wait(std::uint64_t id);
+  // The agent went away: drop its request.
+  void abandon(std::uint64_t id);
   // Returns false when no such request is waiting.
   bool decide(std::uint64_t id, bool allow);
   std::vector<ApprovalInfo> pending() const;

@@ -1,5 +1,6 @@
 #include "proxy/server.h"
 
+#include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/ip/v6_only.hpp>
 
 #include <arpa/inet.h>
@@ -21,6 +22,7 @@ namespace atlasgate::proxy {
 
 namespace json = boost::json;
 using Clock = std::chrono::steady_clock;
+using namespace asio::experimental::awaitable_operators;
 
 ErrorResponse makeErrorResponse(unsigned status, std::string_view errorCode, std::string_view detail,
                                 const std::vector<std::string>& parameters, bool shouldRetry,
@@ -223,6 +225,17 @@ std::string_view decisionName(policy::Verdict v) {
   return "?";
 }
 
+
+// Completes with true when the agent closes or resets its connection, false
+// when it sends more bytes (kept in `buffer` for the next request) or when
+// the wait is cancelled.
+asio::awaitable<bool> agentHangsUp(TlsStream& stream, beast::flat_buffer& buffer) {
+  co_await asio::this_coro::throw_if_cancelled(false);
+  auto mb = buffer.prepare(4096);
+  auto [ec, n] = co_await stream.async_read_some(mb, kUseTuple);
+  buffer.commit(n);
+  co_return ec && ec != asio::error::operation_aborted;
+}
 
 constexpr std::string_view kTokenPath = "/api/oauth/token";
 constexpr std::string_view kRevokePath = "/api/oauth/revoke";
@@ -432,6 +445,7 @@ asio::awaitable<void> Server::serve(tcp::socket socket, Flow flow) {
 
     // Framing and addressing checks (smuggling, misdirection).
     RequestCheck check = checkRequest(req, host);
+    ex.rec.path = std::string(req.target());  // absolute-form is now origin-form
     if (!check.ok) {
       ex.keepAlive = ex.keepAlive && !check.closeConnection;
       ++stats_.badRequests;
@@ -506,7 +520,22 @@ asio::awaitable<void> Server::serve(tcp::socket socket, Flow flow) {
         log::info("conn {} agent {}: {} {} held for approval by rule \"{}\"", flow.id, flow.agent.name,
                   ex.rec.method, ex.rec.path, d.ruleName);
         lower.expires_never();
-        ApprovalOutcome outcome = co_await approvals_.hold(std::move(info));
+        // Wait for the decision, but notice an agent that hangs up meanwhile:
+        // nobody would receive the answer, so nothing must be done for it.
+        std::uint64_t approvalId = approvals_.add(std::move(info));
+        std::variant<ApprovalOutcome, bool> first =
+            co_await (approvals_.wait(approvalId) || agentHangsUp(stream, buffer));
+        ApprovalOutcome outcome = first.index() == 0 ? std::get<0>(first) : ApprovalOutcome::Waiting;
+        if (first.index() == 1 && std::get<1>(first)) {
+          approvals_.abandon(approvalId);
+          log::info("conn {} agent {}: held request {} abandoned: the agent closed the connection", flow.id,
+                    flow.agent.name, approvalId);
+          ex.rec.decision = "abandoned";
+          ex.keepAlive = false;
+          finish();
+          break;
+        }
+        if (outcome == ApprovalOutcome::Waiting) outcome = co_await approvals_.wait(approvalId);
         if (outcome == ApprovalOutcome::Approved) {
           ex.rec.decision = "approved";
           break;
