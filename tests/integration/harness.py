@@ -325,7 +325,8 @@ class Env:
 
     def curl_args(self, path, method="GET", extra=None):
         """curl arguments for HOST/path, resolved to the stand-in's address (the agent dials Atlas)."""
-        return ["curl", "-sS", "--max-time", "20", "--resolve", f"{HOST}:443:{self.fake_addr}",
+        addr = f"[{self.fake_addr}]" if ":" in self.fake_addr else self.fake_addr
+        return ["curl", "-sS", "--max-time", "20", "--resolve", f"{HOST}:443:{addr}",
                 "-H", f"Accept: {ACCEPT_V2}", "-X", method, "-o", "-", "-w", "\n%{http_code}",
                 *(extra or []), f"https://{HOST}{path}"]
 

@@ -40,6 +40,10 @@ const Hook kHooks[] = {
     {"ag_connect4", [](ag_bpf* s) { return s->progs.ag_connect4; }},
     {"ag_connect6", [](ag_bpf* s) { return s->progs.ag_connect6; }},
     {"ag_sockops", [](ag_bpf* s) { return s->progs.ag_sockops; }},
+    {"ag_sendmsg4", [](ag_bpf* s) { return s->progs.ag_sendmsg4; }},
+    {"ag_sendmsg6", [](ag_bpf* s) { return s->progs.ag_sendmsg6; }},
+    {"ag_getpeername4", [](ag_bpf* s) { return s->progs.ag_getpeername4; }},
+    {"ag_getpeername6", [](ag_bpf* s) { return s->progs.ag_getpeername6; }},
 };
 
 class Fd {
@@ -313,7 +317,34 @@ void Loader::unpinAll() {
   log::info("removed BPF attachments and pins under {}", options_.pinRoot);
 }
 
-Result<void> Loader::setTargets(const std::map<std::string, ag_target>& addresses) {
+namespace {
+// Canonical text of an address (inet_ntop's), v4-mapped IPv6 as plain IPv4:
+// connect6 looks mapped destinations up in the IPv4 map.
+std::optional<std::string> canonicalAddress(const std::string& text) {
+  in_addr a4{};
+  in6_addr a6{};
+  char out[INET6_ADDRSTRLEN] = {};
+  if (::inet_pton(AF_INET, text.c_str(), &a4) == 1) {
+    ::inet_ntop(AF_INET, &a4, out, sizeof out);
+  } else if (::inet_pton(AF_INET6, text.c_str(), &a6) == 1) {
+    if (IN6_IS_ADDR_V4MAPPED(&a6))
+      ::inet_ntop(AF_INET, &a6.s6_addr[12], out, sizeof out);
+    else
+      ::inet_ntop(AF_INET6, &a6, out, sizeof out);
+  } else {
+    return std::nullopt;
+  }
+  return std::string(out);
+}
+}  // namespace
+
+Result<void> Loader::setTargets(const std::map<std::string, ag_target>& given) {
+  std::map<std::string, ag_target> addresses;
+  for (const auto& [text, t] : given) {
+    auto c = canonicalAddress(text);
+    if (!c) return makeError("not an IP address: {}", text);
+    addresses[*c] = t;
+  }
   int fd4 = bpf_map__fd(skel_->maps.ag_targets4);
   int fd6 = bpf_map__fd(skel_->maps.ag_targets6);
   auto apply = [&](const std::string& text, const ag_target* value) -> Result<void> {

@@ -16,7 +16,7 @@ namespace json = boost::json;
 
 namespace {
 
-constexpr std::chrono::seconds kSafetyMargin{5};  // never inject a token this close to expiry
+constexpr std::chrono::milliseconds kSafetyMargin{5000};  // never inject a token this close to expiry
 constexpr std::chrono::seconds kMaxBackoff{60};
 
 std::chrono::milliseconds backoff(unsigned failures) {
@@ -88,7 +88,7 @@ TokenProvider::TokenProvider(asio::any_io_executor ex, UpstreamPool& pool, std::
       wake_(ex) {}
 
 bool TokenProvider::valid(Clock::time_point now) const {
-  return !token_.empty() && now + kSafetyMargin < expiresAt_;
+  return !token_.empty() && now + margin_ < expiresAt_;
 }
 
 std::string TokenProvider::basicAuth() const { return "Basic " + basicCredentials(clientId_, secret_.view()); }
@@ -107,16 +107,16 @@ asio::awaitable<Result<std::string>> TokenProvider::token(const tcp::endpoint& v
     asio::co_spawn(ex_, refresh(via), asio::detached);
   }
   // Wait for the one refresh in flight (bounded by its own timeout).
-  while (refreshing_) {
-    wake_.expires_at(Clock::time_point::max());
-    co_await wake_.async_wait(kUseTuple);
-  }
+  // (refresh() armed the timer when it began; re-arming it here would
+  // cancel the other waiters' waits.)
+  while (refreshing_) co_await wake_.async_wait(kUseTuple);
   if (valid(Clock::now())) co_return std::string(token_.view());
   co_return makeError("no valid token for {} ({})", clientId_, lastError_.empty() ? "unavailable" : lastError_);
 }
 
 asio::awaitable<void> TokenProvider::refresh(tcp::endpoint via) {
   refreshing_ = true;
+  wake_.expires_at(Clock::time_point::max());
   ++stats_.fetches;
   http::request<http::string_body> req{http::verb::post, "/api/oauth/token", 11};
   req.set(http::field::host, host_);
@@ -135,8 +135,13 @@ asio::awaitable<void> TokenProvider::refresh(tcp::endpoint via) {
     auto ttl = parsed->expiresIn;
     token_ = Secret(std::move(parsed->accessToken));
     expiresAt_ = started + ttl;
-    // Refresh at 80% of the lifetime, and never later than 10 s before expiry.
-    refreshAt_ = started + std::min<std::chrono::milliseconds>(ttl * 8 / 10, ttl - std::chrono::seconds(10));
+    // Refresh at 80% of the lifetime, and no later than 10 s before expiry
+    // where the lifetime allows it; never inject within the last 10% or 5 s.
+    std::chrono::milliseconds life = ttl;
+    std::chrono::milliseconds at = life * 8 / 10;
+    if (life > std::chrono::seconds(20)) at = std::min<std::chrono::milliseconds>(at, life - std::chrono::seconds(10));
+    refreshAt_ = started + at;
+    margin_ = std::min<std::chrono::milliseconds>(kSafetyMargin, life / 10);
     failures_ = 0;
     lastError_.clear();
     log::info("service account {}: token obtained, valid {}s", clientId_, ttl.count());

@@ -61,6 +61,7 @@ class TokenProvider {
   Secret token_;
   Clock::time_point expiresAt_{};
   Clock::time_point refreshAt_{};
+  std::chrono::milliseconds margin_{5000};  // no injection this close to expiry
   bool refreshing_ = false;
   proxy::asio::steady_timer wake_;  // cancelled when a refresh completes
   std::optional<proxy::tcp::endpoint> lastVia_;

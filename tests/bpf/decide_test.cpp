@@ -1,0 +1,223 @@
+// ag_decide() compiled for the host: every branch of the connect-time
+// decision, the counter that explains it, and a sweep over the whole input
+// space checking the invariants the BPF entry points rely on.
+
+// clang-format off
+#include <linux/types.h>
+#include "atlasgate_abi.h"
+#include "decide.h"
+// clang-format on
+
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <vector>
+
+namespace {
+
+constexpr __u32 kNoCounter = 0xdeadbeef;  // what ag_decide must leave alone on REDIRECT
+constexpr __u32 kDaemon = 4242;
+constexpr __u32 kOther = 1000;
+constexpr __u32 kSockStream = AG_SOCK_STREAM;
+constexpr __u32 kSockDgram = AG_SOCK_DGRAM;
+constexpr __u32 kSockRaw = 3;
+constexpr __u32 kSockSeqpacket = 5;
+
+struct Outcome {
+  int verdict;
+  __u32 counter;
+};
+
+Outcome decide(const ag_conn_facts& f) {
+  __u32 counter = kNoCounter;
+  int verdict = ag_decide(&f, &counter);
+  return {verdict, counter};
+}
+
+ag_conn_facts facts(__u32 tgid, __u32 daemonTgid, __u32 type, __u16 port, bool target, bool refuseQuic) {
+  ag_conn_facts f{};
+  f.tgid = tgid;
+  f.daemon_tgid = daemonTgid;
+  f.sock_type = type;
+  f.dport = port;
+  f.is_target = target ? 1 : 0;
+  f.refuse_quic = refuseQuic ? 1 : 0;
+  return f;
+}
+
+TEST(Decide, ConstantsMatchTheKernel) {
+  EXPECT_EQ(AG_SOCK_STREAM, 1);  // SOCK_STREAM
+  EXPECT_EQ(AG_SOCK_DGRAM, 2);   // SOCK_DGRAM
+  EXPECT_EQ(AG_HTTPS_PORT, 443);
+  EXPECT_EQ(AG_PASS, 0);
+}
+
+TEST(Decide, DaemonIsSkippedWhatever) {
+  // Even the connection that would otherwise be redirected or refused.
+  for (__u32 type : {kSockStream, kSockDgram, kSockRaw})
+    for (__u16 port : {__u16{443}, __u16{80}})
+      for (bool target : {false, true})
+        for (bool quic : {false, true}) {
+          auto o = decide(facts(kDaemon, kDaemon, type, port, target, quic));
+          EXPECT_EQ(o.verdict, AG_PASS);
+          EXPECT_EQ(o.counter, static_cast<__u32>(AG_CNT_SKIP_DAEMON));
+        }
+}
+
+TEST(Decide, DaemonTgidZeroMeansNoDaemon) {
+  // tgid 0 (the idle task / unknown) must not match an unset daemon tgid.
+  auto o = decide(facts(0, 0, AG_SOCK_STREAM, 443, true, true));
+  EXPECT_EQ(o.verdict, AG_REDIRECT);
+  EXPECT_EQ(o.counter, kNoCounter);
+
+  o = decide(facts(kOther, 0, AG_SOCK_STREAM, 443, true, true));
+  EXPECT_EQ(o.verdict, AG_REDIRECT);
+}
+
+TEST(Decide, OtherProcessIsNotTheDaemon) {
+  auto o = decide(facts(kOther, kDaemon, AG_SOCK_STREAM, 443, true, true));
+  EXPECT_EQ(o.verdict, AG_REDIRECT);
+  EXPECT_EQ(o.counter, kNoCounter);
+}
+
+TEST(Decide, PortOtherThan443Passes) {
+  for (__u16 port : {__u16{0}, __u16{80}, __u16{442}, __u16{444}, __u16{8443}, __u16{15443}, __u16{0xbb01},
+                     __u16{65535}})
+    for (__u32 type : {kSockStream, kSockDgram, kSockRaw})
+      for (bool target : {false, true}) {
+        auto o = decide(facts(kOther, kDaemon, type, port, target, true));
+        EXPECT_EQ(o.verdict, AG_PASS) << "port " << port;
+        EXPECT_EQ(o.counter, static_cast<__u32>(AG_CNT_SKIP_PORT)) << "port " << port;
+      }
+}
+
+TEST(Decide, UdpToTargetIsRefusedOnlyWithRefuseQuic) {
+  auto o = decide(facts(kOther, kDaemon, AG_SOCK_DGRAM, 443, true, true));
+  EXPECT_EQ(o.verdict, AG_REFUSE);
+  EXPECT_EQ(o.counter, static_cast<__u32>(AG_CNT_UDP_REFUSED));
+
+  o = decide(facts(kOther, kDaemon, AG_SOCK_DGRAM, 443, true, false));
+  EXPECT_EQ(o.verdict, AG_PASS);
+  EXPECT_EQ(o.counter, static_cast<__u32>(AG_CNT_SKIP_NOT_TCP));
+}
+
+TEST(Decide, UdpToNonTargetPasses) {
+  for (bool quic : {false, true}) {
+    auto o = decide(facts(kOther, kDaemon, AG_SOCK_DGRAM, 443, false, quic));
+    EXPECT_EQ(o.verdict, AG_PASS);
+    EXPECT_EQ(o.counter, static_cast<__u32>(AG_CNT_SKIP_NOT_TCP));
+  }
+}
+
+TEST(Decide, OtherSocketTypesPass) {
+  for (__u32 type : {0u, kSockRaw, 4u /* SOCK_RDM */, kSockSeqpacket, 10u /* SOCK_PACKET */})
+    for (bool target : {false, true})
+      for (bool quic : {false, true}) {
+        auto o = decide(facts(kOther, kDaemon, type, 443, target, quic));
+        EXPECT_EQ(o.verdict, AG_PASS) << "type " << type;
+        EXPECT_EQ(o.counter, static_cast<__u32>(AG_CNT_SKIP_NOT_TCP)) << "type " << type;
+      }
+}
+
+TEST(Decide, TcpToTargetIsRedirected) {
+  for (bool quic : {false, true}) {
+    auto o = decide(facts(kOther, kDaemon, AG_SOCK_STREAM, 443, true, quic));
+    EXPECT_EQ(o.verdict, AG_REDIRECT);
+    // The caller pre-loads the redirected4/6 counter; ag_decide leaves it.
+    EXPECT_EQ(o.counter, kNoCounter);
+  }
+  __u32 counter = AG_CNT_REDIRECTED6;
+  auto f = facts(kOther, 0, AG_SOCK_STREAM, 443, true, true);
+  EXPECT_EQ(ag_decide(&f, &counter), AG_REDIRECT);
+  EXPECT_EQ(counter, static_cast<__u32>(AG_CNT_REDIRECTED6));
+}
+
+TEST(Decide, TcpToNonTargetPasses) {
+  for (bool quic : {false, true}) {
+    auto o = decide(facts(kOther, kDaemon, AG_SOCK_STREAM, 443, false, quic));
+    EXPECT_EQ(o.verdict, AG_PASS);
+    EXPECT_EQ(o.counter, static_cast<__u32>(AG_CNT_SKIP_NOT_TARGET));
+  }
+}
+
+TEST(Decide, FactsAreNotModified) {
+  const auto f = facts(kOther, kDaemon, AG_SOCK_STREAM, 443, true, true);
+  auto copy = f;
+  __u32 counter = 0;
+  (void)ag_decide(&copy, &counter);
+  EXPECT_EQ(0, std::memcmp(&f, &copy, sizeof f));
+}
+
+// The whole input space that matters, checked against the invariants and an
+// independent statement of the expected outcome.
+TEST(Decide, SweepInvariants) {
+  const __u16 ports[] = {0, 1, 80, 442, 443, 444, 8443, 15443, 0xbb01, 65535};
+  const __u32 types[] = {0, kSockStream, kSockDgram, kSockRaw, 4, kSockSeqpacket, 6, 10};
+  const __u32 daemons[] = {0, kDaemon};
+  const __u32 tgids[] = {0, kOther, kDaemon};
+  int redirects = 0, refusals = 0, cases = 0;
+
+  for (__u16 port : ports)
+    for (__u32 type : types)
+      for (bool target : {false, true})
+        for (bool quic : {false, true})
+          for (__u32 daemon : daemons)
+            for (__u32 tgid : tgids) {
+              ++cases;
+              const auto f = facts(tgid, daemon, type, port, target, quic);
+              const auto o = decide(f);
+              const bool isDaemon = daemon != 0 && tgid == daemon;
+              const bool tcp = type == AG_SOCK_STREAM, udp = type == AG_SOCK_DGRAM;
+              const std::string where = "tgid=" + std::to_string(tgid) + " daemon=" + std::to_string(daemon) +
+                                        " type=" + std::to_string(type) + " port=" + std::to_string(port) +
+                                        " target=" + std::to_string(target) + " quic=" + std::to_string(quic);
+
+              ASSERT_TRUE(o.verdict == AG_PASS || o.verdict == AG_REDIRECT || o.verdict == AG_REFUSE) << where;
+              if (o.verdict == AG_REDIRECT) {
+                ++redirects;
+                EXPECT_TRUE(tcp && port == 443 && target && !isDaemon) << where;
+                EXPECT_EQ(o.counter, kNoCounter) << where;
+              }
+              if (o.verdict == AG_REFUSE) {
+                ++refusals;
+                EXPECT_TRUE(udp && port == 443 && target && quic && !isDaemon) << where;
+                EXPECT_EQ(o.counter, static_cast<__u32>(AG_CNT_UDP_REFUSED)) << where;
+              }
+              if (o.verdict == AG_PASS) {
+                // Every pass is explained by a counter naming a skip.
+                EXPECT_TRUE(o.counter == AG_CNT_SKIP_DAEMON || o.counter == AG_CNT_SKIP_PORT ||
+                            o.counter == AG_CNT_SKIP_NOT_TCP || o.counter == AG_CNT_SKIP_NOT_TARGET)
+                    << where << " counter=" << o.counter;
+              }
+
+              // The exact expectation, branch order included.
+              int wantVerdict;
+              __u32 wantCounter;
+              if (isDaemon) {
+                wantVerdict = AG_PASS, wantCounter = AG_CNT_SKIP_DAEMON;
+              } else if (port != 443) {
+                wantVerdict = AG_PASS, wantCounter = AG_CNT_SKIP_PORT;
+              } else if (!tcp) {
+                if (udp && target && quic)
+                  wantVerdict = AG_REFUSE, wantCounter = AG_CNT_UDP_REFUSED;
+                else
+                  wantVerdict = AG_PASS, wantCounter = AG_CNT_SKIP_NOT_TCP;
+              } else if (!target) {
+                wantVerdict = AG_PASS, wantCounter = AG_CNT_SKIP_NOT_TARGET;
+              } else {
+                wantVerdict = AG_REDIRECT, wantCounter = kNoCounter;
+              }
+              EXPECT_EQ(o.verdict, wantVerdict) << where;
+              EXPECT_EQ(o.counter, wantCounter) << where;
+            }
+
+  // Redirect: tcp, 443, target, any quic, not the daemon (2 quic x 5
+  // non-daemon (daemon, tgid) pairs); refuse: udp, 443, target, quic.
+  EXPECT_EQ(cases, 10 * 8 * 2 * 2 * 2 * 3);
+  EXPECT_EQ(redirects, 2 * 5);
+  EXPECT_EQ(refusals, 5);
+}
+
+}  // namespace
