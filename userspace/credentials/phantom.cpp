@@ -33,10 +33,10 @@ PhantomCheck PhantomTokens::check(std::string_view token, const std::string& age
   return it->second.agentKey == agentKey ? PhantomCheck::Valid : PhantomCheck::WrongAgent;
 }
 
-bool PhantomTokens::revoke(std::string_view token) {
+bool PhantomTokens::revoke(std::string_view token, const std::string& agentKey) {
   std::lock_guard lock(mu_);
   auto it = tokens_.find(token);
-  if (it == tokens_.end()) return false;
+  if (it == tokens_.end() || it->second.agentKey != agentKey) return false;
   tokens_.erase(it);
   return true;
 }

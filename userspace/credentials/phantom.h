@@ -27,7 +27,8 @@ class PhantomTokens {
   // A new phantom for `agentKey` (the agent's cgroup path: stable, unforgeable).
   std::string issue(const std::string& agentKey, Clock::time_point now = Clock::now());
   PhantomCheck check(std::string_view token, const std::string& agentKey, Clock::time_point now = Clock::now());
-  bool revoke(std::string_view token);
+  // Revokes a phantom, only when it is `agentKey`'s own.
+  bool revoke(std::string_view token, const std::string& agentKey);
   std::size_t size() const;
 
  private:

@@ -9,11 +9,13 @@
 #include <condition_variable>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <map>
 #include <mutex>
 #include <set>
 #include <thread>
 
+#include "admin/admin.h"
 #include "audit/audit.h"
 #include "bpf/loader.h"
 #include "common/log.h"
@@ -71,6 +73,7 @@ class Daemon {
   Result<void> reload();
   json::value control(const json::object& req);
   json::value status();
+  std::string metrics();
   void writeRuntimeFile();
 
   Options opts_;
@@ -88,6 +91,7 @@ class Daemon {
   std::unique_ptr<AgentDirectory> agents_;
   std::unique_ptr<Server> server_;
   std::unique_ptr<control::Server> control_;
+  std::unique_ptr<admin::Server> admin_;
   std::map<std::string, std::shared_ptr<credentials::TokenProvider>> tokenProviders_;
   std::vector<std::string> extraAttached_;  // attached at run time with `atlasgate attach`
 
@@ -170,6 +174,12 @@ Result<void> Daemon::start() {
                                     [this](const json::object& req) { return control(req); });
   if (!ctl) return ctl.error();
   control_ = std::move(ctl.value());
+  if (config_->listen.admin) {
+    auto adm = admin::Server::start(io_, *config_->listen.admin,
+                                    {[this] { return metrics(); }, [this] { return loader_ && server_; }});
+    if (!adm) return adm.error();
+    admin_ = std::move(adm.value());
+  }
   writeRuntimeFile();
   return {};
 }
@@ -319,6 +329,7 @@ asio::awaitable<void> Daemon::shutdown() {
   server_->closeAll();
   for (auto& [k, p] : tokenProviders_) co_await p->revoke();
   if (control_) control_->stop();
+  if (admin_) admin_->stop();
   pool_->clear();
   {
     std::lock_guard lock(stopMu_);
@@ -490,6 +501,52 @@ json::value Daemon::status() {
   o["bpf"] = bpfc;
   o["approvals_pending"] = approvals_.pending().size();
   return o;
+}
+
+std::string Daemon::metrics() {
+  std::string out = server_->metrics().render();
+  auto counter = [&out](const char* name, const char* help, const char* type) {
+    fmt::format_to(std::back_inserter(out), "# HELP {} {}\n# TYPE {} {}\n", name, help, name, type);
+  };
+  const auto& s = server_->stats();
+  counter("atlasgate_connections_accepted_total", "Redirected agent connections accepted.", "counter");
+  fmt::format_to(std::back_inserter(out), "atlasgate_connections_accepted_total {}\n", s.accepted.load());
+  counter("atlasgate_flows_refused_total", "Connections refused: no kernel redirect record.", "counter");
+  fmt::format_to(std::back_inserter(out), "atlasgate_flows_refused_total {}\n", s.refusedNoFlow.load());
+  counter("atlasgate_tls_handshake_failures_total", "Agent TLS handshakes that failed (incl. unknown SNI).", "counter");
+  fmt::format_to(std::back_inserter(out), "atlasgate_tls_handshake_failures_total {}\n", s.handshakeFailures.load());
+  counter("atlasgate_connections_live", "Agent connections open now.", "gauge");
+  fmt::format_to(std::back_inserter(out), "atlasgate_connections_live {}\n", s.liveConnections.load());
+  counter("atlasgate_upstream_pool_idle", "Idle upstream connections kept for reuse.", "gauge");
+  fmt::format_to(std::back_inserter(out), "atlasgate_upstream_pool_idle {}\n", pool_->idleCount());
+  counter("atlasgate_upstream_connects_total", "Upstream TLS connections opened, by TLS session resumption.", "counter");
+  fmt::format_to(std::back_inserter(out), "atlasgate_upstream_connects_total{{resumed=\"false\"}} {}\n",
+                 pool_->stats().connects - pool_->stats().resumedSessions);
+  fmt::format_to(std::back_inserter(out), "atlasgate_upstream_connects_total{{resumed=\"true\"}} {}\n",
+                 pool_->stats().resumedSessions);
+  counter("atlasgate_token_refreshes_total", "Service-account token fetches, by credential and result.", "counter");
+  for (const auto& t : server_->runtime()->targets)
+    for (const auto& c : t.credentials)
+      if (c.tokens) {
+        const auto& ts = c.tokens->stats();
+        fmt::format_to(std::back_inserter(out),
+                       "atlasgate_token_refreshes_total{{credential=\"{}\",result=\"ok\"}} {}\n"
+                       "atlasgate_token_refreshes_total{{credential=\"{}\",result=\"error\"}} {}\n",
+                       proxy::promLabel(c.description), ts.fetches - ts.failures, proxy::promLabel(c.description),
+                       ts.failures);
+      }
+  counter("atlasgate_audit_records_lost_total", "Audit records that could not be written.", "counter");
+  fmt::format_to(std::back_inserter(out), "atlasgate_audit_records_lost_total {}\n", audit_->lost());
+  counter("atlasgate_approvals_pending", "Requests held by approve rules now.", "gauge");
+  fmt::format_to(std::back_inserter(out), "atlasgate_approvals_pending {}\n", approvals_.pending().size());
+  counter("atlasgate_bpf_events_total", "Kernel-side events of the BPF programs (per-CPU counters summed).", "counter");
+  auto bc = loader_->counters();
+  for (int i = 0; i < AG_CNT__MAX; ++i)
+    fmt::format_to(std::back_inserter(out), "atlasgate_bpf_events_total{{event=\"{}\"}} {}\n", ag_counter_names[i],
+                   bc[i]);
+  counter("atlasgate_bpf_flows_pending", "Established redirected connections not yet accepted.", "gauge");
+  fmt::format_to(std::back_inserter(out), "atlasgate_bpf_flows_pending {}\n", loader_->flowCount());
+  return out;
 }
 
 void Daemon::writeRuntimeFile() {

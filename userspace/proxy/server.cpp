@@ -364,6 +364,7 @@ asio::awaitable<void> Server::serve(tcp::socket socket, Flow flow) {
       ex.rec.ts = std::chrono::system_clock::now();
       ex.rec.totalMs = std::chrono::duration<double, std::milli>(Clock::now() - ex.start).count();
       audit_.write(ex.rec);
+      metrics_.record(ex.rec);
       ++session.info.requests;
     };
 
@@ -792,7 +793,7 @@ http::response<http::string_body> Server::answerOAuthLocally(const http::request
       res.body() = json::serialize(o);
     }
   } else {
-    phantoms_.revoke(formValue(req.body(), "token"));
+    phantoms_.revoke(formValue(req.body(), "token"), key);
     res.body() = "{}";
   }
   res.prepare_payload();

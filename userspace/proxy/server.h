@@ -21,6 +21,7 @@
 #include "proxy/agents.h"
 #include "proxy/approvals.h"
 #include "proxy/asio.h"
+#include "proxy/metrics.h"
 #include "proxy/upstream.h"
 
 namespace atlasgate::policy {
@@ -111,6 +112,7 @@ class Server {
 
   const ServerStats& stats() const { return stats_; }
   const credentials::PhantomTokens& phantoms() const { return phantoms_; }
+  const RequestMetrics& metrics() const { return metrics_; }
   std::vector<ConnectionInfo> connections() const;
 
  private:
@@ -152,6 +154,7 @@ class Server {
   std::uint64_t nextId_ = 1;
   ServerStats stats_;
   credentials::PhantomTokens phantoms_;
+  RequestMetrics metrics_;
 };
 
 }  // namespace atlasgate::proxy

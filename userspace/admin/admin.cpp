@@ -1,0 +1,104 @@
+#include "admin/admin.h"
+
+#include <set>
+
+#include "common/log.h"
+#include "proxy/asio.h"
+
+namespace atlasgate::admin {
+
+using namespace proxy;  // asio, beast, http, tcp, kUseTuple
+
+struct Server::Impl {
+  Impl(asio::io_context& io, Handlers h) : acceptor(io), handlers(std::move(h)) {}
+  tcp::acceptor acceptor;
+  Handlers handlers;
+  std::set<beast::tcp_stream*> open;  // closed on stop(), so shutdown never waits on a scraper
+
+  asio::awaitable<void> serve(tcp::socket sock) {
+    beast::tcp_stream stream(std::move(sock));
+    open.insert(&stream);
+    struct Forget {
+      Impl* impl;
+      beast::tcp_stream* s;
+      ~Forget() { impl->open.erase(s); }
+    } forget{this, &stream};
+    beast::flat_buffer buf;
+    for (;;) {
+      http::request<http::empty_body> req;
+      stream.expires_after(std::chrono::seconds(10));
+      auto [ec, n] = co_await http::async_read(stream, buf, req, kUseTuple);
+      if (ec) co_return;
+      http::response<http::string_body> res{http::status::ok, req.version()};
+      std::string_view target = req.target();
+      target = target.substr(0, target.find('?'));
+      if (req.method() != http::verb::get && req.method() != http::verb::head) {
+        res.result(http::status::method_not_allowed);
+        res.set(http::field::content_type, "text/plain");
+        res.body() = "GET only\n";
+      } else if (target == "/metrics") {
+        res.set(http::field::content_type, "text/plain; version=0.0.4; charset=utf-8");
+        res.body() = handlers.metrics();
+      } else if (target == "/healthz") {
+        bool ok = handlers.healthy();
+        res.result(ok ? http::status::ok : http::status::service_unavailable);
+        res.set(http::field::content_type, "text/plain");
+        res.body() = ok ? "ok\n" : "unhealthy\n";
+      } else {
+        res.result(http::status::not_found);
+        res.set(http::field::content_type, "text/plain");
+        res.body() = "not found: try /metrics or /healthz\n";
+      }
+      res.keep_alive(req.keep_alive());
+      res.prepare_payload();
+      auto [wec, wn] = co_await http::async_write(stream, res, kUseTuple);
+      if (wec || !res.keep_alive()) co_return;
+    }
+  }
+
+  asio::awaitable<void> acceptLoop() {
+    for (;;) {
+      auto [ec, sock] = co_await acceptor.async_accept(kUseTuple);
+      if (ec) {
+        if (ec == asio::error::operation_aborted || !acceptor.is_open()) co_return;
+        continue;
+      }
+      asio::co_spawn(acceptor.get_executor(), serve(std::move(sock)), asio::detached);
+    }
+  }
+};
+
+Server::~Server() { stop(); }
+
+void Server::stop() {
+  if (impl_ && impl_->acceptor.is_open()) {
+    beast::error_code ec;
+    impl_->acceptor.close(ec);
+    for (auto* s : impl_->open) s->socket().close(ec);
+  }
+}
+
+Result<std::unique_ptr<Server>> Server::start(asio::io_context& io, const std::string& address, Handlers handlers) {
+  // "127.0.0.1:15444", "[::1]:15444", "localhost:15444"
+  auto colon = address.rfind(':');
+  if (colon == std::string::npos) return makeError("listen.admin: expected HOST:PORT, got {}", address);
+  std::string host = address.substr(0, colon);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  if (host == "localhost") host = "127.0.0.1";
+  unsigned long port = std::strtoul(address.c_str() + colon + 1, nullptr, 10);
+  beast::error_code ec;
+  auto addr = asio::ip::make_address(host, ec);
+  if (ec || port == 0 || port > 65535) return makeError("listen.admin: bad address {}", address);
+  auto impl = std::make_shared<Impl>(io, std::move(handlers));
+  tcp::endpoint ep(addr, static_cast<unsigned short>(port));
+  impl->acceptor.open(ep.protocol(), ec);
+  if (!ec) impl->acceptor.set_option(asio::socket_base::reuse_address(true), ec);
+  if (!ec) impl->acceptor.bind(ep, ec);
+  if (!ec) impl->acceptor.listen(64, ec);
+  if (ec) return makeError("listen.admin {}: {}", address, ec.message());
+  asio::co_spawn(io, impl->acceptLoop(), asio::detached);
+  log::info("admin endpoint on http://{}/metrics and /healthz", address);
+  return std::unique_ptr<Server>(new Server(impl));
+}
+
+}  // namespace atlasgate::admin

@@ -1,0 +1,48 @@
+#pragma once
+// Request metrics for Prometheus (/metrics on listen.admin). Label values are
+// bounded: at most kMaxAgents agent names (the rest count as "_other"),
+// decisions and status codes are small closed sets.
+
+#include <array>
+#include <cstdint>
+#include <map>
+#include <mutex>
+#include <string>
+#include <tuple>
+
+#include "audit/audit.h"
+
+namespace atlasgate::proxy {
+
+class Histogram {
+ public:
+  static constexpr std::array<double, 14> kBucketsMs = {1,   2,    5,    10,   25,    50,   100,
+                                                        250, 500, 1000, 2500, 5000, 10000, 30000};
+  void observe(double ms);
+  // Appends name_bucket/_sum/_count lines (the HELP/TYPE lines are the caller's).
+  void render(std::string& out, const std::string& name, const std::string& labels) const;
+
+ private:
+  std::array<std::uint64_t, kBucketsMs.size()> counts_{};
+  std::uint64_t count_ = 0;
+  double sum_ = 0;
+};
+
+class RequestMetrics {
+ public:
+  static constexpr std::size_t kMaxAgents = 100;
+  void record(const audit::Record& r);
+  std::string render() const;
+
+ private:
+  mutable std::mutex mu_;
+  std::map<std::tuple<std::string, std::string, unsigned>, std::uint64_t> requests_;  // agent, decision, status
+  std::map<std::string, bool> agents_;
+  Histogram total_;
+  Histogram upstream_;
+};
+
+// Escapes a Prometheus label value.
+std::string promLabel(std::string_view v);
+
+}  // namespace atlasgate::proxy
