@@ -55,8 +55,19 @@ constexpr int kAcceptMs = 5000;
 constexpr int kNothingMs = 200;  // how long "nothing arrives" is watched
 
 const char* const kMapNames[] = {"ag_targets4", "ag_targets6", "ag_origins", "ag_flows", "ag_counters"};
-const char* const kProgNames[] = {"ag_connect4", "ag_connect6", "ag_sockops"};
-const bpf_attach_type kAttachTypes[] = {BPF_CGROUP_INET4_CONNECT, BPF_CGROUP_INET6_CONNECT, BPF_CGROUP_SOCK_OPS};
+const char* const kProgNames[] = {"ag_connect4",  "ag_connect6",     "ag_sockops",     "ag_sendmsg4",
+                                  "ag_sendmsg6", "ag_getpeername4", "ag_getpeername6"};
+const bpf_attach_type kAttachTypes[] = {BPF_CGROUP_INET4_CONNECT,     BPF_CGROUP_INET6_CONNECT,
+                                        BPF_CGROUP_SOCK_OPS,          BPF_CGROUP_UDP4_SENDMSG,
+                                        BPF_CGROUP_UDP6_SENDMSG,      BPF_CGROUP_INET4_GETPEERNAME,
+                                        BPF_CGROUP_INET6_GETPEERNAME};
+
+// The pinned link names of every hook for a cgroup id.
+std::set<std::string> linkNames(const std::string& id) {
+  std::set<std::string> out;
+  for (const char* p : kProgNames) out.insert(id + "-" + p);
+  return out;
+}
 
 class UniqueFd {
  public:
@@ -528,11 +539,11 @@ TEST_F(BpfLoadTest, ProgramsPassTheVerifierAndArePinned) {
   EXPECT_FALSE(loader_->setTargets({{"not-an-address", {0, 0}}}));
 }
 
-TEST_F(BpfLoadTest, AttachPinsThreeLinksIdempotentlyAndDetachRemovesThem) {
+TEST_F(BpfLoadTest, AttachPinsALinkPerHookIdempotentlyAndDetachRemovesThem) {
   loader_ = open(options());
   ASSERT_TRUE(loader_);
   const std::string id = std::to_string(cgroupId_);
-  const std::set<std::string> links = {id + "-ag_connect4", id + "-ag_connect6", id + "-ag_sockops"};
+  const std::set<std::string> links = linkNames(id);
 
   for (int round = 0; round < 2; ++round) {
     SCOPED_TRACE("attach #" + std::to_string(round + 1));
@@ -917,7 +928,7 @@ TEST_F(BpfLoadTest, RestartedLoaderAdoptsThePinnedLinks) {
   loader_.reset();
   const std::string id = std::to_string(cgroupId_);
   EXPECT_EQ(listDir(pinRoot_ + "/links"),
-            (std::set<std::string>{id + "-ag_connect4", id + "-ag_connect6", id + "-ag_sockops"}));
+            linkNames(id));
   for (auto type : kAttachTypes) EXPECT_EQ(attachedProgs(cgroup_, type).size(), 1u) << "attach type " << type;
 
   Child between(cgroup_, tcpConnect(AF_INET, kTarget4, 443));
@@ -953,7 +964,7 @@ TEST_F(BpfLoadTest, RestartedLoaderAdoptsThePinnedLinks) {
 
   // attach() on the adopted cgroup is a no-op that learns the path; detach works.
   ASSERT_TRUE(loader_->attach(cgroup_));
-  EXPECT_EQ(listDir(pinRoot_ + "/links").size(), 3u);
+  EXPECT_EQ(listDir(pinRoot_ + "/links").size(), std::size(kProgNames));
   EXPECT_EQ(loader_->attachments().at(0).path, cgroup_);
   between.finish();
   after.finish();

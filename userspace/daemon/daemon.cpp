@@ -1,4 +1,6 @@
 #include "daemon/daemon.h"
+#include "daemon/netns.h"
+#include "daemon/privileges.h"
 
 #include <sys/stat.h>
 #include <unistd.h>
@@ -69,6 +71,9 @@ class Daemon {
   Result<void> applyTargets();
   void resolverThread();
   asio::awaitable<void> signalLoop();
+  asio::awaitable<void> netnsLoop();
+  void scanNamespaces();
+  std::vector<std::string> attachedRoots() const;
   asio::awaitable<void> shutdown();
   Result<void> reload();
   json::value control(const json::object& req);
@@ -103,6 +108,16 @@ class Daemon {
   std::condition_variable stopCv_;
   bool stopping_ = false;
   bool forced_ = false;
+
+  struct ForeignNs {
+    std::uint64_t cookie = 0;
+    int pid = 0;
+    int misses = 0;
+  };
+  std::uint64_t ownNetns_ = 0;
+  std::map<std::uint64_t, ForeignNs> netns_;       // by namespace inode, with a listener
+  std::map<std::uint64_t, int> netnsFailures_;     // by inode: failed attempts (retried with backoff)
+  asio::steady_timer netnsTimer_{io_};
 };
 
 Result<void> Daemon::start() {
@@ -181,6 +196,9 @@ Result<void> Daemon::start() {
     admin_ = std::move(adm.value());
   }
   writeRuntimeFile();
+  // Everything that needed full root is done; keep only what serving needs.
+  if (auto r = dropCapabilities(); !r) return r;
+  log::info("capabilities now: {}", effectiveCapabilities());
   return {};
 }
 
@@ -317,6 +335,60 @@ asio::awaitable<void> Daemon::signalLoop() {
   }
 }
 
+std::vector<std::string> Daemon::attachedRoots() const {
+  std::vector<std::string> roots{agentsCgroup_};
+  for (const auto& a : loader_->attachments())
+    if (!a.path.empty() && a.path != agentsCgroup_) roots.push_back(a.path);
+  return roots;
+}
+
+void Daemon::scanNamespaces() {
+  // Which network namespaces do the agents live in? Every one but ours gets
+  // listeners; a namespace nobody uses any more loses them.
+  std::map<std::uint64_t, int> seen = namespacesOf(attachedRoots());
+  for (auto& [ino, ns] : netns_) ns.misses = seen.contains(ino) ? 0 : ns.misses + 1;
+  for (auto it = netns_.begin(); it != netns_.end();) {
+    if (it->second.misses >= 2) {
+      log::info("network namespace {} has no agents left: closing its listeners", it->first);
+      server_->closeListeners(it->second.cookie);
+      it = netns_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  for (const auto& [ino, pid] : seen) {
+    if (ino == ownNetns_ || netns_.contains(ino)) continue;
+    int& failures = netnsFailures_[ino];
+    if (failures > 0 && failures % 8 != 0) {  // retry every 8th scan after a failure
+      ++failures;
+      continue;
+    }
+    auto l = openListenersIn(pid, config_->listen.port);
+    if (!l) {
+      if (failures++ == 0) log::warn("agents' network namespace {}: {}", ino, l.error().message);
+      continue;
+    }
+    netnsFailures_.erase(ino);
+    if (auto r = server_->adoptListener(l->fd4, false, l->cookie); !r) log::warn("{}", r.error().message);
+    if (l->fd6 >= 0)
+      if (auto r = server_->adoptListener(l->fd6, true, l->cookie); !r) log::warn("{}", r.error().message);
+    netns_[ino] = ForeignNs{l->cookie, pid, 0};
+    log::info("listening in network namespace {} (of pid {}) on 127.0.0.1:{}", ino, pid, config_->listen.port);
+  }
+  for (auto it = netnsFailures_.begin(); it != netnsFailures_.end();)
+    it = seen.contains(it->first) ? std::next(it) : netnsFailures_.erase(it);
+}
+
+asio::awaitable<void> Daemon::netnsLoop() {
+  ownNetns_ = netnsInode(::getpid());
+  for (;;) {
+    scanNamespaces();
+    netnsTimer_.expires_after(std::chrono::milliseconds(500));
+    auto [ec] = co_await netnsTimer_.async_wait(kUseTuple);
+    if (ec) co_return;
+  }
+}
+
 asio::awaitable<void> Daemon::shutdown() {
   server_->stopAccepting();
   asio::steady_timer t(io_);
@@ -326,6 +398,7 @@ asio::awaitable<void> Daemon::shutdown() {
     co_await t.async_wait(kUseTuple);
   }
   approvals_.denyAll();
+  netnsTimer_.cancel();
   server_->closeAll();
   for (auto& [k, p] : tokenProviders_) co_await p->revoke();
   if (control_) control_->stop();
@@ -388,10 +461,7 @@ json::value Daemon::control(const json::object& req) {
     std::string path = absoluteCgroup(cgroupMount_, std::string(p->as_string()));
     auto r = c == "attach" ? loader_->attach(path) : loader_->detach(path);
     if (!r) return fail(r.error().message);
-    std::vector<std::string> roots{agentsCgroup_};
-    for (const auto& a : loader_->attachments())
-      if (!a.path.empty() && a.path != agentsCgroup_) roots.push_back(a.path);
-    agents_->setRoots(roots);
+    agents_->setRoots(attachedRoots());
     return json::object{{"ok", true}, {"path", path}};
   }
   if (c == "approvals") {
@@ -500,6 +570,10 @@ json::value Daemon::status() {
   bpfc["origins"] = loader_->originCount();
   o["bpf"] = bpfc;
   o["approvals_pending"] = approvals_.pending().size();
+  json::array nss;
+  for (const auto& [ino, ns] : netns_)
+    nss.push_back(json::object{{"netns", ino}, {"cookie", ns.cookie}, {"pid", ns.pid}});
+  o["agent_namespaces"] = nss;
   return o;
 }
 
@@ -574,6 +648,7 @@ int Daemon::run() {
   }
   resolver_ = std::thread([this] { resolverThread(); });
   asio::co_spawn(io_, signalLoop(), asio::detached);
+  asio::co_spawn(io_, netnsLoop(), asio::detached);
   log::info("atlasgate ready: {} target(s), listening on port {}, agents cgroup {}", config_->targets.size(),
             config_->listen.port, agentsCgroup_);
   io_.run();

@@ -4,6 +4,7 @@
 #include <boost/asio/ip/v6_only.hpp>
 
 #include <arpa/inet.h>
+#include <unistd.h>
 #include <fnmatch.h>
 
 #include <boost/json.hpp>
@@ -90,10 +91,35 @@ Result<void> Server::listen(std::uint16_t port) {
       continue;
     }
     log::info("listening on {}", a.required ? fmt::format("{}:{}", a.text, port) : fmt::format("[{}]:{}", a.text, port));
-    asio::co_spawn(io_, acceptLoop(*acc), asio::detached);
+    asio::co_spawn(io_, acceptLoop(*acc, netnsCookie_), asio::detached);
     acceptors_.push_back(std::move(acc));
   }
   return {};
+}
+
+Result<void> Server::adoptListener(int fd, bool v6, std::uint64_t netnsCookie) {
+  beast::error_code ec;
+  auto acc = std::make_shared<tcp::acceptor>(io_);
+  acc->assign(v6 ? tcp::v6() : tcp::v4(), fd, ec);
+  if (ec) {
+    ::close(fd);
+    return makeError("adopt listener: {}", ec.message());
+  }
+  foreign_[netnsCookie].push_back(acc);
+  // The loop holds the acceptor alive until it is closed.
+  asio::co_spawn(io_, [this, acc, netnsCookie]() -> asio::awaitable<void> { co_await acceptLoop(*acc, netnsCookie); },
+                 asio::detached);
+  return {};
+}
+
+void Server::closeListeners(std::uint64_t netnsCookie) {
+  auto it = foreign_.find(netnsCookie);
+  if (it == foreign_.end()) return;
+  for (auto& a : it->second) {
+    beast::error_code ec;
+    a->close(ec);
+  }
+  foreign_.erase(it);
 }
 
 void Server::stopAccepting() {
@@ -101,6 +127,12 @@ void Server::stopAccepting() {
     beast::error_code ec;
     a->close(ec);
   }
+  for (auto& [cookie, list] : foreign_)
+    for (auto& a : list) {
+      beast::error_code ec;
+      a->close(ec);
+    }
+  foreign_.clear();
 }
 
 void Server::closeAll() {
@@ -140,7 +172,7 @@ std::string endpointText(const tcp::endpoint& ep) {
 
 }  // namespace
 
-asio::awaitable<void> Server::acceptLoop(tcp::acceptor& acceptor) {
+asio::awaitable<void> Server::acceptLoop(tcp::acceptor& acceptor, std::uint64_t netnsCookie) {
   for (;;) {
     auto [ec, sock] = co_await acceptor.async_accept(kUseTuple);
     if (ec) {
@@ -152,7 +184,7 @@ asio::awaitable<void> Server::acceptLoop(tcp::acceptor& acceptor) {
     tcp::endpoint peer = sock.remote_endpoint(pec);
     if (pec) continue;
     ag_flow_key key{};
-    key.netns_cookie = netnsCookie_;
+    key.netns_cookie = netnsCookie;
     key.port = peer.port();
     if (peer.address().is_v4()) {
       key.family = AG_AF_INET;

@@ -105,6 +105,12 @@ class Server {
   void setRuntime(std::shared_ptr<const Runtime> runtime) { runtime_ = std::move(runtime); }
   std::shared_ptr<const Runtime> runtime() const { return runtime_; }
 
+  // A listening socket opened inside an agent's network namespace (takes the fd).
+  Result<void> adoptListener(int fd, bool v6, std::uint64_t netnsCookie);
+  // Closes the listeners of a namespace that no agent uses any more.
+  void closeListeners(std::uint64_t netnsCookie);
+  std::size_t foreignNamespaces() const { return foreign_.size(); }
+
   // Stop accepting; live sessions finish their current exchange.
   void stopAccepting();
   // Cancel whatever is still running (end of drain).
@@ -117,7 +123,7 @@ class Server {
 
  private:
   struct Session;
-  asio::awaitable<void> acceptLoop(tcp::acceptor& acceptor);
+  asio::awaitable<void> acceptLoop(tcp::acceptor& acceptor, std::uint64_t netnsCookie);
   asio::awaitable<void> serve(tcp::socket socket, Flow flow);
 
   struct UpstreamResult {
@@ -150,6 +156,8 @@ class Server {
   std::uint64_t netnsCookie_;
   std::shared_ptr<const Runtime> runtime_;
   std::vector<std::unique_ptr<tcp::acceptor>> acceptors_;
+  // Listeners in agents' network namespaces, by namespace cookie.
+  std::map<std::uint64_t, std::vector<std::shared_ptr<tcp::acceptor>>> foreign_;
   std::map<std::uint64_t, Session*> sessions_;
   std::uint64_t nextId_ = 1;
   ServerStats stats_;

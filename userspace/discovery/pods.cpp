@@ -1,0 +1,529 @@
+#include "discovery/pods.h"
+
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <deque>
+#include <filesystem>
+#include <set>
+#include <system_error>
+
+#include <boost/json.hpp>
+
+namespace atlasgate::discovery {
+
+namespace json = boost::json;
+
+namespace {
+
+const json::object* objectAt(const json::object& o, std::string_view key) {
+  auto it = o.find(key);
+  if (it == o.end()) return nullptr;
+  return it->value().if_object();
+}
+
+// The string at `key`, or "" when it is absent or null; false when it is
+// there but not a string.
+bool stringAt(const json::object& o, std::string_view key, std::string& out) {
+  out.clear();
+  auto it = o.find(key);
+  if (it == o.end() || it->value().is_null()) return true;
+  const json::string* s = it->value().if_string();
+  if (s == nullptr) return false;
+  out.assign(s->data(), s->size());
+  return true;
+}
+
+bool isAlnum(char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'); }
+
+// A label name or value: up to 63 of [A-Za-z0-9-_.], alphanumeric at both ends.
+bool validName(std::string_view s) {
+  if (s.empty() || s.size() > 63) return false;
+  if (!isAlnum(s.front()) || !isAlnum(s.back())) return false;
+  return std::all_of(s.begin(), s.end(), [](char c) { return isAlnum(c) || c == '-' || c == '_' || c == '.'; });
+}
+
+// RFC 1123 subdomain: lower-case labels of [a-z0-9-] separated by dots, up to 253.
+bool validSubdomain(std::string_view s) {
+  if (s.empty() || s.size() > 253) return false;
+  size_t start = 0;
+  while (start <= s.size()) {
+    size_t dot = s.find('.', start);
+    std::string_view label = s.substr(start, dot == std::string_view::npos ? std::string_view::npos : dot - start);
+    if (label.empty() || label.size() > 63) return false;
+    for (char c : label)
+      if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-')) return false;
+    if (label.front() == '-' || label.back() == '-') return false;
+    if (dot == std::string_view::npos) break;
+    start = dot + 1;
+  }
+  return true;
+}
+
+bool validKey(std::string_view k) {
+  size_t slash = k.find('/');
+  if (slash == std::string_view::npos) return validName(k);
+  return validSubdomain(k.substr(0, slash)) && validName(k.substr(slash + 1));
+}
+
+bool validValue(std::string_view v) { return v.empty() || validName(v); }
+
+// A hand-written scanner for the selector grammar; `fail` carries position.
+class SelectorParser {
+ public:
+  explicit SelectorParser(std::string_view text) : s_(text) {}
+
+  Result<std::vector<LabelRequirement>> run() {
+    std::vector<LabelRequirement> out;
+    skipSpace();
+    if (atEnd()) return out;
+    for (;;) {
+      auto r = requirement();
+      if (!r) return r.error();
+      out.push_back(std::move(*r));
+      skipSpace();
+      if (atEnd()) break;
+      if (s_[pos_] != ',') return fail("expected ',' between requirements");
+      ++pos_;
+      skipSpace();
+      if (atEnd()) return fail("a selector cannot end with ','");
+    }
+    return out;
+  }
+
+ private:
+  bool atEnd() const { return pos_ >= s_.size(); }
+  void skipSpace() {
+    while (!atEnd() && (s_[pos_] == ' ' || s_[pos_] == '\t')) ++pos_;
+  }
+  static bool wordChar(char c) { return isAlnum(c) || c == '-' || c == '_' || c == '.' || c == '/'; }
+  std::string_view word() {
+    size_t start = pos_;
+    while (!atEnd() && wordChar(s_[pos_])) ++pos_;
+    return s_.substr(start, pos_ - start);
+  }
+  Error fail(std::string_view what) const {
+    return makeError("label selector {:?}: {} at offset {}", std::string(s_), what, pos_);
+  }
+  bool consume(std::string_view tok) {
+    if (s_.substr(pos_, tok.size()) != tok) return false;
+    pos_ += tok.size();
+    return true;
+  }
+
+  Result<LabelRequirement> requirement() {
+    LabelRequirement r;
+    if (consume("!")) {
+      skipSpace();
+      r.key = word();
+      if (!validKey(r.key)) return fail(fmt::format("invalid label key {:?}", r.key));
+      r.op = LabelRequirement::Op::NotExists;
+      return r;
+    }
+    r.key = word();
+    if (r.key.empty()) return fail("expected a label key");
+    if (!validKey(r.key)) return fail(fmt::format("invalid label key {:?}", r.key));
+    skipSpace();
+    if (atEnd() || s_[pos_] == ',') {
+      r.op = LabelRequirement::Op::Exists;
+      return r;
+    }
+    if (consume("!=")) {
+      r.op = LabelRequirement::Op::NotEquals;
+    } else if (consume("==") || consume("=")) {
+      r.op = LabelRequirement::Op::Equals;
+    } else if (s_[pos_] == '>' || s_[pos_] == '<') {
+      return fail("the > and < operators are not supported");
+    } else {
+      size_t save = pos_;
+      std::string_view op = word();
+      if (op == "in")
+        r.op = LabelRequirement::Op::In;
+      else if (op == "notin")
+        r.op = LabelRequirement::Op::NotIn;
+      else {
+        pos_ = save;
+        return fail(fmt::format("expected =, ==, !=, in or notin after {:?}", r.key));
+      }
+      skipSpace();
+      if (!consume("(")) return fail(fmt::format("expected '(' after {:?}", op));
+      std::set<std::string> values;
+      for (;;) {
+        skipSpace();
+        std::string_view v = word();
+        if (!validValue(v) || v.find('/') != std::string_view::npos)
+          return fail(fmt::format("invalid label value {:?}", v));
+        values.emplace(v);
+        skipSpace();
+        if (consume(")")) break;
+        if (!consume(",")) return fail("expected ',' or ')' in a value list");
+      }
+      r.values.assign(values.begin(), values.end());
+      return r;
+    }
+    skipSpace();
+    std::string_view v = word();
+    if (!validValue(v) || v.find('/') != std::string_view::npos)
+      return fail(fmt::format("invalid label value {:?}", v));
+    r.values.emplace_back(v);
+    return r;
+  }
+
+  std::string_view s_;
+  size_t pos_ = 0;
+};
+
+std::string lower(std::string_view s) {
+  std::string out(s);
+  for (char& c : out)
+    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
+  return out;
+}
+
+bool isDir(const std::string& p) {
+  struct stat st {};
+  return ::stat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+bool validUid(std::string_view uid) {
+  if (uid.empty() || uid.size() > 128) return false;
+  return std::all_of(uid.begin(), uid.end(), [](char c) { return isAlnum(c) || c == '-'; });
+}
+
+std::int64_t intAt(const json::object& o, std::string_view key) {
+  auto it = o.find(key);
+  if (it == o.end()) return 0;
+  if (const auto* i = it->value().if_int64()) return *i;
+  if (const auto* u = it->value().if_uint64()) return static_cast<std::int64_t>(*u);
+  if (const auto* d = it->value().if_double()) return static_cast<std::int64_t>(*d);
+  return 0;
+}
+
+}  // namespace
+
+Result<PodInfo> parsePod(const json::value& v) {
+  const json::object* pod = v.if_object();
+  if (pod == nullptr) return makeError("pod: not a JSON object");
+  const json::object* meta = objectAt(*pod, "metadata");
+  if (meta == nullptr) return makeError("pod: no metadata");
+  PodInfo p;
+  if (!stringAt(*meta, "name", p.name) || p.name.empty()) return makeError("pod: no metadata.name");
+  if (!stringAt(*meta, "namespace", p.ns)) return makeError("pod {}: metadata.namespace is not a string", p.name);
+  if (!stringAt(*meta, "uid", p.uid) || p.uid.empty())
+    return makeError("pod {}/{}: no metadata.uid", p.ns, p.name);
+  if (!validUid(p.uid)) return makeError("pod {}/{}: metadata.uid {:?} is not a UID", p.ns, p.name, p.uid);
+  if (!stringAt(*meta, "resourceVersion", p.resourceVersion))
+    return makeError("pod {}/{}: metadata.resourceVersion is not a string", p.ns, p.name);
+  auto del = meta->find("deletionTimestamp");
+  p.deleted = del != meta->end() && !del->value().is_null();
+  if (auto it = meta->find("labels"); it != meta->end() && !it->value().is_null()) {
+    const json::object* labels = it->value().if_object();
+    if (labels == nullptr) return makeError("pod {}/{}: metadata.labels is not an object", p.ns, p.name);
+    for (const auto& kv : *labels) {
+      const json::string* s = kv.value().if_string();
+      if (s == nullptr) return makeError("pod {}/{}: label {} is not a string", p.ns, p.name, std::string(kv.key()));
+      p.labels.emplace(std::string(kv.key()), std::string(s->data(), s->size()));
+    }
+  }
+  if (const json::object* spec = objectAt(*pod, "spec"))
+    if (!stringAt(*spec, "nodeName", p.nodeName)) return makeError("pod {}/{}: spec.nodeName is not a string", p.ns, p.name);
+  if (const json::object* status = objectAt(*pod, "status")) {
+    if (!stringAt(*status, "phase", p.phase)) return makeError("pod {}/{}: status.phase is not a string", p.ns, p.name);
+    if (!stringAt(*status, "qosClass", p.qosClass))
+      return makeError("pod {}/{}: status.qosClass is not a string", p.ns, p.name);
+  }
+  return p;
+}
+
+// --- selectors ---------------------------------------------------------------
+
+Result<LabelSelector> LabelSelector::parse(std::string_view text) {
+  auto reqs = SelectorParser(text).run();
+  if (!reqs) return reqs.error();
+  LabelSelector s;
+  s.reqs_ = std::move(*reqs);
+  return s;
+}
+
+bool LabelSelector::matches(const Labels& labels) const {
+  for (const LabelRequirement& r : reqs_) {
+    auto it = labels.find(r.key);
+    const bool has = it != labels.end();
+    auto in = [&] { return has && std::find(r.values.begin(), r.values.end(), it->second) != r.values.end(); };
+    bool ok = false;
+    switch (r.op) {
+      case LabelRequirement::Op::Exists: ok = has; break;
+      case LabelRequirement::Op::NotExists: ok = !has; break;
+      case LabelRequirement::Op::Equals: ok = has && it->second == r.values.front(); break;
+      case LabelRequirement::Op::NotEquals: ok = !has || it->second != r.values.front(); break;
+      case LabelRequirement::Op::In: ok = in(); break;
+      case LabelRequirement::Op::NotIn: ok = !in(); break;
+    }
+    if (!ok) return false;
+  }
+  return true;
+}
+
+std::string LabelSelector::str() const {
+  std::string out;
+  for (const LabelRequirement& r : reqs_) {
+    if (!out.empty()) out += ',';
+    auto list = [&] {
+      std::string l = "(";
+      for (size_t i = 0; i < r.values.size(); ++i) l += (i ? "," : "") + r.values[i];
+      return l + ")";
+    };
+    switch (r.op) {
+      case LabelRequirement::Op::Exists: out += r.key; break;
+      case LabelRequirement::Op::NotExists: out += "!" + r.key; break;
+      case LabelRequirement::Op::Equals: out += r.key + "=" + r.values.front(); break;
+      case LabelRequirement::Op::NotEquals: out += r.key + "!=" + r.values.front(); break;
+      case LabelRequirement::Op::In: out += r.key + " in " + list(); break;
+      case LabelRequirement::Op::NotIn: out += r.key + " notin " + list(); break;
+    }
+  }
+  return out;
+}
+
+// --- cgroups -------------------------------------------------------------------
+
+std::vector<std::string> podCgroupCandidates(std::string_view uid, std::string_view qosClass) {
+  std::string u(uid);
+  std::string us = u;
+  std::replace(us.begin(), us.end(), '-', '_');
+  auto forClass = [&](const std::string& qos, std::vector<std::string>& out) {
+    if (qos == "guaranteed") {
+      out.push_back("kubepods.slice/kubepods-pod" + us + ".slice");
+      out.push_back("kubepods/pod" + u);
+    } else {
+      out.push_back("kubepods.slice/kubepods-" + qos + ".slice/kubepods-" + qos + "-pod" + us + ".slice");
+      out.push_back("kubepods/" + qos + "/pod" + u);
+    }
+  };
+  const std::string want = lower(qosClass);
+  std::vector<std::string> out;
+  const char* all[] = {"burstable", "besteffort", "guaranteed"};
+  if (std::find(std::begin(all), std::end(all), want) != std::end(all)) forClass(want, out);
+  for (const char* q : all)
+    if (want != q) forClass(q, out);
+  return out;
+}
+
+bool isPodCgroupName(std::string_view dirName, std::string_view uid) {
+  if (uid.empty()) return false;
+  std::string u(uid);
+  if (dirName == "pod" + u) return true;  // cgroupfs
+  std::string us = u;
+  std::replace(us.begin(), us.end(), '-', '_');
+  const std::string tail = "-pod" + us + ".slice";  // systemd: <parent slice name>-pod<uid_>.slice
+  return dirName.size() > tail.size() && dirName.substr(dirName.size() - tail.size()) == tail &&
+         dirName.find("kubepods") != std::string_view::npos;
+}
+
+Result<std::string> findPodCgroup(const std::string& cgroupRoot, const PodInfo& pod) {
+  if (!validUid(pod.uid)) return makeError("pod {}: no valid uid", pod.agentName());
+  std::string root = cgroupRoot;
+  while (root.size() > 1 && root.back() == '/') root.pop_back();
+  for (const std::string& rel : podCgroupCandidates(pod.uid, pod.qosClass)) {
+    std::string p = root + "/" + rel;
+    if (isDir(p)) return p;
+  }
+  // Kubelets with a --cgroup-root of their own (kind, k3s, nested nodes) put
+  // kubepods deeper: search the directories named after the kubelet only.
+  namespace fs = std::filesystem;
+  constexpr int kMaxDepth = 6;
+  constexpr size_t kMaxVisited = 20000;
+  std::deque<std::pair<fs::path, int>> queue{{fs::path(root), 0}};
+  size_t visited = 0;
+  while (!queue.empty() && visited < kMaxVisited) {
+    auto [dir, depth] = queue.front();
+    queue.pop_front();
+    std::error_code ec;
+    for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+      if (++visited > kMaxVisited) break;
+      std::error_code tec;
+      if (!it->is_directory(tec) || it->is_symlink(tec)) continue;
+      const std::string name = it->path().filename().string();
+      if (isPodCgroupName(name, pod.uid)) return it->path().string();
+      if (depth + 1 < kMaxDepth && (name.find("kubepods") != std::string::npos || name.find("kubelet") != std::string::npos ||
+                                    name == "burstable" || name == "besteffort"))
+        queue.emplace_back(it->path(), depth + 1);
+    }
+  }
+  return makeError("pod {} (uid {}): no cgroup under {} (looked for {} and below kubepods*/kubelet*): not started yet, "
+                   "or the host's cgroup2 tree is not mounted there",
+                   pod.agentName(), pod.uid, root, podCgroupCandidates(pod.uid, pod.qosClass).front());
+}
+
+// --- payloads -------------------------------------------------------------------
+
+Result<PodList> parsePodList(std::string_view body) {
+  std::error_code ec;
+  json::value v = json::parse(body, ec);
+  if (ec) return makeError("pod list: invalid JSON: {}", ec.message());
+  const json::object* o = v.if_object();
+  if (o == nullptr) return makeError("pod list: not a JSON object");
+  std::string kind;
+  if (!stringAt(*o, "kind", kind) || (!kind.empty() && kind != "PodList"))
+    return makeError("pod list: kind is {:?}, not PodList", kind);
+  PodList list;
+  if (const json::object* meta = objectAt(*o, "metadata")) {
+    if (!stringAt(*meta, "resourceVersion", list.resourceVersion))
+      return makeError("pod list: metadata.resourceVersion is not a string");
+    if (!stringAt(*meta, "continue", list.continueToken)) return makeError("pod list: metadata.continue is not a string");
+  }
+  if (auto it = o->find("items"); it != o->end() && !it->value().is_null()) {
+    const json::array* items = it->value().if_array();
+    if (items == nullptr) return makeError("pod list: items is not an array");
+    list.pods.reserve(items->size());
+    for (size_t i = 0; i < items->size(); ++i) {
+      auto p = parsePod((*items)[i]);
+      if (!p) return makeError("pod list: item {}: {}", i, p.error().message);
+      list.pods.push_back(std::move(*p));
+    }
+  }
+  return list;
+}
+
+std::string_view watchEventTypeName(WatchEventType t) {
+  switch (t) {
+    case WatchEventType::Added: return "ADDED";
+    case WatchEventType::Modified: return "MODIFIED";
+    case WatchEventType::Deleted: return "DELETED";
+    case WatchEventType::Bookmark: return "BOOKMARK";
+    case WatchEventType::Error: return "ERROR";
+  }
+  return "?";
+}
+
+Result<WatchEvent> parseWatchEvent(std::string_view line) {
+  std::error_code ec;
+  json::value v = json::parse(line, ec);
+  if (ec) return makeError("watch event: invalid JSON: {}", ec.message());
+  const json::object* o = v.if_object();
+  if (o == nullptr) return makeError("watch event: not a JSON object");
+  std::string type;
+  if (!stringAt(*o, "type", type) || type.empty()) return makeError("watch event: no type");
+  const json::object* obj = objectAt(*o, "object");
+  if (obj == nullptr) return makeError("watch event {}: no object", type);
+  WatchEvent e;
+  if (type == "ADDED")
+    e.type = WatchEventType::Added;
+  else if (type == "MODIFIED")
+    e.type = WatchEventType::Modified;
+  else if (type == "DELETED")
+    e.type = WatchEventType::Deleted;
+  else if (type == "BOOKMARK")
+    e.type = WatchEventType::Bookmark;
+  else if (type == "ERROR")
+    e.type = WatchEventType::Error;
+  else
+    return makeError("watch event: unknown type {:?}", type);
+
+  if (e.type == WatchEventType::Error) {
+    e.code = static_cast<int>(intAt(*obj, "code"));
+    (void)stringAt(*obj, "reason", e.reason);
+    (void)stringAt(*obj, "message", e.message);
+    return e;
+  }
+  if (e.type == WatchEventType::Bookmark) {
+    const json::object* meta = objectAt(*obj, "metadata");
+    if (meta == nullptr || !stringAt(*meta, "resourceVersion", e.resourceVersion) || e.resourceVersion.empty())
+      return makeError("watch event BOOKMARK: no metadata.resourceVersion");
+    return e;
+  }
+  auto pod = parsePod(*o->if_contains("object"));
+  if (!pod) return makeError("watch event {}: {}", type, pod.error().message);
+  e.resourceVersion = pod->resourceVersion;
+  e.pod = std::move(*pod);
+  return e;
+}
+
+std::string describeStatusBody(std::string_view body) {
+  std::error_code ec;
+  json::value v = json::parse(body, ec);
+  if (!ec) {
+    if (const json::object* o = v.if_object()) {
+      std::string reason, message;
+      (void)stringAt(*o, "reason", reason);
+      (void)stringAt(*o, "message", message);
+      const std::int64_t code = intAt(*o, "code");
+      if (!reason.empty() || !message.empty()) {
+        std::string out = reason.empty() ? message : (message.empty() ? reason : reason + ": " + message);
+        if (code != 0) out += fmt::format(" ({})", code);
+        return out;
+      }
+    }
+  }
+  std::string out(body.substr(0, 200));
+  for (char& c : out)
+    if (c == '\n' || c == '\r' || static_cast<unsigned char>(c) < 0x20) c = ' ';
+  if (body.size() > 200) out += "...";
+  return out.empty() ? "(empty body)" : out;
+}
+
+PodSetDiff diffPods(const std::map<std::string, PodInfo>& knownByUid, const std::vector<PodInfo>& listed) {
+  PodSetDiff d;
+  std::map<std::string, const PodInfo*> live;
+  for (const PodInfo& p : listed)
+    if (!p.terminated()) live.emplace(p.uid, &p);
+  for (const auto& [uid, p] : knownByUid)
+    if (!live.contains(uid)) d.deletes.push_back(p);
+  for (const auto& [uid, p] : live) {
+    auto it = knownByUid.find(uid);
+    if (it == knownByUid.end() || it->second.resourceVersion != p->resourceVersion) d.upserts.push_back(*p);
+  }
+  return d;
+}
+
+std::string urlEncode(std::string_view s) {
+  static constexpr char kHex[] = "0123456789ABCDEF";
+  std::string out;
+  out.reserve(s.size() * 3);
+  for (unsigned char c : s) {
+    if (isAlnum(static_cast<char>(c)) || c == '-' || c == '_' || c == '.' || c == '~') {
+      out += static_cast<char>(c);
+    } else {
+      out += '%';
+      out += kHex[c >> 4];
+      out += kHex[c & 15];
+    }
+  }
+  return out;
+}
+
+namespace {
+std::string podsQuery(std::string_view labelSelector, std::string_view nodeName) {
+  std::string t = "/api/v1/pods";
+  char sep = '?';
+  if (!labelSelector.empty()) {
+    t += sep;
+    t += "labelSelector=" + urlEncode(labelSelector);
+    sep = '&';
+  }
+  if (!nodeName.empty()) {
+    t += sep;
+    t += "fieldSelector=" + urlEncode("spec.nodeName=" + std::string(nodeName));
+    sep = '&';
+  }
+  t += sep;
+  return t;
+}
+}  // namespace
+
+std::string podsListTarget(std::string_view labelSelector, std::string_view nodeName, std::uint32_t limit,
+                           std::string_view continueToken) {
+  std::string t = podsQuery(labelSelector, nodeName) + fmt::format("limit={}", limit);
+  if (!continueToken.empty()) t += "&continue=" + urlEncode(continueToken);
+  return t;
+}
+
+std::string podsWatchTarget(std::string_view labelSelector, std::string_view nodeName, std::string_view resourceVersion,
+                            std::uint32_t timeoutSeconds) {
+  std::string t = podsQuery(labelSelector, nodeName) + "watch=1";
+  if (!resourceVersion.empty()) t += "&resourceVersion=" + urlEncode(resourceVersion);
+  t += fmt::format("&allowWatchBookmarks=true&timeoutSeconds={}", timeoutSeconds);
+  return t;
+}
+
+}  // namespace atlasgate::discovery
