@@ -70,11 +70,19 @@ void AuditLog::write(const Record& r) {
   line.push_back('\n');
   std::lock_guard lock(mu_);
   int fd = path_ == "-" ? STDOUT_FILENO : fd_;
+  struct stat st {};
+  bool regular = ::fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
   // O_APPEND + one write(2): a record is never torn by another writer.
   ssize_t n = ::write(fd, line.data(), line.size());
   if (n == static_cast<ssize_t>(line.size())) {
     ++written_;
     return;
+  }
+  // A full disk: cut the fragment off again, so that the log stays one whole
+  // JSON object per line and the next record does not glue onto it.
+  if (n > 0 && regular && ::ftruncate(fd, st.st_size) != 0) {
+    static const char nl = '\n';
+    (void)!::write(fd, &nl, 1);
   }
   std::uint64_t lost = ++lost_;
   if (lost == 1 || (lost & (lost - 1)) == 0)  // 1, 2, 4, 8...: report without flooding

@@ -394,6 +394,7 @@ class Parser {
   Rate rate(const Field& f) const;
   Limits limits(const Field& f) const;
   BpfOptions bpf(const Field& f) const;
+  Dns dns(const Field& f) const;
 
   std::string file_;
   bool fileIsPrivate_;
@@ -554,7 +555,7 @@ Config Parser::parse(const YAML::Node& root) const {
   if (!root.IsMap())
     fail(top, "the config must be a map of settings (listen, targets, rules, ...), got {}", typeName(root));
   const Fields m =
-      fields(top, {"listen", "state_dir", "audit_log", "log_level", "agents", "targets", "rules", "limits", "bpf"});
+      fields(top, {"listen", "state_dir", "audit_log", "log_level", "agents", "targets", "rules", "limits", "bpf", "dns"});
 
   Config c;
   if (const Field* f = m.find("listen")) c.listen = listen(*f);
@@ -576,6 +577,7 @@ Config Parser::parse(const YAML::Node& root) const {
   if (const Field* f = m.find("rules")) c.rules = rules(*f, c.targets);
   if (const Field* f = m.find("limits")) c.limits = limits(*f);
   if (const Field* f = m.find("bpf")) c.bpf = bpf(*f);
+  if (const Field* f = m.find("dns")) c.dns = dns(*f);
   return c;
 }
 
@@ -1013,6 +1015,35 @@ Limits Parser::limits(const Field& f) const {
   if (const Field* v = m.find("request_timeout")) l.requestTimeout = duration(*v);
   if (const Field* v = m.find("upstream_timeout")) l.upstreamTimeout = duration(*v);
   return l;
+}
+
+Dns Parser::dns(const Field& f) const {
+  const Fields m = fields(f, {"servers", "min_refresh", "max_refresh", "grace"});
+  Dns d;
+  if (const Field* v = m.find("servers")) {
+    for (const Field& item : list(*v)) {
+      std::string text = string(item);
+      std::string host = text;
+      auto colon = text.find(':');
+      if (colon != std::string::npos) {
+        host = text.substr(0, colon);
+        std::string port = text.substr(colon + 1);
+        if (port.empty() || port.size() > 5 || port.find_first_not_of("0123456789") != std::string::npos ||
+            std::stoul(port) == 0 || std::stoul(port) > 65535)
+          fail(item, "{}: expected IPv4 or IPv4:port, got {}", item.path, shown(item.value));
+      }
+      in_addr a{};
+      if (::inet_pton(AF_INET, host.c_str(), &a) != 1)
+        fail(item, "{}: expected an IPv4 resolver address (IPv4 or IPv4:port), got {}", item.path, shown(item.value));
+      d.servers.push_back(text);
+    }
+  }
+  if (const Field* v = m.find("min_refresh")) d.minRefresh = duration(*v);
+  if (const Field* v = m.find("max_refresh")) d.maxRefresh = duration(*v);
+  if (const Field* v = m.find("grace")) d.grace = duration(*v);
+  if (d.minRefresh > d.maxRefresh)
+    fail(f, "{}: min_refresh ({}s) is above max_refresh ({}s)", f.path, d.minRefresh.count(), d.maxRefresh.count());
+  return d;
 }
 
 BpfOptions Parser::bpf(const Field& f) const {

@@ -135,6 +135,14 @@ struct BpfOptions {
   std::string pinRoot = "/sys/fs/bpf/atlasgate";  // where maps, programs and links are pinned
 };
 
+struct Dns {
+  // Resolvers to ask ("IPv4" or "IPv4:port"); empty = /etc/resolv.conf.
+  std::vector<std::string> servers;
+  std::chrono::seconds minRefresh{10};   // refresh at half the TTL, within these bounds
+  std::chrono::seconds maxRefresh{600};
+  std::chrono::seconds grace{600};       // a retired address stays intercepted this long
+};
+
 struct Config {
   std::string path;  // the file this came from
   Listen listen;
@@ -146,6 +154,7 @@ struct Config {
   Rules rules;
   Limits limits;
   BpfOptions bpf;
+  Dns dns;
 };
 
 // Parses YAML text. fileIsPrivate says whether inline secrets are allowed

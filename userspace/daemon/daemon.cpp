@@ -45,7 +45,6 @@ using namespace proxy;  // asio, tcp, kUseTuple
 
 namespace {
 
-constexpr std::chrono::seconds kRetiredGrace{600};  // keep a retired DNS address this long
 constexpr std::size_t kMaxAddressesPerHost = 64;
 
 std::string absoluteCgroup(const std::string& mount, const std::string& cgroup) {
@@ -286,15 +285,15 @@ void Daemon::resolverThread() {
         wake = std::min(wake, at);
         continue;
       }
-      auto ans = dns::resolve(t.host);
+      auto ans = dns::resolve(t.host, cfg->dns.servers);
       std::lock_guard lock(addrMu_);
       if (!ans) {
         // Keep the addresses we have; try again soon.
         dnsState_[t.host] = ans.error().message;
-        at = now + std::chrono::seconds(15);
+        at = now + std::min<std::chrono::seconds>(std::chrono::seconds(15), cfg->dns.maxRefresh);
         log::debug("dns: {}", ans.error().message);
       } else {
-        auto interval = dns::refreshInterval(ans->ttl);
+        auto interval = dns::refreshInterval(ans->ttl, cfg->dns.minRefresh, cfg->dns.maxRefresh);
         at = now + interval;
         std::size_t n = 0;
         for (const auto& a : ans->addresses) {
@@ -305,13 +304,19 @@ void Daemon::resolverThread() {
             e.targetIndex = i;
             // Kept through the next refresh and a grace period after it, so
             // agents that resolved it a little earlier are still caught.
-            e.retireAt = now + ans->ttl + interval + kRetiredGrace;
+            e.retireAt = now + ans->ttl + interval + cfg->dns.grace;
           }
         }
         dnsState_[t.host] = fmt::format("{} address(es), ttl {}s, next refresh in {}s", ans->addresses.size(),
                                         ans->ttl.count(), interval.count());
       }
       wake = std::min(wake, at);
+    }
+    {
+      // Addresses past their grace period go out of the kernel's table too.
+      std::lock_guard lock(addrMu_);
+      for (const auto& [addr, e] : addresses_)
+        if (!e.isStatic && e.retireAt <= now) changed = true;
     }
     if (changed) asio::post(io_, [this] {
         if (auto r = applyTargets(); !r) log::warn("updating target addresses: {}", r.error().message);
@@ -381,8 +386,9 @@ void Daemon::scanNamespaces() {
 
 asio::awaitable<void> Daemon::netnsLoop() {
   ownNetns_ = netnsInode(::getpid());
-  for (;;) {
+  for (unsigned tick = 0;; ++tick) {
     scanNamespaces();
+    if (tick % 20 == 0) pool_->sweep();  // every 10 s: idle upstream connections past their time
     netnsTimer_.expires_after(std::chrono::milliseconds(500));
     auto [ec] = co_await netnsTimer_.async_wait(kUseTuple);
     if (ec) co_return;
@@ -527,8 +533,10 @@ json::value Daemon::status() {
       const std::string& host = config_->targets.at(e.targetIndex).host;
       auto& entry = targets[host];
       if (!entry.is_object()) entry = json::object{{"addresses", json::array{}}};
-      entry.as_object()["addresses"].as_array().push_back(
-          json::object{{"address", addr}, {"source", e.isStatic ? "static" : "dns"}});
+      json::object a{{"address", addr}, {"source", e.isStatic ? "static" : "dns"}};
+      if (!e.isStatic)
+        a["kept_for_s"] = std::chrono::duration_cast<std::chrono::seconds>(e.retireAt - std::chrono::steady_clock::now()).count();
+      entry.as_object()["addresses"].as_array().push_back(std::move(a));
     }
     for (const auto& [host, state] : dnsState_) {
       auto& entry = targets[host];

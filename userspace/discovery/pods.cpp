@@ -151,6 +151,7 @@ class SelectorParser {
       for (;;) {
         skipSpace();
         std::string_view v = word();
+        if (v.empty()) return fail("expected a value in the list");
         if (!validValue(v) || v.find('/') != std::string_view::npos)
           return fail(fmt::format("invalid label value {:?}", v));
         values.emplace(v);

@@ -11,20 +11,29 @@
 
 namespace atlasgate::dns {
 
-namespace {
-constexpr std::chrono::seconds kFloor{10};
-constexpr std::chrono::seconds kCeiling{600};
-}  // namespace
-
-std::chrono::seconds refreshInterval(std::chrono::seconds ttl) {
-  return std::clamp(ttl / 2, kFloor, kCeiling);
+std::chrono::seconds refreshInterval(std::chrono::seconds ttl, std::chrono::seconds floor,
+                                     std::chrono::seconds ceiling) {
+  return std::clamp(ttl / 2, floor, ceiling);
 }
 
-Result<Answer> resolve(const std::string& host) {
+Result<Answer> resolve(const std::string& host, const std::vector<std::string>& servers) {
   struct __res_state state {};
   if (res_ninit(&state) != 0) return makeError("resolver initialisation failed");
   state.retrans = 2;
   state.retry = 2;
+  if (!servers.empty()) {
+    int n = 0;
+    for (const auto& s : servers) {
+      if (n >= MAXNS) break;
+      auto colon = s.find(':');
+      sockaddr_in a{};
+      a.sin_family = AF_INET;
+      a.sin_port = htons(colon == std::string::npos ? 53 : static_cast<uint16_t>(std::stoul(s.substr(colon + 1))));
+      if (::inet_pton(AF_INET, s.substr(0, colon).c_str(), &a.sin_addr) != 1) continue;
+      state.nsaddr_list[n++] = a;
+    }
+    state.nscount = n;
+  }
   Answer out;
   std::uint32_t minTtl = UINT32_MAX;
   std::string lastError;

@@ -15,9 +15,11 @@ struct Answer {
   std::chrono::seconds ttl{0};         // smallest TTL seen
 };
 
-Result<Answer> resolve(const std::string& host);
+// `servers`: "IPv4" or "IPv4:port" resolvers to ask; empty = /etc/resolv.conf.
+Result<Answer> resolve(const std::string& host, const std::vector<std::string>& servers = {});
 
 // Refresh interval for a TTL: half of it, within [floor, ceiling].
-std::chrono::seconds refreshInterval(std::chrono::seconds ttl);
+std::chrono::seconds refreshInterval(std::chrono::seconds ttl, std::chrono::seconds floor = std::chrono::seconds(10),
+                                     std::chrono::seconds ceiling = std::chrono::seconds(600));
 
 }  // namespace atlasgate::dns

@@ -356,7 +356,7 @@ asio::awaitable<void> Server::serve(tcp::socket socket, Flow flow) {
 
   beast::flat_buffer buffer;
   buffer.max_size(limits.maxHeaderBytes + 64 * 1024);
-  std::vector<char> relayBuf(16 * 1024);  // response body relay, reused across requests
+  std::vector<char> relayBuf;  // response body relay, allocated at the first response, reused
   for (;;) {
     // Keep-alive: wait for the next request at most idleTimeout.
     if (buffer.size() == 0) {
@@ -742,6 +742,7 @@ asio::awaitable<void> Server::serve(tcp::socket socket, Flow flow) {
     ex.rec.status = status;
     ex.rec.upstreamMs = std::chrono::duration<double, std::milli>(Clock::now() - upStart).count();
 
+    if (relayBuf.empty()) relayBuf.resize(16 * 1024);
     http::response_serializer<http::buffer_body> sr{res};
     beast::error_code relayErr;
     bool agentFailed = false;

@@ -70,7 +70,7 @@ asio::awaitable<std::pair<beast::error_code, std::unique_ptr<UpstreamConn>>> Ups
 void UpstreamPool::release(std::unique_ptr<UpstreamConn> conn) {
   if (!conn) return;
   auto& v = idle_[std::make_pair(conn->host, conn->endpoint)];
-  if (v.size() >= kMaxIdlePerKey) return;  // closes it
+  if (v.size() >= kMaxIdlePerKey) v.erase(v.begin());  // the oldest goes
   conn->idleSince = std::chrono::steady_clock::now();
   v.push_back(std::move(conn));
 }
@@ -82,6 +82,18 @@ std::size_t UpstreamPool::idleCount() const {
 }
 
 void UpstreamPool::clear() { idle_.clear(); }
+
+void UpstreamPool::sweep() {
+  auto now = std::chrono::steady_clock::now();
+  for (auto it = idle_.begin(); it != idle_.end();) {
+    auto& v = it->second;
+    // Oldest first: release() appends.
+    std::size_t stale = 0;
+    while (stale < v.size() && now - v[stale]->idleSince > kIdleTimeout) ++stale;
+    v.erase(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(stale));
+    it = v.empty() ? idle_.erase(it) : std::next(it);
+  }
+}
 
 asio::awaitable<RoundTripResult> roundTrip(UpstreamPool& pool, const std::string& host,
                                            const tcp::endpoint& ep,

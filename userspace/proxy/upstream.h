@@ -55,8 +55,10 @@ class UpstreamPool {
   const UpstreamStats& stats() const { return stats_; }
   // Closes every idle connection (drain, reload).
   void clear();
+  // Closes idle connections kept longer than kIdleTimeout.
+  void sweep();
 
-  static constexpr std::size_t kMaxIdlePerKey = 64;
+  static constexpr std::size_t kMaxIdlePerKey = 256;
   static constexpr std::chrono::seconds kIdleTimeout{30};
 
  private:

@@ -1,5 +1,7 @@
 #include "tls/server_context.h"
 
+#include <arpa/inet.h>
+
 #include <algorithm>
 #include <cstring>
 #include <mutex>
@@ -119,13 +121,22 @@ int onClientHello(SSL* ssl, int* alert, void* arg) noexcept {
     const std::string* host = nullptr;
     const unsigned char* ext = nullptr;
     size_t extLen = 0;
-    if (SSL_client_hello_get0_ext(ssl, TLSEXT_TYPE_server_name, &ext, &extLen) == 1) {
-      SniResult sni = parseServerName(std::span<const uint8_t>(ext, extLen));
+    SniResult sni;
+    bool haveSni = SSL_client_hello_get0_ext(ssl, TLSEXT_TYPE_server_name, &ext, &extLen) == 1;
+    if (haveSni) {
+      sni = parseServerName(std::span<const uint8_t>(ext, extLen));
       if (sni.status != SniStatus::Ok) {
         state->refusedMalformedSni.fetch_add(1, std::memory_order_relaxed);
         log::warn("refused TLS handshake: malformed server_name extension ({} bytes)", extLen);
         return refuse(alert, SSL_AD_DECODE_ERROR);
       }
+      // RFC 6066 forbids IP literals as server names, but some clients (wrk,
+      // a URL with an IP) send them: that names no host, like no SNI at all.
+      in6_addr ip{};
+      if (::inet_pton(AF_INET, sni.host.c_str(), &ip) == 1 || ::inet_pton(AF_INET6, sni.host.c_str(), &ip) == 1)
+        haveSni = false;
+    }
+    if (haveSni) {
       host = state->findHost(sni.host);
       if (host == nullptr) {
         state->refusedUnknownSni.fetch_add(1, std::memory_order_relaxed);
@@ -199,6 +210,8 @@ Result<ServerContext> ServerContext::create(std::shared_ptr<const Authority> aut
             SSL_CTX_set1_groups_list(c, kGroups) == 1 &&
             SSL_CTX_set_session_id_context(c, kSessionIdContext, sizeof kSessionIdContext - 1) == 1;
   if (!ok) return makeError("cannot configure the TLS server context: {}", opensslErrors());
+  // Idle keep-alive connections give their read/write buffers back.
+  SSL_CTX_set_mode(c, SSL_MODE_RELEASE_BUFFERS);
   SSL_CTX_set_options(c, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION |
                              SSL_OP_CIPHER_SERVER_PREFERENCE);
   // Resumption both ways: the server-side session cache (TLS 1.2 session

@@ -1,0 +1,1118 @@
+#!/usr/bin/python3
+"""atlasgate side-by-side benchmark driver (run through scripts/bench).
+
+One run, on loopback, round-robin over four contenders so that drift (other
+builds on the machine, thermal, page cache) falls on all of them alike:
+
+  direct     wrk -> upstream nginx (no proxy)
+  atlasgate  wrk, in an agent cgroup, dials cloud.mongodb.com -> BPF redirect
+             -> atlasgate (TLS terminate, inject token, audit) -> upstream
+  nginx      wrk -> nginx reverse proxy (sets Authorization, keep-alive TLS
+             pool to upstream, access log on) -> upstream
+  mitmproxy  wrk -> mitmdump --mode reverse:https://upstream (addon sets
+             Authorization) -> upstream
+
+Every client dials the name cloud.mongodb.com on port 443: wrk runs in a
+private mount namespace whose /etc/hosts maps the name to the contender's
+address, so SNI, Host and the dialled address are what a real agent would
+send. (wrk takes the SNI from the URL host; an IP-literal URL sends an IP as
+SNI, which this driver also checks against atlasgate and reports.)
+
+Writes bench/results/latest.{txt,json,png}. Standard library only (Debian's
+python3); needs root (cgroups, BPF, port 443), nginx, wrk, mitmdump, gnuplot.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import random
+import re
+import shutil
+import signal
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+BENCH = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(BENCH)
+HOST = "cloud.mongodb.com"
+API_PATH = "/api/atlas/v2/groups"
+TOKEN = "bench-token-x"
+CONTENDERS = ["direct", "atlasgate", "nginx", "mitmproxy"]
+PROXIES = ["atlasgate", "nginx", "mitmproxy"]
+CLIENT_ID = "mdb_sa_id_bench0000000000000000000001"
+
+
+def log(msg):
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# --------------------------------------------------------------------------
+# small helpers
+
+def run(cmd, **kw):
+    kw.setdefault("check", True)
+    kw.setdefault("stdout", subprocess.PIPE)
+    kw.setdefault("stderr", subprocess.PIPE)
+    kw.setdefault("text", True)
+    return subprocess.run(cmd, **kw)
+
+
+def cgroup2_mount():
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            pre, _, post = line.partition(" - ")
+            if post.split()[0] == "cgroup2" and pre.split()[3] == "/":
+                return pre.split()[4]
+    raise RuntimeError("no cgroup2 mount in /proc/self/mountinfo")
+
+
+def addr_free(addr, port=443):
+    s = socket.socket()
+    try:
+        s.bind((addr, port))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def pick_addr(used):
+    for _ in range(200):
+        a = f"127.{random.randint(20, 250)}.{random.randint(1, 250)}.{random.randint(2, 250)}"
+        if a not in used and addr_free(a):
+            used.add(a)
+            return a
+    raise RuntimeError("no free 127.x address for port 443")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(pred, timeout, what, proc=None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what}: process exited with {proc.returncode}")
+        if pred():
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"timed out after {timeout}s waiting for {what}")
+
+
+def port_open(addr, port):
+    try:
+        with socket.create_connection((addr, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def children(pid):
+    out = []
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                out += [int(x) for x in f.read().split()]
+    except OSError:
+        pass
+    return out
+
+
+def proc_tree(pid):
+    pids, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        pids.append(p)
+        todo += children(p)
+    return pids
+
+
+def cpu_seconds(pids):
+    tck = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+        except OSError:
+            pass
+    return total / tck
+
+
+def status_kib(pids, key):
+    total = 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith(key + ":"):
+                        total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+def loadavg():
+    with open("/proc/loadavg") as f:
+        return float(f.read().split()[0])
+
+
+def remove_cgroup(path):
+    if not os.path.isdir(path):
+        return
+    for root, dirs, _ in os.walk(path, topdown=False):
+        for d in dirs:
+            _rm_cg(os.path.join(root, d))
+    _rm_cg(path)
+
+
+def _rm_cg(path):
+    try:
+        if os.path.exists(os.path.join(path, "cgroup.kill")):
+            with open(os.path.join(path, "cgroup.kill"), "w") as f:
+                f.write("1")
+    except OSError:
+        pass
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            os.rmdir(path)
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                log(f"warning: could not remove cgroup {path}")
+                return
+            time.sleep(0.05)
+
+
+# --------------------------------------------------------------------------
+# wrk
+
+UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0, "h": 3600000.0}
+
+
+def parse_ms(text):
+    m = re.match(r"([\d.]+)(us|ms|s|m|h)$", text)
+    if not m:
+        return None
+    return float(m.group(1)) * UNIT_MS[m.group(2)]
+
+
+def parse_wrk(out):
+    r = {"requests": 0, "rps": 0.0, "p50_ms": None, "p99_ms": None, "errors": 0, "non2xx": 0}
+    m = re.search(r"(\d+) requests in ([\d.]+)(\w+)", out)
+    if m:
+        r["requests"] = int(m.group(1))
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if m:
+        r["rps"] = float(m.group(1))
+    for pct, key in (("50", "p50_ms"), ("99", "p99_ms")):
+        m = re.search(rf"^\s+{pct}(?:\.000)?%\s+(\S+)", out, re.M)
+        if m:
+            r[key] = parse_ms(m.group(1))
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if m:
+        r["errors"] = sum(int(x) for x in m.groups())
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if m:
+        r["non2xx"] = int(m.group(1))
+    return r
+
+
+# --------------------------------------------------------------------------
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.procs = {}          # name -> Popen
+        self.logs = []
+        self.tmp = None
+        self.cgroups = []
+        self.pin_root = None
+        self.bpf_stats_prev = None
+        self.results = {
+            "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "machine": self.machine(),
+            "settings": {
+                "rounds": args.rounds, "duration_s": args.duration, "threads": 2, "connections": args.connections,
+                "idle_connections": args.idle_conns,
+            },
+            "rounds": [], "notes": [],
+        }
+
+    # -- machine ------------------------------------------------------------
+    @staticmethod
+    def machine():
+        model = ""
+        try:
+            with open("/proc/cpuinfo") as f:
+                for line in f:
+                    if line.startswith("model name"):
+                        model = line.split(":", 1)[1].strip()
+                        break
+        except OSError:
+            pass
+        mem = 0
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    mem = int(line.split()[1]) // 1024
+        vers = {}
+        for name, cmd in (("nginx", ["nginx", "-v"]), ("mitmproxy", ["mitmdump", "--version"]),
+                          ("wrk", ["wrk", "-v"]), ("openssl", ["openssl", "version"])):
+            try:
+                p = subprocess.run(cmd, capture_output=True, text=True, timeout=20)
+                txt = (p.stdout + p.stderr).strip().splitlines()
+                vers[name] = txt[0] if txt else "?"
+            except (OSError, subprocess.TimeoutExpired):
+                vers[name] = "?"
+        return {"cpu": model, "cpus": os.cpu_count(), "mem_mib": mem, "kernel": platform.release(),
+                "versions": vers, "loadavg_start": loadavg()}
+
+    # -- setup ----------------------------------------------------------------
+    def setup(self):
+        self.tmp = tempfile.mkdtemp(prefix=f"atlasgate-bench-{os.getpid()}-")
+        os.chmod(self.tmp, 0o755)  # nginx workers run as nobody
+        used = set()
+        self.upstream = pick_addr(used)
+        self.proxy_addr = pick_addr(used)
+        self.mitm_addr = pick_addr(used)
+        log(f"temp dir {self.tmp}; upstream {self.upstream}:443, nginx proxy {self.proxy_addr}:443, "
+            f"mitmproxy {self.mitm_addr}:443")
+        self.make_pki()
+        self.start_upstream()
+        self.start_nginx_proxy()
+        self.start_mitmproxy()
+        self.start_atlasgate()
+        self.hosts = {}
+        for c, addr in (("direct", self.upstream), ("atlasgate", self.upstream), ("nginx", self.proxy_addr),
+                        ("mitmproxy", self.mitm_addr)):
+            path = os.path.join(self.tmp, f"hosts-{c}")
+            with open(path, "w") as f:
+                f.write(f"127.0.0.1 localhost\n{addr} {HOST}\n")
+            os.chmod(path, 0o644)
+            self.hosts[c] = path
+
+    def make_pki(self):
+        pki = self.pki = os.path.join(self.tmp, "pki")
+        os.makedirs(pki)
+        run(["openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", f"{pki}/ca.key"])
+        run(["openssl", "req", "-new", "-x509", "-key", f"{pki}/ca.key", "-sha256", "-days", "30",
+             "-subj", "/CN=atlasgate bench CA", "-addext", "basicConstraints=critical,CA:TRUE",
+             "-addext", "keyUsage=critical,keyCertSign,cRLSign", "-out", f"{pki}/ca.pem"])
+        for name, ip in (("upstream", self.upstream), ("proxy", self.proxy_addr)):
+            ext = os.path.join(pki, f"{name}.ext")
+            with open(ext, "w") as f:
+                f.write(f"basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n"
+                        f"extendedKeyUsage=serverAuth\nsubjectAltName=DNS:{HOST},IP:{ip}\n")
+            run(["openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", f"{pki}/{name}.key"])
+            run(["openssl", "req", "-new", "-key", f"{pki}/{name}.key", "-subj", f"/CN={HOST}",
+                 "-out", f"{pki}/{name}.csr"])
+            run(["openssl", "x509", "-req", "-in", f"{pki}/{name}.csr", "-CA", f"{pki}/ca.pem", "-CAkey",
+                 f"{pki}/ca.key", "-set_serial", str(random.randint(1, 1 << 60)), "-days", "30", "-sha256",
+                 "-extfile", ext, "-out", f"{pki}/{name}.pem"])
+        for f in os.listdir(pki):
+            os.chmod(os.path.join(pki, f), 0o644 if f.endswith(".pem") else 0o600)
+        os.chmod(pki, 0o755)
+
+    def spawn(self, name, cmd, env=None):
+        logf = open(os.path.join(self.tmp, f"{name}.log"), "w")
+        self.logs.append(logf)
+        p = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL,
+                             start_new_session=True)
+        self.procs[name] = p
+        return p
+
+    def render(self, template, out, **vars):
+        with open(os.path.join(BENCH, template)) as f:
+            text = f.read()
+        for k, v in vars.items():
+            text = text.replace(f"@{k}@", v)
+        with open(out, "w") as f:
+            f.write(text)
+        return out
+
+    def start_upstream(self):
+        conf = self.render("nginx-upstream.conf.in", os.path.join(self.tmp, "upstream.conf"), TMP=self.tmp,
+                           UPSTREAM=self.upstream, PKI=self.pki, TOKEN=TOKEN)
+        p = self.spawn("upstream", ["nginx", "-p", self.tmp, "-c", conf, "-e", f"{self.tmp}/upstream-error.log"])
+        wait_for(lambda: port_open(self.upstream, 443), 10, "upstream nginx", p)
+
+    def start_nginx_proxy(self):
+        conf = self.render("nginx-proxy.conf.in", os.path.join(self.tmp, "proxy.conf"), TMP=self.tmp,
+                           UPSTREAM=self.upstream, PROXY=self.proxy_addr, PKI=self.pki, TOKEN=TOKEN)
+        p = self.spawn("nginx", ["nginx", "-p", self.tmp, "-c", conf, "-e", f"{self.tmp}/proxy-error.log"])
+        wait_for(lambda: port_open(self.proxy_addr, 443), 10, "nginx proxy", p)
+
+    def start_mitmproxy(self):
+        confdir = os.path.join(self.tmp, "mitmproxy")
+        os.makedirs(confdir)
+        env = dict(os.environ, BENCH_TOKEN=TOKEN, HOME=self.tmp)
+        cmd = ["mitmdump", "--mode", f"reverse:https://{self.upstream}:443", "--listen-host", self.mitm_addr,
+               "--listen-port", "443", "-s", os.path.join(BENCH, "mitm_addon.py"),
+               "--set", f"confdir={confdir}", "--set", f"ssl_verify_upstream_trusted_ca={self.pki}/ca.pem",
+               "--set", "connection_strategy=lazy", "--set", "flow_detail=1"]
+        p = self.spawn("mitmproxy", cmd, env=env)
+        wait_for(lambda: port_open(self.mitm_addr, 443), 30, "mitmdump", p)
+        self.mitm_ca = os.path.join(confdir, "mitmproxy-ca-cert.pem")
+
+    def start_atlasgate(self):
+        binary = self.args.atlasgate
+        tag = f"atlasgate-bench-{os.getpid()}"
+        self.cgroot = cgroup2_mount()
+        self.agents_cg = os.path.join(self.cgroot, tag)
+        self.cgroups.append(self.agents_cg)
+        self.pin_root = f"/sys/fs/bpf/{tag}"
+        self.ag_state = os.path.join(self.tmp, "state")
+        self.ag_run = os.path.join(self.tmp, "run")
+        secret = os.path.join(self.tmp, "client-secret")
+        with open(secret, "w") as f:
+            f.write("mdb_sa_sk_bench-secret")
+        os.chmod(secret, 0o600)
+        self.ag_port = free_port()
+        config = {
+            "listen": {"port": self.ag_port},
+            "state_dir": self.ag_state,
+            "audit_log": os.path.join(self.tmp, "audit.jsonl"),
+            "log_level": "warn",
+            "agents": {"cgroup": tag},
+            "targets": [{"host": HOST, "addresses": [self.upstream], "resolve": False,
+                         "upstream_ca": os.path.join(self.pki, "ca.pem"),
+                         "credentials": {"service_account": {"client_id": CLIENT_ID,
+                                                             "client_secret_file": secret}}}],
+            "rules": {"default": "allow"},
+            "bpf": {"keep_on_exit": False, "pin_root": self.pin_root},
+        }
+        cfg = os.path.join(self.tmp, "atlasgate.yaml")
+        with open(cfg, "w") as f:
+            json.dump(config, f, indent=2)
+        p = self.spawn("atlasgate", [binary, "daemon", "--config", cfg, "--run-dir", self.ag_run])
+
+        def ready():
+            try:
+                with open(os.path.join(self.ag_run, "runtime.json")) as f:
+                    return json.load(f).get("pid") == p.pid
+            except (OSError, ValueError):
+                return False
+        wait_for(ready, 20, "atlasgate daemon ready", p)
+        self.ag_ca = os.path.join(self.ag_state, "ca.pem")
+        self.wrk_cg = os.path.join(self.agents_cg, "wrk")
+        os.makedirs(self.wrk_cg, exist_ok=True)
+
+    def pids(self, contender):
+        if contender == "direct":
+            return []
+        return proc_tree(self.procs[contender].pid)
+
+    # -- clients --------------------------------------------------------------
+    def client_cmd(self, contender, argv, cgroup=None):
+        """argv run with /etc/hosts mapping HOST to the contender, in `cgroup` if given."""
+        join = f'echo $$ > {cgroup}/cgroup.procs && ' if cgroup else ""
+        script = f'mount --bind "$1" /etc/hosts && {join}shift && exec "$@"'
+        return ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh", self.hosts[contender]] + argv
+
+    def agent_cgroup(self, contender):
+        return self.wrk_cg if contender == "atlasgate" else None
+
+    def wrk(self, contender, duration, new_conn=False, url=None, timeout_extra=20):
+        argv = ["wrk", "-t2", f"-c{self.args.connections}", f"-d{duration}s", "--latency", "--timeout", "5s",
+                "-H", f"Host: {HOST}", "-H", "Accept: application/vnd.atlas.2025-03-12+json"]
+        if new_conn:
+            argv += ["-H", "Connection: close"]
+        argv.append(url or f"https://{HOST}{API_PATH}")
+        cmd = self.client_cmd(contender, argv, self.agent_cgroup(contender))
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + timeout_extra)
+        if p.returncode != 0:
+            raise RuntimeError(f"wrk for {contender} failed ({p.returncode}): {p.stderr.strip()}")
+        r = parse_wrk(p.stdout)
+        r["raw"] = p.stdout
+        return r
+
+    def curl(self, contender, path, cafile):
+        argv = ["curl", "-sS", "--max-time", "10", "--cacert", cafile, "-o", "-", "-w", "\n%{http_code}",
+                f"https://{HOST}{path}"]
+        cmd = self.client_cmd(contender, argv, self.agent_cgroup(contender))
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+        body, _, code = p.stdout.rpartition("\n")
+        return code, body, p.stderr.strip()
+
+    # -- checks -----------------------------------------------------------------
+    def sanity(self):
+        cas = {"direct": f"{self.pki}/ca.pem", "atlasgate": self.ag_ca, "nginx": f"{self.pki}/ca.pem",
+               "mitmproxy": self.mitm_ca}
+        checks = {}
+        for c in CONTENDERS:
+            code, body, err = self.curl(c, API_PATH, cas[c])
+            acode, abody, aerr = self.curl(c, "/__auth", cas[c])
+            ok = code == "200" and '"results"' in body and acode == "200"
+            if c != "direct":
+                ok = ok and abody.strip() in (f"Bearer {TOKEN}", "Bearer " + TOKEN)
+            checks[c] = {"api_status": code, "authorization_seen_by_upstream": abody.strip(), "ok": ok,
+                         "error": err or aerr}
+            log(f"sanity {c:9s}: GET {API_PATH} -> {code}; upstream saw Authorization: {abody.strip()!r}"
+                f"{'' if ok else '  <-- FAILED ' + (err or aerr)}")
+            if not ok:
+                raise RuntimeError(f"sanity check failed for {c}: {checks[c]}")
+        self.results["sanity"] = checks
+
+    def check_ip_sni(self):
+        """wrk sends the URL host as SNI: with an IP-literal URL, that is an IP."""
+        url = f"https://{self.upstream}{API_PATH}"
+        r = self.wrk("atlasgate", 1, url=url)
+        ok = r["requests"] > 0 and r["errors"] == 0 and r["non2xx"] == 0
+        note = (f"wrk with an IP-literal URL ({url}) sends SNI \"{self.upstream}\"; through atlasgate: "
+                f"{r['requests']} requests, {r['errors']} socket errors -> "
+                + ("works (IP SNI treated like absent SNI)" if ok else
+                   "REFUSED: atlasgate rejects an IP-literal SNI as 'not a configured target' instead of "
+                   "falling back to the target owning the dialled address (RFC 6066 forbids IP literals in "
+                   "SNI, but OpenSSL-based clients such as wrk send them). The bench therefore dials the "
+                   "name cloud.mongodb.com (private /etc/hosts) for every contender."))
+        log(note)
+        self.results["ip_literal_sni"] = {"works": ok, "requests": r["requests"], "errors": r["errors"],
+                                          "note": note}
+        ag_log = os.path.join(self.tmp, "atlasgate.log")
+        try:
+            with open(ag_log) as f:
+                lines = [l.strip() for l in f if "SNI" in l]
+            if lines:
+                self.results["ip_literal_sni"]["daemon_log_sample"] = lines[-1][:300]
+        except OSError:
+            pass
+
+    def check_resumption(self):
+        """Does wrk resume TLS sessions when it reconnects after Connection: close?
+
+        The nginx proxy logs $ssl_session_reused per request; a 1 s new-connection
+        run against it tells how many of wrk's handshakes were resumptions (wrk
+        behaves the same toward every contender)."""
+        path = os.path.join(self.tmp, "proxy-access.log")
+        start = os.path.getsize(path) if os.path.exists(path) else 0
+        r = self.wrk("nginx", 1, new_conn=True)
+        time.sleep(0.2)
+        with open(path) as f:
+            f.seek(start)
+            flags = [line.split()[0] for line in f if line.strip()]
+        reused = sum(1 for x in flags if x == "r")
+        share = reused / len(flags) if flags else 0.0
+        note = (f"wrk -H 'Connection: close': {len(flags)} requests, {reused} on resumed TLS sessions "
+                f"({100 * share:.0f}%) -> new-connection figures are "
+                + ("mostly abbreviated (resumed) handshakes" if share > 0.5 else "mostly full handshakes"))
+        log(note)
+        self.results["newconn_resumption"] = {"requests": len(flags), "resumed": reused, "share": round(share, 3),
+                                              "note": note}
+
+    # -- measurement ---------------------------------------------------------------
+    def measure(self, contender, new_conn):
+        pids = self.pids(contender)
+        cpu0 = cpu_seconds(pids)
+        la0 = loadavg()
+        host_cpu0 = self.host_cpu()
+        r = self.wrk(contender, self.args.duration, new_conn=new_conn)
+        cpu1 = cpu_seconds(pids)
+        host_cpu1 = self.host_cpu()
+        r.pop("raw", None)
+        r["loadavg"] = la0
+        if pids:
+            r["proxy_cpu_s"] = round(cpu1 - cpu0, 3)
+            r["cpu_s_per_10k"] = round((cpu1 - cpu0) / r["requests"] * 10000, 3) if r["requests"] else None
+        busy = host_cpu1[0] - host_cpu0[0]
+        total = host_cpu1[1] - host_cpu0[1]
+        r["host_busy_pct"] = round(100.0 * busy / total, 1) if total else None
+        return r
+
+    @staticmethod
+    def host_cpu():
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        idle = v[3] + v[4]
+        return (sum(v) - idle, sum(v))
+
+    def warmup(self):
+        for c in CONTENDERS:
+            self.wrk(c, 1)
+            self.wrk(c, 1, new_conn=True)
+        log("warm-up done (1 s keep-alive + 1 s new-connection per contender)")
+
+    def rounds(self):
+        n = self.args.rounds
+        for i in range(n):
+            order = CONTENDERS[i % len(CONTENDERS):] + CONTENDERS[:i % len(CONTENDERS)]
+            rd = {}
+            for c in order:
+                ka = self.measure(c, False)
+                nc = self.measure(c, True)
+                rd[c] = {"keepalive": ka, "newconn": nc}
+                log(f"round {i + 1}/{n} {c:9s}: keep-alive {ka['rps']:9.0f} req/s p50 {ka['p50_ms']:.2f} ms "
+                    f"p99 {ka['p99_ms']:.2f} ms | new-conn {nc['rps']:8.0f} conn/s"
+                    + (f" | cpu {ka['cpu_s_per_10k']:.2f} s/10k" if 'cpu_s_per_10k' in ka else "")
+                    + (f" | errors {ka['errors'] + nc['errors']} non2xx {ka['non2xx'] + nc['non2xx']}"
+                       if ka['errors'] + nc['errors'] + ka['non2xx'] + nc['non2xx'] else "")
+                    + f" | host busy {ka['host_busy_pct']}% load {ka['loadavg']:.2f}")
+            self.results["rounds"].append(rd)
+
+    def profile(self, out_dir):
+        """--profile: where atlasgate spends its time under keep-alive load.
+
+        perf (cpu-clock samples of the daemon, flat, by symbol) during one
+        keep-alive run, and strace -c (syscalls per request) during another.
+        Written to <out>/atlasgate-profile.txt; not part of the figures."""
+        pid = self.procs["atlasgate"].pid
+        lines = []
+        if shutil.which("perf"):
+            data = os.path.join(self.tmp, "perf.data")
+            rec = subprocess.Popen(["perf", "record", "-F", "1999", "-e", "cpu-clock", "-p", str(pid), "-o", data,
+                                    "--", "sleep", str(self.args.duration)],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            r = self.wrk("atlasgate", self.args.duration)
+            rec.wait(30)
+            rep = subprocess.run(["perf", "report", "-i", data, "--stdio", "--no-children", "--sort", "dso,symbol",
+                                  "--percent-limit", "0"], capture_output=True, text=True)
+            rows = []
+            for l in rep.stdout.splitlines():
+                m = re.match(r"\s*([\d.]+)%\s+(\S+)\s+\[(.)\]\s+(.*?)\s*(?:-\s+-\s*)?$", l)
+                if m:
+                    rows.append((float(m.group(1)), m.group(2), m.group(4).strip()))
+            buckets = {}
+            for pct, dso, sym in rows:
+                buckets[profile_bucket(dso, sym)] = buckets.get(profile_bucket(dso, sym), 0.0) + pct
+            lines.append(f"== perf: atlasgate under keep-alive load ({r['rps']:.0f} req/s, "
+                         f"{len(rows)} symbols), cpu-clock samples by category ==")
+            for k, v in sorted(buckets.items(), key=lambda kv: -kv[1]):
+                lines.append(f"  {v:6.2f}%  {k}")
+            lines.append("")
+            lines.append("== perf: top symbols ==")
+            for pct, dso, sym in rows[:45]:
+                lines.append(f"  {pct:6.2f}%  {dso:22s} {sym[:150]}")
+        if shutil.which("strace"):
+            sfile = os.path.join(self.tmp, "strace.txt")
+            st = subprocess.Popen(["strace", "-c", "-f", "-o", sfile, "-p", str(pid)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(0.5)
+            r = self.wrk("atlasgate", 3)
+            st.send_signal(signal.SIGINT)
+            st.wait(30)
+            with open(sfile) as f:
+                txt = f.read()
+            calls = 0
+            m = re.search(r"^-+.*\n\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(?:\d+\s+)?total", txt, re.M)
+            if m:
+                calls = int(m.group(1))
+            lines.append("")
+            lines.append(f"== strace -c -f: {r['requests']} requests (slowed by strace) -> "
+                         f"{calls / max(r['requests'], 1):.1f} syscalls per request ==")
+            lines += txt.splitlines()
+        path = os.path.join(out_dir, "atlasgate-profile.txt")
+        with open(path, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        log(f"profile written to {path}")
+
+    def atlasgate_counters(self):
+        p = subprocess.run([self.args.atlasgate, "--control-socket", os.path.join(self.ag_run, "control.sock"),
+                            "status", "--json"], capture_output=True, text=True, timeout=15)
+        try:
+            st = json.loads(p.stdout)
+        except ValueError:
+            log(f"atlasgate status failed: {p.stderr.strip()[:200]}")
+            return
+        c = st.get("counters", st)
+        keep = {k: c.get(k) for k in ("accepted", "requests", "refused_no_flow", "handshake_failures",
+                                      "upstream_failures", "upstream_connects", "upstream_reuses", "upstream_idle",
+                                      "tls_refused_unknown_sni", "tls_leaves_minted")
+                if k in c}
+        self.results["atlasgate_counters"] = keep
+        log("atlasgate counters: " + ", ".join(f"{k} {v}" for k, v in keep.items()))
+
+    def memory_snapshot(self, label):
+        snap = {}
+        for c in PROXIES:
+            pids = self.pids(c)
+            per = []
+            for p in pids:
+                try:
+                    with open(f"/proc/{p}/comm") as f:
+                        comm = f.read().strip()
+                except OSError:
+                    comm = "?"
+                per.append({"pid": p, "comm": comm, "rss_kib": status_kib([p], "VmRSS"),
+                            "hwm_kib": status_kib([p], "VmHWM")})
+            snap[c] = {"rss_kib": status_kib(pids, "VmRSS"), "hwm_kib": status_kib(pids, "VmHWM"),
+                       "processes": per}
+        self.results.setdefault("memory", {})[label] = snap
+        return snap
+
+    def idle_connections(self):
+        n = self.args.idle_conns
+        cas = {"atlasgate": self.ag_ca, "nginx": f"{self.pki}/ca.pem", "mitmproxy": self.mitm_ca}
+        addrs = {"atlasgate": self.upstream, "nginx": self.proxy_addr, "mitmproxy": self.mitm_addr}
+        out = {}
+        cg = os.path.join(self.agents_cg, "idle")
+        os.makedirs(cg, exist_ok=True)
+        for c in PROXIES:
+            pids = self.pids(c)
+            time.sleep(0.5)
+            before = status_kib(pids, "VmRSS")
+            argv = ["/usr/bin/python3", os.path.join(BENCH, "idle_conns.py"), addrs[c], str(n), cas[c]]
+            cmd = self.client_cmd(c, argv, cg if c == "atlasgate" else None)
+            p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True)
+            try:
+                line = p.stdout.readline()
+                if not line.startswith("ready"):
+                    raise RuntimeError(f"idle connections to {c}: {line!r} {p.stderr.read()[:500]}")
+                time.sleep(1.0)  # let the proxy settle (TLS 1.3 tickets sent, coroutines parked)
+                after = status_kib(pids, "VmRSS")
+            finally:
+                try:
+                    p.stdin.write("\n")
+                    p.stdin.flush()
+                except OSError:
+                    pass
+                try:
+                    p.wait(20)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+            out[c] = {"connections": n, "rss_before_kib": before, "rss_after_kib": after,
+                      "per_conn_kib": round((after - before) / n, 2)}
+            log(f"idle connections {c:9s}: {n} held, RSS {before / 1024:.1f} -> {after / 1024:.1f} MiB, "
+                f"{(after - before) / n:.1f} KiB per connection")
+        remove_cgroup(cg)
+        self.results["idle_connections"] = out
+
+    def bpf_overhead(self):
+        src = os.path.join(BENCH, "connect_loop.c")
+        exe = os.path.join(self.tmp, "connect_loop")
+        run(["cc", "-O2", "-Wall", "-o", exe, src])
+        iters = self.args.connect_iters
+        cg = os.path.join(self.agents_cg, "probe")
+        os.makedirs(cg, exist_ok=True)
+        port = free_port()
+        # The listener lives outside every agent cgroup, like a remote server.
+        srv = subprocess.Popen([exe, "serve", "127.0.0.1", str(port)], stdout=subprocess.PIPE, text=True)
+        self.procs["connect-server"] = srv
+        if srv.stdout.readline().strip() != "listening":
+            raise RuntimeError("connect_loop server did not start")
+        wall = {"inside": [], "outside": []}
+        for i in range(self.args.connect_batches):
+            for where in (("inside", "outside") if i % 2 == 0 else ("outside", "inside")):
+                if where == "inside":
+                    cmd = ["sh", "-c", f'echo $$ > {cg}/cgroup.procs && exec "$@"', "sh", exe, "127.0.0.1",
+                           str(port), str(iters)]
+                else:
+                    cmd = [exe, "127.0.0.1", str(port), str(iters)]
+                p = run(cmd, timeout=120)
+                m = re.search(r"median_ns=(\d+) mean_ns=(\d+)", p.stdout)
+                wall[where].append((int(m.group(1)), int(m.group(2))))
+        med_in = int(statistics.median(x[0] for x in wall["inside"]))
+        med_out = int(statistics.median(x[0] for x in wall["outside"]))
+        res = {"iterations_per_batch": iters, "batches": self.args.connect_batches,
+               "connect_median_ns_inside": med_in, "connect_median_ns_outside": med_out,
+               "wallclock_overhead_ns": med_in - med_out, "samples": wall}
+        log(f"connect() to a non-target port: median {med_out} ns outside, {med_in} ns inside the agent "
+            f"cgroup -> {med_in - med_out:+.0f} ns (wall clock)")
+
+        # In-kernel accounting: run_time_ns / run_cnt of our own pinned programs.
+        progs_dir = os.path.join(self.pin_root, "progs")
+        try:
+            with open("/proc/sys/kernel/bpf_stats_enabled") as f:
+                self.bpf_stats_prev = f.read().strip()
+            with open("/proc/sys/kernel/bpf_stats_enabled", "w") as f:
+                f.write("1")
+            before = self.bpf_prog_stats(progs_dir)
+            cmd = ["sh", "-c", f'echo $$ > {cg}/cgroup.procs && exec "$@"', "sh", exe, "127.0.0.1", str(port),
+                   str(iters)]
+            run(cmd, timeout=120)
+            after = self.bpf_prog_stats(progs_dir)
+        finally:
+            self.restore_bpf_stats()
+        per_prog = {}
+        total_ns = 0
+        for name, a in after.items():
+            b = before.get(name, {"run_time_ns": 0, "run_cnt": 0})
+            dn, dc = a["run_time_ns"] - b["run_time_ns"], a["run_cnt"] - b["run_cnt"]
+            if dc:
+                per_prog[name] = {"runs": dc, "ns_per_run": round(dn / dc, 1), "runs_per_connect": round(dc / iters, 2),
+                                  "ns_per_connect": round(dn / iters, 1)}
+                total_ns += dn
+        res["bpf_stats"] = per_prog
+        res["bpf_ns_per_connect"] = round(total_ns / iters, 1)
+        log("bpf_stats: " + ", ".join(f"{k} {v['ns_per_run']} ns x {v['runs_per_connect']}/connect"
+                                      for k, v in per_prog.items())
+            + f" -> {res['bpf_ns_per_connect']} ns per non-target connect()")
+        remove_cgroup(cg)
+        srv.terminate()
+        srv.wait(10)
+        self.results["bpf_overhead"] = res
+
+    def bpf_prog_stats(self, progs_dir):
+        out = {}
+        for name in sorted(os.listdir(progs_dir)):
+            p = run(["bpftool", "-j", "prog", "show", "pinned", os.path.join(progs_dir, name)])
+            j = json.loads(p.stdout)
+            out[name] = {"run_time_ns": j.get("run_time_ns", 0), "run_cnt": j.get("run_cnt", 0)}
+        return out
+
+    def restore_bpf_stats(self):
+        if self.bpf_stats_prev is not None:
+            try:
+                with open("/proc/sys/kernel/bpf_stats_enabled", "w") as f:
+                    f.write(self.bpf_stats_prev)
+            except OSError:
+                pass
+            self.bpf_stats_prev = None
+
+    # -- teardown --------------------------------------------------------------
+    def teardown(self):
+        self.restore_bpf_stats()
+        for name, p in reversed(list(self.procs.items())):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM if name != "nginx" and name != "upstream" else signal.SIGQUIT)
+        for name, p in self.procs.items():
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                log(f"{name} (pid {p.pid}) did not stop; killing its process group")
+                try:
+                    os.killpg(p.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                p.wait()
+        for f in self.logs:
+            f.close()
+        for cg in reversed(self.cgroups):
+            remove_cgroup(cg)
+        if self.pin_root:
+            shutil.rmtree(self.pin_root, ignore_errors=True)
+        if self.tmp:
+            if self.args.keep_tmp:
+                log(f"kept {self.tmp}")
+            else:
+                shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------
+# summary
+
+def profile_bucket(dso, sym):
+    """Groups a perf symbol into a coarse category for atlasgate-profile.txt."""
+    if dso.startswith("[kernel"):
+        if re.search(r"task_switch|schedule|__switch_to|wake_up|try_to_wake|enqueue_|dequeue_|pick_next|update_curr|"
+                     r"futex|hrtimer|timerfd|_raw_spin_unlock_irq|select_task_rq|ttwu", sym):
+            return "kernel: scheduling, wakeups, timers (incl. irq-enable sample points)"
+        if re.search(r"epoll|ep_poll|ep_send|ep_item", sym):
+            return "kernel: epoll"
+        if re.search(r"tcp|inet|^ip_|__ip_|skb|sock|^net_|__dev|loopback|napi|^sk_|__sk_|nf_|^dst_|raw_v|"
+                     r"__netif|process_backlog|do_softirq|__local_bh|bh_enable", sym):
+            return "kernel: TCP/IP stack (loopback, softirq)"
+        if re.search(r"syscall|entry_|^__x64|^x64|^sys_|__sys_|fdget|fput|irq", sym):
+            return "kernel: syscall entry/exit, fd lookup"
+        if re.search(r"copy_|memcpy|memmove|clear_|rep_movs|_iter", sym):
+            return "kernel: user copies"
+        return "kernel: other"
+    if "libcrypto" in dso or "libssl" in dso:
+        return "OpenSSL (" + ("record crypto" if "libcrypto" in dso else "libssl state machine") + ")"
+    if dso.startswith("libc") and re.search(r"malloc|free|unlink_chunk|_int_|tcache|cfree|realloc|calloc", sym):
+        return "malloc/free"
+    if re.search(r"memmove|memcpy|memset|memcmp|strlen|memchr", sym):
+        return "libc mem*/str* (copies)"
+    if "vdso" in dso or "clock_gettime" in sym:
+        return "clock_gettime (timers, audit timestamps)"
+    if "boost::beast::http" in sym or "basic_parser" in sym or "serializer" in sym or "basic_fields" in sym:
+        return "Beast HTTP read/write (parser, serializer, fields, buffers_cat iterators)"
+    if "buffers_cat" in sym or "mp_with_index" in sym or "buffers_prefix" in sym or "buffers_suffix" in sym:
+        return "Beast HTTP read/write (parser, serializer, fields, buffers_cat iterators)"
+    if "boost::asio::ssl" in sym or "flat_stream" in sym or "ssl_stream" in sym or "engine::" in sym:
+        return "Asio SSL engine / Beast ssl_stream glue"
+    if "boost::asio" in sym or "awaitable" in sym or "co_spawn" in sym or "executor" in sym or "boost::beast" in sym:
+        return "Asio/Beast coroutine, executor, reactor, timers"
+    if "boost::json" in dso or "boost::json" in sym:
+        return "Boost.JSON"
+    if "atlasgate::" in sym:
+        return "atlasgate's own code"
+    if "fmt" in dso or "fmt::" in sym:
+        return "fmt (formatting: audit records, logs)"
+    if dso == "atlasgate":
+        return "atlasgate binary, other (inlined templates)"
+    return f"other ({dso})"
+
+
+def med(vals):
+    vals = [v for v in vals if v is not None]
+    return statistics.median(vals) if vals else None
+
+
+def summarize(res):
+    s = {}
+    for c in CONTENDERS:
+        rs = [r[c] for r in res["rounds"] if c in r]
+        d = {
+            "keepalive_rps": med(r["keepalive"]["rps"] for r in rs),
+            "p50_ms": med(r["keepalive"]["p50_ms"] for r in rs),
+            "p99_ms": med(r["keepalive"]["p99_ms"] for r in rs),
+            "newconn_rps": med(r["newconn"]["rps"] for r in rs),
+            "newconn_p50_ms": med(r["newconn"]["p50_ms"] for r in rs),
+            "keepalive_rps_range": [min(r["keepalive"]["rps"] for r in rs), max(r["keepalive"]["rps"] for r in rs)]
+            if rs else None,
+            "newconn_rps_range": [min(r["newconn"]["rps"] for r in rs), max(r["newconn"]["rps"] for r in rs)]
+            if rs else None,
+            "errors": sum(r["keepalive"]["errors"] + r["newconn"]["errors"] for r in rs),
+            "non2xx": sum(r["keepalive"]["non2xx"] + r["newconn"]["non2xx"] for r in rs),
+        }
+        if c in PROXIES:
+            d["cpu_s_per_10k"] = med(r["keepalive"].get("cpu_s_per_10k") for r in rs)
+            d["cpu_s_per_10k_newconn"] = med(r["newconn"].get("cpu_s_per_10k") for r in rs)
+            mem = res.get("memory", {})
+            d["idle_rss_mib"] = mem.get("idle", {}).get(c, {}).get("rss_kib", 0) / 1024
+            d["peak_rss_mib"] = mem.get("after_load", {}).get(c, {}).get("hwm_kib", 0) / 1024
+            ic = res.get("idle_connections", {}).get(c)
+            d["per_idle_conn_kib"] = ic["per_conn_kib"] if ic else None
+        s[c] = d
+    for c in CONTENDERS:
+        if s["direct"]["p50_ms"] is not None and s[c]["p50_ms"] is not None:
+            s[c]["added_p50_ms"] = s[c]["p50_ms"] - s["direct"]["p50_ms"]
+    res["summary"] = s
+    return s
+
+
+def ratio(a, b):
+    if a is None or b in (None, 0):
+        return None
+    return a / b
+
+
+def fmt(v, digits=0):
+    if v is None:
+        return "-"
+    return f"{v:,.{digits}f}"
+
+
+def fmt_ratio(v):
+    return "-" if v is None else f"{v:.2f}x"
+
+
+def targets(res, s):
+    a, n, m = s["atlasgate"], s["nginx"], s["mitmproxy"]
+    bpf = res.get("bpf_overhead", {})
+    bpf_ns = bpf.get("bpf_ns_per_connect")
+    t = [
+        ("keep-alive req/s >= 1.0x nginx", ratio(a["keepalive_rps"], n["keepalive_rps"]), lambda v: v >= 1.0,
+         fmt_ratio),
+        ("added p50 <= nginx's added p50", (a.get("added_p50_ms"), n.get("added_p50_ms")),
+         lambda v: v[0] is not None and v[1] is not None and v[0] <= v[1],
+         lambda v: f"{v[0]:+.3f} ms vs {v[1]:+.3f} ms"),
+        ("new-connection rate >= nginx's", ratio(a["newconn_rps"], n["newconn_rps"]), lambda v: v >= 1.0, fmt_ratio),
+        ("keep-alive req/s >= 10x mitmproxy", ratio(a["keepalive_rps"], m["keepalive_rps"]), lambda v: v >= 10,
+         fmt_ratio),
+        ("new-connection rate >= 10x mitmproxy", ratio(a["newconn_rps"], m["newconn_rps"]), lambda v: v >= 10,
+         fmt_ratio),
+        ("RSS at idle <= 30 MiB", a.get("idle_rss_mib"), lambda v: v <= 30, lambda v: f"{v:.1f} MiB"),
+        ("RSS per idle agent connection <= 64 KiB", a.get("per_idle_conn_kib"), lambda v: v <= 64,
+         lambda v: f"{v:.1f} KiB"),
+        ("BPF overhead per non-target connect() < 1 us", bpf_ns, lambda v: v < 1000,
+         lambda v: f"{v:.0f} ns (bpf_stats); wall clock {bpf.get('wallclock_overhead_ns', 0):+.0f} ns"),
+    ]
+    out = []
+    for name, v, ok, f in t:
+        try:
+            met = v is not None and ok(v)
+            shown = f(v) if v is not None else "-"
+        except (TypeError, ValueError):
+            met, shown = False, "-"
+        out.append({"target": name, "value": shown, "met": bool(met)})
+    res["targets"] = out
+    return out
+
+
+def table(res, s):
+    L = []
+    mach = res["machine"]
+    st = res["settings"]
+    L.append(f"atlasgate side-by-side benchmark — {res['started']}")
+    L.append(f"machine: {mach['cpus']} CPU ({mach['cpu']}), {mach['mem_mib']} MiB, Linux {mach['kernel']}; "
+             f"load avg {mach['loadavg_start']:.2f} at start, {mach.get('loadavg_end', 0):.2f} at end "
+             f"(shared machine: other builds/tests were running, numbers are noisy)")
+    L.append(f"load: wrk -t{st['threads']} -c{st['connections']} -d{st['duration_s']}s --latency, "
+             f"{st['rounds']} rounds round-robin, median of rounds; all on loopback; "
+             f"client dials https://{HOST}{API_PATH} (SNI {HOST})")
+    L.append("")
+    w = 15
+    head = f"{'':34s}" + "".join(f"{c:>{w}s}" for c in CONTENDERS)
+    L.append(head)
+    L.append("-" * len(head))
+
+    def row(label, key, digits=0, only=None, suffix=""):
+        cells = []
+        for c in CONTENDERS:
+            v = s[c].get(key) if (only is None or c in only) else None
+            cells.append(f"{(fmt(v, digits) + suffix) if v is not None else '-':>{w}s}")
+        L.append(f"{label:34s}" + "".join(cells))
+
+    def ratio_row(label, key, base, only=None, invert=False):
+        cells = []
+        for c in CONTENDERS:
+            v = s[c].get(key) if (only is None or c in only) else None
+            r = ratio(v, s[base].get(key))
+            if invert and r:
+                r = 1 / r
+            cells.append(f"{fmt_ratio(r) if c != base else '1.00x' if r else '-':>{w}s}")
+        L.append(f"{label:34s}" + "".join(cells))
+
+    def range_row(label, key):
+        cells = []
+        for c in CONTENDERS:
+            v = s[c].get(key)
+            cells.append(f"{(f'{v[0]:,.0f}-{v[1]:,.0f}' if v else '-'):>{w}s}")
+        L.append(f"{label:34s}" + "".join(cells))
+
+    row("keep-alive req/s", "keepalive_rps")
+    range_row("  range over rounds", "keepalive_rps_range")
+    ratio_row("  x nginx", "keepalive_rps", "nginx")
+    ratio_row("  x direct", "keepalive_rps", "direct")
+    row("keep-alive p50 latency (ms)", "p50_ms", 3)
+    row("keep-alive p99 latency (ms)", "p99_ms", 3)
+    row("  p50 added over direct (ms)", "added_p50_ms", 3)
+    row("new TLS connections/s", "newconn_rps")
+    range_row("  range over rounds", "newconn_rps_range")
+    ratio_row("  x nginx", "newconn_rps", "nginx")
+    ratio_row("  x direct", "newconn_rps", "direct")
+    row("new-conn p50 latency (ms)", "newconn_p50_ms", 3)
+    row("peak RSS, proxy (MiB, VmHWM)", "peak_rss_mib", 1, PROXIES)
+    ratio_row("  x nginx", "peak_rss_mib", "nginx", PROXIES)
+    row("idle RSS, proxy (MiB)", "idle_rss_mib", 1, PROXIES)
+    row("RSS per idle TLS conn (KiB)", "per_idle_conn_kib", 1, PROXIES)
+    row("CPU s / 10k req, keep-alive", "cpu_s_per_10k", 3, PROXIES)
+    ratio_row("  x nginx", "cpu_s_per_10k", "nginx", PROXIES)
+    row("CPU s / 10k req, new conn", "cpu_s_per_10k_newconn", 3, PROXIES)
+    ratio_row("  x nginx", "cpu_s_per_10k_newconn", "nginx", PROXIES)
+    row("errors (socket + non-2xx)", "errors")
+    L.append("")
+    b = res.get("bpf_overhead")
+    if b:
+        L.append(f"BPF cost for a non-target connect() (agent cgroup attached): "
+                 f"{b['bpf_ns_per_connect']:.0f} ns in-kernel (bpf_stats: "
+                 + ", ".join(f"{k} {v['ns_per_run']:.0f} ns x{v['runs_per_connect']:.0f}" for k, v in b["bpf_stats"].items())
+                 + f"); wall clock connect() median {b['connect_median_ns_outside']} ns outside vs "
+                 f"{b['connect_median_ns_inside']} ns inside ({b['wallclock_overhead_ns']:+.0f} ns)")
+    sni = res.get("ip_literal_sni")
+    if sni:
+        L.append(f"IP-literal SNI (wrk https://<ip>/...): {'works' if sni['works'] else 'REFUSED by atlasgate'}")
+    L.append("")
+    L.append("targets (atlasgate):")
+    for t in res.get("targets", []):
+        L.append(f"  [{'met ' if t['met'] else 'MISS'}] {t['target']:46s} {t['value']}")
+    L.append("")
+    L.append("CPU and RSS are the proxy's whole process tree (nginx: master + worker) from /proc; "
+             "new connections: wrk -H 'Connection: close' (see bench/README.md).")
+    return "\n".join(L) + "\n"
+
+
+def chart(res, s, png, tmp):
+    dat = os.path.join(tmp, "chart.dat")
+    with open(dat, "w") as f:
+        f.write("name ka nc p50 p99 rss cpu idle perconn\n")
+        for c in CONTENDERS:
+            d = s[c]
+
+            def g(k, scale=1.0):
+                v = d.get(k)
+                return "NaN" if v is None else f"{v * scale:.4f}"
+            f.write(f"{c} {g('keepalive_rps')} {g('newconn_rps')} {g('p50_ms')} {g('p99_ms')} "
+                    f"{g('peak_rss_mib')} {g('cpu_s_per_10k')} {g('idle_rss_mib')} {g('per_idle_conn_kib')}\n")
+    gp = os.path.join(tmp, "chart.gp")
+    with open(os.path.join(BENCH, "chart.gp")) as f:
+        script = f.read()
+    b = res.get("bpf_overhead", {})
+    title = (f"atlasgate bench {res['started'][:16]} - {res['machine']['cpus']} CPU shared, loopback, "
+             f"wrk -c{res['settings']['connections']}, median of {res['settings']['rounds']} rounds"
+             f"  |  BPF per non-target connect(): {b.get('bpf_ns_per_connect', float('nan')):.0f} ns")
+    script = script.replace("@DAT@", dat).replace("@PNG@", png).replace("@TITLE@", title)
+    with open(gp, "w") as f:
+        f.write(script)
+    p = subprocess.run(["gnuplot", gp], capture_output=True, text=True)
+    if p.returncode != 0:
+        raise RuntimeError(f"gnuplot failed: {p.stderr}")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--atlasgate", default=os.path.join(REPO, "build-bench", "atlasgate"))
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--duration", type=int, default=5)
+    ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--idle-conns", type=int, default=500)
+    ap.add_argument("--connect-iters", type=int, default=5000)
+    ap.add_argument("--connect-batches", type=int, default=8)
+    ap.add_argument("--out", default=os.path.join(BENCH, "results"))
+    ap.add_argument("--keep-tmp", action="store_true")
+    ap.add_argument("--no-profile", dest="profile", action="store_false",
+                    help="skip the perf/strace pass over atlasgate (<out>/atlasgate-profile.txt)")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("bench: needs root (cgroups, BPF, binding port 443)")
+
+    b = Bench(args)
+    t0 = time.monotonic()
+
+    def on_signal(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        b.setup()
+        time.sleep(0.5)
+        b.sanity()
+        b.memory_snapshot("idle")
+        b.check_ip_sni()
+        b.check_resumption()
+        b.warmup()
+        b.rounds()
+        b.memory_snapshot("after_load")
+        b.atlasgate_counters()
+        if args.profile:
+            os.makedirs(args.out, exist_ok=True)
+            b.profile(args.out)
+        b.idle_connections()
+        b.bpf_overhead()
+    finally:
+        b.teardown()
+    res = b.results
+    res["machine"]["loadavg_end"] = loadavg()
+    res["duration_s"] = round(time.monotonic() - t0, 1)
+    s = summarize(res)
+    targets(res, s)
+    os.makedirs(args.out, exist_ok=True)
+    txt = table(res, s)
+    with open(os.path.join(args.out, "latest.txt"), "w") as f:
+        f.write(txt)
+    with open(os.path.join(args.out, "latest.json"), "w") as f:
+        json.dump(res, f, indent=2)
+    tmp = tempfile.mkdtemp(prefix="atlasgate-bench-chart-")
+    try:
+        chart(res, s, os.path.join(args.out, "latest.png"), tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print()
+    print(txt, end="")
+    log(f"done in {res['duration_s']} s: {args.out}/latest.txt, latest.json, latest.png")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except KeyboardInterrupt as e:
+        log(f"interrupted ({e or 'SIGINT'}); everything it started was stopped and removed")
+        sys.exit(130)
