@@ -29,6 +29,10 @@ struct ag_target {
 
 #define AG_TARGET_STATIC 0x1 /* from targets[].addresses, never retired */
 
+/* Origin target index of a connection redirected only because of
+ * intercept: all-tls (its destination is no known target address). */
+#define AG_TARGET_NONE 0xffffffffu
+
 /* IPv6 targets map key (IPv4 uses a bare __u32 in network order). */
 struct ag_addr6 {
 	__u8 addr[16];
@@ -78,6 +82,7 @@ enum ag_counter {
 	AG_CNT_FLOW_UPDATE_ERR, /* flows map update failed */
 	AG_CNT_CLOSED, /* redirected socket closed, entries removed */
 	AG_CNT_GETPEERNAME, /* getpeername rewritten to the original destination */
+	AG_CNT_REDIRECTED_ANY, /* intercept: all-tls redirected a non-target TCP/443 connection */
 	AG_CNT__MAX,
 };
 
@@ -99,6 +104,7 @@ static const char *const ag_counter_names[AG_CNT__MAX] = {
 	"flow_update_err",
 	"closed",
 	"getpeername",
+	"redirected_any",
 };
 #endif
 

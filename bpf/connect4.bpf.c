@@ -26,15 +26,16 @@ int ag_connect4(struct bpf_sock_addr *ctx)
 	f.dport = bpf_ntohs(ctx->user_port);
 	f.is_target = t != NULL;
 	f.refuse_quic = ag_refuse_quic;
+	f.intercept_all = ag_intercept_all;
 
 	verdict = ag_decide(&f, &counter);
 	ag_count(counter);
 	if (verdict == AG_PASS)
 		return 1;
-	if (verdict == AG_REFUSE || !t)
+	if (verdict == AG_REFUSE)
 		return 0;
 
-	if (ag_record_origin(ctx, (const __u8 *)&daddr, 4, AG_AF_INET, t->index) < 0)
+	if (ag_record_origin(ctx, (const __u8 *)&daddr, 4, AG_AF_INET, t ? t->index : AG_TARGET_NONE) < 0)
 		return 0; /* fail closed: an unrecorded flow would be refused anyway */
 	ctx->user_ip4 = bpf_htonl(0x7f000001); /* 127.0.0.1 */
 	ctx->user_port = bpf_htons(ag_proxy_port);

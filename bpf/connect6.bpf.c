@@ -36,20 +36,21 @@ int ag_connect6(struct bpf_sock_addr *ctx)
 	f.dport = bpf_ntohs(ctx->user_port);
 	f.is_target = t != NULL;
 	f.refuse_quic = ag_refuse_quic;
+	f.intercept_all = ag_intercept_all;
 
 	verdict = ag_decide(&f, &counter);
 	ag_count(counter);
 	if (verdict == AG_PASS)
 		return 1;
-	if (verdict == AG_REFUSE || !t)
+	if (verdict == AG_REFUSE)
 		return 0;
 
 	if (mapped) {
-		if (ag_record_origin(ctx, (const __u8 *)&w3, 4, AG_AF_INET, t->index) < 0)
+		if (ag_record_origin(ctx, (const __u8 *)&w3, 4, AG_AF_INET, t ? t->index : AG_TARGET_NONE) < 0)
 			return 0;
 		ctx->user_ip6[3] = bpf_htonl(0x7f000001);
 	} else {
-		if (ag_record_origin(ctx, daddr.addr, 16, AG_AF_INET6, t->index) < 0)
+		if (ag_record_origin(ctx, daddr.addr, 16, AG_AF_INET6, t ? t->index : AG_TARGET_NONE) < 0)
 			return 0;
 		ctx->user_ip6[0] = 0;
 		ctx->user_ip6[1] = 0;

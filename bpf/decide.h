@@ -28,6 +28,7 @@ struct ag_conn_facts {
 	__u16 dport; /* destination port, host order */
 	__u8 is_target; /* destination found in the targets map */
 	__u8 refuse_quic; /* rodata switch: refuse UDP/443 to targets */
+	__u8 intercept_all; /* rodata switch: redirect every TCP/443 (intercept: all-tls) */
 };
 
 /* Returns the verdict and sets *counter to the ag_counter that explains it. */
@@ -56,6 +57,12 @@ static __always_inline int ag_decide(const struct ag_conn_facts *f, __u32 *count
 		return AG_PASS;
 	}
 	if (!f->is_target) {
+		/* all-tls: the terminator peeks at the SNI and splices the
+		 * connection through untouched unless it names a target. */
+		if (f->intercept_all) {
+			*counter = AG_CNT_REDIRECTED_ANY;
+			return AG_REDIRECT;
+		}
 		*counter = AG_CNT_SKIP_NOT_TARGET;
 		return AG_PASS;
 	}

@@ -25,6 +25,7 @@
 AG_RODATA(__u16, ag_proxy_port, 15443); /* host order */
 AG_RODATA(__u32, ag_daemon_tgid, 0);
 AG_RODATA(__u8, ag_refuse_quic, 1);
+AG_RODATA(__u8, ag_intercept_all, 0);
 
 /* Target addresses (IPv4, network order) -> which target owns them. */
 AG_MAP struct {

@@ -221,3 +221,24 @@ TEST(Decide, SweepInvariants) {
 }
 
 }  // namespace
+
+// intercept: all-tls redirects every TCP/443 connection, target or not, and
+// nothing else: other ports, UDP and the daemon stay as they were.
+TEST(Decide, InterceptAllRedirectsEveryTcp443) {
+  auto all = [](ag_conn_facts f) {
+    f.intercept_all = 1;
+    return f;
+  };
+  auto o = decide(all(facts(kOther, kDaemon, AG_SOCK_STREAM, 443, false, true)));
+  EXPECT_EQ(o.verdict, AG_REDIRECT);
+  EXPECT_EQ(o.counter, static_cast<__u32>(AG_CNT_REDIRECTED_ANY));
+  o = decide(all(facts(kOther, kDaemon, AG_SOCK_STREAM, 443, true, true)));
+  EXPECT_EQ(o.verdict, AG_REDIRECT);
+  o = decide(all(facts(kOther, kDaemon, AG_SOCK_STREAM, 80, false, true)));
+  EXPECT_EQ(o.verdict, AG_PASS);
+  o = decide(all(facts(kOther, kDaemon, AG_SOCK_DGRAM, 443, false, true)));
+  EXPECT_EQ(o.verdict, AG_PASS);
+  o = decide(all(facts(kDaemon, kDaemon, AG_SOCK_STREAM, 443, false, true)));
+  EXPECT_EQ(o.verdict, AG_PASS);
+  EXPECT_EQ(o.counter, static_cast<__u32>(AG_CNT_SKIP_DAEMON));
+}

@@ -41,6 +41,7 @@ struct LoaderOptions {
   std::uint16_t proxyPort = 15443;
   std::uint32_t daemonTgid = 0;
   bool refuseQuic = true;
+  bool interceptAll = false;  // intercept: all-tls
   std::string pinRoot = AG_PIN_ROOT;
 };
 

@@ -555,7 +555,7 @@ Config Parser::parse(const YAML::Node& root) const {
   if (!root.IsMap())
     fail(top, "the config must be a map of settings (listen, targets, rules, ...), got {}", typeName(root));
   const Fields m =
-      fields(top, {"listen", "state_dir", "audit_log", "log_level", "agents", "targets", "rules", "limits", "bpf", "dns"});
+      fields(top, {"listen", "state_dir", "audit_log", "log_level", "agents", "targets", "rules", "limits", "bpf", "dns", "intercept"});
 
   Config c;
   if (const Field* f = m.find("listen")) c.listen = listen(*f);
@@ -578,6 +578,12 @@ Config Parser::parse(const YAML::Node& root) const {
   if (const Field* f = m.find("limits")) c.limits = limits(*f);
   if (const Field* f = m.find("bpf")) c.bpf = bpf(*f);
   if (const Field* f = m.find("dns")) c.dns = dns(*f);
+  if (const Field* f = m.find("intercept")) {
+    std::string v = string(*f);
+    if (v == "targets") c.intercept = Intercept::Targets;
+    else if (v == "all-tls") c.intercept = Intercept::AllTls;
+    else fail(*f, "{}: expected one of targets, all-tls, got {}", f->path, shown(f->value));
+  }
   return c;
 }
 

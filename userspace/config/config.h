@@ -143,8 +143,14 @@ struct Dns {
   std::chrono::seconds grace{600};       // a retired address stays intercepted this long
 };
 
+enum class Intercept {
+  Targets,  // redirect TCP/443 to target addresses only (default)
+  AllTls,   // redirect every TCP/443 of attached cgroups; terminate only target SNIs, splice the rest
+};
+
 struct Config {
   std::string path;  // the file this came from
+  Intercept intercept = Intercept::Targets;
   Listen listen;
   std::string stateDir = "/var/lib/atlasgate";
   std::string auditLog = "/var/log/atlasgate/audit.jsonl";  // "-" = stdout

@@ -163,6 +163,7 @@ Result<void> Daemon::start() {
   lo.daemonTgid = static_cast<std::uint32_t>(::getpid());
   lo.refuseQuic = config_->bpf.refuseQuic;
   lo.pinRoot = config_->bpf.pinRoot;
+  lo.interceptAll = config_->intercept == config::Intercept::AllTls;
   auto loader = bpf::Loader::open(lo);
   if (!loader) return loader.error();
   loader_ = std::move(loader.value());
@@ -434,6 +435,7 @@ Result<void> Daemon::reload() {
   // What cannot change without a restart.
   if (next->listen.port != config_->listen.port) return makeError("listen.port changes need a restart");
   if (next->stateDir != config_->stateDir) return makeError("state_dir changes need a restart");
+  if (next->intercept != config_->intercept) return makeError("intercept changes need a restart");
   if (next->targets.size() != config_->targets.size()) return makeError("adding or removing targets needs a restart");
   for (std::size_t i = 0; i < next->targets.size(); ++i)
     if (next->targets[i].host != config_->targets[i].host)
@@ -561,6 +563,7 @@ json::value Daemon::status() {
                         {"upstream_failures", s.upstreamFailures.load()},
                         {"bad_requests", s.badRequests.load()},
                         {"live_connections", s.liveConnections.load()},
+                        {"passthrough_connections", s.passthrough.load()},
                         {"audit_written", audit_->written()},
                         {"audit_lost", audit_->lost()},
                         {"upstream_idle", pool_->idleCount()},

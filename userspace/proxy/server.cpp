@@ -1,9 +1,11 @@
 #include "proxy/server.h"
 
 #include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/write.hpp>
 #include <boost/asio/ip/v6_only.hpp>
 
 #include <arpa/inet.h>
+#include <sys/socket.h>
 #include <unistd.h>
 #include <fnmatch.h>
 
@@ -18,6 +20,7 @@
 #include "proxy/errors.h"
 #include "proxy/rewrite.h"
 #include "tls/server_context.h"
+#include "tls/sni.h"
 
 namespace atlasgate::proxy {
 
@@ -219,7 +222,10 @@ asio::awaitable<void> Server::acceptLoop(tcp::acceptor& acceptor, std::uint64_t 
     flow.comm.assign(origin->comm, strnlen(origin->comm, sizeof origin->comm));
     flow.id = nextId_++;
     sock.set_option(tcp::no_delay(true), pec);
-    asio::co_spawn(io_, serve(std::move(sock), std::move(flow)), asio::detached);
+    if (origin->target_index == AG_TARGET_NONE)
+      asio::co_spawn(io_, classify(std::move(sock), std::move(flow)), asio::detached);
+    else
+      asio::co_spawn(io_, serve(std::move(sock), std::move(flow)), asio::detached);
   }
 }
 
@@ -896,6 +902,95 @@ asio::awaitable<bool> Server::drainBody(UpstreamConn& up, beast::flat_buffer& bu
   }
   lower.expires_never();
   co_return true;
+}
+
+asio::awaitable<void> Server::classify(tcp::socket socket, Flow flow) {
+  // The destination is no known target address: what the ClientHello names
+  // decides. Bytes are only peeked at, so a spliced connection gets them all.
+  const auto limits = runtime_->config->limits;
+  auto deadline = Clock::now() + limits.handshakeTimeout;
+  std::vector<std::uint8_t> peek(5 + 16384 + 2048);
+  asio::steady_timer pause(io_);
+  tls::HelloPeek hello;
+  for (;;) {
+    socket.non_blocking(true);
+    ssize_t n = ::recv(socket.native_handle(), peek.data(), peek.size(), MSG_PEEK);
+    if (n == 0) co_return;  // closed before saying anything
+    if (n > 0) {
+      hello = tls::peekClientHello(std::span<const std::uint8_t>(peek.data(), static_cast<std::size_t>(n)));
+      if (hello.status != tls::HelloStatus::NeedMore || static_cast<std::size_t>(n) == peek.size()) break;
+    } else if (errno != EAGAIN && errno != EWOULDBLOCK) {
+      co_return;
+    }
+    if (Clock::now() >= deadline) co_return;
+    if (n < 0) {
+      auto [ec] = co_await socket.async_wait(tcp::socket::wait_read, kUseTuple);
+      if (ec) co_return;
+    } else {
+      // Part of a record is here; the rest follows shortly.
+      pause.expires_after(std::chrono::milliseconds(5));
+      co_await pause.async_wait(kUseTuple);
+    }
+  }
+  if (hello.status == tls::HelloStatus::Sni) {
+    const auto& targets = runtime_->targets;
+    for (std::size_t i = 0; i < targets.size(); ++i)
+      if (targets[i].host == hello.host) {
+        flow.origin.target_index = static_cast<std::uint32_t>(i);
+        co_await serve(std::move(socket), std::move(flow));
+        co_return;
+      }
+  }
+  co_await passthrough(std::move(socket), std::move(flow));
+}
+
+namespace {
+
+asio::awaitable<void> pump(beast::tcp_stream& from, beast::tcp_stream& to, std::chrono::seconds idle) {
+  std::vector<char> buf(16 * 1024);
+  for (;;) {
+    from.expires_after(idle);
+    auto [ec, n] = co_await from.async_read_some(asio::buffer(buf), kUseTuple);
+    if (ec) {
+      beast::error_code ignored;
+      if (ec == asio::error::eof) {
+        to.socket().shutdown(tcp::socket::shutdown_send, ignored);  // half-close, as the peer did
+      } else {
+        from.socket().close(ignored);
+        to.socket().close(ignored);
+      }
+      co_return;
+    }
+    auto [wec, wn] = co_await asio::async_write(to, asio::buffer(buf.data(), n), kUseTuple);
+    if (wec) {
+      beast::error_code ignored;
+      from.socket().close(ignored);
+      to.socket().close(ignored);
+      co_return;
+    }
+  }
+}
+
+}  // namespace
+
+asio::awaitable<void> Server::passthrough(tcp::socket socket, Flow flow) {
+  ++stats_.passthrough;
+  const auto limits = runtime_->config->limits;
+  beast::tcp_stream agent(std::move(socket));
+  beast::tcp_stream upstream(io_);
+  upstream.expires_after(limits.upstreamTimeout);
+  auto [ec] = co_await upstream.async_connect(flow.originalDst, kUseTuple);
+  if (ec) {
+    log::info("conn {} agent {}: pass-through to {} failed: {}", flow.id, flow.agent.name,
+              endpointText(flow.originalDst), ec.message());
+    beast::error_code ignored;
+    agent.socket().set_option(asio::socket_base::linger(true, 0), ignored);
+    co_return;
+  }
+  upstream.socket().set_option(tcp::no_delay(true), ec);
+  log::debug("conn {} agent {}: not a target, spliced through to {}", flow.id, flow.agent.name,
+             endpointText(flow.originalDst));
+  co_await (pump(agent, upstream, limits.requestTimeout) && pump(upstream, agent, limits.requestTimeout));
 }
 
 }  // namespace atlasgate::proxy

@@ -82,6 +82,7 @@ struct ServerStats {
   std::atomic<std::uint64_t> upstreamFailures{0};
   std::atomic<std::uint64_t> badRequests{0};
   std::atomic<std::uint64_t> liveConnections{0};
+  std::atomic<std::uint64_t> passthrough{0};  // all-tls: non-target TLS spliced through
 };
 
 struct ConnectionInfo {
@@ -125,6 +126,9 @@ class Server {
   struct Session;
   asio::awaitable<void> acceptLoop(tcp::acceptor& acceptor, std::uint64_t netnsCookie);
   asio::awaitable<void> serve(tcp::socket socket, Flow flow);
+  // intercept: all-tls: peek at the SNI; terminate a target, splice the rest.
+  asio::awaitable<void> classify(tcp::socket socket, Flow flow);
+  asio::awaitable<void> passthrough(tcp::socket socket, Flow flow);
 
   struct UpstreamResult {
     bool ok = false;

@@ -49,4 +49,63 @@ std::string printableName(std::string_view name) {
   return out;
 }
 
+HelloPeek peekClientHello(std::span<const uint8_t> d) {
+  HelloPeek out;
+  if (d.size() < 5) {
+    out.status = d.empty() || d[0] == 0x16 ? HelloStatus::NeedMore : HelloStatus::NotTls;
+    return out;
+  }
+  if (d[0] != 0x16 || d[1] != 0x03) {
+    out.status = HelloStatus::NotTls;
+    return out;
+  }
+  std::size_t recLen = (std::size_t{d[3]} << 8) | d[4];
+  if (recLen < 4 || recLen > 16384 + 2048) {
+    out.status = HelloStatus::NotTls;
+    return out;
+  }
+  if (d.size() < 5 + recLen) return out;  // NeedMore
+  std::span<const uint8_t> r = d.subspan(5, recLen);
+  out.status = HelloStatus::NoSni;
+  if (r[0] != 0x01) {
+    out.status = HelloStatus::NotTls;
+    return out;
+  }
+  std::size_t hsLen = (std::size_t{r[1]} << 16) | (std::size_t{r[2]} << 8) | r[3];
+  if (hsLen + 4 > r.size()) return out;  // spans records: cannot tell
+  std::span<const uint8_t> h = r.subspan(4, hsLen);
+  std::size_t i = 2 + 32;  // legacy_version, random
+  auto skip8 = [&](std::size_t& at) {
+    if (at >= h.size()) return false;
+    at += 1 + h[at];
+    return at <= h.size();
+  };
+  auto skip16 = [&](std::size_t& at) {
+    if (at + 2 > h.size()) return false;
+    at += 2 + ((std::size_t{h[at]} << 8) | h[at + 1]);
+    return at <= h.size();
+  };
+  if (i > h.size() || !skip8(i) || !skip16(i) || !skip8(i)) return out;  // session id, suites, compression
+  if (i + 2 > h.size()) return out;
+  std::size_t extEnd = i + 2 + ((std::size_t{h[i]} << 8) | h[i + 1]);
+  i += 2;
+  if (extEnd > h.size()) return out;
+  while (i + 4 <= extEnd) {
+    unsigned type = (unsigned{h[i]} << 8) | h[i + 1];
+    std::size_t len = (std::size_t{h[i + 2]} << 8) | h[i + 3];
+    i += 4;
+    if (i + len > extEnd) return out;
+    if (type == 0) {
+      SniResult sni = parseServerName(h.subspan(i, len));
+      if (sni.status == SniStatus::Ok) {
+        out.status = HelloStatus::Sni;
+        out.host = std::move(sni.host);
+      }
+      return out;
+    }
+    i += len;
+  }
+  return out;
+}
+
 }  // namespace atlasgate::tls

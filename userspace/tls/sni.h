@@ -28,6 +28,23 @@ inline constexpr size_t kMaxSniLength = 255;
 // itself). A single trailing dot is removed, as clients differ on sending it.
 SniResult parseServerName(std::span<const uint8_t> ext);
 
+enum class HelloStatus {
+  NeedMore,   // not enough bytes yet for the first record
+  NotTls,     // not a TLS handshake record carrying a ClientHello
+  NoSni,      // a ClientHello without a (usable) server_name
+  Sni,        // a ClientHello naming `host`
+};
+
+struct HelloPeek {
+  HelloStatus status = HelloStatus::NeedMore;
+  std::string host;
+};
+
+// Looks at the first bytes a client sent (peeked, not consumed) for the SNI
+// of its ClientHello. The ClientHello must fit the first record (it always
+// does in practice: 16 KiB); anything else is NoSni.
+HelloPeek peekClientHello(std::span<const uint8_t> data);
+
 // A printable, bounded rendering of an untrusted name, for log lines.
 std::string printableName(std::string_view name);
 
