@@ -233,3 +233,43 @@ class TokenFailureTest(PrivilegedTestCase):
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)
+
+
+class SeveralCredentialsTest(PrivilegedTestCase):
+    """A target with several named credentials: the agent mapping and rules pick one."""
+
+    def test_agents_and_rules_choose_the_credential(self):
+        import tempfile
+        import shutil
+        keydir = tempfile.mkdtemp(prefix="atlasgate-it-creds-")
+        os.chmod(keydir, 0o755)
+        key_file = os.path.join(keydir, "private-key")
+        with open(key_file, "w") as f:
+            f.write("fake-private-key-0001")
+        try:
+            with Env(credentials=None,
+                     fake_extra=["--auth", "any", "--digest-public-key", "fakepubk", "--digest-private-key-file", key_file],
+                     rules={"default": "allow", "list": [
+                         {"name": "snapshots-as-owner", "path": "/api/atlas/v2/groups/*/clusters/*/backup/**",
+                          "action": "allow", "credential": "owner"}]}) as env:
+                env.config["targets"][0]["credentials"] = [
+                    {"name": "reader", "api_key": {"public_key": "fakepubk", "private_key_file": key_file},
+                     "agents": ["reader-*"]},
+                    {"name": "owner", "service_account": {"client_id": "mdb_sa_id_5f0000000000000000000fa1",
+                                                          "client_secret_file": env.secret_file}}]
+                env.write_config()
+                env.start_daemon()
+                self.assertEqual(env.curl("/api/atlas/v2/groups", name="reader-1")[0], 200)
+                self.assertEqual(env.audit()[-1]["credential"], "api_key:fakepubk")
+                self.assertTrue(env.fake.api_requests()[-1]["header_map"]["authorization"].startswith("Digest "))
+                self.assertEqual(env.curl("/api/atlas/v2/groups", name="ops-1")[0], 200)
+                self.assertEqual(env.audit()[-1]["credential"], "service_account:mdb_sa_id_5f0000000000000000000fa1")
+                self.assertTrue(env.fake.api_requests()[-1]["header_map"]["authorization"].startswith("Bearer "))
+                # The rule's credential wins over the agent mapping.
+                status, body, p = env.curl(
+                    f"/api/atlas/v2/groups/{PROJECT_ID}/clusters/Cluster0/backup/snapshots", name="reader-2")
+                self.assertEqual(status, 200, body)
+                self.assertEqual(env.audit()[-1]["credential"], "service_account:mdb_sa_id_5f0000000000000000000fa1")
+                self.assertEqual(env.audit()[-1]["rule"], "snapshots-as-owner")
+        finally:
+            shutil.rmtree(keydir, ignore_errors=True)
