@@ -49,6 +49,9 @@ class Pod:
 class NetnsTest(PrivilegedTestCase):
     def setUp(self):
         self.env = Env()
+        self.published = os.path.join(self.env.tmp, "published-ca")
+        self.env.config["publish_ca_dir"] = self.published
+        self.env.write_config()
         self.env.start_daemon()
         tag = self.env.tag
         self.nets = [Netns(f"atlasgate-it-{tag}-a"), Netns(f"atlasgate-it-{tag}-b")]
@@ -125,6 +128,11 @@ class NetnsTest(PrivilegedTestCase):
         self.assertEqual((rc, out), (0, "200"), err)
         rec = env.audit()[-1]
         self.assertEqual(rec["agent"], f"atlasgate-it-docker-{env.tag}.scope")
+        # What containers mount to trust atlasgate: the certificate, never the key.
+        self.assertEqual(sorted(os.listdir(self.published)), ["ca.pem", "trust-bundle.pem"])
+        with open(os.path.join(self.published, "ca.pem")) as a, open(os.path.join(env.state_dir, "ca.pem")) as b:
+            self.assertEqual(a.read(), b.read())
+        self.assertEqual(os.stat(os.path.join(self.published, "ca.pem")).st_mode & 0o777, 0o644)
         self.assertEqual(env.cli("detach", scope).returncode, 0)
 
 

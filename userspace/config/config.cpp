@@ -555,11 +555,12 @@ Config Parser::parse(const YAML::Node& root) const {
   if (!root.IsMap())
     fail(top, "the config must be a map of settings (listen, targets, rules, ...), got {}", typeName(root));
   const Fields m =
-      fields(top, {"listen", "state_dir", "audit_log", "log_level", "agents", "targets", "rules", "limits", "bpf", "dns", "intercept"});
+      fields(top, {"listen", "state_dir", "audit_log", "log_level", "agents", "targets", "rules", "limits", "bpf", "dns", "intercept", "publish_ca_dir"});
 
   Config c;
   if (const Field* f = m.find("listen")) c.listen = listen(*f);
   if (const Field* f = m.find("state_dir")) c.stateDir = absolutePath(*f);
+  if (const Field* f = m.find("publish_ca_dir")) c.publishCaDir = absolutePath(*f);
   if (const Field* f = m.find("audit_log")) {
     c.auditLog = string(*f);
     if (c.auditLog != "-") c.auditLog = absolutePath(*f);

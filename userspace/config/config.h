@@ -153,6 +153,9 @@ struct Config {
   Intercept intercept = Intercept::Targets;
   Listen listen;
   std::string stateDir = "/var/lib/atlasgate";
+  // Optional: a directory that gets copies of ca.pem and trust-bundle.pem only
+  // (never the key), for mounting into containers and pods.
+  std::string publishCaDir;
   std::string auditLog = "/var/log/atlasgate/audit.jsonl";  // "-" = stdout
   std::string logLevel = "info";
   Agents agents;

@@ -142,6 +142,24 @@ Result<void> Daemon::start() {
   auto ca = tls::Authority::loadOrCreate(config_->stateDir, hosts);
   if (!ca) return ca.error();
   authority_ = std::make_shared<const tls::Authority>(std::move(ca.value()));
+  if (!config_->publishCaDir.empty()) {
+    // Only the public certificate and the bundle: pods mount this directory.
+    std::error_code pec;
+    fs::create_directories(config_->publishCaDir, pec);
+    ::chmod(config_->publishCaDir.c_str(), 0755);
+    for (const std::string& src : {authority_->paths().caCert, authority_->paths().trustBundle}) {
+      fs::path dst = fs::path(config_->publishCaDir) / fs::path(src).filename();
+      fs::path tmp = dst;
+      tmp += ".tmp";
+      fs::copy_file(src, tmp, fs::copy_options::overwrite_existing, pec);
+      if (!pec) {
+        ::chmod(tmp.c_str(), 0644);
+        fs::rename(tmp, dst, pec);
+      }
+      if (pec) return makeError("publish {} to {}: {}", src, config_->publishCaDir, pec.message());
+    }
+    log::info("published the CA certificate and trust bundle in {}", config_->publishCaDir);
+  }
   auto stls = tls::ServerContext::create(authority_);
   if (!stls) return stls.error();
   serverTls_ = std::make_unique<tls::ServerContext>(std::move(stls.value()));
