@@ -1089,18 +1089,53 @@ class FileDescriptor {
 
 }  // namespace
 
+namespace {
+
+// The line (1-based) where a second YAML document starts, or 0. Found on the
+// text: yaml-cpp 0.7's LoadAll() loops without end on some inputs ("{},"),
+// so only the first document is ever handed to the parser.
+int secondDocumentLine(std::string_view text) {
+  bool content = false, ended = false;
+  int line = 0;
+  while (!text.empty()) {
+    ++line;
+    auto nl = text.find('\n');
+    std::string_view l = text.substr(0, nl);
+    text = nl == std::string_view::npos ? std::string_view() : text.substr(nl + 1);
+    if (!l.empty() && l.back() == '\r') l.remove_suffix(1);
+    bool marker = l.substr(0, 3) == "---" && (l.size() == 3 || l[3] == ' ' || l[3] == '\t');
+    bool end = l.substr(0, 3) == "..." && l.find_first_not_of(" \t", 3) == std::string_view::npos;
+    auto first = l.find_first_not_of(" \t");
+    bool blank = first == std::string_view::npos || l[first] == '#';
+    if (marker) {
+      if (content || ended) return line;
+      content = l.find_first_not_of(" \t", 3) != std::string_view::npos && l[l.find_first_not_of(" \t", 3)] != '#';
+      continue;
+    }
+    if (end) {
+      ended = true;
+      continue;
+    }
+    if (blank || l[0] == '%') continue;  // comments, directives
+    if (ended) return line;
+    content = true;
+  }
+  return 0;
+}
+
+}  // namespace
+
 Result<Config> parseConfig(std::string_view yaml, const std::string& fileName, bool fileIsPrivate) {
-  std::vector<YAML::Node> documents;
+  if (int second = secondDocumentLine(yaml); second > 0)
+    return makeError("{}:{}:1: only one YAML document is allowed", fileName, second);
+  YAML::Node document;
   try {
-    documents = YAML::LoadAll(std::string(yaml));
+    document = YAML::Load(std::string(yaml));
   } catch (const YAML::ParserException& e) {
     return makeError("{}", located(fileName, e.mark, "YAML syntax error: " + e.msg));
   }
   try {
-    if (documents.size() > 1) {
-      throw ParseFailure{located(fileName, documents[1].Mark(), "only one YAML document is allowed")};
-    }
-    Config c = Parser(fileName, fileIsPrivate).parse(documents.empty() ? YAML::Node() : documents[0]);
+    Config c = Parser(fileName, fileIsPrivate).parse(document);
     c.path = fileName;
     return c;
   } catch (const ParseFailure& failure) {

@@ -145,11 +145,21 @@ std::optional<std::string> DigestAuth::authorize(std::string_view method, std::s
   char cnonce[17];
   for (int i = 0; i < 8; ++i) std::snprintf(cnonce + 2 * i, 3, "%02x", raw[i]);
   const DigestChallenge& c = *challenge_;
+  // Quoted-string values: escape what would end or break the quotes.
+  auto q = [](std::string_view v) {
+    std::string out;
+    for (char ch : v) {
+      if (ch == '"' || ch == '\\') out.push_back('\\');
+      if (ch == '\r' || ch == '\n') continue;
+      out.push_back(ch);
+    }
+    return out;
+  };
   std::string resp = digestResponse(publicKey_, c.realm, privateKey_.view(), method, uri, c.nonce, nc, cnonce, c.qop);
-  std::string h = "Digest username=\"" + publicKey_ + "\", realm=\"" + c.realm + "\", nonce=\"" + c.nonce +
-                  "\", uri=\"" + std::string(uri) + "\", cnonce=\"" + cnonce + "\", nc=" + nc + ", qop=" + c.qop +
+  std::string h = "Digest username=\"" + q(publicKey_) + "\", realm=\"" + q(c.realm) + "\", nonce=\"" + q(c.nonce) +
+                  "\", uri=\"" + q(uri) + "\", cnonce=\"" + cnonce + "\", nc=" + nc + ", qop=" + c.qop +
                   ", response=\"" + resp + "\", algorithm=MD5";
-  if (!c.opaque.empty()) h += ", opaque=\"" + c.opaque + "\"";
+  if (!c.opaque.empty()) h += ", opaque=\"" + q(c.opaque) + "\"";
   return h;
 }
 

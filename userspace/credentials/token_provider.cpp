@@ -66,12 +66,21 @@ Result<TokenResponse> parseTokenResponse(unsigned status, std::string_view body)
   std::string type(tt->as_string());
   std::transform(type.begin(), type.end(), type.begin(), [](unsigned char c) { return std::tolower(c); });
   if (type != "bearer") return makeError("token endpoint answered token_type {}, not Bearer", type.substr(0, 32));
+  // Lifetimes are capped (a year) so that no arithmetic on them can overflow.
+  constexpr std::int64_t kMaxTtl = 365 * 24 * 3600;
   std::int64_t ttl = 3600;
   if (ei) {
-    if (ei->is_int64()) ttl = ei->as_int64();
-    else if (ei->is_uint64()) ttl = static_cast<std::int64_t>(std::min<std::uint64_t>(ei->as_uint64(), 1u << 30));
-    else if (ei->is_double()) ttl = static_cast<std::int64_t>(ei->as_double());
-    else return makeError("token endpoint answered a non-numeric expires_in");
+    if (ei->is_int64()) {
+      ttl = std::min<std::int64_t>(ei->as_int64(), kMaxTtl);
+    } else if (ei->is_uint64()) {
+      ttl = static_cast<std::int64_t>(std::min<std::uint64_t>(ei->as_uint64(), kMaxTtl));
+    } else if (ei->is_double()) {
+      double d = ei->as_double();
+      if (!(d > 0)) return makeError("token endpoint answered expires_in {}", d);  // also NaN
+      ttl = d >= static_cast<double>(kMaxTtl) ? kMaxTtl : static_cast<std::int64_t>(d);
+    } else {
+      return makeError("token endpoint answered a non-numeric expires_in");
+    }
   }
   if (ttl <= 0) return makeError("token endpoint answered expires_in {}", ttl);
   return TokenResponse{std::string(at->as_string()), std::chrono::seconds(ttl)};

@@ -450,7 +450,9 @@ std::string describeStatusBody(std::string_view body) {
       (void)stringAt(*o, "message", message);
       const std::int64_t code = intAt(*o, "code");
       if (!reason.empty() || !message.empty()) {
-        std::string out = reason.empty() ? message : (message.empty() ? reason : reason + ": " + message);
+        std::string out = reason.empty() || reason == message ? message
+                          : message.empty()                   ? reason
+                                                              : reason + ": " + message;
         if (code != 0) out += fmt::format(" ({})", code);
         return out;
       }

@@ -63,6 +63,7 @@ RequestCheck checkRequest(http::request<http::string_body>& req, std::string_vie
   };
   if (req.method() == http::verb::connect)
     return fail(405, "CONNECT is not supported: atlasgate terminates TLS for the Atlas API only.", true);
+  if (req.method() == http::verb::trace) return fail(405, "TRACE is not supported.", true);
   if (req.count(http::field::upgrade) > 0)
     return fail(400, "Protocol upgrades are not supported.", true);
   if (req.count(http::field::content_length) > 1)
@@ -70,6 +71,15 @@ RequestCheck checkRequest(http::request<http::string_body>& req, std::string_vie
   if (req.count(http::field::content_length) > 0 && req.count(http::field::transfer_encoding) > 0)
     return fail(400, "Both Content-Length and Transfer-Encoding are present.", true);
   if (req.count(http::field::host) > 1) return fail(400, "Repeated Host headers.", true);
+  if (req.count(http::field::transfer_encoding) > 0) {
+    // Only plain chunked framing is understood end to end; anything else
+    // ("gzip, chunked") would reach Atlas with framing we did not check.
+    std::string_view te = req[http::field::transfer_encoding];
+    while (!te.empty() && (te.front() == ' ' || te.front() == '\t')) te.remove_prefix(1);
+    while (!te.empty() && (te.back() == ' ' || te.back() == '\t')) te.remove_suffix(1);
+    if (req.count(http::field::transfer_encoding) > 1 || !iequals(te, "chunked"))
+      return fail(501, "Only Transfer-Encoding: chunked is supported.", true);
+  }
 
   std::string_view target = req.target();
   if (target.empty()) return fail(400, "Empty request target.", true);

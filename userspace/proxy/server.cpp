@@ -222,10 +222,21 @@ asio::awaitable<void> Server::acceptLoop(tcp::acceptor& acceptor, std::uint64_t 
     flow.comm.assign(origin->comm, strnlen(origin->comm, sizeof origin->comm));
     flow.id = nextId_++;
     sock.set_option(tcp::no_delay(true), pec);
+    // No exception may end the daemon: a session that throws is logged and dropped.
+    auto logFailure = [id = flow.id](std::exception_ptr e) {
+      if (!e) return;
+      try {
+        std::rethrow_exception(e);
+      } catch (const std::exception& x) {
+        log::error("conn {}: session ended by an exception: {}", id, x.what());
+      } catch (...) {
+        log::error("conn {}: session ended by an unknown exception", id);
+      }
+    };
     if (origin->target_index == AG_TARGET_NONE)
-      asio::co_spawn(io_, classify(std::move(sock), std::move(flow)), asio::detached);
+      asio::co_spawn(io_, classify(std::move(sock), std::move(flow)), logFailure);
     else
-      asio::co_spawn(io_, serve(std::move(sock), std::move(flow)), asio::detached);
+      asio::co_spawn(io_, serve(std::move(sock), std::move(flow)), logFailure);
   }
 }
 
@@ -415,6 +426,10 @@ asio::awaitable<void> Server::serve(tcp::socket socket, Flow flow) {
         ErrorResponse errRes = makeErrorResponse(408, kRequestTimeout, "The request head did not arrive in time.");
         co_await answer(std::move(errRes), kRequestTimeout);
       }
+      } else if (hrec == http::error::body_limit) {
+        ErrorResponse errRes = makeErrorResponse(
+            413, kBodyTooLarge, fmt::format("The request body exceeds {} bytes.", limits.maxBodyBytes));
+        co_await answer(std::move(errRes), kBodyTooLarge);
       } else if (hrec == http::error::header_limit || hrec == http::error::buffer_overflow) {
         {
         ErrorResponse errRes = makeErrorResponse(431, kHeadersTooLarge,
@@ -437,6 +452,18 @@ asio::awaitable<void> Server::serve(tcp::socket socket, Flow flow) {
     ex.rec.method = std::string(head.method_string());
     ex.rec.path = std::string(head.target());
     ex.keepAlive = head.keep_alive();
+    if (static_cast<std::size_t>(std::distance(head.begin(), head.end())) > limits.maxHeaders) {
+      ex.keepAlive = false;
+      ++stats_.badRequests;
+      {
+        ErrorResponse errRes = makeErrorResponse(
+            431, kHeadersTooLarge, fmt::format("The request has more than {} header fields.", limits.maxHeaders));
+        co_await answer(std::move(errRes), kHeadersTooLarge);
+      }
+      ex.rec.decision = "malformed";
+      finish();
+      break;
+    }
     if (auto cl = parser.content_length(); cl && *cl > limits.maxBodyBytes) {
       ex.keepAlive = false;
       ++stats_.badRequests;
@@ -652,7 +679,24 @@ asio::awaitable<void> Server::serve(tcp::socket socket, Flow flow) {
     }
     prepareUpstreamRequest(req, host);
     req.keep_alive(true);
-    req.prepare_payload();
+    std::string payloadError;
+    try {
+      req.prepare_payload();
+    } catch (const std::exception& e) {  // e.g. a body on a method that cannot have one
+      payloadError = e.what();
+    }
+    if (!payloadError.empty()) {
+      ++stats_.badRequests;
+      ex.keepAlive = false;
+      {
+        ErrorResponse errRes =
+            makeErrorResponse(400, kBadRequest, fmt::format("Cannot forward this request: {}.", payloadError));
+        co_await answer(std::move(errRes), kBadRequest);
+      }
+      ex.rec.decision = "malformed";
+      finish();
+      break;
+    }
 
     // Send, answering what the credential needs: a Digest challenge (or a
     // stale nonce), or one token refresh when Atlas rejects a token we
