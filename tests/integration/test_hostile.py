@@ -14,9 +14,8 @@ Expected behaviour (DESIGN.md section 5): a clear JSON error in Atlas' shape
 (`errorCode`), nothing forwarded, the daemon alive, and the connection closed
 wherever the framing is in doubt.
 
-Tests marked expectedFailure document daemon bugs found here (see the
-reason in each docstring); they start "unexpectedly succeeding" once fixed,
-and the marker should then go.
+Docstrings that say "was a daemon bug" name what these tests found and what
+was fixed; every test here must pass.
 """
 
 import base64
