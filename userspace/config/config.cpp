@@ -1,4 +1,5 @@
 #include "config/config.h"
+#include "discovery/pods.h"
 
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -395,6 +396,7 @@ class Parser {
   Limits limits(const Field& f) const;
   BpfOptions bpf(const Field& f) const;
   Dns dns(const Field& f) const;
+  std::optional<KubernetesDiscovery> discovery(const Field& f) const;
 
   std::string file_;
   bool fileIsPrivate_;
@@ -555,7 +557,7 @@ Config Parser::parse(const YAML::Node& root) const {
   if (!root.IsMap())
     fail(top, "the config must be a map of settings (listen, targets, rules, ...), got {}", typeName(root));
   const Fields m =
-      fields(top, {"listen", "state_dir", "audit_log", "log_level", "agents", "targets", "rules", "limits", "bpf", "dns", "intercept", "publish_ca_dir"});
+      fields(top, {"listen", "state_dir", "audit_log", "log_level", "agents", "targets", "rules", "limits", "bpf", "dns", "intercept", "publish_ca_dir", "discovery"});
 
   Config c;
   if (const Field* f = m.find("listen")) c.listen = listen(*f);
@@ -579,6 +581,7 @@ Config Parser::parse(const YAML::Node& root) const {
   if (const Field* f = m.find("limits")) c.limits = limits(*f);
   if (const Field* f = m.find("bpf")) c.bpf = bpf(*f);
   if (const Field* f = m.find("dns")) c.dns = dns(*f);
+  if (const Field* f = m.find("discovery")) c.kubernetes = discovery(*f);
   if (const Field* f = m.find("intercept")) {
     std::string v = string(*f);
     if (v == "targets") c.intercept = Intercept::Targets;
@@ -1022,6 +1025,31 @@ Limits Parser::limits(const Field& f) const {
   if (const Field* v = m.find("request_timeout")) l.requestTimeout = duration(*v);
   if (const Field* v = m.find("upstream_timeout")) l.upstreamTimeout = duration(*v);
   return l;
+}
+
+std::optional<KubernetesDiscovery> Parser::discovery(const Field& f) const {
+  const Fields m = fields(f, {"kubernetes"});
+  const Field* k = m.find("kubernetes");
+  if (!k) return std::nullopt;
+  const Fields km = fields(*k, {"node_name_env", "label_selector", "api_server", "token_file", "ca_file", "cgroup_root"});
+  KubernetesDiscovery d;
+  d.loc = loc(keyMark(*k));
+  if (const Field* v = km.find("node_name_env")) d.nodeNameEnv = string(*v);
+  if (const Field* v = km.find("label_selector")) {
+    d.labelSelector = string(*v);
+    if (auto sel = discovery::LabelSelector::parse(d.labelSelector); !sel)
+      fail(*v, "{}: {}", v->path, sel.error().message);
+  }
+  if (const Field* v = km.find("api_server")) {
+    d.apiServer = string(*v);
+    if (!d.apiServer.empty() && d.apiServer.rfind("https://", 0) != 0)
+      fail(*v, "{}: expected an https:// URL, got {}", v->path, shown(v->value));
+  }
+  if (const Field* v = km.find("token_file")) d.tokenFile = absolutePath(*v);
+  if (const Field* v = km.find("ca_file")) d.caFile = absolutePath(*v);
+  if (const Field* v = km.find("cgroup_root")) d.cgroupRoot = absolutePath(*v);
+  if (d.nodeNameEnv.empty()) fail(*k, "{}: node_name_env must not be empty", k->path);
+  return d;
 }
 
 Dns Parser::dns(const Field& f) const {

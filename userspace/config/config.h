@@ -143,6 +143,17 @@ struct Dns {
   std::chrono::seconds grace{600};       // a retired address stays intercepted this long
 };
 
+// DaemonSet mode: pods on this node that match the selector are attached.
+struct KubernetesDiscovery {
+  std::string nodeNameEnv = "NODE_NAME";  // the node's name, from the downward API
+  std::string labelSelector = "atlasgate.io/inject=true";
+  std::string apiServer;  // "" = https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT
+  std::string tokenFile = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+  std::string caFile = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt";
+  std::string cgroupRoot;  // "" = the cgroup2 mount
+  SourceLoc loc;
+};
+
 enum class Intercept {
   Targets,  // redirect TCP/443 to target addresses only (default)
   AllTls,   // redirect every TCP/443 of attached cgroups; terminate only target SNIs, splice the rest
@@ -164,6 +175,7 @@ struct Config {
   Limits limits;
   BpfOptions bpf;
   Dns dns;
+  std::optional<KubernetesDiscovery> kubernetes;  // discovery.kubernetes
 };
 
 // Parses YAML text. fileIsPrivate says whether inline secrets are allowed

@@ -26,6 +26,7 @@
 #include "credentials/digest.h"
 #include "credentials/secret.h"
 #include "credentials/token_provider.h"
+#include "discovery/watcher.h"
 #include "dns/resolver.h"
 #include "policy/policy.h"
 #include "proxy/agents.h"
@@ -96,6 +97,16 @@ class Daemon {
   std::unique_ptr<Server> server_;
   std::unique_ptr<control::Server> control_;
   std::unique_ptr<admin::Server> admin_;
+  std::unique_ptr<discovery::PodWatcher> pods_;
+  struct AttachedPod {
+    std::string name;    // namespace/pod
+    std::string cgroup;  // absolute
+  };
+  std::map<std::string, AttachedPod> attachedPods_;  // by pod uid
+  std::string podCgroupRoot_;
+  Result<void> startDiscovery();
+  void podUpsert(const discovery::PodInfo& pod);
+  void podDelete(const discovery::PodInfo& pod);
   std::map<std::string, std::shared_ptr<credentials::TokenProvider>> tokenProviders_;
   std::vector<std::string> extraAttached_;  // attached at run time with `atlasgate attach`
 
@@ -213,6 +224,7 @@ Result<void> Daemon::start() {
     if (!adm) return adm.error();
     admin_ = std::move(adm.value());
   }
+  if (auto r = startDiscovery(); !r) return r;
   writeRuntimeFile();
   // Everything that needed full root is done; keep only what serving needs.
   if (auto r = dropCapabilities(); !r) return r;
@@ -359,6 +371,55 @@ asio::awaitable<void> Daemon::signalLoop() {
   }
 }
 
+Result<void> Daemon::startDiscovery() {
+  if (!config_->kubernetes) return {};
+  const auto& k = *config_->kubernetes;
+  const char* node = std::getenv(k.nodeNameEnv.c_str());
+  if (!node || !*node)
+    return makeError("discovery.kubernetes: ${} is not set (the DaemonSet sets it from spec.nodeName)", k.nodeNameEnv);
+  podCgroupRoot_ = k.cgroupRoot.empty() ? cgroupMount_ : k.cgroupRoot;
+  discovery::WatcherOptions wo;
+  wo.apiServer = k.apiServer;
+  wo.tokenFile = k.tokenFile;
+  wo.caFile = k.caFile;
+  wo.labelSelector = k.labelSelector;
+  wo.nodeName = node;
+  pods_ = std::make_unique<discovery::PodWatcher>(
+      io_.get_executor(), wo,
+      discovery::PodWatcherCallbacks{[this](const discovery::PodInfo& p) { podUpsert(p); },
+                                     [this](const discovery::PodInfo& p) { podDelete(p); }});
+  if (auto r = pods_->start(); !r) return r;
+  log::info("watching pods on node {} with labels {}", node, k.labelSelector);
+  return {};
+}
+
+void Daemon::podUpsert(const discovery::PodInfo& pod) {
+  if (attachedPods_.contains(pod.uid) || pod.deleted) return;
+  auto cg = discovery::findPodCgroup(podCgroupRoot_, pod);
+  if (!cg) {
+    log::debug("pod {}: {}", pod.agentName(), cg.error().message);  // no cgroup yet: retried by the sweep
+    return;
+  }
+  if (auto r = loader_->attach(*cg); !r) {
+    log::warn("pod {}: {}", pod.agentName(), r.error().message);
+    return;
+  }
+  agents_->setName(*cg, pod.agentName());
+  attachedPods_[pod.uid] = AttachedPod{pod.agentName(), *cg};
+  agents_->setRoots(attachedRoots());
+  log::info("pod {} attached ({})", pod.agentName(), *cg);
+}
+
+void Daemon::podDelete(const discovery::PodInfo& pod) {
+  auto it = attachedPods_.find(pod.uid);
+  if (it == attachedPods_.end()) return;
+  if (auto r = loader_->detach(it->second.cgroup); !r) log::warn("pod {}: {}", it->second.name, r.error().message);
+  agents_->forgetName(it->second.cgroup);
+  log::info("pod {} detached", it->second.name);
+  attachedPods_.erase(it);
+  agents_->setRoots(attachedRoots());
+}
+
 std::vector<std::string> Daemon::attachedRoots() const {
   std::vector<std::string> roots{agentsCgroup_};
   for (const auto& a : loader_->attachments())
@@ -408,6 +469,8 @@ asio::awaitable<void> Daemon::netnsLoop() {
   for (unsigned tick = 0;; ++tick) {
     scanNamespaces();
     if (tick % 20 == 0) pool_->sweep();  // every 10 s: idle upstream connections past their time
+    if (pods_ && tick % 2 == 0)
+      for (const auto& p : pods_->pods()) podUpsert(p);  // pods whose cgroup appeared after their event
     netnsTimer_.expires_after(std::chrono::milliseconds(500));
     auto [ec] = co_await netnsTimer_.async_wait(kUseTuple);
     if (ec) co_return;
@@ -424,6 +487,7 @@ asio::awaitable<void> Daemon::shutdown() {
   }
   approvals_.denyAll();
   netnsTimer_.cancel();
+  if (pods_) pods_->stop();
   server_->closeAll();
   for (auto& [k, p] : tokenProviders_) co_await p->revoke();
   if (control_) control_->stop();
@@ -603,6 +667,11 @@ json::value Daemon::status() {
   for (const auto& [ino, ns] : netns_)
     nss.push_back(json::object{{"netns", ino}, {"cookie", ns.cookie}, {"pid", ns.pid}});
   o["agent_namespaces"] = nss;
+  if (pods_) {
+    json::array pods;
+    for (const auto& [uid, p] : attachedPods_) pods.push_back(json::object{{"pod", p.name}, {"uid", uid}, {"cgroup", p.cgroup}});
+    o["kubernetes"] = json::object{{"watch", pods_->describe()}, {"attached_pods", pods}};
+  }
   return o;
 }
 

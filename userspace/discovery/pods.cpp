@@ -515,9 +515,15 @@ std::string podsQuery(std::string_view labelSelector, std::string_view nodeName)
 }  // namespace
 
 std::string podsListTarget(std::string_view labelSelector, std::string_view nodeName, std::uint32_t limit,
-                           std::string_view continueToken) {
+                           std::string_view continueToken, ListFreshness freshness, std::string_view resourceVersion) {
   std::string t = podsQuery(labelSelector, nodeName) + fmt::format("limit={}", limit);
-  if (!continueToken.empty()) t += "&continue=" + urlEncode(continueToken);
+  if (!continueToken.empty()) {
+    t += "&continue=" + urlEncode(continueToken);
+  } else if (freshness == ListFreshness::Any) {
+    t += "&resourceVersion=0";
+  } else if (freshness == ListFreshness::NotOlderThan && !resourceVersion.empty()) {
+    t += "&resourceVersion=" + urlEncode(resourceVersion) + "&resourceVersionMatch=NotOlderThan";
+  }
   return t;
 }
 

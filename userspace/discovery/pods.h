@@ -150,14 +150,25 @@ PodSetDiff diffPods(const std::map<std::string, PodInfo>& knownByUid, const std:
 // Percent-encodes a query parameter value (RFC 3986 unreserved left as is).
 std::string urlEncode(std::string_view s);
 
+// How fresh a list must be (the resourceVersion / resourceVersionMatch
+// parameters). Any ("resourceVersion=0") and NotOlderThan are served from the
+// API server's watch cache, so a DaemonSet's pods starting at once do not
+// all hit etcd; Consistent ("" ) is a quorum read.
+enum class ListFreshness { Any, NotOlderThan, Consistent };
+
 // The request targets of the pod list and watch, filtered server-side by the
 // label selector (canonical text; "" = none) and by spec.nodeName ("" = every
 // node):
-//   /api/v1/pods?labelSelector=...&fieldSelector=spec.nodeName%3D<node>&limit=N[&continue=T]
+//   /api/v1/pods?labelSelector=...&fieldSelector=spec.nodeName%3D<node>&limit=N
+//       [&resourceVersion=0 | &resourceVersion=RV&resourceVersionMatch=NotOlderThan | &continue=T]
 //   /api/v1/pods?labelSelector=...&fieldSelector=...&watch=1&resourceVersion=RV
 //       &allowWatchBookmarks=true&timeoutSeconds=S
+// A continuation (continueToken) carries its own resourceVersion, so the
+// freshness parameters are left out then; NotOlderThan without a
+// resourceVersion falls back to Consistent.
 std::string podsListTarget(std::string_view labelSelector, std::string_view nodeName, std::uint32_t limit,
-                           std::string_view continueToken);
+                           std::string_view continueToken, ListFreshness freshness = ListFreshness::Consistent,
+                           std::string_view resourceVersion = {});
 std::string podsWatchTarget(std::string_view labelSelector, std::string_view nodeName, std::string_view resourceVersion,
                             std::uint32_t timeoutSeconds);
 

@@ -188,6 +188,7 @@ struct PodWatcher::Impl {
   TlsStream* current = nullptr;       // the stream an await is pending on
   tcp::resolver* resolver = nullptr;  // the resolve pending, if any
   std::mt19937_64 rng;
+  ListFreshness freshness = ListFreshness::Any;  // of the next list
   std::atomic<bool> stopped{false};
 
   // Shared with status readers.
@@ -368,18 +369,26 @@ struct PodWatcher::Impl {
     co_return page;
   }
 
-  // Lists every page; on success replaces what we know and calls back.
+  // Lists every page; on success replaces what we know and calls back. The
+  // first list may be served from the API server's cache (any version); a
+  // relist asks for nothing older than what we had seen, so that a lagging
+  // API server cannot take us back in time; after a 410 on a list, a quorum
+  // read.
   asio::awaitable<std::string> list() {
     std::vector<PodInfo> all;
     std::string cont, rv;
+    const std::string lastSeen = resourceVersion();
     int restarts = 0;
     do {
-      const std::string target = podsListTarget(selector, opt.nodeName, opt.pageSize, cont);
+      const std::string target =
+          podsListTarget(selector, opt.nodeName, opt.pageSize, cont, freshness, lastSeen);
       Page page = co_await get(target);
       if (stopped) co_return "stopped";
       if (!page.error.empty()) co_return "list pods: " + page.error;
-      if (page.status == 410 && !cont.empty() && restarts++ < 3) {
-        // The continue token expired between pages: start over.
+      if (page.status == 410 && restarts++ < 3) {
+        // The continue token, or the version we asked for, is gone: start
+        // over with a quorum read.
+        freshness = ListFreshness::Consistent;
         all.clear();
         cont.clear();
         continue;
@@ -400,6 +409,7 @@ struct PodWatcher::Impl {
       std::lock_guard lock(mu);
       before = known;
     }
+    freshness = ListFreshness::NotOlderThan;
     PodSetDiff d = diffPods(before, all);
     for (const PodInfo& p : d.deletes) remove(p);
     for (const PodInfo& p : d.upserts) upsert(p);

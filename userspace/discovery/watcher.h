@@ -14,8 +14,9 @@
 //   w.stop();                                          // on the executor's thread, or after io.run() returned
 //
 // How it talks to the API server: GET /api/v1/pods with labelSelector and
-// fieldSelector=spec.nodeName=<node> (paged, limit=500), then a watch from
-// the list's resourceVersion with bookmarks. A stream that drops is resumed
+// fieldSelector=spec.nodeName=<node> (paged, limit=500; the first list from
+// the API server's cache, resourceVersion=0; relists NotOlderThan the last
+// version seen), then a watch from the list's resourceVersion with bookmarks. A stream that drops is resumed
 // from the last resourceVersion after a capped exponential backoff with
 // jitter; "410 Gone" (HTTP 410, or an ERROR event with code 410) relists and
 // diffs the fresh list against what was known, so pods deleted during the
@@ -24,7 +25,8 @@
 // verified against caFile only, by host name or, for an IP literal, by IP
 // address. One TCP+TLS connection per request; nothing is kept between them.
 //
-// Callbacks run on the executor. onUpsert fires for a pod that is new or
+// The executor must not run the watcher's handlers concurrently: a
+// single-threaded io_context, or a strand. Callbacks run on the executor. onUpsert fires for a pod that is new or
 // changed (a MODIFIED event, or a relist that found a new resourceVersion);
 // a pod whose metadata.deletionTimestamp is set is still reported by
 // onUpsert (with deleted = true: it is terminating but its containers still

@@ -37,6 +37,16 @@ std::string AgentDirectory::relative(const std::string& abs) const {
   return abs;
 }
 
+void AgentDirectory::setName(const std::string& absolutePath, std::string name) {
+  names_[relative(absolutePath)] = std::move(name);
+  cache_.clear();
+}
+
+void AgentDirectory::forgetName(const std::string& absolutePath) {
+  names_.erase(relative(absolutePath));
+  cache_.clear();
+}
+
 void AgentDirectory::setRoots(std::vector<std::string> absolutePaths) {
   roots_ = std::move(absolutePaths);
   cache_.clear();
@@ -48,6 +58,11 @@ AgentIdentity AgentDirectory::lookup(std::uint64_t cgroupId) {
   auto found = [&](const fs::path& p) {
     id.cgroupPath = relative(p.string());
     id.name = agentNameFor(id.cgroupPath, agentsRel_);
+    // A discovered pod's containers sit in child cgroups of the pod's.
+    for (const auto& [rel, name] : names_)
+      if (id.cgroupPath == rel || (id.cgroupPath.size() > rel.size() && id.cgroupPath.compare(0, rel.size(), rel) == 0 &&
+                                   id.cgroupPath[rel.size()] == '/'))
+        id.name = name;
   };
   std::error_code ec;
   for (const std::string& r : roots_) {

@@ -24,6 +24,10 @@ class AgentDirectory {
 
   // Where to look for cgroup ids (the attached cgroups).
   void setRoots(std::vector<std::string> absolutePaths);
+  // A name given by discovery (Kubernetes: "namespace/pod") for a cgroup and
+  // everything below it; replaces the path-derived name.
+  void setName(const std::string& absolutePath, std::string name);
+  void forgetName(const std::string& absolutePath);
   AgentIdentity lookup(std::uint64_t cgroupId);
 
   const std::string& cgroupRoot() const { return root_; }
@@ -34,6 +38,7 @@ class AgentDirectory {
   std::string agentsRel_;
   std::vector<std::string> roots_;
   std::map<std::uint64_t, AgentIdentity> cache_;
+  std::map<std::string, std::string> names_;  // relative cgroup path -> given name
 };
 
 }  // namespace atlasgate::proxy
