@@ -472,9 +472,16 @@ check("ConfigMap atlasgate.yaml: `atlasgate check --config`", () => {
   }
 });
 
-check("the commented discovery proposal stays out of the live config", () => {
+check("DaemonSet mode: the config watches pods and names the node through the downward API", () => {
   if (!cfg) return ["no config"];
-  return "discovery" in cfg ? ["discovery: is live, but the config loader does not know it yet"] : [];
+  const k = cfg.discovery?.kubernetes;
+  if (!k) return ["no discovery.kubernetes section: the DaemonSet would attach no pod"];
+  const problems = [];
+  const ds = one("DaemonSet", problems);
+  const env = ds?.spec?.template?.spec?.containers?.flatMap((c) => c.env ?? []) ?? [];
+  const nodeEnv = k.node_name_env ?? "NODE_NAME";
+  const e = env.find((v) => v.name === nodeEnv);
+  return e?.valueFrom?.fieldRef?.fieldPath === "spec.nodeName" ? [] : [`no container env ${nodeEnv} from spec.nodeName`];
 });
 
 console.log(`${passed} passed, ${failed} failed`);
