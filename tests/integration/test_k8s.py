@@ -72,10 +72,10 @@ class PodSandbox:
                 f.write(str(os.getpid()))
         return subprocess.Popen(["nsenter", f"--net=/run/netns/{self.netns}", *argv], preexec_fn=join, **kw)
 
-    def curl(self, env):
+    def curl(self, env, method="GET", path="/api/atlas/v2/groups"):
         p = self.spawn(["curl", "-sS", "--max-time", "10", "--cacert", env.trust_bundle(), "--resolve",
                         f"{HOST}:443:{env.fake_addr}", "-H", f"Accept: {ACCEPT_V2}", "-o", "/dev/null",
-                        "-w", "%{http_code}", f"https://{HOST}/api/atlas/v2/groups"],
+                        "-X", method, "-w", "%{http_code}", f"https://{HOST}{path}"],
                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         out, err = p.communicate(timeout=30)
         return p.returncode, out, err
@@ -89,7 +89,9 @@ class PodSandbox:
 
 class KubernetesNodeTest(PrivilegedTestCase):
     def test_pods_are_discovered_attached_named_and_detached(self):
-        env = Env()
+        env = Env(rules={"default": "allow", "list": [
+            {"name": "sandbox-pods-read-only", "pod_labels": "env=sandbox", "method": ["POST", "DELETE"],
+             "path": "/api/atlas/v2/**", "action": "block"}]})
         k8s = FakeK8s(env.tmp)
         node_root = os.path.join(env.cgroot, f"atlasgate-it-{env.tag}-node")
         sandboxes = []
@@ -130,12 +132,20 @@ class KubernetesNodeTest(PrivilegedTestCase):
             self.assertEqual(env.audit()[-1], rec)
 
             # A pod announced later (cgroupfs layout) is served within a second or so.
-            k8s.pod("add", "pod-c", uc, {"atlasgate.io/inject": "true"})
+            k8s.pod("add", "pod-c", uc, {"atlasgate.io/inject": "true", "env": "sandbox"})
             wait_for(lambda: pods() == ["team-a/pod-a", "team-a/pod-c"], timeout=5, what="pod-c attached")
             wait_for(lambda: len(env.status()["agent_namespaces"]) == 2, timeout=3, what="listener in pod-c")
             rc, out, err = c.curl(env)
             self.assertEqual((rc, out), (0, "200"), err)
             self.assertEqual(env.audit()[-1]["agent"], "team-a/pod-c")
+            # Rules match on pod labels: pod-c (env=sandbox) may not write, pod-a may.
+            rc, out, err = c.curl(env, method="DELETE", path="/api/atlas/v2/groups/x")
+            self.assertEqual(out, "403", err)
+            self.assertEqual(env.audit()[-1]["rule"], "sandbox-pods-read-only")
+            rc, out, err = a.curl(env, method="DELETE", path="/api/atlas/v2/groups/x")
+            self.assertNotEqual(out, "403")
+            self.assertEqual(env.audit()[-1]["agent"], "team-a/pod-a")
+            self.assertEqual(env.audit()[-1]["rule"], "default")
 
             # Deleting a pod detaches it and closes its listener.
             k8s.pod("delete", "pod-a", ua)

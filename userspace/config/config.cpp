@@ -795,8 +795,8 @@ Rules Parser::rules(const Field& f, const std::vector<Target>& targets) const {
 
 Rule Parser::rule(const Field& f, std::size_t index, const std::vector<Target>& targets,
                   std::map<std::string, int>& nameLines) const {
-  const Fields m = fields(f, {"name", "method", "path", "host", "agents", "when", "action", "rate", "burst", "per",
-                              "timeout", "would_be", "credential"});
+  const Fields m = fields(f, {"name", "method", "path", "host", "agents", "pod_labels", "when", "action", "rate",
+                              "burst", "per", "timeout", "would_be", "credential"});
   Rule r;
   r.loc = loc(f.value.Mark());
 
@@ -871,6 +871,11 @@ Rule Parser::rule(const Field& f, std::size_t index, const std::vector<Target>& 
     }
   }
   if (const Field* a = m.find("agents")) r.agents = globs(*a);
+  if (const Field* pl = m.find("pod_labels")) {
+    r.podLabels = string(*pl);
+    if (auto sel = discovery::LabelSelector::parse(r.podLabels); !sel || sel->empty())
+      fail(*pl, "{}: {}", pl->path, sel ? std::string("an empty selector would match every pod") : sel.error().message);
+  }
   if (const Field* w = m.find("when")) {
     for (const Field& item : list(*w)) r.when.push_back(condition(item));
   }

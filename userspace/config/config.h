@@ -90,6 +90,7 @@ struct Rule {
   std::string path;                   // pattern; empty = any path
   std::vector<std::string> hosts;     // lower-cased; empty = any target
   std::vector<std::string> agents;    // globs; empty = any agent
+  std::string podLabels;              // Kubernetes label selector on the agent's pod; "" = any agent
   std::vector<Condition> when;        // all must hold
   Action action = Action::Allow;
   std::optional<Rate> rate;           // rate_limit only (required there)

@@ -394,7 +394,12 @@ Result<void> Daemon::startDiscovery() {
 }
 
 void Daemon::podUpsert(const discovery::PodInfo& pod) {
-  if (attachedPods_.contains(pod.uid) || pod.deleted) return;
+  auto labels = std::make_shared<const std::map<std::string, std::string>>(pod.labels.begin(), pod.labels.end());
+  if (auto it = attachedPods_.find(pod.uid); it != attachedPods_.end()) {
+    agents_->setName(it->second.cgroup, pod.agentName(), labels);  // labels may have changed
+    return;
+  }
+  if (pod.deleted) return;
   auto cg = discovery::findPodCgroup(podCgroupRoot_, pod);
   if (!cg) {
     log::debug("pod {}: {}", pod.agentName(), cg.error().message);  // no cgroup yet: retried by the sweep
@@ -404,7 +409,7 @@ void Daemon::podUpsert(const discovery::PodInfo& pod) {
     log::warn("pod {}: {}", pod.agentName(), r.error().message);
     return;
   }
-  agents_->setName(*cg, pod.agentName());
+  agents_->setName(*cg, pod.agentName(), labels);
   attachedPods_[pod.uid] = AttachedPod{pod.agentName(), *cg};
   agents_->setRoots(attachedRoots());
   log::info("pod {} attached ({})", pod.agentName(), *cg);

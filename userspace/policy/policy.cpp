@@ -9,6 +9,7 @@
 
 #include <fmt/format.h>
 
+#include "discovery/pods.h"
 #include "policy/condition.h"
 #include "policy/path.h"
 #include "policy/path_index.h"
@@ -92,6 +93,7 @@ struct Policy::Compiled {
   std::vector<std::string> hosts;    // normalizeHost()
   std::vector<PatternSegment> pattern;
   std::vector<std::string> agents;   // globs
+  std::optional<discovery::LabelSelector> podLabels;
   std::vector<CompiledCondition> conditions;
   std::uint64_t burst = 0;                // rate_limit
   std::unique_ptr<RuleBuckets> buckets;  // rate_limit
@@ -124,6 +126,11 @@ bool methodMatches(const std::vector<std::string>& methods, std::string_view met
 
 bool hostMatches(const std::vector<std::string>& hosts, const std::string& host) {
   return hosts.empty() || std::find(hosts.begin(), hosts.end(), host) != hosts.end();
+}
+
+bool podMatches(const std::optional<discovery::LabelSelector>& sel, const std::map<std::string, std::string>* labels) {
+  if (!sel) return true;
+  return labels != nullptr && sel->matches(*labels);
 }
 
 bool agentMatches(const std::vector<std::string>& globs, const std::string& agent) {
@@ -192,6 +199,11 @@ Result<std::shared_ptr<Policy>> Policy::compile(const config::Rules& rules, cons
       c->hosts.push_back(normalizeHost(h));
     }
     c->agents = rule.agents;
+    if (!rule.podLabels.empty()) {
+      auto sel = discovery::LabelSelector::parse(rule.podLabels);
+      if (!sel) return fail(sel.error().message);
+      c->podLabels = std::move(sel.value());
+    }
     auto pattern = parsePattern(rule.path);
     if (!pattern) return fail(pattern.error().message);
     c->pattern = std::move(pattern.value());
@@ -230,7 +242,7 @@ Result<std::shared_ptr<Policy>> Policy::compile(const config::Rules& rules, cons
     for (const auto& cond : c->conditions) conds.push_back(cond.describe());
     c->signature = fmt::format(
         "{}\x1f{}\x1f{}\x1f{}\x1f{}\x1f{}\x1f{}\x1f{}\x1f{}\x1f{}", fmt::join(c->methods, ","), fmt::join(c->hosts, ","),
-        rule.path, fmt::join(c->agents, "\x1e"), fmt::join(conds, "\x1e"), actionText(rule.action),
+        rule.path + "\x1e" + rule.podLabels, fmt::join(c->agents, "\x1e"), fmt::join(conds, "\x1e"), actionText(rule.action),
         rule.rate ? rule.rate->count : 0, rule.rate ? rule.rate->periodSeconds : 0, c->burst,
         rule.per == config::RatePer::Agent ? "agent" : "rule");
 
@@ -246,7 +258,7 @@ Policy::Pick Policy::decide(const std::vector<std::string>& segments, Context& c
   for (std::uint32_t i : index_->candidates(segments)) {
     const Compiled& c = *compiled_[i];
     if (!methodMatches(c.methods, ctx.req.method) || !hostMatches(c.hosts, ctx.host) ||
-        !agentMatches(c.agents, ctx.agent)) {
+        !agentMatches(c.agents, ctx.agent) || !podMatches(c.podLabels, ctx.req.podLabels)) {
       continue;
     }
     switch (conditionsTruth(c.conditions, ctx.body, nullptr, nullptr)) {
@@ -378,6 +390,9 @@ Explanation Policy::explain(const Request& req, Clock::time_point now) const {
         check.reason = fmt::format("path {} does not match {}", shown, rule.path);
       } else if (!agentMatches(c.agents, ctx.agent)) {
         check.reason = fmt::format("agent \"{}\" matches none of {}", ctx.agent, fmt::join(c.agents, ", "));
+      } else if (!podMatches(c.podLabels, req.podLabels)) {
+        check.reason = req.podLabels ? fmt::format("pod labels do not match {}", c.podLabels->str())
+                                     : fmt::format("the agent is no pod (pod_labels: {})", c.podLabels->str());
       } else {
         switch (conditionsTruth(c.conditions, ctx.body, &falseAt, &unknownAt)) {
           case Truth::True:

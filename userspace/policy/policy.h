@@ -44,6 +44,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -63,6 +64,9 @@ struct Request {
   std::string_view host;    // the target host (":port" and a trailing '.' are ignored)
   std::string_view agent;   // the agent's name ("" when unknown)
   std::optional<std::string_view> body;  // nullopt: no body
+  // The labels of the agent's Kubernetes pod; nullptr when it is no pod
+  // (then a rule with pod_labels does not apply).
+  const std::map<std::string, std::string>* podLabels = nullptr;
 };
 
 enum class Verdict { Allow, Block, RateLimited, Approve, Malformed };

@@ -37,8 +37,12 @@ std::string AgentDirectory::relative(const std::string& abs) const {
   return abs;
 }
 
-void AgentDirectory::setName(const std::string& absolutePath, std::string name) {
-  names_[relative(absolutePath)] = std::move(name);
+void AgentDirectory::setName(const std::string& absolutePath, std::string name,
+                             std::shared_ptr<const std::map<std::string, std::string>> podLabels) {
+  Given& g = names_[relative(absolutePath)];
+  bool same = g.name == name && ((!g.labels && !podLabels) || (g.labels && podLabels && *g.labels == *podLabels));
+  if (same) return;  // called for every known pod each second: keep the cache
+  g = Given{std::move(name), std::move(podLabels)};
   cache_.clear();
 }
 
@@ -59,10 +63,12 @@ AgentIdentity AgentDirectory::lookup(std::uint64_t cgroupId) {
     id.cgroupPath = relative(p.string());
     id.name = agentNameFor(id.cgroupPath, agentsRel_);
     // A discovered pod's containers sit in child cgroups of the pod's.
-    for (const auto& [rel, name] : names_)
+    for (const auto& [rel, given] : names_)
       if (id.cgroupPath == rel || (id.cgroupPath.size() > rel.size() && id.cgroupPath.compare(0, rel.size(), rel) == 0 &&
-                                   id.cgroupPath[rel.size()] == '/'))
-        id.name = name;
+                                   id.cgroupPath[rel.size()] == '/')) {
+        id.name = given.name;
+        id.podLabels = given.labels;
+      }
   };
   std::error_code ec;
   for (const std::string& r : roots_) {

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -13,6 +14,8 @@ namespace atlasgate::proxy {
 struct AgentIdentity {
   std::string name;        // for rules and audit
   std::string cgroupPath;  // relative to the cgroup2 mount, "" when unknown
+  // The labels of the agent's Kubernetes pod (null: not a discovered pod).
+  std::shared_ptr<const std::map<std::string, std::string>> podLabels;
 };
 
 // Pure naming rule, for tests: `relPath` is relative to the cgroup2 mount.
@@ -26,7 +29,8 @@ class AgentDirectory {
   void setRoots(std::vector<std::string> absolutePaths);
   // A name given by discovery (Kubernetes: "namespace/pod") for a cgroup and
   // everything below it; replaces the path-derived name.
-  void setName(const std::string& absolutePath, std::string name);
+  void setName(const std::string& absolutePath, std::string name,
+               std::shared_ptr<const std::map<std::string, std::string>> podLabels = nullptr);
   void forgetName(const std::string& absolutePath);
   AgentIdentity lookup(std::uint64_t cgroupId);
 
@@ -38,7 +42,11 @@ class AgentDirectory {
   std::string agentsRel_;
   std::vector<std::string> roots_;
   std::map<std::uint64_t, AgentIdentity> cache_;
-  std::map<std::string, std::string> names_;  // relative cgroup path -> given name
+  struct Given {
+    std::string name;
+    std::shared_ptr<const std::map<std::string, std::string>> labels;
+  };
+  std::map<std::string, Given> names_;  // relative cgroup path -> given name
 };
 
 }  // namespace atlasgate::proxy

@@ -531,6 +531,7 @@ asio::awaitable<void> Server::serve(tcp::socket socket, Flow flow) {
     preq.target = req.target();
     preq.host = host;
     preq.agent = flow.agent.name;
+    preq.podLabels = flow.agent.podLabels.get();
     if (!req.body().empty()) preq.body = std::string_view(req.body());
     policy::Decision d = rt->policy->evaluate(preq, Clock::now());
     ex.rec.rule = std::string(d.ruleName);

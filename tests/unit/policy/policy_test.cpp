@@ -645,5 +645,39 @@ TEST(Policy, Names) {
   EXPECT_EQ(actionText(Action::LogOnly), "log_only");
 }
 
+// ---- pod labels -------------------------------------------------------------
+
+TEST(Policy, PodLabelSelectorsMatchOnlyPodsWithThoseLabels) {
+  config::Rule r = rule("no-writes-for-sandboxes", "/api/atlas/v2/**", Action::Block, {"POST"});
+  r.podLabels = "env in (sandbox,dev),team!=ops";
+  auto p = compile({r});
+  ASSERT_TRUE(p);
+  std::map<std::string, std::string> sandbox{{"env", "sandbox"}, {"team", "data"}};
+  std::map<std::string, std::string> ops{{"env", "sandbox"}, {"team", "ops"}};
+  std::map<std::string, std::string> prod{{"env", "prod"}};
+  auto with = [](Request r, const std::map<std::string, std::string>* labels) {
+    r.podLabels = labels;
+    return r;
+  };
+  const char* path = "/api/atlas/v2/groups/g/clusters";
+  EXPECT_EQ(eval(*p, with(req("POST", path), &sandbox)).verdict, Verdict::Block);
+  EXPECT_EQ(eval(*p, with(req("POST", path), &ops)).verdict, Verdict::Allow);
+  EXPECT_EQ(eval(*p, with(req("POST", path), &prod)).verdict, Verdict::Allow);
+  // An agent that is no pod never matches a pod_labels rule.
+  EXPECT_EQ(eval(*p, req("POST", path)).verdict, Verdict::Allow);
+  EXPECT_EQ(eval(*p, with(req("GET", path), &sandbox)).verdict, Verdict::Allow);
+  auto e = p->explain(with(req("POST", path), &prod));
+  ASSERT_FALSE(e.checks.empty());
+  EXPECT_NE(e.checks[0].reason.find("pod labels do not match"), std::string::npos) << e.checks[0].reason;
+}
+
+TEST(Policy, BadPodLabelSelectorIsACompileError) {
+  config::Rule r = rule("bad", "/**", Action::Block);
+  r.podLabels = "env in (";
+  config::Rules rules;
+  rules.list = {r};
+  EXPECT_FALSE(Policy::compile(rules).ok());
+}
+
 }  // namespace
 }  // namespace atlasgate::policy
