@@ -371,3 +371,26 @@ class PrivilegedTestCase(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         require_root()
+
+
+class DaemonTestCase(PrivilegedTestCase):
+    """One Env, with its daemon started, shared by every test of the class;
+    env_options() gives the Env's keyword arguments."""
+
+    @classmethod
+    def env_options(cls):
+        return {}
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.env = Env(**cls.env_options())
+        try:
+            cls.env.start_daemon()
+        except BaseException:
+            cls.env.close()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.env.close()

@@ -6,7 +6,7 @@ import os
 import time
 import unittest
 
-from harness import (ACCEPT_V2, CLIENT_SECRET, HOST, PROJECT_ID, SYSTEM_PYTHON, Env, PrivilegedTestCase)
+from harness import (ACCEPT_V2, CLIENT_SECRET, HOST, PROJECT_ID, SYSTEM_PYTHON, Env, PrivilegedTestCase, DaemonTestCase)
 
 # A client that runs the OAuth client-credentials flow itself, with dummy
 # credentials, like the Atlas SDKs and the MCP server do.
@@ -42,18 +42,12 @@ print(json.dumps([r.status_code, r.json()]))
 
 
 
-class PhantomTokenTest(PrivilegedTestCase):
+class PhantomTokenTest(DaemonTestCase):
     @classmethod
-    def setUpClass(cls):
-        super().setUpClass()
-        cls.env = Env(rules={"default": "allow", "list": [
+    def env_options(cls):
+        return dict(rules={"default": "allow", "list": [
             {"name": "no-oauth-for-interns", "method": "POST", "path": "/api/oauth/token", "agents": ["intern-*"],
              "action": "block"}]})
-        cls.env.start_daemon()
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.env.close()
 
     def python_agent(self, code, name, *args):
         # Python's resolver cannot be told where cloud.mongodb.com is without

@@ -28,7 +28,7 @@ import tempfile
 import time
 import unittest
 
-from harness import (ACCEPT_V2, ATLASGATE, HOST, LAUNCHER, SYSTEM_PYTHON, Env, PrivilegedTestCase, wait_for)
+from harness import (ACCEPT_V2, ATLASGATE, HOST, LAUNCHER, SYSTEM_PYTHON, Env, PrivilegedTestCase, wait_for, DaemonTestCase)
 
 GROUPS = "/api/atlas/v2/groups"
 BROKEN_RESPONSE_EXITS = {18, 52, 56}  # partial file / empty reply / receive error
@@ -67,20 +67,10 @@ class FaultsMixin:
 
 # --- upstream faults on one daemon (upstream_timeout 2 s) ------------------
 
-class UpstreamFaultsTest(PrivilegedTestCase, FaultsMixin):
+class UpstreamFaultsTest(DaemonTestCase, FaultsMixin):
     @classmethod
-    def setUpClass(cls):
-        super().setUpClass()
-        cls.env = Env(config_extra={"limits": {"upstream_timeout": 2, "idle_timeout": 5}})
-        try:
-            cls.env.start_daemon()
-        except BaseException:
-            cls.env.close()
-            raise
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.env.close()
+    def env_options(cls):
+        return dict(config_extra={"limits": {"upstream_timeout": 2, "idle_timeout": 5}})
 
     def setUp(self):
         self.env.fake.faults({"clear": True})

@@ -4,7 +4,7 @@ IPv6 targets, v4-mapped dials, truthful getpeername(), UDP/443 (QUIC)."""
 import json
 import unittest
 
-from harness import HOST, PROJECT_ID, SYSTEM_PYTHON, Env, PrivilegedTestCase
+from harness import HOST, PROJECT_ID, SYSTEM_PYTHON, Env, PrivilegedTestCase, DaemonTestCase
 
 # Connects (plain TCP) the way the agent's stack would and reports what
 # getpeername() says; optionally does a TLS request over it.
@@ -85,16 +85,10 @@ class Ipv6TargetTest(PrivilegedTestCase):
         self.assertEqual(p.stdout.split(), ["sendto-443-refused", "sendto-5353-allowed"], p.stderr)
 
 
-class Ipv4FormsTest(PrivilegedTestCase):
+class Ipv4FormsTest(DaemonTestCase):
     @classmethod
-    def setUpClass(cls):
-        super().setUpClass()
-        cls.env = Env()
-        cls.env.start_daemon()
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.env.close()
+    def env_options(cls):
+        return {}
 
     def test_getpeername_returns_the_original_address(self):
         env = self.env

@@ -31,7 +31,7 @@ import sys
 import time
 import unittest
 
-from harness import (ACCEPT_V2, HOST, SYSTEM_PYTHON, Env, PrivilegedTestCase)
+from harness import (ACCEPT_V2, HOST, SYSTEM_PYTHON, Env, PrivilegedTestCase, DaemonTestCase)
 
 GROUPS = "/api/atlas/v2/groups"
 NOBODY = 65534
@@ -226,20 +226,10 @@ def probe(pid):
     return p.stdout.strip()
 
 
-class PrivilegeTest(PrivilegedTestCase):
+class PrivilegeTest(DaemonTestCase):
     @classmethod
-    def setUpClass(cls):
-        super().setUpClass()
-        cls.env = Env()
-        try:
-            cls.env.start_daemon()
-        except BaseException:
-            cls.env.close()
-            raise
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.env.close()
+    def env_options(cls):
+        return {}
 
     def test_unprivileged_agent_is_confined_and_still_served(self):
         env = self.env

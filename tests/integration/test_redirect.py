@@ -9,19 +9,13 @@ import subprocess
 import time
 import unittest
 
-from harness import (ACCEPT_V2, HOST, PROJECT_ID, SYSTEM_PYTHON, Env, FakeAtlas, PrivilegedTestCase, wait_for)
+from harness import (ACCEPT_V2, HOST, PROJECT_ID, SYSTEM_PYTHON, Env, FakeAtlas, PrivilegedTestCase, wait_for, DaemonTestCase)
 
 
-class RedirectTest(PrivilegedTestCase):
+class RedirectTest(DaemonTestCase):
     @classmethod
-    def setUpClass(cls):
-        super().setUpClass()
-        cls.env = Env()
-        cls.env.start_daemon()
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.env.close()
+    def env_options(cls):
+        return {}
 
     def test_agent_is_redirected_and_identified(self):
         env = self.env

@@ -20,7 +20,7 @@ import time
 import unittest
 
 from harness import (ATLASGATE, CLIENT_ID, HOST, LAUNCHER, PROJECT_ID, Env, PrivilegedTestCase, cgroup2_mount,
-                     remove_cgroup, require_root, wait_for)
+                     remove_cgroup, require_root, wait_for, DaemonTestCase)
 
 API = "/api/atlas/v2"
 GROUP = f"{API}/groups/{PROJECT_ID}"
@@ -253,11 +253,10 @@ class BlockTest(RulesCase):
 # --------------------------------------------------------------------------
 # 3, 5, 6: rate_limit, per-agent rules, log_only (one daemon)
 
-class PolicyTest(RulesCase):
+class PolicyTest(RulesCase, DaemonTestCase):
     @classmethod
-    def setUpClass(cls):
-        super().setUpClass()
-        cls.env = Env(rules={"default": "allow", "list": [
+    def env_options(cls):
+        return dict(rules={"default": "allow", "list": [
             BLOCK_DELETE,
             {"name": "readers-cannot-write", "method": ["POST", "PATCH", "DELETE"], "path": "/api/atlas/v2/**",
              "agents": ["reader-*"], "action": "block"},
@@ -270,15 +269,6 @@ class PolicyTest(RulesCase):
             {"name": "watch-snapshots", "path": "/api/atlas/v2/groups/*/clusters/*/backup/**",
              "action": "log_only"},
         ]})
-        try:
-            cls.env.start_daemon()
-        except BaseException:
-            cls.env.close()
-            raise
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.env.close()
 
     def test_rate_limit_per_agent(self):
         env = self.env
@@ -577,26 +567,16 @@ class DefaultBlockTest(RulesCase):
 # --------------------------------------------------------------------------
 # 9: status, attach, detach
 
-class StatusTest(RulesCase):
+class StatusTest(RulesCase, DaemonTestCase):
     @classmethod
-    def setUpClass(cls):
-        super().setUpClass()
-        cls.env = Env(rules={"default": "allow", "list": [
+    def env_options(cls):
+        return dict(rules={"default": "allow", "list": [
             BLOCK_DELETE,
             {"name": "one-per-minute", "method": "GET", "path": "/api/atlas/v2/orgs", "action": "rate_limit",
              "rate": "1/minute"},
             {"name": "hold-it", "method": "POST", "path": "/api/atlas/v2/groups/{groupId}/clusters",
              "action": "approve", "timeout": 30},
         ]})
-        try:
-            cls.env.start_daemon()
-        except BaseException:
-            cls.env.close()
-            raise
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.env.close()
 
     def test_status_shows_cgroup_credential_counters_and_live_connection(self):
         env = self.env
