@@ -1,6 +1,8 @@
 #include "config/config.h"
 #include "discovery/pods.h"
 
+#include <boost/regex.hpp>
+
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <fmt/format.h>
@@ -280,6 +282,43 @@ std::optional<std::string> jsonNumber(const std::string& s) {
 // A value to compare against the request body, as JSON text. Plain scalars
 // keep the type YAML gives them (numbers, true/false, null); anything quoted
 // or tagged !!str, and every other plain scalar, is a string.
+// Well-formed UTF-8 (no overlongs, surrogates or code points past U+10FFFF):
+// condition values become JSON text, which must be UTF-8.
+bool validUtf8(std::string_view s) {
+  for (std::size_t i = 0; i < s.size();) {
+    auto c = static_cast<unsigned char>(s[i]);
+    if (c < 0x80) {
+      ++i;
+      continue;
+    }
+    std::size_t n;
+    std::uint32_t cp;
+    if ((c >> 5) == 0x6) {
+      n = 1;
+      cp = c & 0x1F;
+    } else if ((c >> 4) == 0xE) {
+      n = 2;
+      cp = c & 0x0F;
+    } else if ((c >> 3) == 0x1E) {
+      n = 3;
+      cp = c & 0x07;
+    } else {
+      return false;
+    }
+    if (i + n >= s.size()) return false;  // truncated sequence
+    for (std::size_t k = 1; k <= n; ++k) {
+      auto cc = static_cast<unsigned char>(s[i + k]);
+      if ((cc & 0xC0) != 0x80) return false;
+      cp = (cp << 6) | (cc & 0x3F);
+    }
+    if ((n == 1 && cp < 0x80) || (n == 2 && cp < 0x800) || (n == 3 && cp < 0x10000) || cp > 0x10FFFF ||
+        (cp >= 0xD800 && cp <= 0xDFFF))
+      return false;
+    i += n + 1;
+  }
+  return true;
+}
+
 std::string jsonValue(const YAML::Node& n) {
   if (n.IsNull()) return "null";
   const std::string& s = n.Scalar();
@@ -965,6 +1004,7 @@ Condition Parser::condition(const Field& f) const {
     if (!v.value.IsScalar() && !v.value.IsNull()) {
       fail(v, "{}: expected a single value (string, number, true, false or null), got {}", v.path, typeName(v.value));
     }
+    if (v.value.IsScalar() && !validUtf8(v.value.Scalar())) fail(v, "{}: the value is not valid UTF-8", v.path);
     return jsonValue(v.value);
   };
   if (op == "equals") {
@@ -978,11 +1018,16 @@ Condition Parser::condition(const Field& f) const {
   } else if (op == "matches") {
     c.op = CondOp::Matches;
     c.regex = string(*test);
+    // The engine and flags the policy matches with (Boost.Regex, ECMAScript),
+    // so that what loads also compiles there.
+    std::string error;
     try {
-      std::regex compiled(c.regex, std::regex::ECMAScript);
-    } catch (const std::regex_error& e) {
-      fail(*test, "{}: regular expression {:?} does not compile: {}", test->path, c.regex, e.what());
+      boost::regex compiled(c.regex, boost::regex::ECMAScript);
+    } catch (const std::exception& e) {
+      error = e.what();
     }
+    if (!error.empty())
+      fail(*test, "{}: regular expression {:?} does not compile: {}", test->path, c.regex, error);
   } else {
     c.op = CondOp::Exists;
     c.exists = boolean(*test);

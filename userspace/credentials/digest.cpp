@@ -69,7 +69,10 @@ Result<DigestChallenge> parseDigestChallenge(std::string_view h) {
       bool closed = false;
       while (i < h.size()) {
         char ch = h[i++];
+        if (static_cast<unsigned char>(ch) < 0x20 && ch != '\t') return makeError("control character in Digest challenge");
         if (ch == '\\' && i < h.size()) {
+          if (static_cast<unsigned char>(h[i]) < 0x20 && h[i] != '\t')
+            return makeError("control character in Digest challenge");
           value.push_back(h[i++]);
         } else if (ch == '"') {
           closed = true;
@@ -81,7 +84,10 @@ Result<DigestChallenge> parseDigestChallenge(std::string_view h) {
       if (!closed) return makeError("unterminated quoted string in Digest challenge");
     } else {
       std::size_t v = i;
-      while (i < h.size() && h[i] != ',' && h[i] != ' ' && h[i] != '\t') ++i;
+      while (i < h.size() && h[i] != ',' && h[i] != ' ' && h[i] != '\t') {
+        if (static_cast<unsigned char>(h[i]) < 0x20) return makeError("control character in Digest challenge");
+        ++i;
+      }
       value = std::string(h.substr(v, i - v));
     }
     if (iequals(key, "realm")) {
