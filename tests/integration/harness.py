@@ -323,6 +323,17 @@ class Env:
         finally:
             remove_cgroup(cg)
 
+    def with_hosts(self, argv):
+        """argv run with /etc/hosts mapping HOST to the stand-in's address, in a
+        private mount namespace (the agent, not the machine, sees the mapping)."""
+        hosts = os.path.join(self.tmp, "hosts")
+        if not os.path.exists(hosts):
+            with open(hosts, "w") as f:
+                f.write(f"127.0.0.1 localhost\n{self.fake_addr} {HOST}\n")
+            os.chmod(hosts, 0o644)
+        return ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                'mount --bind "$0" /etc/hosts && exec "$@"', hosts, *argv]
+
     def curl_args(self, path, method="GET", extra=None):
         """curl arguments for HOST/path, resolved to the stand-in's address (the agent dials Atlas)."""
         addr = f"[{self.fake_addr}]" if ":" in self.fake_addr else self.fake_addr

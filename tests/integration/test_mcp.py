@@ -81,18 +81,6 @@ def ensure_server_installed():
           file=sys.stderr)
 
 
-def with_hosts(env, argv):
-    """argv run with /etc/hosts mapping HOST to the stand-in's address, in a
-    private mount namespace (the agent, not the machine, sees the mapping)."""
-    hosts = os.path.join(env.tmp, "hosts")
-    if not os.path.exists(hosts):
-        with open(hosts, "w") as f:
-            f.write(f"127.0.0.1 localhost\n{env.fake_addr} {HOST}\n")
-        os.chmod(hosts, 0o644)
-    return ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-            'mount --bind "$0" /etc/hosts && exec "$@"', hosts, *argv]
-
-
 class McpServerTest(PrivilegedTestCase):
     @classmethod
     def setUpClass(cls):
@@ -101,7 +89,7 @@ class McpServerTest(PrivilegedTestCase):
         cls.env = Env()
         try:
             cls.env.start_daemon()
-            cls.proc = cls.env.run_agent(with_hosts(cls.env, ["node", MCP_CLIENT, "--project-id", PROJECT_ID]),
+            cls.proc = cls.env.run_agent(cls.env.with_hosts(["node", MCP_CLIENT, "--project-id", PROJECT_ID]),
                                          name=AGENT, timeout=120)
             cls.requests = cls.env.fake.requests()
             cls.stats = cls.env.fake.stats()
@@ -148,11 +136,11 @@ class McpServerTest(PrivilegedTestCase):
         # The launcher sets both; the MCP server's fetch (devtools-proxy-support,
         # system-ca) trusts SSL_CERT_FILE, and ignores NODE_EXTRA_CA_CERTS.
         env = self.env
-        p = env.run_agent(with_hosts(env, ["env", "-u", "NODE_EXTRA_CA_CERTS", "node", MCP_CLIENT,
+        p = env.run_agent(env.with_hosts(["env", "-u", "NODE_EXTRA_CA_CERTS", "node", MCP_CLIENT,
                                            "--tool", "atlas-list-projects"]), name="mcp-no-extra-ca", timeout=120)
         self.assertEqual(p.returncode, 0, p.stdout + p.stderr[-3000:])
         self.assertIn("demo", json.loads(p.stdout)["calls"]["atlas-list-projects"]["text"])
-        p = env.run_agent(with_hosts(env, ["env", "-u", "SSL_CERT_FILE", "node", MCP_CLIENT,
+        p = env.run_agent(env.with_hosts(["env", "-u", "SSL_CERT_FILE", "node", MCP_CLIENT,
                                            "--tool", "atlas-list-projects"]), name="mcp-no-bundle", timeout=120)
         self.assertEqual(p.returncode, 1, p.stdout + p.stderr[-3000:])
         res = json.loads(p.stdout)["calls"]["atlas-list-projects"]

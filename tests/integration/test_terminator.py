@@ -42,18 +42,6 @@ ERROR_KEYS = {"error", "errorCode", "reason", "detail", "parameters"}
 
 # --- helpers ---------------------------------------------------------------
 
-def with_hosts(env, argv):
-    """argv run with /etc/hosts mapping HOST to the stand-in's address, in a
-    private mount namespace (the agent, not the machine, sees the mapping)."""
-    hosts = os.path.join(env.tmp, "hosts")
-    if not os.path.exists(hosts):
-        with open(hosts, "w") as f:
-            f.write(f"127.0.0.1 localhost\n{env.fake_addr} {HOST}\n")
-        os.chmod(hosts, 0o644)
-    return ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-            'mount --bind "$0" /etc/hosts && exec "$@"', hosts, *argv]
-
-
 def last_request_id(env):
     reqs = env.fake.requests()
     return reqs[-1]["id"] if reqs else 0
@@ -239,7 +227,7 @@ class TerminatorTest(PrivilegedTestCase, SecretHygiene):
             f" 'Authorization': 'Bearer {AGENT_TOKEN}'}})\n"
             "with urllib.request.urlopen(req, timeout=20) as r:\n"
             "    print(r.status); print(r.read().decode())\n")
-        self.check_listing("urllib-agent", with_hosts(self.env, [SYSTEM_PYTHON, "-c", code]))
+        self.check_listing("urllib-agent", self.env.with_hosts([SYSTEM_PYTHON, "-c", code]))
 
     def test_python_requests_lists_projects(self):
         code = (
@@ -247,7 +235,7 @@ class TerminatorTest(PrivilegedTestCase, SecretHygiene):
             f"r = requests.get('https://{HOST}{GROUPS}', headers={{'Accept': '{ACCEPT_V2}',"
             f" 'Authorization': 'Bearer {AGENT_TOKEN}'}}, timeout=20)\n"
             "print(r.status_code); print(r.text)\n")
-        self.check_listing("requests-agent", with_hosts(self.env, [SYSTEM_PYTHON, "-c", code]))
+        self.check_listing("requests-agent", self.env.with_hosts([SYSTEM_PYTHON, "-c", code]))
 
     def test_node_fetch_lists_projects(self):
         env = self.env
@@ -256,9 +244,9 @@ class TerminatorTest(PrivilegedTestCase, SecretHygiene):
             f" Authorization: 'Bearer {AGENT_TOKEN}'}}}})"
             ".then(async r => { console.log(r.status); console.log(await r.text()); })"
             ".catch(e => { console.log('ERR ' + (e.cause ? e.cause.code : e)); process.exit(3); });")
-        self.check_listing("node-agent", with_hosts(env, ["node", "-e", code]))
+        self.check_listing("node-agent", env.with_hosts(["node", "-e", code]))
         # What makes Node trust atlasgate: NODE_EXTRA_CA_CERTS, not SSL_CERT_FILE.
-        p = env.run_agent(with_hosts(env, ["env", "-u", "NODE_EXTRA_CA_CERTS", "node", "-e", code]),
+        p = env.run_agent(env.with_hosts(["env", "-u", "NODE_EXTRA_CA_CERTS", "node", "-e", code]),
                           name="node-no-ca")
         self.assertEqual(p.returncode, 3, p.stdout + p.stderr)
         self.assertRegex(p.stdout, r"ERR (UNABLE_TO_VERIFY_LEAF_SIGNATURE|SELF_SIGNED_CERT_IN_CHAIN|"
@@ -449,7 +437,7 @@ class TerminatorTest(PrivilegedTestCase, SecretHygiene):
             "print(json.dumps({'created': created, 'status': r.status, 'pieces': len(pieces),"
             " 'length': r.getheader('content-length'), 'te': r.getheader('transfer-encoding'),"
             " 'body': b''.join(pieces).decode()}))\n")
-        p = env.run_agent(with_hosts(env, [SYSTEM_PYTHON, "-c", code]), name="stream-agent")
+        p = env.run_agent(env.with_hosts([SYSTEM_PYTHON, "-c", code]), name="stream-agent")
         self.assertEqual(p.returncode, 0, p.stderr)
         out = json.loads(p.stdout)
         self.assertEqual(out["created"], [201] * n)
@@ -495,7 +483,7 @@ class TerminatorTest(PrivilegedTestCase, SecretHygiene):
             f" headers={{'Accept': '{ACCEPT_V2}', 'Content-Type': 'application/json',"
             " 'Transfer-Encoding': 'chunked'})\n"
             "r = c.getresponse(); print(r.status); print(r.read().decode())\n")
-        p = env.run_agent(with_hosts(env, [SYSTEM_PYTHON, "-c", code]), name="chunked-agent")
+        p = env.run_agent(env.with_hosts([SYSTEM_PYTHON, "-c", code]), name="chunked-agent")
         status, out = split_status_body(p.stdout)
         self.assertEqual(status, 201, p.stdout + p.stderr)
         api = [r for r in requests_since(env, since) if r["kind"] == "api"]
@@ -546,7 +534,7 @@ class TokenRefreshTest(PrivilegedTestCase, SecretHygiene):
                 "    out.append([r.status_code, 'demo' in r.text])\n"
                 "    time.sleep(0.5)\n"
                 "print(json.dumps(out))\n")
-            p = env.run_agent(with_hosts(env, [SYSTEM_PYTHON, "-c", code]), name="ttl-agent", timeout=60)
+            p = env.run_agent(env.with_hosts([SYSTEM_PYTHON, "-c", code]), name="ttl-agent", timeout=60)
             self.assertEqual(p.returncode, 0, p.stderr)
             results = json.loads(p.stdout)
             self.assertGreaterEqual(len(results), 12)
@@ -590,7 +578,7 @@ class TokenSingleFlightTest(PrivilegedTestCase):
                 "ts = [threading.Thread(target=one, args=(i,)) for i in range(n)]\n"
                 "[t.start() for t in ts]; [t.join() for t in ts]\n"
                 "print(json.dumps(out))\n")
-            p = env.run_agent(with_hosts(env, [SYSTEM_PYTHON, "-c", code]), name="swarm", timeout=90)
+            p = env.run_agent(env.with_hosts([SYSTEM_PYTHON, "-c", code]), name="swarm", timeout=90)
             self.assertEqual(p.returncode, 0, p.stderr)
             out = json.loads(p.stdout)
             self.assertEqual([o[:2] for o in out], [[200, True]] * n, out)
@@ -621,7 +609,7 @@ class TokenSingleFlightTest(PrivilegedTestCase):
                 "[t.start() for t in ts]; [t.join() for t in ts]\n"
                 "print('ok')\n")
             cpu_before = process_cpu_seconds(env.daemon.pid)
-            p = env.run_agent(with_hosts(env, [SYSTEM_PYTHON, "-c", code]), name="waiters", timeout=60)
+            p = env.run_agent(env.with_hosts([SYSTEM_PYTHON, "-c", code]), name="waiters", timeout=60)
             cpu = process_cpu_seconds(env.daemon.pid) - cpu_before
             self.assertEqual(p.stdout.strip(), "ok", p.stderr)
             self.assertEqual(env.fake.stats()["token_requests"], 1)
