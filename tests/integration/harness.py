@@ -235,9 +235,12 @@ class Env:
         with open(self.config_path, "w") as f:
             json.dump(config if config is not None else self.config, f, indent=2)
 
-    def start_daemon(self, wait=True):
+    def start_daemon(self, wait=True, prefix=()):
+        """prefix: a command that execs the daemon (keeping its pid), e.g. one
+        that sets up a private mount namespace first."""
         self.daemon_log = open(self.daemon_log_path, "a")
-        self.daemon = subprocess.Popen([ATLASGATE, "daemon", "--config", self.config_path, "--run-dir", self.run_dir],
+        self.daemon = subprocess.Popen([*prefix, ATLASGATE, "daemon", "--config", self.config_path,
+                                        "--run-dir", self.run_dir],
                                        stdout=self.daemon_log, stderr=subprocess.STDOUT)
         if wait:
             runtime = os.path.join(self.run_dir, "runtime.json")

@@ -28,7 +28,7 @@ import tempfile
 import time
 import unittest
 
-from harness import (ACCEPT_V2, ATLASGATE, HOST, LAUNCHER, SYSTEM_PYTHON, Env, PrivilegedTestCase, wait_for, DaemonTestCase)
+from harness import (ACCEPT_V2, HOST, LAUNCHER, SYSTEM_PYTHON, Env, PrivilegedTestCase, wait_for, DaemonTestCase)
 
 GROUPS = "/api/atlas/v2/groups"
 BROKEN_RESPONSE_EXITS = {18, 52, 56}  # partial file / empty reply / receive error
@@ -423,23 +423,8 @@ class AuditDiskFullTest(PrivilegedTestCase, FaultsMixin):
 def start_daemon_with_resolv_conf(env, resolv_conf):
     """harness.Env.start_daemon, with the daemon in a private mount namespace
     whose /etc/resolv.conf is resolv_conf (exec keeps the pid)."""
-    env.daemon_log = open(env.daemon_log_path, "a")
-    env.daemon = subprocess.Popen(
-        ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-         'mount --bind "$0" /etc/resolv.conf && exec "$@"', resolv_conf,
-         ATLASGATE, "daemon", "--config", env.config_path, "--run-dir", env.run_dir],
-        stdout=env.daemon_log, stderr=subprocess.STDOUT)
-    runtime = os.path.join(env.run_dir, "runtime.json")
-
-    def ready():
-        if env.daemon.poll() is not None:
-            raise AssertionError(f"daemon exited with {env.daemon.returncode}:\n{env.daemon_output()}")
-        try:
-            with open(runtime) as f:
-                return json.load(f).get("pid") == env.daemon.pid
-        except (OSError, ValueError):
-            return False
-    wait_for(ready, timeout=15, what="daemon ready")
+    env.start_daemon(prefix=["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                             'mount --bind "$0" /etc/resolv.conf && exec "$@"', resolv_conf])
 
 
 class DnsFailureTest(PrivilegedTestCase, FaultsMixin):

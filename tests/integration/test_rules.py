@@ -350,12 +350,11 @@ class PolicyTest(RulesCase, DaemonTestCase):
 # --------------------------------------------------------------------------
 # 4: approve
 
-class ApprovalTest(RulesCase):
+class ApprovalTest(RulesCase, DaemonTestCase):
     @classmethod
-    def setUpClass(cls):
-        super().setUpClass()
+    def env_options(cls):
         clusters = "/api/atlas/v2/groups/{groupId}/clusters"
-        cls.env = Env(rules={"default": "allow", "list": [
+        return dict(rules={"default": "allow", "list": [
             {"name": "big-clusters-need-approval", "method": "POST", "path": clusters,
              "when": [{"pointer": "/providerSettings/instanceSizeName", "in": ["M40", "M50"]}],
              "action": "approve", "timeout": 30},
@@ -363,15 +362,6 @@ class ApprovalTest(RulesCase):
              "when": [{"pointer": "/providerSettings/instanceSizeName", "equals": "M60"}],
              "action": "approve", "timeout": 2},
         ]})
-        try:
-            cls.env.start_daemon()
-        except BaseException:
-            cls.env.close()
-            raise
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.env.close()
 
     def test_approve_allow_deny_timeout_and_condition(self):
         env = self.env
