@@ -1,5 +1,8 @@
 #include "admin/admin.h"
 
+#include <openssl/crypto.h>
+#include <openssl/sha.h>
+
 #include <set>
 
 #include "common/log.h"
@@ -9,10 +12,56 @@ namespace atlasgate::admin {
 
 using namespace proxy;  // asio, beast, http, tcp, kUseTuple
 
+namespace {
+
+bool asciiIEqual(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) return false;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    auto lower = [](char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c; };
+    if (lower(a[i]) != lower(b[i])) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+bool bearerMatches(std::string_view authorization, std::string_view token) {
+  auto trim = [](std::string_view v) {
+    while (!v.empty() && (v.front() == ' ' || v.front() == '\t')) v.remove_prefix(1);
+    while (!v.empty() && (v.back() == ' ' || v.back() == '\t')) v.remove_suffix(1);
+    return v;
+  };
+  authorization = trim(authorization);
+  std::string_view presented;
+  // Not secret: whether the header has the Bearer form at all.
+  if (authorization.size() > 7 && asciiIEqual(authorization.substr(0, 7), "bearer ")) {
+    presented = trim(authorization.substr(7));
+  }
+  // Hash both so that the comparison takes the same time for every guess,
+  // whatever its length; CRYPTO_memcmp does not stop at the first difference.
+  unsigned char want[SHA256_DIGEST_LENGTH], got[SHA256_DIGEST_LENGTH];
+  SHA256(reinterpret_cast<const unsigned char*>(token.data()), token.size(), want);
+  SHA256(reinterpret_cast<const unsigned char*>(presented.data()), presented.size(), got);
+  const bool equal = CRYPTO_memcmp(want, got, sizeof want) == 0;
+  OPENSSL_cleanse(want, sizeof want);
+  return equal && !token.empty() && !presented.empty();
+}
+
+Result<std::optional<credentials::Secret>> readToken(const config::Listen& listen) {
+  if (listen.adminTokenFile.empty()) return std::optional<credentials::Secret>();
+  config::SecretRef ref;
+  ref.file = listen.adminTokenFile;
+  auto secret = credentials::readSecret(ref, "listen.admin_token_file");
+  if (!secret) return secret.error();
+  return std::optional<credentials::Secret>(std::move(secret.value()));
+}
+
 struct Server::Impl {
-  Impl(asio::io_context& io, Handlers h) : acceptor(io), handlers(std::move(h)) {}
+  Impl(asio::io_context& io, Handlers h, std::optional<credentials::Secret> t)
+      : acceptor(io), handlers(std::move(h)), token(std::move(t)) {}
   tcp::acceptor acceptor;
   Handlers handlers;
+  std::optional<credentials::Secret> token;  // /metrics needs it when set
   std::set<beast::tcp_stream*> open;  // closed on stop(), so shutdown never waits on a scraper
 
   asio::awaitable<void> serve(tcp::socket sock) {
@@ -36,6 +85,11 @@ struct Server::Impl {
         res.result(http::status::method_not_allowed);
         res.set(http::field::content_type, "text/plain");
         res.body() = "GET only\n";
+      } else if (target == "/metrics" && token && !bearerMatches(req[http::field::authorization], token->view())) {
+        res.result(http::status::unauthorized);
+        res.set(http::field::www_authenticate, "Bearer realm=\"atlasgate\"");
+        res.set(http::field::content_type, "text/plain");
+        res.body() = "unauthorized\n";
       } else if (target == "/metrics") {
         res.set(http::field::content_type, "text/plain; version=0.0.4; charset=utf-8");
         res.body() = handlers.metrics();
@@ -78,7 +132,12 @@ void Server::stop() {
   }
 }
 
-Result<std::unique_ptr<Server>> Server::start(asio::io_context& io, const std::string& address, Handlers handlers) {
+void Server::setToken(std::optional<credentials::Secret> token) {
+  if (impl_) impl_->token = std::move(token);
+}
+
+Result<std::unique_ptr<Server>> Server::start(asio::io_context& io, const std::string& address, Handlers handlers,
+                                              std::optional<credentials::Secret> token) {
   // "127.0.0.1:15444", "[::1]:15444", "localhost:15444"
   auto colon = address.rfind(':');
   if (colon == std::string::npos) return makeError("listen.admin: expected HOST:PORT, got {}", address);
@@ -89,7 +148,8 @@ Result<std::unique_ptr<Server>> Server::start(asio::io_context& io, const std::s
   beast::error_code ec;
   auto addr = asio::ip::make_address(host, ec);
   if (ec || port == 0 || port > 65535) return makeError("listen.admin: bad address {}", address);
-  auto impl = std::make_shared<Impl>(io, std::move(handlers));
+  const bool protectedMetrics = token.has_value();
+  auto impl = std::make_shared<Impl>(io, std::move(handlers), std::move(token));
   tcp::endpoint ep(addr, static_cast<unsigned short>(port));
   impl->acceptor.open(ep.protocol(), ec);
   if (!ec) impl->acceptor.set_option(asio::socket_base::reuse_address(true), ec);
@@ -97,7 +157,9 @@ Result<std::unique_ptr<Server>> Server::start(asio::io_context& io, const std::s
   if (!ec) impl->acceptor.listen(64, ec);
   if (ec) return makeError("listen.admin {}: {}", address, ec.message());
   asio::co_spawn(io, impl->acceptLoop(), asio::detached);
-  log::info("admin endpoint on http://{}/metrics and /healthz", address);
+  log::info("admin endpoint on http://{}/metrics and /healthz ({})", address,
+            protectedMetrics ? "/metrics requires the bearer token of listen.admin_token_file"
+                             : "/metrics is open to anyone who can connect: no listen.admin_token_file");
   return std::unique_ptr<Server>(new Server(impl));
 }
 

@@ -1,12 +1,23 @@
 #pragma once
 // The admin endpoint (listen.admin): GET /metrics (Prometheus text format
 // 0.0.4) and GET /healthz. Plain HTTP on an operator-chosen address, read-only.
+//
+// /metrics names agents and credentials (service-account client ids). With a
+// token (listen.admin_token_file) it answers only requests carrying
+// `Authorization: Bearer <token>`, compared in constant time, and 401
+// otherwise. Without one, anyone who can connect reads it: the address must
+// then be loopback on a node whose local users are all trusted. /healthz stays
+// open and says only "ok" or "unhealthy".
 
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
+#include <string_view>
 
 #include "common/result.h"
+#include "config/config.h"
+#include "credentials/secret.h"
 
 namespace boost::asio {
 class io_context;
@@ -21,15 +32,28 @@ struct Handlers {
 
 class Server {
  public:
+  // token: the bearer token /metrics requires; nullopt = /metrics is open.
   static Result<std::unique_ptr<Server>> start(boost::asio::io_context& io, const std::string& address,
-                                               Handlers handlers);
+                                               Handlers handlers, std::optional<credentials::Secret> token);
   ~Server();
   void stop();
+  // Replaces the token (on reload); call on the io_context's thread.
+  void setToken(std::optional<credentials::Secret> token);
 
  private:
   struct Impl;
   explicit Server(std::shared_ptr<Impl> impl) : impl_(std::move(impl)) {}
   std::shared_ptr<Impl> impl_;
 };
+
+// The token listen.admin_token_file holds (trailing newlines dropped);
+// nullopt when none is configured. An unreadable or empty file is an error.
+Result<std::optional<credentials::Secret>> readToken(const config::Listen& listen);
+
+// Whether an Authorization header value is "Bearer <token>" for this token
+// (scheme case-insensitive). Takes the same time whatever the header holds,
+// for a given header length: both sides are hashed and the digests compared
+// with CRYPTO_memcmp.
+bool bearerMatches(std::string_view authorization, std::string_view token);
 
 }  // namespace atlasgate::admin

@@ -631,10 +631,14 @@ Config Parser::parse(const YAML::Node& root) const {
 }
 
 Listen Parser::listen(const Field& f) const {
-  const Fields m = fields(f, {"port", "admin"});
+  const Fields m = fields(f, {"port", "admin", "admin_token_file"});
   Listen l;
   if (const Field* p = m.find("port")) l.port = static_cast<std::uint16_t>(integer(*p, 1, 65535));
   if (const Field* a = m.find("admin"); a != nullptr && !a->value.IsNull()) l.admin = adminAddress(*a);
+  if (const Field* t = m.find("admin_token_file"); t != nullptr && !t->value.IsNull()) {
+    l.adminTokenFile = absolutePath(*t);
+    if (!l.admin) fail(*t, "{}: needs listen.admin (the endpoint it protects)", t->path);
+  }
   return l;
 }
 
@@ -1256,7 +1260,8 @@ std::string describeConfig(const Config& c) {
   std::string out;
   auto to = std::back_inserter(out);
   fmt::format_to(to, "config {}\n", c.path);
-  fmt::format_to(to, "listen: port {}, admin {}\n", c.listen.port, c.listen.admin.value_or("off"));
+  fmt::format_to(to, "listen: port {}, admin {}{}\n", c.listen.port, c.listen.admin.value_or("off"),
+                 c.listen.adminTokenFile.empty() ? "" : " (token from " + c.listen.adminTokenFile + ")");
   fmt::format_to(to, "state dir: {}; audit log: {}; log level: {}\n", c.stateDir,
                  c.auditLog == "-" ? "stdout" : c.auditLog, c.logLevel);
   fmt::format_to(to, "agents: cgroup {}, attach {}\n", c.agents.cgroup, joined(c.agents.attach, "none"));

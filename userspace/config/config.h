@@ -110,6 +110,9 @@ struct Rules {
 struct Listen {
   std::uint16_t port = 15443;
   std::optional<std::string> admin;  // "127.0.0.1:15444"
+  // A file holding the bearer token /metrics requires ("" = none: then admin
+  // must be reachable only by trusted users). Read by the daemon, not here.
+  std::string adminTokenFile;
 };
 
 struct Agents {

@@ -219,8 +219,11 @@ Result<void> Daemon::start() {
   if (!ctl) return ctl.error();
   control_ = std::move(ctl.value());
   if (config_->listen.admin) {
+    auto adminToken = admin::readToken(config_->listen);
+    if (!adminToken) return adminToken.error();
     auto adm = admin::Server::start(io_, *config_->listen.admin,
-                                    {[this] { return metrics(); }, [this] { return loader_ && server_; }});
+                                    {[this] { return metrics(); }, [this] { return loader_ && server_; }},
+                                    std::move(adminToken.value()));
     if (!adm) return adm.error();
     admin_ = std::move(adm.value());
   }
@@ -521,6 +524,7 @@ Result<void> Daemon::reload() {
   auto next = std::make_shared<const config::Config>(std::move(cfg.value()));
   // What cannot change without a restart.
   if (next->listen.port != config_->listen.port) return makeError("listen.port changes need a restart");
+  if (next->listen.admin != config_->listen.admin) return makeError("listen.admin changes need a restart");
   if (next->stateDir != config_->stateDir) return makeError("state_dir changes need a restart");
   if (next->intercept != config_->intercept) return makeError("intercept changes need a restart");
   if (next->targets.size() != config_->targets.size()) return makeError("adding or removing targets needs a restart");
@@ -529,6 +533,8 @@ Result<void> Daemon::reload() {
       return makeError("changing target hosts needs a restart");
   auto rt = buildRuntime(next, server_->runtime().get());
   if (!rt) return rt.error();
+  auto adminToken = admin::readToken(next->listen);  // re-read: a rotated token takes effect
+  if (!adminToken) return adminToken.error();
   std::atomic_store(&config_, std::shared_ptr<const config::Config>(next));
   if (auto r = applyTargets(); !r) return r;
   for (const auto& p : next->agents.attach)
@@ -536,6 +542,7 @@ Result<void> Daemon::reload() {
   log::Level level;
   if (log::parseLevel(next->logLevel, level)) log::setLevel(level);
   server_->setRuntime(rt.value());
+  if (admin_) admin_->setToken(std::move(adminToken.value()));
   if (auto r = audit_->reopen(); !r) log::warn("reload: {}", r.error().message);
   log::info("configuration reloaded from {}", opts_.configPath);
   return {};

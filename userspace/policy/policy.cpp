@@ -19,7 +19,8 @@ namespace atlasgate::policy {
 
 namespace {
 
-// Refusal strength, for choosing between the two views of a %2F path.
+// Refusal strength, for choosing between the two views of a %2F path
+// (policy.h): block > approve > rate_limit > log_only > allow.
 int restrictiveness(config::Action a) {
   switch (a) {
     case config::Action::Allow: return 0;
@@ -60,6 +61,12 @@ std::string periodName(std::uint64_t seconds) {
 std::string locPrefix(const config::SourceLoc& loc) {
   if (loc.line <= 0) return loc.file.empty() ? std::string() : loc.file + ": ";
   return fmt::format("{}:{}:{}: ", loc.file.empty() ? "<config>" : loc.file, loc.line, loc.column);
+}
+
+// Why a request with a method-override header is Malformed (policy.h).
+std::string methodOverrideReason(const Request& req) {
+  return fmt::format("method override header {} refused: the rules decide on the request line's method ({})",
+                     req.methodOverride, req.method);
 }
 
 }  // namespace
@@ -280,15 +287,31 @@ Policy::Pick Policy::choose(const Pick& primary, const std::optional<Pick>& alte
   Pick alt = *alternate;
   alt.viaAlternate = true;
   if (alt.malformed) return alt;
-  // The alternate view falling through to the default does not count when
-  // the primary view matched a rule (see policy.h).
-  if (!alt.index && primary.index) return primary;
+  // Both views count in full, the default included; a tie keeps the primary.
   auto actionOf = [&](const Pick& p) { return p.index ? rules_[*p.index].action : default_; };
   return restrictiveness(actionOf(alt)) > restrictiveness(actionOf(primary)) ? alt : primary;
 }
 
+std::optional<std::size_t> Policy::alsoCharged(const Pick& pick, const Pick& primary,
+                                               const std::optional<Pick>& alternate) const {
+  // The other view decided by another rate_limit rule: its budget counts too
+  // (policy.h), or a %2F would let a request step around it.
+  if (!pick.index || rules_[*pick.index].action != config::Action::RateLimit || !alternate) return std::nullopt;
+  const Pick& other = pick.viaAlternate ? primary : *alternate;
+  if (!other.index || *other.index == *pick.index || rules_[*other.index].action != config::Action::RateLimit) {
+    return std::nullopt;
+  }
+  return other.index;
+}
+
 Decision Policy::evaluate(const Request& req, Clock::time_point now) {
   Decision d;
+  if (!req.methodOverride.empty()) {
+    d.verdict = Verdict::Malformed;
+    d.ruleName.clear();
+    d.malformedReason = methodOverrideReason(req);
+    return d;
+  }
   auto norm = normalizeTarget(req.target);
   if (!norm) {
     d.verdict = Verdict::Malformed;
@@ -336,6 +359,14 @@ Decision Policy::evaluate(const Request& req, Clock::time_point now) {
       break;
     case config::Action::RateLimit: {
       auto outcome = compiled_[i]->buckets->take(req.agent, now);
+      d.alsoChargedRuleIndex = alsoCharged(pick, primary, alternate);
+      if (d.alsoChargedRuleIndex) {
+        auto second = compiled_[*d.alsoChargedRuleIndex]->buckets->take(req.agent, now);
+        if (!second.allowed) {
+          outcome.retryAfter = outcome.allowed ? second.retryAfter : std::max(outcome.retryAfter, second.retryAfter);
+          outcome.allowed = false;
+        }
+      }
       d.verdict = outcome.allowed ? Verdict::Allow : Verdict::RateLimited;
       d.retryAfter = outcome.retryAfter;
       break;
@@ -365,6 +396,11 @@ Explanation Policy::explain(const Request& req, Clock::time_point now) const {
   e.host = std::string(req.host);
   e.agent = std::string(req.agent);
 
+  if (!req.methodOverride.empty()) {
+    e.malformed = true;
+    e.malformedReason = methodOverrideReason(req);
+    return e;
+  }
   auto norm = normalizeTarget(req.target);
   if (!norm) {
     e.malformed = true;
@@ -428,7 +464,8 @@ Explanation Policy::explain(const Request& req, Clock::time_point now) const {
     e.alternateChecks = alt.checks;
     alternatePick = Pick{alt.index, alt.malformed, alt.reason, false};
   }
-  Pick pick = choose(Pick{primary.index, primary.malformed, primary.reason, false}, alternatePick);
+  const Pick primaryPick{primary.index, primary.malformed, primary.reason, false};
+  Pick pick = choose(primaryPick, alternatePick);
   e.viaAlternatePath = pick.viaAlternate;
   if (pick.malformed) {
     e.malformed = true;
@@ -449,6 +486,11 @@ Explanation Policy::explain(const Request& req, Clock::time_point now) const {
     e.tokensAvailable = b->available(req.agent, now);
     e.burst = compiled_[*pick.index]->burst;
   }
+  if (auto also = alsoCharged(pick, primaryPick, alternatePick)) {
+    e.alsoCharged = also;
+    e.alsoChargedName = rules_[*also].name;
+    e.alsoChargedTokens = compiled_[*also]->buckets->available(req.agent, now);
+  }
   return e;
 }
 
@@ -468,6 +510,10 @@ std::string Explanation::render() const {
   if (logOnlyWouldBe) out += fmt::format("; allowed and logged, would be {}", actionText(*logOnlyWouldBe));
   if (tokensAvailable) {
     out += fmt::format("; {:.2f} of {} tokens available now", *tokensAvailable, burst.value_or(0));
+  }
+  if (alsoCharged) {
+    out += fmt::format("; also takes a token of rule #{} \"{}\" ({:.2f} available now)", *alsoCharged + 1,
+                       alsoChargedName, alsoChargedTokens);
   }
   out += '\n';
   return out;

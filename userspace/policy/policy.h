@@ -22,13 +22,30 @@
 // filters has conditions.
 //
 // Encoded slashes (see path.h). When the target has an alternate view (a
-// segment decoded to contain '/', or a ";param"), both views are decided and
-// the more restrictive outcome wins:
+// segment decoded to contain '/', or a ";param"), both views are decided in
+// full - each by its first applying rule, or by rules.default when none
+// applies - and the stricter outcome wins:
 //   malformed > block > approve > rate_limit > log_only > allow.
-// The alternate view only counts through a rule it matches (or when neither
-// view matched a rule): Atlas itself treats %2F as data, so the alternate path
-// falling through to a deny-by-default must not refuse a legitimate
-// `.../accessList/10.0.0.0%2F24` that an allow rule names as `{entryValue}`.
+// The reported rule (Decision::ruleName, the audit's `rule`) is the one that
+// decided the winning view; on a tie it is the primary view's (the path read
+// with each decoded segment whole). The default counts like a rule: with
+// `default: block`, an allow rule for `/groups/{g}/clusters/{c}` does not
+// allow `.../clusters/C%2Fbackup%2Fsnapshots`, whose split reading
+// (`.../clusters/C/backup/snapshots`) no rule allows. So a legitimate value
+// holding an encoded '/' (`.../accessList/10.0.0.0%2F24`) under a deny-by-
+// default policy needs a rule that also allows its split reading (e.g.
+// `.../accessList/{ip}/{prefixLength}` or `.../accessList/**`).
+// When both views are decided by rate_limit rules, different ones, the
+// request takes a token from both and is refused (RateLimited) when either is
+// empty; the reported rule is still the primary view's, so that explain(),
+// which takes no token, names the same rule.
+//
+// Method overrides. Servers and frameworks commonly honour
+// X-HTTP-Method-Override, X-HTTP-Method or X-Method-Override and execute
+// *that* method instead of the request line's. The rules decide on the
+// request line's method only, so a request carrying one of these headers is
+// refused as Malformed (400) before any rule is looked at; the caller reports
+// which one it saw in Request::methodOverride (kMethodOverrideHeaders).
 //
 // Unreadable bodies. When the deciding candidate has conditions and the body
 // cannot be checked (not JSON, too large, regex blow-up), the condition's
@@ -41,6 +58,7 @@
 // Thread safety: evaluate() and explain() may be called concurrently; only the
 // rate-limit buckets are mutable and each rule's are behind a mutex.
 
+#include <array>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -58,6 +76,12 @@ namespace atlasgate::policy {
 
 class PathIndex;
 
+// Request headers that make a server execute another method than the request
+// line's (see "Method overrides" above). Header names compare
+// case-insensitively.
+inline constexpr std::array<std::string_view, 3> kMethodOverrideHeaders = {"X-HTTP-Method-Override",
+                                                                           "X-HTTP-Method", "X-Method-Override"};
+
 struct Request {
   std::string_view method;
   std::string_view target;  // origin-form request-target; the query is ignored
@@ -67,6 +91,9 @@ struct Request {
   // The labels of the agent's Kubernetes pod; nullptr when it is no pod
   // (then a rule with pod_labels does not apply).
   const std::map<std::string, std::string>* podLabels = nullptr;
+  // The name of a method-override header the request carries (one of
+  // kMethodOverrideHeaders), "" when none: such a request is Malformed.
+  std::string_view methodOverride = {};
 };
 
 enum class Verdict { Allow, Block, RateLimited, Approve, Malformed };
@@ -88,6 +115,9 @@ struct Decision {
   std::string malformedReason;  // Malformed: one line for the 400 answer and the audit log
   std::string path;             // the normalised path decided on (display form, see displayPath)
   bool viaAlternatePath = false;  // decided by the %2F / ";param" alternate view
+  // Both views were decided by rate_limit rules, different ones: the other
+  // view's rule, whose bucket was charged too (RateLimited when either is empty).
+  std::optional<std::size_t> alsoChargedRuleIndex;
 };
 
 // How a rule's filters fared against a request, for explain().
@@ -116,6 +146,10 @@ struct Explanation {
   std::optional<config::Action> logOnlyWouldBe;
   std::optional<double> tokensAvailable;  // rate_limit: what the bucket holds now (nothing is taken)
   std::optional<std::uint64_t> burst;
+  // Both views rate_limit, by different rules: the other one (Decision::alsoChargedRuleIndex).
+  std::optional<std::size_t> alsoCharged;
+  std::string alsoChargedName;
+  double alsoChargedTokens = 0;
 
   std::string render() const;
 };
@@ -170,6 +204,8 @@ class Policy {
   Policy();
   Pick decide(const std::vector<std::string>& segments, Context& ctx) const;
   Pick choose(const Pick& primary, const std::optional<Pick>& alternate) const;
+  std::optional<std::size_t> alsoCharged(const Pick& pick, const Pick& primary,
+                                         const std::optional<Pick>& alternate) const;
 
   std::vector<config::Rule> rules_;
   std::vector<std::unique_ptr<Compiled>> compiled_;

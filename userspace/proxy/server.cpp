@@ -533,6 +533,13 @@ asio::awaitable<void> Server::serve(tcp::socket socket, Flow flow) {
     preq.agent = flow.agent.name;
     preq.podLabels = flow.agent.podLabels.get();
     if (!req.body().empty()) preq.body = std::string_view(req.body());
+    // A method-override header makes the request Malformed (policy.h).
+    for (std::string_view name : policy::kMethodOverrideHeaders) {
+      if (req.find(name) != req.end()) {
+        preq.methodOverride = name;
+        break;
+      }
+    }
     policy::Decision d = rt->policy->evaluate(preq, Clock::now());
     ex.rec.rule = std::string(d.ruleName);
     ex.rec.decision = std::string(decisionName(d.verdict));
@@ -666,10 +673,13 @@ asio::awaitable<void> Server::serve(tcp::socket socket, Flow flow) {
       cred = chooseCredential(*target, flow.agent.name, d.credential);
       if (!cred) {
         ++stats_.credentialFailures;
+        // The agent learns nothing about the credentials; the log names them.
+        log::warn("conn {} agent {}: no credential of {} for this agent{}", flow.id, flow.agent.name, host,
+                  d.credential.empty() ? std::string() : fmt::format(" (rule \"{}\" names credential \"{}\")",
+                                                                     d.ruleName, d.credential));
         {
-          ErrorResponse errRes = makeErrorResponse(
-              503, kCredentialUnavailable,
-              fmt::format("No credential of {} is configured for agent \"{}\".", host, flow.agent.name), {}, false);
+          ErrorResponse errRes = makeErrorResponse(503, kCredentialUnavailable,
+                                                   "No credential is available for this request.", {}, false);
           co_await answer(std::move(errRes), kCredentialUnavailable);
         }
         finish();
@@ -715,10 +725,15 @@ asio::awaitable<void> Server::serve(tcp::socket socket, Flow flow) {
         Result<std::string> t = co_await cred->tokens->token(flow.originalDst);
         if (!t) {
           ++stats_.credentialFailures;
+          // The reason names the service account (its client id): the log
+          // and the audit record (credential) keep it, the agent does not.
+          log::warn("conn {} agent {}: credential {} unavailable: {}", flow.id, flow.agent.name, cred->description,
+                    t.error().message);
           {
             ErrorResponse errRes = makeErrorResponse(
                 503, kCredentialUnavailable,
-                fmt::format("The credential {} is unavailable: {}", cred->description, t.error().message), {}, true);
+                "The credential for this request is unavailable right now (token endpoint failure); retry later.", {},
+                true);
             co_await answer(std::move(errRes), kCredentialUnavailable);
           }
           credentialFailed = true;

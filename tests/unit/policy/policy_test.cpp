@@ -4,6 +4,7 @@
 #include <atomic>
 #include <thread>
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 namespace atlasgate::policy {
@@ -130,13 +131,46 @@ TEST(Policy, SemicolonParamsCannotDodgeALiteralBlock) {
   EXPECT_EQ(verdict(*p, "GET", "/api/atlas/v2/groups/g/clusters/Staging;x"), Verdict::Allow);
 }
 
-TEST(Policy, EncodedSlashInAccessListEntryStillMatchesEntryValue) {
+// The attack: deny by default, one cluster path allowed; a %2F makes the
+// allowed pattern see one segment while a server that decodes it sees a path
+// nothing allows. Both readings are decided, the default included.
+TEST(Policy, EncodedSlashReadingThatOnlyTheDefaultDecidesIsStillRefused) {
+  auto p = compile({rule("read-clusters", "/api/atlas/v2/groups/{g}/clusters/{c}", Action::Allow)}, Action::Block);
+  EXPECT_EQ(verdict(*p, "GET", "/api/atlas/v2/groups/X/clusters/C"), Verdict::Allow);
+  auto d = eval(*p, req("GET", "/api/atlas/v2/groups/X/clusters/C%2Fbackup%2Fsnapshots"));
+  EXPECT_EQ(d.verdict, Verdict::Block);
+  EXPECT_EQ(d.ruleName, "default");
+  EXPECT_EQ(d.rule, nullptr);
+  EXPECT_TRUE(d.viaAlternatePath);
+  EXPECT_EQ(d.path, "/api/atlas/v2/groups/X/clusters/C/backup/snapshots");
+  EXPECT_EQ(verdict(*p, "DELETE", "/api/atlas/v2/groups/X/clusters/C%2fbackup%2fsnapshots%2F1"), Verdict::Block);
+
+  auto e = p->explain(req("GET", "/api/atlas/v2/groups/X/clusters/C%2Fbackup%2Fsnapshots"));
+  EXPECT_EQ(e.ruleName, "default");
+  EXPECT_EQ(e.action, Action::Block);
+  EXPECT_TRUE(e.viaAlternatePath);
+  EXPECT_TRUE(e.checks[0].applies);  // the one-segment reading is allowed by the rule ...
+  EXPECT_FALSE(e.alternateChecks[0].applies);  // ... the split one by nothing
+}
+
+TEST(Policy, EncodedSlashInAccessListEntry) {
   const std::string path = "/api/atlas/v2/groups/{groupId}/accessList/{entryValue}";
   const std::string target = "/api/atlas/v2/groups/g/accessList/10.0.0.0%2F24";
   {
-    // Deny by default, the entry explicitly allowed: the alternate view
-    // (one segment more, matching no rule) must not refuse it.
+    // Deny by default, only the one-segment reading allowed: the split
+    // reading falls to the default, and the stricter reading wins.
     auto p = compile({rule("may-delete-entries", path, Action::Allow, {"DELETE"})}, Action::Block);
+    auto d = eval(*p, req("DELETE", target));
+    EXPECT_EQ(d.verdict, Verdict::Block);
+    EXPECT_EQ(d.ruleName, "default");
+    EXPECT_TRUE(d.viaAlternatePath);
+    EXPECT_EQ(verdict(*p, "DELETE", "/api/atlas/v2/groups/g/accessList/10.0.0.1"), Verdict::Allow);
+  }
+  {
+    // Allowing both readings lets it through; the primary reading is reported.
+    auto p = compile({rule("may-delete-entries", path, Action::Allow, {"DELETE"}),
+                      rule("may-delete-cidr-entries", path + "/{prefixLength}", Action::Allow, {"DELETE"})},
+                     Action::Block);
     auto d = eval(*p, req("DELETE", target));
     EXPECT_EQ(d.verdict, Verdict::Allow);
     EXPECT_EQ(d.ruleName, "may-delete-entries");
@@ -148,19 +182,83 @@ TEST(Policy, EncodedSlashInAccessListEntryStillMatchesEntryValue) {
     auto d = eval(*p, req("DELETE", target));
     EXPECT_EQ(d.verdict, Verdict::Approve);
     EXPECT_EQ(d.ruleName, "approve-entry-deletion");
+    EXPECT_FALSE(d.viaAlternatePath);
   }
   {
-    // A more restrictive rule reached only through the alternate view wins.
+    // A stricter rule reached only through the alternate view wins.
     auto p = compile({rule("may-delete-entries", path, Action::Allow, {"DELETE"}),
                       rule("no-deep-deletes", "/api/atlas/v2/groups/{g}/accessList/*/*", Action::Block)},
                      Action::Block);
-    EXPECT_EQ(eval(*p, req("DELETE", target)).verdict, Verdict::Block);
+    auto d = eval(*p, req("DELETE", target));
+    EXPECT_EQ(d.verdict, Verdict::Block);
+    EXPECT_EQ(d.ruleName, "no-deep-deletes");
   }
   {
     // Deny by default and no rule in either view: the default.
     auto p = compile({}, Action::Block);
     EXPECT_EQ(eval(*p, req("DELETE", target)).verdict, Verdict::Block);
   }
+}
+
+// block > approve > rate_limit > log_only > allow; a tie reports the primary
+// (one-segment) reading's rule.
+TEST(Policy, StricterReadingWinsInTheDocumentedOrder) {
+  const std::string one = "/v/{a}";       // the one-segment reading of /v/x%2Fy
+  const std::string split = "/v/{a}/{b}";  // its split reading
+  const std::string target = "/v/x%2Fy";
+  struct Case {
+    Action primary, alternate;
+    const char* winner;
+  };
+  for (const Case& c : std::vector<Case>{{Action::Allow, Action::LogOnly, "split"},
+                                         {Action::LogOnly, Action::Allow, "one"},
+                                         {Action::LogOnly, Action::RateLimit, "split"},
+                                         {Action::RateLimit, Action::Approve, "split"},
+                                         {Action::Approve, Action::RateLimit, "one"},
+                                         {Action::Approve, Action::Block, "split"},
+                                         {Action::Block, Action::Approve, "one"},
+                                         {Action::Block, Action::Block, "one"},
+                                         {Action::Approve, Action::Approve, "one"},
+                                         {Action::Allow, Action::Allow, "one"}}) {
+    auto make = [](const char* name, const std::string& path, Action a) {
+      config::Rule r = a == Action::RateLimit ? rateRule(name, path, 100, 60) : rule(name, path, a);
+      return r;
+    };
+    auto p = compile({make("one", one, c.primary), make("split", split, c.alternate)});
+    auto d = eval(*p, req("GET", target));
+    std::string label = fmt::format("{} vs {}", actionText(c.primary), actionText(c.alternate));
+    EXPECT_EQ(d.ruleName, c.winner) << label;
+    EXPECT_EQ(d.viaAlternatePath, std::string_view(c.winner) == "split") << label;
+    EXPECT_EQ(p->explain(req("GET", target)).ruleName, c.winner) << label;
+  }
+}
+
+// Two rate_limit rules, one per reading: the request counts against both, so
+// a %2F cannot move it from a tight budget to a loose one.
+TEST(Policy, BothReadingsRateLimitedTakeATokenFromBoth) {
+  auto p = compile({rateRule("backups-tight", "/api/atlas/v2/groups/{g}/clusters/{c}/backup/**", 1, 60),
+                    rateRule("api-loose", "/api/atlas/v2/**", 100, 60)});
+  const std::string_view attack = "/api/atlas/v2/groups/X/clusters/C%2Fbackup%2Fsnapshots";
+  auto e = p->explain(req("GET", attack));
+  EXPECT_EQ(e.ruleName, "api-loose");
+  ASSERT_TRUE(e.alsoCharged.has_value());
+  EXPECT_EQ(*e.alsoCharged, 0u);
+  EXPECT_NE(e.render().find("also takes a token of rule #1 \"backups-tight\""), std::string::npos) << e.render();
+
+  auto first = eval(*p, req("GET", attack));
+  EXPECT_EQ(first.verdict, Verdict::Allow);
+  EXPECT_EQ(first.ruleName, "api-loose");  // tie: the primary reading's rule
+  EXPECT_EQ(first.alsoChargedRuleIndex, 0u);
+  auto second = eval(*p, req("GET", attack));
+  EXPECT_EQ(second.verdict, Verdict::RateLimited);  // backups-tight is empty
+  EXPECT_EQ(second.retryAfter, 60s);
+  // The plain spelling of the same path was charged by the attack.
+  EXPECT_EQ(verdict(*p, "GET", "/api/atlas/v2/groups/X/clusters/C/backup/snapshots"), Verdict::RateLimited);
+  EXPECT_EQ(eval(*p, req("GET", attack), kT0 + 60s).verdict, Verdict::Allow);
+  // Without an encoded slash only one bucket is involved.
+  auto plain = eval(*p, req("GET", "/api/atlas/v2/groups/X"));
+  EXPECT_EQ(plain.verdict, Verdict::Allow);
+  EXPECT_FALSE(plain.alsoChargedRuleIndex.has_value());
 }
 
 TEST(Policy, DotSegmentsAreResolved) {
@@ -193,6 +291,33 @@ TEST(Policy, MethodsAreCaseInsensitiveListsAndEmptyMeansAny) {
   EXPECT_EQ(verdict(*p, "DELETE", "/w/x"), Verdict::Allow);
   EXPECT_EQ(verdict(*p, "OPTIONS", "/a"), Verdict::Block);
   EXPECT_EQ(p->rules()[0].methods, (std::vector<std::string>{"POST", "PUT", "PATCH"}));
+}
+
+// A server that honours X-HTTP-Method-Override executes DELETE for a POST the
+// rules saw as POST: such requests are refused before any rule is looked at.
+TEST(Policy, MethodOverrideHeadersAreRefused) {
+  auto p = compile({rule("no-cluster-deletion", std::string(kClusterPath), Action::Block, {"DELETE"}),
+                    rule("writes-allowed", "/api/**", Action::Allow, {"POST", "GET"})},
+                   Action::Block);
+  const std::string_view target = "/api/atlas/v2/groups/g/clusters/Cluster0";
+  EXPECT_EQ(verdict(*p, "POST", target), Verdict::Allow);  // without an override: the rules decide
+  for (std::string_view header : kMethodOverrideHeaders) {
+    Request r = req("POST", target);
+    r.methodOverride = header;
+    auto d = eval(*p, r);
+    EXPECT_EQ(d.verdict, Verdict::Malformed) << header;
+    EXPECT_EQ(d.rule, nullptr) << header;
+    EXPECT_NE(d.malformedReason.find(header), std::string::npos) << d.malformedReason;
+    auto e = p->explain(r);
+    EXPECT_TRUE(e.malformed) << header;
+    EXPECT_EQ(e.malformedReason, d.malformedReason);
+    EXPECT_NE(e.render().find("malformed (400)"), std::string::npos) << e.render();
+  }
+  // Refused whatever the method and the rules: also a GET under default allow.
+  auto open = compile({}, Action::Allow);
+  Request r = req("GET", "/api/atlas/v2/groups");
+  r.methodOverride = kMethodOverrideHeaders[0];
+  EXPECT_EQ(eval(*open, r).verdict, Verdict::Malformed);
 }
 
 TEST(Policy, HostsAreExactAndCaseInsensitive) {
