@@ -272,7 +272,8 @@ class Env:
 
     def daemon_output(self):
         try:
-            with open(self.daemon_log_path) as f:
+            # Log lines quote agent-controlled bytes, which need not be UTF-8.
+            with open(self.daemon_log_path, errors="replace") as f:
                 return f.read()
         except OSError:
             return ""

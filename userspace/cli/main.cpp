@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "common/log.h"
+#include "common/text.h"
 #include "config/config.h"
 #include "control/control.h"
 #include "daemon/daemon.h"
@@ -42,17 +43,27 @@ std::optional<json::object> ask(const std::string& socket, json::object req) {
   auto& o = r->as_object();
   if (auto ok = o.if_contains("ok"); !ok || !ok->is_bool() || !ok->as_bool()) {
     auto e = o.if_contains("error");
-    fail(e && e->is_string() ? std::string(e->as_string()) : "the daemon refused the request");
+    fail(e && e->is_string() ? text::forTerminal(e->as_string()) : "the daemon refused the request");
     return std::nullopt;
   }
   return o;
 }
 
+// Everything the daemon reports is printed through these: names, paths,
+// process names and bodies come from agents, and an agent must not be able
+// to write to the operator's terminal (escape sequences, bidi overrides,
+// fake lines, padding that hides the rest). See text::forTerminal.
 std::string str(const json::value* v) {
   if (!v) return "";
-  if (v->is_string()) return std::string(v->as_string());
-  return json::serialize(*v);
+  if (v->is_string()) return text::forTerminal(v->as_string());
+  return text::jsonForTerminal(json::serialize(*v));
 }
+
+std::string str(std::string_view s) { return text::forTerminal(s); }
+
+// --json: the daemon's answer as it is (JSON escapes keep it on one line),
+// with the code points a terminal would act on escaped as \uXXXX.
+void printJson(const json::object& o) { std::printf("%s\n", text::jsonForTerminal(json::serialize(o)).c_str()); }
 
 void printStatus(const json::object& o) {
   std::printf("atlasgate pid %s, listening on port %s, config %s\n", str(o.if_contains("pid")).c_str(),
@@ -63,7 +74,7 @@ void printStatus(const json::object& o) {
                 str(a.as_object().if_contains("cgroup_id")).c_str());
   std::printf("\ntargets:\n");
   for (const auto& [host, t] : o.at("targets").as_object()) {
-    std::printf("  %s", std::string(host).c_str());
+    std::printf("  %s", str(host).c_str());
     if (auto d = t.as_object().if_contains("dns")) std::printf("  (dns: %s)", str(d).c_str());
     std::printf("\n");
     for (const auto& a : t.as_object().at("addresses").as_array())
@@ -89,10 +100,10 @@ void printStatus(const json::object& o) {
   }
   std::printf("\ncounters:\n");
   for (const auto& [k, v] : o.at("counters").as_object())
-    std::printf("  %-28s %s\n", std::string(k).c_str(), str(&v).c_str());
+    std::printf("  %-28s %s\n", str(k).c_str(), str(&v).c_str());
   std::printf("\nkernel (bpf) counters:\n");
   for (const auto& [k, v] : o.at("bpf").as_object())
-    std::printf("  %-28s %s\n", std::string(k).c_str(), str(&v).c_str());
+    std::printf("  %-28s %s\n", str(k).c_str(), str(&v).c_str());
   std::printf("\napprovals pending: %s\n", str(o.if_contains("approvals_pending")).c_str());
 }
 
@@ -190,7 +201,7 @@ int main(int argc, char** argv) {
     auto o = ask(socket, {{"cmd", "status"}});
     if (!o) return 1;
     if (asJson)
-      std::printf("%s\n", json::serialize(*o).c_str());
+      printJson(*o);
     else
       printStatus(*o);
     return 0;
@@ -208,7 +219,7 @@ int main(int argc, char** argv) {
       auto o = ask(socket, {{"cmd", "approvals"}});
       if (!o) return 1;
       if (asJson) {
-        std::printf("%s\n", json::serialize(*o).c_str());
+        printJson(*o);
         return 0;
       }
       const auto& list = o->at("approvals").as_array();
@@ -220,8 +231,19 @@ int main(int argc, char** argv) {
                     str(ao.if_contains("path")).c_str(), str(ao.if_contains("agent")).c_str(),
                     str(ao.if_contains("rule")).c_str(), str(ao.if_contains("waiting_s")).c_str(),
                     str(ao.if_contains("timeout_s")).c_str());
-        if (auto b = ao.if_contains("body"); b && b->is_string() && !b->as_string().empty())
-          std::printf("    body: %s\n", str(b).c_str());
+        if (auto b = ao.if_contains("body"); b && b->is_string() && !b->as_string().empty()) {
+          // Only the start of the body is sent, after its leading
+          // whitespace: say how big it is, what was skipped, and mark the cut.
+          auto bytes = ao.if_contains("body_bytes");
+          auto blanks = ao.if_contains("body_leading_whitespace");
+          auto cut = ao.if_contains("body_truncated");
+          bool truncated = cut && cut->is_bool() && cut->as_bool();
+          std::string about = bytes ? str(bytes) + " bytes" : "size unknown";
+          if (blanks && blanks->is_number() && blanks->to_number<double>() > 0)
+            about += ", after " + str(blanks) + " bytes of leading whitespace";
+          if (truncated) about += ", only the start shown";
+          std::printf("    body (%s): %s%s\n", about.c_str(), str(b).c_str(), truncated ? " [truncated]" : "");
+        }
       }
       return 0;
     }

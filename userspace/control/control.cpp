@@ -13,6 +13,7 @@
 #include <filesystem>
 
 #include "common/log.h"
+#include "common/text.h"
 #include "proxy/asio.h"
 
 namespace atlasgate::control {
@@ -21,6 +22,26 @@ namespace json = boost::json;
 using proxy::kUseTuple;
 namespace asio = boost::asio;
 using local = asio::local::stream_protocol;
+
+void makeUtf8(json::value& v) {
+  if (v.is_string()) {
+    if (!text::isUtf8(v.get_string())) v = text::utf8Valid(v.get_string());
+  } else if (v.is_array()) {
+    for (auto& e : v.get_array()) makeUtf8(e);
+  } else if (v.is_object()) {
+    json::object& o = v.get_object();
+    bool keysOk = true;
+    for (auto& [k, e] : o) {
+      makeUtf8(e);
+      keysOk = keysOk && text::isUtf8(k);
+    }
+    if (!keysOk) {
+      json::object fixed;
+      for (auto& [k, e] : o) fixed[text::utf8Valid(k)] = std::move(e);
+      v = std::move(fixed);
+    }
+  }
+}
 
 struct Server::Impl {
   Impl(asio::io_context& io, std::string p, Handler h) : acceptor(io), path(std::move(p)), handler(std::move(h)) {}
@@ -39,6 +60,7 @@ struct Server::Impl {
       answer = json::object{{"ok", false}, {"error", "request is not a JSON object"}};
     else
       answer = handler(req.as_object());
+    makeUtf8(answer);
     std::string out = json::serialize(answer) + "\n";
     co_await asio::async_write(sock, asio::buffer(out), kUseTuple);
   }

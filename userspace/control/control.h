@@ -35,6 +35,13 @@ class Server {
   std::unique_ptr<Impl> impl_;
 };
 
+// Answers carry strings that agents control (process names, paths, cgroup
+// names, body previews), which may be any bytes, but a JSON text must be
+// UTF-8 and the client's parser refuses one that is not. The server passes
+// every answer through this: each byte that is not part of well-formed UTF-8
+// becomes U+FFFD, in values and in keys.
+void makeUtf8(boost::json::value& v);
+
 // Client side (the CLI): sends one request, returns the answer.
 Result<boost::json::value> call(const std::string& path, const boost::json::object& request, int timeoutMs = 150000);
 

@@ -2,22 +2,66 @@
 
 #include <openssl/rand.h>
 
+#include <stdexcept>
+#include <tuple>
+
 namespace atlasgate::credentials {
 
-std::string PhantomTokens::issue(const std::string& agentKey, Clock::time_point now) {
+namespace {
+
+std::string randomToken() {
   unsigned char raw[32];
-  RAND_bytes(raw, sizeof raw);
+  if (RAND_bytes(raw, sizeof raw) != 1) throw std::runtime_error("RAND_bytes failed");
   static const char* alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
   std::string token(kPhantomPrefix);
   for (unsigned char b : raw) token.push_back(alphabet[b & 63]);
-  std::lock_guard lock(mu_);
-  if (tokens_.size() >= kMaxTokens) {
-    // Drop what has expired; if still full, the oldest-expiring half.
-    for (auto it = tokens_.begin(); it != tokens_.end();)
-      it = it->second.expires <= now ? tokens_.erase(it) : std::next(it);
-    while (tokens_.size() >= kMaxTokens) tokens_.erase(tokens_.begin());
+  return token;
+}
+
+}  // namespace
+
+void PhantomTokens::eraseLocked(Tokens::iterator it) {
+  const Entry& e = it->second;
+  byExpiry_.erase(e.order);
+  auto a = byAgent_.find(e.agentKey);
+  if (a != byAgent_.end()) {
+    a->second.erase(e.order);
+    if (a->second.empty()) byAgent_.erase(a);
   }
-  tokens_[token] = Entry{agentKey, now + kLifetime};
+  tokens_.erase(it);
+}
+
+std::string PhantomTokens::issue(const std::string& agentKey, std::size_t maxPerAgent, Clock::time_point now) {
+  if (maxPerAgent < 1) maxPerAgent = 1;
+  std::string token = randomToken();
+  std::lock_guard lock(mu_);
+  // Drop a few expired phantoms (the front of the expiry index): a constant
+  // amount per call keeps up with issuance, and the caps below bound the rest.
+  for (int i = 0; i < 2 && !byExpiry_.empty() && byExpiry_.begin()->first.first <= now; ++i)
+    eraseLocked(byExpiry_.begin()->second);
+  // At the agent's cap its oldest goes (a loop: a reload may have lowered
+  // the cap); at the daemon's cap, the daemon's oldest.
+  auto evict = [&](Tokens::iterator victim) {
+    if (victim->second.order.first > now) ++evicted_;
+    eraseLocked(victim);
+  };
+  if (auto a = byAgent_.find(agentKey); a != byAgent_.end()) {
+    while (a->second.size() >= maxPerAgent) {
+      bool last = a->second.size() == 1;
+      evict(a->second.begin()->second);  // the last one takes the agent's index entry with it
+      if (last) break;
+    }
+  }
+  while (tokens_.size() >= maxTokens_) evict(byExpiry_.begin()->second);
+  auto [it, fresh] = tokens_.try_emplace(token);
+  while (!fresh) {  // 192 random bits: not expected to happen
+    token = randomToken();
+    std::tie(it, fresh) = tokens_.try_emplace(token);
+  }
+  Order order{now + kLifetime, seq_++};
+  it->second = Entry{agentKey, order};
+  byExpiry_.emplace(order, it);
+  byAgent_[agentKey].emplace(order, it);
   return token;
 }
 
@@ -26,8 +70,8 @@ PhantomCheck PhantomTokens::check(std::string_view token, const std::string& age
   std::lock_guard lock(mu_);
   auto it = tokens_.find(token);
   if (it == tokens_.end()) return PhantomCheck::Unknown;
-  if (it->second.expires <= now) {
-    tokens_.erase(it);
+  if (it->second.order.first <= now) {
+    eraseLocked(it);
     return PhantomCheck::Expired;
   }
   return it->second.agentKey == agentKey ? PhantomCheck::Valid : PhantomCheck::WrongAgent;
@@ -37,13 +81,24 @@ bool PhantomTokens::revoke(std::string_view token, const std::string& agentKey) 
   std::lock_guard lock(mu_);
   auto it = tokens_.find(token);
   if (it == tokens_.end() || it->second.agentKey != agentKey) return false;
-  tokens_.erase(it);
+  eraseLocked(it);
   return true;
 }
 
 std::size_t PhantomTokens::size() const {
   std::lock_guard lock(mu_);
   return tokens_.size();
+}
+
+std::size_t PhantomTokens::countOf(std::string_view agentKey) const {
+  std::lock_guard lock(mu_);
+  auto a = byAgent_.find(agentKey);
+  return a == byAgent_.end() ? 0 : a->second.size();
+}
+
+std::uint64_t PhantomTokens::evicted() const {
+  std::lock_guard lock(mu_);
+  return evicted_;
 }
 
 }  // namespace atlasgate::credentials

@@ -577,6 +577,9 @@ json::value Daemon::control(const json::object& req) {
                                   {"path", a.path},
                                   {"rule", a.rule},
                                   {"body", a.bodyPreview},
+                                  {"body_leading_whitespace", a.bodyLeadingBlanks},
+                                  {"body_bytes", a.bodyBytes},
+                                  {"body_truncated", a.bodyTruncated},
                                   {"waiting_s", std::chrono::duration_cast<std::chrono::seconds>(now - a.since).count()},
                                   {"timeout_s", a.timeout.count()}});
     return json::object{{"ok", true}, {"approvals", list}};
@@ -649,6 +652,7 @@ json::value Daemon::status() {
                         {"blocked", s.blocked.load()},
                         {"rate_limited", s.rateLimited.load()},
                         {"approvals_held", s.approvalsHeld.load()},
+                        {"approvals_refused", approvals_.refused()},
                         {"credential_failures", s.credentialFailures.load()},
                         {"credential_retries", s.credentialRetries.load()},
                         {"phantom_tokens_issued", s.phantomIssued.load()},
@@ -723,6 +727,8 @@ std::string Daemon::metrics() {
   fmt::format_to(std::back_inserter(out), "atlasgate_audit_records_lost_total {}\n", audit_->lost());
   counter("atlasgate_approvals_pending", "Requests held by approve rules now.", "gauge");
   fmt::format_to(std::back_inserter(out), "atlasgate_approvals_pending {}\n", approvals_.pending().size());
+  counter("atlasgate_approvals_refused_total", "Requests not held: a max_held_* cap was reached (429).", "counter");
+  fmt::format_to(std::back_inserter(out), "atlasgate_approvals_refused_total {}\n", approvals_.refused());
   counter("atlasgate_bpf_events_total", "Kernel-side events of the BPF programs (per-CPU counters summed).", "counter");
   auto bc = loader_->counters();
   for (int i = 0; i < AG_CNT__MAX; ++i)

@@ -1,43 +1,95 @@
 #include "proxy/approvals.h"
 
+#include <algorithm>
+
+#include "common/text.h"
+
 namespace atlasgate::proxy {
 
-std::uint64_t Approvals::add(ApprovalInfo info) {
+void previewBody(ApprovalInfo& info, std::string_view body) {
+  std::size_t blanks = 0;
+  while (blanks < body.size() && text::isAsciiBlank(body[blanks])) ++blanks;
+  std::string_view head = text::utf8Prefix(body.substr(blanks), kBodyPreviewBytes);
+  info.bodyPreview = text::utf8Valid(head);
+  info.bodyLeadingBlanks = blanks;
+  info.bodyBytes = body.size();
+  info.bodyTruncated = blanks + head.size() < body.size();
+}
+
+Admission Approvals::add(ApprovalInfo info, const HoldLimits& limits) {
+  Admission a;
+  auto agentIt = perAgent_.find(info.agentKey);
+  std::size_t ofAgent = agentIt == perAgent_.end() ? 0 : agentIt->second;
+  if (entries_.size() >= limits.maxRequests)
+    a.full = HoldCap::Requests;
+  else if (ofAgent >= limits.maxPerAgent)
+    a.full = HoldCap::PerAgent;
+  else if (info.bodyBytes > limits.maxBodyBytes || heldBodyBytes_ > limits.maxBodyBytes - info.bodyBytes)
+    a.full = HoldCap::BodyBytes;
+  if (a.full != HoldCap::None) {
+    ++refused_;
+    // A place frees up at the latest when the first relevant held request
+    // times out (earlier if someone decides).
+    auto now = asio::steady_timer::clock_type::now();
+    auto soonest = asio::steady_timer::clock_type::time_point::max();
+    for (const auto& [id, e] : entries_)
+      if (a.full != HoldCap::PerAgent || e.info.agentKey == info.agentKey)
+        soonest = std::min(soonest, e.timer->expiry());
+    auto wait = soonest == asio::steady_timer::clock_type::time_point::max()
+                    ? std::chrono::seconds(1)
+                    : std::chrono::ceil<std::chrono::seconds>(soonest - now);
+    a.retryAfter = std::max(wait, std::chrono::seconds(1));
+    return a;
+  }
   std::uint64_t id = nextId_++;
   info.id = id;
   info.since = std::chrono::system_clock::now();
+  ++perAgent_[info.agentKey];
+  heldBodyBytes_ += info.bodyBytes;
   Entry& e = entries_[id];
   e.info = std::move(info);
   e.timer = std::make_unique<asio::steady_timer>(ex_);
   e.timer->expires_after(e.info.timeout);
-  return id;
+  a.id = id;
+  return a;
+}
+
+void Approvals::erase(std::map<std::uint64_t, Entry>::iterator it) {
+  heldBodyBytes_ -= it->second.info.bodyBytes;
+  if (auto p = perAgent_.find(it->second.info.agentKey); p != perAgent_.end() && --p->second == 0) perAgent_.erase(p);
+  entries_.erase(it);
 }
 
 asio::awaitable<ApprovalOutcome> Approvals::wait(std::uint64_t id) {
   co_await asio::this_coro::throw_if_cancelled(false);
+  // The decision and the deadline are looked at before each wait, so a
+  // request decided before wait() started is not left waiting for its timer.
+  bool waited = false;
   for (;;) {
     auto it = entries_.find(id);
     if (it == entries_.end()) co_return ApprovalOutcome::TimedOut;
-    asio::steady_timer& timer = *it->second.timer;
-    // decide() cancels the timer; expiry without a decision is a timeout.
-    co_await timer.async_wait(kUseTuple);
-    it = entries_.find(id);
-    if (it == entries_.end()) co_return ApprovalOutcome::TimedOut;
     if (it->second.decision) {
       bool allow = *it->second.decision;
-      entries_.erase(it);
+      erase(it);
       co_return allow ? ApprovalOutcome::Approved : ApprovalOutcome::Denied;
     }
     if (std::chrono::steady_clock::now() >= it->second.timer->expiry()) {
-      entries_.erase(it);
+      erase(it);
       co_return ApprovalOutcome::TimedOut;
     }
-    auto cs = co_await asio::this_coro::cancellation_state;
-    if (cs.cancelled() != asio::cancellation_type::none) co_return ApprovalOutcome::Waiting;
+    if (waited) {
+      auto cs = co_await asio::this_coro::cancellation_state;
+      if (cs.cancelled() != asio::cancellation_type::none) co_return ApprovalOutcome::Waiting;
+    }
+    // decide() cancels the timer; expiry without a decision is a timeout.
+    co_await it->second.timer->async_wait(kUseTuple);
+    waited = true;
   }
 }
 
-void Approvals::abandon(std::uint64_t id) { entries_.erase(id); }
+void Approvals::abandon(std::uint64_t id) {
+  if (auto it = entries_.find(id); it != entries_.end()) erase(it);
+}
 
 bool Approvals::decide(std::uint64_t id, bool allow) {
   auto it = entries_.find(id);

@@ -1,6 +1,10 @@
 #pragma once
 // Requests held by `approve` rules until a person decides (atlasgate
 // approvals allow|deny ID) or the rule's timeout passes.
+//
+// A held request keeps its whole body in memory, so what may be held is
+// capped (limits.max_held_requests, max_held_per_agent, max_held_body_bytes):
+// add() refuses a request over a cap, and the agent is told to retry later.
 
 #include <chrono>
 #include <cstdint>
@@ -8,6 +12,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "proxy/asio.h"
@@ -19,21 +24,51 @@ enum class ApprovalOutcome { Approved, Denied, TimedOut, Waiting /* wait() was c
 struct ApprovalInfo {
   std::uint64_t id = 0;
   std::string agent;
+  std::string agentKey;  // whom the per-agent cap counts (the agent's cgroup); not shown
   std::string method;
   std::string host;
   std::string path;
   std::string rule;
-  std::string bodyPreview;  // first bytes of the body, for the person deciding
+  std::string bodyPreview;           // the start of the body, well-formed UTF-8 (see previewBody)
+  std::uint64_t bodyLeadingBlanks = 0;  // ASCII whitespace bytes before the preview, not in it
+  std::uint64_t bodyBytes = 0;       // size of the whole body, held in memory meanwhile
+  bool bodyTruncated = false;        // the body goes on after the preview
   std::chrono::system_clock::time_point since;
   std::chrono::seconds timeout{0};
+};
+
+inline constexpr std::size_t kBodyPreviewBytes = 512;
+
+// Fills the body fields of info from the body. The preview starts after the
+// body's leading ASCII whitespace (only counted, in bodyLeadingBlanks: an
+// agent cannot push what matters out of the preview with padding), holds at
+// most kBodyPreviewBytes bytes, is cut on a UTF-8 character boundary, and
+// has each byte that is not UTF-8 replaced by U+FFFD, so the control
+// socket's JSON (which must be UTF-8) always carries it.
+void previewBody(ApprovalInfo& info, std::string_view body);
+
+struct HoldLimits {
+  std::uint64_t maxRequests = 0;   // whole daemon
+  std::uint64_t maxPerAgent = 0;   // same agentKey
+  std::uint64_t maxBodyBytes = 0;  // sum of bodyBytes of everything held
+};
+
+enum class HoldCap { None, Requests, PerAgent, BodyBytes };
+
+struct Admission {
+  std::uint64_t id = 0;           // 0: refused
+  HoldCap full = HoldCap::None;   // the cap that refused it
+  std::chrono::seconds retryAfter{0};  // when a place is expected to free up (at least 1 s)
 };
 
 class Approvals {
  public:
   explicit Approvals(asio::any_io_executor ex) : ex_(std::move(ex)) {}
 
-  // Registers a held request; returns its ID.
-  std::uint64_t add(ApprovalInfo info);
+  // Registers a held request and returns its ID, unless holding it would
+  // pass one of the limits: then it is not registered and Admission says
+  // which cap was full.
+  Admission add(ApprovalInfo info, const HoldLimits& limits);
   // Suspends until decided or timed out (the entry is then gone). When the
   // wait itself is cancelled, returns Waiting and the entry stays.
   asio::awaitable<ApprovalOutcome> wait(std::uint64_t id);
@@ -45,14 +80,25 @@ class Approvals {
   // Shutdown: every held request is denied.
   void denyAll();
 
+  // What is held now (decided entries whose requester has not yet picked
+  // the decision up included: their bodies are still in memory).
+  std::size_t held() const { return entries_.size(); }
+  std::uint64_t heldBodyBytes() const { return heldBodyBytes_; }
+  std::uint64_t refused() const { return refused_; }
+
  private:
   struct Entry {
     ApprovalInfo info;
     std::optional<bool> decision;
     std::unique_ptr<asio::steady_timer> timer;
   };
+  void erase(std::map<std::uint64_t, Entry>::iterator it);
+
   asio::any_io_executor ex_;
   std::map<std::uint64_t, Entry> entries_;
+  std::map<std::string, std::size_t, std::less<>> perAgent_;  // held entries per agentKey
+  std::uint64_t heldBodyBytes_ = 0;
+  std::uint64_t refused_ = 0;
   std::uint64_t nextId_ = 1;
 };
 

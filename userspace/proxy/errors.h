@@ -14,6 +14,7 @@ namespace atlasgate::proxy {
 inline constexpr std::string_view kBlocked = "ATLASGATE_BLOCKED";
 inline constexpr std::string_view kRateLimited = "ATLASGATE_RATE_LIMITED";
 inline constexpr std::string_view kApprovalDenied = "ATLASGATE_APPROVAL_DENIED";
+inline constexpr std::string_view kApprovalQueueFull = "ATLASGATE_APPROVAL_QUEUE_FULL";
 inline constexpr std::string_view kCredentialUnavailable = "ATLASGATE_CREDENTIAL_UNAVAILABLE";
 inline constexpr std::string_view kUpstreamUnavailable = "ATLASGATE_UPSTREAM_UNAVAILABLE";
 inline constexpr std::string_view kUpstreamTimeout = "ATLASGATE_UPSTREAM_TIMEOUT";

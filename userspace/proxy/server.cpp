@@ -582,21 +582,44 @@ asio::awaitable<void> Server::serve(tcp::socket socket, Flow flow) {
         break;
       }
       case policy::Verdict::Approve: {
-        ++stats_.approvalsHeld;
         ApprovalInfo info;
         info.agent = flow.agent.name;
+        info.agentKey = agentKey(flow);
         info.method = ex.rec.method;
         info.host = host;
         info.path = ex.rec.path;
         info.rule = std::string(d.ruleName);
-        info.bodyPreview = req.body().substr(0, 512);
+        previewBody(info, req.body());
         info.timeout = d.approveTimeout.count() > 0 ? d.approveTimeout : std::chrono::seconds(120);
-        log::info("conn {} agent {}: {} {} held for approval by rule \"{}\"", flow.id, flow.agent.name,
-                  ex.rec.method, ex.rec.path, d.ruleName);
+        // A held request keeps its body in memory: what may be held is capped.
+        Admission admitted = approvals_.add(
+            std::move(info), HoldLimits{limits.maxHeldRequests, limits.maxHeldPerAgent, limits.maxHeldBodyBytes});
+        if (!admitted.id) {
+          const char* cap = admitted.full == HoldCap::PerAgent ? "this agent's held requests (max_held_per_agent)"
+                            : admitted.full == HoldCap::BodyBytes
+                                ? "the bodies of held requests (max_held_body_bytes)"
+                                : "held requests (max_held_requests)";
+          log::info("conn {} agent {}: {} {} not held for approval by rule \"{}\": the cap on {} is reached",
+                    flow.id, flow.agent.name, ex.rec.method, ex.rec.path, d.ruleName, cap);
+          ex.rec.decision = "approval_queue_full";
+          ErrorResponse res = makeErrorResponse(
+              429, kApprovalQueueFull,
+              fmt::format("Request {} {} needs an operator's approval (rule \"{}\"), but the cap on {} is reached. "
+                          "Please retry after {} seconds.",
+                          ex.rec.method, ex.rec.path, d.ruleName, cap, admitted.retryAfter.count()),
+              {std::string(d.ruleName)}, true);
+          res.set(http::field::retry_after, std::to_string(admitted.retryAfter.count()));
+          co_await answer(std::move(res), kApprovalQueueFull);
+          proceed = false;
+          break;
+        }
+        ++stats_.approvalsHeld;
+        std::uint64_t approvalId = admitted.id;
+        log::info("conn {} agent {}: {} {} held for approval by rule \"{}\" (request {})", flow.id, flow.agent.name,
+                  ex.rec.method, ex.rec.path, d.ruleName, approvalId);
         lower.expires_never();
         // Wait for the decision, but notice an agent that hangs up meanwhile:
         // nobody would receive the answer, so nothing must be done for it.
-        std::uint64_t approvalId = approvals_.add(std::move(info));
         std::variant<ApprovalOutcome, bool> first =
             co_await (approvals_.wait(approvalId) || agentHangsUp(stream, buffer));
         ApprovalOutcome outcome = first.index() == 0 ? std::get<0>(first) : ApprovalOutcome::Waiting;
@@ -886,7 +909,8 @@ http::response<http::string_body> Server::answerOAuthLocally(const http::request
     } else {
       ++stats_.phantomIssued;
       json::object o;
-      o["access_token"] = phantoms_.issue(key);
+      // At the agent's cap its oldest phantom goes (see credentials/phantom.h).
+      o["access_token"] = phantoms_.issue(key, runtime_->config->limits.maxPhantomTokensPerAgent);
       o["expires_in"] = credentials::PhantomTokens::kLifetime.count();
       o["token_type"] = "Bearer";
       res.body() = json::serialize(o);
