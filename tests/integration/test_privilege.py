@@ -7,7 +7,9 @@ and tries, from inside its agent cgroup, to:
   * read the CA key and the service-account client secret;
   * connect to the control socket;
   * move itself out of its cgroup (parent, cgroup root, a new child);
-  * read, open (BPF_OBJ_GET), unlink or rename the bpffs pins;
+  * read, open (BPF_OBJ_GET), unlink or rename the bpffs pins (each by its
+    path, whether or not bpffs lets it list them: mounted mode 0700, as the
+    daemon mounts it on a machine where it was not, or world-readable);
   * read the daemon's /proc files, ptrace it, signal it;
 and, with all that refused, its Atlas requests still work (200).
 
@@ -119,11 +121,9 @@ out["cg_mkdir"] = outcome(lambda: os.mkdir(own + "/escape"))
 out["cg_kill_parent"] = outcome(lambda: write(cfg["agents_cgroup"] + "/cgroup.kill", "1"))
 out["cgroup_after"] = open("/proc/self/cgroup").read().strip().splitlines()[-1]
 
-# 4. bpffs pins
-pins = []
-for d, _, files in os.walk(cfg["pin_root"]):
-    pins += [os.path.join(d, f) for f in files]
-out["pins_seen"] = len(pins)
+# 4. bpffs pins, each by the path root listed (listing them may be refused)
+pins = cfg["pins"]
+out["pin_dirs_listed"] = {d: outcome(lambda d=d: len(os.listdir(d))) for d in sorted({os.path.dirname(p) for p in pins})}
 out["pin_read"] = sorted({outcome(lambda p=p: read(p)) for p in pins})
 out["pin_unlink"] = sorted({outcome(lambda p=p: os.unlink(p)) for p in pins})
 out["pin_rename"] = sorted({outcome(lambda p=p: os.rename(p, p + ".x")) for p in pins})
@@ -218,6 +218,21 @@ def first_mapping(pid):
     raise AssertionError(f"no readable mapping in /proc/{pid}/maps")
 
 
+def others_can_list(path):
+    """Whether a uid/gid other than root's may list the directory path (r+x on
+    it, x on every directory above it)."""
+    def mode(p):
+        return os.stat(p).st_mode
+    if mode(path) & 0o005 != 0o005:
+        return False
+    parent = os.path.dirname(path)
+    while parent != path:
+        if not mode(parent) & 0o001:
+            return False
+        path, parent = parent, os.path.dirname(parent)
+    return True
+
+
 def probe(pid):
     p = subprocess.run([sys.executable, "-c", PROBER, str(pid), first_mapping(pid)],
                        capture_output=True, text=True, timeout=20)
@@ -242,6 +257,8 @@ class PrivilegeTest(DaemonTestCase):
             self.assertTrue(os.path.exists(cfg[k]), f"{cfg[k]} missing: the refusal below would prove nothing")
         pins_before = sorted(os.path.join(d, f) for d, _, fs in os.walk(env.pin_root) for f in fs)
         self.assertTrue(pins_before)
+        cfg["pins"] = pins_before
+        bpffs_mode = os.stat("/sys/fs/bpf").st_mode & 0o7777
         script = os.path.join(env.tmp, "confined_agent.py")
         with open(script, "w") as f:
             f.write(AGENT)
@@ -249,7 +266,7 @@ class PrivilegeTest(DaemonTestCase):
         p = env.run_agent([SYSTEM_PYTHON, script, json.dumps(cfg)], name="confined", user=NOBODY)
         self.assertEqual(p.returncode, 0, f"{p.stdout}\n{p.stderr}")
         r = json.loads(p.stdout.strip().splitlines()[-1])
-        print("\nunprivileged agent:\n" + json.dumps(r, indent=1))
+        print(f"\nbpffs /sys/fs/bpf mode {bpffs_mode:o}; unprivileged agent:\n" + json.dumps(r, indent=1))
 
         self.assertEqual((r["uid"], r["euid"], r["gid"]), (NOBODY, NOBODY, NOBODY))
         self.assertEqual(r["caps"]["CapEff"], "0000000000000000", r["caps"])
@@ -266,8 +283,13 @@ class PrivilegeTest(DaemonTestCase):
             self.assertIn(r[k], denied, k)
         self.assertEqual(r["cgroup_after"], r["cgroup_before"])
         self.assertRegex(r["cgroup_before"], rf"^0::/{env.agents_cgroup_name}/confined\.\d+$")
-        # Pins: seen (the directory is world-readable) but not usable.
-        self.assertEqual(r["pins_seen"], len(pins_before))
+        # Pins: listed only where the directories let anyone (bpffs mounted
+        # world-readable), refused where not (mode 0700); usable in neither case.
+        for d, listed in r["pin_dirs_listed"].items():
+            if others_can_list(d):
+                self.assertEqual(listed, f"ok:{len(os.listdir(d))}", d)
+            else:
+                self.assertIn(listed, denied, d)
         for k in ("pin_read", "pin_unlink", "pin_rename"):
             self.assertTrue(r[k] and set(r[k]) <= denied, f"{k}: {r[k]}")
         self.assertIn(r["pin_rmdir"], denied | {"ENOTEMPTY"})

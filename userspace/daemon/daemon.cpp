@@ -123,6 +123,7 @@ class Daemon {
     std::uint64_t cookie = 0;
     int pid = 0;
     int misses = 0;
+    int nsfd = -1;  // the namespace, open: its agents' pass-through connections are dialled from it
   };
   std::uint64_t ownNetns_ = 0;
   std::map<std::uint64_t, ForeignNs> netns_;       // by namespace inode, with a listener
@@ -444,6 +445,7 @@ void Daemon::scanNamespaces() {
     if (it->second.misses >= 2) {
       log::info("network namespace {} has no agents left: closing its listeners", it->first);
       server_->closeListeners(it->second.cookie);
+      ::close(it->second.nsfd);  // pass-through flows still pending from it are refused
       it = netns_.erase(it);
     } else {
       ++it;
@@ -465,7 +467,7 @@ void Daemon::scanNamespaces() {
     if (auto r = server_->adoptListener(l->fd4, false, l->cookie); !r) log::warn("{}", r.error().message);
     if (l->fd6 >= 0)
       if (auto r = server_->adoptListener(l->fd6, true, l->cookie); !r) log::warn("{}", r.error().message);
-    netns_[ino] = ForeignNs{l->cookie, pid, 0};
+    netns_[ino] = ForeignNs{l->cookie, pid, 0, l->nsfd};
     log::info("listening in network namespace {} (of pid {}) on 127.0.0.1:{}", ino, pid, config_->listen.port);
   }
   for (auto it = netnsFailures_.begin(); it != netnsFailures_.end();)
@@ -474,6 +476,14 @@ void Daemon::scanNamespaces() {
 
 asio::awaitable<void> Daemon::netnsLoop() {
   ownNetns_ = netnsInode(::getpid());
+  // Pass-through connections of agents in another namespace leave from that
+  // namespace; one we do not serve (any more) has none to give, and the flow
+  // is refused rather than dialled from ours.
+  server_->setNamespaceSockets([this](std::uint64_t cookie, bool v6) -> Result<int> {
+    for (const auto& [ino, ns] : netns_)
+      if (ns.cookie == cookie) return tcpSocketIn(ns.nsfd, v6);
+    return makeError("network namespace with cookie {} is not served (any more)", cookie);
+  });
   for (unsigned tick = 0;; ++tick) {
     scanNamespaces();
     if (tick % 20 == 0) pool_->sweep();  // every 10 s: idle upstream connections past their time

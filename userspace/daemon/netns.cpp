@@ -11,6 +11,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <system_error>
 #include <thread>
 
 namespace atlasgate::daemon {
@@ -84,6 +85,29 @@ int listenOn(int family, std::uint16_t port, int& err) {
   return fd;
 }
 
+// Runs fn on a thread of its own that has entered the network namespace
+// `nsfd`: setns() changes only the calling thread, and this one ends right
+// after, so no other work ever runs in an agent's namespace. Sockets fn makes
+// stay in that namespace. Returns 0, or the errno of setns (or of a thread
+// that could not be started).
+template <typename Fn>
+int inNamespace(int nsfd, Fn&& fn) {
+  int err = 0;
+  try {
+    std::thread t([&] {
+      if (::setns(nsfd, CLONE_NEWNET) != 0) {
+        err = errno;
+        return;
+      }
+      fn();
+    });
+    t.join();
+  } catch (const std::system_error& e) {
+    return e.code().value() ? e.code().value() : EAGAIN;
+  }
+  return err;
+}
+
 }  // namespace
 
 Result<NetnsListener> openListenersIn(int pid, std::uint16_t port) {
@@ -93,14 +117,7 @@ Result<NetnsListener> openListenersIn(int pid, std::uint16_t port) {
   NetnsListener out;
   int err = 0;
   std::string step;
-  // setns() changes only the calling thread: do it on a thread of its own
-  // that ends right after, so no other work ever runs in the agent's namespace.
-  std::thread t([&] {
-    if (::setns(nsfd, CLONE_NEWNET) != 0) {
-      err = errno;
-      step = "setns";
-      return;
-    }
+  int setnsErr = inNamespace(nsfd, [&] {
     out.fd4 = listenOn(AF_INET, port, err);
     if (out.fd4 < 0) {
       step = "listen on 127.0.0.1 (is the namespace's loopback up?)";
@@ -114,14 +131,32 @@ Result<NetnsListener> openListenersIn(int pid, std::uint16_t port) {
       step = "SO_NETNS_COOKIE";
     }
   });
-  t.join();
-  ::close(nsfd);
+  if (setnsErr != 0) {
+    err = setnsErr;
+    step = "setns";
+  }
   if (err != 0 && (out.fd4 < 0 || out.cookie == 0)) {
     if (out.fd4 >= 0) ::close(out.fd4);
     if (out.fd6 >= 0) ::close(out.fd6);
+    ::close(nsfd);
     return sysError(err, "network namespace of pid {}: {}", pid, step);
   }
+  // Kept: pass-through connections of this namespace's agents are dialled
+  // from it, and the fd stays valid whatever becomes of `pid`.
+  out.nsfd = nsfd;
   return out;
+}
+
+Result<int> tcpSocketIn(int nsfd, bool v6) {
+  int fd = -1;
+  int err = 0;
+  int setnsErr = inNamespace(nsfd, [&] {
+    fd = ::socket(v6 ? AF_INET6 : AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0) err = errno;
+  });
+  if (setnsErr != 0) return sysError(setnsErr, "enter an agents' network namespace");
+  if (fd < 0) return sysError(err, "socket in an agents' network namespace");
+  return fd;
 }
 
 }  // namespace atlasgate::daemon

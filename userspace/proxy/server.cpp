@@ -1061,14 +1061,36 @@ asio::awaitable<void> Server::passthrough(tcp::socket socket, Flow flow) {
   ++stats_.passthrough;
   const auto limits = runtime_->config->limits;
   beast::tcp_stream agent(std::move(socket));
+  auto refuse = [&](const std::string& why) {
+    log::info("conn {} agent {}: pass-through to {} failed: {}", flow.id, flow.agent.name,
+              endpointText(flow.originalDst), why);
+    beast::error_code ignored;
+    agent.socket().set_option(asio::socket_base::linger(true, 0), ignored);  // reset on close
+  };
   beast::tcp_stream upstream(io_);
+  if (flow.origin.netns_cookie != netnsCookie_) {
+    // The agent lives in a network namespace of its own: dial from there, so
+    // it reaches what it could reach anyway and nothing more (our namespace
+    // may reach services the agent's cannot). Never fall back to ours.
+    bool v6 = flow.originalDst.address().is_v6();
+    Result<int> fd = namespaceSocket_ ? namespaceSocket_(flow.origin.netns_cookie, v6)
+                                      : Result<int>(makeError("no socket source for agents' namespaces"));
+    if (!fd) {
+      refuse(fd.error().message);
+      co_return;
+    }
+    beast::error_code aec;
+    upstream.socket().assign(v6 ? tcp::v6() : tcp::v4(), *fd, aec);
+    if (aec) {
+      ::close(*fd);
+      refuse(aec.message());
+      co_return;
+    }
+  }
   upstream.expires_after(limits.upstreamTimeout);
   auto [ec] = co_await upstream.async_connect(flow.originalDst, kUseTuple);
   if (ec) {
-    log::info("conn {} agent {}: pass-through to {} failed: {}", flow.id, flow.agent.name,
-              endpointText(flow.originalDst), ec.message());
-    beast::error_code ignored;
-    agent.socket().set_option(asio::socket_base::linger(true, 0), ignored);
+    refuse(ec.message());
     co_return;
   }
   upstream.socket().set_option(tcp::no_delay(true), ec);

@@ -7,6 +7,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <list>
 #include <map>
 #include <memory>
@@ -111,6 +112,12 @@ class Server {
   // Closes the listeners of a namespace that no agent uses any more.
   void closeListeners(std::uint64_t netnsCookie);
   std::size_t foreignNamespaces() const { return foreign_.size(); }
+  // Makes a TCP socket (fd, owned by the caller) inside the agents' network
+  // namespace with the given cookie, or fails when that namespace is not
+  // served. Pass-through connections of agents outside the daemon's own
+  // namespace leave through it; without it (or when it fails) they are reset.
+  using NamespaceSocketFn = std::function<Result<int>(std::uint64_t netnsCookie, bool v6)>;
+  void setNamespaceSockets(NamespaceSocketFn fn) { namespaceSocket_ = std::move(fn); }
 
   // Stop accepting; live sessions finish their current exchange.
   void stopAccepting();
@@ -158,6 +165,7 @@ class Server {
   AgentDirectory& agents_;
   Approvals& approvals_;
   std::uint64_t netnsCookie_;
+  NamespaceSocketFn namespaceSocket_;
   std::shared_ptr<const Runtime> runtime_;
   std::vector<std::unique_ptr<tcp::acceptor>> acceptors_;
   // Listeners in agents' network namespaces, by namespace cookie.
