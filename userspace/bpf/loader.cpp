@@ -281,16 +281,22 @@ Result<void> Loader::attach(const std::string& cgroupPath) {
 Result<void> Loader::detach(const std::string& cgroupPath) {
   auto id = cgroupId(cgroupPath);
   if (!id) return id.error();
-  auto it = links_.find(*id);
-  if (it == links_.end()) return makeError("cgroup {} is not attached", cgroupPath);
+  if (!links_.contains(*id)) return makeError("cgroup {} is not attached", cgroupPath);
+  return detachId(*id);
+}
+
+Result<void> Loader::detachId(std::uint64_t id) {
+  auto it = links_.find(id);
+  if (it == links_.end()) return makeError("cgroup id {} is not attached", id);
   for (bpf_link* l : it->second) {
     bpf_link__unpin(l);
     bpf_link__detach(l);
     bpf_link__destroy(l);
   }
   links_.erase(it);
-  paths_.erase(*id);
-  log::info("detached from cgroup {}", cgroupPath);
+  auto p = paths_.find(id);
+  log::info("detached from cgroup {} (id {})", p != paths_.end() ? p->second : std::string("?"), id);
+  if (p != paths_.end()) paths_.erase(p);
   return {};
 }
 

@@ -66,6 +66,9 @@ class Loader {
   // Remove every pinned link, program and map (SIGTERM with keep_on_exit: false).
   void unpinAll();
 
+  // The same by cgroup id: also for a cgroup that is gone (its path may hold
+  // a new cgroup already, e.g. a restarted container's).
+  Result<void> detachId(std::uint64_t cgroupId);
   // Targets: replace the IPv4/IPv6 address tables (address text -> target index).
   Result<void> setTargets(const std::map<std::string, ag_target>& addresses);
 

@@ -1,4 +1,5 @@
 #include "config/config.h"
+#include "discovery/containers.h"
 #include "discovery/pods.h"
 
 #include <boost/regex.hpp>
@@ -435,7 +436,8 @@ class Parser {
   Limits limits(const Field& f) const;
   BpfOptions bpf(const Field& f) const;
   Dns dns(const Field& f) const;
-  std::optional<KubernetesDiscovery> discovery(const Field& f) const;
+  void discovery(const Field& f, Config& c) const;
+  std::string labelSelector(const Field& f, std::string_view what) const;
 
   std::string file_;
   bool fileIsPrivate_;
@@ -620,7 +622,7 @@ Config Parser::parse(const YAML::Node& root) const {
   if (const Field* f = m.find("limits")) c.limits = limits(*f);
   if (const Field* f = m.find("bpf")) c.bpf = bpf(*f);
   if (const Field* f = m.find("dns")) c.dns = dns(*f);
-  if (const Field* f = m.find("discovery")) c.kubernetes = discovery(*f);
+  if (const Field* f = m.find("discovery")) discovery(*f, c);
   if (const Field* f = m.find("intercept")) {
     std::string v = string(*f);
     if (v == "targets") c.intercept = Intercept::Targets;
@@ -838,8 +840,8 @@ Rules Parser::rules(const Field& f, const std::vector<Target>& targets) const {
 
 Rule Parser::rule(const Field& f, std::size_t index, const std::vector<Target>& targets,
                   std::map<std::string, int>& nameLines) const {
-  const Fields m = fields(f, {"name", "method", "path", "host", "agents", "pod_labels", "when", "action", "rate",
-                              "burst", "per", "timeout", "would_be", "credential"});
+  const Fields m = fields(f, {"name", "method", "path", "host", "agents", "pod_labels", "container_labels", "when",
+                              "action", "rate", "burst", "per", "timeout", "would_be", "credential"});
   Rule r;
   r.loc = loc(f.value.Mark());
 
@@ -914,11 +916,8 @@ Rule Parser::rule(const Field& f, std::size_t index, const std::vector<Target>& 
     }
   }
   if (const Field* a = m.find("agents")) r.agents = globs(*a);
-  if (const Field* pl = m.find("pod_labels")) {
-    r.podLabels = string(*pl);
-    if (auto sel = discovery::LabelSelector::parse(r.podLabels); !sel || sel->empty())
-      fail(*pl, "{}: {}", pl->path, sel ? std::string("an empty selector would match every pod") : sel.error().message);
-  }
+  if (const Field* pl = m.find("pod_labels")) r.podLabels = labelSelector(*pl, "pod");
+  if (const Field* cl = m.find("container_labels")) r.containerLabels = labelSelector(*cl, "container");
   if (const Field* w = m.find("when")) {
     for (const Field& item : list(*w)) r.when.push_back(condition(item));
   }
@@ -1081,10 +1080,32 @@ Limits Parser::limits(const Field& f) const {
   return l;
 }
 
-std::optional<KubernetesDiscovery> Parser::discovery(const Field& f) const {
-  const Fields m = fields(f, {"kubernetes"});
+// A rule's label selector (pod_labels, container_labels): never empty.
+std::string Parser::labelSelector(const Field& f, std::string_view what) const {
+  std::string text = string(f);
+  if (auto sel = discovery::LabelSelector::parse(text); !sel || sel->empty())
+    fail(f, "{}: {}", f.path, sel ? fmt::format("an empty selector would match every {}", what) : sel.error().message);
+  return text;
+}
+
+void Parser::discovery(const Field& f, Config& c) const {
+  const Fields m = fields(f, {"kubernetes", "containers"});
+  if (const Field* ct = m.find("containers")) {
+    const Fields cm = fields(*ct, {"socket", "label"});
+    ContainerDiscovery d;
+    d.loc = loc(keyMark(*ct));
+    if (const Field* v = cm.find("socket")) {
+      d.socket = absolutePath(*v);
+      if (d.socket.size() >= 108) fail(*v, "{}: too long for a Unix socket path", v->path);
+    }
+    if (const Field* v = cm.find("label")) {
+      d.label = string(*v);
+      if (auto sel = discovery::parseContainerLabelFilter(d.label); !sel) fail(*v, "{}: {}", v->path, sel.error().message);
+    }
+    c.containers = std::move(d);
+  }
   const Field* k = m.find("kubernetes");
-  if (!k) return std::nullopt;
+  if (!k) return;
   const Fields km = fields(*k, {"node_name_env", "label_selector", "api_server", "token_file", "ca_file", "cgroup_root"});
   KubernetesDiscovery d;
   d.loc = loc(keyMark(*k));
@@ -1132,7 +1153,7 @@ Dns Parser::dns(const Field& f) const {
   if (const Field* v = m.find("grace")) d.grace = duration(*v);
   if (d.minRefresh > d.maxRefresh)
     fail(f, "{}: min_refresh ({}s) is above max_refresh ({}s)", f.path, d.minRefresh.count(), d.maxRefresh.count());
-  return d;
+  c.kubernetes = std::move(d);
 }
 
 BpfOptions Parser::bpf(const Field& f) const {

@@ -91,6 +91,7 @@ struct Rule {
   std::vector<std::string> hosts;     // lower-cased; empty = any target
   std::vector<std::string> agents;    // globs; empty = any agent
   std::string podLabels;              // Kubernetes label selector on the agent's pod; "" = any agent
+  std::string containerLabels;        // the same on the labels of the agent's container (discovery.containers)
   std::vector<Condition> when;        // all must hold
   Action action = Action::Allow;
   std::optional<Rate> rate;           // rate_limit only (required there)
@@ -169,6 +170,14 @@ struct Config {
   Listen listen;
   std::string stateDir = "/var/lib/atlasgate";
   // Optional: a directory that gets copies of ca.pem and trust-bundle.pem only
+// Containers of a local Podman or Docker engine (its Docker-compatible API
+// on a Unix socket) that carry the label are attached, named container/<name>.
+struct ContainerDiscovery {
+  std::string socket = "/run/podman/podman.sock";
+  std::string label = "atlasgate.io/inject=true";  // "key" or "key=value"
+  SourceLoc loc;
+};
+
   // (never the key), for mounting into containers and pods.
   std::string publishCaDir;
   std::string auditLog = "/var/log/atlasgate/audit.jsonl";  // "-" = stdout
@@ -191,5 +200,6 @@ Result<Config> loadConfig(const std::string& path);
 
 // Human-readable summary of a loaded config (used by `atlasgate check`).
 std::string describeConfig(const Config& c);
+  std::optional<ContainerDiscovery> containers;   // discovery.containers
 
 }  // namespace atlasgate::config

@@ -27,6 +27,7 @@
 #include "credentials/secret.h"
 #include "credentials/token_provider.h"
 #include "discovery/watcher.h"
+#include "discovery/container_watcher.h"
 #include "dns/resolver.h"
 #include "policy/policy.h"
 #include "proxy/agents.h"
@@ -130,6 +131,18 @@ class Daemon {
   std::map<std::uint64_t, int> netnsFailures_;     // by inode: failed attempts (retried with backoff)
   asio::steady_timer netnsTimer_{io_};
 };
+  // discovery.containers: labelled containers of a local Podman/Docker engine.
+  std::unique_ptr<discovery::ContainerWatcher> containers_;
+  struct AttachedContainer {
+    std::string name;        // container/<name>
+    std::string cgroup;      // absolute
+    std::uint64_t cgroupId;  // a restarted container gets a new cgroup at the same path
+  };
+  std::map<std::string, AttachedContainer> attachedContainers_;  // by container id
+  std::map<std::string, std::string> containerProblems_;         // by id: the last one logged
+  void containerUpsert(const discovery::ContainerInfo& c);
+  void containerDelete(const discovery::ContainerInfo& c);
+  void containerDetach(std::map<std::string, AttachedContainer>::iterator it);
 
 Result<void> Daemon::start() {
   auto cfg = config::loadConfig(opts_.configPath);
@@ -416,6 +429,16 @@ void Daemon::podUpsert(const discovery::PodInfo& pod) {
   agents_->setName(*cg, pod.agentName(), labels);
   attachedPods_[pod.uid] = AttachedPod{pod.agentName(), *cg};
   agents_->setRoots(attachedRoots());
+  if (config_->containers) {
+    discovery::ContainerWatcherOptions co;
+    co.socket = config_->containers->socket;
+    co.label = config_->containers->label;
+    containers_ = std::make_unique<discovery::ContainerWatcher>(
+        io_.get_executor(), co,
+        discovery::ContainerWatcherCallbacks{[this](const discovery::ContainerInfo& c) { containerUpsert(c); },
+                                             [this](const discovery::ContainerInfo& c) { containerDelete(c); }});
+    if (auto r = containers_->start(); !r) return r;
+  }
   log::info("pod {} attached ({})", pod.agentName(), *cg);
 }
 
@@ -469,6 +492,62 @@ void Daemon::scanNamespaces() {
       if (auto r = server_->adoptListener(l->fd6, true, l->cookie); !r) log::warn("{}", r.error().message);
     netns_[ino] = ForeignNs{l->cookie, pid, 0, l->nsfd};
     log::info("listening in network namespace {} (of pid {}) on 127.0.0.1:{}", ino, pid, config_->listen.port);
+void Daemon::containerUpsert(const discovery::ContainerInfo& c) {
+  auto labels = std::make_shared<const std::map<std::string, std::string>>(c.labels);
+  auto problem = [&](const std::string& why) {  // logged once per container and reason
+    std::string& last = containerProblems_[c.id];
+    if (last != why) log::warn("{}", why);
+    last = why;
+  };
+  auto cg = discovery::findContainerCgroup(cgroupMount_, c);
+  auto cgid = cg ? bpf::cgroupId(*cg) : Result<std::uint64_t>(cg.error());
+  auto it = attachedContainers_.find(c.id);
+  if (it != attachedContainers_.end()) {
+    auto& a = it->second;
+    auto still = bpf::cgroupId(a.cgroup);
+    // Same cgroup, or its process cannot be read right now while the
+    // attached cgroup still stands: name and labels may have changed.
+    if ((cgid && *cgid == a.cgroupId) || (!cgid && still && *still == a.cgroupId)) {
+      a.name = c.agentName();
+      agents_->setName(a.cgroup, c.agentName(), labels, LabelKind::Container);
+      return;
+    }
+    containerDetach(it);  // its cgroup is gone or was replaced (restart)
+  }
+  if (!cgid) {
+    problem(fmt::format("container {}: {}", c.name, cgid.error().message));  // retried by the sweep
+    return;
+  }
+  // A cgroup that a pod or another container holds is not taken over.
+  for (const auto& [id, other] : attachedContainers_)
+    if (other.cgroupId == *cgid)
+      return problem(fmt::format("container {}: cgroup {} is already {}'s", c.name, *cg, other.name));
+  for (const auto& [uid, pod] : attachedPods_)
+    if (pod.cgroup == *cg) return problem(fmt::format("container {}: cgroup {} is pod {}'s", c.name, *cg, pod.name));
+  if (auto r = loader_->attach(*cg); !r) return problem(fmt::format("container {}: {}", c.name, r.error().message));
+  containerProblems_.erase(c.id);
+  agents_->setName(*cg, c.agentName(), labels, LabelKind::Container);
+  attachedContainers_[c.id] = AttachedContainer{c.agentName(), *cg, *cgid};
+  agents_->setRoots(attachedRoots());
+  log::info("{} attached ({}, id {})", c.agentName(), *cg, *cgid);
+}
+
+void Daemon::containerDetach(std::map<std::string, AttachedContainer>::iterator it) {
+  const AttachedContainer& a = it->second;
+  if (auto r = loader_->detachId(a.cgroupId); !r) log::warn("{}: {}", a.name, r.error().message);
+  // The path may hold the container's next cgroup already: it is named
+  // again when that one is attached.
+  agents_->forgetName(a.cgroup);
+  log::info("{} detached ({})", a.name, a.cgroup);
+  attachedContainers_.erase(it);
+  agents_->setRoots(attachedRoots());
+}
+
+void Daemon::containerDelete(const discovery::ContainerInfo& c) {
+  containerProblems_.erase(c.id);
+  if (auto it = attachedContainers_.find(c.id); it != attachedContainers_.end()) containerDetach(it);
+}
+
   }
   for (auto it = netnsFailures_.begin(); it != netnsFailures_.end();)
     it = seen.contains(it->first) ? std::next(it) : netnsFailures_.erase(it);
@@ -529,6 +608,8 @@ asio::awaitable<void> Daemon::shutdown() {
 }
 
 Result<void> Daemon::reload() {
+    if (containers_ && tick % 2 == 1)
+      for (const auto& c : containers_->containers()) containerUpsert(c);  // a cgroup replaced between events
   auto cfg = config::loadConfig(opts_.configPath);
   if (!cfg) return cfg.error();
   auto next = std::make_shared<const config::Config>(std::move(cfg.value()));
@@ -546,6 +627,7 @@ Result<void> Daemon::reload() {
   auto adminToken = admin::readToken(next->listen);  // re-read: a rotated token takes effect
   if (!adminToken) return adminToken.error();
   std::atomic_store(&config_, std::shared_ptr<const config::Config>(next));
+  if (containers_) containers_->stop();
   if (auto r = applyTargets(); !r) return r;
   for (const auto& p : next->agents.attach)
     if (auto r = loader_->attach(p); !r) log::warn("reload: {}", r.error().message);
@@ -761,6 +843,12 @@ void Daemon::writeRuntimeFile() {
   {
     std::ofstream out(tmp, std::ios::trunc);
     out << json::serialize(o) << "\n";
+  if (containers_) {
+    json::array cs;
+    for (const auto& [id, a] : attachedContainers_)
+      cs.push_back(json::object{{"container", a.name}, {"id", id}, {"cgroup", a.cgroup}, {"cgroup_id", a.cgroupId}});
+    o["containers"] = json::object{{"watch", containers_->describe()}, {"attached_containers", cs}};
+  }
   }
   ::chmod(tmp.c_str(), 0644);
   std::error_code ec;

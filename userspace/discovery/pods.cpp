@@ -10,29 +10,16 @@
 
 #include <boost/json.hpp>
 
+#include "discovery/json_fields.h"
+
 namespace atlasgate::discovery {
 
 namespace json = boost::json;
 
 namespace {
 
-const json::object* objectAt(const json::object& o, std::string_view key) {
-  auto it = o.find(key);
-  if (it == o.end()) return nullptr;
-  return it->value().if_object();
-}
-
-// The string at `key`, or "" when it is absent or null; false when it is
-// there but not a string.
-bool stringAt(const json::object& o, std::string_view key, std::string& out) {
-  out.clear();
-  auto it = o.find(key);
-  if (it == o.end() || it->value().is_null()) return true;
-  const json::string* s = it->value().if_string();
-  if (s == nullptr) return false;
-  out.assign(s->data(), s->size());
-  return true;
-}
+using jsonf::objectAt;
+using jsonf::stringAt;
 
 bool isAlnum(char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'); }
 

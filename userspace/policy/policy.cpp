@@ -101,6 +101,7 @@ struct Policy::Compiled {
   std::vector<PatternSegment> pattern;
   std::vector<std::string> agents;   // globs
   std::optional<discovery::LabelSelector> podLabels;
+  std::optional<discovery::LabelSelector> containerLabels;
   std::vector<CompiledCondition> conditions;
   std::uint64_t burst = 0;                // rate_limit
   std::unique_ptr<RuleBuckets> buckets;  // rate_limit
@@ -135,7 +136,8 @@ bool hostMatches(const std::vector<std::string>& hosts, const std::string& host)
   return hosts.empty() || std::find(hosts.begin(), hosts.end(), host) != hosts.end();
 }
 
-bool podMatches(const std::optional<discovery::LabelSelector>& sel, const std::map<std::string, std::string>* labels) {
+// pod_labels and container_labels: an agent without such labels never matches.
+bool labelsMatch(const std::optional<discovery::LabelSelector>& sel, const std::map<std::string, std::string>* labels) {
   if (!sel) return true;
   return labels != nullptr && sel->matches(*labels);
 }
@@ -206,10 +208,11 @@ Result<std::shared_ptr<Policy>> Policy::compile(const config::Rules& rules, cons
       c->hosts.push_back(normalizeHost(h));
     }
     c->agents = rule.agents;
-    if (!rule.podLabels.empty()) {
-      auto sel = discovery::LabelSelector::parse(rule.podLabels);
+    for (auto [text, out] : {std::pair{&rule.podLabels, &c->podLabels}, std::pair{&rule.containerLabels, &c->containerLabels}}) {
+      if (text->empty()) continue;
+      auto sel = discovery::LabelSelector::parse(*text);
       if (!sel) return fail(sel.error().message);
-      c->podLabels = std::move(sel.value());
+      *out = std::move(sel.value());
     }
     auto pattern = parsePattern(rule.path);
     if (!pattern) return fail(pattern.error().message);
@@ -249,7 +252,7 @@ Result<std::shared_ptr<Policy>> Policy::compile(const config::Rules& rules, cons
     for (const auto& cond : c->conditions) conds.push_back(cond.describe());
     c->signature = fmt::format(
         "{}\x1f{}\x1f{}\x1f{}\x1f{}\x1f{}\x1f{}\x1f{}\x1f{}\x1f{}", fmt::join(c->methods, ","), fmt::join(c->hosts, ","),
-        rule.path + "\x1e" + rule.podLabels, fmt::join(c->agents, "\x1e"), fmt::join(conds, "\x1e"), actionText(rule.action),
+        rule.path + "\x1e" + rule.podLabels + "\x1e" + rule.containerLabels, fmt::join(c->agents, "\x1e"), fmt::join(conds, "\x1e"), actionText(rule.action),
         rule.rate ? rule.rate->count : 0, rule.rate ? rule.rate->periodSeconds : 0, c->burst,
         rule.per == config::RatePer::Agent ? "agent" : "rule");
 
@@ -265,7 +268,8 @@ Policy::Pick Policy::decide(const std::vector<std::string>& segments, Context& c
   for (std::uint32_t i : index_->candidates(segments)) {
     const Compiled& c = *compiled_[i];
     if (!methodMatches(c.methods, ctx.req.method) || !hostMatches(c.hosts, ctx.host) ||
-        !agentMatches(c.agents, ctx.agent) || !podMatches(c.podLabels, ctx.req.podLabels)) {
+        !agentMatches(c.agents, ctx.agent) || !labelsMatch(c.podLabels, ctx.req.podLabels) ||
+        !labelsMatch(c.containerLabels, ctx.req.containerLabels)) {
       continue;
     }
     switch (conditionsTruth(c.conditions, ctx.body, nullptr, nullptr)) {
@@ -426,9 +430,13 @@ Explanation Policy::explain(const Request& req, Clock::time_point now) const {
         check.reason = fmt::format("path {} does not match {}", shown, rule.path);
       } else if (!agentMatches(c.agents, ctx.agent)) {
         check.reason = fmt::format("agent \"{}\" matches none of {}", ctx.agent, fmt::join(c.agents, ", "));
-      } else if (!podMatches(c.podLabels, req.podLabels)) {
+      } else if (!labelsMatch(c.podLabels, req.podLabels)) {
         check.reason = req.podLabels ? fmt::format("pod labels do not match {}", c.podLabels->str())
                                      : fmt::format("the agent is no pod (pod_labels: {})", c.podLabels->str());
+      } else if (!labelsMatch(c.containerLabels, req.containerLabels)) {
+        check.reason = req.containerLabels
+                           ? fmt::format("container labels do not match {}", c.containerLabels->str())
+                           : fmt::format("the agent is no container (container_labels: {})", c.containerLabels->str());
       } else {
         switch (conditionsTruth(c.conditions, ctx.body, &falseAt, &unknownAt)) {
           case Truth::True:

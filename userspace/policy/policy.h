@@ -91,6 +91,9 @@ struct Request {
   // The labels of the agent's Kubernetes pod; nullptr when it is no pod
   // (then a rule with pod_labels does not apply).
   const std::map<std::string, std::string>* podLabels = nullptr;
+  // The labels of the agent's container (discovery.containers); nullptr when
+  // it is no discovered container (then a rule with container_labels does not apply).
+  const std::map<std::string, std::string>* containerLabels = nullptr;
   // The name of a method-override header the request carries (one of
   // kMethodOverrideHeaders), "" when none: such a request is Malformed.
   std::string_view methodOverride = {};

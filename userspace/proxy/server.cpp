@@ -581,6 +581,7 @@ asio::awaitable<void> Server::serve(tcp::socket socket, Flow flow) {
         proceed = false;
         break;
       }
+    preq.containerLabels = flow.agent.containerLabels.get();
       case policy::Verdict::Approve: {
         ApprovalInfo info;
         info.agent = flow.agent.name;
