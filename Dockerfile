@@ -6,6 +6,8 @@
 # Stage 1 builds the daemon (BPF objects, skeletons and the C++ binary) on
 # Debian 12 with the same packages scripts/install-deps installs; stage 2 is
 # Debian 12 slim with only the shared libraries the binary links against.
+# The runtime stage removes apt's caches itself (downloaded .debs, package
+# lists, pkgcache): it must not rely on a base image's docker-clean hook.
 # The BPF programs are embedded in the binary (libbpf skeletons) and use CO-RE,
 # so one image runs on any node kernel with BTF (5.14+; see README).
 #
@@ -39,7 +41,9 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       libbpf1 libelf1 libssl3 libyaml-cpp0.7 libfmt9 \
       libboost-json1.81.0 libboost-url1.81.0 ca-certificates \
- && rm -rf /var/lib/apt/lists/*
+ && apt-get clean \
+ && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/cache/apt/archives/*.deb \
+      /var/cache/debconf/*-old /var/lib/dpkg/*-old /var/log/apt /var/log/dpkg.log
 COPY --from=build /build/atlasgate /usr/local/bin/atlasgate
 LABEL org.opencontainers.image.title="atlasgate" \
       org.opencontainers.image.description="Kernel-redirected credential-injecting gateway for the MongoDB Atlas Administration API"

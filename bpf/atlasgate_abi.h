@@ -50,8 +50,20 @@ struct ag_origin {
 	__u8 orig_addr[16]; /* IPv4: first 4 bytes, network order */
 	__u16 orig_port; /* network order */
 	__u16 family; /* AG_AF_INET or AG_AF_INET6 */
-	__u32 pid; /* tgid of the connecting process */
+	__u32 pid; /* tgid of the socket's creator (of the connecting process if unknown) */
 	__u32 target_index;
+	__u32 flags; /* AG_ORIGIN_* */
+	char comm[AG_COMM_LEN];
+};
+
+/* ag_origin.flags */
+#define AG_ORIGIN_CREATOR 0x1 /* cgroup_id, pid, comm are the socket creator's (sock_create saw it) */
+#define AG_ORIGIN_HANDED 0x2 /* connect() was called by another process than the creator */
+
+/* Socket-local storage written at socket creation (cgroup/sock_create). */
+struct ag_creator {
+	__u64 cgroup_id;
+	__u32 pid;
 	__u32 _pad;
 	char comm[AG_COMM_LEN];
 };
@@ -83,6 +95,10 @@ enum ag_counter {
 	AG_CNT_CLOSED, /* redirected socket closed, entries removed */
 	AG_CNT_GETPEERNAME, /* getpeername rewritten to the original destination */
 	AG_CNT_REDIRECTED_ANY, /* intercept: all-tls redirected a non-target TCP/443 connection */
+	AG_CNT_SOCK_CREATED, /* sock_create recorded a TCP socket's creator */
+	AG_CNT_CREATOR_UPDATE_ERR, /* socket storage refused: the creator is unknown */
+	AG_CNT_NO_CREATOR, /* connect() of a socket whose creator is unknown (made before attach) */
+	AG_CNT_HANDED, /* connect() by another process than the socket's creator */
 	AG_CNT__MAX,
 };
 
@@ -105,6 +121,10 @@ static const char *const ag_counter_names[AG_CNT__MAX] = {
 	"closed",
 	"getpeername",
 	"redirected_any",
+	"sock_created",
+	"creator_update_err",
+	"no_creator",
+	"handed",
 };
 #endif
 

@@ -58,6 +58,14 @@ AG_MAP struct {
 	__type(value, struct ag_origin);
 } ag_flows SEC(".maps");
 
+/* Socket-local: who created a TCP socket in an attached cgroup (sock_create). */
+AG_MAP struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct ag_creator);
+} ag_creators SEC(".maps");
+
 AG_MAP struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, AG_CNT__MAX);

@@ -13,9 +13,31 @@ static __always_inline int ag_record_origin(struct bpf_sock_addr *ctx, const __u
 {
 	struct ag_origin o = {};
 	__u64 cookie = bpf_get_socket_cookie(ctx);
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	struct ag_creator *c = 0;
+	struct bpf_sock *sk = ctx->sk;
 	long err;
 
-	o.cgroup_id = bpf_get_current_cgroup_id();
+	/* The agent is the socket's creator (see sock_create.bpf.c). */
+	if (sk)
+		c = bpf_sk_storage_get(&ag_creators, sk, 0, 0);
+	if (c) {
+		o.cgroup_id = c->cgroup_id;
+		o.pid = c->pid;
+		__builtin_memcpy(o.comm, c->comm, sizeof(o.comm));
+		o.flags = AG_ORIGIN_CREATOR;
+		if (c->pid != tgid) {
+			o.flags |= AG_ORIGIN_HANDED;
+			ag_count(AG_CNT_HANDED);
+		}
+	} else {
+		/* Made before the cgroup was attached: the caller's cgroup must
+		 * itself be under an attached root, or the daemon refuses it. */
+		ag_count(AG_CNT_NO_CREATOR);
+		o.cgroup_id = bpf_get_current_cgroup_id();
+		o.pid = tgid;
+		bpf_get_current_comm(o.comm, sizeof(o.comm));
+	}
 	o.netns_cookie = bpf_get_netns_cookie(ctx);
 	o.created_ns = bpf_ktime_get_ns();
 	if (addr_len == 16)
@@ -24,9 +46,7 @@ static __always_inline int ag_record_origin(struct bpf_sock_addr *ctx, const __u
 		__builtin_memcpy(o.orig_addr, addr, 4);
 	o.orig_port = ctx->user_port;
 	o.family = family;
-	o.pid = bpf_get_current_pid_tgid() >> 32;
 	o.target_index = target_index;
-	bpf_get_current_comm(o.comm, sizeof(o.comm));
 
 	err = bpf_map_update_elem(&ag_origins, &cookie, &o, BPF_ANY);
 	if (err) {

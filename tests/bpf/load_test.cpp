@@ -54,13 +54,15 @@ constexpr std::uint32_t kTargetIndex = 7;
 constexpr int kAcceptMs = 5000;
 constexpr int kNothingMs = 200;  // how long "nothing arrives" is watched
 
-const char* const kMapNames[] = {"ag_targets4", "ag_targets6", "ag_origins", "ag_flows", "ag_counters"};
-const char* const kProgNames[] = {"ag_connect4",  "ag_connect6",     "ag_sockops",     "ag_sendmsg4",
-                                  "ag_sendmsg6", "ag_getpeername4", "ag_getpeername6"};
+const char* const kMapNames[] = {"ag_targets4", "ag_targets6", "ag_origins", "ag_flows", "ag_creators",
+                                 "ag_counters"};
+const char* const kProgNames[] = {"ag_connect4",     "ag_connect6",     "ag_sockops",
+                                  "ag_sendmsg4",     "ag_sendmsg6",     "ag_getpeername4",
+                                  "ag_getpeername6", "ag_sock_create"};
 const bpf_attach_type kAttachTypes[] = {BPF_CGROUP_INET4_CONNECT,     BPF_CGROUP_INET6_CONNECT,
                                         BPF_CGROUP_SOCK_OPS,          BPF_CGROUP_UDP4_SENDMSG,
                                         BPF_CGROUP_UDP6_SENDMSG,      BPF_CGROUP_INET4_GETPEERNAME,
-                                        BPF_CGROUP_INET6_GETPEERNAME};
+                                        BPF_CGROUP_INET6_GETPEERNAME, BPF_CGROUP_INET_SOCK_CREATE};
 
 // The pinned link names of every hook for a cgroup id.
 std::set<std::string> linkNames(const std::string& id) {
@@ -597,9 +599,13 @@ TEST_F(BpfLoadTest, TcpToTargetIsRedirectedWithItsOrigin) {
   auto o = loader_->takeFlow(keyOf(peer));
   ASSERT_TRUE(o) << "no flow for " << str(peer);
   expectOrigin(*o, kTarget4, child.pid(), cgroupId_, netns_);
+  // sock_create saw the socket made: the origin names its creator.
+  EXPECT_EQ(o->flags, static_cast<__u32>(AG_ORIGIN_CREATOR));
   EXPECT_FALSE(loader_->takeFlow(keyOf(peer))) << "takeFlow must consume the entry";
 
   auto d = delta(before);
+  EXPECT_EQ(d[AG_CNT_SOCK_CREATED], 1);
+  EXPECT_EQ(d[AG_CNT_CREATOR_UPDATE_ERR], 0);
   EXPECT_EQ(d[AG_CNT_CONNECT4], 1);
   EXPECT_EQ(d[AG_CNT_REDIRECTED4], 1);
   EXPECT_EQ(d[AG_CNT_ESTABLISHED], 1);

@@ -441,6 +441,11 @@ check("Dockerfile: multi-stage Debian 12, pinned bases, apt hygiene, exec-form e
   const runtimeStage = text.slice(text.lastIndexOf("\nFROM "));
   for (const lib of ["libbpf1", "libelf1", "libssl3", "libyaml-cpp0.7", "libfmt9", "libboost-json1.81.0", "libboost-url1.81.0", "ca-certificates"])
     if (!runtimeStage.includes(lib)) problems.push(`runtime stage does not install ${lib}`);
+  // The runtime stage cleans apt's caches itself: a base without the
+  // docker-clean hook would otherwise ship ~80 MB of .debs and pkgcache.
+  for (const l of runtimeStage.split("\n").filter((l) => /^RUN\s/i.test(l.trim()) && /apt-get install/.test(l)))
+    if (!/apt-get clean/.test(l) || !/\/var\/cache\/apt/.test(l))
+      problems.push(`runtime stage: apt caches not removed in the installing RUN: ${l.trim().slice(0, 80)}`);
   if (!fs.existsSync(path.join(root, ".dockerignore"))) problems.push("no .dockerignore (build dirs would be sent as context)");
   return problems;
 });

@@ -18,6 +18,10 @@ Command line
       [--digest-public-key KEY] [--digest-private-key-file FILE]
       [--digest-nonce-uses 5]
       [--ready-file FILE]      "<addr> <port>\\n" written once listening
+      [--max-connections N]    serve at most N connections at a time: the
+                               next is accepted only when one closes (0 = no cap)
+      [--backlog N]            listen backlog (default 128): with a small one,
+                               SYNs beyond it are dropped, like a busy server
                                (removed again on clean exit)
       [--log FILE]             JSON line per request (credentials redacted)
       [--quiet]                no per-request line on stderr
@@ -277,7 +281,7 @@ class State:
             self.stats = {
                 "token_requests": 0, "token_successes": 0, "token_failures": 0,
                 "revoke_requests": 0, "api_requests": 0, "other_requests": 0,
-                "connections": 0, "digest_challenges": 0,
+                "connections": 0, "peak_connections": 0, "digest_challenges": 0,
                 "by_status": {}, "by_auth": {},
             }
 
@@ -1587,6 +1591,11 @@ class Server(http.server.ThreadingHTTPServer):
     def __init__(self, cfg, ctx):
         self.cfg = cfg
         self.ctx = ctx
+        self.request_queue_size = cfg.backlog
+        # --max-connections: accept() waits for a free slot.
+        self.slots = threading.BoundedSemaphore(cfg.max_connections) if cfg.max_connections > 0 else None
+        self.open_lock = threading.Lock()
+        self.open_now = 0
         self.address_family = socket.AF_INET6 if ":" in cfg.listen else socket.AF_INET
         self.state = State(cfg)
         self.api = Api(self.state)
@@ -1603,7 +1612,21 @@ class Server(http.server.ThreadingHTTPServer):
         socketserver_bind(self)
 
     def get_request(self):
-        sock, addr = self.socket.accept()
+        if self.slots is not None:
+            while not self.slots.acquire(timeout=0.2):
+                if getattr(self, "_BaseServer__shutdown_request", False):
+                    raise OSError("shutting down")
+        try:
+            sock, addr = self.socket.accept()
+        except OSError:
+            if self.slots is not None:
+                self.slots.release()
+            raise
+        with self.open_lock:
+            self.open_now += 1
+            st = self.state
+            with st.lock:
+                st.stats["peak_connections"] = max(st.stats.get("peak_connections", 0), self.open_now)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
@@ -1624,6 +1647,10 @@ class Server(http.server.ThreadingHTTPServer):
         except OSError:
             pass
         self.close_request(request)
+        with self.open_lock:
+            self.open_now -= 1
+        if self.slots is not None:
+            self.slots.release()
 
     def say(self, msg):
         if self.cfg.quiet:
@@ -1689,6 +1716,8 @@ def parse_args(argv):
     ap.add_argument("--ready-file")
     ap.add_argument("--log")
     ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--max-connections", type=int, default=0)
+    ap.add_argument("--backlog", type=int, default=128)
     a = ap.parse_args(argv)
     if not a.cert or not a.key:
         if not a.pki_dir:

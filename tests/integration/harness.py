@@ -76,6 +76,16 @@ def wait_for(predicate, timeout=10.0, interval=0.05, what="condition"):
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
+                     "SUMMARY: UndefinedBehaviorSanitizer")
+
+
+def sanitizer_reports(output):
+    """Lines of an ASan/LSan/UBSan report in a daemon's output (the sanitizer
+    build of scripts/test); a report fails the test that started the daemon."""
+    return [line for line in output.splitlines() if any(m in line for m in SANITIZER_MARKERS)][:20]
+
+
 def remove_cgroup(path):
     """Kills what is left in a cgroup tree and removes it, leaves first."""
     if not os.path.isdir(path):
@@ -284,8 +294,11 @@ class Env:
             self.fake.stop()
         remove_cgroup(self.agents_cgroup)
         shutil.rmtree(self.pin_root, ignore_errors=True)
+        reports = sanitizer_reports(self.daemon_output())
         if os.environ.get("ATLASGATE_KEEP_TMP") != "1":
             shutil.rmtree(self.tmp, ignore_errors=True)
+        if reports:
+            raise AssertionError("the daemon's output has sanitizer reports:\n" + "\n".join(reports))
 
     def __enter__(self):
         return self

@@ -44,6 +44,7 @@ const Hook kHooks[] = {
     {"ag_sendmsg6", [](ag_bpf* s) { return s->progs.ag_sendmsg6; }},
     {"ag_getpeername4", [](ag_bpf* s) { return s->progs.ag_getpeername4; }},
     {"ag_getpeername6", [](ag_bpf* s) { return s->progs.ag_getpeername6; }},
+    {"ag_sock_create", [](ag_bpf* s) { return s->progs.ag_sock_create; }},
 };
 
 class Fd {
@@ -225,7 +226,53 @@ Result<void> Loader::adoptPinnedLinks() {
     paths_.try_emplace(cgid, std::string());
   }
   if (!links_.empty()) log::info("re-used {} pinned cgroup attachment(s) from a previous run", links_.size());
+  // A link's pin names only its cgroup's id: find the path again, so that
+  // cgroups attached by hand keep their agent name and their namespaces
+  // their listeners. A set of links from an older build that lacks a hook is
+  // completed.
+  auto mount = findCgroup2Mount();
+  Fd mfd(mount ? ::open(mount->c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1);
+  for (auto& [cgid, path] : paths_) {
+    if (path.empty()) path = cgroupPathById(mfd.get(), cgid);
+    if (path.empty()) {
+      log::warn("pinned attachment of cgroup id {}: its path cannot be found", cgid);
+      continue;
+    }
+    if (links_[cgid].size() != std::size(kHooks))
+      if (auto r = attach(path); !r) log::warn("completing the attachment of {}: {}", path, r.error().message);
+  }
   return {};
+}
+
+std::string cgroupPathById(int mountFd, std::uint64_t cgroupId, bool* gone) {
+  if (gone) *gone = false;
+  if (mountFd < 0) return {};
+  // FILEID_KERNFS: a cgroup2 file handle is its 8-byte id.
+  struct {
+    struct file_handle fh;
+    std::uint64_t id;
+  } h{};
+  h.fh.handle_bytes = sizeof(std::uint64_t);
+  h.fh.handle_type = 0xfe;
+  std::memcpy(h.fh.f_handle, &cgroupId, sizeof cgroupId);
+  Fd fd(::open_by_handle_at(mountFd, &h.fh, O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (fd.get() < 0) {
+    if (gone) *gone = errno == ESTALE || errno == ENOENT;
+    return {};
+  }
+  std::error_code ec;
+  std::string p = fs::read_symlink("/proc/self/fd/" + std::to_string(fd.get()), ec).string();
+  if (ec) return {};
+  // Removed meanwhile: the link reads "<path> (deleted)"; and removed right
+  // after the read, the path no longer names this id.
+  constexpr std::string_view kDeleted = " (deleted)";
+  struct stat st {};
+  if ((p.size() >= kDeleted.size() && p.compare(p.size() - kDeleted.size(), kDeleted.size(), kDeleted) == 0) ||
+      ::stat(p.c_str(), &st) != 0 || st.st_ino != cgroupId) {
+    if (gone) *gone = true;
+    return {};
+  }
+  return p;
 }
 
 Loader::~Loader() {

@@ -34,6 +34,11 @@ Result<std::string> findCgroup2Mount();
 Result<void> ensureBpffs();
 // The cgroup id (inode number of its directory) of a cgroup path.
 Result<std::uint64_t> cgroupId(const std::string& path);
+// The path of a cgroup from its id, by a kernfs file handle opened at the
+// cgroup2 mount (`mountFd`); "" when it is gone or cannot be opened (needs
+// CAP_DAC_READ_SEARCH). No directory walk. `gone` (if given) tells whether
+// the cgroup is known to be removed (rather than the lookup failing).
+std::string cgroupPathById(int mountFd, std::uint64_t cgroupId, bool* gone = nullptr);
 // The network namespace cookie of the calling thread's namespace.
 Result<std::uint64_t> currentNetnsCookie();
 
@@ -61,14 +66,14 @@ class Loader {
   Result<void> attach(const std::string& cgroupPath);
   // Detach from a cgroup and remove its pinned links.
   Result<void> detach(const std::string& cgroupPath);
+  // The same by cgroup id: also for a cgroup that is gone (its path may hold
+  // a new cgroup already, e.g. a restarted container's).
+  Result<void> detachId(std::uint64_t cgroupId);
   std::vector<Attachment> attachments() const;
 
   // Remove every pinned link, program and map (SIGTERM with keep_on_exit: false).
   void unpinAll();
 
-  // The same by cgroup id: also for a cgroup that is gone (its path may hold
-  // a new cgroup already, e.g. a restarted container's).
-  Result<void> detachId(std::uint64_t cgroupId);
   // Targets: replace the IPv4/IPv6 address tables (address text -> target index).
   Result<void> setTargets(const std::map<std::string, ag_target>& addresses);
 

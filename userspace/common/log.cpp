@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cstdio>
 #include <ctime>
+#include <iterator>
 #include <string>
 
 namespace atlasgate::log {
@@ -46,7 +47,19 @@ void write(Level level, std::string_view message) {
   gmtime_r(&t, &tm);
   char ts[32];
   std::strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%S", &tm);
-  std::string line = fmt::format("{}.{:03}Z atlasgate {}: {}\n", ts, ms, levelName(level), message);
+  std::string line = fmt::format("{}.{:03}Z atlasgate {}: ", ts, ms, levelName(level));
+  // Messages quote agent-controlled text (process names, paths, cgroup
+  // names): a control character never reaches the log as itself, so no
+  // agent can forge a line or drive the reader's terminal.
+  line.reserve(line.size() + message.size() + 1);
+  for (char c : message) {
+    auto u = static_cast<unsigned char>(c);
+    if (u < 0x20 || u == 0x7f)
+      fmt::format_to(std::back_inserter(line), "\\x{:02x}", u);
+    else
+      line.push_back(c);
+  }
+  line.push_back('\n');
   // One write(2) per line so concurrent lines never interleave.
   ssize_t rc = ::write(STDERR_FILENO, line.data(), line.size());
   (void)rc;

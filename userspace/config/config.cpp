@@ -1066,7 +1066,11 @@ Rate Parser::rate(const Field& f) const {
 
 Limits Parser::limits(const Field& f) const {
   const Fields m = fields(f, {"max_header_bytes", "max_headers", "max_body_bytes", "handshake_timeout",
-                              "header_timeout", "idle_timeout", "request_timeout", "upstream_timeout"});
+                              "header_timeout", "idle_timeout", "request_timeout", "upstream_timeout",
+                              "max_connections", "max_connections_per_agent", "max_held_requests",
+                              "max_held_per_agent", "max_held_body_bytes", "max_phantom_tokens_per_agent",
+                              "max_upstream_connections", "max_upstream_connections_per_agent",
+                              "upstream_queue_timeout", "upstream_connect_timeout"});
   Limits l;
   if (const Field* v = m.find("max_header_bytes"))
     l.maxHeaderBytes = static_cast<std::uint32_t>(integer(*v, 1, UINT32_MAX));
@@ -1077,6 +1081,19 @@ Limits Parser::limits(const Field& f) const {
   if (const Field* v = m.find("idle_timeout")) l.idleTimeout = duration(*v);
   if (const Field* v = m.find("request_timeout")) l.requestTimeout = duration(*v);
   if (const Field* v = m.find("upstream_timeout")) l.upstreamTimeout = duration(*v);
+  auto count = [&](const char* key, std::uint32_t& out, std::uint32_t max) {
+    if (const Field* v = m.find(key)) out = static_cast<std::uint32_t>(integer(*v, 1, max));
+  };
+  count("max_connections", l.maxConnections, 1u << 20);
+  count("max_connections_per_agent", l.maxConnectionsPerAgent, 1u << 20);
+  count("max_held_requests", l.maxHeldRequests, 1u << 16);
+  count("max_held_per_agent", l.maxHeldPerAgent, 1u << 16);
+  count("max_phantom_tokens_per_agent", l.maxPhantomTokensPerAgent, 1u << 20);
+  count("max_upstream_connections", l.maxUpstreamConnections, 1u << 16);
+  count("max_upstream_connections_per_agent", l.maxUpstreamConnectionsPerAgent, 1u << 16);
+  if (const Field* v = m.find("max_held_body_bytes")) l.maxHeldBodyBytes = integer(*v, 1, UINT64_MAX);
+  if (const Field* v = m.find("upstream_queue_timeout")) l.upstreamQueueTimeout = duration(*v);
+  if (const Field* v = m.find("upstream_connect_timeout")) l.upstreamConnectTimeout = duration(*v);
   return l;
 }
 
@@ -1304,6 +1321,14 @@ std::string describeConfig(const Config& c) {
                  "idle {}s, request {}s, upstream {}s\n",
                  l.maxHeaderBytes, l.maxHeaders, l.maxBodyBytes, l.handshakeTimeout.count(), l.headerTimeout.count(),
                  l.idleTimeout.count(), l.requestTimeout.count(), l.upstreamTimeout.count());
+  fmt::format_to(to,
+                 "caps: connections {} ({} per agent); held requests {} ({} per agent, {} body bytes); "
+                 "phantom tokens {} per agent; upstream connections {} per target, {} per agent (connect "
+                 "timeout {}s, queue timeout {}s)\n",
+                 l.maxConnections, l.maxConnectionsPerAgent, l.maxHeldRequests, l.maxHeldPerAgent,
+                 l.maxHeldBodyBytes, l.maxPhantomTokensPerAgent, l.maxUpstreamConnections,
+                 l.maxUpstreamConnectionsPerAgent,
+                 l.upstreamConnectTimeout.count(), l.upstreamQueueTimeout.count());
   fmt::format_to(to, "bpf: pins under {}, keep on exit {}, refuse QUIC {}\n", c.bpf.pinRoot, yesNo(c.bpf.keepOnExit),
                  yesNo(c.bpf.refuseQuic));
   return out;

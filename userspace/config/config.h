@@ -55,7 +55,7 @@ struct Target {
   std::string host;                       // lower-cased DNS name
   std::vector<std::string> addresses;     // literal IPv4/IPv6 addresses, validated
   std::optional<std::string> upstreamCa;  // PEM file; default: system trust store
-  std::uint16_t upstreamPort = 443;       // port dialled upstream when the origin is unknown
+  std::uint16_t upstreamPort = 443;       // port atlasgate dials on the target's own addresses
   bool resolve = true;                    // also intercept what DNS answers for host
   std::vector<Credential> credentials;    // may be empty (then requests pass with no credential)
   SourceLoc loc;
@@ -130,6 +130,17 @@ struct Limits {
   std::chrono::seconds idleTimeout{60};     // keep-alive idle
   std::chrono::seconds requestTimeout{300}; // one request/response exchange
   std::chrono::seconds upstreamTimeout{60}; // upstream connect + first byte of response
+  // Caps (DESIGN 8.2). A connection over a connection cap is closed at once.
+  std::uint32_t maxConnections = 4096;          // agent connections, whole daemon
+  std::uint32_t maxConnectionsPerAgent = 512;   // agent connections of one agent
+  std::uint32_t maxHeldRequests = 64;           // requests held by approve rules, whole daemon
+  std::uint32_t maxHeldPerAgent = 8;            // ... of one agent
+  std::uint64_t maxHeldBodyBytes = 64ull << 20; // sum of the bodies of held requests
+  std::uint32_t maxPhantomTokensPerAgent = 64;  // live phantom tokens of one agent
+  std::uint32_t maxUpstreamConnections = 64;    // per target: open (busy, idle, connecting)
+  std::uint32_t maxUpstreamConnectionsPerAgent = 16;  // per target: busy for one agent at a time
+  std::chrono::seconds upstreamQueueTimeout{10};   // wait for a free upstream connection, then 503
+  std::chrono::seconds upstreamConnectTimeout{10}; // TCP connect + TLS handshake of one upstream connection
 };
 
 struct BpfOptions {

@@ -102,18 +102,17 @@ bool TokenProvider::valid(Clock::time_point now) const {
 
 std::string TokenProvider::basicAuth() const { return "Basic " + basicCredentials(clientId_, secret_.view()); }
 
-asio::awaitable<Result<std::string>> TokenProvider::token(const tcp::endpoint& via) {
-  lastVia_ = via;
+asio::awaitable<Result<std::string>> TokenProvider::token() {
   auto now = Clock::now();
   if (valid(now)) {
     if (now >= refreshAt_ && !refreshing_ && now >= nextAttempt_)
-      asio::co_spawn(ex_, refresh(via), asio::detached);  // ahead of expiry, in the background
+      asio::co_spawn(ex_, refresh(), asio::detached);  // ahead of expiry, in the background
     co_return std::string(token_.view());
   }
   if (!refreshing_) {
     if (failures_ > 0 && now < nextAttempt_)
       co_return makeError("no valid token for {} (last attempt: {})", clientId_, lastError_);
-    asio::co_spawn(ex_, refresh(via), asio::detached);
+    asio::co_spawn(ex_, refresh(), asio::detached);
   }
   // Wait for the one refresh in flight (bounded by its own timeout).
   // (refresh() armed the timer when it began; re-arming it here would
@@ -123,7 +122,7 @@ asio::awaitable<Result<std::string>> TokenProvider::token(const tcp::endpoint& v
   co_return makeError("no valid token for {} ({})", clientId_, lastError_.empty() ? "unavailable" : lastError_);
 }
 
-asio::awaitable<void> TokenProvider::refresh(tcp::endpoint via) {
+asio::awaitable<void> TokenProvider::refresh() {
   refreshing_ = true;
   wake_.expires_at(Clock::time_point::max());
   ++stats_.fetches;
@@ -135,7 +134,7 @@ asio::awaitable<void> TokenProvider::refresh(tcp::endpoint via) {
   req.set(http::field::user_agent, "atlasgate/0.1");
   req.body() = "grant_type=client_credentials";
   auto started = Clock::now();
-  RoundTripResult rt = co_await roundTrip(pool_, host_, via, std::move(req), timeout_);
+  RoundTripResult rt = co_await roundTrip(pool_, host_, std::move(req), timeout_);
   Result<TokenResponse> parsed = rt.ec ? Result<TokenResponse>(makeError("token endpoint {} failed: {}", rt.what,
                                                                             rt.ec.message()))
                                        : parseTokenResponse(rt.response.result_int(), rt.response.body());
@@ -175,14 +174,14 @@ void TokenProvider::invalidate(const std::string& token) {
 }
 
 asio::awaitable<void> TokenProvider::revoke() {
-  if (token_.empty() || !lastVia_) co_return;
+  if (token_.empty()) co_return;
   http::request<http::string_body> req{http::verb::post, "/api/oauth/revoke", 11};
   req.set(http::field::host, host_);
   req.set(http::field::authorization, basicAuth());
   req.set(http::field::content_type, "application/x-www-form-urlencoded");
   req.set(http::field::accept, "application/json");
   req.body() = "token=" + std::string(token_.view()) + "&token_type_hint=access_token";
-  RoundTripResult rt = co_await roundTrip(pool_, host_, *lastVia_, std::move(req), std::chrono::seconds(3));
+  RoundTripResult rt = co_await roundTrip(pool_, host_, std::move(req), std::chrono::seconds(3));
   if (rt.ec || rt.response.result_int() != 200)
     log::warn("service account {}: revoking the token failed", clientId_);
   else

@@ -31,9 +31,9 @@ class TokenProvider {
   TokenProvider(proxy::asio::any_io_executor ex, proxy::UpstreamPool& pool, std::string host,
                 std::string clientId, Secret secret, std::chrono::seconds timeout);
 
-  // A valid bearer token, or an error whose message is safe to show.
-  // `via` is the address to dial for the token endpoint.
-  proxy::asio::awaitable<Result<std::string>> token(const proxy::tcp::endpoint& via);
+  // A valid bearer token, or an error whose message is safe to show. The
+  // token endpoint is reached over the pool, at an address atlasgate chose.
+  proxy::asio::awaitable<Result<std::string>> token();
 
   // The upstream answered 401 for this token: do not inject it again.
   void invalidate(const std::string& token);
@@ -47,7 +47,7 @@ class TokenProvider {
   const std::string& clientId() const { return clientId_; }
 
  private:
-  proxy::asio::awaitable<void> refresh(proxy::tcp::endpoint via);
+  proxy::asio::awaitable<void> refresh();
   bool valid(Clock::time_point now) const;
   std::string basicAuth() const;
 
@@ -64,7 +64,6 @@ class TokenProvider {
   std::chrono::milliseconds margin_{5000};  // no injection this close to expiry
   bool refreshing_ = false;
   proxy::asio::steady_timer wake_;  // cancelled when a refresh completes
-  std::optional<proxy::tcp::endpoint> lastVia_;
   std::string lastError_;
   unsigned failures_ = 0;
   Clock::time_point nextAttempt_{};

@@ -2,6 +2,7 @@
 #include "daemon/netns.h"
 #include "daemon/privileges.h"
 
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -49,15 +50,37 @@ namespace {
 
 constexpr std::size_t kMaxAddressesPerHost = 64;
 
+UpstreamLimits upstreamLimits(const config::Limits& l) {
+  UpstreamLimits u;
+  u.maxConnections = l.maxUpstreamConnections;
+  u.maxPerAgent = l.maxUpstreamConnectionsPerAgent;
+  u.queueTimeout = l.upstreamQueueTimeout;
+  u.connectTimeout = l.upstreamConnectTimeout;
+  return u;
+}
+
+// Every agent connection is a file descriptor: take the hard limit.
+void raiseFileLimit() {
+  struct rlimit rl {};
+  if (::getrlimit(RLIMIT_NOFILE, &rl) != 0) return;
+  if (rl.rlim_cur < rl.rlim_max) {
+    rlim_t was = rl.rlim_cur;
+    rl.rlim_cur = rl.rlim_max;
+    if (::setrlimit(RLIMIT_NOFILE, &rl) == 0)
+      log::info("open files limit raised from {} to {}", was, rl.rlim_cur);
+  }
+}
+
 std::string absoluteCgroup(const std::string& mount, const std::string& cgroup) {
   if (!cgroup.empty() && cgroup.front() == '/') return cgroup;
   return mount + "/" + cgroup;
 }
 
 struct AddressEntry {
-  std::uint32_t targetIndex = 0;
+  std::uint32_t targetIndex = 0;  // the kernel's table holds one target per address
   bool isStatic = false;
   std::chrono::steady_clock::time_point retireAt{};  // DNS: when it may be dropped
+  std::set<std::uint32_t> targets;  // every target that claims it (two names, one load balancer)
 };
 
 class Daemon {
@@ -151,6 +174,7 @@ Result<void> Daemon::start() {
   log::Level level;
   if (log::parseLevel(config_->logLevel, level)) log::setLevel(level);
   credentials::hardenProcess();
+  raiseFileLimit();
   if (::geteuid() != 0) return makeError("atlasgate daemon must run as root (it loads BPF programs and attaches cgroups)");
 
   auto mount = bpf::findCgroup2Mount();
@@ -194,6 +218,7 @@ Result<void> Daemon::start() {
     if (!cctx) return makeError("target {}: {}", t.host, cctx.error().message);
     pool_->addHost(t.host, cctx.value().release());
   }
+  pool_->setLimits(upstreamLimits(config_->limits));
   auto audit = audit::AuditLog::open(config_->auditLog);
   if (!audit) return audit.error();
   audit_ = std::move(audit.value());
@@ -298,6 +323,7 @@ Result<std::shared_ptr<const Runtime>> Daemon::buildRuntime(std::shared_ptr<cons
 
 Result<void> Daemon::applyTargets() {
   std::map<std::string, ag_target> table;
+  std::vector<std::vector<tcp::endpoint>> byTarget(config_->targets.size());
   {
     std::lock_guard lock(addrMu_);
     auto now = std::chrono::steady_clock::now();
@@ -305,16 +331,29 @@ Result<void> Daemon::applyTargets() {
     for (auto it = addresses_.begin(); it != addresses_.end();)
       it = it->second.isStatic ? addresses_.erase(it) : std::next(it);
     for (std::uint32_t i = 0; i < config_->targets.size(); ++i)
-      for (const auto& a : config_->targets[i].addresses) addresses_[a] = AddressEntry{i, true, {}};
+      for (const auto& a : config_->targets[i].addresses) {
+        AddressEntry& e = addresses_[a];
+        if (!e.isStatic) e = AddressEntry{i, true, {}, {}};
+        e.targets.insert(i);
+      }
     for (auto it = addresses_.begin(); it != addresses_.end();) {
       if (!it->second.isStatic && it->second.retireAt <= now)
         it = addresses_.erase(it);
       else
         ++it;
     }
-    for (const auto& [addr, e] : addresses_)
+    for (const auto& [addr, e] : addresses_) {
       table[addr] = ag_target{e.targetIndex, e.isStatic ? static_cast<__u32>(AG_TARGET_STATIC) : 0u};
+      // The upstream pool dials only these addresses, whatever address an
+      // agent chose; an address two targets share serves both.
+      beast::error_code ec;
+      auto a = asio::ip::make_address(addr, ec);
+      if (ec) continue;
+      for (std::uint32_t t : e.targets)
+        if (t < byTarget.size()) byTarget[t].emplace_back(a, config_->targets[t].upstreamPort);
+    }
   }
+  for (std::size_t i = 0; i < byTarget.size(); ++i) pool_->setAddresses(config_->targets[i].host, std::move(byTarget[i]));
   return loader_->setTargets(table);
 }
 
@@ -349,7 +388,8 @@ void Daemon::resolverThread() {
           auto& e = addresses_[a];
           if (!e.isStatic) {
             if (e.retireAt == std::chrono::steady_clock::time_point{}) changed = true;
-            e.targetIndex = i;
+            if (e.targets.empty()) e.targetIndex = i;
+            e.targets.insert(i);
             // Kept through the next refresh and a grace period after it, so
             // agents that resolved it a little earlier are still caught.
             e.retireAt = now + ans->ttl + interval + cfg->dns.grace;
@@ -586,10 +626,13 @@ asio::awaitable<void> Daemon::shutdown() {
   netnsTimer_.cancel();
   if (pods_) pods_->stop();
   server_->closeAll();
+  // Requests still queued for an upstream connection belong to agents that
+  // are gone: they must never be sent. The pool stays open for the revokes.
+  pool_->failWaiters();
   for (auto& [k, p] : tokenProviders_) co_await p->revoke();
   if (control_) control_->stop();
   if (admin_) admin_->stop();
-  pool_->clear();
+  pool_->close();
   {
     std::lock_guard lock(stopMu_);
     stopping_ = true;
@@ -629,6 +672,7 @@ Result<void> Daemon::reload() {
   std::atomic_store(&config_, std::shared_ptr<const config::Config>(next));
   if (containers_) containers_->stop();
   if (auto r = applyTargets(); !r) return r;
+  pool_->setLimits(upstreamLimits(next->limits));
   for (const auto& p : next->agents.attach)
     if (auto r = loader_->attach(p); !r) log::warn("reload: {}", r.error().message);
   log::Level level;
@@ -758,12 +802,31 @@ json::value Daemon::status() {
                         {"audit_lost", audit_->lost()},
                         {"upstream_idle", pool_->idleCount()},
                         {"upstream_connects", pool_->stats().connects},
-                        {"upstream_reuses", pool_->stats().reuses}};
+                        {"upstream_reuses", pool_->stats().reuses},
+                        {"upstream_busy", s.upstreamBusy.load()},
+                        {"refused_over_limit", s.refusedOverLimit.load()},
+                        {"refused_unknown_agent", s.refusedUnknownAgent.load()},
+                        {"accept_errors", s.acceptErrors.load()}};
   auto tc = serverTls_->counters();
   counters["tls_refused_unknown_sni"] = tc.refusedUnknownSni;
   counters["tls_refused_missing_sni"] = tc.refusedMissingSni;
   counters["tls_leaves_minted"] = tc.leavesMinted;
   o["counters"] = counters;
+  json::array upstream;
+  for (const auto& h : pool_->hosts())
+    upstream.push_back(json::object{{"host", h.host},
+                                    {"open", h.open},
+                                    {"idle", h.idle},
+                                    {"connecting", h.connecting},
+                                    {"waiting", h.waiting},
+                                    {"addresses", h.addresses},
+                                    {"max", config_->limits.maxUpstreamConnections},
+                                    {"connects", h.stats.connects},
+                                    {"connect_failures", h.stats.connectFailures},
+                                    {"queued", h.stats.queued},
+                                    {"queue_timeouts", h.stats.queueTimeouts},
+                                    {"queue_wait_s", h.stats.queueWaitSeconds}});
+  o["upstream"] = std::move(upstream);
   json::object bpfc;
   auto bc = loader_->counters();
   for (int i = 0; i < AG_CNT__MAX; ++i) bpfc[ag_counter_names[i]] = bc[i];
@@ -799,6 +862,31 @@ std::string Daemon::metrics() {
   fmt::format_to(std::back_inserter(out), "atlasgate_connections_live {}\n", s.liveConnections.load());
   counter("atlasgate_upstream_pool_idle", "Idle upstream connections kept for reuse.", "gauge");
   fmt::format_to(std::back_inserter(out), "atlasgate_upstream_pool_idle {}\n", pool_->idleCount());
+  auto hostViews = pool_->hosts();
+  auto perHost = [&](const char* name, const char* help, const char* type, auto value) {
+    counter(name, help, type);
+    for (const auto& h : hostViews)
+      fmt::format_to(std::back_inserter(out), "{}{{host=\"{}\"}} {}\n", name, proxy::promLabel(h.host), value(h));
+  };
+  perHost("atlasgate_upstream_pool_open", "Upstream connections open (busy, idle, connecting), by target.", "gauge",
+          [](const UpstreamHostView& h) { return h.open; });
+  perHost("atlasgate_upstream_pool_max", "Cap on upstream connections per target (limits.max_upstream_connections).",
+          "gauge", [&](const UpstreamHostView&) { return config_->limits.maxUpstreamConnections; });
+  perHost("atlasgate_upstream_queue_length", "Requests waiting for a free upstream connection now.", "gauge",
+          [](const UpstreamHostView& h) { return h.waiting; });
+  perHost("atlasgate_upstream_queued_total", "Requests that found no idle upstream connection and waited.", "counter",
+          [](const UpstreamHostView& h) { return h.stats.queued; });
+  perHost("atlasgate_upstream_queue_timeouts_total",
+          "Requests that waited past limits.upstream_queue_timeout (503 ATLASGATE_UPSTREAM_BUSY).", "counter",
+          [](const UpstreamHostView& h) { return h.stats.queueTimeouts; });
+  perHost("atlasgate_upstream_queue_wait_seconds_total", "Time requests spent waiting for an upstream connection.",
+          "counter", [](const UpstreamHostView& h) { return fmt::format("{:.6f}", h.stats.queueWaitSeconds); });
+  perHost("atlasgate_upstream_connect_failures_total", "Failed upstream TCP/TLS connection attempts.", "counter",
+          [](const UpstreamHostView& h) { return h.stats.connectFailures; });
+  counter("atlasgate_connections_refused_over_limit_total",
+          "Agent connections closed at once: over limits.max_connections or max_connections_per_agent.", "counter");
+  fmt::format_to(std::back_inserter(out), "atlasgate_connections_refused_over_limit_total {}\n",
+                 server_->stats().refusedOverLimit.load());
   counter("atlasgate_upstream_connects_total", "Upstream TLS connections opened, by TLS session resumption.", "counter");
   fmt::format_to(std::back_inserter(out), "atlasgate_upstream_connects_total{{resumed=\"false\"}} {}\n",
                  pool_->stats().connects - pool_->stats().resumedSessions);

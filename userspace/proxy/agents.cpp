@@ -1,48 +1,94 @@
 #include "proxy/agents.h"
 
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
-#include <filesystem>
+#include <cstring>
+
+#include "bpf/loader.h"
 
 namespace atlasgate::proxy {
-namespace fs = std::filesystem;
 
-std::string agentNameFor(const std::string& relPath, const std::string& agentsRel) {
-  std::string rel = relPath;
-  if (!agentsRel.empty() && rel.size() > agentsRel.size() && rel.compare(0, agentsRel.size(), agentsRel) == 0 &&
-      rel[agentsRel.size()] == '/') {
-    std::string leaf = rel.substr(agentsRel.size() + 1);
-    if (auto slash = leaf.find('/'); slash != std::string::npos) leaf.resize(slash);
-    // "<name>.<pid>" from the launcher: the pid is not part of the name.
-    if (auto dot = leaf.rfind('.'); dot != std::string::npos && dot + 1 < leaf.size() &&
-        leaf.find_first_not_of("0123456789", dot + 1) == std::string::npos && dot > 0)
-      leaf.resize(dot);
-    return leaf;
-  }
-  return rel.empty() ? std::string("/") : rel;
+namespace {
+
+// `path` is `root` or below it.
+bool within(const std::string& path, const std::string& root) {
+  if (root.empty()) return true;
+  return path == root || (path.size() > root.size() && path.compare(0, root.size(), root) == 0 &&
+                          path[root.size()] == '/');
 }
 
-AgentDirectory::AgentDirectory(std::string cgroupRoot, std::string agentsCgroup)
-    : root_(std::move(cgroupRoot)) {
+// "<name>.<pid>" from the launcher: the pid is not part of the name.
+std::string launcherName(std::string leaf) {
+  if (auto dot = leaf.rfind('.'); dot != std::string::npos && dot > 0 && dot + 1 < leaf.size() &&
+                                  leaf.find_first_not_of("0123456789", dot + 1) == std::string::npos)
+    leaf.resize(dot);
+  return leaf;
+}
+
+}  // namespace
+
+AgentIdentity identifyAgent(const std::string& rel, const std::string& agentsRel,
+                            const std::vector<std::string>& attachedRels,
+                            const std::map<std::string, GivenName>& given) {
+  AgentIdentity id;
+  id.cgroupPath = rel;
+  // A discovered pod: its containers sit in child cgroups of the pod's.
+  const std::string* best = nullptr;
+  for (const auto& [r, g] : given)
+    if (within(rel, r) && (!best || r.size() > best->size())) best = &r;
+  if (best) {
+    const GivenName& g = given.at(*best);
+    id.key = *best;
+    id.name = g.name;
+    (g.kind == LabelKind::Container ? id.containerLabels : id.podLabels) = g.labels;
+    return id;
+  }
+  bool agentsAttached = false;
+  for (const auto& r : attachedRels) agentsAttached = agentsAttached || r == agentsRel;
+  if (agentsAttached && !agentsRel.empty() && rel.size() > agentsRel.size() && within(rel, agentsRel)) {
+    std::string leaf = rel.substr(agentsRel.size() + 1);
+    if (auto slash = leaf.find('/'); slash != std::string::npos) leaf.resize(slash);
+    id.key = agentsRel + "/" + leaf;
+    id.name = launcherName(leaf);
+    return id;
+  }
+  best = nullptr;
+  for (const auto& r : attachedRels)
+    if (within(rel, r) && (!best || r.size() > best->size())) best = &r;
+  if (best) {
+    id.key = best->empty() ? std::string("/") : *best;
+    id.name = id.key;
+  }
+  return id;
+}
+
+AgentDirectory::AgentDirectory(std::string cgroupRoot, std::string agentsCgroup) : root_(std::move(cgroupRoot)) {
   agentsRel_ = relative(agentsCgroup);
+  rootFd_ = ::open(root_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+}
+
+AgentDirectory::~AgentDirectory() {
+  if (rootFd_ >= 0) ::close(rootFd_);
 }
 
 std::string AgentDirectory::relative(const std::string& abs) const {
-  if (abs.compare(0, root_.size(), root_) == 0) {
-    std::string r = abs.substr(root_.size());
-    while (!r.empty() && r.front() == '/') r.erase(r.begin());
-    while (!r.empty() && r.back() == '/') r.pop_back();
-    return r;
-  }
-  return abs;
+  std::string r = abs;
+  if (abs.compare(0, root_.size(), root_) == 0 && (abs.size() == root_.size() || abs[root_.size()] == '/'))
+    r = abs.substr(root_.size());
+  while (!r.empty() && r.front() == '/') r.erase(r.begin());
+  while (!r.empty() && r.back() == '/') r.pop_back();
+  return r;
 }
 
 void AgentDirectory::setName(const std::string& absolutePath, std::string name,
-                             std::shared_ptr<const std::map<std::string, std::string>> podLabels) {
-  Given& g = names_[relative(absolutePath)];
-  bool same = g.name == name && ((!g.labels && !podLabels) || (g.labels && podLabels && *g.labels == *podLabels));
+                             std::shared_ptr<const std::map<std::string, std::string>> podLabels, LabelKind kind) {
+  GivenName& g = names_[relative(absolutePath)];
+  bool same = g.name == name && g.kind == kind &&
+              ((!g.labels && !podLabels) || (g.labels && podLabels && *g.labels == *podLabels));
   if (same) return;  // called for every known pod each second: keep the cache
-  g = Given{std::move(name), std::move(podLabels)};
+  g = GivenName{std::move(name), std::move(podLabels), kind};
   cache_.clear();
 }
 
@@ -52,45 +98,41 @@ void AgentDirectory::forgetName(const std::string& absolutePath) {
 }
 
 void AgentDirectory::setRoots(std::vector<std::string> absolutePaths) {
-  roots_ = std::move(absolutePaths);
+  rootsAbs_ = std::move(absolutePaths);
+  rootsRel_.clear();
+  for (const auto& p : rootsAbs_) rootsRel_.push_back(relative(p));
   cache_.clear();
+}
+
+std::string AgentDirectory::pathOf(std::uint64_t cgroupId) {
+  // By file handle only, never by walking the tree: an agent can make the
+  // daemon look up cgroups that are gone (sockets outliving their cgroup),
+  // and a walk per connection would stall the event loop.
+  bool gone = false;
+  std::string p = bpf::cgroupPathById(rootFd_, cgroupId, &gone);
+  if (gone) {
+    // Removed: cgroup ids are never reused, so it stays gone.
+    if (gone_.size() >= 65536) gone_.clear();
+    gone_.insert(cgroupId);
+  }
+  return p;
 }
 
 AgentIdentity AgentDirectory::lookup(std::uint64_t cgroupId) {
   if (auto it = cache_.find(cgroupId); it != cache_.end()) return it->second;
   AgentIdentity id;
-  auto found = [&](const fs::path& p) {
-    id.cgroupPath = relative(p.string());
-    id.name = agentNameFor(id.cgroupPath, agentsRel_);
-    // A discovered pod's containers sit in child cgroups of the pod's.
-    for (const auto& [rel, given] : names_)
-      if (id.cgroupPath == rel || (id.cgroupPath.size() > rel.size() && id.cgroupPath.compare(0, rel.size(), rel) == 0 &&
-                                   id.cgroupPath[rel.size()] == '/')) {
-        id.name = given.name;
-        id.podLabels = given.labels;
-      }
-  };
-  std::error_code ec;
-  for (const std::string& r : roots_) {
-    struct stat st {};
-    if (::stat(r.c_str(), &st) == 0 && st.st_ino == cgroupId) {
-      found(r);
-      break;
-    }
-    for (auto it = fs::recursive_directory_iterator(r, fs::directory_options::skip_permission_denied, ec);
-         it != fs::recursive_directory_iterator(); it.increment(ec)) {
-      if (ec) break;
-      if (!it->is_directory(ec)) continue;
-      if (::stat(it->path().c_str(), &st) == 0 && st.st_ino == cgroupId) {
-        found(it->path());
-        break;
-      }
-    }
-    if (!id.name.empty()) break;
+  if (gone_.contains(cgroupId)) {
+    id.name = "cgroup:" + std::to_string(cgroupId);
+    return id;
   }
-  if (id.name.empty()) {
-    id.name = "cgroup:" + std::to_string(cgroupId);  // gone already, or outside every root
-    return id;                                        // not cached: it may appear later
+  std::string abs = pathOf(cgroupId);
+  if (!abs.empty()) id = identifyAgent(relative(abs), agentsRel_, rootsRel_, names_);
+  if (!id.known()) {
+    // Gone, or under no attached root: refused, and the latter not cached
+    // (a root attached later may claim it).
+    id.name = "cgroup:" + std::to_string(cgroupId);
+    id.key.clear();
+    return id;
   }
   if (cache_.size() > 4096) cache_.clear();
   cache_[cgroupId] = id;

@@ -1,10 +1,21 @@
 #pragma once
-// Names agents after their cgroup. A cgroup made by the launcher is
-// "<agents cgroup>/<name>.<launcher pid>", and its agent is <name>; any other
-// attached cgroup is named by its path below the cgroup2 mount.
+// Who an agent is, from the cgroup of the socket's creator (the kernel's
+// word, see bpf/sock_create.bpf.c).
+//
+// An agent is named by the attached root it sits under, never by the cgroup
+// it happens to be in: anything below that root — a child cgroup the agent
+// made itself in a delegated subtree — is the same agent with the same
+// rules. The roots, in order of precedence:
+//   * a discovered Kubernetes pod's cgroup: "namespace/pod"; a discovered
+//     container's (discovery.containers): "container/<name>";
+//   * a launcher cgroup "<agents cgroup>/<NAME>.<pid>": NAME;
+//   * a cgroup attached with `atlasgate attach` or agents.attach: its path
+//     below the cgroup2 mount (the longest attached path that contains it).
+// A cgroup under no attached root is no agent: its flows are refused.
 
 #include <cstdint>
 #include <map>
+#include <set>
 #include <memory>
 #include <string>
 #include <vector>
@@ -13,40 +24,63 @@ namespace atlasgate::proxy {
 
 struct AgentIdentity {
   std::string name;        // for rules and audit
-  std::string cgroupPath;  // relative to the cgroup2 mount, "" when unknown
+  std::string key;         // the agent's root, relative to the cgroup2 mount; "" = no agent (refuse)
+  std::string cgroupPath;  // the creator's own cgroup, relative to the cgroup2 mount
   // The labels of the agent's Kubernetes pod (null: not a discovered pod).
   std::shared_ptr<const std::map<std::string, std::string>> podLabels;
+  // The labels of the agent's container (null: not a discovered container).
+  std::shared_ptr<const std::map<std::string, std::string>> containerLabels;
+  bool known() const { return !key.empty(); }
 };
 
-// Pure naming rule, for tests: `relPath` is relative to the cgroup2 mount.
-std::string agentNameFor(const std::string& relPath, const std::string& agentsRel);
+// Whose labels a discovered agent carries: rules select them with
+// pod_labels or container_labels.
+enum class LabelKind { Pod, Container };
+
+struct GivenName {
+  std::string name;
+  std::shared_ptr<const std::map<std::string, std::string>> labels;
+  LabelKind kind = LabelKind::Pod;
+};
+
+// The pure naming rule, for tests. Every path is relative to the cgroup2
+// mount, without leading or trailing slashes.
+AgentIdentity identifyAgent(const std::string& relPath, const std::string& agentsRel,
+                            const std::vector<std::string>& attachedRels,
+                            const std::map<std::string, GivenName>& given);
 
 class AgentDirectory {
  public:
   AgentDirectory(std::string cgroupRoot, std::string agentsCgroup);
+  ~AgentDirectory();
+  AgentDirectory(const AgentDirectory&) = delete;
+  AgentDirectory& operator=(const AgentDirectory&) = delete;
 
-  // Where to look for cgroup ids (the attached cgroups).
+  // The attached cgroups (absolute paths).
   void setRoots(std::vector<std::string> absolutePaths);
   // A name given by discovery (Kubernetes: "namespace/pod") for a cgroup and
   // everything below it; replaces the path-derived name.
   void setName(const std::string& absolutePath, std::string name,
-               std::shared_ptr<const std::map<std::string, std::string>> podLabels = nullptr);
+               std::shared_ptr<const std::map<std::string, std::string>> podLabels = nullptr,
+               LabelKind kind = LabelKind::Pod);
   void forgetName(const std::string& absolutePath);
+  // The agent a cgroup id belongs to (cached; cgroup ids are never reused).
   AgentIdentity lookup(std::uint64_t cgroupId);
 
   const std::string& cgroupRoot() const { return root_; }
 
  private:
   std::string relative(const std::string& abs) const;
+  // The cgroup's path from its id (bpf::cgroupPathById: no directory walk).
+  std::string pathOf(std::uint64_t cgroupId);
   std::string root_;
+  int rootFd_ = -1;
   std::string agentsRel_;
-  std::vector<std::string> roots_;
+  std::vector<std::string> rootsRel_;
+  std::vector<std::string> rootsAbs_;
   std::map<std::uint64_t, AgentIdentity> cache_;
-  struct Given {
-    std::string name;
-    std::shared_ptr<const std::map<std::string, std::string>> labels;
-  };
-  std::map<std::string, Given> names_;  // relative cgroup path -> given name
+  std::set<std::uint64_t> gone_;  // ids whose cgroup was removed
+  std::map<std::string, GivenName> names_;  // relative cgroup path -> given name
 };
 
 }  // namespace atlasgate::proxy

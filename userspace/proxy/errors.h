@@ -18,6 +18,7 @@ inline constexpr std::string_view kApprovalQueueFull = "ATLASGATE_APPROVAL_QUEUE
 inline constexpr std::string_view kCredentialUnavailable = "ATLASGATE_CREDENTIAL_UNAVAILABLE";
 inline constexpr std::string_view kUpstreamUnavailable = "ATLASGATE_UPSTREAM_UNAVAILABLE";
 inline constexpr std::string_view kUpstreamTimeout = "ATLASGATE_UPSTREAM_TIMEOUT";
+inline constexpr std::string_view kUpstreamBusy = "ATLASGATE_UPSTREAM_BUSY";
 inline constexpr std::string_view kBadRequest = "ATLASGATE_BAD_REQUEST";
 inline constexpr std::string_view kMisdirected = "ATLASGATE_MISDIRECTED_REQUEST";
 inline constexpr std::string_view kHeadersTooLarge = "ATLASGATE_HEADERS_TOO_LARGE";

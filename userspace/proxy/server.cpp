@@ -176,11 +176,22 @@ std::string endpointText(const tcp::endpoint& ep) {
 }  // namespace
 
 asio::awaitable<void> Server::acceptLoop(tcp::acceptor& acceptor, std::uint64_t netnsCookie) {
+  asio::steady_timer pause(io_);
   for (;;) {
     auto [ec, sock] = co_await acceptor.async_accept(kUseTuple);
     if (ec) {
       if (ec == asio::error::operation_aborted || !acceptor.is_open()) co_return;
-      log::warn("accept: {}", ec.message());
+      // Out of file descriptors (or kernel memory): the pending connection
+      // stays in the backlog. Back off instead of spinning on it, and say so
+      // at most once a second.
+      auto now = Clock::now();
+      if (now - lastAcceptWarning_ >= std::chrono::seconds(1)) {
+        log::warn("accept: {} ({} live connections); pausing accepts", ec.message(), stats_.liveConnections.load());
+        lastAcceptWarning_ = now;
+      }
+      ++stats_.acceptErrors;
+      pause.expires_after(std::chrono::milliseconds(50));
+      co_await pause.async_wait(kUseTuple);
       continue;
     }
     beast::error_code pec;
@@ -214,12 +225,54 @@ asio::awaitable<void> Server::acceptLoop(tcp::acceptor& acceptor, std::uint64_t 
       sock.close(pec);
       continue;
     }
-    ++stats_.accepted;
     Flow flow;
     flow.origin = *origin;
     flow.agent = agents_.lookup(origin->cgroup_id);
     flow.originalDst = originalEndpoint(*origin);
     flow.comm.assign(origin->comm, strnlen(origin->comm, sizeof origin->comm));
+    if (!flow.agent.known()) {
+      // The socket's creator sits under no attached root (a socket made
+      // before its cgroup was attached and handed elsewhere, or a cgroup
+      // that vanished): nobody we can name, so nobody we serve.
+      ++stats_.refusedUnknownAgent;
+      if (auto now = Clock::now(); now - lastUnknownWarning_ >= std::chrono::seconds(1)) {
+        log::warn("refused a connection from pid {} ({}): {} is gone or under no attached cgroup ({} so far)",
+                  origin->pid, flow.comm, flow.agent.name, stats_.refusedUnknownAgent.load());
+        lastUnknownWarning_ = now;
+      }
+      sock.set_option(asio::socket_base::linger(true, 0), pec);
+      sock.close(pec);
+      continue;
+    }
+    const config::Limits& caps = runtime_->config->limits;
+    std::uint32_t& mine = perAgentConnections_[flow.agent.key];
+    if (stats_.liveConnections.load() >= caps.maxConnections || mine >= caps.maxConnectionsPerAgent) {
+      ++stats_.refusedOverLimit;
+      if (mine == 0) perAgentConnections_.erase(flow.agent.key);
+      auto now = Clock::now();
+      if (now - lastLimitWarning_ >= std::chrono::seconds(1)) {
+        log::warn("refused connections over a cap: agent {} has {} (max_connections_per_agent {}), {} in all "
+                  "(max_connections {})",
+                  flow.agent.name, mine, caps.maxConnectionsPerAgent, stats_.liveConnections.load(),
+                  caps.maxConnections);
+        lastLimitWarning_ = now;
+      }
+      sock.set_option(asio::socket_base::linger(true, 0), pec);
+      sock.close(pec);
+      continue;
+    }
+    ++stats_.accepted;
+    ++mine;
+    ++stats_.liveConnections;
+    // Given back when the connection ends, whichever path serves it.
+    flow.slot = std::shared_ptr<void>(nullptr, [this, key = flow.agent.key](void*) {
+      --stats_.liveConnections;
+      auto it = perAgentConnections_.find(key);
+      if (it != perAgentConnections_.end() && --it->second == 0) perAgentConnections_.erase(it);
+    });
+    if (origin->flags & AG_ORIGIN_HANDED)
+      log::debug("agent {}: a socket created by pid {} was connected by another process", flow.agent.name,
+                origin->pid);
     flow.id = nextId_++;
     sock.set_option(tcp::no_delay(true), pec);
     // No exception may end the daemon: a session that throws is logged and dropped.
@@ -342,14 +395,10 @@ asio::awaitable<void> Server::serve(tcp::socket socket, Flow flow) {
   session.info = {flow.id, flow.agent.name, flow.origin.pid, flow.comm, endpointText(flow.originalDst),
                   Clock::now(), 0};
   sessions_[flow.id] = &session;
-  ++stats_.liveConnections;
   struct Leave {
     Server* s;
     std::uint64_t id;
-    ~Leave() {
-      s->sessions_.erase(id);
-      --s->stats_.liveConnections;
-    }
+    ~Leave() { s->sessions_.erase(id); }
   } leave{this, flow.id};
 
   // Absent SNI means the target that owns the address the agent dialled.
@@ -553,7 +602,7 @@ asio::awaitable<void> Server::serve(tcp::socket socket, Flow flow) {
         ++stats_.badRequests;
         ex.keepAlive = false;
         {
-        ErrorResponse errRes = makeErrorResponse(400, kBadRequest, fmt::format("Malformed request path: {}.", d.malformedReason));
+        ErrorResponse errRes = makeErrorResponse(400, kBadRequest, fmt::format("Malformed request: {}.", d.malformedReason));
         co_await answer(std::move(errRes), kBadRequest);
       }
         proceed = false;
@@ -746,7 +795,7 @@ asio::awaitable<void> Server::serve(tcp::socket socket, Flow flow) {
     for (int round = 0; round < 3; ++round) {
       bool sentAuth = false;
       if (cred && cred->tokens) {
-        Result<std::string> t = co_await cred->tokens->token(flow.originalDst);
+        Result<std::string> t = co_await cred->tokens->token();
         if (!t) {
           ++stats_.credentialFailures;
           // The reason names the service account (its client id): the log
@@ -774,7 +823,7 @@ asio::awaitable<void> Server::serve(tcp::socket socket, Flow flow) {
           req.erase(http::field::authorization);
         }
       }
-      ur = co_await sendUpstream(host, flow.originalDst, limits, req, up, upBuffer, rpo);
+      ur = co_await sendUpstream(host, flow.agent.key, limits, req, up, upBuffer, rpo);
       if (!ur.ok || rpo->get().result_int() != 401 || round == 2) break;
       bool retry = false;
       if (cred && cred->digest) {
@@ -804,11 +853,28 @@ asio::awaitable<void> Server::serve(tcp::socket socket, Flow flow) {
       if (!ex.keepAlive) break;
       continue;
     }
+    if (!ur.ok && ur.ec == PoolError::QueueTimeout) {
+      // Every upstream connection of this target stayed busy: not a failure
+      // of the target, a queue that did not move in time.
+      ++stats_.upstreamBusy;
+      auto secs = std::max<long long>(1, limits.upstreamQueueTimeout.count());
+      ErrorResponse res = makeErrorResponse(
+          503, kUpstreamBusy,
+          fmt::format("All {} connections to {} stayed busy for {} seconds. Please retry after {} seconds.",
+                      limits.maxUpstreamConnections, host, limits.upstreamQueueTimeout.count(), secs),
+          {}, true);
+      res.set(http::field::retry_after, std::to_string(secs));
+      co_await answer(std::move(res), kUpstreamBusy);
+      ex.rec.upstreamMs = std::chrono::duration<double, std::milli>(Clock::now() - upStart).count();
+      finish();
+      if (!ex.keepAlive) break;
+      continue;
+    }
     if (!ur.ok) {
       ++stats_.upstreamFailures;
       bool timeout = ur.ec == beast::error::timeout;
-      log::warn("conn {} agent {}: upstream {} {} {} failed: {}", flow.id, flow.agent.name, host,
-                endpointText(flow.originalDst), ur.step, ur.ec.message());
+      log::warn("conn {} agent {}: upstream {} {} failed: {}", flow.id, flow.agent.name, host, ur.step,
+                ur.ec.message());
       {
         ErrorResponse errRes = makeErrorResponse(
             timeout ? 504 : 502, timeout ? kUpstreamTimeout : kUpstreamUnavailable,
@@ -890,7 +956,7 @@ asio::awaitable<void> Server::serve(tcp::socket socket, Flow flow) {
 std::string Server::agentKey(const Flow& flow) {
   // The cgroup path (with the launcher's ".<pid>") identifies one agent run;
   // an agent cannot put itself into another agent's cgroup.
-  return flow.agent.cgroupPath.empty() ? flow.agent.name : flow.agent.cgroupPath;
+  return flow.agent.key;
 }
 
 http::response<http::string_body> Server::answerOAuthLocally(const http::request<http::string_body>& req, bool token,
@@ -925,20 +991,20 @@ http::response<http::string_body> Server::answerOAuthLocally(const http::request
 }
 
 asio::awaitable<Server::UpstreamResult> Server::sendUpstream(
-    const std::string& host, const tcp::endpoint& dst, const config::Limits& limits,
+    const std::string& host, const std::string& agent, const config::Limits& limits,
     http::request<http::string_body>& req, std::unique_ptr<UpstreamConn>& up, beast::flat_buffer& buffer,
     std::optional<http::response_parser<http::buffer_body>>& rpo) {
   UpstreamResult r;
   for (int attempt = 0; attempt < 2; ++attempt) {
-    bool reused = false;
     buffer.clear();
-    auto [aec, conn] = co_await pool_.acquire(host, dst, limits.upstreamTimeout, reused);
-    if (aec) {
-      r.ec = aec;
+    auto got = co_await pool_.acquire(host, agent);
+    if (got.ec) {
+      r.ec = got.ec;
       r.step = "connect";
       co_return r;
     }
-    up = std::move(conn);
+    bool reused = got.reused;
+    up = std::move(got.conn);
     auto& ulower = beast::get_lowest_layer(up->stream);
     ulower.expires_after(limits.upstreamTimeout);
     auto [wec, wn] = co_await http::async_write(up->stream, req, kUseTuple);

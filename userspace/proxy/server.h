@@ -66,11 +66,14 @@ struct Flow {
   tcp::endpoint originalDst;
   std::string comm;
   std::uint64_t id = 0;  // connection number, for logs
+  std::shared_ptr<void> slot;  // this connection's place under the connection caps
 };
 
 struct ServerStats {
   std::atomic<std::uint64_t> accepted{0};
   std::atomic<std::uint64_t> refusedNoFlow{0};
+  std::atomic<std::uint64_t> refusedUnknownAgent{0};  // socket creator under no attached cgroup
+  std::atomic<std::uint64_t> acceptErrors{0};         // accept() failed (EMFILE, ENOMEM...)
   std::atomic<std::uint64_t> handshakeFailures{0};
   std::atomic<std::uint64_t> requests{0};
   std::atomic<std::uint64_t> blocked{0};
@@ -81,6 +84,8 @@ struct ServerStats {
   std::atomic<std::uint64_t> phantomIssued{0};
   std::atomic<std::uint64_t> phantomRefused{0};
   std::atomic<std::uint64_t> upstreamFailures{0};
+  std::atomic<std::uint64_t> upstreamBusy{0};       // 503 ATLASGATE_UPSTREAM_BUSY: no pooled connection in time
+  std::atomic<std::uint64_t> refusedOverLimit{0};   // connections closed at once: over max_connections(_per_agent)
   std::atomic<std::uint64_t> badRequests{0};
   std::atomic<std::uint64_t> liveConnections{0};
   std::atomic<std::uint64_t> passthrough{0};  // all-tls: non-target TLS spliced through
@@ -144,7 +149,7 @@ class Server {
   };
   // Writes req to the target (one retry on a fresh connection when a reused
   // keep-alive one turns out dead) and reads the response head into rpo.
-  asio::awaitable<UpstreamResult> sendUpstream(const std::string& host, const tcp::endpoint& dst,
+  asio::awaitable<UpstreamResult> sendUpstream(const std::string& host, const std::string& agent,
                                                const config::Limits& limits, http::request<http::string_body>& req,
                                                std::unique_ptr<UpstreamConn>& up, beast::flat_buffer& buffer,
                                                std::optional<http::response_parser<http::buffer_body>>& rpo);
@@ -172,6 +177,10 @@ class Server {
   std::map<std::uint64_t, std::vector<std::shared_ptr<tcp::acceptor>>> foreign_;
   std::map<std::uint64_t, Session*> sessions_;
   std::uint64_t nextId_ = 1;
+  std::map<std::string, std::uint32_t> perAgentConnections_;  // by agent key
+  std::chrono::steady_clock::time_point lastAcceptWarning_{};
+  std::chrono::steady_clock::time_point lastLimitWarning_{};
+  std::chrono::steady_clock::time_point lastUnknownWarning_{};
   ServerStats stats_;
   credentials::PhantomTokens phantoms_;
   RequestMetrics metrics_;

@@ -1,28 +1,64 @@
 #pragma once
-// The daemon's TLS connections to the targets (Atlas): dialled to the
-// original destination the agent chose, verified against the target's host
-// name, kept alive and shared across agents, TLS sessions resumed.
+// The daemon's TLS connections to the targets (Atlas): verified against the
+// target's host name, kept alive and shared across agents, TLS sessions
+// resumed.
+//
+// Where they go: only to addresses atlasgate chose itself (the target's
+// configured `addresses` and atlasgate's own DNS answers, given with
+// setAddresses), never to the address an agent dialled. An address that fails
+// is tried last for a while; it never makes the pool refuse the others.
+//
+// How many: at most `maxConnections` per target (busy, idle and connecting
+// together), of which one agent may hold at most `maxPerAgent` at a time (an
+// agent that reads its responses slowly, or not at all, keeps only its own
+// share busy). A request that finds no idle connection waits in a FIFO queue;
+// it is served by whichever comes first, a connection another request
+// releases or a new one. atlasgate's own requests (the token endpoint) go to
+// the front of the queue and may use one connection beyond the cap, so no
+// agent can keep the credential from being refreshed. New connections are opened only while requests wait,
+// at most `maxConnecting` at a time per target, so a burst of agents never
+// becomes a burst of TCP/TLS handshakes against the target (whose accept
+// backlog would drop SYNs; a dropped SYN costs a 1 s kernel retransmit). A
+// request still waiting after `queueTimeout` gets an error (503
+// ATLASGATE_UPSTREAM_BUSY), never a hang. A failed connect fails the waiting
+// requests only when nothing else could serve them (no other connection open
+// or being opened).
 
 #include <chrono>
 #include <cstdint>
+#include <list>
 #include <map>
 #include <memory>
-#include <optional>
 #include <string>
 #include <vector>
 
-#include "common/result.h"
 #include "proxy/asio.h"
 
 namespace atlasgate::proxy {
 
+struct UpstreamHost;
+
 struct UpstreamConn {
-  UpstreamConn(asio::any_io_executor ex, ssl::context& ctx) : stream(ex, ctx) {}
+  UpstreamConn(asio::any_io_executor ex, ssl::context& ctx, std::shared_ptr<UpstreamHost> owner);
+  ~UpstreamConn();  // gives its slot back to the target's pool
+  UpstreamConn(const UpstreamConn&) = delete;
+  UpstreamConn& operator=(const UpstreamConn&) = delete;
+
   TlsStream stream;
-  std::string host;
+  std::shared_ptr<UpstreamHost> owner;
   tcp::endpoint endpoint;
+  std::string holder;   // the agent using it now ("" = idle, or atlasgate's own request)
+  bool held = false;    // counted in its holder's share
   std::chrono::steady_clock::time_point idleSince{};
   std::uint64_t uses = 0;
+};
+
+struct UpstreamLimits {
+  std::size_t maxConnections = 64;
+  std::size_t maxPerAgent = 16;
+  std::size_t maxConnecting = 8;
+  std::chrono::milliseconds queueTimeout{10000};
+  std::chrono::milliseconds connectTimeout{10000};
 };
 
 struct UpstreamStats {
@@ -30,7 +66,26 @@ struct UpstreamStats {
   std::uint64_t connectFailures = 0;
   std::uint64_t reuses = 0;
   std::uint64_t resumedSessions = 0;
+  std::uint64_t queued = 0;         // requests that had to wait for a connection
+  std::uint64_t queueTimeouts = 0;  // ... and gave up (503 ATLASGATE_UPSTREAM_BUSY)
+  double queueWaitSeconds = 0;      // total time spent waiting
 };
+
+// One target's pool, as status and /metrics show it.
+struct UpstreamHostView {
+  std::string host;
+  std::size_t open = 0;  // busy + idle + connecting
+  std::size_t idle = 0;
+  std::size_t connecting = 0;
+  std::size_t waiting = 0;
+  std::size_t addresses = 0;
+  UpstreamStats stats;
+};
+
+// Pool errors besides socket and TLS errors.
+enum class PoolError { QueueTimeout = 1, NoAddress, Closed };
+const beast::error_category& poolCategory();
+inline beast::error_code make_error_code(PoolError e) { return {static_cast<int>(e), poolCategory()}; }
 
 class UpstreamPool {
  public:
@@ -42,33 +97,45 @@ class UpstreamPool {
   // Registers a target host with its client TLS context (takes ownership).
   void addHost(const std::string& host, SSL_CTX* ctx);
   bool hasHost(const std::string& host) const { return hosts_.contains(host); }
+  // The addresses atlasgate itself chose for a host (configured + own DNS).
+  void setAddresses(const std::string& host, std::vector<tcp::endpoint> addresses);
+  void setLimits(const UpstreamLimits& limits);
 
-  // An idle connection to (host, endpoint) if one is alive, else a new one.
-  // `reused` tells the caller whether a failure may be a stale keep-alive.
-  asio::awaitable<std::pair<beast::error_code, std::unique_ptr<UpstreamConn>>> acquire(
-      const std::string& host, const tcp::endpoint& ep, std::chrono::seconds timeout, bool& reused);
+  struct Acquired {
+    beast::error_code ec;
+    std::unique_ptr<UpstreamConn> conn;
+    bool reused = false;  // an idle keep-alive connection: a failure may mean it went stale
+  };
+  // An idle connection, a new one, or one released while this request waited.
+  // `agent` is the requesting agent's key; "" is atlasgate's own request.
+  asio::awaitable<Acquired> acquire(const std::string& host, const std::string& agent);
 
-  // Returns a connection whose last exchange left it reusable.
+  // Returns a connection whose last exchange left it reusable. Dropping a
+  // connection (its unique_ptr) instead frees its slot.
   void release(std::unique_ptr<UpstreamConn> conn);
 
   std::size_t idleCount() const;
-  const UpstreamStats& stats() const { return stats_; }
+  UpstreamStats stats() const;  // summed over hosts
+  std::vector<UpstreamHostView> hosts() const;
   // Closes every idle connection (drain, reload).
   void clear();
   // Closes idle connections kept longer than kIdleTimeout.
   void sweep();
+  // Wakes every waiting request with an error; the pool stays usable (shutdown,
+  // before atlasgate's own last requests).
+  void failWaiters();
+  // failWaiters() and no more connections (end of shutdown).
+  void close();
 
-  static constexpr std::size_t kMaxIdlePerKey = 256;
   static constexpr std::chrono::seconds kIdleTimeout{30};
 
  private:
-  struct Host {
-    std::unique_ptr<ssl::context> ctx;  // its session store resumes TLS sessions per host
-  };
+  void maybeConnect(const std::shared_ptr<UpstreamHost>& h);
+  asio::awaitable<void> connectOne(std::shared_ptr<UpstreamHost> h);
+
   asio::any_io_executor ex_;
-  std::map<std::string, Host> hosts_;
-  std::map<std::pair<std::string, tcp::endpoint>, std::vector<std::unique_ptr<UpstreamConn>>> idle_;
-  UpstreamStats stats_;
+  UpstreamLimits limits_;
+  std::map<std::string, std::shared_ptr<UpstreamHost>> hosts_;
 };
 
 // One whole request/response over the pool, for the daemon's own calls (the
@@ -79,9 +146,11 @@ struct RoundTripResult {
   http::response<http::string_body> response;
 };
 asio::awaitable<RoundTripResult> roundTrip(UpstreamPool& pool, const std::string& host,
-                                           const tcp::endpoint& ep,
                                            http::request<http::string_body> request,
                                            std::chrono::seconds timeout,
                                            std::size_t bodyLimit = 1 << 20);
 
 }  // namespace atlasgate::proxy
+
+template <>
+struct boost::system::is_error_code_enum<atlasgate::proxy::PoolError> : std::true_type {};
