@@ -1141,7 +1141,7 @@ void Parser::discovery(const Field& f, Config& c) const {
   if (const Field* v = km.find("ca_file")) d.caFile = absolutePath(*v);
   if (const Field* v = km.find("cgroup_root")) d.cgroupRoot = absolutePath(*v);
   if (d.nodeNameEnv.empty()) fail(*k, "{}: node_name_env must not be empty", k->path);
-  return d;
+  c.kubernetes = std::move(d);
 }
 
 Dns Parser::dns(const Field& f) const {
@@ -1170,7 +1170,7 @@ Dns Parser::dns(const Field& f) const {
   if (const Field* v = m.find("grace")) d.grace = duration(*v);
   if (d.minRefresh > d.maxRefresh)
     fail(f, "{}: min_refresh ({}s) is above max_refresh ({}s)", f.path, d.minRefresh.count(), d.maxRefresh.count());
-  c.kubernetes = std::move(d);
+  return d;
 }
 
 BpfOptions Parser::bpf(const Field& f) const {

@@ -170,6 +170,14 @@ struct KubernetesDiscovery {
   SourceLoc loc;
 };
 
+// Containers of a local Podman or Docker engine (its Docker-compatible API
+// on a Unix socket) that carry the label are attached, named container/<name>.
+struct ContainerDiscovery {
+  std::string socket = "/run/podman/podman.sock";
+  std::string label = "atlasgate.io/inject=true";  // "key" or "key=value"
+  SourceLoc loc;
+};
+
 enum class Intercept {
   Targets,  // redirect TCP/443 to target addresses only (default)
   AllTls,   // redirect every TCP/443 of attached cgroups; terminate only target SNIs, splice the rest
@@ -181,14 +189,6 @@ struct Config {
   Listen listen;
   std::string stateDir = "/var/lib/atlasgate";
   // Optional: a directory that gets copies of ca.pem and trust-bundle.pem only
-// Containers of a local Podman or Docker engine (its Docker-compatible API
-// on a Unix socket) that carry the label are attached, named container/<name>.
-struct ContainerDiscovery {
-  std::string socket = "/run/podman/podman.sock";
-  std::string label = "atlasgate.io/inject=true";  // "key" or "key=value"
-  SourceLoc loc;
-};
-
   // (never the key), for mounting into containers and pods.
   std::string publishCaDir;
   std::string auditLog = "/var/log/atlasgate/audit.jsonl";  // "-" = stdout
@@ -200,6 +200,7 @@ struct ContainerDiscovery {
   BpfOptions bpf;
   Dns dns;
   std::optional<KubernetesDiscovery> kubernetes;  // discovery.kubernetes
+  std::optional<ContainerDiscovery> containers;   // discovery.containers
 };
 
 // Parses YAML text. fileIsPrivate says whether inline secrets are allowed
@@ -211,6 +212,5 @@ Result<Config> loadConfig(const std::string& path);
 
 // Human-readable summary of a loaded config (used by `atlasgate check`).
 std::string describeConfig(const Config& c);
-  std::optional<ContainerDiscovery> containers;   // discovery.containers
 
 }  // namespace atlasgate::config

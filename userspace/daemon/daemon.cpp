@@ -27,8 +27,8 @@
 #include "credentials/digest.h"
 #include "credentials/secret.h"
 #include "credentials/token_provider.h"
-#include "discovery/watcher.h"
 #include "discovery/container_watcher.h"
+#include "discovery/watcher.h"
 #include "dns/resolver.h"
 #include "policy/policy.h"
 #include "proxy/agents.h"
@@ -131,6 +131,18 @@ class Daemon {
   Result<void> startDiscovery();
   void podUpsert(const discovery::PodInfo& pod);
   void podDelete(const discovery::PodInfo& pod);
+  // discovery.containers: labelled containers of a local Podman/Docker engine.
+  std::unique_ptr<discovery::ContainerWatcher> containers_;
+  struct AttachedContainer {
+    std::string name;        // container/<name>
+    std::string cgroup;      // absolute
+    std::uint64_t cgroupId;  // a restarted container gets a new cgroup at the same path
+  };
+  std::map<std::string, AttachedContainer> attachedContainers_;  // by container id
+  std::map<std::string, std::string> containerProblems_;         // by id: the last one logged
+  void containerUpsert(const discovery::ContainerInfo& c);
+  void containerDelete(const discovery::ContainerInfo& c);
+  void containerDetach(std::map<std::string, AttachedContainer>::iterator it);
   std::map<std::string, std::shared_ptr<credentials::TokenProvider>> tokenProviders_;
   std::vector<std::string> extraAttached_;  // attached at run time with `atlasgate attach`
 
@@ -154,18 +166,6 @@ class Daemon {
   std::map<std::uint64_t, int> netnsFailures_;     // by inode: failed attempts (retried with backoff)
   asio::steady_timer netnsTimer_{io_};
 };
-  // discovery.containers: labelled containers of a local Podman/Docker engine.
-  std::unique_ptr<discovery::ContainerWatcher> containers_;
-  struct AttachedContainer {
-    std::string name;        // container/<name>
-    std::string cgroup;      // absolute
-    std::uint64_t cgroupId;  // a restarted container gets a new cgroup at the same path
-  };
-  std::map<std::string, AttachedContainer> attachedContainers_;  // by container id
-  std::map<std::string, std::string> containerProblems_;         // by id: the last one logged
-  void containerUpsert(const discovery::ContainerInfo& c);
-  void containerDelete(const discovery::ContainerInfo& c);
-  void containerDetach(std::map<std::string, AttachedContainer>::iterator it);
 
 Result<void> Daemon::start() {
   auto cfg = config::loadConfig(opts_.configPath);
@@ -429,6 +429,16 @@ asio::awaitable<void> Daemon::signalLoop() {
 }
 
 Result<void> Daemon::startDiscovery() {
+  if (config_->containers) {
+    discovery::ContainerWatcherOptions co;
+    co.socket = config_->containers->socket;
+    co.label = config_->containers->label;
+    containers_ = std::make_unique<discovery::ContainerWatcher>(
+        io_.get_executor(), co,
+        discovery::ContainerWatcherCallbacks{[this](const discovery::ContainerInfo& c) { containerUpsert(c); },
+                                             [this](const discovery::ContainerInfo& c) { containerDelete(c); }});
+    if (auto r = containers_->start(); !r) return r;
+  }
   if (!config_->kubernetes) return {};
   const auto& k = *config_->kubernetes;
   const char* node = std::getenv(k.nodeNameEnv.c_str());
@@ -469,16 +479,6 @@ void Daemon::podUpsert(const discovery::PodInfo& pod) {
   agents_->setName(*cg, pod.agentName(), labels);
   attachedPods_[pod.uid] = AttachedPod{pod.agentName(), *cg};
   agents_->setRoots(attachedRoots());
-  if (config_->containers) {
-    discovery::ContainerWatcherOptions co;
-    co.socket = config_->containers->socket;
-    co.label = config_->containers->label;
-    containers_ = std::make_unique<discovery::ContainerWatcher>(
-        io_.get_executor(), co,
-        discovery::ContainerWatcherCallbacks{[this](const discovery::ContainerInfo& c) { containerUpsert(c); },
-                                             [this](const discovery::ContainerInfo& c) { containerDelete(c); }});
-    if (auto r = containers_->start(); !r) return r;
-  }
   log::info("pod {} attached ({})", pod.agentName(), *cg);
 }
 
@@ -492,46 +492,6 @@ void Daemon::podDelete(const discovery::PodInfo& pod) {
   agents_->setRoots(attachedRoots());
 }
 
-std::vector<std::string> Daemon::attachedRoots() const {
-  std::vector<std::string> roots{agentsCgroup_};
-  for (const auto& a : loader_->attachments())
-    if (!a.path.empty() && a.path != agentsCgroup_) roots.push_back(a.path);
-  return roots;
-}
-
-void Daemon::scanNamespaces() {
-  // Which network namespaces do the agents live in? Every one but ours gets
-  // listeners; a namespace nobody uses any more loses them.
-  std::map<std::uint64_t, int> seen = namespacesOf(attachedRoots());
-  for (auto& [ino, ns] : netns_) ns.misses = seen.contains(ino) ? 0 : ns.misses + 1;
-  for (auto it = netns_.begin(); it != netns_.end();) {
-    if (it->second.misses >= 2) {
-      log::info("network namespace {} has no agents left: closing its listeners", it->first);
-      server_->closeListeners(it->second.cookie);
-      ::close(it->second.nsfd);  // pass-through flows still pending from it are refused
-      it = netns_.erase(it);
-    } else {
-      ++it;
-    }
-  }
-  for (const auto& [ino, pid] : seen) {
-    if (ino == ownNetns_ || netns_.contains(ino)) continue;
-    int& failures = netnsFailures_[ino];
-    if (failures > 0 && failures % 8 != 0) {  // retry every 8th scan after a failure
-      ++failures;
-      continue;
-    }
-    auto l = openListenersIn(pid, config_->listen.port);
-    if (!l) {
-      if (failures++ == 0) log::warn("agents' network namespace {}: {}", ino, l.error().message);
-      continue;
-    }
-    netnsFailures_.erase(ino);
-    if (auto r = server_->adoptListener(l->fd4, false, l->cookie); !r) log::warn("{}", r.error().message);
-    if (l->fd6 >= 0)
-      if (auto r = server_->adoptListener(l->fd6, true, l->cookie); !r) log::warn("{}", r.error().message);
-    netns_[ino] = ForeignNs{l->cookie, pid, 0, l->nsfd};
-    log::info("listening in network namespace {} (of pid {}) on 127.0.0.1:{}", ino, pid, config_->listen.port);
 void Daemon::containerUpsert(const discovery::ContainerInfo& c) {
   auto labels = std::make_shared<const std::map<std::string, std::string>>(c.labels);
   auto problem = [&](const std::string& why) {  // logged once per container and reason
@@ -588,6 +548,46 @@ void Daemon::containerDelete(const discovery::ContainerInfo& c) {
   if (auto it = attachedContainers_.find(c.id); it != attachedContainers_.end()) containerDetach(it);
 }
 
+std::vector<std::string> Daemon::attachedRoots() const {
+  std::vector<std::string> roots{agentsCgroup_};
+  for (const auto& a : loader_->attachments())
+    if (!a.path.empty() && a.path != agentsCgroup_) roots.push_back(a.path);
+  return roots;
+}
+
+void Daemon::scanNamespaces() {
+  // Which network namespaces do the agents live in? Every one but ours gets
+  // listeners; a namespace nobody uses any more loses them.
+  std::map<std::uint64_t, int> seen = namespacesOf(attachedRoots());
+  for (auto& [ino, ns] : netns_) ns.misses = seen.contains(ino) ? 0 : ns.misses + 1;
+  for (auto it = netns_.begin(); it != netns_.end();) {
+    if (it->second.misses >= 2) {
+      log::info("network namespace {} has no agents left: closing its listeners", it->first);
+      server_->closeListeners(it->second.cookie);
+      ::close(it->second.nsfd);  // pass-through flows still pending from it are refused
+      it = netns_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  for (const auto& [ino, pid] : seen) {
+    if (ino == ownNetns_ || netns_.contains(ino)) continue;
+    int& failures = netnsFailures_[ino];
+    if (failures > 0 && failures % 8 != 0) {  // retry every 8th scan after a failure
+      ++failures;
+      continue;
+    }
+    auto l = openListenersIn(pid, config_->listen.port);
+    if (!l) {
+      if (failures++ == 0) log::warn("agents' network namespace {}: {}", ino, l.error().message);
+      continue;
+    }
+    netnsFailures_.erase(ino);
+    if (auto r = server_->adoptListener(l->fd4, false, l->cookie); !r) log::warn("{}", r.error().message);
+    if (l->fd6 >= 0)
+      if (auto r = server_->adoptListener(l->fd6, true, l->cookie); !r) log::warn("{}", r.error().message);
+    netns_[ino] = ForeignNs{l->cookie, pid, 0, l->nsfd};
+    log::info("listening in network namespace {} (of pid {}) on 127.0.0.1:{}", ino, pid, config_->listen.port);
   }
   for (auto it = netnsFailures_.begin(); it != netnsFailures_.end();)
     it = seen.contains(it->first) ? std::next(it) : netnsFailures_.erase(it);
@@ -608,6 +608,8 @@ asio::awaitable<void> Daemon::netnsLoop() {
     if (tick % 20 == 0) pool_->sweep();  // every 10 s: idle upstream connections past their time
     if (pods_ && tick % 2 == 0)
       for (const auto& p : pods_->pods()) podUpsert(p);  // pods whose cgroup appeared after their event
+    if (containers_ && tick % 2 == 1)
+      for (const auto& c : containers_->containers()) containerUpsert(c);  // a cgroup replaced between events
     netnsTimer_.expires_after(std::chrono::milliseconds(500));
     auto [ec] = co_await netnsTimer_.async_wait(kUseTuple);
     if (ec) co_return;
@@ -625,6 +627,7 @@ asio::awaitable<void> Daemon::shutdown() {
   approvals_.denyAll();
   netnsTimer_.cancel();
   if (pods_) pods_->stop();
+  if (containers_) containers_->stop();
   server_->closeAll();
   // Requests still queued for an upstream connection belong to agents that
   // are gone: they must never be sent. The pool stays open for the revokes.
@@ -651,8 +654,6 @@ asio::awaitable<void> Daemon::shutdown() {
 }
 
 Result<void> Daemon::reload() {
-    if (containers_ && tick % 2 == 1)
-      for (const auto& c : containers_->containers()) containerUpsert(c);  // a cgroup replaced between events
   auto cfg = config::loadConfig(opts_.configPath);
   if (!cfg) return cfg.error();
   auto next = std::make_shared<const config::Config>(std::move(cfg.value()));
@@ -670,7 +671,6 @@ Result<void> Daemon::reload() {
   auto adminToken = admin::readToken(next->listen);  // re-read: a rotated token takes effect
   if (!adminToken) return adminToken.error();
   std::atomic_store(&config_, std::shared_ptr<const config::Config>(next));
-  if (containers_) containers_->stop();
   if (auto r = applyTargets(); !r) return r;
   pool_->setLimits(upstreamLimits(next->limits));
   for (const auto& p : next->agents.attach)
@@ -843,6 +843,12 @@ json::value Daemon::status() {
     for (const auto& [uid, p] : attachedPods_) pods.push_back(json::object{{"pod", p.name}, {"uid", uid}, {"cgroup", p.cgroup}});
     o["kubernetes"] = json::object{{"watch", pods_->describe()}, {"attached_pods", pods}};
   }
+  if (containers_) {
+    json::array cs;
+    for (const auto& [id, a] : attachedContainers_)
+      cs.push_back(json::object{{"container", a.name}, {"id", id}, {"cgroup", a.cgroup}, {"cgroup_id", a.cgroupId}});
+    o["containers"] = json::object{{"watch", containers_->describe()}, {"attached_containers", cs}};
+  }
   return o;
 }
 
@@ -931,12 +937,6 @@ void Daemon::writeRuntimeFile() {
   {
     std::ofstream out(tmp, std::ios::trunc);
     out << json::serialize(o) << "\n";
-  if (containers_) {
-    json::array cs;
-    for (const auto& [id, a] : attachedContainers_)
-      cs.push_back(json::object{{"container", a.name}, {"id", id}, {"cgroup", a.cgroup}, {"cgroup_id", a.cgroupId}});
-    o["containers"] = json::object{{"watch", containers_->describe()}, {"attached_containers", cs}};
-  }
   }
   ::chmod(tmp.c_str(), 0644);
   std::error_code ec;

@@ -581,6 +581,7 @@ asio::awaitable<void> Server::serve(tcp::socket socket, Flow flow) {
     preq.host = host;
     preq.agent = flow.agent.name;
     preq.podLabels = flow.agent.podLabels.get();
+    preq.containerLabels = flow.agent.containerLabels.get();
     if (!req.body().empty()) preq.body = std::string_view(req.body());
     // A method-override header makes the request Malformed (policy.h).
     for (std::string_view name : policy::kMethodOverrideHeaders) {
@@ -630,7 +631,6 @@ asio::awaitable<void> Server::serve(tcp::socket socket, Flow flow) {
         proceed = false;
         break;
       }
-    preq.containerLabels = flow.agent.containerLabels.get();
       case policy::Verdict::Approve: {
         ApprovalInfo info;
         info.agent = flow.agent.name;
