@@ -1,7 +1,7 @@
 """Fault injection end to end: what an agent sees when Atlas, the token
 endpoint, the config, bpffs, the audit disk or DNS misbehave.
 
-The contract under test (DESIGN.md §5, §6):
+The contract under test (README: "What the agent sees", "Audit log"):
   * an upstream that breaks mid-response is relayed as a broken response
     (curl exit 18/52/56), never as a fabricated complete success; the audit
     record carries an "error" field; the daemon keeps serving;

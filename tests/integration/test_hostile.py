@@ -10,7 +10,7 @@ back (the raw bytes, and whether and when the connection was closed). Each
 scenario is followed, in the same agent process, by a normal request that
 must still get 200, and the stand-in's log is checked for what reached it.
 
-Expected behaviour (DESIGN.md section 5): a clear JSON error in Atlas' shape
+Expected behaviour (README "What the agent sees"): a clear JSON error in Atlas' shape
 (`errorCode`), nothing forwarded, the daemon alive, and the connection closed
 wherever the framing is in doubt.
 

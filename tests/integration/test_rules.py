@@ -1,4 +1,4 @@
-"""Rules and control plane, end to end (DESIGN.md sections 3-5).
+"""Rules and control plane, end to end (README: command line, configuration, what the agent sees).
 
 Every request goes through the real kernel redirect into the real daemon and,
 when the rules let it, on to the Atlas stand-in: block, the encoding tricks
@@ -146,7 +146,7 @@ def cluster_body(name, size):
 
 class RulesCase(PrivilegedTestCase):
     def assertAtlasError(self, r, status, code, rule):
-        """Atlas' error shape, as DESIGN.md section 5 gives it."""
+        """Atlas' error shape, as the README ("What the agent sees") gives it."""
         self.assertEqual(r.status, status, r)
         self.assertTrue(r.headers.get("content-type", "").startswith("application/json"), r)
         body = r.json()

@@ -1,5 +1,5 @@
 #pragma once
-// The audit trail: one JSON line per request (DESIGN.md section 6). A record
+// The audit trail: one JSON line per request (README "Audit log"). A record
 // names the credential used, never its secret or token. Writing never blocks
 // the data path on a full disk: a failed write is counted as lost.
 

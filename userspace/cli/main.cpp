@@ -1,4 +1,4 @@
-// atlasgate: the daemon and its command line (DESIGN.md section 3).
+// atlasgate: the daemon and its command line (README "Command line").
 
 #include <unistd.h>
 

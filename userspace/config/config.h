@@ -1,5 +1,5 @@
 #pragma once
-// The daemon's configuration (DESIGN.md section 4), as loaded from YAML.
+// The daemon's configuration, as loaded from YAML (README "Configuration").
 // Loading validates everything that can be checked without side effects and
 // reports the first problem as "FILE:LINE:COL: message". Unknown keys are an
 // error. Secrets are *not* read here: SecretRef says where a secret lives,
@@ -130,7 +130,7 @@ struct Limits {
   std::chrono::seconds idleTimeout{60};     // keep-alive idle
   std::chrono::seconds requestTimeout{300}; // one request/response exchange
   std::chrono::seconds upstreamTimeout{60}; // upstream connect + first byte of response
-  // Caps (DESIGN 8.2). A connection over a connection cap is closed at once.
+  // Caps (README "Configuration", limits). A connection over a connection cap is closed at once.
   std::uint32_t maxConnections = 4096;          // agent connections, whole daemon
   std::uint32_t maxConnectionsPerAgent = 512;   // agent connections of one agent
   std::uint32_t maxHeldRequests = 64;           // requests held by approve rules, whole daemon

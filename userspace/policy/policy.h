@@ -1,6 +1,6 @@
 #pragma once
 // The rules engine: compiles config::Rules once into a matcher and decides,
-// for each request, allow / block / rate_limit / approve (DESIGN.md section 4).
+// for each request, allow / block / rate_limit / approve (README "Configuration").
 // Pure logic: no I/O. The Policy owns copies of everything it needs, so the
 // config it was compiled from may be destroyed (e.g. on reload).
 //

@@ -1,6 +1,6 @@
 #pragma once
 // Responses atlasgate writes itself, in Atlas' own error shape so Atlas SDKs
-// parse them (DESIGN.md section 5). Every body is non-empty JSON.
+// parse them (README "What the agent sees"). Every body is non-empty JSON.
 
 #include <string>
 #include <string_view>
