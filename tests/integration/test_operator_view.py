@@ -383,6 +383,13 @@ class OperatorViewTest(AgentCase):
         self.human("status")
         self.deny_all()
         self.assertEqual(ag.collect("raw")[0]["status"], 403)
+        # The audit log stays whole JSON in valid UTF-8, whatever the path held.
+        def audited():
+            with open(self.env.audit_path, "rb") as f:
+                lines = [json.loads(line.decode("utf-8")) for line in f if line.strip()]
+            return [r for r in lines if r.get("agent") == "path-bot"]
+        rec = wait_for(audited, what="audit record of path-bot")[-1]
+        self.assertEqual(rec["path"], path.decode("utf-8", "replace"))
 
     def test_process_name_with_escapes(self):
         env = self.env

@@ -11,6 +11,7 @@
 #include <memory>
 
 #include "common/log.h"
+#include "common/text.h"
 
 namespace atlasgate::audit {
 
@@ -27,7 +28,9 @@ std::string toJson(const Record& r) {
                 static_cast<long long>(secs.time_since_epoch().count() % 1000));
   // Written by hand rather than through json::object so that durations keep
   // a fixed two-decimal form (Boost.JSON prints doubles in exponent form).
-  auto q = [](std::string_view v) { return json::serialize(json::string_view(v)); };
+  // Agent-controlled fields (path, comm, agent and cgroup names) may hold
+  // bytes that are no UTF-8: a record is always valid JSON in valid UTF-8.
+  auto q = [](std::string_view v) { return json::serialize(json::string_view(text::utf8Valid(v))); };
   std::string out;
   out.reserve(512);
   fmt::format_to(std::back_inserter(out),
