@@ -145,12 +145,15 @@ network_config_dir = "{self.dir}/net"
             subprocess.run(["rm", "-rf", "--one-file-system", self.dir], check=False)
 
 
-class ContainersTest(PrivilegedTestCase):
+class PodmanTestCase(PrivilegedTestCase):
+    """An Env and a confined podman with its API service, per test."""
+
+    def env_options(self):
+        return {}
+
     def setUp(self):
         require_podman()
-        self.env = Env(rules={"default": "allow", "list": [
-            {"name": "prod-containers-read-only", "container_labels": "env=prod", "method": ["POST", "DELETE"],
-             "path": "/api/atlas/v2/**", "action": "block"}]})
+        self.env = Env(**self.env_options())
         self.podman = None
         try:
             self.podman = Podman(self.env.tmp, self.env.tag)
@@ -172,6 +175,13 @@ class ContainersTest(PrivilegedTestCase):
         if self.podman:
             self.podman.close()
         self.env.close()
+
+
+class ContainersTest(PodmanTestCase):
+    def env_options(self):
+        return {"rules": {"default": "allow", "list": [
+            {"name": "prod-containers-read-only", "container_labels": "env=prod", "method": ["POST", "DELETE"],
+             "path": "/api/atlas/v2/**", "action": "block"}]}}
 
     # --- helpers ---------------------------------------------------------------
 
@@ -266,6 +276,70 @@ class ContainersTest(PrivilegedTestCase):
         self.assertEqual(env.audit()[-1]["agent"], "container/agent-b")
         # agent-a's attachment never moved.
         self.assertEqual(self.attached()["container/agent-a"][1], new_id)
+
+
+class GuardTest(PodmanTestCase):
+    """discovery.containers.guard_cgroup: attached once at the engine's cgroup
+    parent, so a restarted container (a new cgroup) is redirected from its
+    first connection. A container calls the target continuously while it is
+    restarted again and again: no request may reach the stand-in without
+    atlasgate. The container trusts the stand-in's own CA too, so a direct
+    connection would complete and be counted by the stand-in (a request with
+    no Authorization)."""
+
+    RESTARTS = 6
+
+    def test_restarts_never_open_a_window(self):
+        env, pm = self.env, self.podman
+        env.config["discovery"] = {"containers": {"socket": pm.socket, "label": LABEL,
+                                                  "guard_cgroup": pm.cgroup_parent}}
+        env.write_config()
+        env.start_daemon()
+        out = os.path.join(env.tmp, "out")
+        os.makedirs(out)
+        os.chmod(out, 0o777)
+        with open(os.path.join(out, "both.pem"), "w") as f:
+            for src in (env.trust_bundle(), os.path.join(env.pki, "upstream-ca.pem")):
+                with open(src) as g:
+                    f.write(g.read())
+        # The rootfs is a read-only bind of /: mount `out` at its own path.
+        loop = (f'while :; do curl -s -o /dev/null -w "%{{http_code}}\\n" --max-time 10 --cacert {out}/both.pem '
+                f'--resolve {HOST}:443:{env.fake_addr} -H "Accept: {ACCEPT_V2}" '
+                f'https://{HOST}/api/atlas/v2/groups >> {out}/codes; sleep 0.05; done')
+        nofile = 4096
+        pm.cli("run", "-d", "--name", "looper", "--network=host", "--cgroup-parent", "/" + pm.cgroup_parent,
+               "--ulimit", f"nofile={nofile}:{nofile}", "--ulimit", f"nproc={nofile}:{nofile}", "--label", LABEL,
+               "-v", f"{out}:{out}", "--rootfs", pm.rootfs, "sh", "-c", loop)
+        codes = os.path.join(out, "codes")
+
+        def served():
+            try:
+                with open(codes) as f:
+                    return f.read().split().count("200")
+            except FileNotFoundError:
+                return 0
+        wait_for(lambda: served() >= 3, timeout=15, what="the looping container served")
+        ids = set()
+        for i in range(self.RESTARTS):
+            before = served()
+            pm.cli("restart", "--time", "0", "looper")
+            wait_for(lambda: served() > before + 2, timeout=20, what=f"served again after restart {i + 1}")
+            ids.add(tuple(sorted(c["cgroup_id"] for c in env.status()["containers"]["attached_containers"])))
+        pm.cli("stop", "--time", "0", "looper")
+        with open(codes) as f:
+            got = f.read().split()
+        api = env.fake.api_requests()
+        direct = [r for r in api if not r["header_map"].get("authorization", "").startswith("Bearer ")]
+        print(f"\n  {self.RESTARTS} restarts, {len(got)} calls ({got.count('200')} served, "
+              f"{len(got) - got.count('200')} refused or cut by the restart), {len(api)} reached the stand-in, "
+              f"{len(direct)} of them without atlasgate")
+        self.assertEqual(direct, [], "a request reached the stand-in without atlasgate")
+        # (A request may be served while its curl is killed by the restart.)
+        self.assertGreaterEqual(len(api), got.count("200"))
+        self.assertGreaterEqual(len(ids), 2, "the container never got a new cgroup")
+        self.assertTrue(all(r["agent"] == "container/looper" for r in env.audit()), {r["agent"] for r in env.audit()})
+        print(f"  connections held until discovery named the new cgroup: "
+              f"{env.status()['counters']['held_for_discovery']}")
 
 
 if __name__ == "__main__":

@@ -1108,7 +1108,7 @@ std::string Parser::labelSelector(const Field& f, std::string_view what) const {
 void Parser::discovery(const Field& f, Config& c) const {
   const Fields m = fields(f, {"kubernetes", "containers"});
   if (const Field* ct = m.find("containers")) {
-    const Fields cm = fields(*ct, {"socket", "label"});
+    const Fields cm = fields(*ct, {"socket", "label", "guard_cgroup", "settle"});
     ContainerDiscovery d;
     d.loc = loc(keyMark(*ct));
     if (const Field* v = cm.find("socket")) {
@@ -1118,6 +1118,17 @@ void Parser::discovery(const Field& f, Config& c) const {
     if (const Field* v = cm.find("label")) {
       d.label = string(*v);
       if (auto sel = discovery::parseContainerLabelFilter(d.label); !sel) fail(*v, "{}: {}", v->path, sel.error().message);
+    }
+    if (const Field* v = cm.find("guard_cgroup")) {
+      d.guardCgroup = string(*v);
+      if (d.guardCgroup.empty() || d.guardCgroup.find("..") != std::string::npos ||
+          d.guardCgroup.find_first_of(std::string_view("\0\n", 2)) != std::string::npos || d.guardCgroup == "/")
+        fail(*v, "{}: expected a cgroup path (not the root, no \"..\"), got {}", v->path, shown(v->value));
+    }
+    if (const Field* v = cm.find("settle")) {
+      d.settle = duration(*v);
+      if (d.settle.count() == 0 || d.settle > std::chrono::seconds(60))
+        fail(*v, "{}: expected between 1s and 60s", v->path);
     }
     c.containers = std::move(d);
   }

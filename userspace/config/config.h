@@ -175,6 +175,13 @@ struct KubernetesDiscovery {
 struct ContainerDiscovery {
   std::string socket = "/run/podman/podman.sock";
   std::string label = "atlasgate.io/inject=true";  // "key" or "key=value"
+  // The cgroup the engine makes its containers under (its cgroup parent:
+  // libpod_parent, machine.slice, system.slice/docker...): attached once, so
+  // that a new or restarted container is redirected from its first
+  // connection. Relative to the cgroup2 mount, or absolute. "" = attach each
+  // container's own cgroup when discovery sees it.
+  std::string guardCgroup;
+  std::chrono::milliseconds settle{3000};  // how long a connection from under the guard waits to be named
   SourceLoc loc;
 };
 

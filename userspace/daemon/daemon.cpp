@@ -139,6 +139,11 @@ class Daemon {
     std::uint64_t cgroupId;  // a restarted container gets a new cgroup at the same path
   };
   std::map<std::string, AttachedContainer> attachedContainers_;  // by container id
+  std::string containerGuard_;  // discovery.containers.guard_cgroup, absolute; "" = none
+  bool underGuard(const std::string& cgroup) const {
+    return !containerGuard_.empty() && cgroup.size() > containerGuard_.size() &&
+           cgroup.compare(0, containerGuard_.size(), containerGuard_) == 0 && cgroup[containerGuard_.size()] == '/';
+  }
   std::map<std::string, std::string> containerProblems_;         // by id: the last one logged
   void containerUpsert(const discovery::ContainerInfo& c);
   void containerDelete(const discovery::ContainerInfo& c);
@@ -430,6 +435,21 @@ asio::awaitable<void> Daemon::signalLoop() {
 
 Result<void> Daemon::startDiscovery() {
   if (config_->containers) {
+    if (!config_->containers->guardCgroup.empty()) {
+      // Attached once, before any container is seen: a container started or
+      // restarted later is redirected from its first connection, and held
+      // until discovery names it (or refused). The engine may not have made
+      // it yet: make it (the engine uses an existing parent as it is).
+      containerGuard_ = absoluteCgroup(cgroupMount_, config_->containers->guardCgroup);
+      std::error_code gec;
+      fs::create_directories(containerGuard_, gec);
+      if (gec) return makeError("discovery.containers.guard_cgroup {}: {}", containerGuard_, gec.message());
+      if (auto r = loader_->attach(containerGuard_); !r) return r;
+      agents_->setGuards({containerGuard_});
+      agents_->setRoots(attachedRoots());
+      server_->setDiscoverySettle(config_->containers->settle);
+      log::info("containers under {} are redirected from their first connection (guard)", containerGuard_);
+    }
     discovery::ContainerWatcherOptions co;
     co.socket = config_->containers->socket;
     co.label = config_->containers->label;
@@ -524,7 +544,10 @@ void Daemon::containerUpsert(const discovery::ContainerInfo& c) {
       return problem(fmt::format("container {}: cgroup {} is already {}'s", c.name, *cg, other.name));
   for (const auto& [uid, pod] : attachedPods_)
     if (pod.cgroup == *cg) return problem(fmt::format("container {}: cgroup {} is pod {}'s", c.name, *cg, pod.name));
-  if (auto r = loader_->attach(*cg); !r) return problem(fmt::format("container {}: {}", c.name, r.error().message));
+  // Under the guard the container is redirected already (from its first
+  // connection): naming it is all there is to do.
+  if (!underGuard(*cg))
+    if (auto r = loader_->attach(*cg); !r) return problem(fmt::format("container {}: {}", c.name, r.error().message));
   containerProblems_.erase(c.id);
   agents_->setName(*cg, c.agentName(), labels, LabelKind::Container);
   attachedContainers_[c.id] = AttachedContainer{c.agentName(), *cg, *cgid};
@@ -534,7 +557,8 @@ void Daemon::containerUpsert(const discovery::ContainerInfo& c) {
 
 void Daemon::containerDetach(std::map<std::string, AttachedContainer>::iterator it) {
   const AttachedContainer& a = it->second;
-  if (auto r = loader_->detachId(a.cgroupId); !r) log::warn("{}: {}", a.name, r.error().message);
+  if (!underGuard(a.cgroup))
+    if (auto r = loader_->detachId(a.cgroupId); !r) log::warn("{}: {}", a.name, r.error().message);
   // The path may hold the container's next cgroup already: it is named
   // again when that one is attached.
   agents_->forgetName(a.cgroup);
@@ -806,6 +830,7 @@ json::value Daemon::status() {
                         {"upstream_busy", s.upstreamBusy.load()},
                         {"refused_over_limit", s.refusedOverLimit.load()},
                         {"refused_unknown_agent", s.refusedUnknownAgent.load()},
+                        {"held_for_discovery", s.heldForDiscovery.load()},
                         {"accept_errors", s.acceptErrors.load()}};
   auto tc = serverTls_->counters();
   counters["tls_refused_unknown_sni"] = tc.refusedUnknownSni;
@@ -847,7 +872,8 @@ json::value Daemon::status() {
     json::array cs;
     for (const auto& [id, a] : attachedContainers_)
       cs.push_back(json::object{{"container", a.name}, {"id", id}, {"cgroup", a.cgroup}, {"cgroup_id", a.cgroupId}});
-    o["containers"] = json::object{{"watch", containers_->describe()}, {"attached_containers", cs}};
+    o["containers"] = json::object{{"watch", containers_->describe()}, {"attached_containers", cs},
+                                   {"guard", containerGuard_}};
   }
   return o;
 }

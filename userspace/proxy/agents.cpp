@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "bpf/loader.h"
@@ -31,7 +32,8 @@ std::string launcherName(std::string leaf) {
 
 AgentIdentity identifyAgent(const std::string& rel, const std::string& agentsRel,
                             const std::vector<std::string>& attachedRels,
-                            const std::map<std::string, GivenName>& given) {
+                            const std::map<std::string, GivenName>& given,
+                            const std::vector<std::string>& guardRels) {
   AgentIdentity id;
   id.cgroupPath = rel;
   // A discovered pod: its containers sit in child cgroups of the pod's.
@@ -55,8 +57,16 @@ AgentIdentity identifyAgent(const std::string& rel, const std::string& agentsRel
     return id;
   }
   best = nullptr;
+  auto isGuard = [&](const std::string& r) { return std::find(guardRels.begin(), guardRels.end(), r) != guardRels.end(); };
   for (const auto& r : attachedRels)
-    if (within(rel, r) && (!best || r.size() > best->size())) best = &r;
+    if (within(rel, r) && !isGuard(r) && (!best || r.size() > best->size())) best = &r;
+  // An attached cgroup below a guard still names its subtree; the guard
+  // itself names nothing.
+  for (const auto& g : guardRels)
+    if (within(rel, g) && (!best || g.size() > best->size())) {
+      id.guarded = true;
+      return id;
+    }
   if (best) {
     id.key = best->empty() ? std::string("/") : *best;
     id.name = id.key;
@@ -97,6 +107,12 @@ void AgentDirectory::forgetName(const std::string& absolutePath) {
   cache_.clear();
 }
 
+void AgentDirectory::setGuards(std::vector<std::string> absolutePaths) {
+  guardsRel_.clear();
+  for (const auto& p : absolutePaths) guardsRel_.push_back(relative(p));
+  cache_.clear();
+}
+
 void AgentDirectory::setRoots(std::vector<std::string> absolutePaths) {
   rootsAbs_ = std::move(absolutePaths);
   rootsRel_.clear();
@@ -126,7 +142,7 @@ AgentIdentity AgentDirectory::lookup(std::uint64_t cgroupId) {
     return id;
   }
   std::string abs = pathOf(cgroupId);
-  if (!abs.empty()) id = identifyAgent(relative(abs), agentsRel_, rootsRel_, names_);
+  if (!abs.empty()) id = identifyAgent(relative(abs), agentsRel_, rootsRel_, names_, guardsRel_);
   if (!id.known()) {
     // Gone, or under no attached root: refused, and the latter not cached
     // (a root attached later may claim it).

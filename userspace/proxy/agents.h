@@ -12,6 +12,13 @@
 //   * a cgroup attached with `atlasgate attach` or agents.attach: its path
 //     below the cgroup2 mount (the longest attached path that contains it).
 // A cgroup under no attached root is no agent: its flows are refused.
+//
+// A guard (discovery.containers.guard_cgroup) is attached, but is no agent's
+// root: it is the stable parent under which an engine makes (and, on every
+// restart, re-makes) its containers' cgroups. Anything under it that
+// discovery has not named is `guarded`: redirected by the kernel from its
+// first connection, held by the daemon until discovery names it, refused if
+// that does not happen in time — never served unnamed, never direct.
 
 #include <cstdint>
 #include <map>
@@ -30,6 +37,7 @@ struct AgentIdentity {
   std::shared_ptr<const std::map<std::string, std::string>> podLabels;
   // The labels of the agent's container (null: not a discovered container).
   std::shared_ptr<const std::map<std::string, std::string>> containerLabels;
+  bool guarded = false;  // no agent (yet), under a guard: wait for discovery to name it
   bool known() const { return !key.empty(); }
 };
 
@@ -47,7 +55,8 @@ struct GivenName {
 // mount, without leading or trailing slashes.
 AgentIdentity identifyAgent(const std::string& relPath, const std::string& agentsRel,
                             const std::vector<std::string>& attachedRels,
-                            const std::map<std::string, GivenName>& given);
+                            const std::map<std::string, GivenName>& given,
+                            const std::vector<std::string>& guardRels = {});
 
 class AgentDirectory {
  public:
@@ -58,6 +67,8 @@ class AgentDirectory {
 
   // The attached cgroups (absolute paths).
   void setRoots(std::vector<std::string> absolutePaths);
+  // The attached guards (absolute paths; also among the roots).
+  void setGuards(std::vector<std::string> absolutePaths);
   // A name given by discovery (Kubernetes: "namespace/pod") for a cgroup and
   // everything below it; replaces the path-derived name.
   void setName(const std::string& absolutePath, std::string name,
@@ -77,6 +88,7 @@ class AgentDirectory {
   int rootFd_ = -1;
   std::string agentsRel_;
   std::vector<std::string> rootsRel_;
+  std::vector<std::string> guardsRel_;
   std::vector<std::string> rootsAbs_;
   std::map<std::uint64_t, AgentIdentity> cache_;
   std::set<std::uint64_t> gone_;  // ids whose cgroup was removed

@@ -230,67 +230,97 @@ asio::awaitable<void> Server::acceptLoop(tcp::acceptor& acceptor, std::uint64_t 
     flow.agent = agents_.lookup(origin->cgroup_id);
     flow.originalDst = originalEndpoint(*origin);
     flow.comm.assign(origin->comm, strnlen(origin->comm, sizeof origin->comm));
-    if (!flow.agent.known()) {
-      // The socket's creator sits under no attached root (a socket made
-      // before its cgroup was attached and handed elsewhere, or a cgroup
-      // that vanished): nobody we can name, so nobody we serve.
-      ++stats_.refusedUnknownAgent;
-      if (auto now = Clock::now(); now - lastUnknownWarning_ >= std::chrono::seconds(1)) {
-        log::warn("refused a connection from pid {} ({}): {} is gone or under no attached cgroup ({} so far)",
-                  origin->pid, flow.comm, flow.agent.name, stats_.refusedUnknownAgent.load());
-        lastUnknownWarning_ = now;
-      }
-      sock.set_option(asio::socket_base::linger(true, 0), pec);
-      sock.close(pec);
+    if (flow.agent.guarded && heldForDiscovery_ < runtime_->config->limits.maxConnectionsPerAgent) {
+      // Under a guard, not named yet (a container just started or restarted):
+      // wait, off the accept loop, for discovery to name it. (At most
+      // max_connections_per_agent wait at once: unnamed, they share one cap.)
+      ++stats_.heldForDiscovery;
+      ++heldForDiscovery_;
+      asio::co_spawn(io_, awaitNamed(std::move(sock), std::move(flow)), asio::detached);
       continue;
     }
-    const config::Limits& caps = runtime_->config->limits;
-    std::uint32_t& mine = perAgentConnections_[flow.agent.key];
-    if (stats_.liveConnections.load() >= caps.maxConnections || mine >= caps.maxConnectionsPerAgent) {
-      ++stats_.refusedOverLimit;
-      if (mine == 0) perAgentConnections_.erase(flow.agent.key);
-      auto now = Clock::now();
-      if (now - lastLimitWarning_ >= std::chrono::seconds(1)) {
-        log::warn("refused connections over a cap: agent {} has {} (max_connections_per_agent {}), {} in all "
-                  "(max_connections {})",
-                  flow.agent.name, mine, caps.maxConnectionsPerAgent, stats_.liveConnections.load(),
-                  caps.maxConnections);
-        lastLimitWarning_ = now;
-      }
-      sock.set_option(asio::socket_base::linger(true, 0), pec);
-      sock.close(pec);
-      continue;
-    }
-    ++stats_.accepted;
-    ++mine;
-    ++stats_.liveConnections;
-    // Given back when the connection ends, whichever path serves it.
-    flow.slot = std::shared_ptr<void>(nullptr, [this, key = flow.agent.key](void*) {
-      --stats_.liveConnections;
-      auto it = perAgentConnections_.find(key);
-      if (it != perAgentConnections_.end() && --it->second == 0) perAgentConnections_.erase(it);
-    });
-    if (origin->flags & AG_ORIGIN_HANDED)
-      log::debug("agent {}: a socket created by pid {} was connected by another process", flow.agent.name,
-                origin->pid);
-    flow.id = nextId_++;
-    sock.set_option(tcp::no_delay(true), pec);
-    // No exception may end the daemon: a session that throws is logged and dropped.
-    auto logFailure = [id = flow.id](std::exception_ptr e) {
-      if (!e) return;
-      try {
-        std::rethrow_exception(e);
-      } catch (const std::exception& x) {
-        log::error("conn {}: session ended by an exception: {}", id, x.what());
-      } catch (...) {
-        log::error("conn {}: session ended by an unknown exception", id);
-      }
-    };
-    if (origin->target_index == AG_TARGET_NONE)
-      asio::co_spawn(io_, classify(std::move(sock), std::move(flow)), logFailure);
-    else
-      asio::co_spawn(io_, serve(std::move(sock), std::move(flow)), logFailure);
+    admit(std::move(sock), std::move(flow));
   }
+}
+
+asio::awaitable<void> Server::awaitNamed(tcp::socket sock, Flow flow) {
+  auto deadline = Clock::now() + discoverySettle_;
+  asio::steady_timer pause(io_);
+  while (!flow.agent.known() && flow.agent.guarded && Clock::now() < deadline) {
+    pause.expires_after(std::chrono::milliseconds(20));
+    co_await pause.async_wait(kUseTuple);
+    if (!sock.is_open()) co_return;
+    flow.agent = agents_.lookup(flow.origin.cgroup_id);
+  }
+  --heldForDiscovery_;
+  admit(std::move(sock), std::move(flow));
+}
+
+void Server::admit(tcp::socket sock, Flow flow) {
+  beast::error_code pec;
+  const ag_origin& origin = flow.origin;
+  if (!flow.agent.known()) {
+    // The socket's creator sits under no attached root (a socket made
+    // before its cgroup was attached and handed elsewhere, a cgroup that
+    // vanished, or one under a guard that discovery did not name in time):
+    // nobody we can name, so nobody we serve.
+    ++stats_.refusedUnknownAgent;
+    if (auto now = Clock::now(); now - lastUnknownWarning_ >= std::chrono::seconds(1)) {
+      log::warn("refused a connection from pid {} ({}): {} is gone or under no attached cgroup{} ({} so far)",
+                origin.pid, flow.comm, flow.agent.name,
+                flow.agent.guarded ? " (under a guard, not named by discovery in time)" : "",
+                stats_.refusedUnknownAgent.load());
+      lastUnknownWarning_ = now;
+    }
+    sock.set_option(asio::socket_base::linger(true, 0), pec);
+    sock.close(pec);
+    return;
+  }
+  const config::Limits& caps = runtime_->config->limits;
+  std::uint32_t& mine = perAgentConnections_[flow.agent.key];
+  if (stats_.liveConnections.load() >= caps.maxConnections || mine >= caps.maxConnectionsPerAgent) {
+    ++stats_.refusedOverLimit;
+    if (mine == 0) perAgentConnections_.erase(flow.agent.key);
+    auto now = Clock::now();
+    if (now - lastLimitWarning_ >= std::chrono::seconds(1)) {
+      log::warn("refused connections over a cap: agent {} has {} (max_connections_per_agent {}), {} in all "
+                "(max_connections {})",
+                flow.agent.name, mine, caps.maxConnectionsPerAgent, stats_.liveConnections.load(),
+                caps.maxConnections);
+      lastLimitWarning_ = now;
+    }
+    sock.set_option(asio::socket_base::linger(true, 0), pec);
+    sock.close(pec);
+    return;
+  }
+  ++stats_.accepted;
+  ++mine;
+  ++stats_.liveConnections;
+  // Given back when the connection ends, whichever path serves it.
+  flow.slot = std::shared_ptr<void>(nullptr, [this, key = flow.agent.key](void*) {
+    --stats_.liveConnections;
+    auto it = perAgentConnections_.find(key);
+    if (it != perAgentConnections_.end() && --it->second == 0) perAgentConnections_.erase(it);
+  });
+  if (origin.flags & AG_ORIGIN_HANDED)
+    log::debug("agent {}: a socket created by pid {} was connected by another process", flow.agent.name, origin.pid);
+  flow.id = nextId_++;
+  sock.set_option(tcp::no_delay(true), pec);
+  // No exception may end the daemon: a session that throws is logged and dropped.
+  auto logFailure = [id = flow.id](std::exception_ptr e) {
+    if (!e) return;
+    try {
+      std::rethrow_exception(e);
+    } catch (const std::exception& x) {
+      log::error("conn {}: session ended by an exception: {}", id, x.what());
+    } catch (...) {
+      log::error("conn {}: session ended by an unknown exception", id);
+    }
+  };
+  if (origin.target_index == AG_TARGET_NONE)
+    asio::co_spawn(io_, classify(std::move(sock), std::move(flow)), logFailure);
+  else
+    asio::co_spawn(io_, serve(std::move(sock), std::move(flow)), logFailure);
 }
 
 namespace {

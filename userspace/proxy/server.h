@@ -73,6 +73,7 @@ struct ServerStats {
   std::atomic<std::uint64_t> accepted{0};
   std::atomic<std::uint64_t> refusedNoFlow{0};
   std::atomic<std::uint64_t> refusedUnknownAgent{0};  // socket creator under no attached cgroup
+  std::atomic<std::uint64_t> heldForDiscovery{0};     // from under a guard, held until discovery named it
   std::atomic<std::uint64_t> acceptErrors{0};         // accept() failed (EMFILE, ENOMEM...)
   std::atomic<std::uint64_t> handshakeFailures{0};
   std::atomic<std::uint64_t> requests{0};
@@ -110,6 +111,8 @@ class Server {
   // Listens on 127.0.0.1:port and [::1]:port (the latter if IPv6 is up).
   Result<void> listen(std::uint16_t port);
   void setRuntime(std::shared_ptr<const Runtime> runtime) { runtime_ = std::move(runtime); }
+  // How long a flow from under a guard may wait for discovery to name it.
+  void setDiscoverySettle(std::chrono::milliseconds settle) { discoverySettle_ = settle; }
   std::shared_ptr<const Runtime> runtime() const { return runtime_; }
 
   // A listening socket opened inside an agent's network namespace (takes the fd).
@@ -137,6 +140,12 @@ class Server {
  private:
   struct Session;
   asio::awaitable<void> acceptLoop(tcp::acceptor& acceptor, std::uint64_t netnsCookie);
+  // Caps, then serve (or classify, for all-tls); refuses an unnamed agent.
+  void admit(tcp::socket sock, Flow flow);
+  // A flow from under a guard that discovery has not named yet: re-asks
+  // every 20 ms, up to the settle time, then admit() (which refuses it if
+  // it is still unnamed).
+  asio::awaitable<void> awaitNamed(tcp::socket sock, Flow flow);
   asio::awaitable<void> serve(tcp::socket socket, Flow flow);
   // intercept: all-tls: peek at the SNI; terminate a target, splice the rest.
   asio::awaitable<void> classify(tcp::socket socket, Flow flow);
@@ -181,6 +190,8 @@ class Server {
   std::chrono::steady_clock::time_point lastAcceptWarning_{};
   std::chrono::steady_clock::time_point lastLimitWarning_{};
   std::chrono::steady_clock::time_point lastUnknownWarning_{};
+  std::chrono::milliseconds discoverySettle_{3000};
+  std::uint32_t heldForDiscovery_ = 0;  // flows waiting in awaitNamed() now
   ServerStats stats_;
   credentials::PhantomTokens phantoms_;
   RequestMetrics metrics_;

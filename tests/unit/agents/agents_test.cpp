@@ -72,3 +72,30 @@ TEST(AgentNames, AgentsCgroupNotAttachedNamesNothingBelowIt) {
 
 }  // namespace
 }  // namespace atlasgate::proxy
+
+namespace atlasgate::proxy {
+namespace {
+
+TEST(AgentNames, UnderAGuardOnlyDiscoveryNames) {
+  const std::vector<std::string> roots = {"atlasgate", "machine.slice", "machine.slice/attached.scope"};
+  const std::vector<std::string> guards = {"machine.slice"};
+  std::map<std::string, GivenName> given;
+  given["machine.slice/libpod-abc"] = GivenName{"container/bot", nullptr, LabelKind::Container};
+  // Named by discovery: an agent, with its container's name.
+  auto a = identifyAgent("machine.slice/libpod-abc/sub", "atlasgate", roots, given, guards);
+  EXPECT_EQ(a.name, "container/bot");
+  EXPECT_FALSE(a.guarded);
+  // A new (or restarted) container not named yet: held, never named after the guard.
+  auto b = identifyAgent("machine.slice/libpod-def", "atlasgate", roots, given, guards);
+  EXPECT_FALSE(b.known());
+  EXPECT_TRUE(b.guarded);
+  EXPECT_FALSE(identifyAgent("machine.slice", "atlasgate", roots, given, guards).known());
+  // A cgroup attached by hand below the guard names its own subtree.
+  EXPECT_EQ(identifyAgent("machine.slice/attached.scope/x", "atlasgate", roots, given, guards).name,
+            "machine.slice/attached.scope");
+  // Outside the guard nothing changes.
+  EXPECT_FALSE(identifyAgent("user.slice/x", "atlasgate", roots, given, guards).guarded);
+}
+
+}  // namespace
+}  // namespace atlasgate::proxy
