@@ -76,6 +76,10 @@ def wait_for(predicate, timeout=10.0, interval=0.05, what="condition"):
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+# The daemon under test is the ASan+UBSan build (scripts/test's second pass):
+# memory figures (RSS) are the sanitizer's, not the daemon's.
+SANITIZED = os.environ.get("ATLASGATE_SANITIZED") == "1"
+
 SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
                      "SUMMARY: UndefinedBehaviorSanitizer")
 

@@ -25,8 +25,8 @@ import threading
 import time
 import unittest
 
-from harness import (ACCEPT_V2, HOST, LAUNCHER, PROJECT_ID, SYSTEM_PYTHON, DaemonTestCase, cgroup2_mount,
-                     remove_cgroup, wait_for)
+from harness import (ACCEPT_V2, HOST, LAUNCHER, PROJECT_ID, SANITIZED, SYSTEM_PYTHON, DaemonTestCase,
+                     cgroup2_mount, remove_cgroup, wait_for)
 from test_soak import daemon_rss_kib
 
 NOBODY = 65534
@@ -287,7 +287,12 @@ class HeldCapsTest(AgentCase):
         for r in c.collect("c-big", 8, timeout=120):
             self.assertQueueFull(r, "max_held_requests")
         grown = daemon_rss_kib(env.daemon.pid) - rss_before
-        self.assertLess(grown, 40 * 1024, f"daemon RSS grew by {grown} KiB over 8 refused 15 MiB bodies")
+        if SANITIZED:
+            # ASan keeps freed memory in quarantine (256 MiB): RSS says
+            # nothing about what the daemon holds. The normal pass checks it.
+            print(f"sanitizer build: RSS grew {grown} KiB (not checked)")
+        else:
+            self.assertLess(grown, 40 * 1024, f"daemon RSS grew by {grown} KiB over 8 refused 15 MiB bodies")
         self.assertEqual(len(self.approvals()), 4)
         s = env.status()
         self.assertEqual(s["approvals_pending"], 4)
