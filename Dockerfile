@@ -11,9 +11,11 @@
 # The BPF programs are embedded in the binary (libbpf skeletons) and use CO-RE,
 # so one image runs on any node kernel with BTF (5.14+; see README).
 #
-# No container engine runs in this repository's CI: the file is checked by
-# tests/deploy/validate.sh (stages, bases, apt hygiene, runtime libraries),
-# not built there.
+# CI checks this file with tests/deploy/validate.sh (stages, bases, apt
+# hygiene including the runtime stage's own cache cleanup, runtime libraries)
+# but does not build the image: podman runs in CI for the container tests
+# (tests/integration/test_containers.py), and building the image there is
+# still to come.
 
 FROM debian:12 AS build
 ARG DEBIAN_FRONTEND=noninteractive
