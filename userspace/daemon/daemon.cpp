@@ -805,6 +805,7 @@ json::value Daemon::status() {
   }
   o["targets"] = targets;
   const auto& s = server_->stats();
+  const UpstreamStats pool = pool_->stats();  // summed over targets: once
   json::object counters{{"accepted", s.accepted.load()},
                         {"refused_no_flow", s.refusedNoFlow.load()},
                         {"handshake_failures", s.handshakeFailures.load()},
@@ -825,8 +826,8 @@ json::value Daemon::status() {
                         {"audit_written", audit_->written()},
                         {"audit_lost", audit_->lost()},
                         {"upstream_idle", pool_->idleCount()},
-                        {"upstream_connects", pool_->stats().connects},
-                        {"upstream_reuses", pool_->stats().reuses},
+                        {"upstream_connects", pool.connects},
+                        {"upstream_reuses", pool.reuses},
                         {"upstream_busy", s.upstreamBusy.load()},
                         {"refused_over_limit", s.refusedOverLimit.load()},
                         {"refused_unknown_agent", s.refusedUnknownAgent.load()},
@@ -920,10 +921,11 @@ std::string Daemon::metrics() {
   fmt::format_to(std::back_inserter(out), "atlasgate_connections_refused_over_limit_total {}\n",
                  server_->stats().refusedOverLimit.load());
   counter("atlasgate_upstream_connects_total", "Upstream TLS connections opened, by TLS session resumption.", "counter");
+  const UpstreamStats pool = pool_->stats();  // summed over targets: once
   fmt::format_to(std::back_inserter(out), "atlasgate_upstream_connects_total{{resumed=\"false\"}} {}\n",
-                 pool_->stats().connects - pool_->stats().resumedSessions);
+                 pool.connects - pool.resumedSessions);
   fmt::format_to(std::back_inserter(out), "atlasgate_upstream_connects_total{{resumed=\"true\"}} {}\n",
-                 pool_->stats().resumedSessions);
+                 pool.resumedSessions);
   counter("atlasgate_token_refreshes_total", "Service-account token fetches, by credential and result.", "counter");
   for (const auto& t : server_->runtime()->targets)
     for (const auto& c : t.credentials)

@@ -114,9 +114,8 @@ void AgentDirectory::setGuards(std::vector<std::string> absolutePaths) {
 }
 
 void AgentDirectory::setRoots(std::vector<std::string> absolutePaths) {
-  rootsAbs_ = std::move(absolutePaths);
   rootsRel_.clear();
-  for (const auto& p : rootsAbs_) rootsRel_.push_back(relative(p));
+  for (const auto& p : absolutePaths) rootsRel_.push_back(relative(p));
   cache_.clear();
 }
 

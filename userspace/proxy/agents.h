@@ -89,7 +89,6 @@ class AgentDirectory {
   std::string agentsRel_;
   std::vector<std::string> rootsRel_;
   std::vector<std::string> guardsRel_;
-  std::vector<std::string> rootsAbs_;
   std::map<std::uint64_t, AgentIdentity> cache_;
   std::set<std::uint64_t> gone_;  // ids whose cgroup was removed
   std::map<std::string, GivenName> names_;  // relative cgroup path -> given name
