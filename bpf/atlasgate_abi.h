@@ -17,6 +17,40 @@
 
 #define AG_COMM_LEN 16
 
+/*
+ * Membership: which cgroups are agents is decided in the kernel from the
+ * members map, keyed by a hash of the cgroup's path (below the cgroup2 mount
+ * the daemon sees), not by cgroup id: a cgroup removed and re-created at the
+ * same path (a restarted container, a restarted systemd unit) is a member
+ * from its first socket. See README "Membership".
+ */
+#define AG_MAX_MEMBERS 16384
+#define AG_MEMBER_PATH_MAX 512 /* the path kept with each member (for the daemon) */
+#define AG_MEMBER_DEPTH_MAX 16 /* levels below the mount a member path may have */
+#define AG_MEMBER_WALK_MAX 1024 /* levels walked up before failing closed */
+#define AG_MEMBER_NAME_MAX 256 /* a kernfs name, with its NUL */
+#define AG_MEMBER_CACHE 16384
+
+#define AG_FNV_OFFSET 0xcbf29ce484222325ULL
+#define AG_FNV_PRIME 0x100000001b3ULL
+
+/*
+ * The path hash, level by level from the top: each name mixes in its length,
+ * then its bytes eight at a time as native-endian words, the last one
+ * zero-padded (the kernel and the daemon run on the same machine). Not
+ * collision-resistant and not meant to be: the daemon checks the real path
+ * of every connection it serves, so a collision ends in a refusal.
+ */
+static inline __u64 ag_path_hash_word(__u64 h, __u64 word)
+{
+	return (h ^ word) * AG_FNV_PRIME;
+}
+
+static inline __u64 ag_path_hash_level(__u64 h, __u64 name_len)
+{
+	return ag_path_hash_word(h, 0x2f00000000000000ULL | name_len); /* '/' and the length */
+}
+
 /* Address families as the kernel spells them (AF_INET, AF_INET6). */
 #define AG_AF_INET 2
 #define AG_AF_INET6 10
@@ -68,6 +102,28 @@ struct ag_creator {
 	char comm[AG_COMM_LEN];
 };
 
+/* Value of the members map (key: the path hash). */
+struct ag_member {
+	__u32 flags; /* AG_MEMBER_* */
+	__u32 len; /* bytes of path used */
+	char path[AG_MEMBER_PATH_MAX]; /* relative to the cgroup2 mount, no leading '/' */
+};
+
+#define AG_MEMBER_GUARD 0x1 /* a guard: its cgroups are held until named */
+
+/* The membership cache: cgroup id -> verdict, valid while gen is current. */
+struct ag_member_verdict {
+	__u64 gen;
+	__u32 member;
+	__u32 _pad;
+};
+
+/* The one entry of the control map. */
+struct ag_control {
+	__u64 gen; /* bumped by the daemon after each change of the members map */
+	__u64 anchor_id; /* cgroup id of the daemon's cgroup2 mount: paths are relative to it */
+};
+
 /* The client end of a redirected connection, as the daemon's accept sees it. */
 struct ag_flow_key {
 	__u64 netns_cookie;
@@ -99,6 +155,9 @@ enum ag_counter {
 	AG_CNT_CREATOR_UPDATE_ERR, /* socket storage refused: the creator is unknown */
 	AG_CNT_NO_CREATOR, /* connect() of a socket whose creator is unknown (made before attach) */
 	AG_CNT_HANDED, /* connect() by another process than the socket's creator */
+	AG_CNT_SKIP_NOT_MEMBER, /* to a target, but from no attached cgroup */
+	AG_CNT_MEMBER_WALKS, /* membership decided by walking the cgroup's path (cache miss) */
+	AG_CNT_MEMBER_DEEP, /* path deeper than the walk bound: treated as a member (fail closed) */
 	AG_CNT__MAX,
 };
 
@@ -125,6 +184,9 @@ static const char *const ag_counter_names[AG_CNT__MAX] = {
 	"creator_update_err",
 	"no_creator",
 	"handed",
+	"skip_not_member",
+	"member_walks",
+	"member_deep",
 };
 #endif
 

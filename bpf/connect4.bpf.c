@@ -2,9 +2,10 @@
 #include "maps.h"
 #include "decide.h"
 #include "origin.h"
+#include "member.h"
 
 /*
- * connect() of an IPv4 socket in an attached cgroup. A TCP connection to a
+ * connect() of an IPv4 socket of an agent (member.h). A TCP connection to a
  * target on 443 is rewritten to the local terminator and its origin saved by
  * socket cookie; everything else passes untouched. Returns 1 to let connect()
  * proceed, 0 to fail it with EPERM.
@@ -18,9 +19,16 @@ int ag_connect4(struct bpf_sock_addr *ctx)
 	struct ag_target *t;
 	int verdict;
 
-	ag_count(AG_CNT_CONNECT4);
 	t = bpf_map_lookup_elem(&ag_targets4, &daddr);
 	f.tgid = bpf_get_current_pid_tgid() >> 32;
+	/* Attached at the root, this runs for every connect() on the machine:
+	 * only agents' are looked at (and counted). */
+	if (!ag_socket_member(ctx->sk)) {
+		if (t && f.tgid != ag_daemon_tgid)
+			ag_count(AG_CNT_SKIP_NOT_MEMBER);
+		return 1;
+	}
+	ag_count(AG_CNT_CONNECT4);
 	f.daemon_tgid = ag_daemon_tgid;
 	f.sock_type = ctx->type;
 	f.dport = bpf_ntohs(ctx->user_port);

@@ -2,6 +2,7 @@
 #include "maps.h"
 #include "decide.h"
 #include "origin.h"
+#include "member.h"
 
 /*
  * connect() of an IPv6 socket. A native IPv6 target is rewritten to [::1];
@@ -21,7 +22,6 @@ int ag_connect6(struct bpf_sock_addr *ctx)
 	int mapped = w0 == 0 && w1 == 0 && w2 == bpf_htonl(0xffff);
 	int verdict;
 
-	ag_count(AG_CNT_CONNECT6);
 	__builtin_memcpy(&daddr.addr[0], &w0, 4);
 	__builtin_memcpy(&daddr.addr[4], &w1, 4);
 	__builtin_memcpy(&daddr.addr[8], &w2, 4);
@@ -31,6 +31,14 @@ int ag_connect6(struct bpf_sock_addr *ctx)
 	else
 		t = bpf_map_lookup_elem(&ag_targets6, &daddr);
 	f.tgid = bpf_get_current_pid_tgid() >> 32;
+	/* Attached at the root, this runs for every connect() on the machine:
+	 * only agents' are looked at (and counted). */
+	if (!ag_socket_member(ctx->sk)) {
+		if (t && f.tgid != ag_daemon_tgid)
+			ag_count(AG_CNT_SKIP_NOT_MEMBER);
+		return 1;
+	}
+	ag_count(AG_CNT_CONNECT6);
 	f.daemon_tgid = ag_daemon_tgid;
 	f.sock_type = ctx->type;
 	f.dport = bpf_ntohs(ctx->user_port);

@@ -66,6 +66,38 @@ AG_MAP struct {
 	__type(value, struct ag_creator);
 } ag_creators SEC(".maps");
 
+/* Path hash -> attached path (see atlasgate_abi.h "Membership"). */
+AG_MAP struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, AG_MAX_MEMBERS);
+	__type(key, __u64);
+	__type(value, struct ag_member);
+} ag_members SEC(".maps");
+
+/* Cgroup id -> membership verdict of the generation that computed it. */
+AG_MAP struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, AG_MEMBER_CACHE);
+	__type(key, __u64);
+	__type(value, struct ag_member_verdict);
+} ag_member_cache SEC(".maps");
+
+AG_MAP struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct ag_control);
+} ag_control SEC(".maps");
+
+/* Scratch space for one kernfs name (too big for the stack beside the rest). */
+AG_MAP struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, char[AG_MEMBER_NAME_MAX]);
+} ag_name_scratch SEC(".maps");
+
 AG_MAP struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, AG_CNT__MAX);

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 #include "maps.h"
 #include "decide.h"
+#include "member.h"
 
 /*
  * Unconnected UDP (sendto) to a target on 443 is QUIC going around the
@@ -18,7 +19,7 @@ static __always_inline int ag_sendmsg_verdict(struct bpf_sock_addr *ctx, int is_
 	f.dport = bpf_ntohs(ctx->user_port);
 	f.is_target = is_target;
 	f.refuse_quic = ag_refuse_quic;
-	if (ag_decide(&f, &counter) == AG_REFUSE) {
+	if (ag_decide(&f, &counter) == AG_REFUSE && ag_cgroup_member()) {
 		ag_count(counter);
 		return 0;
 	}

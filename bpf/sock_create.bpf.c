@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 #include "maps.h"
+#include "member.h"
 
 /*
- * socket() in an attached cgroup. The agent is whoever creates a socket, not
+ * socket() anywhere (attached at the cgroup2 root); only a member's sockets
+ * are recorded (member.h). The agent is whoever creates a socket, not
  * whoever later calls connect() on it: a socket can be handed to another
  * process (SCM_RIGHTS, pidfd_getfd, fork then a move to another cgroup), and
  * the connect hooks run for the socket's cgroup whoever calls them. So the
@@ -16,6 +18,8 @@ int ag_sock_create(struct bpf_sock *sk)
 	struct ag_creator *c;
 
 	if (sk->type != 1 /* SOCK_STREAM */)
+		return 1;
+	if (!ag_cgroup_member())
 		return 1;
 	c = bpf_sk_storage_get(&ag_creators, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	if (!c) {

@@ -28,6 +28,7 @@
 #include <bpf/bpf.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <array>
 #include <chrono>
 #include <cstdlib>
@@ -54,8 +55,9 @@ constexpr std::uint32_t kTargetIndex = 7;
 constexpr int kAcceptMs = 5000;
 constexpr int kNothingMs = 200;  // how long "nothing arrives" is watched
 
-const char* const kMapNames[] = {"ag_targets4", "ag_targets6", "ag_origins", "ag_flows", "ag_creators",
-                                 "ag_counters"};
+const char* const kMapNames[] = {"ag_targets4", "ag_targets6",     "ag_origins", "ag_flows",
+                                 "ag_creators", "ag_members",      "ag_member_cache", "ag_control",
+                                 "ag_name_scratch", "ag_counters"};
 const char* const kProgNames[] = {"ag_connect4",     "ag_connect6",     "ag_sockops",
                                   "ag_sendmsg4",     "ag_sendmsg6",     "ag_getpeername4",
                                   "ag_getpeername6", "ag_sock_create"};
@@ -64,12 +66,14 @@ const bpf_attach_type kAttachTypes[] = {BPF_CGROUP_INET4_CONNECT,     BPF_CGROUP
                                         BPF_CGROUP_UDP6_SENDMSG,      BPF_CGROUP_INET4_GETPEERNAME,
                                         BPF_CGROUP_INET6_GETPEERNAME, BPF_CGROUP_INET_SOCK_CREATE};
 
-// The pinned link names of every hook for a cgroup id.
+// The pinned link names of every hook for a cgroup id ("root": the root links).
 std::set<std::string> linkNames(const std::string& id) {
   std::set<std::string> out;
   for (const char* p : kProgNames) out.insert(id + "-" + p);
   return out;
 }
+
+bool contains(const std::vector<__u32>& ids, __u32 id) { return std::find(ids.begin(), ids.end(), id) != ids.end(); }
 
 class UniqueFd {
  public:
@@ -373,6 +377,7 @@ class BpfLoadTest : public ::testing::Test {
     pinRoot_ = "/sys/fs/bpf/" + tag;
     auto mount = ab::findCgroup2Mount();
     ASSERT_TRUE(mount) << mount.error().message;
+    mount_ = *mount;
     home_ = *mount + ownCgroup2Path();
     cgroup_ = *mount + "/" + tag;
     ASSERT_TRUE(::mkdir(cgroup_.c_str(), 0755) == 0 || errno == EEXIST) << cgroup_ << ": " << std::strerror(errno);
@@ -479,7 +484,7 @@ class BpfLoadTest : public ::testing::Test {
     return peer;
   }
 
-  std::string pinRoot_, home_, cgroup_;
+  std::string pinRoot_, mount_, home_, cgroup_;
   std::uint64_t cgroupId_ = 0, netns_ = 0;
   UniqueFd proxy_;
   std::uint16_t proxyPort_ = 0;
@@ -513,7 +518,12 @@ TEST_F(BpfLoadTest, ProgramsPassTheVerifierAndArePinned) {
   EXPECT_EQ(listDir(pinRoot_), (std::set<std::string>{"links", "maps", "progs"}));
   EXPECT_EQ(listDir(pinRoot_ + "/maps"), std::set<std::string>(std::begin(kMapNames), std::end(kMapNames)));
   EXPECT_EQ(listDir(pinRoot_ + "/progs"), std::set<std::string>(std::begin(kProgNames), std::end(kProgNames)));
-  EXPECT_TRUE(listDir(pinRoot_ + "/links").empty());
+  // Attached once, at the cgroup2 root, one link per hook.
+  EXPECT_EQ(listDir(pinRoot_ + "/links"), linkNames("root"));
+  for (std::size_t i = 0; i < std::size(kAttachTypes); ++i)
+    EXPECT_TRUE(contains(attachedProgs(mount_, kAttachTypes[i]),
+                         pinnedProgInfo(pinRoot_ + "/progs/" + kProgNames[i]).id))
+        << kProgNames[i] << " is not attached at the root";
 
   EXPECT_EQ(pinnedProgInfo(pinRoot_ + "/progs/ag_connect4").type, BPF_PROG_TYPE_CGROUP_SOCK_ADDR);
   EXPECT_EQ(pinnedProgInfo(pinRoot_ + "/progs/ag_connect6").type, BPF_PROG_TYPE_CGROUP_SOCK_ADDR);
@@ -522,7 +532,11 @@ TEST_F(BpfLoadTest, ProgramsPassTheVerifierAndArePinned) {
   EXPECT_TRUE(loader_->attachments().empty());
   EXPECT_EQ(loader_->flowCount(), 0u);
   EXPECT_EQ(loader_->originCount(), 0u);
-  for (auto c : loader_->counters()) EXPECT_EQ(c, 0u);
+  // Every process's sockets are judged now (membership walks count them);
+  // nothing else may have happened.
+  auto c = loader_->counters();
+  for (int i = 0; i < AG_CNT__MAX; ++i)
+    if (i != AG_CNT_MEMBER_WALKS) EXPECT_EQ(c[i], 0u) << ag_counter_names[i];
 
   // The pinned targets map is the one the loader writes.
   ASSERT_TRUE(loader_->setTargets({{kTarget4, {kTargetIndex, AG_TARGET_STATIC}}, {"2001:db8::3", {1, 0}}}));
@@ -541,40 +555,55 @@ TEST_F(BpfLoadTest, ProgramsPassTheVerifierAndArePinned) {
   EXPECT_FALSE(loader_->setTargets({{"not-an-address", {0, 0}}}));
 }
 
-TEST_F(BpfLoadTest, AttachPinsALinkPerHookIdempotentlyAndDetachRemovesThem) {
+TEST_F(BpfLoadTest, AttachAddsAMemberPathIdempotentlyAndDetachRemovesIt) {
   loader_ = open(options());
   ASSERT_TRUE(loader_);
-  const std::string id = std::to_string(cgroupId_);
-  const std::set<std::string> links = linkNames(id);
+  UniqueFd members(bpf_obj_get((pinRoot_ + "/maps/ag_members").c_str()));
+  ASSERT_TRUE(members) << std::strerror(errno);
+  const std::string rel = cgroup_.substr(mount_.size() + 1);
+  const std::uint64_t key = ab::memberPathHash(rel);
 
   for (int round = 0; round < 2; ++round) {
     SCOPED_TRACE("attach #" + std::to_string(round + 1));
     auto a = loader_->attach(cgroup_);
     ASSERT_TRUE(a) << a.error().message;
-    EXPECT_EQ(listDir(pinRoot_ + "/links"), links);
-    for (auto type : kAttachTypes) EXPECT_EQ(attachedProgs(cgroup_, type).size(), 1u) << "attach type " << type;
     auto att = loader_->attachments();
     ASSERT_EQ(att.size(), 1u);
     EXPECT_EQ(att[0].path, cgroup_);
     EXPECT_EQ(att[0].cgroupId, cgroupId_);
+    ag_member m{};
+    ASSERT_EQ(bpf_map_lookup_elem(members.get(), &key, &m), 0);
+    EXPECT_EQ(std::string(m.path, m.len), rel);
   }
-
-  // What is attached is what is pinned under progs/.
-  EXPECT_EQ(attachedProgs(cgroup_, BPF_CGROUP_INET4_CONNECT).at(0),
-            pinnedProgInfo(pinRoot_ + "/progs/ag_connect4").id);
-  EXPECT_EQ(attachedProgs(cgroup_, BPF_CGROUP_INET6_CONNECT).at(0),
-            pinnedProgInfo(pinRoot_ + "/progs/ag_connect6").id);
-  EXPECT_EQ(attachedProgs(cgroup_, BPF_CGROUP_SOCK_OPS).at(0), pinnedProgInfo(pinRoot_ + "/progs/ag_sockops").id);
+  // Nothing is attached to the cgroup itself: the root links serve it.
+  EXPECT_EQ(listDir(pinRoot_ + "/links"), linkNames("root"));
+  for (auto type : kAttachTypes) EXPECT_TRUE(attachedProgs(cgroup_, type).empty()) << "attach type " << type;
 
   auto d = loader_->detach(cgroup_);
   ASSERT_TRUE(d) << d.error().message;
-  EXPECT_TRUE(listDir(pinRoot_ + "/links").empty());
-  for (auto type : kAttachTypes) EXPECT_TRUE(attachedProgs(cgroup_, type).empty()) << "attach type " << type;
   EXPECT_TRUE(loader_->attachments().empty());
-
+  ag_member m{};
+  EXPECT_NE(bpf_map_lookup_elem(members.get(), &key, &m), 0);
   EXPECT_FALSE(loader_->detach(cgroup_)) << "detaching twice must say it is not attached";
-  EXPECT_FALSE(loader_->attach(cgroup_ + "-does-not-exist"));
-  EXPECT_TRUE(listDir(pinRoot_ + "/links").empty());
+
+  // A path with no cgroup: refused unless the caller wants it guarded ahead.
+  const std::string future = cgroup_ + "-not-yet";
+  EXPECT_FALSE(loader_->attach(future));
+  ASSERT_TRUE(loader_->attach(future, false));
+  auto att = loader_->attachments();
+  ASSERT_EQ(att.size(), 1u);
+  EXPECT_EQ(att[0].path, future);
+  EXPECT_EQ(att[0].cgroupId, 0u);
+  ASSERT_TRUE(loader_->detach(future));
+
+  // Paths outside the cgroup2 mount, or too deep for the kernel's walk.
+  EXPECT_FALSE(loader_->attach("/tmp", false));
+  EXPECT_FALSE(loader_->attach(mount_ + "/../etc", false));
+  EXPECT_FALSE(loader_->attach("relative/path", false));
+  std::string deep = mount_;
+  for (int i = 0; i <= AG_MEMBER_DEPTH_MAX; ++i) deep += "/d";
+  EXPECT_FALSE(loader_->attach(deep, false));
+  EXPECT_TRUE(loader_->attachments().empty());
 }
 
 // -------------------------------------------------------------- behaviour --
@@ -926,39 +955,37 @@ TEST_F(BpfLoadTest, AgentInAnotherNetnsIsRedirectedToItsOwnLoopback) {
 
 TEST_F(BpfLoadTest, RestartedLoaderAdoptsThePinnedLinks) {
   openAttached();
-  const auto progBefore = attachedProgs(cgroup_, BPF_CGROUP_INET4_CONNECT);
-  ASSERT_EQ(progBefore.size(), 1u);
+  const auto progBefore = pinnedProgInfo(pinRoot_ + "/progs/ag_connect4").id;
+  ASSERT_TRUE(contains(attachedProgs(mount_, BPF_CGROUP_INET4_CONNECT), progBefore));
 
   // The daemon goes away without unpinning: the links stay attached and the
   // redirect keeps working with nobody holding the skeleton.
   loader_.reset();
-  const std::string id = std::to_string(cgroupId_);
-  EXPECT_EQ(listDir(pinRoot_ + "/links"),
-            linkNames(id));
-  for (auto type : kAttachTypes) EXPECT_EQ(attachedProgs(cgroup_, type).size(), 1u) << "attach type " << type;
-
+  EXPECT_EQ(listDir(pinRoot_ + "/links"), linkNames("root"));
   Child between(cgroup_, tcpConnect(AF_INET, kTarget4, 443));
   UniqueFd a1;
   auto peer1 = expectRedirected(between, a1);
 
-  // The next generation picks up links, maps and their contents.
+  // The next generation picks up links, maps and their contents: the
+  // members map gives back the attached path itself.
   loader_ = open(options());
   ASSERT_TRUE(loader_);
   auto att = loader_->attachments();
   ASSERT_EQ(att.size(), 1u);
+  EXPECT_EQ(att[0].path, cgroup_);
   EXPECT_EQ(att[0].cgroupId, cgroupId_);
   auto o1 = loader_->takeFlow(keyOf(peer1));
   ASSERT_TRUE(o1) << "the flow recorded between generations is lost";
   expectOrigin(*o1, kTarget4, between.pid(), cgroupId_, netns_);
 
-  // The links now run the new generation's programs, still one per hook.
-  const auto progAfter = attachedProgs(cgroup_, BPF_CGROUP_INET4_CONNECT);
-  ASSERT_EQ(progAfter.size(), 1u);
-  EXPECT_NE(progAfter[0], progBefore[0]);
-  EXPECT_EQ(progAfter[0], pinnedProgInfo(pinRoot_ + "/progs/ag_connect4").id);
-  for (auto type : kAttachTypes) EXPECT_EQ(attachedProgs(cgroup_, type).size(), 1u) << "attach type " << type;
+  // The same links now run the new generation's programs.
+  const auto progAfter = pinnedProgInfo(pinRoot_ + "/progs/ag_connect4").id;
+  EXPECT_NE(progAfter, progBefore);
+  auto atRoot = attachedProgs(mount_, BPF_CGROUP_INET4_CONNECT);
+  EXPECT_TRUE(contains(atRoot, progAfter));
+  EXPECT_FALSE(contains(atRoot, progBefore));
+  EXPECT_EQ(listDir(pinRoot_ + "/links"), linkNames("root"));
 
-  // The targets map kept its contents; the redirect works through the new programs.
   auto before = loader_->counters();
   Child after(cgroup_, tcpConnect(AF_INET, kTarget4, 443));
   UniqueFd a2;
@@ -967,15 +994,8 @@ TEST_F(BpfLoadTest, RestartedLoaderAdoptsThePinnedLinks) {
   ASSERT_TRUE(o2);
   expectOrigin(*o2, kTarget4, after.pid(), cgroupId_, netns_);
   EXPECT_EQ(delta(before)[AG_CNT_REDIRECTED4], 1);
-
-  // attach() on the adopted cgroup is a no-op that learns the path; detach works.
-  ASSERT_TRUE(loader_->attach(cgroup_));
-  EXPECT_EQ(listDir(pinRoot_ + "/links").size(), std::size(kProgNames));
-  EXPECT_EQ(loader_->attachments().at(0).path, cgroup_);
   between.finish();
   after.finish();
-  ASSERT_TRUE(loader_->detach(cgroup_));
-  for (auto type : kAttachTypes) EXPECT_TRUE(attachedProgs(cgroup_, type).empty());
 }
 
 TEST_F(BpfLoadTest, RestartAppliesTheNewGenerationsConfig) {
@@ -996,24 +1016,106 @@ TEST_F(BpfLoadTest, RestartAppliesTheNewGenerationsConfig) {
   quic.finish();
 }
 
-TEST_F(BpfLoadTest, RestartDropsLinksOfRemovedCgroups) {
+TEST_F(BpfLoadTest, ReCreatedCgroupIsRedirectedFromItsFirstConnection) {
   openAttached();
-  const std::string linkPin = pinRoot_ + "/links/" + std::to_string(cgroupId_) + "-ag_connect4";
-  loader_.reset();
+  // Removed and made again at the same path (a restarted container or
+  // systemd unit): a new cgroup id that no one has told the loader about.
   ASSERT_EQ(::rmdir(cgroup_.c_str()), 0) << std::strerror(errno);
-  // The kernel detaches a dead cgroup's links asynchronously.
-  EXPECT_TRUE(eventually([&] {
-    UniqueFd fd(bpf_obj_get(linkPin.c_str()));
-    bpf_link_info info{};
-    __u32 len = sizeof info;
-    return fd && bpf_obj_get_info_by_fd(fd.get(), &info, &len) == 0 && info.cgroup.cgroup_id == 0;
-  })) << "the link of the removed cgroup still names it";
+  ASSERT_EQ(::mkdir(cgroup_.c_str(), 0755), 0) << std::strerror(errno);
+  auto id = ab::cgroupId(cgroup_);
+  ASSERT_TRUE(id);
+  ASSERT_NE(*id, cgroupId_);
+  Child child(cgroup_, tcpConnect(AF_INET, kTarget4, 443));
+  UniqueFd accepted;
+  auto peer = expectRedirected(child, accepted);
+  auto o = loader_->takeFlow(keyOf(peer));
+  ASSERT_TRUE(o);
+  EXPECT_EQ(o->cgroup_id, *id);
+  child.finish();
+  cgroupId_ = *id;
+}
+
+TEST_F(BpfLoadTest, CgroupsBelowAMemberAreMembersAndSiblingsAreNot) {
+  openAttached();
+  const std::string child = cgroup_ + "/delegated", sibling = cgroup_ + "-sibling";
+  ASSERT_EQ(::mkdir(child.c_str(), 0755), 0) << std::strerror(errno);
+  ASSERT_EQ(::mkdir(sibling.c_str(), 0755), 0) << std::strerror(errno);
+  {
+    Child in(child, tcpConnect(AF_INET, kTarget4, 443));
+    UniqueFd accepted;
+    expectRedirected(in, accepted);
+    in.finish();
+  }
+  {
+    // "<cgroup>-sibling" shares a prefix of bytes, not of path components.
+    auto before = loader_->counters();
+    Child out(sibling, tcpConnect(AF_INET, kTarget4, 443));
+    EXPECT_EQ(out.report().joinErr, 0);
+    expectNothingOnProxy();
+    out.finish();
+    EXPECT_GE(delta(before)[AG_CNT_SKIP_NOT_MEMBER], 1);
+  }
+  // Detach: a cached "member" verdict must not outlive it.
+  ASSERT_TRUE(loader_->detach(cgroup_));
+  {
+    Child gone(child, tcpConnect(AF_INET, kTarget4, 443));
+    EXPECT_EQ(gone.report().joinErr, 0);
+    expectNothingOnProxy();
+    gone.finish();
+  }
+  EXPECT_EQ(::rmdir(child.c_str()), 0) << std::strerror(errno);
+  EXPECT_EQ(::rmdir(sibling.c_str()), 0) << std::strerror(errno);
+}
+
+TEST_F(BpfLoadTest, NestingDeepBelowAMemberDoesNotEscape) {
+  // An agent with a delegated subtree nests cgroups far deeper than the
+  // levels a member path may have (AG_MEMBER_DEPTH_MAX): the walk keeps the
+  // levels nearest the root, so it is still a member.
+  openAttached();
+  std::vector<std::string> made;
+  std::string path = cgroup_;
+  for (int i = 0; i < 3 * AG_MEMBER_DEPTH_MAX; ++i) {
+    path += "/n";
+    ASSERT_EQ(::mkdir(path.c_str(), 0755), 0) << path << ": " << std::strerror(errno);
+    made.push_back(path);
+  }
+  {
+    Child deep(path, tcpConnect(AF_INET, kTarget4, 443));
+    UniqueFd accepted;
+    expectRedirected(deep, accepted);
+    deep.finish();
+  }
+  for (auto it = made.rbegin(); it != made.rend(); ++it) EXPECT_EQ(::rmdir(it->c_str()), 0) << *it;
+}
+
+TEST_F(BpfLoadTest, LinksOfTheEarlierPerCgroupLayoutBecomeMembers) {
+  // A generation from before the members map left one link per hook on the
+  // cgroup itself, pinned as links/<cgroup id>-<prog>.
+  {
+    auto first = open(options());
+    ASSERT_TRUE(first);
+  }
+  UniqueFd prog(bpf_obj_get((pinRoot_ + "/progs/ag_connect4").c_str()));
+  UniqueFd cg(::open(cgroup_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  ASSERT_TRUE(prog && cg);
+  UniqueFd link(bpf_link_create(prog.get(), cg.get(), BPF_CGROUP_INET4_CONNECT, nullptr));
+  ASSERT_TRUE(link) << std::strerror(errno);
+  const std::string legacy = pinRoot_ + "/links/" + std::to_string(cgroupId_) + "-ag_connect4";
+  ASSERT_EQ(bpf_obj_pin(link.get(), legacy.c_str()), 0) << std::strerror(errno);
+  link.reset();
 
   loader_ = open(options());
   ASSERT_TRUE(loader_);
-  EXPECT_TRUE(loader_->attachments().empty());
-  EXPECT_TRUE(listDir(pinRoot_ + "/links").empty());
-  ASSERT_EQ(::mkdir(cgroup_.c_str(), 0755), 0) << std::strerror(errno);  // for TearDown
+  auto att = loader_->attachments();
+  ASSERT_EQ(att.size(), 1u);
+  EXPECT_EQ(att[0].path, cgroup_);
+  EXPECT_EQ(listDir(pinRoot_ + "/links"), linkNames("root"));
+  EXPECT_TRUE(attachedProgs(cgroup_, BPF_CGROUP_INET4_CONNECT).empty()) << "the per-cgroup link is still attached";
+  ASSERT_TRUE(loader_->setTargets({{kTarget4, {kTargetIndex, AG_TARGET_STATIC}}}));
+  Child child(cgroup_, tcpConnect(AF_INET, kTarget4, 443));
+  UniqueFd accepted;
+  expectRedirected(child, accepted);
+  child.finish();
 }
 
 TEST_F(BpfLoadTest, SetTargetsKeepsAddressesWrittenNonCanonically) {
@@ -1032,10 +1134,12 @@ TEST_F(BpfLoadTest, SetTargetsKeepsAddressesWrittenNonCanonically) {
 
 TEST_F(BpfLoadTest, UnpinAllRemovesThePinRootAndTheAttachments) {
   openAttached();
+  std::vector<__u32> ours;
+  for (const char* p : kProgNames) ours.push_back(pinnedProgInfo(pinRoot_ + "/progs/" + p).id);
   loader_->unpinAll();
   EXPECT_FALSE(fs::exists(pinRoot_));
-  EXPECT_TRUE(loader_->attachments().empty());
-  for (auto type : kAttachTypes) EXPECT_TRUE(attachedProgs(cgroup_, type).empty()) << "attach type " << type;
+  for (std::size_t i = 0; i < std::size(kAttachTypes); ++i)
+    EXPECT_FALSE(contains(attachedProgs(mount_, kAttachTypes[i]), ours[i])) << kProgNames[i] << " still at the root";
 
   Child child(cgroup_, tcpConnect(AF_INET, kTarget4, 443));
   EXPECT_EQ(child.report().joinErr, 0);

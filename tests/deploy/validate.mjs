@@ -308,18 +308,21 @@ check("DaemonSet: privileges, mounts, downward API, probes, resources, toleratio
   if (env.get("NODE_NAME")?.valueFrom?.fieldRef?.fieldPath !== "spec.nodeName")
     problems.push("NODE_NAME must come from the downward API (fieldRef spec.nodeName)");
 
-  // Probes: /healthz on listen.admin.
+  // Probes on listen.admin: liveness (and startup) on /livez, which stays 200
+  // while the event loop runs (a restart mends nothing /healthz reports);
+  // readiness on /healthz, 503 when degraded.
+  const wantPath = { livenessProbe: "/livez", readinessProbe: "/healthz", startupProbe: "/livez" };
   const admin = cfg?.listen?.admin;
   const [adminHost, adminPort] = typeof admin === "string" ? [admin.slice(0, admin.lastIndexOf(":")), Number(admin.slice(admin.lastIndexOf(":") + 1))] : [];
   if (!admin) problems.push("the config has no listen.admin: the probes have nothing to call");
   const portNumber = (p) => (typeof p === "number" ? p : (main.ports ?? []).find((x) => x.name === p)?.containerPort);
-  for (const kind of ["livenessProbe", "readinessProbe"]) {
+  for (const kind of ["livenessProbe", "readinessProbe", "startupProbe"]) {
     const probe = main[kind];
     if (!probe?.httpGet) {
-      problems.push(`${kind}: missing (httpGet /healthz)`);
+      if (kind !== "startupProbe") problems.push(`${kind}: missing (httpGet ${wantPath[kind]})`);
       continue;
     }
-    if (probe.httpGet.path !== "/healthz") problems.push(`${kind}: path ${probe.httpGet.path}, want /healthz`);
+    if (probe.httpGet.path !== wantPath[kind]) problems.push(`${kind}: path ${probe.httpGet.path}, want ${wantPath[kind]}`);
     if (admin && portNumber(probe.httpGet.port) !== adminPort) problems.push(`${kind}: port ${probe.httpGet.port} is not listen.admin's ${adminPort}`);
     if (admin && adminHost === "127.0.0.1" && probe.httpGet.host !== "127.0.0.1")
       problems.push(`${kind}: listen.admin is on 127.0.0.1, so the probe needs host: 127.0.0.1 (hostNetwork)`);

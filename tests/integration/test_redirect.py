@@ -9,7 +9,8 @@ import subprocess
 import time
 import unittest
 
-from harness import (ACCEPT_V2, HOST, PROJECT_ID, SYSTEM_PYTHON, Env, FakeAtlas, PrivilegedTestCase, wait_for, DaemonTestCase)
+from harness import (ACCEPT_V2, HOST, PROJECT_ID, SYSTEM_PYTHON, Env, FakeAtlas, PrivilegedTestCase, wait_for, DaemonTestCase,
+                     remove_cgroup)
 
 
 class RedirectTest(DaemonTestCase):
@@ -175,6 +176,68 @@ class RestartTest(PrivilegedTestCase):
             p = env.run_agent(["true"], name="nodaemon")
             self.assertNotEqual(p.returncode, 0)
             self.assertIn("not running", p.stderr)
+
+
+class ReCreatedCgroupTest(PrivilegedTestCase):
+    """Membership is a cgroup *path* decided in the kernel (bpf/member.h): a
+    hand-attached cgroup removed and made again -- a restarted systemd unit
+    or container -- is redirected from its first connection, with no daemon
+    involvement, and so is a configured path that did not exist when the
+    daemon started. The agent trusts the stand-in's own CA too, so a
+    connection that went around atlasgate would succeed and be counted."""
+
+    ROUNDS = 10
+
+    def curl_in(self, env, cgroup, both):
+        def join():
+            with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
+                f.write(str(os.getpid()))
+        args = env.curl_args("/api/atlas/v2/groups", extra=["--cacert", both])
+        return subprocess.run(args, capture_output=True, text=True, timeout=30, preexec_fn=join)
+
+    def test_removed_and_recreated_cgroups_are_never_direct(self):
+        with Env() as env:
+            hand = os.path.join(env.cgroot, f"atlasgate-it-{env.tag}-hand")
+            later = os.path.join(env.cgroot, f"atlasgate-it-{env.tag}-later")
+            env.config["agents"]["attach"] = [later]  # does not exist yet
+            env.write_config()
+            try:
+                os.makedirs(hand)
+                env.start_daemon()
+                both = os.path.join(env.tmp, "both.pem")
+                with open(both, "w") as f:
+                    for src in (env.trust_bundle(), os.path.join(env.pki, "upstream-ca.pem")):
+                        with open(src) as g:
+                            f.write(g.read())
+                p = env.cli("attach", hand)
+                self.assertEqual(p.returncode, 0, p.stderr)
+                ids = set()
+                for i in range(self.ROUNDS):
+                    remove_cgroup(hand)
+                    os.makedirs(hand)
+                    ids.add(os.stat(hand).st_ino)
+                    p = self.curl_in(env, hand, both)
+                    self.assertTrue(p.stdout.endswith("\n200"), f"round {i}: {p.stdout!r} {p.stderr}")
+                self.assertEqual(len(ids), self.ROUNDS, "each round made a new cgroup")
+                os.makedirs(later)
+                p = self.curl_in(env, later, both)
+                self.assertTrue(p.stdout.endswith("\n200"), f"{p.stdout!r} {p.stderr}")
+                api = env.fake.api_requests()
+                direct = [r for r in api if not r["header_map"].get("authorization", "").startswith("Bearer ")]
+                self.assertEqual(len(api), self.ROUNDS + 1)
+                self.assertEqual(direct, [], "a request reached the stand-in without atlasgate")
+                recs = [r for r in env.audit() if r.get("status") == 200]
+                self.assertEqual(len(recs), self.ROUNDS + 1)
+                hand_rel = os.path.relpath(hand, env.cgroot)
+                self.assertEqual(sum(1 for r in recs if r["cgroup"] == hand_rel), self.ROUNDS)
+                print(f"\n  {self.ROUNDS} re-creations of an attached cgroup, {len(api)} calls, "
+                      f"{len(direct)} direct", flush=True)
+                status = env.status()
+                self.assertIn(hand, [a["cgroup"] for a in status["attached"]])
+            finally:
+                for cg in (hand, later):
+                    if os.path.isdir(cg):
+                        remove_cgroup(cg)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@
 #include <set>
 
 #include "common/log.h"
+#include "common/text.h"
+#include "daemon/health.h"
 #include "proxy/asio.h"
 
 namespace atlasgate::admin {
@@ -24,6 +26,17 @@ bool asciiIEqual(std::string_view a, std::string_view b) {
 }
 
 }  // namespace
+
+std::string healthBody(const std::vector<std::string>& problems) {
+  if (problems.empty()) return "ok\n";
+  std::string out = "degraded: ";
+  for (std::size_t i = 0; i < problems.size(); ++i) {
+    if (i) out += "; ";
+    out += daemon::reasonForOutput(problems[i]);  // escaped again if it must be
+  }
+  out += "\n";
+  return out;
+}
 
 bool bearerMatches(std::string_view authorization, std::string_view token) {
   auto trim = [](std::string_view v) {
@@ -94,14 +107,18 @@ struct Server::Impl {
         res.set(http::field::content_type, "text/plain; version=0.0.4; charset=utf-8");
         res.body() = handlers.metrics();
       } else if (target == "/healthz") {
-        bool ok = handlers.healthy();
-        res.result(ok ? http::status::ok : http::status::service_unavailable);
+        res.set(http::field::content_type, "text/plain; charset=utf-8");
+        res.set(http::field::cache_control, "no-store");
+        res.body() = healthBody(handlers.problems ? handlers.problems() : std::vector<std::string>{});
+        if (res.body() != "ok\n") res.result(http::status::service_unavailable);
+      } else if (target == "/livez") {
         res.set(http::field::content_type, "text/plain");
-        res.body() = ok ? "ok\n" : "unhealthy\n";
+        res.set(http::field::cache_control, "no-store");
+        res.body() = "alive\n";
       } else {
         res.result(http::status::not_found);
         res.set(http::field::content_type, "text/plain");
-        res.body() = "not found: try /metrics or /healthz\n";
+        res.body() = "not found: try /metrics, /healthz or /livez\n";
       }
       res.keep_alive(req.keep_alive());
       res.prepare_payload();
@@ -157,7 +174,7 @@ Result<std::unique_ptr<Server>> Server::start(asio::io_context& io, const std::s
   if (!ec) impl->acceptor.listen(64, ec);
   if (ec) return makeError("listen.admin {}: {}", address, ec.message());
   asio::co_spawn(io, impl->acceptLoop(), asio::detached);
-  log::info("admin endpoint on http://{}/metrics and /healthz ({})", address,
+  log::info("admin endpoint on http://{}/metrics, /healthz and /livez ({})", address,
             protectedMetrics ? "/metrics requires the bearer token of listen.admin_token_file"
                              : "/metrics is open to anyone who can connect: no listen.admin_token_file");
   return std::unique_ptr<Server>(new Server(impl));

@@ -1,19 +1,29 @@
 #pragma once
 // The admin endpoint (listen.admin): GET /metrics (Prometheus text format
-// 0.0.4) and GET /healthz. Plain HTTP on an operator-chosen address, read-only.
+// 0.0.4), GET /healthz and GET /livez. Plain HTTP on an operator-chosen
+// address, read-only.
+//
+// /livez: 200 "alive" whenever the daemon's event loop answers (a liveness
+// probe: restarting the daemon would not mend anything /healthz reports, and
+// while it restarts every agent fails closed).
+// /healthz: 200 "ok", or 503 "degraded: <reason>; <reason>" naming each
+// problem (stale attachment, configured cgroup missing, agent namespace
+// without listener: see daemon/health.h). Reasons hold cgroup paths and
+// namespace inodes, escaped, never a secret (a readiness probe).
 //
 // /metrics names agents and credentials (service-account client ids). With a
 // token (listen.admin_token_file) it answers only requests carrying
 // `Authorization: Bearer <token>`, compared in constant time, and 401
 // otherwise. Without one, anyone who can connect reads it: the address must
-// then be loopback on a node whose local users are all trusted. /healthz stays
-// open and says only "ok" or "unhealthy".
+// then be loopback on a node whose local users are all trusted. /healthz and
+// /livez stay open.
 
 #include <functional>
 #include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "common/result.h"
 #include "config/config.h"
@@ -27,7 +37,8 @@ namespace atlasgate::admin {
 
 struct Handlers {
   std::function<std::string()> metrics;
-  std::function<bool()> healthy;
+  // The problems /healthz reports, each one line of escaped text; none: ok.
+  std::function<std::vector<std::string>()> problems;
 };
 
 class Server {
@@ -49,6 +60,9 @@ class Server {
 // The token listen.admin_token_file holds (trailing newlines dropped);
 // nullopt when none is configured. An unreadable or empty file is an error.
 Result<std::optional<credentials::Secret>> readToken(const config::Listen& listen);
+
+// The body of GET /healthz: "ok\n", or "degraded: <reason>; <reason>\n".
+std::string healthBody(const std::vector<std::string>& problems);
 
 // Whether an Authorization header value is "Bearer <token>" for this token
 // (scheme case-insensitive). Takes the same time whatever the header holds,

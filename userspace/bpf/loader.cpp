@@ -15,6 +15,8 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <set>
+#include <algorithm>
 #include <sstream>
 
 #include "ag_bpf.skel.h"
@@ -77,8 +79,8 @@ int libbpfLog(enum libbpf_print_level level, const char* format, va_list args) {
   return 0;
 }
 
-std::string linkPinPath(const std::string& root, std::uint64_t cgid, const char* prog) {
-  return fmt::format("{}/links/{}-{}", root, cgid, prog);
+std::string rootLinkPin(const std::string& root, const char* prog) {
+  return fmt::format("{}/links/root-{}", root, prog);
 }
 
 }  // namespace
@@ -136,9 +138,14 @@ Result<std::uint64_t> currentNetnsCookie() {
 Result<std::unique_ptr<Loader>> Loader::open(const LoaderOptions& options) {
   libbpf_set_print(libbpfLog);
   if (auto r = ensureBpffs(); !r) return r.error();
+  auto mount = findCgroup2Mount();
+  if (!mount) return mount.error();
   std::unique_ptr<Loader> loader(new Loader(options));
+  loader->mount_ = *mount;
   if (auto r = loader->loadAndPin(); !r) return r.error();
-  if (auto r = loader->adoptPinnedLinks(); !r) return r.error();
+  if (auto r = loader->setAnchor(); !r) return r.error();
+  if (auto r = loader->attachRoot(); !r) return r.error();
+  loader->retireLegacyLinks();
   return loader;
 }
 
@@ -186,62 +193,94 @@ Result<void> Loader::loadAndPin() {
   return {};
 }
 
-Result<void> Loader::adoptPinnedLinks() {
-  // Links pinned by an earlier generation: move them to our programs.
-  std::error_code ec;
-  for (const auto& entry : fs::directory_iterator(options_.pinRoot + "/links", ec)) {
-    std::string file = entry.path().filename();
-    auto dash = file.find('-');
-    if (dash == std::string::npos) continue;
-    std::uint64_t cgid = std::strtoull(file.substr(0, dash).c_str(), nullptr, 10);
-    std::string prog = file.substr(dash + 1);
-    const Hook* hook = nullptr;
-    for (const Hook& h : kHooks)
-      if (prog == h.name) hook = &h;
-    bpf_link* link = bpf_link__open(entry.path().c_str());
-    if (!link) {
-      log::warn("pinned link {} cannot be opened: {}", entry.path().string(), std::strerror(errno));
+Result<void> Loader::setAnchor() {
+  auto anchor = cgroupId(mount_);
+  if (!anchor) return anchor.error();
+  __u32 zero = 0;
+  ag_control ctl{};
+  int fd = bpf_map__fd(skel_->maps.ag_control);
+  bpf_map_lookup_elem(fd, &zero, &ctl);  // a pinned map keeps its generation
+  ctl.anchor_id = *anchor;
+  ctl.gen += 1;
+  if (bpf_map_update_elem(fd, &zero, &ctl, BPF_ANY) != 0) return sysError(errno, "set the membership anchor");
+  return {};
+}
+
+void Loader::bumpGeneration() {
+  // The daemon is the map's only writer; the programs read gen before the
+  // members map (bpf/member.h), so the update must land after the change.
+  __u32 zero = 0;
+  ag_control ctl{};
+  int fd = bpf_map__fd(skel_->maps.ag_control);
+  bpf_map_lookup_elem(fd, &zero, &ctl);
+  ctl.gen += 1;
+  if (bpf_map_update_elem(fd, &zero, &ctl, BPF_ANY) != 0)
+    log::warn("bump the membership generation: {}", std::strerror(errno));
+}
+
+Result<void> Loader::attachRoot() {
+  // Links pinned by an earlier generation: move them to our programs, so the
+  // redirect never lapses. Hooks without a pinned link are attached afresh.
+  Fd cg(::open(mount_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (cg.get() < 0) return sysError(errno, "open cgroup2 mount {}", mount_);
+  std::size_t adopted = 0;
+  for (const Hook& h : kHooks) {
+    std::string pin = rootLinkPin(options_.pinRoot, h.name);
+    bpf_link* link = bpf_link__open(pin.c_str());
+    if (link && bpf_link__update_program(link, h.get(skel_)) == 0) {
+      links_.push_back(link);
+      ++adopted;
       continue;
     }
-    if (!hook) {
-      // A hook this build no longer has: retire it.
+    if (link) {
+      log::warn("pinned link {} cannot be updated ({}); attaching afresh", pin, std::strerror(errno));
       bpf_link__unpin(link);
       bpf_link__destroy(link);
-      continue;
     }
-    if (bpf_link__update_program(link, hook->get(skel_)) != 0) {
+    link = bpf_program__attach_cgroup(h.get(skel_), cg.get());
+    if (!link) return sysError(errno, "attach {} to the cgroup2 root {}", h.name, mount_);
+    ::unlink(pin.c_str());
+    if (bpf_link__pin(link, pin.c_str()) != 0) {
       int e = errno;
-      if (e == ENOLINK) {
-        // Its cgroup was removed: nothing to keep. attach() makes a new one
-        // if the cgroup is still wanted.
-        log::info("pinned link {} outlived its cgroup; removing it", entry.path().string());
-        bpf_link__unpin(link);
-        bpf_link__destroy(link);
-        continue;
-      }
       bpf_link__destroy(link);
-      return sysError(e, "update pinned link {}", entry.path().string());
+      return sysError(e, "pin link {}", pin);
     }
-    links_[cgid].push_back(link);
-    paths_.try_emplace(cgid, std::string());
+    links_.push_back(link);
   }
-  if (!links_.empty()) log::info("re-used {} pinned cgroup attachment(s) from a previous run", links_.size());
-  // A link's pin names only its cgroup's id: find the path again, so that
-  // cgroups attached by hand keep their agent name and their namespaces
-  // their listeners. A set of links from an older build that lacks a hook is
-  // completed.
-  auto mount = findCgroup2Mount();
-  Fd mfd(mount ? ::open(mount->c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1);
-  for (auto& [cgid, path] : paths_) {
-    if (path.empty()) path = cgroupPathById(mfd.get(), cgid);
-    if (path.empty()) {
-      log::warn("pinned attachment of cgroup id {}: its path cannot be found", cgid);
-      continue;
-    }
-    if (links_[cgid].size() != std::size(kHooks))
-      if (auto r = attach(path); !r) log::warn("completing the attachment of {}: {}", path, r.error().message);
-  }
+  if (adopted) log::info("re-used {} pinned hook link(s) from a previous run", adopted);
+  auto kept = attachments();
+  if (!kept.empty()) log::info("{} attached cgroup path(s) kept in the pinned members map", kept.size());
   return {};
+}
+
+void Loader::retireLegacyLinks() {
+  // links/<cgroup id>-<prog>: one set per cgroup, from builds before the
+  // members map. Their cgroups become members (now that the root links
+  // stand, nothing is left unredirected), then the links go.
+  std::error_code ec;
+  auto mfd = Fd(::open(mount_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  std::set<std::uint64_t> seen;
+  for (const auto& entry : fs::directory_iterator(options_.pinRoot + "/links", ec)) {
+    std::string file = entry.path().filename();
+    if (file.rfind("root-", 0) == 0) continue;
+    auto dash = file.find('-');
+    std::uint64_t cgid = dash == std::string::npos ? 0 : std::strtoull(file.substr(0, dash).c_str(), nullptr, 10);
+    if (cgid && seen.insert(cgid).second) {
+      std::string path = cgroupPathById(mfd.get(), cgid);
+      if (path.empty())
+        log::info("pinned link of cgroup id {}: its cgroup is gone", cgid);
+      else if (auto r = attach(path); !r)
+        log::warn("pinned link of {}: {}", path, r.error().message);
+    }
+    if (bpf_link* link = bpf_link__open(entry.path().c_str())) {
+      bpf_link__unpin(link);
+      bpf_link__detach(link);
+      bpf_link__destroy(link);
+    } else {
+      ::unlink(entry.path().c_str());
+    }
+  }
+  if (!seen.empty()) log::info("moved {} per-cgroup attachment(s) of an earlier build to the members map", seen.size());
 }
 
 std::string cgroupPathById(int mountFd, std::uint64_t cgroupId, bool* gone) {
@@ -278,93 +317,115 @@ std::string cgroupPathById(int mountFd, std::uint64_t cgroupId, bool* gone) {
 Loader::~Loader() {
   // Close our handles only: pinned links stay attached unless detached or
   // unpinAll() ran.
-  for (auto& [id, links] : links_)
-    for (bpf_link* l : links) bpf_link__destroy(l);
+  for (bpf_link* l : links_) bpf_link__destroy(l);
   if (skel_) ag_bpf__destroy(skel_);
 }
 
-Result<void> Loader::attach(const std::string& cgroupPath) {
+std::uint64_t memberPathHash(std::string_view relative) {
+  // bpf/member.h (ag_hash_down) and atlasgate_abi.h: per name, its length,
+  // then its bytes as native-endian 8-byte words, the last zero-padded.
+  std::uint64_t h = AG_FNV_OFFSET;
+  std::size_t i = 0;
+  while (i < relative.size()) {
+    std::size_t slash = relative.find('/', i);
+    if (slash == std::string_view::npos) slash = relative.size();
+    std::string_view name = relative.substr(i, slash - i);
+    h = ag_path_hash_level(h, name.size());
+    for (std::size_t j = 0; j < name.size(); j += 8) {
+      std::uint64_t word = 0;
+      std::memcpy(&word, name.data() + j, std::min<std::size_t>(8, name.size() - j));
+      h = ag_path_hash_word(h, word);
+    }
+    i = slash + 1;
+  }
+  return h;
+}
+
+Result<std::string> Loader::relativePath(const std::string& cgroupPath) const {
+  fs::path p = fs::path(cgroupPath).lexically_normal();
+  fs::path rel = p.lexically_relative(fs::path(mount_).lexically_normal());
+  if (!p.is_absolute() || rel.empty() || *rel.begin() == "..")
+    return makeError("{} is not a cgroup below the cgroup2 mount {}", cgroupPath, mount_);
+  std::string out = rel == "." ? std::string() : rel.string();
+  while (!out.empty() && out.back() == '/') out.pop_back();
+  std::size_t depth = 0;
+  for (const auto& part : fs::path(out)) {
+    if (part.string().size() >= AG_MEMBER_NAME_MAX) return makeError("cgroup {}: a name is too long", cgroupPath);
+    ++depth;
+  }
+  if (depth > AG_MEMBER_DEPTH_MAX)
+    return makeError("cgroup {} is {} levels deep; at most {} below {} can be attached", cgroupPath, depth,
+                     AG_MEMBER_DEPTH_MAX, mount_);
+  if (out.size() >= AG_MEMBER_PATH_MAX) return makeError("cgroup path {} is too long", cgroupPath);
+  return out;
+}
+
+Result<void> Loader::attach(const std::string& cgroupPath, bool mustExist) {
+  auto rel = relativePath(cgroupPath);
+  if (!rel) return rel.error();
   auto id = cgroupId(cgroupPath);
-  if (!id) return id.error();
-  if (auto it = links_.find(*id); it != links_.end() && it->second.size() == std::size(kHooks)) {
-    paths_[*id] = cgroupPath;
-    return {};
+  if (!id && mustExist) return id.error();
+  std::uint64_t key = memberPathHash(*rel);
+  int fd = bpf_map__fd(skel_->maps.ag_members);
+  ag_member m{};
+  if (bpf_map_lookup_elem(fd, &key, &m) == 0) {
+    if (std::string_view(m.path, std::min<std::size_t>(m.len, sizeof m.path)) == *rel) return {};
+    return makeError("cgroup {}: its path hash is taken by {} (rename one of them)", cgroupPath,
+                     std::string_view(m.path, std::min<std::size_t>(m.len, sizeof m.path)));
   }
-  Fd cg(::open(cgroupPath.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  if (cg.get() < 0) return sysError(errno, "open cgroup {}", cgroupPath);
-  std::vector<bpf_link*> made;
-  auto rollback = [&] {
-    for (bpf_link* l : made) {
-      bpf_link__unpin(l);
-      bpf_link__destroy(l);
-    }
-  };
-  for (const Hook& h : kHooks) {
-    bpf_link* link = bpf_program__attach_cgroup(h.get(skel_), cg.get());
-    if (!link) {
-      int e = errno;
-      rollback();
-      return sysError(e, "attach {} to cgroup {}", h.name, cgroupPath);
-    }
-    made.push_back(link);
-    std::string pin = linkPinPath(options_.pinRoot, *id, h.name);
-    ::unlink(pin.c_str());
-    if (bpf_link__pin(link, pin.c_str()) != 0) {
-      int e = errno;
-      rollback();
-      return sysError(e, "pin link {}", pin);
-    }
-  }
-  // Replace whatever partial set existed.
-  for (bpf_link* l : links_[*id]) {
-    bpf_link__destroy(l);
-  }
-  links_[*id] = std::move(made);
-  paths_[*id] = cgroupPath;
-  log::info("attached to cgroup {} (id {})", cgroupPath, *id);
+  m = {};
+  m.len = static_cast<__u32>(rel->size());
+  std::memcpy(m.path, rel->data(), rel->size());
+  if (bpf_map_update_elem(fd, &key, &m, BPF_NOEXIST) != 0) return sysError(errno, "attach cgroup {}", cgroupPath);
+  bumpGeneration();
+  if (id)
+    log::info("attached to cgroup {} (id {})", cgroupPath, *id);
+  else
+    log::info("attached to cgroup path {} (no cgroup there yet: redirected from the moment it is made)", cgroupPath);
   return {};
 }
 
 Result<void> Loader::detach(const std::string& cgroupPath) {
-  auto id = cgroupId(cgroupPath);
-  if (!id) return id.error();
-  if (!links_.contains(*id)) return makeError("cgroup {} is not attached", cgroupPath);
-  return detachId(*id);
-}
-
-Result<void> Loader::detachId(std::uint64_t id) {
-  auto it = links_.find(id);
-  if (it == links_.end()) return makeError("cgroup id {} is not attached", id);
-  for (bpf_link* l : it->second) {
-    bpf_link__unpin(l);
-    bpf_link__detach(l);
-    bpf_link__destroy(l);
-  }
-  links_.erase(it);
-  auto p = paths_.find(id);
-  log::info("detached from cgroup {} (id {})", p != paths_.end() ? p->second : std::string("?"), id);
-  if (p != paths_.end()) paths_.erase(p);
+  auto rel = relativePath(cgroupPath);
+  if (!rel) return rel.error();
+  std::uint64_t key = memberPathHash(*rel);
+  int fd = bpf_map__fd(skel_->maps.ag_members);
+  ag_member m{};
+  if (bpf_map_lookup_elem(fd, &key, &m) != 0 ||
+      std::string_view(m.path, std::min<std::size_t>(m.len, sizeof m.path)) != *rel)
+    return makeError("cgroup {} is not attached", cgroupPath);
+  if (bpf_map_delete_elem(fd, &key) != 0) return sysError(errno, "detach cgroup {}", cgroupPath);
+  bumpGeneration();
+  log::info("detached from cgroup {}", cgroupPath);
   return {};
 }
 
 std::vector<Attachment> Loader::attachments() const {
   std::vector<Attachment> out;
-  for (const auto& [id, links] : links_) {
-    auto p = paths_.find(id);
-    out.push_back({p == paths_.end() ? std::string() : p->second, id});
+  int fd = bpf_map__fd(skel_->maps.ag_members);
+  std::uint64_t key = 0, next = 0;
+  void* prev = nullptr;
+  while (bpf_map_get_next_key(fd, prev, &next) == 0) {
+    key = next;
+    prev = &key;
+    ag_member m{};
+    if (bpf_map_lookup_elem(fd, &key, &m) != 0) continue;
+    std::string rel(m.path, std::min<std::size_t>(m.len, sizeof m.path));
+    std::string path = rel.empty() ? mount_ : mount_ + "/" + rel;
+    auto id = cgroupId(path);
+    out.push_back({path, id ? *id : 0});
   }
+  std::sort(out.begin(), out.end(), [](const Attachment& a, const Attachment& b) { return a.path < b.path; });
   return out;
 }
 
 void Loader::unpinAll() {
-  for (auto& [id, links] : links_)
-    for (bpf_link* l : links) {
-      bpf_link__unpin(l);
-      bpf_link__detach(l);
-      bpf_link__destroy(l);
-    }
+  for (bpf_link* l : links_) {
+    bpf_link__unpin(l);
+    bpf_link__detach(l);
+    bpf_link__destroy(l);
+  }
   links_.clear();
-  paths_.clear();
   std::error_code ec;
   fs::remove_all(options_.pinRoot, ec);
   if (ec) log::warn("remove {}: {}", options_.pinRoot, ec.message());

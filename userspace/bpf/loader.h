@@ -1,16 +1,25 @@
 #pragma once
 // Loads atlasgate's BPF object, pins it under /sys/fs/bpf/atlasgate and
-// attaches it to cgroups with bpf_links.
+// attaches it once, at the cgroup2 root, with bpf_links.
+//
+// Which cgroups are agents is the members map: attach() and detach() add and
+// remove a cgroup *path* there, and the programs decide membership in the
+// kernel from the path of the task's cgroup (bpf/member.h). A path outlives
+// the cgroup: one removed and re-created at an attached path (a restarted
+// container) is redirected from its first connection. The map keeps the
+// paths, so a restarted daemon knows them again.
 //
 // Pinning layout (AG_PIN_ROOT):
 //   maps/<map name>            shared by every daemon generation
 //   progs/<program name>       the programs of the running generation
-//   links/<cgroup id>-<prog>   one link per attached cgroup and hook
+//   links/root-<prog>          one link per hook, at the cgroup2 root
 //
 // A restarted daemon re-opens the pinned maps (libbpf reuses them by pin
-// path) and moves every pinned link to its freshly loaded programs with
+// path) and moves the pinned links to its freshly loaded programs with
 // bpf_link__update_program(): the redirect never lapses, and while no daemon
-// runs, redirected connections are refused (fail closed).
+// runs, redirected connections are refused (fail closed). Links of the
+// earlier layout (links/<cgroup id>-<prog>, one set per attached cgroup) are
+// turned into members and retired once the root links stand.
 
 #include <array>
 #include <cstdint>
@@ -18,6 +27,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "bpf/abi.h"
@@ -51,9 +61,13 @@ struct LoaderOptions {
 };
 
 struct Attachment {
-  std::string path;  // cgroup path as given (may be empty when only the id is known)
-  std::uint64_t cgroupId = 0;
+  std::string path;  // absolute cgroup path
+  std::uint64_t cgroupId = 0;  // of the cgroup at that path now; 0 when there is none
 };
+
+// The members map's key for a path relative to the cgroup2 mount ("" = the
+// mount itself): the hash bpf/member.h computes in the kernel.
+std::uint64_t memberPathHash(std::string_view relative);
 
 class Loader {
  public:
@@ -62,14 +76,14 @@ class Loader {
   Loader(const Loader&) = delete;
   Loader& operator=(const Loader&) = delete;
 
-  // Attach every hook to a cgroup (idempotent; re-uses a pinned link).
-  Result<void> attach(const std::string& cgroupPath);
-  // Detach from a cgroup and remove its pinned links.
+  // Make a cgroup path a member (idempotent). With mustExist false a path
+  // that does not exist yet is accepted: its cgroup is redirected from the
+  // moment it is made.
+  Result<void> attach(const std::string& cgroupPath, bool mustExist = true);
+  // Remove a path from the members (whether or not its cgroup still exists).
   Result<void> detach(const std::string& cgroupPath);
-  // The same by cgroup id: also for a cgroup that is gone (its path may hold
-  // a new cgroup already, e.g. a restarted container's).
-  Result<void> detachId(std::uint64_t cgroupId);
   std::vector<Attachment> attachments() const;
+  const std::string& cgroupMount() const { return mount_; }
 
   // Remove every pinned link, program and map (SIGTERM with keep_on_exit: false).
   void unpinAll();
@@ -91,13 +105,17 @@ class Loader {
  private:
   explicit Loader(LoaderOptions options) : options_(std::move(options)) {}
   Result<void> loadAndPin();
-  Result<void> adoptPinnedLinks();
+  Result<void> setAnchor();
+  Result<void> attachRoot();
+  void retireLegacyLinks();
+  Result<std::string> relativePath(const std::string& cgroupPath) const;
+  void bumpGeneration();
 
   LoaderOptions options_;
   struct ::ag_bpf* skel_ = nullptr;
-  // cgroup id -> links of every hook (owned; unpinned only on detach/unpinAll)
-  std::map<std::uint64_t, std::vector<struct ::bpf_link*>> links_;
-  std::map<std::uint64_t, std::string> paths_;
+  std::string mount_;  // the cgroup2 mount; member paths are relative to it
+  // One link per hook at the cgroup2 root (owned; unpinned only by unpinAll)
+  std::vector<struct ::bpf_link*> links_;
   std::map<std::string, ag_target> targets_;  // what the targets maps hold now
 };
 

@@ -14,6 +14,7 @@
 #include "config/config.h"
 #include "control/control.h"
 #include "daemon/daemon.h"
+#include "daemon/health.h"
 #include "policy/policy.h"
 #include "tls/authority.h"
 
@@ -68,6 +69,13 @@ void printJson(const json::object& o) { std::printf("%s\n", text::jsonForTermina
 void printStatus(const json::object& o) {
   std::printf("atlasgate pid %s, listening on port %s, config %s\n", str(o.if_contains("pid")).c_str(),
               str(o.if_contains("listen_port")).c_str(), str(o.if_contains("config")).c_str());
+  // The same verdict as GET /healthz (a daemon of an older build has none).
+  if (auto h = o.if_contains("health"); h && h->is_object()) {
+    std::printf("health: %s\n", str(h->as_object().if_contains("state")).c_str());
+    if (auto ps = h->as_object().if_contains("problems"); ps && ps->is_array())
+      for (const auto& p : ps->as_array())
+        std::printf("  - %s\n", p.is_string() ? daemon::reasonForOutput(p.as_string()).c_str() : str(&p).c_str());
+  }
   std::printf("\nattached cgroups:\n");
   for (const auto& a : o.at("attached").as_array())
     std::printf("  %s (id %s)\n", str(a.as_object().if_contains("cgroup")).c_str(),

@@ -1,4 +1,5 @@
 #include "daemon/daemon.h"
+#include "daemon/health.h"
 #include "daemon/netns.h"
 #include "daemon/privileges.h"
 
@@ -103,6 +104,7 @@ class Daemon {
   json::value control(const json::object& req);
   json::value status();
   std::string metrics();
+  Health health() const;  // what /healthz, status and atlasgate_healthy say
   void writeRuntimeFile();
 
   Options opts_;
@@ -137,7 +139,12 @@ class Daemon {
     std::string name;        // container/<name>
     std::string cgroup;      // absolute
     std::uint64_t cgroupId;  // a restarted container gets a new cgroup at the same path
+    // Stopped, not removed: its path stays a member (and keeps its name), so
+    // a start again is redirected from its first connection. Detached by the
+    // sweep once stopped for kStoppedContainerKeep with no cgroup at the path.
+    std::optional<std::chrono::steady_clock::time_point> stoppedSince;
   };
+  static constexpr auto kStoppedContainerKeep = std::chrono::minutes(2);
   std::map<std::string, AttachedContainer> attachedContainers_;  // by container id
   std::string containerGuard_;  // discovery.containers.guard_cgroup, absolute; "" = none
   bool underGuard(const std::string& cgroup) const {
@@ -148,6 +155,7 @@ class Daemon {
   void containerUpsert(const discovery::ContainerInfo& c);
   void containerDelete(const discovery::ContainerInfo& c);
   void containerDetach(std::map<std::string, AttachedContainer>::iterator it);
+  void sweepStoppedContainers();
   std::map<std::string, std::shared_ptr<credentials::TokenProvider>> tokenProviders_;
   std::vector<std::string> extraAttached_;  // attached at run time with `atlasgate attach`
 
@@ -169,6 +177,11 @@ class Daemon {
   std::uint64_t ownNetns_ = 0;
   std::map<std::uint64_t, ForeignNs> netns_;       // by namespace inode, with a listener
   std::map<std::uint64_t, int> netnsFailures_;     // by inode: failed attempts (retried with backoff)
+  struct NetnsFailure {
+    int pid = 0;
+    std::string error;
+  };
+  std::map<std::uint64_t, NetnsFailure> netnsErrors_;  // by inode: the last failure, for health()
   asio::steady_timer netnsTimer_{io_};
 };
 
@@ -250,13 +263,17 @@ Result<void> Daemon::start() {
   // Listen before attaching, so that the first redirected connection finds us.
   if (auto r = server_->listen(config_->listen.port); !r) return r;
 
-  std::vector<std::string> roots{agentsCgroup_};
   if (auto r = loader_->attach(agentsCgroup_); !r) return r;
   for (const auto& p : config_->agents.attach) {
-    if (auto r = loader_->attach(p); !r) return r;
-    roots.push_back(p);
+    // A configured path that has no cgroup yet is attached all the same:
+    // the kernel redirects its cgroup from the moment it is made (/healthz
+    // reports it missing meanwhile).
+    if (auto r = loader_->attach(p, false); !r) return r;
   }
-  agents_->setRoots(roots);
+  // Every attachment, not only the configured ones: cgroups attached by hand
+  // before a restart are attached still (the pins) and their agents must
+  // keep their names, or their connections are refused as unknown.
+  agents_->setRoots(attachedRoots());
 
   auto ctl = control::Server::start(io_, opts_.runDir + "/control.sock",
                                     [this](const json::object& req) { return control(req); });
@@ -266,7 +283,7 @@ Result<void> Daemon::start() {
     auto adminToken = admin::readToken(config_->listen);
     if (!adminToken) return adminToken.error();
     auto adm = admin::Server::start(io_, *config_->listen.admin,
-                                    {[this] { return metrics(); }, [this] { return loader_ && server_; }},
+                                    {[this] { return metrics(); }, [this] { return health().problems; }},
                                     std::move(adminToken.value()));
     if (!adm) return adm.error();
     admin_ = std::move(adm.value());
@@ -524,15 +541,22 @@ void Daemon::containerUpsert(const discovery::ContainerInfo& c) {
   auto it = attachedContainers_.find(c.id);
   if (it != attachedContainers_.end()) {
     auto& a = it->second;
-    auto still = bpf::cgroupId(a.cgroup);
-    // Same cgroup, or its process cannot be read right now while the
-    // attached cgroup still stands: name and labels may have changed.
-    if ((cgid && *cgid == a.cgroupId) || (!cgid && still && *still == a.cgroupId)) {
+    a.stoppedSince.reset();
+    // Its cgroup cannot be found right now (a restart in progress, its
+    // process not readable), or it is at the same path (restarted: a new
+    // cgroup there, redirected by the kernel from its first connection as
+    // the path is what the members map holds): keep the attachment, update
+    // name, labels and id. Only a container found at another path moves.
+    if (!cgid || *cg == a.cgroup) {
+      if (cgid && *cgid != a.cgroupId) {
+        log::info("{} restarted (new cgroup id {} at {})", c.agentName(), *cgid, a.cgroup);
+        a.cgroupId = *cgid;
+      }
       a.name = c.agentName();
       agents_->setName(a.cgroup, c.agentName(), labels, LabelKind::Container);
       return;
     }
-    containerDetach(it);  // its cgroup is gone or was replaced (restart)
+    containerDetach(it);
   }
   if (!cgid) {
     problem(fmt::format("container {}: {}", c.name, cgid.error().message));  // retried by the sweep
@@ -558,7 +582,7 @@ void Daemon::containerUpsert(const discovery::ContainerInfo& c) {
 void Daemon::containerDetach(std::map<std::string, AttachedContainer>::iterator it) {
   const AttachedContainer& a = it->second;
   if (!underGuard(a.cgroup))
-    if (auto r = loader_->detachId(a.cgroupId); !r) log::warn("{}: {}", a.name, r.error().message);
+    if (auto r = loader_->detach(a.cgroup); !r) log::warn("{}: {}", a.name, r.error().message);
   // The path may hold the container's next cgroup already: it is named
   // again when that one is attached.
   agents_->forgetName(a.cgroup);
@@ -569,7 +593,27 @@ void Daemon::containerDetach(std::map<std::string, AttachedContainer>::iterator 
 
 void Daemon::containerDelete(const discovery::ContainerInfo& c) {
   containerProblems_.erase(c.id);
-  if (auto it = attachedContainers_.find(c.id); it != attachedContainers_.end()) containerDetach(it);
+  auto it = attachedContainers_.find(c.id);
+  if (it == attachedContainers_.end()) return;
+  if (c.removed) return containerDetach(it);
+  // Only stopped: `podman restart` is a stop and a start, and the start
+  // makes a new cgroup at the same path. Keeping the path a member (and its
+  // name) leaves no moment in which the container is not redirected.
+  if (!it->second.stoppedSince) {
+    it->second.stoppedSince = std::chrono::steady_clock::now();
+    log::info("{} stopped; its cgroup path stays attached for a restart", it->second.name);
+  }
+}
+
+void Daemon::sweepStoppedContainers() {
+  auto now = std::chrono::steady_clock::now();
+  for (auto it = attachedContainers_.begin(); it != attachedContainers_.end();) {
+    auto next = std::next(it);
+    const auto& a = it->second;
+    if (a.stoppedSince && now - *a.stoppedSince > kStoppedContainerKeep && !fs::exists(a.cgroup))
+      containerDetach(it);
+    it = next;
+  }
 }
 
 std::vector<std::string> Daemon::attachedRoots() const {
@@ -602,12 +646,23 @@ void Daemon::scanNamespaces() {
       continue;
     }
     auto l = openListenersIn(pid, config_->listen.port);
-    if (!l) {
-      if (failures++ == 0) log::warn("agents' network namespace {}: {}", ino, l.error().message);
+    std::string error = l ? std::string() : l.error().message;
+    if (l) {
+      // Without its IPv4 listener the namespace is not served: a failure
+      // like any other (retried, and reported by health()).
+      if (auto r = server_->adoptListener(l->fd4, false, l->cookie); !r) {
+        error = r.error().message;
+        if (l->fd6 >= 0) ::close(l->fd6);
+        ::close(l->nsfd);
+      }
+    }
+    if (!error.empty()) {
+      if (failures++ == 0) log::warn("agents' network namespace {}: {}", ino, error);
+      netnsErrors_[ino] = NetnsFailure{pid, error};
       continue;
     }
     netnsFailures_.erase(ino);
-    if (auto r = server_->adoptListener(l->fd4, false, l->cookie); !r) log::warn("{}", r.error().message);
+    netnsErrors_.erase(ino);
     if (l->fd6 >= 0)
       if (auto r = server_->adoptListener(l->fd6, true, l->cookie); !r) log::warn("{}", r.error().message);
     netns_[ino] = ForeignNs{l->cookie, pid, 0, l->nsfd};
@@ -615,6 +670,8 @@ void Daemon::scanNamespaces() {
   }
   for (auto it = netnsFailures_.begin(); it != netnsFailures_.end();)
     it = seen.contains(it->first) ? std::next(it) : netnsFailures_.erase(it);
+  for (auto it = netnsErrors_.begin(); it != netnsErrors_.end();)
+    it = netnsFailures_.contains(it->first) ? std::next(it) : netnsErrors_.erase(it);
 }
 
 asio::awaitable<void> Daemon::netnsLoop() {
@@ -632,8 +689,10 @@ asio::awaitable<void> Daemon::netnsLoop() {
     if (tick % 20 == 0) pool_->sweep();  // every 10 s: idle upstream connections past their time
     if (pods_ && tick % 2 == 0)
       for (const auto& p : pods_->pods()) podUpsert(p);  // pods whose cgroup appeared after their event
-    if (containers_ && tick % 2 == 1)
+    if (containers_ && tick % 2 == 1) {
       for (const auto& c : containers_->containers()) containerUpsert(c);  // a cgroup replaced between events
+      sweepStoppedContainers();
+    }
     netnsTimer_.expires_after(std::chrono::milliseconds(500));
     auto [ec] = co_await netnsTimer_.async_wait(kUseTuple);
     if (ec) co_return;
@@ -698,7 +757,7 @@ Result<void> Daemon::reload() {
   if (auto r = applyTargets(); !r) return r;
   pool_->setLimits(upstreamLimits(next->limits));
   for (const auto& p : next->agents.attach)
-    if (auto r = loader_->attach(p); !r) log::warn("reload: {}", r.error().message);
+    if (auto r = loader_->attach(p, false); !r) log::warn("reload: {}", r.error().message);
   log::Level level;
   if (log::parseLevel(next->logLevel, level)) log::setLevel(level);
   server_->setRuntime(rt.value());
@@ -755,9 +814,32 @@ json::value Daemon::control(const json::object& req) {
   return fail("unknown command " + c);
 }
 
+Health Daemon::health() const {
+  HealthFacts f;
+  std::set<std::string> stopped;  // kept attached on purpose, for a restart
+  for (const auto& [id, c] : attachedContainers_)
+    if (c.stoppedSince) stopped.insert(c.cgroup);
+  for (const auto& a : loader_->attachments()) {
+    if (stopped.contains(a.path)) continue;
+    HealthFacts::Attachment x{a.path, a.cgroupId, std::nullopt};
+    if (!a.path.empty())
+      if (auto id = bpf::cgroupId(a.path)) x.currentId = *id;
+    f.attachments.push_back(std::move(x));
+  }
+  for (const auto& p : config_->agents.attach) f.configured.push_back({p, bpf::cgroupId(p).ok()});
+  for (const auto& [ino, e] : netnsErrors_) f.namespacesWithoutListener.push_back({ino, e.pid, e.error});
+  return assessHealth(f);
+}
+
 json::value Daemon::status() {
   json::object o;
   o["ok"] = true;
+  {
+    Health h = health();
+    json::array problems;
+    for (auto& p : h.problems) problems.push_back(json::string(p));
+    o["health"] = json::object{{"state", h.state()}, {"problems", std::move(problems)}};
+  }
   o["pid"] = ::getpid();
   o["config"] = opts_.configPath;
   o["listen_port"] = config_->listen.port;
@@ -872,7 +954,11 @@ json::value Daemon::status() {
   if (containers_) {
     json::array cs;
     for (const auto& [id, a] : attachedContainers_)
-      cs.push_back(json::object{{"container", a.name}, {"id", id}, {"cgroup", a.cgroup}, {"cgroup_id", a.cgroupId}});
+      cs.push_back(json::object{{"container", a.name},
+                                {"id", id},
+                                {"cgroup", a.cgroup},
+                                {"cgroup_id", a.cgroupId},
+                                {"state", a.stoppedSince ? "stopped" : "running"}});
     o["containers"] = json::object{{"watch", containers_->describe()}, {"attached_containers", cs},
                                    {"guard", containerGuard_}};
   }
@@ -884,6 +970,9 @@ std::string Daemon::metrics() {
   auto counter = [&out](const char* name, const char* help, const char* type) {
     fmt::format_to(std::back_inserter(out), "# HELP {} {}\n# TYPE {} {}\n", name, help, name, type);
   };
+  counter("atlasgate_healthy", "1 when /healthz says ok, 0 when degraded (the reasons: GET /healthz, atlasgate status).",
+          "gauge");
+  fmt::format_to(std::back_inserter(out), "atlasgate_healthy {}\n", health().ok() ? 1 : 0);
   const auto& s = server_->stats();
   counter("atlasgate_connections_accepted_total", "Redirected agent connections accepted.", "counter");
   fmt::format_to(std::back_inserter(out), "atlasgate_connections_accepted_total {}\n", s.accepted.load());

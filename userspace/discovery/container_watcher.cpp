@@ -105,7 +105,10 @@ struct ContainerWatcher::Impl {
 
   // --- the known set (executor only) ---
 
-  void remove(const std::string& id) {
+  // removed: the engine no longer has it (or it is no longer ours); false:
+  // it only stopped, or a relist did not show it (stopped, or removed while
+  // the stream was down: the daemon's sweep sorts those out).
+  void remove(const std::string& id, bool removed) {
     if (stopped) return;
     ContainerInfo gone;
     {
@@ -113,6 +116,7 @@ struct ContainerWatcher::Impl {
       auto it = known.find(id);
       if (it == known.end()) return;  // never announced
       gone = std::move(it->second);
+      gone.removed = removed;
       known.erase(it);
       st.containers = known.size();
     }
@@ -122,8 +126,12 @@ struct ContainerWatcher::Impl {
 
   void upsert(const ContainerInfo& c) {
     if (stopped) return;
-    if (!c.running || !selector.matches(c.labels)) {
-      remove(c.id);
+    if (!selector.matches(c.labels)) {
+      remove(c.id, true);
+      return;
+    }
+    if (!c.running) {
+      remove(c.id, false);
       return;
     }
     {
@@ -133,7 +141,7 @@ struct ContainerWatcher::Impl {
           lock.unlock();
           refuse(fmt::format("container {} claims the name {:?} of container {}: refused while that one runs",
                              c.id.substr(0, 12), c.name, id.substr(0, 12)));
-          remove(c.id);
+          remove(c.id, true);
           return;
         }
       auto it = known.find(c.id);
@@ -253,7 +261,7 @@ struct ContainerWatcher::Impl {
       before = known;
     }
     ContainerSetDiff d = diffContainers(before, all);
-    for (const ContainerInfo& c : d.deletes) remove(c.id);
+    for (const ContainerInfo& c : d.deletes) remove(c.id, false);
     for (const ContainerInfo& c : d.upserts) upsert(c);
     {
       std::lock_guard lock(mu);
@@ -275,7 +283,7 @@ struct ContainerWatcher::Impl {
       ++st.events;
     }
     if (ev->removal()) {
-      remove(ev->id);
+      remove(ev->id, true);
     } else if (ev->relevant()) {
       auto c = co_await inspect(ev->id);
       if (stopped) co_return std::string();
@@ -287,7 +295,7 @@ struct ContainerWatcher::Impl {
       if (*c)
         upsert(**c);
       else
-        remove(ev->id);
+        remove(ev->id, true);
     }
     co_return std::string();
   }

@@ -35,6 +35,10 @@ struct ContainerInfo {
   bool running = false;   // State.Running (and a pid)
   std::int64_t pid = 0;   // State.Pid: the container's first process, in the engine's pid namespace
   std::string startedAt;  // State.StartedAt: changes when the container is restarted
+  // Set only on what onDelete receives: the engine removed the container or
+  // it stopped being ours (label), rather than only stopping (a stopped
+  // container may start again at the same cgroup path).
+  bool removed = false;
 
   // The agent name used by rules and audit.
   std::string agentName() const { return "container/" + name; }
