@@ -31,15 +31,16 @@
 #define AG_MEMBER_NAME_MAX 256 /* a kernfs name, with its NUL */
 #define AG_MEMBER_CACHE 16384
 
-#define AG_FNV_OFFSET 0xcbf29ce484222325ULL
 #define AG_FNV_PRIME 0x100000001b3ULL
 
 /*
  * The path hash, level by level from the top: each name mixes in its length,
  * then its bytes eight at a time as native-endian words, the last one
- * zero-padded (the kernel and the daemon run on the same machine). Not
- * collision-resistant and not meant to be: the daemon checks the real path
- * of every connection it serves, so a collision ends in a refusal.
+ * zero-padded (the kernel and the daemon run on the same machine). It starts
+ * from a random secret seed (ag_control.seed, readable by root only): the
+ * steps are invertible, so with a known start anyone who can name a cgroup
+ * could make its path hash to any value. The daemon still checks the real
+ * path of every connection it serves.
  */
 static inline __u64 ag_path_hash_word(__u64 h, __u64 word)
 {
@@ -55,15 +56,15 @@ static inline __u64 ag_path_hash_level(__u64 h, __u64 name_len)
 #define AG_AF_INET 2
 #define AG_AF_INET6 10
 
-/* Value of the targets maps: which configured target owns an address. */
+/* Value of the targets maps: which target owns an address. */
 struct ag_target {
-	__u32 index; /* position in the config's targets list */
+	__u32 id; /* the daemon's id for the target's host (stable across reloads, not a config position) */
 	__u32 flags; /* AG_TARGET_* */
 };
 
 #define AG_TARGET_STATIC 0x1 /* from targets[].addresses, never retired */
 
-/* Origin target index of a connection redirected only because of
+/* Origin target id of a connection redirected only because of
  * intercept: all-tls (its destination is no known target address). */
 #define AG_TARGET_NONE 0xffffffffu
 
@@ -85,7 +86,7 @@ struct ag_origin {
 	__u16 orig_port; /* network order */
 	__u16 family; /* AG_AF_INET or AG_AF_INET6 */
 	__u32 pid; /* tgid of the socket's creator (of the connecting process if unknown) */
-	__u32 target_index;
+	__u32 target_id; /* ag_target.id, or AG_TARGET_NONE */
 	__u32 flags; /* AG_ORIGIN_* */
 	char comm[AG_COMM_LEN];
 };
@@ -122,6 +123,7 @@ struct ag_member_verdict {
 struct ag_control {
 	__u64 gen; /* bumped by the daemon after each change of the members map */
 	__u64 anchor_id; /* cgroup id of the daemon's cgroup2 mount: paths are relative to it */
+	__u64 seed; /* secret start of the path hash (random, kept with the pins) */
 };
 
 /* The client end of a redirected connection, as the daemon's accept sees it. */

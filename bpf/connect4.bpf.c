@@ -22,14 +22,20 @@ int ag_connect4(struct bpf_sock_addr *ctx)
 	t = bpf_map_lookup_elem(&ag_targets4, &daddr);
 	f.tgid = bpf_get_current_pid_tgid() >> 32;
 	/* Attached at the root, this runs for every connect() on the machine:
-	 * only agents' are looked at (and counted). */
+	 * only agents' connections to targets (any connection, with all-tls)
+	 * are worth the membership check, and only they are counted. */
+	if (!t && !ag_intercept_all)
+		return 1;
 	if (!ag_socket_member(ctx->sk)) {
 		if (t && f.tgid != ag_daemon_tgid)
 			ag_count(AG_CNT_SKIP_NOT_MEMBER);
 		return 1;
 	}
 	ag_count(AG_CNT_CONNECT4);
-	f.daemon_tgid = ag_daemon_tgid;
+	/* No exemption by pid for members: the daemon is never one (its cgroup
+	 * cannot be attached), and a pid outlives nothing: after the daemon
+	 * exits, an agent could be given its number. */
+	f.daemon_tgid = 0;
 	f.sock_type = ctx->type;
 	f.dport = bpf_ntohs(ctx->user_port);
 	f.is_target = t != NULL;
@@ -43,7 +49,7 @@ int ag_connect4(struct bpf_sock_addr *ctx)
 	if (verdict == AG_REFUSE)
 		return 0;
 
-	if (ag_record_origin(ctx, (const __u8 *)&daddr, 4, AG_AF_INET, t ? t->index : AG_TARGET_NONE) < 0)
+	if (ag_record_origin(ctx, (const __u8 *)&daddr, 4, AG_AF_INET, t ? t->id : AG_TARGET_NONE) < 0)
 		return 0; /* fail closed: an unrecorded flow would be refused anyway */
 	ctx->user_ip4 = bpf_htonl(0x7f000001); /* 127.0.0.1 */
 	ctx->user_port = bpf_htons(ag_proxy_port);

@@ -110,7 +110,7 @@ static int ag_hash_down(__u32 i, struct ag_walk *w)
 	return 0;
 }
 
-static __always_inline int ag_walk_membership(__u64 anchor)
+static __always_inline int ag_walk_membership(__u64 anchor, __u64 seed)
 {
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	struct ag_walk w = {};
@@ -119,7 +119,7 @@ static __always_inline int ag_walk_membership(__u64 anchor)
 	ag_count(AG_CNT_MEMBER_WALKS);
 	w.anchor = anchor;
 	w.kn = BPF_CORE_READ(task, cgroups, dfl_cgrp, kn);
-	w.h = AG_FNV_OFFSET;
+	w.h = seed;
 	bpf_loop(AG_MEMBER_WALK_MAX, ag_walk_up, &w, 0);
 	if (!w.found) {
 		if (!w.kn)
@@ -127,8 +127,8 @@ static __always_inline int ag_walk_membership(__u64 anchor)
 		ag_count(AG_CNT_MEMBER_DEEP);
 		return 1;
 	}
-	if (bpf_map_lookup_elem(&ag_members, &w.h))
-		return 1; /* the whole hierarchy is attached */
+	/* (The mount root itself is never a member: Loader::attach refuses it,
+	 * as it holds the daemon.) */
 	w.buf = bpf_map_lookup_elem(&ag_name_scratch, &zero);
 	if (!w.buf)
 		return 1;
@@ -156,7 +156,7 @@ static __always_inline int ag_cgroup_member(void)
 	if (cached && cached->gen == gen)
 		return cached->member;
 	fresh.gen = gen;
-	fresh.member = ag_walk_membership(ctl->anchor_id);
+	fresh.member = ag_walk_membership(ctl->anchor_id, ctl->seed);
 	bpf_map_update_elem(&ag_member_cache, &id, &fresh, BPF_ANY);
 	return fresh.member;
 }

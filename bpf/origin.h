@@ -9,7 +9,7 @@
  * socket's cookie. Returns 0, or a negative errno when the map refused it.
  */
 static __always_inline int ag_record_origin(struct bpf_sock_addr *ctx, const __u8 *addr,
-					    int addr_len, __u16 family, __u32 target_index)
+					    int addr_len, __u16 family, __u32 target_id)
 {
 	struct ag_origin o = {};
 	__u64 cookie = bpf_get_socket_cookie(ctx);
@@ -46,7 +46,7 @@ static __always_inline int ag_record_origin(struct bpf_sock_addr *ctx, const __u
 		__builtin_memcpy(o.orig_addr, addr, 4);
 	o.orig_port = ctx->user_port;
 	o.family = family;
-	o.target_index = target_index;
+	o.target_id = target_id;
 
 	err = bpf_map_update_elem(&ag_origins, &cookie, &o, BPF_ANY);
 	if (err) {

@@ -415,41 +415,93 @@ check("kustomization.yaml: lists every manifest (not the examples/Secret), image
   return problems;
 });
 
-check("Dockerfile: multi-stage Debian 12, pinned bases, apt hygiene, exec-form entrypoint", () => {
+check("Dockerfile: multi-stage Debian 12, apt hygiene, no apt or shell in the image's stages, exec-form entrypoint", () => {
   const problems = [];
   const file = path.join(root, "Dockerfile");
   if (!fs.existsSync(file)) return ["no Dockerfile"];
-  const text = fs.readFileSync(file, "utf8").replace(/\\\n/g, " ");
+  const raw = fs.readFileSync(file, "utf8");
+  const text = raw.replace(/\\\n/g, " ");
   const lines = text.split("\n").map((l) => l.trim()).filter((l) => l && !l.startsWith("#"));
-  const froms = lines.filter((l) => /^FROM\s/i.test(l));
-  if (froms.length < 2) problems.push("not multi-stage");
-  for (const f of froms) {
-    const image = f.split(/\s+/)[1];
-    if (!/^debian:12(-slim)?(@sha256:[0-9a-f]{64})?$/.test(image) && !froms.some((x) => new RegExp(`\\sAS\\s+${image}$`, "i").test(x)))
-      problems.push(`${f}: base must be debian:12 or debian:12-slim`);
+  // Stages: {from, name, lines}.
+  const stages = [];
+  for (const l of lines) {
+    const from = l.match(/^FROM\s+(\S+)(?:\s+AS\s+(\S+))?\s*$/i);
+    if (from) stages.push({ from: from[1], name: from[2], lines: [] });
+    else if (stages.length) stages.at(-1).lines.push(l);
+    else if (!/^ARG\s/i.test(l)) problems.push(`before the first FROM: ${l.slice(0, 80)}`);
   }
-  if (!/^debian:12-slim/.test(froms.at(-1)?.split(/\s+/)[1] ?? "")) problems.push("the runtime stage must be debian:12-slim");
+  if (stages.length < 2) problems.push("not multi-stage");
+  const byName = new Map(stages.filter((s) => s.name).map((s) => [s.name, s]));
+  for (const s of stages) {
+    if (/\$/.test(s.from)) problems.push(`FROM ${s.from}: a variable base (buildah 1.28 resolves no stage through an ARG default)`);
+    else if (!byName.has(s.from) && !/^debian:12(-slim)?(@sha256:[0-9a-f]{64})?$/.test(s.from))
+      problems.push(`FROM ${s.from}: base must be debian:12 or debian:12-slim`);
+  }
+  // The stages an image is made of: a final stage and the stages it is FROM.
+  const chain = (s) => {
+    const out = [];
+    for (let x = s; x && !out.includes(x); x = byName.get(x.from)) out.push(x);
+    return out;
+  };
+  const runtime = stages.at(-1);
+  const prebuilt = byName.get("prebuilt");
+  const finals = [runtime, prebuilt].filter(Boolean);
+  for (const f of finals) {
+    const c = chain(f);
+    const base = c.at(-1).from;
+    if (!/^debian:12-slim/.test(base)) problems.push(`the runtime stage must be debian:12-slim (${f.name ?? "the last stage"} is ${base})`);
+    // No package manager, no shell: what the image needs comes from earlier stages.
+    for (const st of c)
+      for (const l of st.lines.filter((l) => /^RUN\s/i.test(l))) {
+        if (!/^RUN\s+\[/i.test(l)) problems.push(`stage ${st.name ?? "(last)"}: RUN in shell form (a shell runs it): ${l.slice(0, 80)}`);
+        if (/\b(apt-get|apt|dpkg|aptitude)\b/.test(l)) problems.push(`runtime stage must not run apt or dpkg (${st.name ?? "last stage"}): ${l.slice(0, 80)}`);
+      }
+    const all = c.flatMap((st) => st.lines);
+    const entry = all.filter((l) => /^ENTRYPOINT\s/i.test(l)).at(0);
+    if (!entry || !/^ENTRYPOINT\s+\["\/usr\/local\/bin\/atlasgate"\]$/.test(entry))
+      problems.push(`${f.name ?? "the last stage"}: ENTRYPOINT must be ["/usr/local/bin/atlasgate"] (exec form: no shell)`);
+    if (all.some((l) => /^(USER|SHELL)\s/i.test(l))) problems.push(`${f.name ?? "the last stage"}: no USER/SHELL expected (root, no shell)`);
+    if (all.some((l) => /^(ENV|ARG)\s/i.test(l) && /(SECRET|TOKEN|PASSWORD|KEY)/i.test(l))) problems.push("a secret-looking ENV/ARG in the image's stages");
+    if (!all.some((l) => /^RUN\s+\["\/usr\/local\/bin\/atlasgate",\s*"version"\]/.test(l)))
+      problems.push(`${f.name ?? "the last stage"}: does not run the binary once (a missing library would fail on a node, not here)`);
+  }
+  if (!prebuilt) problems.push("no stage prebuilt (scripts/image --binary builds --target prebuilt)");
+  else if (!prebuilt.lines.some((l) => /^COPY\s+(--chmod=\S+\s+)?atlasgate\s/i.test(l))) problems.push("stage prebuilt does not COPY atlasgate from the context");
+  if (!runtime.lines.some((l) => /^COPY\s+--from=build\s+\/build\/atlasgate\s/i.test(l))) problems.push("the last stage (the default) does not COPY the build stage's binary");
+  if (runtime === prebuilt) problems.push("the default (last) stage must build from source, not be prebuilt");
+
+  // apt hygiene in every stage that installs.
   for (const l of lines.filter((l) => /^RUN\s/i.test(l) && /apt-get install/.test(l))) {
     if (!/--no-install-recommends/.test(l)) problems.push(`apt-get install without --no-install-recommends: ${l.slice(0, 80)}`);
     if (!/apt-get update/.test(l)) problems.push(`apt-get install without apt-get update in the same RUN: ${l.slice(0, 80)}`);
     if (!/rm -rf \/var\/lib\/apt\/lists/.test(l)) problems.push(`apt lists not removed in the same RUN: ${l.slice(0, 80)}`);
     if (!/(^|\s)-y(\s|$)|--yes|-qq?y/.test(l)) problems.push(`apt-get install without -y: ${l.slice(0, 80)}`);
   }
-  const entry = lines.find((l) => /^ENTRYPOINT\s/i.test(l));
-  if (!entry || !/^ENTRYPOINT\s+\[/.test(entry)) problems.push("ENTRYPOINT must be in exec form");
-  if (!lines.some((l) => /^COPY\s+--from=/i.test(l))) problems.push("the runtime stage copies nothing from the build stage");
+  // A slim stage cleans apt's caches itself: a base without the docker-clean
+  // hook (an mmdebstrap one, scripts/image) would otherwise keep .debs and pkgcache.
+  for (const s of stages.filter((s) => /^debian:12-slim/.test(s.from)))
+    for (const l of s.lines.filter((l) => /^RUN\s/i.test(l) && /apt-get install/.test(l)))
+      if (!/apt-get clean/.test(l) || !/\/var\/cache\/apt/.test(l))
+        problems.push(`stage ${s.name ?? s.from}: apt caches not removed in the installing RUN: ${l.slice(0, 80)}`);
+
+  // Runtime libraries the binary links against: installed in a debian:12-slim
+  // stage outside the image's chain, copied into it.
+  const inImage = new Set(finals.flatMap(chain));
+  const collect = stages.find((s) => !inImage.has(s) && /^debian:12-slim/.test(s.from) && s.lines.some((l) => /apt-get install/.test(l)));
+  if (!collect) problems.push("no debian:12-slim stage installs the runtime libraries");
+  else {
+    const body = collect.lines.join("\n");
+    for (const lib of ["libbpf1", "libelf1", "libssl3", "libyaml-cpp0.7", "libfmt9", "libboost-json1.81.0", "libboost-url1.81.0", "ca-certificates"])
+      if (!body.includes(lib)) problems.push(`stage ${collect.name}: does not install ${lib}`);
+    if (![...inImage].some((st) => st.lines.some((l) => new RegExp(`^COPY\\s+--from=${collect.name}\\s`, "i").test(l))))
+      problems.push(`the image's stages do not COPY --from=${collect.name}`);
+  }
+  if (!/scripts\/image --binary/.test(raw)) problems.push("the header does not document scripts/image --binary");
   if (/\bADD\s+https?:/i.test(text)) problems.push("ADD of a URL");
   for (const l of lines.filter((l) => /^(RUN|COPY)\s/i.test(l) && /sudo /.test(l))) problems.push(`sudo in ${l}`);
-  // Runtime libraries the binary links against.
-  const runtimeStage = text.slice(text.lastIndexOf("\nFROM "));
-  for (const lib of ["libbpf1", "libelf1", "libssl3", "libyaml-cpp0.7", "libfmt9", "libboost-json1.81.0", "libboost-url1.81.0", "ca-certificates"])
-    if (!runtimeStage.includes(lib)) problems.push(`runtime stage does not install ${lib}`);
-  // The runtime stage cleans apt's caches itself: a base without the
-  // docker-clean hook would otherwise ship ~80 MB of .debs and pkgcache.
-  for (const l of runtimeStage.split("\n").filter((l) => /^RUN\s/i.test(l.trim()) && /apt-get install/.test(l)))
-    if (!/apt-get clean/.test(l) || !/\/var\/cache\/apt/.test(l))
-      problems.push(`runtime stage: apt caches not removed in the installing RUN: ${l.trim().slice(0, 80)}`);
-  if (!fs.existsSync(path.join(root, ".dockerignore"))) problems.push("no .dockerignore (build dirs would be sent as context)");
+  const ignore = path.join(root, ".dockerignore");
+  if (!fs.existsSync(ignore)) problems.push("no .dockerignore (build dirs would be sent as context)");
+  else if (!/^\*\*$/m.test(fs.readFileSync(ignore, "utf8"))) problems.push(".dockerignore must exclude everything (**) but the sources");
   return problems;
 });
 

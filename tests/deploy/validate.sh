@@ -13,8 +13,10 @@
 # Debian 12 (no kubeconform, kubeval or hadolint), hence npm.
 # The ConfigMap's embedded atlasgate.yaml goes through `atlasgate check`
 # (--atlasgate, default build/atlasgate); the Dockerfile gets project lint
-# rules (hadolint is not in Debian). `kubectl kustomize` also runs when kubectl
-# happens to be installed (it is optional).
+# rules (hadolint is not in Debian): stages and bases, apt hygiene, no apt and
+# no shell in the runtime stage, both ways to get the binary (the image itself
+# is built and run by tests/integration/test_image.py). `kubectl kustomize`
+# also runs when kubectl happens to be installed (it is optional).
 #
 # Exit 0 all passed, 1 a check failed, 77 skipped (node/npm missing or the
 # packages cannot be installed, outside CI).
@@ -71,6 +73,8 @@ selftest() {
     sed -i 's/verbs: \["get", "list", "watch"\]/verbs: ["get", "list", "watch", "delete"]/' "$k/clusterrole.yaml"
     sed -i 's|rate: 60/minute|rate: 60/fortnight|' "$k/configmap.yaml"
     sed -i 's/^FROM debian:12-slim/FROM debian:latest/' "$tmp/Dockerfile"
+    # apt in the runtime stage (the last one): the image would carry apt's state.
+    echo 'RUN apt-get update && apt-get install -y --no-install-recommends curl && rm -rf /var/lib/apt/lists/*' >>"$tmp/Dockerfile"
     out=$(node "$here/validate.mjs" --root "$tmp" --atlasgate "$atlasgate" 2>&1) && {
         echo "FAIL validator self-test: a broken copy passed"; return 1; }
     local want missing=0
@@ -78,7 +82,8 @@ selftest() {
                 "imagePullPolicy: must be equal to one of the allowed values" \
                 'verbs ["get","list","watch","delete"]' \
                 'configmap.yaml:' 'unknown rate unit "fortnight"' \
-                "the runtime stage must be debian:12-slim"; do
+                "the runtime stage must be debian:12-slim" \
+                "runtime stage must not run apt or dpkg"; do
         if ! grep -qF -- "$want" <<<"$out"; then
             echo "FAIL validator self-test: not caught: $want"
             missing=1

@@ -18,14 +18,15 @@ namespace atlasgate::audit {
 namespace json = boost::json;
 
 std::string toJson(const Record& r) {
-  auto secs = std::chrono::time_point_cast<std::chrono::milliseconds>(r.ts);
-  std::time_t t = std::chrono::system_clock::to_time_t(r.ts);
+  // Whole seconds rounded down (also before 1970), then the milliseconds.
+  auto whole = std::chrono::floor<std::chrono::seconds>(r.ts);
+  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(r.ts - whole).count();
+  std::time_t t = std::chrono::system_clock::to_time_t(whole);
   std::tm tm{};
   gmtime_r(&t, &tm);
   char ts[40];
   std::size_t n = std::strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%S", &tm);
-  std::snprintf(ts + n, sizeof ts - n, ".%03lldZ",
-                static_cast<long long>(secs.time_since_epoch().count() % 1000));
+  std::snprintf(ts + n, sizeof ts - n, ".%03lldZ", static_cast<long long>(ms));
   // Written by hand rather than through json::object so that durations keep
   // a fixed two-decimal form (Boost.JSON prints doubles in exponent form).
   // Agent-controlled fields (path, comm, agent and cgroup names) may hold

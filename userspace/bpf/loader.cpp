@@ -2,7 +2,9 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/mount.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
@@ -83,6 +85,44 @@ std::string rootLinkPin(const std::string& root, const char* prog) {
   return fmt::format("{}/links/root-{}", root, prog);
 }
 
+// This process's cgroup2 path, relative to the mount ("" for the root).
+std::string ownCgroupPath() {
+  std::ifstream in("/proc/self/cgroup");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind("0::", 0) == 0) {
+      std::string p = line.substr(3);
+      while (!p.empty() && p.front() == '/') p.erase(0, 1);
+      return p;
+    }
+  return {};
+}
+
+// The paths a pinned members map holds, whatever build made it (its value
+// starts with flags, length and the path in every layout so far).
+std::vector<std::string> pinnedMemberPaths(const std::string& pin) {
+  std::vector<std::string> out;
+  Fd fd(bpf_obj_get(pin.c_str()));
+  if (fd.get() < 0) return out;
+  bpf_map_info info{};
+  __u32 len = sizeof info;
+  if (bpf_obj_get_info_by_fd(fd.get(), &info, &len) != 0 || info.key_size != sizeof(std::uint64_t) ||
+      info.value_size < 8)
+    return out;
+  std::vector<char> value(info.value_size);
+  std::uint64_t key = 0, next = 0;
+  void* prev = nullptr;
+  while (bpf_map_get_next_key(fd.get(), prev, &next) == 0) {
+    key = next;
+    prev = &key;
+    if (bpf_map_lookup_elem(fd.get(), &key, value.data()) != 0) continue;
+    std::uint32_t n = 0;
+    std::memcpy(&n, value.data() + 4, 4);
+    if (n <= value.size() - 8) out.emplace_back(value.data() + 8, n);
+  }
+  return out;
+}
+
 }  // namespace
 
 Result<std::string> findCgroup2Mount() {
@@ -142,8 +182,14 @@ Result<std::unique_ptr<Loader>> Loader::open(const LoaderOptions& options) {
   if (!mount) return mount.error();
   std::unique_ptr<Loader> loader(new Loader(options));
   loader->mount_ = *mount;
+  loader->ownCgroup_ = ownCgroupPath();
+  if (auto r = loader->lockPinRoot(); !r) return r.error();
+  // What the pinned members map holds, read before anything may replace it
+  // (a map of an older, incompatible build is re-created on load).
+  auto previous = pinnedMemberPaths(options.pinRoot + "/maps/ag_members");
   if (auto r = loader->loadAndPin(); !r) return r.error();
   if (auto r = loader->setAnchor(); !r) return r.error();
+  loader->restoreMembers(previous);
   if (auto r = loader->attachRoot(); !r) return r.error();
   loader->retireLegacyLinks();
   return loader;
@@ -193,17 +239,57 @@ Result<void> Loader::loadAndPin() {
   return {};
 }
 
+Result<void> Loader::lockPinRoot() {
+  std::error_code ec;
+  fs::create_directories(options_.pinRoot, ec);
+  if (ec) return makeError("create {}: {}", options_.pinRoot, ec.message());
+  lockFd_ = ::open(options_.pinRoot.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (lockFd_ < 0) return sysError(errno, "open {}", options_.pinRoot);
+  // One writer of the members map and its generation.
+  if (::flock(lockFd_, LOCK_EX | LOCK_NB) != 0)
+    return sysError(errno, "{} is in use by another atlasgate daemon", options_.pinRoot);
+  return {};
+}
+
 Result<void> Loader::setAnchor() {
   auto anchor = cgroupId(mount_);
   if (!anchor) return anchor.error();
   __u32 zero = 0;
   ag_control ctl{};
   int fd = bpf_map__fd(skel_->maps.ag_control);
-  bpf_map_lookup_elem(fd, &zero, &ctl);  // a pinned map keeps its generation
+  bpf_map_lookup_elem(fd, &zero, &ctl);  // a pinned map keeps its generation and seed
   ctl.anchor_id = *anchor;
   ctl.gen += 1;
+  if (ctl.seed == 0 && ::getrandom(&ctl.seed, sizeof ctl.seed, 0) != sizeof ctl.seed)
+    return sysError(errno, "getrandom");
+  seed_ = ctl.seed;
   if (bpf_map_update_elem(fd, &zero, &ctl, BPF_ANY) != 0) return sysError(errno, "set the membership anchor");
   return {};
+}
+
+void Loader::restoreMembers(const std::vector<std::string>& previous) {
+  // Every entry keyed by this seed; entries a re-created map lost, back. A
+  // path that cannot be restored is reported, and stays out: nothing else
+  // could be done about it.
+  int fd = bpf_map__fd(skel_->maps.ag_members);
+  auto have = memberEntries();
+  std::set<std::string> paths(previous.begin(), previous.end());
+  for (auto& [k, path] : have) {
+    paths.insert(path);
+    if (k != memberPathHash(path, seed_)) bpf_map_delete_elem(fd, &k);
+  }
+  std::size_t restored = 0;
+  for (const auto& rel : paths) {
+    std::string abs = rel.empty() ? mount_ : mount_ + "/" + rel;
+    auto r = attach(abs, false);
+    if (!r)
+      log::warn("attached path {} from the pinned members map cannot be restored: {}", abs, r.error().message);
+    else
+      ++restored;
+  }
+  if (!have.empty() && have.size() != paths.size())
+    log::info("restored {} attached path(s) into the re-created members map", restored);
+  bumpGeneration();
 }
 
 void Loader::bumpGeneration() {
@@ -226,7 +312,7 @@ Result<void> Loader::attachRoot() {
   std::size_t adopted = 0;
   for (const Hook& h : kHooks) {
     std::string pin = rootLinkPin(options_.pinRoot, h.name);
-    bpf_link* link = bpf_link__open(pin.c_str());
+    bpf_link* link = ::access(pin.c_str(), F_OK) == 0 ? bpf_link__open(pin.c_str()) : nullptr;
     if (link && bpf_link__update_program(link, h.get(skel_)) == 0) {
       links_.push_back(link);
       ++adopted;
@@ -259,19 +345,33 @@ void Loader::retireLegacyLinks() {
   // stand, nothing is left unredirected), then the links go.
   std::error_code ec;
   auto mfd = Fd(::open(mount_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  std::set<std::uint64_t> seen;
+  std::map<std::uint64_t, bool> migrated;  // cgroup id -> now a member (or gone)
   for (const auto& entry : fs::directory_iterator(options_.pinRoot + "/links", ec)) {
     std::string file = entry.path().filename();
     if (file.rfind("root-", 0) == 0) continue;
     auto dash = file.find('-');
     std::uint64_t cgid = dash == std::string::npos ? 0 : std::strtoull(file.substr(0, dash).c_str(), nullptr, 10);
-    if (cgid && seen.insert(cgid).second) {
-      std::string path = cgroupPathById(mfd.get(), cgid);
-      if (path.empty())
-        log::info("pinned link of cgroup id {}: its cgroup is gone", cgid);
-      else if (auto r = attach(path); !r)
-        log::warn("pinned link of {}: {}", path, r.error().message);
+    bool moved = true;
+    if (cgid) {
+      if (auto it = migrated.find(cgid); it != migrated.end()) {
+        moved = it->second;
+      } else {
+        bool gone = false;
+        std::string path = cgroupPathById(mfd.get(), cgid, &gone);
+        if (path.empty()) {
+          moved = gone;
+          if (gone)
+            log::info("pinned link of cgroup id {}: its cgroup is gone", cgid);
+          else
+            log::warn("pinned link of cgroup id {}: its path cannot be found; the link stays", cgid);
+        } else if (auto r = attach(path); !r) {
+          moved = false;
+          log::warn("pinned link of {}: {}; the link stays", path, r.error().message);
+        }
+        migrated[cgid] = moved;
+      }
     }
+    if (!moved) continue;  // still redirecting its cgroup the old way
     if (bpf_link* link = bpf_link__open(entry.path().c_str())) {
       bpf_link__unpin(link);
       bpf_link__detach(link);
@@ -280,7 +380,8 @@ void Loader::retireLegacyLinks() {
       ::unlink(entry.path().c_str());
     }
   }
-  if (!seen.empty()) log::info("moved {} per-cgroup attachment(s) of an earlier build to the members map", seen.size());
+  if (!migrated.empty())
+    log::info("moved {} per-cgroup attachment(s) of an earlier build to the members map", migrated.size());
 }
 
 std::string cgroupPathById(int mountFd, std::uint64_t cgroupId, bool* gone) {
@@ -319,12 +420,13 @@ Loader::~Loader() {
   // unpinAll() ran.
   for (bpf_link* l : links_) bpf_link__destroy(l);
   if (skel_) ag_bpf__destroy(skel_);
+  if (lockFd_ >= 0) ::close(lockFd_);
 }
 
-std::uint64_t memberPathHash(std::string_view relative) {
+std::uint64_t memberPathHash(std::string_view relative, std::uint64_t seed) {
   // bpf/member.h (ag_hash_down) and atlasgate_abi.h: per name, its length,
   // then its bytes as native-endian 8-byte words, the last zero-padded.
-  std::uint64_t h = AG_FNV_OFFSET;
+  std::uint64_t h = seed;
   std::size_t i = 0;
   while (i < relative.size()) {
     std::size_t slash = relative.find('/', i);
@@ -353,6 +455,9 @@ Result<std::string> Loader::relativePath(const std::string& cgroupPath) const {
     if (part.string().size() >= AG_MEMBER_NAME_MAX) return makeError("cgroup {}: a name is too long", cgroupPath);
     ++depth;
   }
+  if (out.empty()) return makeError("the whole cgroup2 hierarchy ({}) cannot be attached: it holds atlasgate", mount_);
+  if (ownCgroup_ == out || ownCgroup_.rfind(out + "/", 0) == 0)
+    return makeError("cgroup {} holds atlasgate itself (cgroup /{}): it cannot be an agent's", cgroupPath, ownCgroup_);
   if (depth > AG_MEMBER_DEPTH_MAX)
     return makeError("cgroup {} is {} levels deep; at most {} below {} can be attached", cgroupPath, depth,
                      AG_MEMBER_DEPTH_MAX, mount_);
@@ -365,7 +470,7 @@ Result<void> Loader::attach(const std::string& cgroupPath, bool mustExist) {
   if (!rel) return rel.error();
   auto id = cgroupId(cgroupPath);
   if (!id && mustExist) return id.error();
-  std::uint64_t key = memberPathHash(*rel);
+  std::uint64_t key = memberPathHash(*rel, seed_);
   int fd = bpf_map__fd(skel_->maps.ag_members);
   ag_member m{};
   if (bpf_map_lookup_elem(fd, &key, &m) == 0) {
@@ -388,7 +493,7 @@ Result<void> Loader::attach(const std::string& cgroupPath, bool mustExist) {
 Result<void> Loader::detach(const std::string& cgroupPath) {
   auto rel = relativePath(cgroupPath);
   if (!rel) return rel.error();
-  std::uint64_t key = memberPathHash(*rel);
+  std::uint64_t key = memberPathHash(*rel, seed_);
   int fd = bpf_map__fd(skel_->maps.ag_members);
   ag_member m{};
   if (bpf_map_lookup_elem(fd, &key, &m) != 0 ||
@@ -400,8 +505,8 @@ Result<void> Loader::detach(const std::string& cgroupPath) {
   return {};
 }
 
-std::vector<Attachment> Loader::attachments() const {
-  std::vector<Attachment> out;
+std::vector<std::pair<std::uint64_t, std::string>> Loader::memberEntries() const {
+  std::vector<std::pair<std::uint64_t, std::string>> out;
   int fd = bpf_map__fd(skel_->maps.ag_members);
   std::uint64_t key = 0, next = 0;
   void* prev = nullptr;
@@ -409,8 +514,15 @@ std::vector<Attachment> Loader::attachments() const {
     key = next;
     prev = &key;
     ag_member m{};
-    if (bpf_map_lookup_elem(fd, &key, &m) != 0) continue;
-    std::string rel(m.path, std::min<std::size_t>(m.len, sizeof m.path));
+    if (bpf_map_lookup_elem(fd, &key, &m) == 0)
+      out.emplace_back(key, std::string(m.path, std::min<std::size_t>(m.len, sizeof m.path)));
+  }
+  return out;
+}
+
+std::vector<Attachment> Loader::attachments() const {
+  std::vector<Attachment> out;
+  for (const auto& [key, rel] : memberEntries()) {
     std::string path = rel.empty() ? mount_ : mount_ + "/" + rel;
     auto id = cgroupId(path);
     out.push_back({path, id ? *id : 0});

@@ -28,6 +28,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "bpf/abi.h"
@@ -65,9 +66,9 @@ struct Attachment {
   std::uint64_t cgroupId = 0;  // of the cgroup at that path now; 0 when there is none
 };
 
-// The members map's key for a path relative to the cgroup2 mount ("" = the
-// mount itself): the hash bpf/member.h computes in the kernel.
-std::uint64_t memberPathHash(std::string_view relative);
+// The members map's key for a path relative to the cgroup2 mount, from the
+// secret seed kept in ag_control: the hash bpf/member.h computes in the kernel.
+std::uint64_t memberPathHash(std::string_view relative, std::uint64_t seed);
 
 class Loader {
  public:
@@ -84,6 +85,8 @@ class Loader {
   Result<void> detach(const std::string& cgroupPath);
   std::vector<Attachment> attachments() const;
   const std::string& cgroupMount() const { return mount_; }
+  // The members map key of a path relative to the mount (tests).
+  std::uint64_t memberKey(std::string_view relative) const { return memberPathHash(relative, seed_); }
 
   // Remove every pinned link, program and map (SIGTERM with keep_on_exit: false).
   void unpinAll();
@@ -105,7 +108,11 @@ class Loader {
  private:
   explicit Loader(LoaderOptions options) : options_(std::move(options)) {}
   Result<void> loadAndPin();
+  Result<void> lockPinRoot();
   Result<void> setAnchor();
+  void restoreMembers(const std::vector<std::string>& previous);
+  // (key, path relative to the mount) of every entry of the members map.
+  std::vector<std::pair<std::uint64_t, std::string>> memberEntries() const;
   Result<void> attachRoot();
   void retireLegacyLinks();
   Result<std::string> relativePath(const std::string& cgroupPath) const;
@@ -114,6 +121,9 @@ class Loader {
   LoaderOptions options_;
   struct ::ag_bpf* skel_ = nullptr;
   std::string mount_;  // the cgroup2 mount; member paths are relative to it
+  std::string ownCgroup_;  // the daemon's own cgroup, relative to the mount: never a member
+  std::uint64_t seed_ = 0;
+  int lockFd_ = -1;  // flock on the pin root: one daemon per pin root
   // One link per hook at the cgroup2 root (owned; unpinned only by unpinAll)
   std::vector<struct ::bpf_link*> links_;
   std::map<std::string, ag_target> targets_;  // what the targets maps hold now

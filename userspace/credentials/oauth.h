@@ -1,6 +1,7 @@
 #pragma once
 // Pure pieces of the OAuth2 client-credentials flow, apart from I/O so that
-// they are unit-tested and fuzzed directly.
+// they are unit-tested (tests/unit/credentials/oauth_test.cpp) and fuzzed
+// (tests/fuzz/fuzz_oauth.cpp) directly.
 
 #include <chrono>
 #include <string>

@@ -4,6 +4,7 @@
 #include <sys/prctl.h>
 
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -17,9 +18,16 @@ void Secret::wipe() {
 
 Result<Secret> readSecret(const config::SecretRef& ref, std::string_view what) {
   if (!ref.file.empty()) {
+    std::error_code dec;
+    if (std::filesystem::is_directory(ref.file, dec)) return makeError("{}: {} is a directory", what, ref.file);
     std::ifstream in(ref.file, std::ios::binary);
     if (!in) return sysError(errno, "{}: cannot read {}", what, ref.file);
-    std::string s((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    std::string s;
+    try {
+      s.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+    } catch (const std::exception&) {
+      return sysError(errno, "{}: cannot read {}", what, ref.file);
+    }
     while (!s.empty() && (s.back() == '\n' || s.back() == '\r' || s.back() == ' ')) s.pop_back();
     Secret out(std::move(s));
     if (out.empty()) return makeError("{}: {} is empty", what, ref.file);

@@ -77,11 +77,14 @@ std::string absoluteCgroup(const std::string& mount, const std::string& cgroup) 
   return mount + "/" + cgroup;
 }
 
+// Targets are known by host: each host gets an id once (never reused while
+// the daemon runs), which is what the kernel's targets maps and the flows
+// carry, so a reload may add, remove and reorder targets.
 struct AddressEntry {
-  std::uint32_t targetIndex = 0;  // the kernel's table holds one target per address
+  std::uint32_t targetId = 0;  // the kernel's table holds one target per address
   bool isStatic = false;
   std::chrono::steady_clock::time_point retireAt{};  // DNS: when it may be dropped
-  std::set<std::uint32_t> targets;  // every target that claims it (two names, one load balancer)
+  std::set<std::uint32_t> targets;  // ids of every target that claims it (two names, one load balancer)
 };
 
 class Daemon {
@@ -154,13 +157,19 @@ class Daemon {
   std::map<std::string, std::string> containerProblems_;         // by id: the last one logged
   void containerUpsert(const discovery::ContainerInfo& c);
   void containerDelete(const discovery::ContainerInfo& c);
-  void containerDetach(std::map<std::string, AttachedContainer>::iterator it);
+  // Detaches its path unless it is `keep` (the path it moved to, attached already).
+  void containerDetach(std::map<std::string, AttachedContainer>::iterator it, const std::string& keep = {});
   void sweepStoppedContainers();
   std::map<std::string, std::shared_ptr<credentials::TokenProvider>> tokenProviders_;
   std::vector<std::string> extraAttached_;  // attached at run time with `atlasgate attach`
 
   std::mutex addrMu_;  // addresses_ is shared with the resolver thread
   std::map<std::string, AddressEntry> addresses_;
+  std::map<std::string, std::uint32_t> targetIds_;  // host -> id (under addrMu_)
+  std::uint32_t targetIdLocked(const std::string& host) {
+    auto [it, fresh] = targetIds_.try_emplace(host, static_cast<std::uint32_t>(targetIds_.size()));
+    return it->second;
+  }
   std::map<std::string, std::string> dnsState_;  // host -> last result, for status
   std::thread resolver_;
   std::mutex stopMu_;
@@ -308,6 +317,10 @@ Result<std::shared_ptr<const Runtime>> Daemon::buildRuntime(std::shared_ptr<cons
   for (const auto& t : cfg->targets) {
     TargetRuntime tr;
     tr.host = t.host;
+    {
+      std::lock_guard lock(addrMu_);
+      tr.id = targetIdLocked(t.host);
+    }
     for (const auto& c : t.credentials) {
       CredentialRuntime cr;
       cr.name = c.name;
@@ -345,37 +358,48 @@ Result<std::shared_ptr<const Runtime>> Daemon::buildRuntime(std::shared_ptr<cons
 
 Result<void> Daemon::applyTargets() {
   std::map<std::string, ag_target> table;
-  std::vector<std::vector<tcp::endpoint>> byTarget(config_->targets.size());
+  std::map<std::uint32_t, const config::Target*> configured;  // by id
+  std::map<std::string, std::vector<tcp::endpoint>> byHost;   // every host ever known: removed ones get none
   {
     std::lock_guard lock(addrMu_);
     auto now = std::chrono::steady_clock::now();
+    for (const auto& t : config_->targets) configured[targetIdLocked(t.host)] = &t;
+    std::erase_if(dnsState_, [&](const auto& kv) {
+      return std::none_of(config_->targets.begin(), config_->targets.end(),
+                          [&](const config::Target& t) { return t.host == kv.first; });
+    });
+    for (const auto& [host, id] : targetIds_) byHost[host];
     // Static addresses of the current config.
     for (auto it = addresses_.begin(); it != addresses_.end();)
       it = it->second.isStatic ? addresses_.erase(it) : std::next(it);
-    for (std::uint32_t i = 0; i < config_->targets.size(); ++i)
-      for (const auto& a : config_->targets[i].addresses) {
+    for (const auto& [id, t] : configured)
+      for (const auto& a : t->addresses) {
         AddressEntry& e = addresses_[a];
-        if (!e.isStatic) e = AddressEntry{i, true, {}, {}};
-        e.targets.insert(i);
+        if (!e.isStatic) e = AddressEntry{id, true, {}, {}};
+        e.targets.insert(id);
       }
     for (auto it = addresses_.begin(); it != addresses_.end();) {
-      if (!it->second.isStatic && it->second.retireAt <= now)
+      AddressEntry& e = it->second;
+      // Resolved addresses of targets a reload removed go with them.
+      std::erase_if(e.targets, [&](std::uint32_t id) { return !configured.contains(id); });
+      if ((!e.isStatic && e.retireAt <= now) || e.targets.empty()) {
         it = addresses_.erase(it);
-      else
-        ++it;
+        continue;
+      }
+      if (!e.targets.contains(e.targetId)) e.targetId = *e.targets.begin();
+      ++it;
     }
     for (const auto& [addr, e] : addresses_) {
-      table[addr] = ag_target{e.targetIndex, e.isStatic ? static_cast<__u32>(AG_TARGET_STATIC) : 0u};
+      table[addr] = ag_target{e.targetId, e.isStatic ? static_cast<__u32>(AG_TARGET_STATIC) : 0u};
       // The upstream pool dials only these addresses, whatever address an
       // agent chose; an address two targets share serves both.
       beast::error_code ec;
       auto a = asio::ip::make_address(addr, ec);
       if (ec) continue;
-      for (std::uint32_t t : e.targets)
-        if (t < byTarget.size()) byTarget[t].emplace_back(a, config_->targets[t].upstreamPort);
+      for (std::uint32_t id : e.targets) byHost[configured.at(id)->host].emplace_back(a, configured.at(id)->upstreamPort);
     }
   }
-  for (std::size_t i = 0; i < byTarget.size(); ++i) pool_->setAddresses(config_->targets[i].host, std::move(byTarget[i]));
+  for (auto& [host, endpoints] : byHost) pool_->setAddresses(host, std::move(endpoints));
   return loader_->setTargets(table);
 }
 
@@ -386,8 +410,7 @@ void Daemon::resolverThread() {
     auto now = std::chrono::steady_clock::now();
     auto wake = now + std::chrono::seconds(30);
     bool changed = false;
-    for (std::uint32_t i = 0; i < cfg->targets.size(); ++i) {
-      const auto& t = cfg->targets[i];
+    for (const auto& t : cfg->targets) {
       if (!t.resolve) continue;
       auto& at = nextAt[t.host];
       if (now < at) {
@@ -405,13 +428,14 @@ void Daemon::resolverThread() {
         auto interval = dns::refreshInterval(ans->ttl, cfg->dns.minRefresh, cfg->dns.maxRefresh);
         at = now + interval;
         std::size_t n = 0;
+        const std::uint32_t id = targetIdLocked(t.host);
         for (const auto& a : ans->addresses) {
           if (++n > kMaxAddressesPerHost) break;
           auto& e = addresses_[a];
           if (!e.isStatic) {
             if (e.retireAt == std::chrono::steady_clock::time_point{}) changed = true;
-            if (e.targets.empty()) e.targetIndex = i;
-            e.targets.insert(i);
+            if (e.targets.empty()) e.targetId = id;
+            e.targets.insert(id);
             // Kept through the next refresh and a grace period after it, so
             // agents that resolved it a little earlier are still caught.
             e.retireAt = now + ans->ttl + interval + cfg->dns.grace;
@@ -556,7 +580,14 @@ void Daemon::containerUpsert(const discovery::ContainerInfo& c) {
       agents_->setName(a.cgroup, c.agentName(), labels, LabelKind::Container);
       return;
     }
-    containerDetach(it);
+    // Elsewhere now (re-created by the engine under another parent): the new
+    // path is attached before the old one goes, so that no moment leaves
+    // the container unredirected; if it cannot be attached, the old stays.
+    if (!underGuard(*cg))
+      if (auto r = loader_->attach(*cg); !r)
+        return problem(fmt::format("container {}: {} (its attachment at {} stays)", c.name, r.error().message,
+                                   a.cgroup));
+    containerDetach(it, *cg);
   }
   if (!cgid) {
     problem(fmt::format("container {}: {}", c.name, cgid.error().message));  // retried by the sweep
@@ -579,9 +610,9 @@ void Daemon::containerUpsert(const discovery::ContainerInfo& c) {
   log::info("{} attached ({}, id {})", c.agentName(), *cg, *cgid);
 }
 
-void Daemon::containerDetach(std::map<std::string, AttachedContainer>::iterator it) {
+void Daemon::containerDetach(std::map<std::string, AttachedContainer>::iterator it, const std::string& keep) {
   const AttachedContainer& a = it->second;
-  if (!underGuard(a.cgroup))
+  if (!underGuard(a.cgroup) && a.cgroup != keep)
     if (auto r = loader_->detach(a.cgroup); !r) log::warn("{}: {}", a.name, r.error().message);
   // The path may hold the container's next cgroup already: it is named
   // again when that one is attached.
@@ -745,15 +776,36 @@ Result<void> Daemon::reload() {
   if (next->listen.admin != config_->listen.admin) return makeError("listen.admin changes need a restart");
   if (next->stateDir != config_->stateDir) return makeError("state_dir changes need a restart");
   if (next->intercept != config_->intercept) return makeError("intercept changes need a restart");
-  if (next->targets.size() != config_->targets.size()) return makeError("adding or removing targets needs a restart");
-  for (std::size_t i = 0; i < next->targets.size(); ++i)
-    if (next->targets[i].host != config_->targets[i].host)
-      return makeError("changing target hosts needs a restart");
+  // Targets may be added, removed and changed. A host the CA was not made
+  // for cannot be added: its name constraints list the hosts, so agents
+  // would have to trust a new CA (a restart makes it).
+  std::map<std::string, SSL_CTX*> contexts;  // new or changed upstream TLS
+  struct FreeContexts {
+    std::map<std::string, SSL_CTX*>& m;
+    ~FreeContexts() {
+      for (auto& [h, c] : m) SSL_CTX_free(c);
+    }
+  } freeContexts{contexts};
+  for (const auto& t : next->targets) {
+    if (!authority_->allows(t.host))
+      return makeError("target {} is new to the CA (made for [{}]): adding a host needs a restart, which makes a new "
+                       "CA that agents must then trust",
+                       t.host, fmt::join(authority_->hosts(), ", "));
+    const config::Target* was = nullptr;
+    for (const auto& o : config_->targets)
+      if (o.host == t.host) was = &o;
+    if (was && was->upstreamCa == t.upstreamCa && pool_->hasHost(t.host)) continue;
+    auto cctx = tls::makeClientContext(t.upstreamCa);
+    if (!cctx) return makeError("target {}: {}", t.host, cctx.error().message);
+    contexts[t.host] = cctx.value().release();
+  }
   auto rt = buildRuntime(next, server_->runtime().get());
   if (!rt) return rt.error();
   auto adminToken = admin::readToken(next->listen);  // re-read: a rotated token takes effect
   if (!adminToken) return adminToken.error();
   std::atomic_store(&config_, std::shared_ptr<const config::Config>(next));
+  for (auto& [host, ctx] : contexts) pool_->setContext(host, std::exchange(ctx, nullptr));
+  contexts.clear();
   if (auto r = applyTargets(); !r) return r;
   pool_->setLimits(upstreamLimits(next->limits));
   for (const auto& p : next->agents.attach)
@@ -870,9 +922,10 @@ json::value Daemon::status() {
   json::object targets;
   {
     std::lock_guard lock(addrMu_);
+    std::map<std::uint32_t, std::string> hostOf;
+    for (const auto& [host, id] : targetIds_) hostOf[id] = host;
     for (const auto& [addr, e] : addresses_) {
-      const std::string& host = config_->targets.at(e.targetIndex).host;
-      auto& entry = targets[host];
+      auto& entry = targets[hostOf[e.targetId]];
       if (!entry.is_object()) entry = json::object{{"addresses", json::array{}}};
       json::object a{{"address", addr}, {"source", e.isStatic ? "static" : "dns"}};
       if (!e.isStatic)

@@ -114,13 +114,21 @@ struct ContainerWatcher::Impl {
     {
       std::lock_guard lock(mu);
       auto it = known.find(id);
-      if (it == known.end()) return;  // never announced
-      gone = std::move(it->second);
+      if (it != known.end()) {
+        gone = std::move(it->second);
+        known.erase(it);
+        st.containers = known.size();
+      } else if (removed) {
+        // Stopped earlier (so no longer known), but a stopped container
+        // keeps its attachment until it is removed: the daemon must hear
+        // of the removal. (It ignores ids it does not hold.)
+        gone.id = id;
+      } else {
+        return;
+      }
       gone.removed = removed;
-      known.erase(it);
-      st.containers = known.size();
     }
-    log::debug("containers: {} ({}) gone", gone.agentName(), gone.id.substr(0, 12));
+    log::debug("containers: {} ({}) {}", gone.agentName(), gone.id.substr(0, 12), removed ? "removed" : "stopped");
     if (cb.onDelete) cb.onDelete(gone);
   }
 

@@ -254,9 +254,11 @@ Result<std::string> containerCgroupFromProc(std::string_view text, std::string_v
     if (slash == std::string_view::npos) break;
     start = slash + 1;
   }
-  // The deepest component that names the container.
+  // The shallowest component that names the container: the one the engine
+  // made. The container's own processes may make (and move into) cgroups
+  // below it, named as they like; they cannot make one above it.
   std::size_t cut = 0;
-  for (std::size_t i = 0; i < parts.size(); ++i)
+  for (std::size_t i = 0; i < parts.size() && cut == 0; ++i)
     if (parts[i].find(id) != std::string_view::npos) cut = i + 1;
   if (cut == 0)
     return makeError("cgroup {} does not name the container {} (not its process any more?)", shown(path), id.substr(0, 12));

@@ -88,9 +88,10 @@ std::string engineEventsTarget(std::string_view label);
 // --- cgroups ---------------------------------------------------------------------
 
 // The container's cgroup from the text of /proc/<pid>/cgroup: the cgroup2
-// line ("0::/path"), cut after the deepest component that holds the
+// line ("0::/path"), cut after the shallowest component that holds the
 // container's id (libpod-<id>, docker-<id>.scope, /docker/<id>, crio-<id>.scope):
-// processes of the container may sit in child cgroups of it. A path without
+// processes of the container may sit in child cgroups of it, which they may
+// make and name themselves (a deeper component naming the id is theirs). A path without
 // the id is refused (a pid that is no longer the container's, or an engine
 // pointing at someone else's process), as are "..", "." and control
 // characters. Returns the path relative to the cgroup2 mount, no leading '/'.

@@ -33,10 +33,18 @@ std::string_view hostWithoutPort(std::string_view h) {
   return h;
 }
 
+// Every Connection header's tokens: repeated headers are one list (RFC 9110).
+template <class Fields>
+std::vector<std::string> connectionTokens(const Fields& f) {
+  std::vector<std::string> named;
+  for (auto [it, end] = f.equal_range(http::field::connection); it != end; ++it)
+    for (auto const& token : http::token_list{it->value()}) named.emplace_back(token);
+  return named;
+}
+
 template <class Fields>
 void stripHopByHop(Fields& f) {
-  std::vector<std::string> named;
-  for (auto const& token : http::token_list{f[http::field::connection]}) named.emplace_back(token);
+  std::vector<std::string> named = connectionTokens(f);
   for (const auto& n : named) {
     // Never let Connection remove what framing depends on.
     if (iequals(n, "transfer-encoding") || iequals(n, "content-length") || iequals(n, "host")) continue;
@@ -117,8 +125,7 @@ void prepareUpstreamRequest(http::request<http::string_body>& req, std::string_v
 
 void prepareAgentResponse(http::response<http::buffer_body>& res) {
   // Transfer-Encoding is framing for the serializer; keep it.
-  std::vector<std::string> named;
-  for (auto const& token : http::token_list{res[http::field::connection]}) named.emplace_back(token);
+  std::vector<std::string> named = connectionTokens(res);
   for (const auto& n : named)
     if (!iequals(n, "transfer-encoding") && !iequals(n, "content-length")) res.erase(n);
   res.erase(http::field::connection);

@@ -1,6 +1,7 @@
 #pragma once
 // Pure request/response transforms of the terminator, apart from I/O so
-// that they are unit-tested with plain messages (and fuzzed).
+// that they are unit-tested with plain messages (tests/unit/proxy/
+// rewrite_test.cpp) and fuzzed (tests/fuzz/fuzz_http_request.cpp).
 
 #include <string>
 #include <string_view>

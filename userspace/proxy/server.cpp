@@ -55,6 +55,12 @@ const TargetRuntime* Runtime::findTarget(std::string_view host) const {
   return nullptr;
 }
 
+const TargetRuntime* Runtime::findTargetById(std::uint32_t id) const {
+  for (const auto& t : targets)
+    if (t.id == id) return &t;
+  return nullptr;
+}
+
 struct Server::Session {
   ConnectionInfo info;
   TlsStream* stream = nullptr;
@@ -259,6 +265,14 @@ asio::awaitable<void> Server::awaitNamed(tcp::socket sock, Flow flow) {
 void Server::admit(tcp::socket sock, Flow flow) {
   beast::error_code pec;
   const ag_origin& origin = flow.origin;
+  if (origin.pid == static_cast<std::uint32_t>(::getpid())) {
+    // Our own connection, redirected to ourselves: someone moved the daemon
+    // into an agent's cgroup. Never loop (nor act as an agent).
+    log::error("refused a connection of atlasgate itself: the daemon runs in an agent's cgroup; move it out");
+    sock.set_option(asio::socket_base::linger(true, 0), pec);
+    sock.close(pec);
+    return;
+  }
   if (!flow.agent.known()) {
     // The socket's creator sits under no attached root (a socket made
     // before its cgroup was attached and handed elsewhere, a cgroup that
@@ -317,7 +331,7 @@ void Server::admit(tcp::socket sock, Flow flow) {
       log::error("conn {}: session ended by an unknown exception", id);
     }
   };
-  if (origin.target_index == AG_TARGET_NONE)
+  if (origin.target_id == AG_TARGET_NONE)
     asio::co_spawn(io_, classify(std::move(sock), std::move(flow)), logFailure);
   else
     asio::co_spawn(io_, serve(std::move(sock), std::move(flow)), logFailure);
@@ -433,7 +447,7 @@ asio::awaitable<void> Server::serve(tcp::socket socket, Flow flow) {
 
   // Absent SNI means the target that owns the address the agent dialled.
   const std::string* defaultHost = nullptr;
-  if (flow.origin.target_index < rt->targets.size()) defaultHost = &rt->targets[flow.origin.target_index].host;
+  if (const TargetRuntime* t = rt->findTargetById(flow.origin.target_id)) defaultHost = &t->host;
   tls::ServerContext::setDefaultHost(stream.native_handle(), defaultHost);
 
   lower.expires_after(limits.handshakeTimeout);
@@ -445,7 +459,7 @@ asio::awaitable<void> Server::serve(tcp::socket socket, Flow flow) {
   }
   const std::string* selected = tls::ServerContext::selectedHost(stream.native_handle());
   const TargetRuntime* target = selected ? rt->findTarget(*selected) : nullptr;
-  if (!target) co_return;  // cannot happen: the handshake only completes for targets
+  if (!target) co_return;  // a target a reload removed since the handshake began
   const std::string host = target->host;
   log::debug("conn {} agent {} pid {} comm {} -> {} ({})", flow.id, flow.agent.name, flow.origin.pid, flow.comm,
              host, endpointText(flow.originalDst));
@@ -1117,7 +1131,7 @@ asio::awaitable<void> Server::classify(tcp::socket socket, Flow flow) {
     const auto& targets = runtime_->targets;
     for (std::size_t i = 0; i < targets.size(); ++i)
       if (targets[i].host == hello.host) {
-        flow.origin.target_index = static_cast<std::uint32_t>(i);
+        flow.origin.target_id = targets[i].id;
         co_await serve(std::move(socket), std::move(flow));
         co_return;
       }

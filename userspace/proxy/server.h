@@ -48,6 +48,7 @@ struct CredentialRuntime {
 
 struct TargetRuntime {
   std::string host;
+  std::uint32_t id = 0;  // the daemon's id for this host: what the kernel's targets maps and flows carry
   std::vector<CredentialRuntime> credentials;
 };
 
@@ -57,6 +58,7 @@ struct Runtime {
   std::shared_ptr<policy::Policy> policy;
   std::vector<TargetRuntime> targets;
   const TargetRuntime* findTarget(std::string_view host) const;
+  const TargetRuntime* findTargetById(std::uint32_t id) const;
 };
 
 // What the kernel told us about a connection.

@@ -255,6 +255,13 @@ void UpstreamPool::addHost(const std::string& host, SSL_CTX* ctx) {
   hosts_[host] = std::move(h);
 }
 
+void UpstreamPool::setContext(const std::string& host, SSL_CTX* ctx) {
+  auto it = hosts_.find(host);
+  if (it == hosts_.end()) return addHost(host, ctx);
+  it->second->ctx = std::make_unique<ssl::context>(ctx);
+  it->second->idle.clear();
+}
+
 void UpstreamPool::setAddresses(const std::string& host, std::vector<tcp::endpoint> addresses) {
   auto it = hosts_.find(host);
   if (it == hosts_.end()) return;

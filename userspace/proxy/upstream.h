@@ -96,6 +96,10 @@ class UpstreamPool {
 
   // Registers a target host with its client TLS context (takes ownership).
   void addHost(const std::string& host, SSL_CTX* ctx);
+  // A new client TLS context for a host (its upstream CA changed on reload):
+  // new connections use it, idle ones are closed. Open ones finish on the
+  // old one (each TLS connection holds its own reference to it).
+  void setContext(const std::string& host, SSL_CTX* ctx);
   bool hasHost(const std::string& host) const { return hosts_.contains(host); }
   // The addresses atlasgate itself chose for a host (configured + own DNS).
   void setAddresses(const std::string& host, std::vector<tcp::endpoint> addresses);

@@ -260,6 +260,11 @@ TEST(ContainerCgroup, FromProc) {
   // A process in a child cgroup of the container: the container's cgroup.
   EXPECT_EQ(containerCgroupFromProc("0::/machine.slice/libpod-" + kId + ".scope/container/init.scope\n", kId).value(),
             "machine.slice/libpod-" + kId + ".scope");
+  // The container's process moved itself into cgroups it made below its own,
+  // named after its id: still the engine's cgroup, never the deeper one (an
+  // attachment there would leave the rest of the container unredirected).
+  EXPECT_EQ(containerCgroupFromProc("0::/libpod_parent/libpod-" + kId + "/a/b/" + kId + "/c/x" + kId + "\n", kId).value(),
+            "libpod_parent/libpod-" + kId);
 }
 
 TEST(ContainerCgroup, RefusesWhatIsNotTheContainers) {
