@@ -222,7 +222,7 @@ Result<void> Loader::loadAndPin() {
     if (err == 0) break;
     ag_bpf__destroy(skel_);
     skel_ = nullptr;
-    if (attempt == 1) return sysError(-err, "load BPF programs (is the kernel >= 5.8 with BTF?)");
+    if (attempt == 1) return sysError(-err, "load BPF programs (is the kernel >= 5.17 with BTF?)");
     // A pinned map from an older, incompatible build: start those afresh.
     // Links still attached keep working with their old maps until they are
     // updated below, so agents are never left unredirected.

@@ -8,6 +8,7 @@
 #include <atomic>
 #include <mutex>
 #include <random>
+#include <set>
 
 #include <boost/asio/local/stream_protocol.hpp>
 
@@ -78,6 +79,9 @@ struct ContainerWatcher::Impl {
   mutable std::mutex mu;
   ContainerWatcherStatus st;                    // guarded by mu
   std::map<std::string, ContainerInfo> known;  // by id; written on the executor, guarded by mu
+  // Ours, announced, then stopped: the daemon keeps their attachment until
+  // they are removed, so their removal is announced too (bounded like known).
+  std::set<std::string> stoppedOurs;
 
   void setError(const std::string& e) {
     log::warn("container watcher: {}", e);
@@ -118,10 +122,11 @@ struct ContainerWatcher::Impl {
         gone = std::move(it->second);
         known.erase(it);
         st.containers = known.size();
-      } else if (removed) {
+        if (!removed && stoppedOurs.size() < opt.limits.maxContainers) stoppedOurs.insert(id);
+      } else if (removed && stoppedOurs.erase(id)) {
         // Stopped earlier (so no longer known), but a stopped container
         // keeps its attachment until it is removed: the daemon must hear
-        // of the removal. (It ignores ids it does not hold.)
+        // of the removal.
         gone.id = id;
       } else {
         return;
@@ -160,6 +165,7 @@ struct ContainerWatcher::Impl {
         return;
       }
       known[c.id] = c;
+      stoppedOurs.erase(c.id);
       st.containers = known.size();
     }
     log::debug("containers: {} ({}) pid {}", c.agentName(), c.id.substr(0, 12), c.pid);
