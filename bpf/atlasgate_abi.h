@@ -141,7 +141,6 @@ enum ag_counter {
 	AG_CNT_CONNECT6,
 	AG_CNT_REDIRECTED4,
 	AG_CNT_REDIRECTED6,
-	AG_CNT_SKIP_DAEMON, /* the daemon's own connection */
 	AG_CNT_SKIP_NOT_TCP, /* not a stream socket (TCP) */
 	AG_CNT_SKIP_PORT, /* destination port is not 443 */
 	AG_CNT_SKIP_NOT_TARGET, /* destination not in the targets map */
@@ -170,7 +169,6 @@ static const char *const ag_counter_names[AG_CNT__MAX] = {
 	"connect6",
 	"redirected4",
 	"redirected6",
-	"skip_daemon",
 	"skip_not_tcp",
 	"skip_port",
 	"skip_not_target",

@@ -20,22 +20,8 @@ int ag_connect4(struct bpf_sock_addr *ctx)
 	int verdict;
 
 	t = bpf_map_lookup_elem(&ag_targets4, &daddr);
-	f.tgid = bpf_get_current_pid_tgid() >> 32;
-	/* Attached at the root, this runs for every connect() on the machine:
-	 * only agents' connections to targets (any connection, with all-tls)
-	 * are worth the membership check, and only they are counted. */
-	if (!t && !ag_intercept_all)
+	if (!ag_connect_member(ctx, t, AG_CNT_CONNECT4))
 		return 1;
-	if (!ag_socket_member(ctx->sk)) {
-		if (t && f.tgid != ag_daemon_tgid)
-			ag_count(AG_CNT_SKIP_NOT_MEMBER);
-		return 1;
-	}
-	ag_count(AG_CNT_CONNECT4);
-	/* No exemption by pid for members: the daemon is never one (its cgroup
-	 * cannot be attached), and a pid outlives nothing: after the daemon
-	 * exits, an agent could be given its number. */
-	f.daemon_tgid = 0;
 	f.sock_type = ctx->type;
 	f.dport = bpf_ntohs(ctx->user_port);
 	f.is_target = t != NULL;

@@ -22,8 +22,6 @@ enum ag_verdict {
 };
 
 struct ag_conn_facts {
-	__u32 tgid; /* the calling process */
-	__u32 daemon_tgid; /* atlasgate's own tgid (rodata) */
 	__u32 sock_type; /* SOCK_STREAM, SOCK_DGRAM, ... */
 	__u16 dport; /* destination port, host order */
 	__u8 is_target; /* destination found in the targets map */
@@ -34,11 +32,9 @@ struct ag_conn_facts {
 /* Returns the verdict and sets *counter to the ag_counter that explains it. */
 static __always_inline int ag_decide(const struct ag_conn_facts *f, __u32 *counter)
 {
-	/* The daemon dials Atlas itself; it must never loop back into itself. */
-	if (f->daemon_tgid && f->tgid == f->daemon_tgid) {
-		*counter = AG_CNT_SKIP_DAEMON;
-		return AG_PASS;
-	}
+	/* No exemption by pid: the verdict is acted on for members only, and
+	 * the daemon is never one (its cgroup cannot be attached); a pid
+	 * outlives nothing: after the daemon exits, an agent could get its. */
 	if (f->dport != AG_HTTPS_PORT) {
 		*counter = AG_CNT_SKIP_PORT;
 		return AG_PASS;

@@ -23,7 +23,7 @@
 
 /* Set by the loader between skeleton open and load. */
 AG_RODATA(__u16, ag_proxy_port, 15443); /* host order */
-AG_RODATA(__u32, ag_daemon_tgid, 0);
+AG_RODATA(__u32, ag_daemon_tgid, 0); /* spares its own dials a skip count; exempts nothing */
 AG_RODATA(__u8, ag_refuse_quic, 1);
 AG_RODATA(__u8, ag_intercept_all, 0);
 

@@ -174,4 +174,27 @@ static __always_inline int ag_socket_member(struct bpf_sock *sk)
 	return ag_cgroup_member();
 }
 
+/*
+ * The gate of connect4/6: is this connect() an agent's that the programs
+ * must judge? Attached at the root, they run for every connect() on the
+ * machine: only connections to a target (`t`; any connection, with all-tls)
+ * are worth the membership check, and only members' are counted (under
+ * `connect_counter`). A non-member's connection to a target is counted as
+ * skipped, unless the daemon dials it (its upstream connections are no
+ * agent's skipped ones; the pid only spares a counter, it exempts nothing).
+ */
+static __always_inline int ag_connect_member(struct bpf_sock_addr *ctx, const struct ag_target *t,
+					     __u32 connect_counter)
+{
+	if (!t && !ag_intercept_all)
+		return 0;
+	if (!ag_socket_member(ctx->sk)) {
+		if (t && (__u32)(bpf_get_current_pid_tgid() >> 32) != ag_daemon_tgid)
+			ag_count(AG_CNT_SKIP_NOT_MEMBER);
+		return 0;
+	}
+	ag_count(connect_counter);
+	return 1;
+}
+
 #endif /* ATLASGATE_MEMBER_H */

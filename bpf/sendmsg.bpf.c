@@ -13,8 +13,6 @@ static __always_inline int ag_sendmsg_verdict(struct bpf_sock_addr *ctx, int is_
 	struct ag_conn_facts f = {};
 	__u32 counter = AG_CNT_SKIP_NOT_TCP;
 
-	f.tgid = bpf_get_current_pid_tgid() >> 32;
-	f.daemon_tgid = ag_daemon_tgid;
 	f.sock_type = ctx->type;
 	f.dport = bpf_ntohs(ctx->user_port);
 	f.is_target = is_target;

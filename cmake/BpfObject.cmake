@@ -15,7 +15,8 @@ elseif(CMAKE_SYSTEM_PROCESSOR MATCHES "aarch64|arm64")
 else()
   message(FATAL_ERROR "no pinned vmlinux.h for ${CMAKE_SYSTEM_PROCESSOR}")
 endif()
-set(BPF_VMLINUX_DIR ${CMAKE_SOURCE_DIR}/vmlinux/${BPF_ARCH})
+# Relative to this file, not CMAKE_SOURCE_DIR: tests/fuzz (a project of its own) uses it too.
+get_filename_component(BPF_VMLINUX_DIR ${CMAKE_CURRENT_LIST_DIR}/../vmlinux/${BPF_ARCH} ABSOLUTE)
 
 function(bpf_object name)
   cmake_parse_arguments(ARG "" "" "SOURCES;HEADERS" ${ARGN})

@@ -18,8 +18,6 @@
 namespace {
 
 constexpr __u32 kNoCounter = 0xdeadbeef;  // what ag_decide must leave alone on REDIRECT
-constexpr __u32 kDaemon = 4242;
-constexpr __u32 kOther = 1000;
 constexpr __u32 kSockStream = AG_SOCK_STREAM;
 constexpr __u32 kSockDgram = AG_SOCK_DGRAM;
 constexpr __u32 kSockRaw = 3;
@@ -36,10 +34,8 @@ Outcome decide(const ag_conn_facts& f) {
   return {verdict, counter};
 }
 
-ag_conn_facts facts(__u32 tgid, __u32 daemonTgid, __u32 type, __u16 port, bool target, bool refuseQuic) {
+ag_conn_facts facts(__u32 type, __u16 port, bool target, bool refuseQuic) {
   ag_conn_facts f{};
-  f.tgid = tgid;
-  f.daemon_tgid = daemonTgid;
   f.sock_type = type;
   f.dport = port;
   f.is_target = target ? 1 : 0;
@@ -54,58 +50,30 @@ TEST(Decide, ConstantsMatchTheKernel) {
   EXPECT_EQ(AG_PASS, 0);
 }
 
-TEST(Decide, DaemonIsSkippedWhatever) {
-  // Even the connection that would otherwise be redirected or refused.
-  for (__u32 type : {kSockStream, kSockDgram, kSockRaw})
-    for (__u16 port : {__u16{443}, __u16{80}})
-      for (bool target : {false, true})
-        for (bool quic : {false, true}) {
-          auto o = decide(facts(kDaemon, kDaemon, type, port, target, quic));
-          EXPECT_EQ(o.verdict, AG_PASS);
-          EXPECT_EQ(o.counter, static_cast<__u32>(AG_CNT_SKIP_DAEMON));
-        }
-}
-
-TEST(Decide, DaemonTgidZeroMeansNoDaemon) {
-  // tgid 0 (the idle task / unknown) must not match an unset daemon tgid.
-  auto o = decide(facts(0, 0, AG_SOCK_STREAM, 443, true, true));
-  EXPECT_EQ(o.verdict, AG_REDIRECT);
-  EXPECT_EQ(o.counter, kNoCounter);
-
-  o = decide(facts(kOther, 0, AG_SOCK_STREAM, 443, true, true));
-  EXPECT_EQ(o.verdict, AG_REDIRECT);
-}
-
-TEST(Decide, OtherProcessIsNotTheDaemon) {
-  auto o = decide(facts(kOther, kDaemon, AG_SOCK_STREAM, 443, true, true));
-  EXPECT_EQ(o.verdict, AG_REDIRECT);
-  EXPECT_EQ(o.counter, kNoCounter);
-}
-
 TEST(Decide, PortOtherThan443Passes) {
   for (__u16 port : {__u16{0}, __u16{80}, __u16{442}, __u16{444}, __u16{8443}, __u16{15443}, __u16{0xbb01},
                      __u16{65535}})
     for (__u32 type : {kSockStream, kSockDgram, kSockRaw})
       for (bool target : {false, true}) {
-        auto o = decide(facts(kOther, kDaemon, type, port, target, true));
+        auto o = decide(facts(type, port, target, true));
         EXPECT_EQ(o.verdict, AG_PASS) << "port " << port;
         EXPECT_EQ(o.counter, static_cast<__u32>(AG_CNT_SKIP_PORT)) << "port " << port;
       }
 }
 
 TEST(Decide, UdpToTargetIsRefusedOnlyWithRefuseQuic) {
-  auto o = decide(facts(kOther, kDaemon, AG_SOCK_DGRAM, 443, true, true));
+  auto o = decide(facts(AG_SOCK_DGRAM, 443, true, true));
   EXPECT_EQ(o.verdict, AG_REFUSE);
   EXPECT_EQ(o.counter, static_cast<__u32>(AG_CNT_UDP_REFUSED));
 
-  o = decide(facts(kOther, kDaemon, AG_SOCK_DGRAM, 443, true, false));
+  o = decide(facts(AG_SOCK_DGRAM, 443, true, false));
   EXPECT_EQ(o.verdict, AG_PASS);
   EXPECT_EQ(o.counter, static_cast<__u32>(AG_CNT_SKIP_NOT_TCP));
 }
 
 TEST(Decide, UdpToNonTargetPasses) {
   for (bool quic : {false, true}) {
-    auto o = decide(facts(kOther, kDaemon, AG_SOCK_DGRAM, 443, false, quic));
+    auto o = decide(facts(AG_SOCK_DGRAM, 443, false, quic));
     EXPECT_EQ(o.verdict, AG_PASS);
     EXPECT_EQ(o.counter, static_cast<__u32>(AG_CNT_SKIP_NOT_TCP));
   }
@@ -115,7 +83,7 @@ TEST(Decide, OtherSocketTypesPass) {
   for (__u32 type : {0u, kSockRaw, 4u /* SOCK_RDM */, kSockSeqpacket, 10u /* SOCK_PACKET */})
     for (bool target : {false, true})
       for (bool quic : {false, true}) {
-        auto o = decide(facts(kOther, kDaemon, type, 443, target, quic));
+        auto o = decide(facts(type, 443, target, quic));
         EXPECT_EQ(o.verdict, AG_PASS) << "type " << type;
         EXPECT_EQ(o.counter, static_cast<__u32>(AG_CNT_SKIP_NOT_TCP)) << "type " << type;
       }
@@ -123,27 +91,27 @@ TEST(Decide, OtherSocketTypesPass) {
 
 TEST(Decide, TcpToTargetIsRedirected) {
   for (bool quic : {false, true}) {
-    auto o = decide(facts(kOther, kDaemon, AG_SOCK_STREAM, 443, true, quic));
+    auto o = decide(facts(AG_SOCK_STREAM, 443, true, quic));
     EXPECT_EQ(o.verdict, AG_REDIRECT);
     // The caller pre-loads the redirected4/6 counter; ag_decide leaves it.
     EXPECT_EQ(o.counter, kNoCounter);
   }
   __u32 counter = AG_CNT_REDIRECTED6;
-  auto f = facts(kOther, 0, AG_SOCK_STREAM, 443, true, true);
+  auto f = facts(AG_SOCK_STREAM, 443, true, true);
   EXPECT_EQ(ag_decide(&f, &counter), AG_REDIRECT);
   EXPECT_EQ(counter, static_cast<__u32>(AG_CNT_REDIRECTED6));
 }
 
 TEST(Decide, TcpToNonTargetPasses) {
   for (bool quic : {false, true}) {
-    auto o = decide(facts(kOther, kDaemon, AG_SOCK_STREAM, 443, false, quic));
+    auto o = decide(facts(AG_SOCK_STREAM, 443, false, quic));
     EXPECT_EQ(o.verdict, AG_PASS);
     EXPECT_EQ(o.counter, static_cast<__u32>(AG_CNT_SKIP_NOT_TARGET));
   }
 }
 
 TEST(Decide, FactsAreNotModified) {
-  const auto f = facts(kOther, kDaemon, AG_SOCK_STREAM, 443, true, true);
+  const auto f = facts(AG_SOCK_STREAM, 443, true, true);
   auto copy = f;
   __u32 counter = 0;
   (void)ag_decide(&copy, &counter);
@@ -155,90 +123,79 @@ TEST(Decide, FactsAreNotModified) {
 TEST(Decide, SweepInvariants) {
   const __u16 ports[] = {0, 1, 80, 442, 443, 444, 8443, 15443, 0xbb01, 65535};
   const __u32 types[] = {0, kSockStream, kSockDgram, kSockRaw, 4, kSockSeqpacket, 6, 10};
-  const __u32 daemons[] = {0, kDaemon};
-  const __u32 tgids[] = {0, kOther, kDaemon};
   int redirects = 0, refusals = 0, cases = 0;
 
   for (__u16 port : ports)
     for (__u32 type : types)
       for (bool target : {false, true})
-        for (bool quic : {false, true})
-          for (__u32 daemon : daemons)
-            for (__u32 tgid : tgids) {
-              ++cases;
-              const auto f = facts(tgid, daemon, type, port, target, quic);
-              const auto o = decide(f);
-              const bool isDaemon = daemon != 0 && tgid == daemon;
-              const bool tcp = type == AG_SOCK_STREAM, udp = type == AG_SOCK_DGRAM;
-              const std::string where = "tgid=" + std::to_string(tgid) + " daemon=" + std::to_string(daemon) +
-                                        " type=" + std::to_string(type) + " port=" + std::to_string(port) +
-                                        " target=" + std::to_string(target) + " quic=" + std::to_string(quic);
+        for (bool quic : {false, true}) {
+          ++cases;
+          const auto f = facts(type, port, target, quic);
+          const auto o = decide(f);
+          const bool tcp = type == AG_SOCK_STREAM, udp = type == AG_SOCK_DGRAM;
+          const std::string where = "type=" + std::to_string(type) + " port=" + std::to_string(port) +
+                                    " target=" + std::to_string(target) + " quic=" + std::to_string(quic);
 
-              ASSERT_TRUE(o.verdict == AG_PASS || o.verdict == AG_REDIRECT || o.verdict == AG_REFUSE) << where;
-              if (o.verdict == AG_REDIRECT) {
-                ++redirects;
-                EXPECT_TRUE(tcp && port == 443 && target && !isDaemon) << where;
-                EXPECT_EQ(o.counter, kNoCounter) << where;
-              }
-              if (o.verdict == AG_REFUSE) {
-                ++refusals;
-                EXPECT_TRUE(udp && port == 443 && target && quic && !isDaemon) << where;
-                EXPECT_EQ(o.counter, static_cast<__u32>(AG_CNT_UDP_REFUSED)) << where;
-              }
-              if (o.verdict == AG_PASS) {
-                // Every pass is explained by a counter naming a skip.
-                EXPECT_TRUE(o.counter == AG_CNT_SKIP_DAEMON || o.counter == AG_CNT_SKIP_PORT ||
-                            o.counter == AG_CNT_SKIP_NOT_TCP || o.counter == AG_CNT_SKIP_NOT_TARGET)
-                    << where << " counter=" << o.counter;
-              }
+          ASSERT_TRUE(o.verdict == AG_PASS || o.verdict == AG_REDIRECT || o.verdict == AG_REFUSE) << where;
+          if (o.verdict == AG_REDIRECT) {
+            ++redirects;
+            EXPECT_TRUE(tcp && port == 443 && target) << where;
+            EXPECT_EQ(o.counter, kNoCounter) << where;
+          }
+          if (o.verdict == AG_REFUSE) {
+            ++refusals;
+            EXPECT_TRUE(udp && port == 443 && target && quic) << where;
+            EXPECT_EQ(o.counter, static_cast<__u32>(AG_CNT_UDP_REFUSED)) << where;
+          }
+          if (o.verdict == AG_PASS) {
+            // Every pass is explained by a counter naming a skip.
+            EXPECT_TRUE(o.counter == AG_CNT_SKIP_PORT || o.counter == AG_CNT_SKIP_NOT_TCP ||
+                        o.counter == AG_CNT_SKIP_NOT_TARGET)
+                << where << " counter=" << o.counter;
+          }
 
-              // The exact expectation, branch order included.
-              int wantVerdict;
-              __u32 wantCounter;
-              if (isDaemon) {
-                wantVerdict = AG_PASS, wantCounter = AG_CNT_SKIP_DAEMON;
-              } else if (port != 443) {
-                wantVerdict = AG_PASS, wantCounter = AG_CNT_SKIP_PORT;
-              } else if (!tcp) {
-                if (udp && target && quic)
-                  wantVerdict = AG_REFUSE, wantCounter = AG_CNT_UDP_REFUSED;
-                else
-                  wantVerdict = AG_PASS, wantCounter = AG_CNT_SKIP_NOT_TCP;
-              } else if (!target) {
-                wantVerdict = AG_PASS, wantCounter = AG_CNT_SKIP_NOT_TARGET;
-              } else {
-                wantVerdict = AG_REDIRECT, wantCounter = kNoCounter;
-              }
-              EXPECT_EQ(o.verdict, wantVerdict) << where;
-              EXPECT_EQ(o.counter, wantCounter) << where;
-            }
+          // The exact expectation, branch order included.
+          int wantVerdict;
+          __u32 wantCounter;
+          if (port != 443) {
+            wantVerdict = AG_PASS, wantCounter = AG_CNT_SKIP_PORT;
+          } else if (!tcp) {
+            if (udp && target && quic)
+              wantVerdict = AG_REFUSE, wantCounter = AG_CNT_UDP_REFUSED;
+            else
+              wantVerdict = AG_PASS, wantCounter = AG_CNT_SKIP_NOT_TCP;
+          } else if (!target) {
+            wantVerdict = AG_PASS, wantCounter = AG_CNT_SKIP_NOT_TARGET;
+          } else {
+            wantVerdict = AG_REDIRECT, wantCounter = kNoCounter;
+          }
+          EXPECT_EQ(o.verdict, wantVerdict) << where;
+          EXPECT_EQ(o.counter, wantCounter) << where;
+        }
 
-  // Redirect: tcp, 443, target, any quic, not the daemon (2 quic x 5
-  // non-daemon (daemon, tgid) pairs); refuse: udp, 443, target, quic.
-  EXPECT_EQ(cases, 10 * 8 * 2 * 2 * 2 * 3);
-  EXPECT_EQ(redirects, 2 * 5);
-  EXPECT_EQ(refusals, 5);
+  // Redirect: tcp, 443, target, any quic; refuse: udp, 443, target, quic.
+  // (No case is exempt by pid: the facts carry none.)
+  EXPECT_EQ(cases, 10 * 8 * 2 * 2);
+  EXPECT_EQ(redirects, 2);
+  EXPECT_EQ(refusals, 1);
 }
 
 }  // namespace
 
 // intercept: all-tls redirects every TCP/443 connection, target or not, and
-// nothing else: other ports, UDP and the daemon stay as they were.
+// nothing else: other ports and UDP stay as they were.
 TEST(Decide, InterceptAllRedirectsEveryTcp443) {
   auto all = [](ag_conn_facts f) {
     f.intercept_all = 1;
     return f;
   };
-  auto o = decide(all(facts(kOther, kDaemon, AG_SOCK_STREAM, 443, false, true)));
+  auto o = decide(all(facts(AG_SOCK_STREAM, 443, false, true)));
   EXPECT_EQ(o.verdict, AG_REDIRECT);
   EXPECT_EQ(o.counter, static_cast<__u32>(AG_CNT_REDIRECTED_ANY));
-  o = decide(all(facts(kOther, kDaemon, AG_SOCK_STREAM, 443, true, true)));
+  o = decide(all(facts(AG_SOCK_STREAM, 443, true, true)));
   EXPECT_EQ(o.verdict, AG_REDIRECT);
-  o = decide(all(facts(kOther, kDaemon, AG_SOCK_STREAM, 80, false, true)));
+  o = decide(all(facts(AG_SOCK_STREAM, 80, false, true)));
   EXPECT_EQ(o.verdict, AG_PASS);
-  o = decide(all(facts(kOther, kDaemon, AG_SOCK_DGRAM, 443, false, true)));
+  o = decide(all(facts(AG_SOCK_DGRAM, 443, false, true)));
   EXPECT_EQ(o.verdict, AG_PASS);
-  o = decide(all(facts(kDaemon, kDaemon, AG_SOCK_STREAM, 443, false, true)));
-  EXPECT_EQ(o.verdict, AG_PASS);
-  EXPECT_EQ(o.counter, static_cast<__u32>(AG_CNT_SKIP_DAEMON));
 }

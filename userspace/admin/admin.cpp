@@ -7,12 +7,12 @@
 
 #include "common/log.h"
 #include "common/text.h"
-#include "daemon/health.h"
-#include "proxy/asio.h"
+#include "health/health.h"
+#include "net/asio.h"
 
 namespace atlasgate::admin {
 
-using namespace proxy;  // asio, beast, http, tcp, kUseTuple
+using namespace net;  // asio, beast, http, tcp, kUseTuple
 
 namespace {
 
@@ -32,7 +32,7 @@ std::string healthBody(const std::vector<std::string>& problems) {
   std::string out = "degraded: ";
   for (std::size_t i = 0; i < problems.size(); ++i) {
     if (i) out += "; ";
-    out += daemon::reasonForOutput(problems[i]);  // escaped again if it must be
+    out += health::reasonForOutput(problems[i]);  // escaped again if it must be
   }
   out += "\n";
   return out;

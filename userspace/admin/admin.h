@@ -8,7 +8,7 @@
 // while it restarts every agent fails closed).
 // /healthz: 200 "ok", or 503 "degraded: <reason>; <reason>" naming each
 // problem (stale attachment, configured cgroup missing, agent namespace
-// without listener: see daemon/health.h). Reasons hold cgroup paths and
+// without listener: see health/health.h). Reasons hold cgroup paths and
 // namespace inodes, escaped, never a secret (a readiness probe).
 //
 // /metrics names agents and credentials (service-account client ids). With a

@@ -1,5 +1,7 @@
 #include "bpf/loader.h"
 
+#include "common/fd.h"
+
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <sys/file.h>
@@ -51,19 +53,7 @@ const Hook kHooks[] = {
     {"ag_sock_create", [](ag_bpf* s) { return s->progs.ag_sock_create; }},
 };
 
-class Fd {
- public:
-  explicit Fd(int fd) : fd_(fd) {}
-  ~Fd() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  int get() const { return fd_; }
-
- private:
-  int fd_;
-};
+using Fd = UniqueFd;
 
 int libbpfLog(enum libbpf_print_level level, const char* format, va_list args) {
   // libbpf's debug output is a page per load: only on request.
@@ -251,20 +241,29 @@ Result<void> Loader::lockPinRoot() {
   return {};
 }
 
-Result<void> Loader::setAnchor() {
-  auto anchor = cgroupId(mount_);
-  if (!anchor) return anchor.error();
+template <class Fn>
+Result<void> Loader::updateControl(std::string_view what, Fn&& change) {
+  // The daemon is the map's only writer (the flock on the pin root).
   __u32 zero = 0;
   ag_control ctl{};
   int fd = bpf_map__fd(skel_->maps.ag_control);
   bpf_map_lookup_elem(fd, &zero, &ctl);  // a pinned map keeps its generation and seed
-  ctl.anchor_id = *anchor;
-  ctl.gen += 1;
-  if (ctl.seed == 0 && ::getrandom(&ctl.seed, sizeof ctl.seed, 0) != sizeof ctl.seed)
-    return sysError(errno, "getrandom");
-  seed_ = ctl.seed;
-  if (bpf_map_update_elem(fd, &zero, &ctl, BPF_ANY) != 0) return sysError(errno, "set the membership anchor");
+  if (auto r = change(ctl); !r) return r;
+  if (bpf_map_update_elem(fd, &zero, &ctl, BPF_ANY) != 0) return sysError(errno, "{}", what);
   return {};
+}
+
+Result<void> Loader::setAnchor() {
+  auto anchor = cgroupId(mount_);
+  if (!anchor) return anchor.error();
+  return updateControl("set the membership anchor", [&](ag_control& ctl) -> Result<void> {
+    ctl.anchor_id = *anchor;
+    ctl.gen += 1;
+    if (ctl.seed == 0 && ::getrandom(&ctl.seed, sizeof ctl.seed, 0) != sizeof ctl.seed)
+      return sysError(errno, "getrandom");
+    seed_ = ctl.seed;
+    return {};
+  });
 }
 
 void Loader::restoreMembers(const std::vector<std::string>& previous) {
@@ -290,18 +289,20 @@ void Loader::restoreMembers(const std::vector<std::string>& previous) {
   if (!have.empty() && have.size() != paths.size())
     log::info("restored {} attached path(s) into the re-created members map", restored);
   bumpGeneration();
+  // From here on the record follows every write; start it from what the
+  // map holds now (entries kept that could not be attached again included).
+  members_.clear();
+  for (auto& [k, rel] : memberEntries()) members_.insert(rel.empty() ? mount_ : mount_ + "/" + rel);
 }
 
 void Loader::bumpGeneration() {
-  // The daemon is the map's only writer; the programs read gen before the
-  // members map (bpf/member.h), so the update must land after the change.
-  __u32 zero = 0;
-  ag_control ctl{};
-  int fd = bpf_map__fd(skel_->maps.ag_control);
-  bpf_map_lookup_elem(fd, &zero, &ctl);
-  ctl.gen += 1;
-  if (bpf_map_update_elem(fd, &zero, &ctl, BPF_ANY) != 0)
-    log::warn("bump the membership generation: {}", std::strerror(errno));
+  // The programs read gen before the members map (bpf/member.h), so the
+  // update must land after the change.
+  auto r = updateControl("bump the membership generation", [](ag_control& ctl) -> Result<void> {
+    ctl.gen += 1;
+    return {};
+  });
+  if (!r) log::warn("{}", r.error().message);
 }
 
 Result<void> Loader::attachRoot() {
@@ -334,8 +335,7 @@ Result<void> Loader::attachRoot() {
     links_.push_back(link);
   }
   if (adopted) log::info("re-used {} pinned hook link(s) from a previous run", adopted);
-  auto kept = attachments();
-  if (!kept.empty()) log::info("{} attached cgroup path(s) kept in the pinned members map", kept.size());
+  if (!members_.empty()) log::info("{} attached cgroup path(s) kept in the pinned members map", members_.size());
   return {};
 }
 
@@ -473,8 +473,12 @@ Result<void> Loader::attach(const std::string& cgroupPath, bool mustExist) {
   std::uint64_t key = memberPathHash(*rel, seed_);
   int fd = bpf_map__fd(skel_->maps.ag_members);
   ag_member m{};
+  const std::string path = mount_ + "/" + *rel;
   if (bpf_map_lookup_elem(fd, &key, &m) == 0) {
-    if (std::string_view(m.path, std::min<std::size_t>(m.len, sizeof m.path)) == *rel) return {};
+    if (std::string_view(m.path, std::min<std::size_t>(m.len, sizeof m.path)) == *rel) {
+      members_.insert(path);
+      return {};
+    }
     return makeError("cgroup {}: its path hash is taken by {} (rename one of them)", cgroupPath,
                      std::string_view(m.path, std::min<std::size_t>(m.len, sizeof m.path)));
   }
@@ -482,6 +486,7 @@ Result<void> Loader::attach(const std::string& cgroupPath, bool mustExist) {
   m.len = static_cast<__u32>(rel->size());
   std::memcpy(m.path, rel->data(), rel->size());
   if (bpf_map_update_elem(fd, &key, &m, BPF_NOEXIST) != 0) return sysError(errno, "attach cgroup {}", cgroupPath);
+  members_.insert(path);
   bumpGeneration();
   if (id)
     log::info("attached to cgroup {} (id {})", cgroupPath, *id);
@@ -500,6 +505,7 @@ Result<void> Loader::detach(const std::string& cgroupPath) {
       std::string_view(m.path, std::min<std::size_t>(m.len, sizeof m.path)) != *rel)
     return makeError("cgroup {} is not attached", cgroupPath);
   if (bpf_map_delete_elem(fd, &key) != 0) return sysError(errno, "detach cgroup {}", cgroupPath);
+  members_.erase(mount_ + "/" + *rel);
   bumpGeneration();
   log::info("detached from cgroup {}", cgroupPath);
   return {};
@@ -520,14 +526,17 @@ std::vector<std::pair<std::uint64_t, std::string>> Loader::memberEntries() const
   return out;
 }
 
+std::vector<std::string> Loader::attachedPaths() const {
+  return {members_.begin(), members_.end()};
+}
+
 std::vector<Attachment> Loader::attachments() const {
   std::vector<Attachment> out;
-  for (const auto& [key, rel] : memberEntries()) {
-    std::string path = rel.empty() ? mount_ : mount_ + "/" + rel;
+  out.reserve(members_.size());
+  for (const auto& path : members_) {
     auto id = cgroupId(path);
     out.push_back({path, id ? *id : 0});
   }
-  std::sort(out.begin(), out.end(), [](const Attachment& a, const Attachment& b) { return a.path < b.path; });
   return out;
 }
 
@@ -612,6 +621,28 @@ Result<void> Loader::setTargets(const std::map<std::string, ag_target>& given) {
   }
   targets_ = addresses;
   return {};
+}
+
+ag_flow_key flowKey(const sockaddr* peer, std::uint64_t netnsCookie) {
+  ag_flow_key key{};
+  key.netns_cookie = netnsCookie;
+  if (peer->sa_family == AF_INET) {
+    const auto* in = reinterpret_cast<const sockaddr_in*>(peer);
+    key.family = AG_AF_INET;
+    key.port = ntohs(in->sin_port);
+    std::memcpy(key.addr, &in->sin_addr, 4);
+  } else if (peer->sa_family == AF_INET6) {
+    const auto* in6 = reinterpret_cast<const sockaddr_in6*>(peer);
+    key.port = ntohs(in6->sin6_port);
+    if (IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr)) {
+      key.family = AG_AF_INET;
+      std::memcpy(key.addr, &in6->sin6_addr.s6_addr[12], 4);
+    } else {
+      key.family = AG_AF_INET6;
+      std::memcpy(key.addr, &in6->sin6_addr, 16);
+    }
+  }
+  return key;
 }
 
 std::optional<ag_origin> Loader::takeFlow(const ag_flow_key& key) {

@@ -21,11 +21,15 @@
 // earlier layout (links/<cgroup id>-<prog>, one set per attached cgroup) are
 // turned into members and retired once the root links stand.
 
+#include <netinet/in.h>
+#include <sys/socket.h>
+
 #include <array>
 #include <cstdint>
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -55,6 +59,8 @@ Result<std::uint64_t> currentNetnsCookie();
 
 struct LoaderOptions {
   std::uint16_t proxyPort = 15443;
+  // Only spares the daemon's own dials to targets the skip_not_member count:
+  // the daemon is never a member (its cgroup cannot be attached).
   std::uint32_t daemonTgid = 0;
   bool refuseQuic = true;
   bool interceptAll = false;  // intercept: all-tls
@@ -65,6 +71,20 @@ struct Attachment {
   std::string path;  // absolute cgroup path
   std::uint64_t cgroupId = 0;  // of the cgroup at that path now; 0 when there is none
 };
+
+// `path` is `root` or a cgroup below it (whole path components: "a/bc" is
+// not below "a/b"). Both absolute, or both relative to the cgroup2 mount,
+// where "" (the mount itself) holds every path.
+inline bool pathWithin(std::string_view path, std::string_view root) {
+  if (root.empty()) return true;
+  return path == root || (path.size() > root.size() && path.substr(0, root.size()) == root && path[root.size()] == '/');
+}
+
+// The flow key of an accepted client (bpf/sockops.bpf.c keys flows the
+// same way): an IPv4 client seen on a dual-stack socket (::ffff:a.b.c.d) is
+// keyed as IPv4. Address families other than AF_INET/AF_INET6 get family 0,
+// which no flow has.
+ag_flow_key flowKey(const sockaddr* peer, std::uint64_t netnsCookie);
 
 // The members map's key for a path relative to the cgroup2 mount, from the
 // secret seed kept in ag_control: the hash bpf/member.h computes in the kernel.
@@ -83,6 +103,10 @@ class Loader {
   Result<void> attach(const std::string& cgroupPath, bool mustExist = true);
   // Remove a path from the members (whether or not its cgroup still exists).
   Result<void> detach(const std::string& cgroupPath);
+  // The attached paths (absolute, sorted), from the loader's own record of
+  // the members map: no map walk, no stat.
+  std::vector<std::string> attachedPaths() const;
+  // The same, each with the id of the cgroup at its path now (one stat each).
   std::vector<Attachment> attachments() const;
   const std::string& cgroupMount() const { return mount_; }
   // The members map key of a path relative to the mount (tests).
@@ -96,6 +120,11 @@ class Loader {
 
   // Looks up and deletes the flow record of an accepted client.
   std::optional<ag_origin> takeFlow(const ag_flow_key& key);
+  // The same from the accepted socket's peer address and the network
+  // namespace it was accepted in: what the proxy asks.
+  std::optional<ag_origin> take(const sockaddr* peer, std::uint64_t netnsCookie) {
+    return takeFlow(flowKey(peer, netnsCookie));
+  }
   // Number of entries in the flows and origins maps (for status and tests).
   std::size_t flowCount() const;
   std::size_t originCount() const;
@@ -117,6 +146,10 @@ class Loader {
   void retireLegacyLinks();
   Result<std::string> relativePath(const std::string& cgroupPath) const;
   void bumpGeneration();
+  // Read-modify-write of the one ag_control entry (a pinned map keeps it):
+  // `change` (Result<void>(ag_control&)) edits it; `what` names a failed write.
+  template <class Fn>
+  Result<void> updateControl(std::string_view what, Fn&& change);
 
   LoaderOptions options_;
   struct ::ag_bpf* skel_ = nullptr;
@@ -127,6 +160,11 @@ class Loader {
   // One link per hook at the cgroup2 root (owned; unpinned only by unpinAll)
   std::vector<struct ::bpf_link*> links_;
   std::map<std::string, ag_target> targets_;  // what the targets maps hold now
+  // The paths the members map holds (absolute), kept with every write of it:
+  // the map is written only here (attach, detach, restoreMembers; one daemon
+  // per pin root). Not locked: the daemon calls the loader from one thread
+  // at a time (start(), then its io_context's only thread).
+  std::set<std::string> members_;
 };
 
 }  // namespace atlasgate::bpf

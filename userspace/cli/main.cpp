@@ -14,7 +14,7 @@
 #include "config/config.h"
 #include "control/control.h"
 #include "daemon/daemon.h"
-#include "daemon/health.h"
+#include "health/health.h"
 #include "policy/policy.h"
 #include "tls/authority.h"
 
@@ -74,7 +74,7 @@ void printStatus(const json::object& o) {
     std::printf("health: %s\n", str(h->as_object().if_contains("state")).c_str());
     if (auto ps = h->as_object().if_contains("problems"); ps && ps->is_array())
       for (const auto& p : ps->as_array())
-        std::printf("  - %s\n", p.is_string() ? daemon::reasonForOutput(p.as_string()).c_str() : str(&p).c_str());
+        std::printf("  - %s\n", p.is_string() ? health::reasonForOutput(p.as_string()).c_str() : str(&p).c_str());
   }
   std::printf("\nattached cgroups:\n");
   for (const auto& a : o.at("attached").as_array())
@@ -113,6 +113,103 @@ void printStatus(const json::object& o) {
   for (const auto& [k, v] : o.at("bpf").as_object())
     std::printf("  %-28s %s\n", str(k).c_str(), str(&v).c_str());
   std::printf("\napprovals pending: %s\n", str(o.if_contains("approvals_pending")).c_str());
+}
+
+struct ExplainArgs {
+  std::string agent;
+  std::string bodyFile;
+  std::string host;
+};
+
+// atlasgate check [--explain METHOD PATH]: the config and its rule table, or
+// which rule decides one request, and why.
+int runCheck(const std::string& configPath, const std::vector<std::string>& explain, const ExplainArgs& args) {
+  auto cfg = config::loadConfig(configPath);
+  if (!cfg) return fail(cfg.error().message);
+  auto pol = policy::Policy::compile(cfg->rules);
+  if (!pol) return fail(pol.error().message);
+  if (explain.empty()) {
+    std::printf("%s: OK\n\n%s\n%s", configPath.c_str(), config::describeConfig(*cfg).c_str(),
+                (*pol)->table().c_str());
+    return 0;
+  }
+  std::string body;
+  if (!args.bodyFile.empty()) {
+    std::ifstream in(args.bodyFile);
+    if (!in) return fail("cannot read " + args.bodyFile);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    body = ss.str();
+  }
+  policy::Request req;
+  req.method = explain[0];
+  req.target = explain[1];
+  req.host = args.host.empty() ? cfg->targets.front().host : args.host;
+  req.agent = args.agent;
+  if (!args.bodyFile.empty()) req.body = std::string_view(body);
+  std::printf("%s", (*pol)->explain(req).render().c_str());
+  return 0;
+}
+
+int runCa(const std::string& configPath) {
+  std::string stateDir = "/var/lib/atlasgate";
+  if (::access(configPath.c_str(), R_OK) == 0) {
+    auto cfg = config::loadConfig(configPath);
+    if (!cfg) return fail(cfg.error().message);
+    stateDir = cfg->stateDir;
+  }
+  auto p = tls::caPaths(stateDir);
+  std::printf("ca_cert: %s\ntrust_bundle: %s\n", p.caCert.c_str(), p.trustBundle.c_str());
+  if (::access(p.caCert.c_str(), R_OK) != 0)
+    std::fprintf(stderr, "(not created yet: the daemon creates them on its first start)\n");
+  return 0;
+}
+
+void printApprovals(const json::array& list) {
+  if (list.empty()) std::printf("no requests are waiting for approval\n");
+  for (const auto& a : list) {
+    const auto& ao = a.as_object();
+    std::printf("%s  %s %s %s  agent %s  rule %s  waiting %ss of %ss\n", str(ao.if_contains("id")).c_str(),
+                str(ao.if_contains("method")).c_str(), str(ao.if_contains("host")).c_str(),
+                str(ao.if_contains("path")).c_str(), str(ao.if_contains("agent")).c_str(),
+                str(ao.if_contains("rule")).c_str(), str(ao.if_contains("waiting_s")).c_str(),
+                str(ao.if_contains("timeout_s")).c_str());
+    if (auto b = ao.if_contains("body"); b && b->is_string() && !b->as_string().empty()) {
+      // Only the start of the body is sent, after its leading
+      // whitespace: say how big it is, what was skipped, and mark the cut.
+      auto bytes = ao.if_contains("body_bytes");
+      auto blanks = ao.if_contains("body_leading_whitespace");
+      auto cut = ao.if_contains("body_truncated");
+      bool truncated = cut && cut->is_bool() && cut->as_bool();
+      std::string about = bytes ? str(bytes) + " bytes" : "size unknown";
+      if (blanks && blanks->is_number() && blanks->to_number<double>() > 0)
+        about += ", after " + str(blanks) + " bytes of leading whitespace";
+      if (truncated) about += ", only the start shown";
+      std::printf("    body (%s): %s%s\n", about.c_str(), str(b).c_str(), truncated ? " [truncated]" : "");
+    }
+  }
+}
+
+// atlasgate approvals [allow|deny ID]
+int runApprovals(const std::string& socket, const std::vector<std::string>& decision, bool asJson) {
+  if (decision.empty()) {
+    auto o = ask(socket, {{"cmd", "approvals"}});
+    if (!o) return 1;
+    if (asJson)
+      printJson(*o);
+    else
+      printApprovals(o->at("approvals").as_array());
+    return 0;
+  }
+  if (decision.size() != 2 || (decision[0] != "allow" && decision[0] != "deny"))
+    return fail("usage: atlasgate approvals [allow|deny ID]");
+  char* end = nullptr;
+  long long id = std::strtoll(decision[1].c_str(), &end, 10);
+  if (!end || *end || id <= 0) return fail("approval ID must be a positive number");
+  auto o = ask(socket, {{"cmd", "decide"}, {"id", id}, {"allow", decision[0] == "allow"}});
+  if (!o) return 1;
+  std::printf("request %lld %s\n", id, decision[0] == "allow" ? "allowed" : "denied");
+  return 0;
 }
 
 }  // namespace
@@ -163,48 +260,8 @@ int main(int argc, char** argv) {
 
   if (daemonCmd->parsed()) return daemon::run({configPath, runDir});
 
-  if (checkCmd->parsed()) {
-    auto cfg = config::loadConfig(configPath);
-    if (!cfg) return fail(cfg.error().message);
-    auto pol = policy::Policy::compile(cfg->rules);
-    if (!pol) return fail(pol.error().message);
-    if (explain.empty()) {
-      std::printf("%s: OK\n\n%s\n%s", configPath.c_str(), config::describeConfig(*cfg).c_str(),
-                  (*pol)->table().c_str());
-      return 0;
-    }
-    std::string body;
-    if (!explainBody.empty()) {
-      std::ifstream in(explainBody);
-      if (!in) return fail("cannot read " + explainBody);
-      std::stringstream ss;
-      ss << in.rdbuf();
-      body = ss.str();
-    }
-    policy::Request req;
-    req.method = explain[0];
-    req.target = explain[1];
-    req.host = explainHost.empty() ? cfg->targets.front().host : explainHost;
-    req.agent = explainAgent;
-    if (!explainBody.empty()) req.body = std::string_view(body);
-    std::printf("%s", (*pol)->explain(req).render().c_str());
-    return 0;
-  }
-
-  if (caCmd->parsed()) {
-    std::string stateDir = "/var/lib/atlasgate";
-    if (::access(configPath.c_str(), R_OK) == 0) {
-      auto cfg = config::loadConfig(configPath);
-      if (!cfg) return fail(cfg.error().message);
-      stateDir = cfg->stateDir;
-    }
-    auto p = tls::caPaths(stateDir);
-    std::printf("ca_cert: %s\ntrust_bundle: %s\n", p.caCert.c_str(), p.trustBundle.c_str());
-    if (::access(p.caCert.c_str(), R_OK) != 0)
-      std::fprintf(stderr, "(not created yet: the daemon creates them on its first start)\n");
-    return 0;
-  }
-
+  if (checkCmd->parsed()) return runCheck(configPath, explain, {explainAgent, explainBody, explainHost});
+  if (caCmd->parsed()) return runCa(configPath);
   if (statusCmd->parsed()) {
     auto o = ask(socket, {{"cmd", "status"}});
     if (!o) return 1;
@@ -222,50 +279,7 @@ int main(int argc, char** argv) {
     return 0;
   }
 
-  if (approvalsCmd->parsed()) {
-    if (decision.empty()) {
-      auto o = ask(socket, {{"cmd", "approvals"}});
-      if (!o) return 1;
-      if (asJson) {
-        printJson(*o);
-        return 0;
-      }
-      const auto& list = o->at("approvals").as_array();
-      if (list.empty()) std::printf("no requests are waiting for approval\n");
-      for (const auto& a : list) {
-        const auto& ao = a.as_object();
-        std::printf("%s  %s %s %s  agent %s  rule %s  waiting %ss of %ss\n", str(ao.if_contains("id")).c_str(),
-                    str(ao.if_contains("method")).c_str(), str(ao.if_contains("host")).c_str(),
-                    str(ao.if_contains("path")).c_str(), str(ao.if_contains("agent")).c_str(),
-                    str(ao.if_contains("rule")).c_str(), str(ao.if_contains("waiting_s")).c_str(),
-                    str(ao.if_contains("timeout_s")).c_str());
-        if (auto b = ao.if_contains("body"); b && b->is_string() && !b->as_string().empty()) {
-          // Only the start of the body is sent, after its leading
-          // whitespace: say how big it is, what was skipped, and mark the cut.
-          auto bytes = ao.if_contains("body_bytes");
-          auto blanks = ao.if_contains("body_leading_whitespace");
-          auto cut = ao.if_contains("body_truncated");
-          bool truncated = cut && cut->is_bool() && cut->as_bool();
-          std::string about = bytes ? str(bytes) + " bytes" : "size unknown";
-          if (blanks && blanks->is_number() && blanks->to_number<double>() > 0)
-            about += ", after " + str(blanks) + " bytes of leading whitespace";
-          if (truncated) about += ", only the start shown";
-          std::printf("    body (%s): %s%s\n", about.c_str(), str(b).c_str(), truncated ? " [truncated]" : "");
-        }
-      }
-      return 0;
-    }
-    if (decision.size() != 2 || (decision[0] != "allow" && decision[0] != "deny"))
-      return fail("usage: atlasgate approvals [allow|deny ID]");
-    char* end = nullptr;
-    long long id = std::strtoll(decision[1].c_str(), &end, 10);
-    if (!end || *end || id <= 0) return fail("approval ID must be a positive number");
-    auto o = ask(socket, {{"cmd", "decide"}, {"id", id}, {"allow", decision[0] == "allow"}});
-    if (!o) return 1;
-    std::printf("request %lld %s\n", id, decision[0] == "allow" ? "allowed" : "denied");
-    return 0;
-  }
-
+  if (approvalsCmd->parsed()) return runApprovals(socket, decision, asJson);
   if (reloadCmd->parsed()) {
     auto o = ask(socket, {{"cmd", "reload"}});
     if (!o) return 1;

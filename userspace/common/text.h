@@ -108,6 +108,21 @@ inline bool isHazardous(char32_t c) {
 }
 
 // ASCII whitespace: space, \t, \n, \r, \v, \f.
+// ASCII case-insensitive equality (header names, auth schemes, tokens). Not
+// boost::beast::iequals: in Boost 1.81 it reads one byte past the end when
+// the strings differ only in the case of their last character (found by
+// fuzz_oauth).
+inline bool iequals(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) return false;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    unsigned char x = static_cast<unsigned char>(a[i]), y = static_cast<unsigned char>(b[i]);
+    if (x >= 'A' && x <= 'Z') x = static_cast<unsigned char>(x + ('a' - 'A'));
+    if (y >= 'A' && y <= 'Z') y = static_cast<unsigned char>(y + ('a' - 'A'));
+    if (x != y) return false;
+  }
+  return true;
+}
+
 inline bool isAsciiBlank(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f'; }
 
 namespace detail {

@@ -1,8 +1,6 @@
 #include "config/config.h"
-#include "discovery/containers.h"
-#include "discovery/pods.h"
 
-#include <boost/regex.hpp>
+#include "common/fd.h"
 
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -20,10 +18,16 @@
 #include <cstdlib>
 #include <initializer_list>
 #include <iterator>
+#include <limits>
 #include <map>
 #include <regex>
-#include <set>
+#include <span>
+#include <type_traits>
 #include <utility>
+#include <variant>
+
+#include "common/text.h"
+#include "labels/labels.h"
 
 namespace atlasgate::config {
 
@@ -51,7 +55,7 @@ std::string Credential::describe() const {
 
 namespace {
 
-using Names = std::initializer_list<std::string_view>;
+using Names = std::vector<std::string_view>;
 
 // Loading is a long run of checks, any of which ends it with one message. An
 // exception keeps every check to one line; it never leaves this file, because
@@ -283,43 +287,6 @@ std::optional<std::string> jsonNumber(const std::string& s) {
 // A value to compare against the request body, as JSON text. Plain scalars
 // keep the type YAML gives them (numbers, true/false, null); anything quoted
 // or tagged !!str, and every other plain scalar, is a string.
-// Well-formed UTF-8 (no overlongs, surrogates or code points past U+10FFFF):
-// condition values become JSON text, which must be UTF-8.
-bool validUtf8(std::string_view s) {
-  for (std::size_t i = 0; i < s.size();) {
-    auto c = static_cast<unsigned char>(s[i]);
-    if (c < 0x80) {
-      ++i;
-      continue;
-    }
-    std::size_t n;
-    std::uint32_t cp;
-    if ((c >> 5) == 0x6) {
-      n = 1;
-      cp = c & 0x1F;
-    } else if ((c >> 4) == 0xE) {
-      n = 2;
-      cp = c & 0x0F;
-    } else if ((c >> 3) == 0x1E) {
-      n = 3;
-      cp = c & 0x07;
-    } else {
-      return false;
-    }
-    if (i + n >= s.size()) return false;  // truncated sequence
-    for (std::size_t k = 1; k <= n; ++k) {
-      auto cc = static_cast<unsigned char>(s[i + k]);
-      if ((cc & 0xC0) != 0x80) return false;
-      cp = (cp << 6) | (cc & 0x3F);
-    }
-    if ((n == 1 && cp < 0x80) || (n == 2 && cp < 0x800) || (n == 3 && cp < 0x10000) || cp > 0x10FFFF ||
-        (cp >= 0xD800 && cp <= 0xDFFF))
-      return false;
-    i += n + 1;
-  }
-  return true;
-}
-
 std::string jsonValue(const YAML::Node& n) {
   if (n.IsNull()) return "null";
   const std::string& s = n.Scalar();
@@ -378,13 +345,162 @@ std::string located(const std::string& file, const YAML::Mark& m, std::string_vi
   return fmt::format("{}:{}:{}: {}", file, line, column, message);
 }
 
+// ---- schema tables --------------------------------------------------------
+//
+// A flat section (a map of keys to scalars and lists) is a table with one row
+// per key, and the row is the only place its key is spelled: it drives the
+// allowed keys (and the "unknown key" message), parsing and validation,
+// describeConfig() and schemaKeys() (which a unit test holds against the
+// README's table). A row stores through a member pointer; what no member
+// pointer can take (a section of its own, an enum) goes through Custom.
+
+class Parser;
+
+enum class Kind {
+  String,    // any string
+  NonEmpty,  // a string other than ""
+  Path,      // an absolute path
+  LogPath,   // an absolute path, or "-" for stdout
+  Address,   // ADDRESS:PORT
+  Choice,    // one of Row::choices
+  Bool,      // true or false
+  Uint,      // an integer within Row::bounds
+  Port,      // an integer from 1 to 65535
+  Duration,  // 30s, 2m, 1h, 500ms; within Row::bounds (seconds) when they are set
+  List,      // a list of strings
+  PathList,  // a list of absolute paths
+  Section,   // a map of its own
+};
+
+std::string_view kindName(Kind k) {
+  switch (k) {
+    case Kind::String: return "string";
+    case Kind::NonEmpty: return "non-empty string";
+    case Kind::Path: return "path";
+    case Kind::LogPath: return "path or -";
+    case Kind::Address: return "ADDRESS:PORT";
+    case Kind::Choice: return "choice";
+    case Kind::Bool: return "bool";
+    case Kind::Uint: return "integer";
+    case Kind::Port: return "port";
+    case Kind::Duration: return "duration";
+    case Kind::List: return "list";
+    case Kind::PathList: return "list of paths";
+    case Kind::Section: return "section";
+  }
+  return "?";
+}
+
+// Inclusive. {0, 0}: the kind's own (Port: 1 to 65535; Duration: 1s to a year).
+struct Bounds {
+  std::uint64_t min = 0;
+  std::uint64_t max = 0;
+};
+
+template <class S>
+struct Row;
+
+// What a row stores through when a member pointer will not do: a section of
+// its own (parse, describe, keys), or a type the kinds do not store (value).
+template <class S>
+struct Custom {
+  void (*parse)(const Parser&, const Row<S>&, const Field&, S&);
+  std::string (*value)(const Row<S>&, const S&) = nullptr;  // as YAML spells it (schemaKeys' default)
+  void (*describe)(const S&, std::string& out) = nullptr;   // its lines of describeConfig()
+  void (*keys)(const std::string& path, std::vector<SchemaKey>& out) = nullptr;  // a section's own rows
+};
+
+template <class S>
+using Slot = std::variant<std::string S::*, std::optional<std::string> S::*, std::vector<std::string> S::*,
+                          bool S::*, std::uint16_t S::*, std::uint32_t S::*, std::uint64_t S::*,
+                          std::chrono::seconds S::*, std::chrono::milliseconds S::*, Custom<S>>;
+
+// Validation beyond the kind, with the section as parsed so far: called once
+// the value is stored, or for a list on each item as it is.
+template <class S>
+using Check = void (*)(const Parser&, const Field&, const S&);
+
+template <class S>
+struct Row {
+  std::string_view key;
+  Slot<S> slot;
+  Kind kind;
+  Bounds bounds = {};
+  std::span<const std::string_view> choices = {};
+  Check<S> check = nullptr;
+  bool nullable = false;       // "key: ~" keeps the default
+  bool required = false;       // leaving the key out is an error
+  std::string_view show = {};  // describeConfig(): "{}" is the value; "" = not shown
+  std::string_view doc = {};
+};
+
+template <class S>
+struct Table {
+  std::span<const Row<S>> rows;
+  std::string_view show = {};  // describeConfig(): the prefix of the section's line
+  void (*after)(const Parser&, const Field& section, const S&) = nullptr;  // checks across keys
+};
+
+template <class T>
+struct MemberOf;
+template <class S, class M>
+struct MemberOf<M S::*> {
+  using type = M;
+};
+
+template <class T>
+constexpr bool isDuration = std::is_same_v<T, std::chrono::seconds> || std::is_same_v<T, std::chrono::milliseconds>;
+
+// A row's kind fits the member it stores into, and integer bounds fit its type.
+template <class S>
+constexpr bool wellFormed(const Row<S>& row) {
+  return std::visit(
+      [&](auto slot) {
+        using T = decltype(slot);
+        if constexpr (std::is_same_v<T, Custom<S>>) {
+          return slot.parse != nullptr;
+        } else {
+          using M = typename MemberOf<T>::type;
+          if constexpr (std::is_same_v<M, bool>) {
+            return row.kind == Kind::Bool;
+          } else if constexpr (std::is_integral_v<M>) {
+            if (row.kind == Kind::Port) return std::is_same_v<M, std::uint16_t>;
+            return row.kind == Kind::Uint && row.bounds.min <= row.bounds.max && row.bounds.max != 0 &&
+                   row.bounds.max <= std::numeric_limits<M>::max();
+          } else if constexpr (isDuration<M>) {
+            return row.kind == Kind::Duration && row.bounds.min <= row.bounds.max;
+          } else if constexpr (std::is_same_v<M, std::vector<std::string>>) {
+            return row.kind == Kind::List || row.kind == Kind::PathList;
+          } else {
+            return row.kind == Kind::String || row.kind == Kind::NonEmpty || row.kind == Kind::Path ||
+                   row.kind == Kind::LogPath || row.kind == Kind::Address ||
+                   (row.kind == Kind::Choice && !row.choices.empty());
+          }
+        }
+      },
+      row.slot);
+}
+
+template <class S>
+constexpr bool wellFormed(const Table<S>& t) {
+  return std::all_of(t.rows.begin(), t.rows.end(), [](const Row<S>& r) { return wellFormed(r); });
+}
+
+template <class S>
+constexpr Bounds boundsOf(const Row<S>& row) {
+  if (row.kind == Kind::Port) return {1, 65535};
+  if (row.kind == Kind::Duration && row.bounds.max == 0) return {1, kMaxDurationSeconds};
+  return row.bounds;
+}
+
+// ---- the parser -----------------------------------------------------------
+
 class Parser {
  public:
   Parser(std::string file, bool fileIsPrivate) : file_(std::move(file)), fileIsPrivate_(fileIsPrivate) {}
 
   Config parse(const YAML::Node& root) const;
 
- private:
   template <class... Args>
   [[noreturn]] void fail(const YAML::Mark& at, fmt::format_string<Args...> f, Args&&... args) const {
     throw ParseFailure{located(file_, at, fmt::format(f, std::forward<Args>(args)...))};
@@ -399,51 +515,62 @@ class Parser {
   }
 
   // Shapes.
-  Fields fields(const Field& f, Names allowed) const;
+  Fields fields(const Field& f, const Names& allowed) const;
   std::vector<Field> list(const Field& f) const;
   std::vector<Field> oneOrMany(const Field& f) const;
   const Field* require(const Fields& m, std::string_view key, std::string_view hint = {}) const;
-  const Field* exactlyOne(const Fields& m, Names keys, std::string_view what) const;
+  const Field* exactlyOne(const Fields& m, const Names& keys, std::string_view what) const;
 
   // Scalars.
   std::string string(const Field& f) const;
   std::string nonEmpty(const Field& f) const;
+  std::string filter(const Field& f) const;
   std::string name(const Field& f) const;
   std::uint64_t integer(const Field& f, std::uint64_t min, std::uint64_t max) const;
   bool boolean(const Field& f) const;
   std::chrono::seconds duration(const Field& f) const;
   std::string absolutePath(const Field& f) const;
+  std::string adminAddress(const Field& f) const;
+  std::size_t choice(const Field& f, const Names& options) const;
   template <class T>
   T choice(const Field& f, std::initializer_list<std::pair<std::string_view, T>> options) const;
 
-  // Sections.
-  Listen listen(const Field& f) const;
-  std::string adminAddress(const Field& f) const;
-  Agents agents(const Field& f) const;
+  // Sections read from a table.
+  template <class S>
+  void section(const Field& f, const Table<S>& t, S& s) const;
+
+  // Sections that are not flat.
   std::vector<Target> targets(const Field& f) const;
+  Rules rules(const Field& f, const std::vector<Target>& targets) const;
+
+ private:
+  template <class S>
+  void store(const Row<S>& row, const Field& f, S& s) const;
+  template <class S, class M>
+  void assign(const Row<S>& row, const Field& f, const S& s, M& out) const;
+  std::string text(Kind kind, std::span<const std::string_view> choices, const Field& f) const;
+
   Target target(const Field& f, std::map<std::string, int>& hostLines) const;
+  std::vector<std::string> addresses(const Field& f) const;
   std::string dnsName(const Field& f) const;
   std::vector<Credential> credentials(const Field& f) const;
+  Credential namedCredential(const Field& f, std::map<std::string, int>& nameLines) const;
   void credentialKind(const Fields& m, Credential& c) const;
   SecretRef secret(const Fields& m, const std::string& stem) const;
   std::vector<std::string> globs(const Field& f) const;
-  Rules rules(const Field& f, const std::vector<Target>& targets) const;
-  Rule rule(const Field& f, std::size_t index, const std::vector<Target>& targets,
-            std::map<std::string, int>& nameLines) const;
-  std::string pathPattern(const Field& f) const;
-  Condition condition(const Field& f) const;
+  Rule rule(const Field& f, std::size_t index, const std::vector<Target>& targets) const;
+  void ruleAction(const Fields& m, Rule& r) const;
+  void ruleFilters(const Fields& m, const std::vector<Target>& targets, Rule& r) const;
+  std::vector<std::string> ruleHosts(const Field& f, const std::vector<Target>& targets) const;
+  std::string ruleCredential(const Field& f, const Rule& r, const std::vector<Target>& targets) const;
+  Condition condition(const Field& f, const std::string& path, Rule& r) const;
   Rate rate(const Field& f) const;
-  Limits limits(const Field& f) const;
-  BpfOptions bpf(const Field& f) const;
-  Dns dns(const Field& f) const;
-  void discovery(const Field& f, Config& c) const;
-  std::string labelSelector(const Field& f, std::string_view what) const;
 
   std::string file_;
   bool fileIsPrivate_;
 };
 
-Fields Parser::fields(const Field& f, Names allowed) const {
+Fields Parser::fields(const Field& f, const Names& allowed) const {
   Fields out{f, {}};
   if (f.value.IsNull()) return out;  // "key:" with nothing under it: all defaults
   if (!f.value.IsMap()) fail(f, "{}: expected a map, got {}", f.path, typeName(f.value));
@@ -494,7 +621,7 @@ const Field* Parser::require(const Fields& m, std::string_view key, std::string_
 }
 
 // The one key of `keys` present in m; fails when none or several are.
-const Field* Parser::exactlyOne(const Fields& m, Names keys, std::string_view what) const {
+const Field* Parser::exactlyOne(const Fields& m, const Names& keys, std::string_view what) const {
   const Field* found = nullptr;
   for (std::string_view k : keys) {
     const Field* f = m.find(k);
@@ -518,6 +645,14 @@ std::string Parser::string(const Field& f) const {
 std::string Parser::nonEmpty(const Field& f) const {
   std::string s = string(f);
   if (s.empty()) fail(f, "{}: must not be empty", f.path);
+  return s;
+}
+
+// A string that narrows what a rule applies to: "" would read as "any", which
+// leaving the key out already says (see oneOrMany).
+std::string Parser::filter(const Field& f) const {
+  std::string s = string(f);
+  if (s.empty()) fail(f, "{}: is empty; leave {} out to match any", f.path, f.key.Scalar());
   return s;
 }
 
@@ -578,72 +713,6 @@ std::string Parser::absolutePath(const Field& f) const {
   return s;
 }
 
-template <class T>
-T Parser::choice(const Field& f, std::initializer_list<std::pair<std::string_view, T>> options) const {
-  std::vector<std::string_view> names;
-  const std::string given = f.value.IsScalar() ? toLower(f.value.Scalar()) : std::string();
-  for (const auto& [n, v] : options) {
-    if (f.value.IsScalar() && given == n) return v;
-    names.push_back(n);
-  }
-  const std::string suggestion = f.value.IsScalar() ? didYouMean(given, names) : std::string();
-  fail(f, "{}: expected one of {}, got {}{}", f.path, joinNames(names), shown(f.value), suggestion);
-}
-
-// ---- sections -------------------------------------------------------------
-
-Config Parser::parse(const YAML::Node& root) const {
-  if (root.IsNull()) fail(root.Mark(), "the config is empty; at least targets: is required");
-  const Field top{"", YAML::Node(), root};
-  if (!root.IsMap())
-    fail(top, "the config must be a map of settings (listen, targets, rules, ...), got {}", typeName(root));
-  const Fields m =
-      fields(top, {"listen", "state_dir", "audit_log", "log_level", "agents", "targets", "rules", "limits", "bpf", "dns", "intercept", "publish_ca_dir", "discovery"});
-
-  Config c;
-  if (const Field* f = m.find("listen")) c.listen = listen(*f);
-  if (const Field* f = m.find("state_dir")) c.stateDir = absolutePath(*f);
-  if (const Field* f = m.find("publish_ca_dir")) c.publishCaDir = absolutePath(*f);
-  if (const Field* f = m.find("audit_log")) {
-    c.auditLog = string(*f);
-    if (c.auditLog != "-") c.auditLog = absolutePath(*f);
-  }
-  if (const Field* f = m.find("log_level")) {
-    c.logLevel = std::string(
-        choice<std::string_view>(*f, {{"debug", "debug"}, {"info", "info"}, {"warn", "warn"}, {"error", "error"}}));
-  }
-  if (const Field* f = m.find("agents")) c.agents = agents(*f);
-  const Field* targetList = m.find("targets");
-  if (targetList == nullptr) fail(root.Mark(), "targets: is required (at least one target host)");
-  c.targets = targets(*targetList);
-  // Rules refer to target hosts and credentials, so they come after targets
-  // whatever the order in the file.
-  if (const Field* f = m.find("rules")) c.rules = rules(*f, c.targets);
-  if (const Field* f = m.find("limits")) c.limits = limits(*f);
-  if (const Field* f = m.find("bpf")) c.bpf = bpf(*f);
-  if (const Field* f = m.find("dns")) c.dns = dns(*f);
-  if (const Field* f = m.find("discovery")) discovery(*f, c);
-  if (const Field* f = m.find("intercept")) {
-    std::string v = string(*f);
-    if (v == "targets") c.intercept = Intercept::Targets;
-    else if (v == "all-tls") c.intercept = Intercept::AllTls;
-    else fail(*f, "{}: expected one of targets, all-tls, got {}", f->path, shown(f->value));
-  }
-  return c;
-}
-
-Listen Parser::listen(const Field& f) const {
-  const Fields m = fields(f, {"port", "admin", "admin_token_file"});
-  Listen l;
-  if (const Field* p = m.find("port")) l.port = static_cast<std::uint16_t>(integer(*p, 1, 65535));
-  if (const Field* a = m.find("admin"); a != nullptr && !a->value.IsNull()) l.admin = adminAddress(*a);
-  if (const Field* t = m.find("admin_token_file"); t != nullptr && !t->value.IsNull()) {
-    l.adminTokenFile = absolutePath(*t);
-    if (!l.admin) fail(*t, "{}: needs listen.admin (the endpoint it protects)", t->path);
-  }
-  return l;
-}
-
 // ADDRESS:PORT with a literal address (IPv6 in brackets) or "localhost".
 std::string Parser::adminAddress(const Field& f) const {
   const std::string s = string(f);
@@ -668,19 +737,482 @@ std::string Parser::adminAddress(const Field& f) const {
   return s;
 }
 
-Agents Parser::agents(const Field& f) const {
-  const Fields m = fields(f, {"cgroup", "attach"});
-  Agents a;
-  if (const Field* c = m.find("cgroup")) {
-    a.cgroup = nonEmpty(*c);
-    const std::string padded = "/" + a.cgroup + "/";
-    if (padded.find("/../") != std::string::npos) fail(*c, "{}: must not contain \"..\"", c->path);
+// The index of the option f names, compared case-insensitively.
+std::size_t Parser::choice(const Field& f, const Names& options) const {
+  const std::string given = f.value.IsScalar() ? toLower(f.value.Scalar()) : std::string();
+  for (std::size_t i = 0; i < options.size(); ++i) {
+    if (f.value.IsScalar() && given == options[i]) return i;
   }
-  if (const Field* at = m.find("attach")) {
-    for (const Field& item : list(*at)) a.attach.push_back(absolutePath(item));
-  }
-  return a;
+  const std::string suggestion = f.value.IsScalar() ? didYouMean(given, options) : std::string();
+  fail(f, "{}: expected one of {}, got {}{}", f.path, joinNames(options), shown(f.value), suggestion);
 }
+
+template <class T>
+T Parser::choice(const Field& f, std::initializer_list<std::pair<std::string_view, T>> options) const {
+  Names names;
+  for (const auto& option : options) names.push_back(option.first);
+  return std::data(options)[choice(f, names)].second;
+}
+
+// ---- table-driven sections ------------------------------------------------
+
+template <class S>
+void Parser::section(const Field& f, const Table<S>& t, S& s) const {
+  Names keys;
+  for (const Row<S>& row : t.rows) keys.push_back(row.key);
+  const Fields m = fields(f, keys);
+  for (const Row<S>& row : t.rows) {
+    const Field* v = m.find(row.key);
+    if (v == nullptr && row.required) fail(keyMark(f), "{}: is required ({})", childPath(f.path, row.key), row.doc);
+    if (v == nullptr || (row.nullable && v->value.IsNull())) continue;
+    store(row, *v, s);
+  }
+  if (t.after != nullptr) t.after(*this, f, s);
+}
+
+template <class S>
+void Parser::store(const Row<S>& row, const Field& f, S& s) const {
+  std::visit(
+      [&](auto slot) {
+        if constexpr (std::is_same_v<decltype(slot), Custom<S>>) {
+          slot.parse(*this, row, f, s);
+        } else {
+          assign(row, f, s, s.*slot);
+          using M = typename MemberOf<decltype(slot)>::type;
+          if (row.check != nullptr && !std::is_same_v<M, std::vector<std::string>>) row.check(*this, f, s);
+        }
+      },
+      row.slot);
+}
+
+template <class S, class M>
+void Parser::assign(const Row<S>& row, const Field& f, const S& s, M& out) const {
+  if constexpr (std::is_same_v<M, bool>) {
+    out = boolean(f);
+  } else if constexpr (std::is_integral_v<M>) {
+    const Bounds b = boundsOf(row);
+    out = static_cast<M>(integer(f, b.min, b.max));
+  } else if constexpr (isDuration<M>) {
+    const std::chrono::seconds d = duration(f);
+    const Bounds b = row.bounds;
+    if (b.max != 0 && (static_cast<std::uint64_t>(d.count()) < b.min || static_cast<std::uint64_t>(d.count()) > b.max))
+      fail(f, "{}: expected between {}s and {}s", f.path, b.min, b.max);
+    out = d;
+  } else if constexpr (std::is_same_v<M, std::vector<std::string>>) {
+    out.clear();
+    for (const Field& item : list(f)) {
+      out.push_back(text(row.kind == Kind::PathList ? Kind::Path : Kind::String, {}, item));
+      if (row.check != nullptr) row.check(*this, item, s);
+    }
+  } else {
+    out = text(row.kind, row.choices, f);
+  }
+}
+
+std::string Parser::text(Kind kind, std::span<const std::string_view> choices, const Field& f) const {
+  switch (kind) {
+    case Kind::NonEmpty: return nonEmpty(f);
+    case Kind::Path: return absolutePath(f);
+    case Kind::LogPath: return string(f) == "-" ? std::string("-") : absolutePath(f);
+    case Kind::Address: return adminAddress(f);
+    case Kind::Choice: return std::string(choices[choice(f, Names(choices.begin(), choices.end()))]);
+    default: return string(f);
+  }
+}
+
+std::string yesNo(bool b) { return b ? "yes" : "no"; }
+
+std::string joined(const std::vector<std::string>& items, std::string_view none) {
+  return items.empty() ? std::string(none) : fmt::format("{}", fmt::join(items, ", "));
+}
+
+// A row's value as describeConfig() shows it; nullopt leaves the row out.
+template <class S>
+std::optional<std::string> shownValue(const Row<S>& row, const S& s) {
+  return std::visit(
+      [&](auto slot) -> std::optional<std::string> {
+        if constexpr (std::is_same_v<decltype(slot), Custom<S>>) {
+          return std::nullopt;
+        } else {
+          using M = typename MemberOf<decltype(slot)>::type;
+          const M& v = s.*slot;
+          if constexpr (std::is_same_v<M, bool>) return yesNo(v);
+          else if constexpr (std::is_integral_v<M>) return fmt::format("{}", v);
+          else if constexpr (isDuration<M>) return fmt::format("{}", v.count());
+          else if constexpr (std::is_same_v<M, std::vector<std::string>>) return joined(v, "none");
+          else if constexpr (std::is_same_v<M, std::optional<std::string>>) return v.value_or("off");
+          else if (v.empty()) return std::nullopt;
+          else return row.kind == Kind::LogPath && v == "-" ? std::string("stdout") : v;
+        }
+      },
+      row.slot);
+}
+
+// A section's lines: the shown rows of a table make one line (a fragment
+// may start another with "\n"); a nested section ends it and adds its own.
+template <class S>
+void describeTable(const Table<S>& t, const S& s, std::string& out) {
+  std::string line;
+  auto endLine = [&] {
+    if (!line.empty()) out += fmt::format("{}{}\n", t.show, line);
+    line.clear();
+  };
+  for (const Row<S>& row : t.rows) {
+    const auto* custom = std::get_if<Custom<S>>(&row.slot);
+    if (custom != nullptr && custom->describe != nullptr) {
+      endLine();
+      custom->describe(s, out);
+    } else if (!row.show.empty()) {
+      if (auto value = shownValue(row, s)) line += fmt::format(fmt::runtime(row.show), *value);
+    }
+  }
+  endLine();
+}
+
+// A row's default (its value in a default-constructed section), as YAML
+// would spell it.
+template <class S>
+std::string defaultOf(const Row<S>& row) {
+  const S s{};
+  return std::visit(
+      [&](auto slot) -> std::string {
+        if constexpr (std::is_same_v<decltype(slot), Custom<S>>) {
+          return slot.value != nullptr ? slot.value(row, s) : std::string();
+        } else {
+          using M = typename MemberOf<decltype(slot)>::type;
+          const M& v = s.*slot;
+          if constexpr (std::is_same_v<M, bool>) return v ? "true" : "false";
+          else if constexpr (std::is_integral_v<M>) return fmt::format("{}", v);
+          else if constexpr (std::is_same_v<M, std::chrono::seconds>) return fmt::format("{}s", v.count());
+          else if constexpr (std::is_same_v<M, std::chrono::milliseconds>)
+            return v.count() % 1000 == 0 ? fmt::format("{}s", v.count() / 1000) : fmt::format("{}ms", v.count());
+          else if constexpr (std::is_same_v<M, std::vector<std::string>>)
+            return fmt::format("[{}]", fmt::join(v, ", "));
+          else if constexpr (std::is_same_v<M, std::optional<std::string>>) return v.value_or("");
+          else return v;
+        }
+      },
+      row.slot);
+}
+
+template <class S>
+void listKeys(const Table<S>& t, const std::string& prefix, std::vector<SchemaKey>& out) {
+  for (const Row<S>& row : t.rows) {
+    const std::string path = childPath(prefix, row.key);
+    const Bounds b = boundsOf(row);
+    out.push_back(SchemaKey{path, std::string(kindName(row.kind)), defaultOf(row), b.min, b.max, std::string(row.doc)});
+    const auto* custom = std::get_if<Custom<S>>(&row.slot);
+    if (custom != nullptr && custom->keys != nullptr) custom->keys(path, out);
+  }
+}
+
+// A key whose value is a table of its own, stored in member.
+template <class S, class Sub, Sub S::*member, const Table<Sub>& table>
+constexpr Custom<S> nested() {
+  return {
+      .parse = [](const Parser& p, const Row<S>&, const Field& f, S& s) { p.section(f, table, s.*member); },
+      .describe = [](const S& s, std::string& out) { describeTable(table, s.*member, out); },
+      .keys = [](const std::string& path, std::vector<SchemaKey>& out) { listKeys(table, path, out); },
+  };
+}
+
+// The same for an optional section that remembers where it was written.
+template <class S, class Sub, std::optional<Sub> S::*member, const Table<Sub>& table>
+constexpr Custom<S> optionalNested() {
+  return {
+      .parse =
+          [](const Parser& p, const Row<S>&, const Field& f, S& s) {
+            Sub d;
+            d.loc = p.loc(keyMark(f));
+            p.section(f, table, d);
+            s.*member = std::move(d);
+          },
+      .describe =
+          [](const S& s, std::string& out) {
+            if (s.*member) describeTable(table, *(s.*member), out);
+          },
+      .keys = [](const std::string& path, std::vector<SchemaKey>& out) { listKeys(table, path, out); },
+  };
+}
+
+// A key whose table stores into the same struct as its parent's.
+template <class S, const Table<S>& table>
+constexpr Custom<S> inPlace() {
+  return {
+      .parse = [](const Parser& p, const Row<S>&, const Field& f, S& s) { p.section(f, table, s); },
+      .describe = [](const S& s, std::string& out) { describeTable(table, s, out); },
+      .keys = [](const std::string& path, std::vector<SchemaKey>& out) { listKeys(table, path, out); },
+  };
+}
+
+// ---- the tables -------------------------------------------------------------
+
+void needsAdmin(const Parser& p, const Field& f, const Listen& l) {
+  if (!l.admin) p.fail(f, "{}: needs listen.admin (the endpoint it protects)", f.path);
+}
+
+constexpr Row<Listen> kListenRows[] = {
+    {.key = "port", .slot = &Listen::port, .kind = Kind::Port, .show = "port {}",
+     .doc = "loopback port connections are redirected to"},
+    {.key = "admin", .slot = &Listen::admin, .kind = Kind::Address, .nullable = true, .show = ", admin {}",
+     .doc = "optional: GET /metrics (Prometheus), GET /healthz"},
+    {.key = "admin_token_file", .slot = &Listen::adminTokenFile, .kind = Kind::Path, .check = needsAdmin,
+     .nullable = true, .show = " (token from {})",
+     .doc = "optional: /metrics then needs \"Authorization: Bearer <token>\""},
+};
+constexpr Table<Listen> kListen{.rows = kListenRows, .show = "listen: "};
+
+void noParentSegment(const Parser& p, const Field& f, const Agents& a) {
+  if (("/" + a.cgroup + "/").find("/../") != std::string::npos) p.fail(f, "{}: must not contain \"..\"", f.path);
+}
+
+constexpr Row<Agents> kAgentsRows[] = {
+    {.key = "cgroup", .slot = &Agents::cgroup, .kind = Kind::NonEmpty, .check = noParentSegment, .show = "cgroup {}",
+     .doc = "parent of launcher-made agent cgroups (relative to the cgroup2 mount, or absolute)"},
+    {.key = "attach", .slot = &Agents::attach, .kind = Kind::PathList, .show = ", attach {}",
+     .doc = "further cgroups to attach at start (absolute)"},
+};
+constexpr Table<Agents> kAgents{.rows = kAgentsRows, .show = "agents: "};
+
+// The order of the rows is that of describeConfig()'s two lines.
+constexpr Row<Limits> kLimitsRows[] = {
+    {.key = "max_header_bytes", .slot = &Limits::maxHeaderBytes, .kind = Kind::Uint, .bounds = {1, UINT32_MAX},
+     .show = "header {} bytes", .doc = "431 beyond"},
+    {.key = "max_headers", .slot = &Limits::maxHeaders, .kind = Kind::Uint, .bounds = {1, UINT32_MAX},
+     .show = " / {} headers", .doc = "431 beyond"},
+    {.key = "max_body_bytes", .slot = &Limits::maxBodyBytes, .kind = Kind::Uint, .bounds = {1, UINT64_MAX},
+     .show = ", body {} bytes", .doc = "413 beyond"},
+    {.key = "handshake_timeout", .slot = &Limits::handshakeTimeout, .kind = Kind::Duration,
+     .show = "; timeouts handshake {}s", .doc = "the agent's TLS handshake must end within this"},
+    {.key = "header_timeout", .slot = &Limits::headerTimeout, .kind = Kind::Duration, .show = ", header {}s",
+     .doc = "the whole request head must arrive within this (slow loris)"},
+    {.key = "idle_timeout", .slot = &Limits::idleTimeout, .kind = Kind::Duration, .show = ", idle {}s",
+     .doc = "a keep-alive connection idle this long is closed"},
+    {.key = "request_timeout", .slot = &Limits::requestTimeout, .kind = Kind::Duration, .show = ", request {}s",
+     .doc = "one request/response exchange"},
+    {.key = "upstream_timeout", .slot = &Limits::upstreamTimeout, .kind = Kind::Duration, .show = ", upstream {}s",
+     .doc = "upstream response head must arrive within this"},
+    {.key = "max_connections", .slot = &Limits::maxConnections, .kind = Kind::Uint, .bounds = {1, 1u << 20},
+     .show = "\ncaps: connections {}", .doc = "agent connections, whole daemon: one over it is closed at once"},
+    {.key = "max_connections_per_agent", .slot = &Limits::maxConnectionsPerAgent, .kind = Kind::Uint,
+     .bounds = {1, 1u << 20}, .show = " ({} per agent)", .doc = "... of one agent (its attached root)"},
+    {.key = "max_held_requests", .slot = &Limits::maxHeldRequests, .kind = Kind::Uint, .bounds = {1, 1u << 16},
+     .show = "; held requests {}", .doc = "requests held by approve rules, whole daemon (429 beyond)"},
+    {.key = "max_held_per_agent", .slot = &Limits::maxHeldPerAgent, .kind = Kind::Uint, .bounds = {1, 1u << 16},
+     .show = " ({} per agent", .doc = "... of one agent"},
+    {.key = "max_held_body_bytes", .slot = &Limits::maxHeldBodyBytes, .kind = Kind::Uint, .bounds = {1, UINT64_MAX},
+     .show = ", {} body bytes)", .doc = "sum of the bodies of held requests"},
+    {.key = "max_phantom_tokens_per_agent", .slot = &Limits::maxPhantomTokensPerAgent, .kind = Kind::Uint,
+     .bounds = {1, 1u << 20}, .show = "; phantom tokens {} per agent", .doc = "live phantom tokens of one agent"},
+    {.key = "max_upstream_connections", .slot = &Limits::maxUpstreamConnections, .kind = Kind::Uint,
+     .bounds = {1, 1u << 16}, .show = "; upstream connections {} per target",
+     .doc = "per target: busy + idle + being opened"},
+    {.key = "max_upstream_connections_per_agent", .slot = &Limits::maxUpstreamConnectionsPerAgent, .kind = Kind::Uint,
+     .bounds = {1, 1u << 16}, .show = ", {} per agent", .doc = "per target: busy for one agent at a time"},
+    {.key = "upstream_connect_timeout", .slot = &Limits::upstreamConnectTimeout, .kind = Kind::Duration,
+     .show = " (connect timeout {}s", .doc = "TCP connect + TLS handshake of one upstream connection"},
+    {.key = "upstream_queue_timeout", .slot = &Limits::upstreamQueueTimeout, .kind = Kind::Duration,
+     .show = ", queue timeout {}s)", .doc = "a request waits this long for a free upstream connection, then 503"},
+};
+constexpr Table<Limits> kLimits{.rows = kLimitsRows, .show = "limits: "};
+
+void underBpffs(const Parser& p, const Field& f, const BpfOptions& b) {
+  if (b.pinRoot.rfind("/sys/fs/bpf/", 0) != 0)
+    p.fail(f, "{}: must be a directory under /sys/fs/bpf/, got {}", f.path, shown(f.value));
+}
+
+// The order of the rows is that of describeConfig()'s line.
+constexpr Row<BpfOptions> kBpfRows[] = {
+    {.key = "pin_root", .slot = &BpfOptions::pinRoot, .kind = Kind::Path, .check = underBpffs, .show = "pins under {}",
+     .doc = "where maps, programs and links are pinned"},
+    {.key = "keep_on_exit", .slot = &BpfOptions::keepOnExit, .kind = Kind::Bool, .show = ", keep on exit {}",
+     .doc = "leave the programs attached on a clean exit, so agents stay redirected (fail closed)"},
+    {.key = "refuse_quic", .slot = &BpfOptions::refuseQuic, .kind = Kind::Bool, .show = ", refuse QUIC {}",
+     .doc = "UDP/443 to a target fails, so HTTP/3 clients fall back to TCP"},
+};
+constexpr Table<BpfOptions> kBpf{.rows = kBpfRows, .show = "bpf: "};
+
+// IPv4 or IPv4:port.
+void resolverAddress(const Parser& p, const Field& item, const Dns&) {
+  const std::string text = item.value.Scalar();
+  std::string host = text;
+  if (const auto colon = text.find(':'); colon != std::string::npos) {
+    host = text.substr(0, colon);
+    const std::string port = text.substr(colon + 1);
+    if (port.empty() || port.size() > 5 || port.find_first_not_of("0123456789") != std::string::npos ||
+        std::stoul(port) == 0 || std::stoul(port) > 65535)
+      p.fail(item, "{}: expected IPv4 or IPv4:port, got {}", item.path, shown(item.value));
+  }
+  in_addr a{};
+  if (::inet_pton(AF_INET, host.c_str(), &a) != 1)
+    p.fail(item, "{}: expected an IPv4 resolver address (IPv4 or IPv4:port), got {}", item.path, shown(item.value));
+}
+
+void refreshInOrder(const Parser& p, const Field& f, const Dns& d) {
+  if (d.minRefresh > d.maxRefresh)
+    p.fail(f, "{}: min_refresh ({}s) is above max_refresh ({}s)", f.path, d.minRefresh.count(), d.maxRefresh.count());
+}
+
+constexpr Row<Dns> kDnsRows[] = {
+    {.key = "servers", .slot = &Dns::servers, .kind = Kind::List, .check = resolverAddress,
+     .doc = "IPv4[:port] resolvers; default /etc/resolv.conf"},
+    {.key = "min_refresh", .slot = &Dns::minRefresh, .kind = Kind::Duration,
+     .doc = "refresh at half the TTL, within min_refresh and max_refresh"},
+    {.key = "max_refresh", .slot = &Dns::maxRefresh, .kind = Kind::Duration, .doc = "see min_refresh"},
+    {.key = "grace", .slot = &Dns::grace, .kind = Kind::Duration,
+     .doc = "a retired address stays intercepted this long"},
+};
+constexpr Table<Dns> kDns{.rows = kDnsRows, .after = refreshInOrder};
+
+void podSelector(const Parser& p, const Field& f, const KubernetesDiscovery& d) {
+  if (auto sel = labels::LabelSelector::parse(d.labelSelector); !sel) p.fail(f, "{}: {}", f.path, sel.error().message);
+}
+
+void httpsUrl(const Parser& p, const Field& f, const KubernetesDiscovery& d) {
+  if (!d.apiServer.empty() && d.apiServer.rfind("https://", 0) != 0)
+    p.fail(f, "{}: expected an https:// URL, got {}", f.path, shown(f.value));
+}
+
+void nodeNameSet(const Parser& p, const Field& f, const KubernetesDiscovery& d) {
+  if (d.nodeNameEnv.empty()) p.fail(f, "{}: node_name_env must not be empty", f.path);
+}
+
+constexpr Row<KubernetesDiscovery> kKubernetesRows[] = {
+    {.key = "node_name_env", .slot = &KubernetesDiscovery::nodeNameEnv, .kind = Kind::String,
+     .doc = "the environment variable holding this node's name (downward API)"},
+    {.key = "label_selector", .slot = &KubernetesDiscovery::labelSelector, .kind = Kind::String, .check = podSelector,
+     .doc = "pods of this node that become agents, named namespace/pod"},
+    {.key = "api_server", .slot = &KubernetesDiscovery::apiServer, .kind = Kind::String, .check = httpsUrl,
+     .doc = "\"\" = in-cluster ($KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT)"},
+    {.key = "token_file", .slot = &KubernetesDiscovery::tokenFile, .kind = Kind::Path,
+     .doc = "the service account's token"},
+    {.key = "ca_file", .slot = &KubernetesDiscovery::caFile, .kind = Kind::Path,
+     .doc = "the service account's CA certificate"},
+    {.key = "cgroup_root", .slot = &KubernetesDiscovery::cgroupRoot, .kind = Kind::Path,
+     .doc = "where kubelet's pod cgroups are; \"\" = the cgroup2 mount"},
+};
+constexpr Table<KubernetesDiscovery> kKubernetes{.rows = kKubernetesRows, .after = nodeNameSet};
+
+void socketPathFits(const Parser& p, const Field& f, const ContainerDiscovery& d) {
+  if (d.socket.size() >= 108) p.fail(f, "{}: too long for a Unix socket path", f.path);
+}
+
+void containerLabel(const Parser& p, const Field& f, const ContainerDiscovery& d) {
+  if (auto sel = labels::parseContainerLabelFilter(d.label); !sel) p.fail(f, "{}: {}", f.path, sel.error().message);
+}
+
+void guardCgroupPath(const Parser& p, const Field& f, const ContainerDiscovery& d) {
+  const std::string& g = d.guardCgroup;
+  if (g.empty() || g.find("..") != std::string::npos ||
+      g.find_first_of(std::string_view("\0\n", 2)) != std::string::npos || g == "/")
+    p.fail(f, "{}: expected a cgroup path (not the root, no \"..\"), got {}", f.path, shown(f.value));
+}
+
+constexpr Row<ContainerDiscovery> kContainersRows[] = {
+    {.key = "socket", .slot = &ContainerDiscovery::socket, .kind = Kind::Path, .check = socketPathFits,
+     .doc = "the engine's Docker-compatible API (/run/podman/podman.sock, /run/docker.sock)"},
+    {.key = "label", .slot = &ContainerDiscovery::label, .kind = Kind::String, .check = containerLabel,
+     .doc = "key or key=value; such containers become agents, named container/<name>"},
+    {.key = "guard_cgroup", .slot = &ContainerDiscovery::guardCgroup, .kind = Kind::String, .check = guardCgroupPath,
+     .doc = "optional: the engine's cgroup parent, attached once"},
+    {.key = "settle", .slot = &ContainerDiscovery::settle, .kind = Kind::Duration, .bounds = {1, 60},
+     .doc = "how long a connection from under the guard waits for discovery to name it"},
+};
+constexpr Table<ContainerDiscovery> kContainers{.rows = kContainersRows};
+
+constexpr Row<Config> kDiscoveryRows[] = {
+    {.key = "kubernetes",
+     .slot = optionalNested<Config, KubernetesDiscovery, &Config::kubernetes, kKubernetes>(),
+     .kind = Kind::Section, .doc = "DaemonSet mode: pods of this node that match the selector are agents"},
+    {.key = "containers",
+     .slot = optionalNested<Config, ContainerDiscovery, &Config::containers, kContainers>(),
+     .kind = Kind::Section, .doc = "the labelled containers of a local Podman or Docker engine are agents"},
+};
+constexpr Table<Config> kDiscovery{.rows = kDiscoveryRows};
+
+constexpr std::string_view kLogLevels[] = {"debug", "info", "warn", "error"};
+constexpr std::string_view kIntercepts[] = {"targets", "all-tls"};  // in the order of enum Intercept
+
+// Exact and case-sensitive, unlike Kind::Choice.
+void parseIntercept(const Parser& p, const Row<Config>& row, const Field& f, Config& c) {
+  const std::string v = p.string(f);
+  const auto it = std::find(row.choices.begin(), row.choices.end(), v);
+  if (it == row.choices.end())
+    p.fail(f, "{}: expected one of {}, got {}", f.path, joinNames(row.choices), shown(f.value));
+  c.intercept = static_cast<Intercept>(it - row.choices.begin());
+}
+
+std::string interceptText(const Row<Config>& row, const Config& c) {
+  return std::string(row.choices[static_cast<std::size_t>(c.intercept)]);
+}
+
+void describeTargets(const Config& c, std::string& out) {
+  auto to = std::back_inserter(out);
+  fmt::format_to(to, "targets: {}\n", c.targets.size());
+  for (const Target& t : c.targets) {
+    fmt::format_to(to, "  {} (upstream port {}, resolve {}, addresses {}, upstream CA {})\n", t.host, t.upstreamPort,
+                   yesNo(t.resolve), joined(t.addresses, "none"), t.upstreamCa.value_or("system trust store"));
+    if (t.credentials.empty()) fmt::format_to(to, "    no credentials: requests pass unchanged\n");
+    for (const Credential& k : t.credentials) {
+      const SecretRef& s = k.serviceAccount ? k.serviceAccount->clientSecret : k.apiKey->privateKey;
+      const std::string secret = !s.file.empty()  ? "secret from file " + s.file
+                                 : !s.env.empty() ? "secret from $" + s.env
+                                                  : "secret inline";
+      fmt::format_to(to, "    credential {}: {} ({}; agents {})\n", k.name, k.describe(), secret,
+                     joined(k.agents, "all"));
+    }
+  }
+}
+
+constexpr Custom<Config> kTargetsSection{
+    .parse = [](const Parser& p, const Row<Config>&, const Field& f, Config& c) { c.targets = p.targets(f); },
+    .describe = describeTargets,
+};
+
+// Rules refer to target hosts and credentials: their row comes after targets'.
+constexpr Custom<Config> kRulesSection{
+    .parse = [](const Parser& p, const Row<Config>&, const Field& f, Config& c) { c.rules = p.rules(f, c.targets); },
+    .describe =
+        [](const Config& c, std::string& out) {
+          out += fmt::format("rules: {} (default {})\n", c.rules.list.size(), actionName(c.rules.defaultAction));
+        },
+};
+
+// The top level. The order of the rows is that of describeConfig()'s lines.
+constexpr Row<Config> kTopRows[] = {
+    {.key = "listen", .slot = nested<Config, Listen, &Config::listen, kListen>(), .kind = Kind::Section,
+     .doc = "where agents' connections arrive, and the admin endpoint"},
+    {.key = "state_dir", .slot = &Config::stateDir, .kind = Kind::Path, .show = "state dir: {}",
+     .doc = "ca.pem, ca.key (0600), trust-bundle.pem"},
+    {.key = "audit_log", .slot = &Config::auditLog, .kind = Kind::LogPath, .show = "; audit log: {}",
+     .doc = "one JSON line per request; \"-\" = stdout"},
+    {.key = "log_level", .slot = &Config::logLevel, .kind = Kind::Choice, .choices = kLogLevels,
+     .show = "; log level: {}", .doc = "debug, info, warn or error"},
+    {.key = "agents", .slot = nested<Config, Agents, &Config::agents, kAgents>(), .kind = Kind::Section,
+     .doc = "which cgroups are agents"},
+    {.key = "targets", .slot = kTargetsSection, .kind = Kind::List, .required = true,
+     .doc = "at least one target host"},
+    {.key = "rules", .slot = kRulesSection, .kind = Kind::Section, .doc = "default action and the list of rules"},
+    {.key = "limits", .slot = nested<Config, Limits, &Config::limits, kLimits>(), .kind = Kind::Section,
+     .doc = "sizes, timeouts and caps; all optional"},
+    {.key = "bpf", .slot = nested<Config, BpfOptions, &Config::bpf, kBpf>(), .kind = Kind::Section,
+     .doc = "the BPF programs"},
+    {.key = "dns", .slot = nested<Config, Dns, &Config::dns, kDns>(), .kind = Kind::Section,
+     .doc = "how target host names are followed (targets[].resolve)"},
+    {.key = "intercept", .slot = Custom<Config>{.parse = parseIntercept, .value = interceptText},
+     .kind = Kind::Choice, .choices = kIntercepts, .doc = "targets or all-tls"},
+    {.key = "publish_ca_dir", .slot = &Config::publishCaDir, .kind = Kind::Path,
+     .doc = "a directory with copies of ca.pem and trust-bundle.pem (never the key), for containers"},
+    {.key = "discovery", .slot = inPlace<Config, kDiscovery>(), .kind = Kind::Section,
+     .doc = "agents found by Kubernetes or a container engine"},
+};
+constexpr Table<Config> kTop{.rows = kTopRows};
+
+static_assert(wellFormed(kListen) && wellFormed(kAgents) && wellFormed(kLimits) && wellFormed(kBpf) &&
+              wellFormed(kDns) && wellFormed(kKubernetes) && wellFormed(kContainers) && wellFormed(kDiscovery) &&
+              wellFormed(kTop));
+
+// ---- targets and credentials (lists of maps: not tables) -------------------
 
 std::vector<Target> Parser::targets(const Field& f) const {
   const std::vector<Field> items = list(f);
@@ -702,17 +1234,7 @@ Target Parser::target(const Field& f, std::map<std::string, int>& hostLines) con
     fail(*host, "{}: duplicate target host {:?} (first at line {})", host->path, t.host, it->second);
   }
 
-  if (const Field* a = m.find("addresses")) {
-    for (const Field& item : list(*a)) {
-      const std::string text = string(item);
-      const auto address = normaliseAddress(text);
-      if (!address) fail(item, "{}: {:?} is not a literal IPv4 or IPv6 address", item.path, text);
-      if (std::find(t.addresses.begin(), t.addresses.end(), *address) != t.addresses.end()) {
-        fail(item, "{}: address {} is listed twice", item.path, *address);
-      }
-      t.addresses.push_back(*address);
-    }
-  }
+  if (const Field* a = m.find("addresses")) t.addresses = addresses(*a);
   if (const Field* ca = m.find("upstream_ca"); ca != nullptr && !ca->value.IsNull()) t.upstreamCa = absolutePath(*ca);
   if (const Field* p = m.find("upstream_port")) t.upstreamPort = static_cast<std::uint16_t>(integer(*p, 1, 65535));
   if (const Field* r = m.find("resolve")) {
@@ -723,6 +1245,20 @@ Target Parser::target(const Field& f, std::map<std::string, int>& hostLines) con
   }
   if (const Field* c = m.find("credentials")) t.credentials = credentials(*c);
   return t;
+}
+
+std::vector<std::string> Parser::addresses(const Field& f) const {
+  std::vector<std::string> out;
+  for (const Field& item : list(f)) {
+    const std::string text = string(item);
+    const auto address = normaliseAddress(text);
+    if (!address) fail(item, "{}: {:?} is not a literal IPv4 or IPv6 address", item.path, text);
+    if (std::find(out.begin(), out.end(), *address) != out.end()) {
+      fail(item, "{}: address {} is listed twice", item.path, *address);
+    }
+    out.push_back(*address);
+  }
+  return out;
 }
 
 std::string Parser::dnsName(const Field& f) const {
@@ -752,20 +1288,22 @@ std::vector<Credential> Parser::credentials(const Field& f) const {
   }
   std::vector<Credential> out;
   std::map<std::string, int> nameLines;
-  for (const Field& item : list(f)) {
-    const Fields m = fields(item, {"name", "agents", "service_account", "api_key"});
-    Credential c;
-    c.loc = loc(item.value.Mark());
-    const Field* n = require(m, "name", " when credentials is a list");
-    c.name = name(*n);
-    if (const auto [it, fresh] = nameLines.emplace(c.name, markOf(*n).line + 1); !fresh) {
-      fail(*n, "{}: duplicate credential name {:?} (first at line {})", n->path, c.name, it->second);
-    }
-    if (const Field* a = m.find("agents")) c.agents = globs(*a);
-    credentialKind(m, c);
-    out.push_back(std::move(c));
-  }
+  for (const Field& item : list(f)) out.push_back(namedCredential(item, nameLines));
   return out;
+}
+
+Credential Parser::namedCredential(const Field& f, std::map<std::string, int>& nameLines) const {
+  const Fields m = fields(f, {"name", "agents", "service_account", "api_key"});
+  Credential c;
+  c.loc = loc(f.value.Mark());
+  const Field* n = require(m, "name", " when credentials is a list");
+  c.name = name(*n);
+  if (const auto [it, fresh] = nameLines.emplace(c.name, markOf(*n).line + 1); !fresh) {
+    fail(*n, "{}: duplicate credential name {:?} (first at line {})", n->path, c.name, it->second);
+  }
+  if (const Field* a = m.find("agents")) c.agents = globs(*a);
+  credentialKind(m, c);
+  return c;
 }
 
 void Parser::credentialKind(const Fields& m, Credential& c) const {
@@ -825,43 +1363,50 @@ std::vector<std::string> Parser::globs(const Field& f) const {
   return out;
 }
 
+// ---- rules: their shape ----------------------------------------------------
+//
+// Here: which keys a rule has and the kind of each value (action and method
+// names, rates, durations), and what refers to other sections (a rule's host
+// is a target, its credential exists). What the strings mean - path patterns,
+// label selectors, JSON pointers, regular expressions - and that names are
+// unique is policy/'s to check when it compiles the rules (Policy::compile),
+// once, with the locations recorded in Rule::keyLocs.
+
 Rules Parser::rules(const Field& f, const std::vector<Target>& targets) const {
   const Fields m = fields(f, {"default", "list"});
   Rules r;
   if (const Field* d = m.find("default"))
     r.defaultAction = choice<Action>(*d, {{"allow", Action::Allow}, {"block", Action::Block}});
   if (const Field* l = m.find("list")) {
-    std::map<std::string, int> nameLines;
     const std::vector<Field> items = list(*l);
-    for (std::size_t i = 0; i < items.size(); ++i) r.list.push_back(rule(items[i], i, targets, nameLines));
+    for (std::size_t i = 0; i < items.size(); ++i) r.list.push_back(rule(items[i], i, targets));
   }
   return r;
 }
 
-Rule Parser::rule(const Field& f, std::size_t index, const std::vector<Target>& targets,
-                  std::map<std::string, int>& nameLines) const {
+Rule Parser::rule(const Field& f, std::size_t index, const std::vector<Target>& targets) const {
   const Fields m = fields(f, {"name", "method", "path", "host", "agents", "pod_labels", "container_labels", "when",
                               "action", "rate", "burst", "per", "timeout", "would_be", "credential"});
   Rule r;
   r.loc = loc(f.value.Mark());
-
+  for (const Field& e : m.entries) r.keyLocs.emplace(e.key.Scalar(), loc(markOf(e)));
   const Field* n = m.find("name");
   r.name = n != nullptr ? name(*n) : fmt::format("rule-{}", index);
-  const YAML::Mark nameMark = n != nullptr ? markOf(*n) : f.value.Mark();
-  if (const auto [it, fresh] = nameLines.emplace(r.name, nameMark.line + 1); !fresh) {
-    fail(nameMark, "{}: duplicate rule name {:?} (first at line {}){}", f.path, r.name, it->second,
-         n != nullptr ? "" : "; it was generated for this unnamed rule, so give it a name");
-  }
+  ruleAction(m, r);
+  ruleFilters(m, targets, r);
+  if (const Field* c = m.find("credential")) r.credential = ruleCredential(*c, r, targets);
+  return r;
+}
 
-  // The action decides which of the other keys apply.
+// The action decides which of the other keys apply.
+void Parser::ruleAction(const Fields& m, Rule& r) const {
   const Field* act = require(m, "action", " (allow, block, rate_limit, approve or log_only)");
   r.action = choice<Action>(*act, {{"allow", Action::Allow},
                                    {"block", Action::Block},
                                    {"rate_limit", Action::RateLimit},
                                    {"approve", Action::Approve},
                                    {"log_only", Action::LogOnly}});
-  const Field* wouldBe = m.find("would_be");
-  if (wouldBe != nullptr) {
+  if (const Field* wouldBe = m.find("would_be")) {
     if (r.action != Action::LogOnly)
       fail(keyMark(*wouldBe), "{}: would_be is only allowed with action: log_only", wouldBe->path);
     r.wouldBe = choice<Action>(
@@ -878,20 +1423,16 @@ Rule Parser::rule(const Field& f, std::size_t index, const std::vector<Target>& 
   if (const Field* k = m.find("timeout"); k != nullptr && acting != Action::Approve) {
     fail(keyMark(*k), "{}: timeout is only allowed with action: approve (or log_only with would_be: approve)", k->path);
   }
-  if (acting == Action::RateLimit) {
-    const Field* rateField = m.find("rate");
-    if (rateField == nullptr) {
-      const Field& at = wouldBe != nullptr ? *wouldBe : *act;
-      fail(at, "{}: rate limiting needs rate: such as 60/minute", f.path);
-    }
-    r.rate = rate(*rateField);
+  if (const Field* rt = m.find("rate")) {
+    r.rate = rate(*rt);
     r.burst = r.rate->count;
-    if (const Field* b = m.find("burst")) r.burst = integer(*b, 1, kMaxRateCount);
-    if (const Field* p = m.find("per"))
-      r.per = choice<RatePer>(*p, {{"agent", RatePer::Agent}, {"rule", RatePer::Rule}});
   }
+  if (const Field* b = m.find("burst")) r.burst = integer(*b, 1, kMaxRateCount);
+  if (const Field* p = m.find("per")) r.per = choice<RatePer>(*p, {{"agent", RatePer::Agent}, {"rule", RatePer::Rule}});
   if (const Field* t = m.find("timeout")) r.timeout = duration(*t);
+}
 
+void Parser::ruleFilters(const Fields& m, const std::vector<Target>& targets, Rule& r) const {
   if (const Field* methods = m.find("method")) {
     for (const Field& item : oneOrMany(*methods)) {
       const std::string method = toUpper(string(item));
@@ -902,104 +1443,60 @@ Rule Parser::rule(const Field& f, std::size_t index, const std::vector<Target>& 
       r.methods.push_back(method);
     }
   }
-  if (const Field* p = m.find("path")) r.path = pathPattern(*p);
-  if (const Field* hosts = m.find("host")) {
-    for (const Field& item : oneOrMany(*hosts)) {
-      const std::string host = dnsName(item);
-      const bool known = std::any_of(targets.begin(), targets.end(), [&](const Target& t) { return t.host == host; });
-      if (!known) {
-        std::string names;
-        for (const Target& t : targets) names += (names.empty() ? "" : ", ") + t.host;
-        fail(item, "{}: {:?} is not one of the targets ({})", item.path, host, names);
-      }
-      r.hosts.push_back(host);
-    }
-  }
+  if (const Field* p = m.find("path")) r.path = filter(*p);
+  if (const Field* hosts = m.find("host")) r.hosts = ruleHosts(*hosts, targets);
   if (const Field* a = m.find("agents")) r.agents = globs(*a);
-  if (const Field* pl = m.find("pod_labels")) r.podLabels = labelSelector(*pl, "pod");
-  if (const Field* cl = m.find("container_labels")) r.containerLabels = labelSelector(*cl, "container");
+  if (const Field* pl = m.find("pod_labels")) r.podLabels = filter(*pl);
+  if (const Field* cl = m.find("container_labels")) r.containerLabels = filter(*cl);
   if (const Field* w = m.find("when")) {
-    for (const Field& item : list(*w)) r.when.push_back(condition(item));
+    const std::vector<Field> items = list(*w);
+    for (std::size_t i = 0; i < items.size(); ++i) r.when.push_back(condition(items[i], fmt::format("when[{}]", i), r));
   }
-  if (const Field* c = m.find("credential")) {
-    r.credential = name(*c);
-    auto hasCredential = [&](const Target& t) {
-      return std::any_of(t.credentials.begin(), t.credentials.end(),
-                         [&](const Credential& k) { return k.name == r.credential; });
-    };
-    if (r.hosts.empty()) {
-      if (std::none_of(targets.begin(), targets.end(), hasCredential)) {
-        fail(*c, "{}: no target has a credential named {:?}", c->path, r.credential);
-      }
-    } else {
-      for (const Target& t : targets) {
-        if (std::find(r.hosts.begin(), r.hosts.end(), t.host) != r.hosts.end() && !hasCredential(t)) {
-          fail(*c, "{}: target {} has no credential named {:?}", c->path, t.host, r.credential);
-        }
-      }
-    }
-  }
-  return r;
 }
 
-// Segments are literal text, {name} or * (one segment) or ** (any number).
-// policy/ compiles the pattern; this catches mistakes at load time.
-std::string Parser::pathPattern(const Field& f) const {
-  const std::string p = string(f);
-  auto bad = [&](const std::string& why) { fail(f, "{}: {:?} is not a valid path pattern: {}", f.path, p, why); };
-  if (p.empty() || p[0] != '/') bad("it must start with /");
-  if (p.find_first_of("?#") != std::string::npos) bad("the query string is never matched, leave it out");
-  if (std::any_of(p.begin(), p.end(), [](char ch) { return static_cast<unsigned char>(ch) <= 0x20 || ch == 0x7f; })) {
-    bad("it contains spaces or control characters");
+std::vector<std::string> Parser::ruleHosts(const Field& f, const std::vector<Target>& targets) const {
+  std::vector<std::string> out;
+  for (const Field& item : oneOrMany(f)) {
+    const std::string host = dnsName(item);
+    const bool known = std::any_of(targets.begin(), targets.end(), [&](const Target& t) { return t.host == host; });
+    if (!known) {
+      std::string names;
+      for (const Target& t : targets) names += (names.empty() ? "" : ", ") + t.host;
+      fail(item, "{}: {:?} is not one of the targets ({})", item.path, host, names);
+    }
+    out.push_back(host);
   }
-  std::set<std::string, std::less<>> params;
-  std::size_t start = 1;
-  while (start <= p.size()) {
-    std::size_t end = p.find('/', start);
-    if (end == std::string::npos) end = p.size();
-    const std::string_view segment = std::string_view(p).substr(start, end - start);
-    start = end + 1;
-    if (segment.empty() || segment == "*" || segment == "**") continue;
-    if (segment.front() == '{' || segment.back() == '}') {
-      if (segment.size() < 2 || segment.front() != '{' || segment.back() != '}') {
-        bad(fmt::format("unbalanced braces in {:?}", segment));
-      }
-      const std::string_view param = segment.substr(1, segment.size() - 2);
-      if (!isIdentifier(param)) bad(fmt::format("{:?} is not a parameter name (letters, digits and _)", param));
-      if (!params.emplace(param).second) bad(fmt::format("parameter {{{}}} appears twice", param));
-      continue;
-    }
-    if (segment.find_first_of("{}*") != std::string_view::npos) {
-      bad(fmt::format("segment {:?} mixes text with {{}} or *; a segment is literal text, {{name}}, * or **", segment));
-    }
-    if (segment == "." || segment == "..") bad("\".\" and \"..\" segments never match (request paths are normalised)");
-    for (std::size_t i = 0; i < segment.size(); ++i) {
-      if (segment[i] == '%' && (i + 2 >= segment.size() || !std::isxdigit(static_cast<unsigned char>(segment[i + 1])) ||
-                                !std::isxdigit(static_cast<unsigned char>(segment[i + 2])))) {
-        bad("'%' must be followed by two hex digits");
-      }
-    }
-  }
-  return p;
+  return out;
 }
 
-Condition Parser::condition(const Field& f) const {
+// A credential of every target the rule applies to.
+std::string Parser::ruleCredential(const Field& f, const Rule& r, const std::vector<Target>& targets) const {
+  std::string credential = name(f);
+  auto hasCredential = [&](const Target& t) {
+    return std::any_of(t.credentials.begin(), t.credentials.end(),
+                       [&](const Credential& k) { return k.name == credential; });
+  };
+  if (r.hosts.empty()) {
+    if (std::none_of(targets.begin(), targets.end(), hasCredential)) {
+      fail(f, "{}: no target has a credential named {:?}", f.path, credential);
+    }
+  } else {
+    for (const Target& t : targets) {
+      if (std::find(r.hosts.begin(), r.hosts.end(), t.host) != r.hosts.end() && !hasCredential(t)) {
+        fail(f, "{}: target {} has no credential named {:?}", f.path, t.host, credential);
+      }
+    }
+  }
+  return credential;
+}
+
+// One `when:` entry; path is its place in the rule ("when[0]").
+Condition Parser::condition(const Field& f, const std::string& path, Rule& r) const {
   const Fields m = fields(f, {"pointer", "equals", "in", "not_in", "matches", "exists"});
   Condition c;
   c.loc = loc(f.value.Mark());
-
-  const Field* pointer = require(m, "pointer", " (a JSON pointer into the request body, such as /name)");
-  c.pointer = string(*pointer);
-  // RFC 6901: empty (the whole body) or "/"-prefixed tokens, with '~' only
-  // as the escapes ~0 and ~1.
-  if (!c.pointer.empty() && c.pointer[0] != '/') {
-    fail(*pointer, "{}: {:?} is not a JSON pointer: it must be empty or start with /", pointer->path, c.pointer);
-  }
-  for (std::size_t i = 0; i < c.pointer.size(); ++i) {
-    if (c.pointer[i] == '~' && (i + 1 == c.pointer.size() || (c.pointer[i + 1] != '0' && c.pointer[i + 1] != '1'))) {
-      fail(*pointer, "{}: {:?} is not a JSON pointer: '~' must be followed by 0 or 1", pointer->path, c.pointer);
-    }
-  }
+  for (const Field& e : m.entries) r.keyLocs.emplace(path + "." + e.key.Scalar(), loc(markOf(e)));
+  c.pointer = string(*require(m, "pointer", " (a JSON pointer into the request body, such as /name)"));
 
   const Field* test = exactlyOne(m, {"equals", "in", "not_in", "matches", "exists"}, "a condition tests one thing");
   const std::string_view op = test->key.Scalar();
@@ -1007,7 +1504,7 @@ Condition Parser::condition(const Field& f) const {
     if (!v.value.IsScalar() && !v.value.IsNull()) {
       fail(v, "{}: expected a single value (string, number, true, false or null), got {}", v.path, typeName(v.value));
     }
-    if (v.value.IsScalar() && !validUtf8(v.value.Scalar())) fail(v, "{}: the value is not valid UTF-8", v.path);
+    if (v.value.IsScalar() && !text::isUtf8(v.value.Scalar())) fail(v, "{}: the value is not valid UTF-8", v.path);
     return jsonValue(v.value);
   };
   if (op == "equals") {
@@ -1021,16 +1518,6 @@ Condition Parser::condition(const Field& f) const {
   } else if (op == "matches") {
     c.op = CondOp::Matches;
     c.regex = string(*test);
-    // The engine and flags the policy matches with (Boost.Regex, ECMAScript),
-    // so that what loads also compiles there.
-    std::string error;
-    try {
-      boost::regex compiled(c.regex, boost::regex::ECMAScript);
-    } catch (const std::exception& e) {
-      error = e.what();
-    }
-    if (!error.empty())
-      fail(*test, "{}: regular expression {:?} does not compile: {}", test->path, c.regex, error);
   } else {
     c.op = CondOp::Exists;
     c.exists = boolean(*test);
@@ -1064,163 +1551,17 @@ Rate Parser::rate(const Field& f) const {
   return r;
 }
 
-Limits Parser::limits(const Field& f) const {
-  const Fields m = fields(f, {"max_header_bytes", "max_headers", "max_body_bytes", "handshake_timeout",
-                              "header_timeout", "idle_timeout", "request_timeout", "upstream_timeout",
-                              "max_connections", "max_connections_per_agent", "max_held_requests",
-                              "max_held_per_agent", "max_held_body_bytes", "max_phantom_tokens_per_agent",
-                              "max_upstream_connections", "max_upstream_connections_per_agent",
-                              "upstream_queue_timeout", "upstream_connect_timeout"});
-  Limits l;
-  if (const Field* v = m.find("max_header_bytes"))
-    l.maxHeaderBytes = static_cast<std::uint32_t>(integer(*v, 1, UINT32_MAX));
-  if (const Field* v = m.find("max_headers")) l.maxHeaders = static_cast<std::uint32_t>(integer(*v, 1, UINT32_MAX));
-  if (const Field* v = m.find("max_body_bytes")) l.maxBodyBytes = integer(*v, 1, UINT64_MAX);
-  if (const Field* v = m.find("handshake_timeout")) l.handshakeTimeout = duration(*v);
-  if (const Field* v = m.find("header_timeout")) l.headerTimeout = duration(*v);
-  if (const Field* v = m.find("idle_timeout")) l.idleTimeout = duration(*v);
-  if (const Field* v = m.find("request_timeout")) l.requestTimeout = duration(*v);
-  if (const Field* v = m.find("upstream_timeout")) l.upstreamTimeout = duration(*v);
-  auto count = [&](const char* key, std::uint32_t& out, std::uint32_t max) {
-    if (const Field* v = m.find(key)) out = static_cast<std::uint32_t>(integer(*v, 1, max));
-  };
-  count("max_connections", l.maxConnections, 1u << 20);
-  count("max_connections_per_agent", l.maxConnectionsPerAgent, 1u << 20);
-  count("max_held_requests", l.maxHeldRequests, 1u << 16);
-  count("max_held_per_agent", l.maxHeldPerAgent, 1u << 16);
-  count("max_phantom_tokens_per_agent", l.maxPhantomTokensPerAgent, 1u << 20);
-  count("max_upstream_connections", l.maxUpstreamConnections, 1u << 16);
-  count("max_upstream_connections_per_agent", l.maxUpstreamConnectionsPerAgent, 1u << 16);
-  if (const Field* v = m.find("max_held_body_bytes")) l.maxHeldBodyBytes = integer(*v, 1, UINT64_MAX);
-  if (const Field* v = m.find("upstream_queue_timeout")) l.upstreamQueueTimeout = duration(*v);
-  if (const Field* v = m.find("upstream_connect_timeout")) l.upstreamConnectTimeout = duration(*v);
-  return l;
+// ---- the whole file -----------------------------------------------------------
+
+Config Parser::parse(const YAML::Node& root) const {
+  if (root.IsNull()) fail(root.Mark(), "the config is empty; at least targets: is required");
+  const Field top{"", YAML::Node(), root};
+  if (!root.IsMap())
+    fail(top, "the config must be a map of settings (listen, targets, rules, ...), got {}", typeName(root));
+  Config c;
+  section(top, kTop, c);
+  return c;
 }
-
-// A rule's label selector (pod_labels, container_labels): never empty.
-std::string Parser::labelSelector(const Field& f, std::string_view what) const {
-  std::string text = string(f);
-  if (auto sel = discovery::LabelSelector::parse(text); !sel || sel->empty())
-    fail(f, "{}: {}", f.path, sel ? fmt::format("an empty selector would match every {}", what) : sel.error().message);
-  return text;
-}
-
-void Parser::discovery(const Field& f, Config& c) const {
-  const Fields m = fields(f, {"kubernetes", "containers"});
-  if (const Field* ct = m.find("containers")) {
-    const Fields cm = fields(*ct, {"socket", "label", "guard_cgroup", "settle"});
-    ContainerDiscovery d;
-    d.loc = loc(keyMark(*ct));
-    if (const Field* v = cm.find("socket")) {
-      d.socket = absolutePath(*v);
-      if (d.socket.size() >= 108) fail(*v, "{}: too long for a Unix socket path", v->path);
-    }
-    if (const Field* v = cm.find("label")) {
-      d.label = string(*v);
-      if (auto sel = discovery::parseContainerLabelFilter(d.label); !sel) fail(*v, "{}: {}", v->path, sel.error().message);
-    }
-    if (const Field* v = cm.find("guard_cgroup")) {
-      d.guardCgroup = string(*v);
-      if (d.guardCgroup.empty() || d.guardCgroup.find("..") != std::string::npos ||
-          d.guardCgroup.find_first_of(std::string_view("\0\n", 2)) != std::string::npos || d.guardCgroup == "/")
-        fail(*v, "{}: expected a cgroup path (not the root, no \"..\"), got {}", v->path, shown(v->value));
-    }
-    if (const Field* v = cm.find("settle")) {
-      d.settle = duration(*v);
-      if (d.settle.count() == 0 || d.settle > std::chrono::seconds(60))
-        fail(*v, "{}: expected between 1s and 60s", v->path);
-    }
-    c.containers = std::move(d);
-  }
-  const Field* k = m.find("kubernetes");
-  if (!k) return;
-  const Fields km = fields(*k, {"node_name_env", "label_selector", "api_server", "token_file", "ca_file", "cgroup_root"});
-  KubernetesDiscovery d;
-  d.loc = loc(keyMark(*k));
-  if (const Field* v = km.find("node_name_env")) d.nodeNameEnv = string(*v);
-  if (const Field* v = km.find("label_selector")) {
-    d.labelSelector = string(*v);
-    if (auto sel = discovery::LabelSelector::parse(d.labelSelector); !sel)
-      fail(*v, "{}: {}", v->path, sel.error().message);
-  }
-  if (const Field* v = km.find("api_server")) {
-    d.apiServer = string(*v);
-    if (!d.apiServer.empty() && d.apiServer.rfind("https://", 0) != 0)
-      fail(*v, "{}: expected an https:// URL, got {}", v->path, shown(v->value));
-  }
-  if (const Field* v = km.find("token_file")) d.tokenFile = absolutePath(*v);
-  if (const Field* v = km.find("ca_file")) d.caFile = absolutePath(*v);
-  if (const Field* v = km.find("cgroup_root")) d.cgroupRoot = absolutePath(*v);
-  if (d.nodeNameEnv.empty()) fail(*k, "{}: node_name_env must not be empty", k->path);
-  c.kubernetes = std::move(d);
-}
-
-Dns Parser::dns(const Field& f) const {
-  const Fields m = fields(f, {"servers", "min_refresh", "max_refresh", "grace"});
-  Dns d;
-  if (const Field* v = m.find("servers")) {
-    for (const Field& item : list(*v)) {
-      std::string text = string(item);
-      std::string host = text;
-      auto colon = text.find(':');
-      if (colon != std::string::npos) {
-        host = text.substr(0, colon);
-        std::string port = text.substr(colon + 1);
-        if (port.empty() || port.size() > 5 || port.find_first_not_of("0123456789") != std::string::npos ||
-            std::stoul(port) == 0 || std::stoul(port) > 65535)
-          fail(item, "{}: expected IPv4 or IPv4:port, got {}", item.path, shown(item.value));
-      }
-      in_addr a{};
-      if (::inet_pton(AF_INET, host.c_str(), &a) != 1)
-        fail(item, "{}: expected an IPv4 resolver address (IPv4 or IPv4:port), got {}", item.path, shown(item.value));
-      d.servers.push_back(text);
-    }
-  }
-  if (const Field* v = m.find("min_refresh")) d.minRefresh = duration(*v);
-  if (const Field* v = m.find("max_refresh")) d.maxRefresh = duration(*v);
-  if (const Field* v = m.find("grace")) d.grace = duration(*v);
-  if (d.minRefresh > d.maxRefresh)
-    fail(f, "{}: min_refresh ({}s) is above max_refresh ({}s)", f.path, d.minRefresh.count(), d.maxRefresh.count());
-  return d;
-}
-
-BpfOptions Parser::bpf(const Field& f) const {
-  const Fields m = fields(f, {"keep_on_exit", "refuse_quic", "pin_root"});
-  BpfOptions b;
-  if (const Field* v = m.find("pin_root")) {
-    b.pinRoot = absolutePath(*v);
-    if (b.pinRoot.rfind("/sys/fs/bpf/", 0) != 0)
-      fail(*v, "{}: must be a directory under /sys/fs/bpf/, got {}", v->path, shown(v->value));
-  }
-  if (const Field* v = m.find("keep_on_exit")) b.keepOnExit = boolean(*v);
-  if (const Field* v = m.find("refuse_quic")) b.refuseQuic = boolean(*v);
-  return b;
-}
-
-std::string describeSecret(const SecretRef& s) {
-  if (!s.file.empty()) return "secret from file " + s.file;
-  if (!s.env.empty()) return "secret from $" + s.env;
-  return "secret inline";
-}
-
-// Closes a file descriptor on every return path.
-class FileDescriptor {
- public:
-  explicit FileDescriptor(int fd) : fd_(fd) {}
-  FileDescriptor(const FileDescriptor&) = delete;
-  FileDescriptor& operator=(const FileDescriptor&) = delete;
-  ~FileDescriptor() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  int get() const { return fd_; }
-
- private:
-  int fd_;
-};
-
-}  // namespace
-
-namespace {
 
 // The line (1-based) where a second YAML document starts, or 0. Found on the
 // text: yaml-cpp 0.7's LoadAll() loops without end on some inputs ("{},"),
@@ -1278,7 +1619,7 @@ Result<Config> parseConfig(std::string_view yaml, const std::string& fileName, b
 }
 
 Result<Config> loadConfig(const std::string& path) {
-  const FileDescriptor fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  const UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
   if (fd.get() < 0) return sysError(errno, "{}: cannot open config", path);
   // fstat the open file, not the path, so the mode is that of what is read.
   struct stat st {};
@@ -1301,47 +1642,14 @@ Result<Config> loadConfig(const std::string& path) {
 }
 
 std::string describeConfig(const Config& c) {
-  auto joined = [](const std::vector<std::string>& items, std::string_view none) {
-    return items.empty() ? std::string(none) : fmt::format("{}", fmt::join(items, ", "));
-  };
-  auto yesNo = [](bool b) { return b ? "yes" : "no"; };
+  std::string out = fmt::format("config {}\n", c.path);
+  describeTable(kTop, c, out);
+  return out;
+}
 
-  std::string out;
-  auto to = std::back_inserter(out);
-  fmt::format_to(to, "config {}\n", c.path);
-  fmt::format_to(to, "listen: port {}, admin {}{}\n", c.listen.port, c.listen.admin.value_or("off"),
-                 c.listen.adminTokenFile.empty() ? "" : " (token from " + c.listen.adminTokenFile + ")");
-  fmt::format_to(to, "state dir: {}; audit log: {}; log level: {}\n", c.stateDir,
-                 c.auditLog == "-" ? "stdout" : c.auditLog, c.logLevel);
-  fmt::format_to(to, "agents: cgroup {}, attach {}\n", c.agents.cgroup, joined(c.agents.attach, "none"));
-  fmt::format_to(to, "targets: {}\n", c.targets.size());
-  for (const Target& t : c.targets) {
-    fmt::format_to(to, "  {} (upstream port {}, resolve {}, addresses {}, upstream CA {})\n", t.host, t.upstreamPort,
-                   yesNo(t.resolve), joined(t.addresses, "none"), t.upstreamCa.value_or("system trust store"));
-    if (t.credentials.empty()) fmt::format_to(to, "    no credentials: requests pass unchanged\n");
-    for (const Credential& k : t.credentials) {
-      const SecretRef& secret = k.serviceAccount ? k.serviceAccount->clientSecret : k.apiKey->privateKey;
-      fmt::format_to(to, "    credential {}: {} ({}; agents {})\n", k.name, k.describe(), describeSecret(secret),
-                     joined(k.agents, "all"));
-    }
-  }
-  fmt::format_to(to, "rules: {} (default {})\n", c.rules.list.size(), actionName(c.rules.defaultAction));
-  const Limits& l = c.limits;
-  fmt::format_to(to,
-                 "limits: header {} bytes / {} headers, body {} bytes; timeouts handshake {}s, header {}s, "
-                 "idle {}s, request {}s, upstream {}s\n",
-                 l.maxHeaderBytes, l.maxHeaders, l.maxBodyBytes, l.handshakeTimeout.count(), l.headerTimeout.count(),
-                 l.idleTimeout.count(), l.requestTimeout.count(), l.upstreamTimeout.count());
-  fmt::format_to(to,
-                 "caps: connections {} ({} per agent); held requests {} ({} per agent, {} body bytes); "
-                 "phantom tokens {} per agent; upstream connections {} per target, {} per agent (connect "
-                 "timeout {}s, queue timeout {}s)\n",
-                 l.maxConnections, l.maxConnectionsPerAgent, l.maxHeldRequests, l.maxHeldPerAgent,
-                 l.maxHeldBodyBytes, l.maxPhantomTokensPerAgent, l.maxUpstreamConnections,
-                 l.maxUpstreamConnectionsPerAgent,
-                 l.upstreamConnectTimeout.count(), l.upstreamQueueTimeout.count());
-  fmt::format_to(to, "bpf: pins under {}, keep on exit {}, refuse QUIC {}\n", c.bpf.pinRoot, yesNo(c.bpf.keepOnExit),
-                 yesNo(c.bpf.refuseQuic));
+std::vector<SchemaKey> schemaKeys() {
+  std::vector<SchemaKey> out;
+  listKeys(kTop, "", out);
   return out;
 }
 

@@ -1,12 +1,18 @@
 #pragma once
 // The daemon's configuration, as loaded from YAML (README "Configuration").
-// Loading validates everything that can be checked without side effects and
-// reports the first problem as "FILE:LINE:COL: message". Unknown keys are an
-// error. Secrets are *not* read here: SecretRef says where a secret lives,
-// credentials/ reads it.
+// Loading checks the shape of the file: every key known, every value of the
+// right kind and within its bounds, references between sections (a rule's
+// host is a target) resolved. It reports the first problem as
+// "FILE:LINE:COL: message". What a rule's strings mean (path patterns, label
+// selectors, JSON pointers, regular expressions, unique names) is policy/'s to
+// check when it compiles the rules: `atlasgate check`, daemon start and reload
+// compile them right after loading. Unknown keys are an error. Secrets are
+// *not* read here: SecretRef says where a secret lives, credentials/ reads it.
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
+#include <map>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -101,6 +107,10 @@ struct Rule {
   Action wouldBe = Action::Block;     // log_only: what the rule would have done (block by default)
   std::string credential;             // optional: name of the target credential to use
   SourceLoc loc;
+  // Where each key of the rule was written, for policy/'s messages: "path",
+  // "action", "when[0].matches" ... -> the location of its value. Empty for
+  // rules made in code (messages then point at loc).
+  std::map<std::string, SourceLoc, std::less<>> keyLocs;
 };
 
 struct Rules {
@@ -219,5 +229,19 @@ Result<Config> loadConfig(const std::string& path);
 
 // Human-readable summary of a loaded config (used by `atlasgate check`).
 std::string describeConfig(const Config& c);
+
+// One key of the sections that config.cpp reads from schema tables (README
+// "Configuration"): every key of listen, agents, limits, bpf, dns,
+// discovery.kubernetes, discovery.containers and the top level. targets and
+// rules are listed themselves, not what is under them.
+struct SchemaKey {
+  std::string path;          // "limits.idle_timeout", "state_dir", "discovery.kubernetes"
+  std::string kind;          // "integer", "duration", "path", "section" ...
+  std::string defaultValue;  // as YAML would spell it; "" when there is none
+  std::uint64_t min = 0;     // integer, port: the accepted range; duration: in seconds
+  std::uint64_t max = 0;
+  std::string doc;           // one line
+};
+std::vector<SchemaKey> schemaKeys();
 
 }  // namespace atlasgate::config

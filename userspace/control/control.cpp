@@ -1,5 +1,7 @@
 #include "control/control.h"
 
+#include "common/fd.h"
+
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -14,12 +16,12 @@
 
 #include "common/log.h"
 #include "common/text.h"
-#include "proxy/asio.h"
+#include "net/asio.h"
 
 namespace atlasgate::control {
 
 namespace json = boost::json;
-using proxy::kUseTuple;
+using net::kUseTuple;
 namespace asio = boost::asio;
 using local = asio::local::stream_protocol;
 
@@ -112,12 +114,9 @@ Result<std::unique_ptr<Server>> Server::start(asio::io_context& io, const std::s
 }
 
 Result<json::value> call(const std::string& path, const json::object& request, int timeoutMs) {
-  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  UniqueFd owned(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  const int fd = owned.get();
   if (fd < 0) return sysError(errno, "socket");
-  struct Closer {
-    int fd;
-    ~Closer() { ::close(fd); }
-  } closer{fd};
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
   if (path.size() >= sizeof addr.sun_path) return makeError("control socket path too long: {}", path);

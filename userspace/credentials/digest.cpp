@@ -1,9 +1,12 @@
 #include "credentials/digest.h"
 
+#include "common/text.h"
+
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 
 #include <cctype>
+
 
 namespace atlasgate::credentials {
 
@@ -11,13 +14,7 @@ namespace {
 
 constexpr std::size_t kMaxHeader = 4096;
 
-bool iequals(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  for (std::size_t i = 0; i < a.size(); ++i)
-    if (std::tolower(static_cast<unsigned char>(a[i])) != std::tolower(static_cast<unsigned char>(b[i])))
-      return false;
-  return true;
-}
+using text::iequals;
 
 std::string md5Hex(std::string_view data) {
   unsigned char md[EVP_MAX_MD_SIZE];
@@ -35,6 +32,68 @@ std::string md5Hex(std::string_view data) {
 
 void skipSpace(std::string_view s, std::size_t& i) {
   while (i < s.size() && (s[i] == ' ' || s[i] == '\t')) ++i;
+}
+
+}  // namespace
+
+namespace {
+
+// One parameter's value at h[i]: a quoted-string (backslash escapes) or a
+// token; control characters are refused either way.
+Result<std::string> paramValue(std::string_view h, std::size_t& i) {
+  auto control = [](char ch) { return static_cast<unsigned char>(ch) < 0x20 && ch != '\t'; };
+  std::string value;
+  if (i < h.size() && h[i] == '"') {
+    ++i;
+    while (i < h.size()) {
+      char ch = h[i++];
+      if (control(ch)) return makeError("control character in Digest challenge");
+      if (ch == '"') return value;
+      if (ch == '\\' && i < h.size()) {
+        if (control(h[i])) return makeError("control character in Digest challenge");
+        ch = h[i++];
+      }
+      value.push_back(ch);
+    }
+    return makeError("unterminated quoted string in Digest challenge");
+  }
+  std::size_t v = i;
+  while (i < h.size() && h[i] != ',' && h[i] != ' ' && h[i] != '\t') {
+    if (static_cast<unsigned char>(h[i]) < 0x20) return makeError("control character in Digest challenge");
+    ++i;
+  }
+  return std::string(h.substr(v, i - v));
+}
+
+void setParam(DigestChallenge& c, std::string_view key, std::string value, bool& sawNonce) {
+  if (iequals(key, "realm")) {
+    c.realm = std::move(value);
+  } else if (iequals(key, "nonce")) {
+    c.nonce = std::move(value);
+    sawNonce = true;
+  } else if (iequals(key, "opaque")) {
+    c.opaque = std::move(value);
+  } else if (iequals(key, "algorithm")) {
+    c.algorithm = std::move(value);
+  } else if (iequals(key, "qop")) {
+    c.qop = std::move(value);
+  } else if (iequals(key, "stale")) {
+    c.stale = iequals(value, "true");
+  }  // domain, charset, userhash...: not needed
+}
+
+// qop may be a list ("auth,auth-int"): we need auth.
+bool offersAuth(std::string_view q) {
+  while (!q.empty()) {
+    auto comma = q.find(',');
+    std::string_view one = q.substr(0, comma);
+    while (!one.empty() && one.front() == ' ') one.remove_prefix(1);
+    while (!one.empty() && one.back() == ' ') one.remove_suffix(1);
+    if (iequals(one, "auth")) return true;
+    if (comma == std::string_view::npos) break;
+    q.remove_prefix(comma + 1);
+  }
+  return false;
 }
 
 }  // namespace
@@ -63,63 +122,13 @@ Result<DigestChallenge> parseDigestChallenge(std::string_view h) {
     if (i >= h.size() || h[i] != '=') return makeError("malformed Digest challenge");
     ++i;
     skipSpace(h, i);
-    std::string value;
-    if (i < h.size() && h[i] == '"') {
-      ++i;
-      bool closed = false;
-      while (i < h.size()) {
-        char ch = h[i++];
-        if (static_cast<unsigned char>(ch) < 0x20 && ch != '\t') return makeError("control character in Digest challenge");
-        if (ch == '\\' && i < h.size()) {
-          if (static_cast<unsigned char>(h[i]) < 0x20 && h[i] != '\t')
-            return makeError("control character in Digest challenge");
-          value.push_back(h[i++]);
-        } else if (ch == '"') {
-          closed = true;
-          break;
-        } else {
-          value.push_back(ch);
-        }
-      }
-      if (!closed) return makeError("unterminated quoted string in Digest challenge");
-    } else {
-      std::size_t v = i;
-      while (i < h.size() && h[i] != ',' && h[i] != ' ' && h[i] != '\t') {
-        if (static_cast<unsigned char>(h[i]) < 0x20) return makeError("control character in Digest challenge");
-        ++i;
-      }
-      value = std::string(h.substr(v, i - v));
-    }
-    if (iequals(key, "realm")) {
-      c.realm = value;
-    } else if (iequals(key, "nonce")) {
-      c.nonce = value;
-      sawNonce = true;
-    } else if (iequals(key, "opaque")) {
-      c.opaque = value;
-    } else if (iequals(key, "algorithm")) {
-      c.algorithm = value;
-    } else if (iequals(key, "qop")) {
-      c.qop = value;
-    } else if (iequals(key, "stale")) {
-      c.stale = iequals(value, "true");
-    }  // domain, charset, userhash...: not needed
+    Result<std::string> value = paramValue(h, i);
+    if (!value) return value.error();
+    setParam(c, key, std::move(value.value()), sawNonce);
   }
   if (!sawNonce || c.nonce.empty()) return makeError("Digest challenge without a nonce");
   if (!iequals(c.algorithm, "MD5")) return makeError("unsupported Digest algorithm {}", c.algorithm.substr(0, 32));
-  // qop may be a list ("auth,auth-int"): we need auth.
-  bool hasAuth = false;
-  std::string_view q = c.qop;
-  while (!q.empty()) {
-    auto comma = q.find(',');
-    std::string_view one = q.substr(0, comma);
-    while (!one.empty() && one.front() == ' ') one.remove_prefix(1);
-    while (!one.empty() && one.back() == ' ') one.remove_suffix(1);
-    if (iequals(one, "auth")) hasAuth = true;
-    if (comma == std::string_view::npos) break;
-    q.remove_prefix(comma + 1);
-  }
-  if (!hasAuth) return makeError("Digest challenge without qop=auth");
+  if (!offersAuth(c.qop)) return makeError("Digest challenge without qop=auth");
   c.qop = "auth";
   return c;
 }

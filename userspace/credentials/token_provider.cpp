@@ -7,11 +7,16 @@
 #include <random>
 
 #include "common/log.h"
+#include "common/text.h"
 #include "credentials/oauth.h"
 
 namespace atlasgate::credentials {
 
-using namespace proxy;  // asio, http, tcp, kUseTuple
+namespace asio = net::asio;
+namespace http = net::http;
+using net::kUseTuple;
+using upstream::RoundTripResult;
+using upstream::UpstreamPool;
 namespace json = boost::json;
 
 namespace {
@@ -63,9 +68,9 @@ Result<TokenResponse> parseTokenResponse(unsigned status, std::string_view body)
   if (!at || !at->is_string() || at->as_string().empty())
     return makeError("token endpoint answer has no access_token");
   if (!tt || !tt->is_string()) return makeError("token endpoint answer has no token_type");
-  std::string type(tt->as_string());
-  std::transform(type.begin(), type.end(), type.begin(), [](unsigned char c) { return std::tolower(c); });
-  if (type != "bearer") return makeError("token endpoint answered token_type {}, not Bearer", type.substr(0, 32));
+  std::string_view type = tt->as_string();
+  if (!text::iequals(type, "bearer"))
+    return makeError("token endpoint answered token_type {}, not Bearer", type.substr(0, 32));
   // Lifetimes are capped (a year) so that no arithmetic on them can overflow.
   constexpr std::int64_t kMaxTtl = 365 * 24 * 3600;
   std::int64_t ttl = 3600;

@@ -13,8 +13,8 @@
 
 #include "common/result.h"
 #include "credentials/secret.h"
-#include "proxy/asio.h"
-#include "proxy/upstream.h"
+#include "net/asio.h"
+#include "upstream/call.h"
 
 namespace atlasgate::credentials {
 
@@ -28,18 +28,18 @@ class TokenProvider {
  public:
   using Clock = std::chrono::steady_clock;
 
-  TokenProvider(proxy::asio::any_io_executor ex, proxy::UpstreamPool& pool, std::string host,
+  TokenProvider(net::asio::any_io_executor ex, upstream::UpstreamPool& pool, std::string host,
                 std::string clientId, Secret secret, std::chrono::seconds timeout);
 
   // A valid bearer token, or an error whose message is safe to show. The
   // token endpoint is reached over the pool, at an address atlasgate chose.
-  proxy::asio::awaitable<Result<std::string>> token();
+  net::asio::awaitable<Result<std::string>> token();
 
   // The upstream answered 401 for this token: do not inject it again.
   void invalidate(const std::string& token);
 
   // Revokes the current token (clean shutdown).
-  proxy::asio::awaitable<void> revoke();
+  net::asio::awaitable<void> revoke();
 
   // For status: "valid, expires in 3412s", "refreshing", "failing: …".
   std::string describeState() const;
@@ -47,12 +47,12 @@ class TokenProvider {
   const std::string& clientId() const { return clientId_; }
 
  private:
-  proxy::asio::awaitable<void> refresh();
+  net::asio::awaitable<void> refresh();
   bool valid(Clock::time_point now) const;
   std::string basicAuth() const;
 
-  proxy::asio::any_io_executor ex_;
-  proxy::UpstreamPool& pool_;
+  net::asio::any_io_executor ex_;
+  upstream::UpstreamPool& pool_;
   std::string host_;
   std::string clientId_;
   Secret secret_;
@@ -63,7 +63,7 @@ class TokenProvider {
   Clock::time_point refreshAt_{};
   std::chrono::milliseconds margin_{5000};  // no injection this close to expiry
   bool refreshing_ = false;
-  proxy::asio::steady_timer wake_;  // cancelled when a refresh completes
+  net::asio::steady_timer wake_;  // cancelled when a refresh completes
   std::string lastError_;
   unsigned failures_ = 0;
   Clock::time_point nextAttempt_{};

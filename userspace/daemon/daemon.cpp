@@ -1,5 +1,4 @@
 #include "daemon/daemon.h"
-#include "daemon/health.h"
 #include "daemon/netns.h"
 #include "daemon/privileges.h"
 
@@ -31,21 +30,23 @@
 #include "discovery/container_watcher.h"
 #include "discovery/watcher.h"
 #include "dns/resolver.h"
+#include "health/health.h"
+#include "net/asio.h"
 #include "policy/policy.h"
 #include "proxy/agents.h"
 #include "proxy/approvals.h"
-#include "proxy/asio.h"
 #include "proxy/server.h"
-#include "proxy/upstream.h"
 #include "tls/authority.h"
 #include "tls/client_context.h"
 #include "tls/server_context.h"
+#include "upstream/upstream.h"
 
 namespace atlasgate::daemon {
 
 namespace fs = std::filesystem;
 namespace json = boost::json;
 using namespace proxy;  // asio, tcp, kUseTuple
+using health::assessHealth, health::Health, health::HealthFacts;
 
 namespace {
 
@@ -104,8 +105,20 @@ class Daemon {
   std::vector<std::string> attachedRoots() const;
   asio::awaitable<void> shutdown();
   Result<void> reload();
+  // The phases of start().
+  Result<void> startTls();
+  Result<void> publishCa() const;
+  Result<void> startKernel(std::shared_ptr<const Runtime> rt);
+  Result<void> startEndpoints();
   json::value control(const json::object& req);
   json::value status();
+  // The sections of status().
+  json::value statusConnections();
+  json::value statusCredentials();
+  json::value statusTargets();
+  json::value statusCounters();
+  json::value statusUpstream();
+  json::value statusBpf();
   std::string metrics();
   Health health() const;  // what /healthz, status and atlasgate_healthy say
   void writeRuntimeFile();
@@ -151,8 +164,7 @@ class Daemon {
   std::map<std::string, AttachedContainer> attachedContainers_;  // by container id
   std::string containerGuard_;  // discovery.containers.guard_cgroup, absolute; "" = none
   bool underGuard(const std::string& cgroup) const {
-    return !containerGuard_.empty() && cgroup.size() > containerGuard_.size() &&
-           cgroup.compare(0, containerGuard_.size(), containerGuard_) == 0 && cgroup[containerGuard_.size()] == '/';
+    return !containerGuard_.empty() && cgroup != containerGuard_ && bpf::pathWithin(cgroup, containerGuard_);
   }
   std::map<std::string, std::string> containerProblems_;         // by id: the last one logged
   void containerUpsert(const discovery::ContainerInfo& c);
@@ -198,6 +210,8 @@ Result<void> Daemon::start() {
   auto cfg = config::loadConfig(opts_.configPath);
   if (!cfg) return cfg.error();
   config_ = std::make_shared<const config::Config>(std::move(cfg.value()));
+  // The rules' meaning is the policy's to check: before anything is created.
+  if (auto pol = policy::Policy::compile(config_->rules); !pol) return pol.error();
   log::Level level;
   if (log::parseLevel(config_->logLevel, level)) log::setLevel(level);
   credentials::hardenProcess();
@@ -213,29 +227,50 @@ Result<void> Daemon::start() {
   if (ec) return makeError("create agents cgroup {}: {}", agentsCgroup_, ec.message());
 
   // TLS first: a broken CA or upstream CA should fail before BPF is touched.
+  if (auto r = startTls(); !r) return r;
+  auto audit = audit::AuditLog::open(config_->auditLog);
+  if (!audit) return audit.error();
+  audit_ = std::move(audit.value());
+  auto rt = buildRuntime(config_, nullptr);
+  if (!rt) return rt.error();
+  if (auto r = startKernel(*rt); !r) return r;
+  if (auto r = startEndpoints(); !r) return r;
+  if (auto r = startDiscovery(); !r) return r;
+  writeRuntimeFile();
+  // Everything that needed full root is done; keep only what serving needs.
+  if (auto r = dropCapabilities(); !r) return r;
+  log::info("capabilities now: {}", effectiveCapabilities());
+  return {};
+}
+
+Result<void> Daemon::publishCa() const {
+  // Only the public certificate and the bundle: pods mount this directory.
+  std::error_code pec;
+  fs::create_directories(config_->publishCaDir, pec);
+  ::chmod(config_->publishCaDir.c_str(), 0755);
+  for (const std::string& src : {authority_->paths().caCert, authority_->paths().trustBundle}) {
+    fs::path dst = fs::path(config_->publishCaDir) / fs::path(src).filename();
+    fs::path tmp = dst;
+    tmp += ".tmp";
+    fs::copy_file(src, tmp, fs::copy_options::overwrite_existing, pec);
+    if (!pec) {
+      ::chmod(tmp.c_str(), 0644);
+      fs::rename(tmp, dst, pec);
+    }
+    if (pec) return makeError("publish {} to {}: {}", src, config_->publishCaDir, pec.message());
+  }
+  log::info("published the CA certificate and trust bundle in {}", config_->publishCaDir);
+  return {};
+}
+
+Result<void> Daemon::startTls() {
   std::vector<std::string> hosts;
   for (const auto& t : config_->targets) hosts.push_back(t.host);
   auto ca = tls::Authority::loadOrCreate(config_->stateDir, hosts);
   if (!ca) return ca.error();
   authority_ = std::make_shared<const tls::Authority>(std::move(ca.value()));
-  if (!config_->publishCaDir.empty()) {
-    // Only the public certificate and the bundle: pods mount this directory.
-    std::error_code pec;
-    fs::create_directories(config_->publishCaDir, pec);
-    ::chmod(config_->publishCaDir.c_str(), 0755);
-    for (const std::string& src : {authority_->paths().caCert, authority_->paths().trustBundle}) {
-      fs::path dst = fs::path(config_->publishCaDir) / fs::path(src).filename();
-      fs::path tmp = dst;
-      tmp += ".tmp";
-      fs::copy_file(src, tmp, fs::copy_options::overwrite_existing, pec);
-      if (!pec) {
-        ::chmod(tmp.c_str(), 0644);
-        fs::rename(tmp, dst, pec);
-      }
-      if (pec) return makeError("publish {} to {}: {}", src, config_->publishCaDir, pec.message());
-    }
-    log::info("published the CA certificate and trust bundle in {}", config_->publishCaDir);
-  }
+  if (!config_->publishCaDir.empty())
+    if (auto r = publishCa(); !r) return r;
   auto stls = tls::ServerContext::create(authority_);
   if (!stls) return stls.error();
   serverTls_ = std::make_unique<tls::ServerContext>(std::move(stls.value()));
@@ -246,13 +281,12 @@ Result<void> Daemon::start() {
     pool_->addHost(t.host, cctx.value().release());
   }
   pool_->setLimits(upstreamLimits(config_->limits));
-  auto audit = audit::AuditLog::open(config_->auditLog);
-  if (!audit) return audit.error();
-  audit_ = std::move(audit.value());
+  return {};
+}
 
-  auto rt = buildRuntime(config_, nullptr);
-  if (!rt) return rt.error();
-
+// The BPF programs and maps, the listeners, and the attached cgroups: in
+// this order, so that the first redirected connection finds us listening.
+Result<void> Daemon::startKernel(std::shared_ptr<const Runtime> rt) {
   bpf::LoaderOptions lo;
   lo.proxyPort = config_->listen.port;
   lo.daemonTgid = static_cast<std::uint32_t>(::getpid());
@@ -267,8 +301,9 @@ Result<void> Daemon::start() {
   auto cookie = bpf::currentNetnsCookie();
   if (!cookie) return cookie.error();
   agents_ = std::make_unique<AgentDirectory>(cgroupMount_, agentsCgroup_);
-  server_ = std::make_unique<Server>(io_, *loader_, *serverTls_, *pool_, *audit_, *agents_, approvals_, *cookie);
-  server_->setRuntime(rt.value());
+  server_ = std::make_unique<Server>(
+      io_, [this](const sockaddr* peer, std::uint64_t netns) { return loader_->take(peer, netns); }, *serverTls_, *pool_, *audit_, *agents_, approvals_, *cookie);
+  server_->setRuntime(std::move(rt));
   // Listen before attaching, so that the first redirected connection finds us.
   if (auto r = server_->listen(config_->listen.port); !r) return r;
 
@@ -283,7 +318,10 @@ Result<void> Daemon::start() {
   // before a restart are attached still (the pins) and their agents must
   // keep their names, or their connections are refused as unknown.
   agents_->setRoots(attachedRoots());
+  return {};
+}
 
+Result<void> Daemon::startEndpoints() {
   auto ctl = control::Server::start(io_, opts_.runDir + "/control.sock",
                                     [this](const json::object& req) { return control(req); });
   if (!ctl) return ctl.error();
@@ -297,11 +335,6 @@ Result<void> Daemon::start() {
     if (!adm) return adm.error();
     admin_ = std::move(adm.value());
   }
-  if (auto r = startDiscovery(); !r) return r;
-  writeRuntimeFile();
-  // Everything that needed full root is done; keep only what serving needs.
-  if (auto r = dropCapabilities(); !r) return r;
-  log::info("capabilities now: {}", effectiveCapabilities());
   return {};
 }
 
@@ -605,7 +638,7 @@ void Daemon::containerUpsert(const discovery::ContainerInfo& c) {
     if (auto r = loader_->attach(*cg); !r) return problem(fmt::format("container {}: {}", c.name, r.error().message));
   containerProblems_.erase(c.id);
   agents_->setName(*cg, c.agentName(), labels, LabelKind::Container);
-  attachedContainers_[c.id] = AttachedContainer{c.agentName(), *cg, *cgid};
+  attachedContainers_[c.id] = AttachedContainer{c.agentName(), *cg, *cgid, std::nullopt};
   agents_->setRoots(attachedRoots());
   log::info("{} attached ({}, id {})", c.agentName(), *cg, *cgid);
 }
@@ -649,8 +682,8 @@ void Daemon::sweepStoppedContainers() {
 
 std::vector<std::string> Daemon::attachedRoots() const {
   std::vector<std::string> roots{agentsCgroup_};
-  for (const auto& a : loader_->attachments())
-    if (!a.path.empty() && a.path != agentsCgroup_) roots.push_back(a.path);
+  for (auto& path : loader_->attachedPaths())
+    if (path != agentsCgroup_) roots.push_back(std::move(path));
   return roots;
 }
 
@@ -734,7 +767,7 @@ asio::awaitable<void> Daemon::shutdown() {
   server_->stopAccepting();
   asio::steady_timer t(io_);
   auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-  while (server_->stats().liveConnections > 0 && std::chrono::steady_clock::now() < deadline) {
+  while (server_->counters().get(proxy::Counter::LiveConnections) > 0 && std::chrono::steady_clock::now() < deadline) {
     t.expires_after(std::chrono::milliseconds(100));
     co_await t.async_wait(kUseTuple);
   }
@@ -757,11 +790,11 @@ asio::awaitable<void> Daemon::shutdown() {
   stopCv_.notify_all();
   // Closed sessions unwind on their own; whatever is still running after
   // 2 s is cut short by stopping the loop.
-  for (int i = 0; i < 20 && server_->stats().liveConnections > 0; ++i) {
+  for (int i = 0; i < 20 && server_->counters().get(proxy::Counter::LiveConnections) > 0; ++i) {
     t.expires_after(std::chrono::milliseconds(100));
     co_await t.async_wait(kUseTuple);
   }
-  if (server_->stats().liveConnections > 0) {
+  if (server_->counters().get(proxy::Counter::LiveConnections) > 0) {
     forced_ = true;
     io_.stop();
   }
@@ -779,13 +812,7 @@ Result<void> Daemon::reload() {
   // Targets may be added, removed and changed. A host the CA was not made
   // for cannot be added: its name constraints list the hosts, so agents
   // would have to trust a new CA (a restart makes it).
-  std::map<std::string, SSL_CTX*> contexts;  // new or changed upstream TLS
-  struct FreeContexts {
-    std::map<std::string, SSL_CTX*>& m;
-    ~FreeContexts() {
-      for (auto& [h, c] : m) SSL_CTX_free(c);
-    }
-  } freeContexts{contexts};
+  std::map<std::string, tls::SslCtxPtr> contexts;  // new or changed upstream TLS (freed if the reload fails)
   for (const auto& t : next->targets) {
     if (!authority_->allows(t.host))
       return makeError("target {} is new to the CA (made for [{}]): adding a host needs a restart, which makes a new "
@@ -797,14 +824,14 @@ Result<void> Daemon::reload() {
     if (was && was->upstreamCa == t.upstreamCa && pool_->hasHost(t.host)) continue;
     auto cctx = tls::makeClientContext(t.upstreamCa);
     if (!cctx) return makeError("target {}: {}", t.host, cctx.error().message);
-    contexts[t.host] = cctx.value().release();
+    contexts[t.host] = std::move(cctx.value());
   }
   auto rt = buildRuntime(next, server_->runtime().get());
   if (!rt) return rt.error();
   auto adminToken = admin::readToken(next->listen);  // re-read: a rotated token takes effect
   if (!adminToken) return adminToken.error();
   std::atomic_store(&config_, std::shared_ptr<const config::Config>(next));
-  for (auto& [host, ctx] : contexts) pool_->setContext(host, std::exchange(ctx, nullptr));
+  for (auto& [host, ctx] : contexts) pool_->setContext(host, ctx.release());  // the pool owns it
   contexts.clear();
   if (auto r = applyTargets(); !r) return r;
   pool_->setLimits(upstreamLimits(next->limits));
@@ -871,34 +898,17 @@ Health Daemon::health() const {
   std::set<std::string> stopped;  // kept attached on purpose, for a restart
   for (const auto& [id, c] : attachedContainers_)
     if (c.stoppedSince) stopped.insert(c.cgroup);
-  for (const auto& a : loader_->attachments()) {
-    if (stopped.contains(a.path)) continue;
-    HealthFacts::Attachment x{a.path, a.cgroupId, std::nullopt};
-    if (!a.path.empty())
-      if (auto id = bpf::cgroupId(a.path)) x.currentId = *id;
-    f.attachments.push_back(std::move(x));
+  for (auto& path : loader_->attachedPaths()) {
+    if (stopped.contains(path)) continue;
+    bool exists = bpf::cgroupId(path).ok();
+    f.attachments.push_back({std::move(path), exists});
   }
   for (const auto& p : config_->agents.attach) f.configured.push_back({p, bpf::cgroupId(p).ok()});
   for (const auto& [ino, e] : netnsErrors_) f.namespacesWithoutListener.push_back({ino, e.pid, e.error});
   return assessHealth(f);
 }
 
-json::value Daemon::status() {
-  json::object o;
-  o["ok"] = true;
-  {
-    Health h = health();
-    json::array problems;
-    for (auto& p : h.problems) problems.push_back(json::string(p));
-    o["health"] = json::object{{"state", h.state()}, {"problems", std::move(problems)}};
-  }
-  o["pid"] = ::getpid();
-  o["config"] = opts_.configPath;
-  o["listen_port"] = config_->listen.port;
-  json::array agents;
-  for (const auto& a : loader_->attachments())
-    agents.push_back(json::object{{"cgroup", a.path}, {"cgroup_id", a.cgroupId}});
-  o["attached"] = agents;
+json::value Daemon::statusConnections() {
   json::array conns;
   auto now = std::chrono::steady_clock::now();
   for (const auto& c : server_->connections())
@@ -909,7 +919,10 @@ json::value Daemon::status() {
                                  {"dst", c.dst},
                                  {"requests", c.requests},
                                  {"age_s", std::chrono::duration_cast<std::chrono::seconds>(now - c.since).count()}});
-  o["connections"] = conns;
+  return conns;
+}
+
+json::value Daemon::statusCredentials() {
   json::array tokens;
   for (const auto& t : server_->runtime()->targets)
     for (const auto& c : t.credentials)
@@ -918,7 +931,10 @@ json::value Daemon::status() {
                                     {"state", c.tokens ? c.tokens->describeState() : "api key"},
                                     {"fetches", c.tokens ? c.tokens->stats().fetches : 0},
                                     {"failures", c.tokens ? c.tokens->stats().failures : 0}});
-  o["credentials"] = tokens;
+  return tokens;
+}
+
+json::value Daemon::statusTargets() {
   json::object targets;
   {
     std::lock_guard lock(addrMu_);
@@ -938,41 +954,28 @@ json::value Daemon::status() {
       entry.as_object()["dns"] = state;
     }
   }
-  o["targets"] = targets;
-  const auto& s = server_->stats();
+  return targets;
+}
+
+json::value Daemon::statusCounters() {
   const UpstreamStats pool = pool_->stats();  // summed over targets: once
-  json::object counters{{"accepted", s.accepted.load()},
-                        {"refused_no_flow", s.refusedNoFlow.load()},
-                        {"handshake_failures", s.handshakeFailures.load()},
-                        {"requests", s.requests.load()},
-                        {"blocked", s.blocked.load()},
-                        {"rate_limited", s.rateLimited.load()},
-                        {"approvals_held", s.approvalsHeld.load()},
-                        {"approvals_refused", approvals_.refused()},
-                        {"credential_failures", s.credentialFailures.load()},
-                        {"credential_retries", s.credentialRetries.load()},
-                        {"phantom_tokens_issued", s.phantomIssued.load()},
-                        {"phantom_tokens_refused", s.phantomRefused.load()},
-                        {"phantom_tokens_live", server_->phantoms().size()},
-                        {"upstream_failures", s.upstreamFailures.load()},
-                        {"bad_requests", s.badRequests.load()},
-                        {"live_connections", s.liveConnections.load()},
-                        {"passthrough_connections", s.passthrough.load()},
-                        {"audit_written", audit_->written()},
-                        {"audit_lost", audit_->lost()},
-                        {"upstream_idle", pool_->idleCount()},
-                        {"upstream_connects", pool.connects},
-                        {"upstream_reuses", pool.reuses},
-                        {"upstream_busy", s.upstreamBusy.load()},
-                        {"refused_over_limit", s.refusedOverLimit.load()},
-                        {"refused_unknown_agent", s.refusedUnknownAgent.load()},
-                        {"held_for_discovery", s.heldForDiscovery.load()},
-                        {"accept_errors", s.acceptErrors.load()}};
+  json::object counters;
+  for (const auto& row : proxy::kCounterTable) counters[row.status] = server_->counters().get(row.counter);
+  counters["approvals_refused"] = approvals_.refused();
+  counters["phantom_tokens_live"] = server_->phantoms().size();
+  counters["audit_written"] = audit_->written();
+  counters["audit_lost"] = audit_->lost();
+  counters["upstream_idle"] = pool_->idleCount();
+  counters["upstream_connects"] = pool.connects;
+  counters["upstream_reuses"] = pool.reuses;
   auto tc = serverTls_->counters();
   counters["tls_refused_unknown_sni"] = tc.refusedUnknownSni;
   counters["tls_refused_missing_sni"] = tc.refusedMissingSni;
   counters["tls_leaves_minted"] = tc.leavesMinted;
-  o["counters"] = counters;
+  return counters;
+}
+
+json::value Daemon::statusUpstream() {
   json::array upstream;
   for (const auto& h : pool_->hosts())
     upstream.push_back(json::object{{"host", h.host},
@@ -987,13 +990,40 @@ json::value Daemon::status() {
                                     {"queued", h.stats.queued},
                                     {"queue_timeouts", h.stats.queueTimeouts},
                                     {"queue_wait_s", h.stats.queueWaitSeconds}});
-  o["upstream"] = std::move(upstream);
+  return upstream;
+}
+
+json::value Daemon::statusBpf() {
   json::object bpfc;
   auto bc = loader_->counters();
   for (int i = 0; i < AG_CNT__MAX; ++i) bpfc[ag_counter_names[i]] = bc[i];
   bpfc["flows_pending"] = loader_->flowCount();
   bpfc["origins"] = loader_->originCount();
-  o["bpf"] = bpfc;
+  return bpfc;
+}
+
+json::value Daemon::status() {
+  json::object o;
+  o["ok"] = true;
+  {
+    Health h = health();
+    json::array problems;
+    for (auto& p : h.problems) problems.push_back(json::string(p));
+    o["health"] = json::object{{"state", h.state()}, {"problems", std::move(problems)}};
+  }
+  o["pid"] = ::getpid();
+  o["config"] = opts_.configPath;
+  o["listen_port"] = config_->listen.port;
+  json::array agents;
+  for (const auto& a : loader_->attachments())
+    agents.push_back(json::object{{"cgroup", a.path}, {"cgroup_id", a.cgroupId}});
+  o["attached"] = agents;
+  o["connections"] = statusConnections();
+  o["credentials"] = statusCredentials();
+  o["targets"] = statusTargets();
+  o["counters"] = statusCounters();
+  o["upstream"] = statusUpstream();
+  o["bpf"] = statusBpf();
   o["approvals_pending"] = approvals_.pending().size();
   json::array nss;
   for (const auto& [ino, ns] : netns_)
@@ -1020,21 +1050,16 @@ json::value Daemon::status() {
 
 std::string Daemon::metrics() {
   std::string out = server_->metrics().render();
-  auto counter = [&out](const char* name, const char* help, const char* type) {
+  auto counter = [&out](std::string_view name, std::string_view help, std::string_view type) {
     fmt::format_to(std::back_inserter(out), "# HELP {} {}\n# TYPE {} {}\n", name, help, name, type);
   };
   counter("atlasgate_healthy", "1 when /healthz says ok, 0 when degraded (the reasons: GET /healthz, atlasgate status).",
           "gauge");
   fmt::format_to(std::back_inserter(out), "atlasgate_healthy {}\n", health().ok() ? 1 : 0);
-  const auto& s = server_->stats();
-  counter("atlasgate_connections_accepted_total", "Redirected agent connections accepted.", "counter");
-  fmt::format_to(std::back_inserter(out), "atlasgate_connections_accepted_total {}\n", s.accepted.load());
-  counter("atlasgate_flows_refused_total", "Connections refused: no kernel redirect record.", "counter");
-  fmt::format_to(std::back_inserter(out), "atlasgate_flows_refused_total {}\n", s.refusedNoFlow.load());
-  counter("atlasgate_tls_handshake_failures_total", "Agent TLS handshakes that failed (incl. unknown SNI).", "counter");
-  fmt::format_to(std::back_inserter(out), "atlasgate_tls_handshake_failures_total {}\n", s.handshakeFailures.load());
-  counter("atlasgate_connections_live", "Agent connections open now.", "gauge");
-  fmt::format_to(std::back_inserter(out), "atlasgate_connections_live {}\n", s.liveConnections.load());
+  for (const auto& row : proxy::kCounterTable) {
+    counter(row.metric, row.help, row.gauge ? "gauge" : "counter");
+    fmt::format_to(std::back_inserter(out), "{} {}\n", row.metric, server_->counters().get(row.counter));
+  }
   counter("atlasgate_upstream_pool_idle", "Idle upstream connections kept for reuse.", "gauge");
   fmt::format_to(std::back_inserter(out), "atlasgate_upstream_pool_idle {}\n", pool_->idleCount());
   auto hostViews = pool_->hosts();
@@ -1058,10 +1083,6 @@ std::string Daemon::metrics() {
           "counter", [](const UpstreamHostView& h) { return fmt::format("{:.6f}", h.stats.queueWaitSeconds); });
   perHost("atlasgate_upstream_connect_failures_total", "Failed upstream TCP/TLS connection attempts.", "counter",
           [](const UpstreamHostView& h) { return h.stats.connectFailures; });
-  counter("atlasgate_connections_refused_over_limit_total",
-          "Agent connections closed at once: over limits.max_connections or max_connections_per_agent.", "counter");
-  fmt::format_to(std::back_inserter(out), "atlasgate_connections_refused_over_limit_total {}\n",
-                 server_->stats().refusedOverLimit.load());
   counter("atlasgate_upstream_connects_total", "Upstream TLS connections opened, by TLS session resumption.", "counter");
   const UpstreamStats pool = pool_->stats();  // summed over targets: once
   fmt::format_to(std::back_inserter(out), "atlasgate_upstream_connects_total{{resumed=\"false\"}} {}\n",

@@ -13,7 +13,7 @@
 #include <boost/asio/local/stream_protocol.hpp>
 
 #include "common/log.h"
-#include "proxy/asio.h"
+#include "net/asio.h"
 
 namespace atlasgate::discovery {
 
@@ -21,10 +21,10 @@ namespace atlasgate::discovery {
 
 namespace {
 
-namespace asio = proxy::asio;
-namespace beast = proxy::beast;
-namespace http = proxy::http;
-using proxy::kUseTuple;
+namespace asio = net::asio;
+namespace beast = net::beast;
+namespace http = net::http;
+using net::kUseTuple;
 using Local = asio::local::stream_protocol;
 using Stream = beast::basic_stream<Local>;
 

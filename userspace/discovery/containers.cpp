@@ -194,18 +194,6 @@ Result<EngineEvent> parseEngineEvent(std::string_view line) {
   return e;
 }
 
-// --- the label filter --------------------------------------------------------
-
-Result<LabelSelector> parseContainerLabelFilter(std::string_view text) {
-  auto sel = LabelSelector::parse(text);
-  if (!sel) return sel.error();
-  const auto& reqs = sel->requirements();
-  if (reqs.size() != 1 ||
-      (reqs.front().op != LabelRequirement::Op::Equals && reqs.front().op != LabelRequirement::Op::Exists))
-    return makeError("container label filter {:?}: expected key or key=value", std::string(text));
-  return sel;
-}
-
 namespace {
 
 std::string filtersQuery(const json::object& filters) { return "filters=" + urlEncode(json::serialize(filters)); }

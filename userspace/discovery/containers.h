@@ -13,7 +13,8 @@
 #include <vector>
 
 #include "common/result.h"
-#include "discovery/pods.h"  // Labels, LabelSelector
+#include "discovery/pods.h"
+#include "labels/labels.h"
 
 namespace atlasgate::discovery {
 
@@ -73,12 +74,6 @@ struct EngineEvent {
 
 // One line of the events stream: {"Type":"container","Action":"start","Actor":{"ID":...}}.
 Result<EngineEvent> parseEngineEvent(std::string_view line);
-
-// --- the label filter --------------------------------------------------------
-
-// discovery.containers.label: "key" or "key=value" (Kubernetes label syntax;
-// the engines' label filter takes nothing else).
-Result<LabelSelector> parseContainerLabelFilter(std::string_view text);
 
 // Request targets. `label` is the filter's canonical text ("key" or "key=value").
 std::string containersListTarget(std::string_view label);

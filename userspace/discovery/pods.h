@@ -2,7 +2,7 @@
 // Kubernetes pod discovery, the pure parts (no I/O except findPodCgroup,
 // which only stats directories): what a pod is to atlasgate, label
 // selectors, where a pod's cgroup lives, and the API server's list and watch
-// payloads. The network side is watcher.h.
+// payloads. The network side is watcher.h; label selectors are labels/.
 //
 //   auto sel = discovery::LabelSelector::parse("atlasgate.io/inject=true").value();
 //   auto pod = discovery::parsePod(json).value();
@@ -21,10 +21,16 @@
 #include <boost/json/fwd.hpp>
 
 #include "common/result.h"
+#include "labels/labels.h"
 
 namespace atlasgate::discovery {
 
-using Labels = std::map<std::string, std::string>;
+// Label maps and selectors live in labels/ (atlasgate::labels); discovery
+// code and its callers keep naming them discovery::...
+using labels::LabelRequirement;
+using labels::Labels;
+using labels::LabelSelector;
+using labels::parseContainerLabelFilter;
 
 struct PodInfo {
   std::string ns;               // metadata.namespace
@@ -46,36 +52,6 @@ struct PodInfo {
 // A Pod object (the JSON the API server sends). Needs metadata.name and
 // metadata.uid; everything else is optional. Errors name the missing field.
 Result<PodInfo> parsePod(const boost::json::value& pod);
-
-// --- label selectors ---------------------------------------------------------
-
-// One requirement of a selector.
-struct LabelRequirement {
-  enum class Op { Equals, NotEquals, Exists, NotExists, In, NotIn };
-  std::string key;
-  Op op = Op::Exists;
-  std::vector<std::string> values;  // Equals/NotEquals: one; In/NotIn: one or more (sorted, unique)
-};
-
-// The Kubernetes label-selector string syntax (the `labelSelector` query
-// parameter): requirements separated by commas, all of which must hold:
-//   k=v  k==v  k!=v  k  !k  k in (a,b)  k notin (a,b)
-// Keys are qualified names ("[prefix/]name", prefix a DNS subdomain, name up
-// to 63 of [A-Za-z0-9-_.] starting and ending alphanumeric); values are empty
-// or follow the name rule. An empty selector matches everything.
-class LabelSelector {
- public:
-  static Result<LabelSelector> parse(std::string_view text);
-
-  bool matches(const Labels& labels) const;
-  bool empty() const { return reqs_.empty(); }
-  const std::vector<LabelRequirement>& requirements() const { return reqs_; }
-  // Canonical text, as sent to the API server ("a=b,c in (d,e),!f").
-  std::string str() const;
-
- private:
-  std::vector<LabelRequirement> reqs_;
-};
 
 // --- cgroups -------------------------------------------------------------------
 

@@ -14,19 +14,19 @@
 #include <openssl/x509.h>
 
 #include "common/log.h"
-#include "proxy/asio.h"
+#include "net/asio.h"
 #include "tls/client_context.h"
 #include "tls/openssl_ptr.h"
 
 namespace atlasgate::discovery {
 
-using proxy::kUseTuple;
-using proxy::TlsStream;
-namespace asio = proxy::asio;
-namespace beast = proxy::beast;
-namespace http = proxy::http;
-namespace ssl = proxy::ssl;
-using tcp = proxy::tcp;
+using net::kUseTuple;
+using net::TlsStream;
+namespace asio = net::asio;
+namespace beast = net::beast;
+namespace http = net::http;
+namespace ssl = net::ssl;
+using tcp = net::tcp;
 
 // --- URL, token ------------------------------------------------------------------
 
@@ -482,21 +482,10 @@ struct PodWatcher::Impl {
       }
     } clear{this};
 
-    auto req = makeRequest(target, *token);
-    auto [wec, wn] = co_await http::async_write(*c.stream, req, kUseTuple);
-    if (stopped) co_return WatchOutcome{WatchEnd::Stopped, "", false};
-    if (wec) {
-      out.error = fmt::format("watch pods: write: {}", wec.message());
-      co_return out;
-    }
     http::response_parser<http::buffer_body> parser;
-    parser.body_limit(boost::none);
-    auto [hec, hn] = co_await http::async_read_header(*c.stream, c.buffer, parser, kUseTuple);
+    out.error = co_await startWatch(c, makeRequest(target, *token), parser);
     if (stopped) co_return WatchOutcome{WatchEnd::Stopped, "", false};
-    if (hec) {
-      out.error = fmt::format("watch pods: reading the response head: {}", hec.message());
-      co_return out;
-    }
+    if (!out.error.empty()) co_return out;
     const unsigned status = parser.get().result_int();
     const bool ok = status == 200;
     if (ok) {
@@ -524,26 +513,7 @@ struct PodWatcher::Impl {
         if (errorBody.size() < 65536) errorBody.append(buf, got);
       } else {
         pending.append(buf, got);
-        size_t start = 0;
-        for (size_t nl; (nl = pending.find('\n', start)) != std::string::npos; start = nl + 1) {
-          std::string_view line(pending.data() + start, nl - start);
-          if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
-          if (line.empty()) continue;
-          bool done = false;
-          WatchOutcome r = handleLine(line, done);
-          if (stopped) co_return WatchOutcome{WatchEnd::Stopped, "", true};
-          out.gotEvents = true;
-          if (done) {
-            r.gotEvents = true;
-            co_return r;
-          }
-        }
-        pending.erase(0, start);
-        if (pending.size() > opt.maxListBytes) {
-          out.end = WatchEnd::Corrupt;
-          out.error = "watch pods: an event line longer than the list limit";
-          co_return out;
-        }
+        if (std::optional<WatchOutcome> end = consumeLines(pending, out)) co_return std::move(*end);
       }
       if (rec) {
         if (!ok) break;
@@ -554,20 +524,63 @@ struct PodWatcher::Impl {
         co_return out;
       }
     }
+    co_return streamEnded(ok, status, errorBody, pending, std::move(out));
+  }
+
+  // Sends the watch request and reads the response head; "" or what failed.
+  asio::awaitable<std::string> startWatch(Conn& c, http::request<http::empty_body> req,
+                                          http::response_parser<http::buffer_body>& parser) {
+    auto [wec, wn] = co_await http::async_write(*c.stream, req, kUseTuple);
+    if (wec) co_return fmt::format("watch pods: write: {}", wec.message());
+    parser.body_limit(boost::none);
+    auto [hec, hn] = co_await http::async_read_header(*c.stream, c.buffer, parser, kUseTuple);
+    if (hec) co_return fmt::format("watch pods: reading the response head: {}", hec.message());
+    co_return std::string();
+  }
+
+  // Hands each complete line of `pending` to handleLine; what stays is the
+  // start of the next line. An outcome when the watch ends here.
+  std::optional<WatchOutcome> consumeLines(std::string& pending, WatchOutcome& out) {
+    size_t start = 0;
+    for (size_t nl; (nl = pending.find('\n', start)) != std::string::npos; start = nl + 1) {
+      std::string_view line(pending.data() + start, nl - start);
+      if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+      if (line.empty()) continue;
+      bool done = false;
+      WatchOutcome r = handleLine(line, done);
+      if (stopped) return WatchOutcome{WatchEnd::Stopped, "", true};
+      out.gotEvents = true;
+      if (done) {
+        r.gotEvents = true;
+        return r;
+      }
+    }
+    pending.erase(0, start);
+    if (pending.size() > opt.maxListBytes) {
+      out.end = WatchEnd::Corrupt;
+      out.error = "watch pods: an event line longer than the list limit";
+      return out;
+    }
+    return std::nullopt;
+  }
+
+  // The response ended: a refusal (non-200), or the watch's own end.
+  WatchOutcome streamEnded(bool ok, unsigned status, const std::string& errorBody, const std::string& pending,
+                           WatchOutcome out) {
     if (!ok) {
       out.end = status == 410 ? WatchEnd::Gone : WatchEnd::Failed;
-      out.error = fmt::format("watch pods: HTTP {} from {}: {}{}", status, server.url(), describeStatusBody(errorBody),
-                              authHint(status));
-      co_return out;
+      out.error = fmt::format("watch pods: HTTP {} from {}: {}{}", status, server.url(),
+                              describeStatusBody(errorBody), authHint(status));
+      return out;
     }
     // A last line without its newline still counts.
     if (!pending.empty()) {
       bool done = false;
       WatchOutcome r = handleLine(pending, done);
-      if (done) co_return r;
+      if (done) return r;
     }
     out.end = WatchEnd::Expired;
-    co_return out;
+    return out;
   }
 
   // The coroutine owns a reference: the state outlives the PodWatcher handle

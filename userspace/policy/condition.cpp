@@ -38,6 +38,8 @@ long double asLongDouble(const boost::json::value& v) {
   return static_cast<long double>(v.get_double());
 }
 
+}  // namespace
+
 std::string_view opName(config::CondOp op) {
   switch (op) {
     case config::CondOp::Equals: return "equals";
@@ -48,8 +50,6 @@ std::string_view opName(config::CondOp op) {
   }
   return "?";
 }
-
-}  // namespace
 
 // ---- JsonPointer ------------------------------------------------------------
 
@@ -216,7 +216,7 @@ Result<CompiledCondition> CompiledCondition::compile(const config::Condition& c)
       out.regex_ = std::move(r);
       out.regexText_ = c.regex;
     } catch (const std::exception& e) {
-      return makeError("invalid regular expression \"{}\": {}", c.regex, e.what());
+      return makeError("regular expression \"{}\" does not compile: {}", c.regex, e.what());
     }
   }
   return out;

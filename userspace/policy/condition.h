@@ -53,6 +53,10 @@ class JsonPointer {
   std::vector<std::string> tokens_;
 };
 
+// The key a condition's test is written under: "equals", "in", "not_in",
+// "matches", "exists".
+std::string_view opName(config::CondOp op);
+
 // Typed JSON equality (numbers by value, objects regardless of order).
 bool jsonEqual(const boost::json::value& a, const boost::json::value& b);
 

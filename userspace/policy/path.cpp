@@ -1,6 +1,8 @@
 #include "policy/path.h"
 
+#include <algorithm>
 #include <cstddef>
+#include <set>
 
 namespace atlasgate::policy {
 
@@ -158,16 +160,52 @@ std::string displayPath(const std::vector<std::string>& segments) {
   return out;
 }
 
+namespace {
+
+bool isParameterName(std::string_view s) {
+  auto word = [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_';
+  };
+  return !s.empty() && !(s[0] >= '0' && s[0] <= '9') && std::all_of(s.begin(), s.end(), word);
+}
+
+// A segment that starts or ends with a brace: "{name}", each name once.
+Result<void> checkParameter(std::string_view pattern, std::string_view seg, std::set<std::string, std::less<>>& names) {
+  if (seg.size() < 2 || seg.front() != '{' || seg.back() != '}') {
+    return makeError("path pattern \"{}\": unbalanced braces in \"{}\"", pattern, seg);
+  }
+  const std::string_view name = seg.substr(1, seg.size() - 2);
+  if (!isParameterName(name)) {
+    return makeError("path pattern \"{}\": \"{}\" is not a parameter name (letters, digits and _)", pattern, name);
+  }
+  if (!names.emplace(name).second)
+    return makeError("path pattern \"{}\": parameter {{{}}} appears twice", pattern, name);
+  return {};
+}
+
+Result<void> checkWhole(std::string_view pattern) {
+  if (pattern.front() != '/') return makeError("path pattern \"{}\" must start with '/'", pattern);
+  if (pattern.find_first_of("?#") != std::string_view::npos) {
+    return makeError("path pattern \"{}\" must not contain a query ('?') or fragment ('#'); the query is never matched",
+                     pattern);
+  }
+  if (std::any_of(pattern.begin(), pattern.end(),
+                  [](char c) { return static_cast<unsigned char>(c) <= 0x20 || c == 0x7f; })) {
+    return makeError("path pattern \"{}\" contains spaces or control characters", pattern);
+  }
+  return {};
+}
+
+}  // namespace
+
 Result<std::vector<PatternSegment>> parsePattern(std::string_view pattern) {
   std::vector<PatternSegment> out;
   if (pattern.empty()) {
     out.push_back({PatternSegment::Kind::Any, "**"});
     return out;
   }
-  if (pattern.front() != '/') return makeError("path pattern \"{}\" must start with '/'", pattern);
-  if (pattern.find_first_of("?#") != std::string_view::npos) {
-    return makeError("path pattern \"{}\" must not contain a query ('?') or fragment ('#'); the query is never matched", pattern);
-  }
+  if (auto whole = checkWhole(pattern); !whole) return whole.error();
+  std::set<std::string, std::less<>> names;
   std::size_t pos = 0;
   std::string decoded;
   std::string why;
@@ -186,8 +224,8 @@ Result<std::vector<PatternSegment>> parsePattern(std::string_view pattern) {
       out.push_back({PatternSegment::Kind::One, "*"});
       continue;
     }
-    if (seg.front() == '{' && seg.back() == '}' && seg.size() > 2 &&
-        seg.substr(1, seg.size() - 2).find_first_of("{}*") == std::string_view::npos) {
+    if (seg.front() == '{' || seg.back() == '}') {
+      if (auto param = checkParameter(pattern, seg, names); !param) return param.error();
       out.push_back({PatternSegment::Kind::One, std::string(seg)});
       continue;
     }
@@ -196,8 +234,14 @@ Result<std::vector<PatternSegment>> parsePattern(std::string_view pattern) {
           "path pattern \"{}\": segment \"{}\" mixes a wildcard with text; a segment is a literal, {{name}}, * or **",
           pattern, seg);
     }
-    if (!percentDecode(seg, decoded, why)) return makeError("path pattern \"{}\": {}", pattern, why);
-    if (isDot(decoded)) return makeError("path pattern \"{}\" must not contain '.' or '..' segments", pattern);
+    if (!percentDecode(seg, decoded, why)) {
+      return makeError(
+          "path pattern \"{}\": in segment \"{}\", '%' must be followed by two hex digits (and not encode NUL)",
+          pattern, seg);
+    }
+    if (isDot(decoded))
+      return makeError("path pattern \"{}\" must not contain '.' or '..' segments (request paths are normalised)",
+                       pattern);
     if (decoded.find('/') != std::string::npos) {
       return makeError("path pattern \"{}\": segment \"{}\" decodes to a '/'; use separate segments", pattern, seg);
     }

@@ -4,12 +4,12 @@
 
 #include <algorithm>
 #include <array>
-#include <set>
+#include <map>
 #include <unordered_map>
 
 #include <fmt/format.h>
 
-#include "discovery/pods.h"
+#include "labels/labels.h"
 #include "policy/condition.h"
 #include "policy/path.h"
 #include "policy/path_index.h"
@@ -100,8 +100,8 @@ struct Policy::Compiled {
   std::vector<std::string> hosts;    // normalizeHost()
   std::vector<PatternSegment> pattern;
   std::vector<std::string> agents;   // globs
-  std::optional<discovery::LabelSelector> podLabels;
-  std::optional<discovery::LabelSelector> containerLabels;
+  std::optional<labels::LabelSelector> podLabels;
+  std::optional<labels::LabelSelector> containerLabels;
   std::vector<CompiledCondition> conditions;
   std::uint64_t burst = 0;                // rate_limit
   std::unique_ptr<RuleBuckets> buckets;  // rate_limit
@@ -137,7 +137,7 @@ bool hostMatches(const std::vector<std::string>& hosts, const std::string& host)
 }
 
 // pod_labels and container_labels: an agent without such labels never matches.
-bool labelsMatch(const std::optional<discovery::LabelSelector>& sel, const std::map<std::string, std::string>* labels) {
+bool labelsMatch(const std::optional<labels::LabelSelector>& sel, const std::map<std::string, std::string>* labels) {
   if (!sel) return true;
   return labels != nullptr && sel->matches(*labels);
 }
@@ -179,6 +179,124 @@ std::string unknownWhy(LazyBody& body) {
 Policy::Policy() : index_(std::make_unique<PathIndex>()) {}
 Policy::~Policy() = default;
 
+namespace {
+
+// Where a message about key ("path", "when[0].matches"; "" = the rule as a
+// whole) points: that key's value as recorded by config/, else fallback,
+// else the rule.
+const config::SourceLoc& locOf(const config::Rule& rule, std::string_view key,
+                               const config::SourceLoc* fallback = nullptr) {
+  if (auto it = rule.keyLocs.find(key); !key.empty() && it != rule.keyLocs.end()) return it->second;
+  return fallback != nullptr && fallback->line > 0 ? *fallback : rule.loc;
+}
+
+// "atlasgate.yaml:12:13: rules.list[3].path (rule "x"): ...": a rule's
+// problem, reported once, where it was written.
+Error ruleError(const config::Rule& rule, std::size_t index, std::string_view key, std::string_view message,
+                const config::SourceLoc* fallback = nullptr) {
+  const std::string path =
+      key.empty() ? fmt::format("rules.list[{}]", index) : fmt::format("rules.list[{}].{}", index, key);
+  return makeError("{}{} (rule \"{}\"): {}", locPrefix(locOf(rule, key, fallback)), path, rule.name, message);
+}
+
+Error duplicateName(const std::vector<config::Rule>& rules, std::size_t first, std::size_t index, bool generated) {
+  const config::Rule& rule = rules[index];
+  const config::SourceLoc& was = locOf(rules[first], "name");
+  std::string message = was.line > 0
+                            ? fmt::format("duplicate rule name \"{}\" (first at line {})", rule.name, was.line)
+                            : fmt::format("duplicate rule name \"{}\" (first at rules.list[{}])", rule.name, first);
+  if (generated) message += "; it was generated for this unnamed rule, so give it a name";
+  return ruleError(rule, index, generated ? "" : "name", message);
+}
+
+// pod_labels or container_labels: "" = no selector.
+Result<void> compileSelector(const config::Rule& rule, std::size_t index, std::string_view key, std::string_view what,
+                             const std::string& text, std::optional<labels::LabelSelector>& out) {
+  if (text.empty()) return {};
+  auto sel = labels::LabelSelector::parse(text);
+  if (!sel) return ruleError(rule, index, key, sel.error().message);
+  if (sel->empty()) return ruleError(rule, index, key, fmt::format("an empty selector would match every {}", what));
+  out = std::move(sel.value());
+  return {};
+}
+
+}  // namespace
+
+// Methods, hosts, agents, label selectors and the path pattern.
+Result<void> Policy::compileFilters(config::Rule& rule, std::size_t index, Compiled& c) {
+  for (const auto& m : rule.methods) {
+    if (m.empty() || m.find_first_of(" \t/") != std::string::npos) {
+      return ruleError(rule, index, "method", fmt::format("bad method \"{}\"", m));
+    }
+    c.methods.push_back(asciiUpper(m));
+  }
+  rule.methods = c.methods;
+  for (const auto& h : rule.hosts) {
+    if (h.empty()) return ruleError(rule, index, "host", "empty host");
+    c.hosts.push_back(normalizeHost(h));
+  }
+  c.agents = rule.agents;
+  if (auto r = compileSelector(rule, index, "pod_labels", "pod", rule.podLabels, c.podLabels); !r) return r;
+  if (auto r = compileSelector(rule, index, "container_labels", "container", rule.containerLabels, c.containerLabels);
+      !r) {
+    return r;
+  }
+  auto pattern = parsePattern(rule.path);
+  if (!pattern) return ruleError(rule, index, "path", pattern.error().message);
+  c.pattern = std::move(pattern.value());
+  return {};
+}
+
+Result<void> Policy::compileConditions(const config::Rule& rule, std::size_t index, Compiled& c) {
+  for (std::size_t k = 0; k < rule.when.size(); ++k) {
+    const config::Condition& when = rule.when[k];
+    auto cond = CompiledCondition::compile(when);
+    if (!cond) {
+      const std::string_view key = JsonPointer::parse(when.pointer) ? opName(when.op) : "pointer";
+      return ruleError(rule, index, fmt::format("when[{}].{}", k, key), cond.error().message, &when.loc);
+    }
+    c.conditions.push_back(std::move(cond.value()));
+  }
+  return {};
+}
+
+// What the action needs. A log_only rule carries the settings of the action
+// it stands in for (would_be).
+Result<void> Policy::compileAction(const config::Rule& rule, std::size_t index, const Options& options, Compiled& c) {
+  const bool logOnly = rule.action == config::Action::LogOnly;
+  const config::Action acting = logOnly ? rule.wouldBe : rule.action;
+  if (logOnly && rule.wouldBe == config::Action::LogOnly) {
+    return ruleError(rule, index, "would_be", "log_only cannot be what log_only would be");
+  }
+  if (acting == config::Action::RateLimit) {
+    if (!rule.rate || rule.rate->count == 0 || rule.rate->periodSeconds == 0) {
+      return ruleError(rule, index, logOnly ? "would_be" : "action", "rate_limit needs a rate such as 60/minute");
+    }
+    if (rule.burst && *rule.burst == 0) return ruleError(rule, index, "burst", "burst must be at least 1");
+  }
+  if (acting == config::Action::Approve && rule.timeout.count() <= 0) {
+    return ruleError(rule, index, "timeout", "approve needs a positive timeout");
+  }
+  if (rule.action == config::Action::RateLimit) {
+    c.burst = rule.burst.value_or(rule.rate->count);
+    c.buckets = std::make_unique<RuleBuckets>(*rule.rate, c.burst, rule.per, options.maxAgentsPerRule);
+  }
+  return {};
+}
+
+// The definition, for adoptStateFrom().
+std::string Policy::signature(const config::Rule& rule, const Compiled& c) {
+  std::vector<std::string> conds;
+  for (const auto& cond : c.conditions) conds.push_back(cond.describe());
+  return fmt::format("{}\x1f{}\x1f{}\x1f{}\x1f{}\x1f{}\x1f{}\x1f{}\x1f{}\x1f{}", fmt::join(c.methods, ","),
+                     fmt::join(c.hosts, ","), rule.path + "\x1e" + rule.podLabels + "\x1e" + rule.containerLabels,
+                     fmt::join(c.agents, "\x1e"), fmt::join(conds, "\x1e"), actionText(rule.action),
+                     rule.rate ? rule.rate->count : 0, rule.rate ? rule.rate->periodSeconds : 0, c.burst,
+                     rule.per == config::RatePer::Agent ? "agent" : "rule");
+}
+
+// Every check of what a rule means is made here, once; config/ loads only its
+// shape (config.h).
 Result<std::shared_ptr<Policy>> Policy::compile(const config::Rules& rules, const Options& options) {
   std::shared_ptr<Policy> p(new Policy());
   p->options_ = options;
@@ -188,74 +306,20 @@ Result<std::shared_ptr<Policy>> Policy::compile(const config::Rules& rules, cons
   p->default_ = rules.defaultAction;
   p->rules_ = rules.list;
 
-  std::set<std::string, std::less<>> names;
+  std::map<std::string, std::size_t, std::less<>> names;  // -> the first rule of that name
   for (std::size_t i = 0; i < p->rules_.size(); ++i) {
     config::Rule& rule = p->rules_[i];
+    // config/ names an unnamed rule "rule-<index>" and records no location for the name.
+    const bool generated = rule.name.empty() || (rule.loc.line > 0 && !rule.keyLocs.contains("name"));
     if (rule.name.empty()) rule.name = fmt::format("rule-{}", i + 1);
-    auto fail = [&](std::string_view msg) {
-      return makeError("{}rule \"{}\": {}", locPrefix(rule.loc), rule.name, msg);
-    };
-    if (!names.insert(rule.name).second) return fail("the name is used by an earlier rule");
+    if (auto [it, fresh] = names.emplace(rule.name, i); !fresh)
+      return duplicateName(p->rules_, it->second, i, generated);
 
     auto c = std::make_unique<Compiled>();
-    for (const auto& m : rule.methods) {
-      if (m.empty() || m.find_first_of(" \t/") != std::string::npos) return fail(fmt::format("bad method \"{}\"", m));
-      c->methods.push_back(asciiUpper(m));
-    }
-    rule.methods = c->methods;
-    for (const auto& h : rule.hosts) {
-      if (h.empty()) return fail("empty host");
-      c->hosts.push_back(normalizeHost(h));
-    }
-    c->agents = rule.agents;
-    for (auto [text, out] : {std::pair{&rule.podLabels, &c->podLabels}, std::pair{&rule.containerLabels, &c->containerLabels}}) {
-      if (text->empty()) continue;
-      auto sel = discovery::LabelSelector::parse(*text);
-      if (!sel) return fail(sel.error().message);
-      *out = std::move(sel.value());
-    }
-    auto pattern = parsePattern(rule.path);
-    if (!pattern) return fail(pattern.error().message);
-    c->pattern = std::move(pattern.value());
-
-    for (std::size_t k = 0; k < rule.when.size(); ++k) {
-      auto cond = CompiledCondition::compile(rule.when[k]);
-      if (!cond) {
-        const auto& loc = rule.when[k].loc.line > 0 ? rule.when[k].loc : rule.loc;
-        return makeError("{}rule \"{}\": condition {}: {}", locPrefix(loc), rule.name, k + 1, cond.error().message);
-      }
-      c->conditions.push_back(std::move(cond.value()));
-    }
-
-    switch (rule.action) {
-      case config::Action::RateLimit: {
-        if (!rule.rate || rule.rate->count == 0 || rule.rate->periodSeconds == 0) {
-          return fail("rate_limit needs a rate such as 60/minute");
-        }
-        if (rule.burst && *rule.burst == 0) return fail("burst must be at least 1");
-        c->burst = rule.burst.value_or(rule.rate->count);
-        c->buckets = std::make_unique<RuleBuckets>(*rule.rate, c->burst, rule.per, options.maxAgentsPerRule);
-        break;
-      }
-      case config::Action::Approve:
-        if (rule.timeout.count() <= 0) return fail("approve needs a positive timeout");
-        break;
-      case config::Action::LogOnly:
-        if (rule.wouldBe == config::Action::LogOnly) return fail("log_only cannot be what log_only would be");
-        break;
-      case config::Action::Allow:
-      case config::Action::Block:
-        break;
-    }
-
-    std::vector<std::string> conds;
-    for (const auto& cond : c->conditions) conds.push_back(cond.describe());
-    c->signature = fmt::format(
-        "{}\x1f{}\x1f{}\x1f{}\x1f{}\x1f{}\x1f{}\x1f{}\x1f{}\x1f{}", fmt::join(c->methods, ","), fmt::join(c->hosts, ","),
-        rule.path + "\x1e" + rule.podLabels + "\x1e" + rule.containerLabels, fmt::join(c->agents, "\x1e"), fmt::join(conds, "\x1e"), actionText(rule.action),
-        rule.rate ? rule.rate->count : 0, rule.rate ? rule.rate->periodSeconds : 0, c->burst,
-        rule.per == config::RatePer::Agent ? "agent" : "rule");
-
+    if (auto r = compileFilters(rule, i, *c); !r) return r.error();
+    if (auto r = compileConditions(rule, i, *c); !r) return r.error();
+    if (auto r = compileAction(rule, i, options, *c); !r) return r.error();
+    c->signature = signature(rule, *c);
     p->index_->add(c->pattern, static_cast<std::uint32_t>(i));
     p->compiled_.push_back(std::move(c));
   }
@@ -381,17 +445,63 @@ Decision Policy::evaluate(const Request& req, Clock::time_point now) {
 
 // ---- explaining -------------------------------------------------------------
 
-namespace {
-
 // Linear, reason-producing twin of Policy::decide(); explain() only.
-struct Scan {
+struct Policy::Scan {
   std::optional<std::size_t> index;
   bool malformed = false;
   std::string reason;
   std::vector<RuleCheck> checks;
 };
 
-}  // namespace
+Policy::Scan Policy::scan(const std::vector<std::string>& segments, const std::string& shown, Context& ctx) const {
+  const Request& req = ctx.req;
+  Scan s;
+  for (std::size_t i = 0; i < rules_.size(); ++i) {
+    const config::Rule& rule = rules_[i];
+    const Compiled& c = *compiled_[i];
+    RuleCheck check{i, rule.name, false, {}};
+    std::size_t falseAt = 0, unknownAt = 0;
+    if (!methodMatches(c.methods, req.method)) {
+      check.reason = fmt::format("method {} is not one of {}", req.method, fmt::join(c.methods, ", "));
+    } else if (!hostMatches(c.hosts, ctx.host)) {
+      check.reason = fmt::format("host {} is not one of {}", ctx.host, fmt::join(c.hosts, ", "));
+    } else if (!matchPattern(c.pattern, segments)) {
+      check.reason = fmt::format("path {} does not match {}", shown, rule.path);
+    } else if (!agentMatches(c.agents, ctx.agent)) {
+      check.reason = fmt::format("agent \"{}\" matches none of {}", ctx.agent, fmt::join(c.agents, ", "));
+    } else if (!labelsMatch(c.podLabels, req.podLabels)) {
+      check.reason = req.podLabels ? fmt::format("pod labels do not match {}", c.podLabels->str())
+                                   : fmt::format("the agent is no pod (pod_labels: {})", c.podLabels->str());
+    } else if (!labelsMatch(c.containerLabels, req.containerLabels)) {
+      check.reason = req.containerLabels
+                         ? fmt::format("container labels do not match {}", c.containerLabels->str())
+                         : fmt::format("the agent is no container (container_labels: {})", c.containerLabels->str());
+    } else {
+      switch (conditionsTruth(c.conditions, ctx.body, &falseAt, &unknownAt)) {
+        case Truth::True:
+          check.applies = true;
+          check.reason = "applies";
+          s.index = i;
+          break;
+        case Truth::False:
+          check.reason = fmt::format("condition {} ({}) does not hold", falseAt + 1, c.conditions[falseAt].describe());
+          break;
+        case Truth::Unknown:
+          check.reason = fmt::format("condition {} ({}) cannot be checked: {}", unknownAt + 1,
+                                     c.conditions[unknownAt].describe(), unknownWhy(ctx.body));
+          if (options_.uncheckableBody == UncheckableBody::Reject) {
+            s.malformed = true;
+            s.reason =
+                fmt::format("rule \"{}\" has conditions on the request body, but {}", rule.name, unknownWhy(ctx.body));
+          }
+          break;
+      }
+    }
+    s.checks.push_back(std::move(check));
+    if (s.index || s.malformed) break;
+  }
+  return s;
+}
 
 Explanation Policy::explain(const Request& req, Clock::time_point now) const {
   Explanation e;
@@ -415,60 +525,11 @@ Explanation Policy::explain(const Request& req, Clock::time_point now) const {
   if (norm->alternate) e.alternatePath = displayPath(*norm->alternate);
 
   Context ctx(req, options_);
-  auto scan = [&](const std::vector<std::string>& segments, const std::string& shown) {
-    Scan s;
-    for (std::size_t i = 0; i < rules_.size(); ++i) {
-      const config::Rule& rule = rules_[i];
-      const Compiled& c = *compiled_[i];
-      RuleCheck check{i, rule.name, false, {}};
-      std::size_t falseAt = 0, unknownAt = 0;
-      if (!methodMatches(c.methods, req.method)) {
-        check.reason = fmt::format("method {} is not one of {}", req.method, fmt::join(c.methods, ", "));
-      } else if (!hostMatches(c.hosts, ctx.host)) {
-        check.reason = fmt::format("host {} is not one of {}", ctx.host, fmt::join(c.hosts, ", "));
-      } else if (!matchPattern(c.pattern, segments)) {
-        check.reason = fmt::format("path {} does not match {}", shown, rule.path);
-      } else if (!agentMatches(c.agents, ctx.agent)) {
-        check.reason = fmt::format("agent \"{}\" matches none of {}", ctx.agent, fmt::join(c.agents, ", "));
-      } else if (!labelsMatch(c.podLabels, req.podLabels)) {
-        check.reason = req.podLabels ? fmt::format("pod labels do not match {}", c.podLabels->str())
-                                     : fmt::format("the agent is no pod (pod_labels: {})", c.podLabels->str());
-      } else if (!labelsMatch(c.containerLabels, req.containerLabels)) {
-        check.reason = req.containerLabels
-                           ? fmt::format("container labels do not match {}", c.containerLabels->str())
-                           : fmt::format("the agent is no container (container_labels: {})", c.containerLabels->str());
-      } else {
-        switch (conditionsTruth(c.conditions, ctx.body, &falseAt, &unknownAt)) {
-          case Truth::True:
-            check.applies = true;
-            check.reason = "applies";
-            s.index = i;
-            break;
-          case Truth::False:
-            check.reason = fmt::format("condition {} ({}) does not hold", falseAt + 1, c.conditions[falseAt].describe());
-            break;
-          case Truth::Unknown:
-            check.reason = fmt::format("condition {} ({}) cannot be checked: {}", unknownAt + 1,
-                                       c.conditions[unknownAt].describe(), unknownWhy(ctx.body));
-            if (options_.uncheckableBody == UncheckableBody::Reject) {
-              s.malformed = true;
-              s.reason = fmt::format("rule \"{}\" has conditions on the request body, but {}", rule.name,
-                                     unknownWhy(ctx.body));
-            }
-            break;
-        }
-      }
-      s.checks.push_back(std::move(check));
-      if (s.index || s.malformed) break;
-    }
-    return s;
-  };
-
-  Scan primary = scan(norm->segments, e.path);
+  Scan primary = scan(norm->segments, e.path, ctx);
   e.checks = primary.checks;
   std::optional<Pick> alternatePick;
   if (norm->alternate && !primary.malformed) {
-    Scan alt = scan(*norm->alternate, *e.alternatePath);
+    Scan alt = scan(*norm->alternate, *e.alternatePath, ctx);
     e.alternateChecks = alt.checks;
     alternatePick = Pick{alt.index, alt.malformed, alt.reason, false};
   }

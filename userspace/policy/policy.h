@@ -169,7 +169,10 @@ class Policy {
  public:
   using Clock = std::chrono::steady_clock;
 
-  // Errors name the rule and its source line: "atlasgate.yaml:12:7: rule "x": ...".
+  // Checks everything a rule means (config/ loads only its shape): path
+  // pattern, label selectors, conditions, unique names, what the action
+  // needs. The first problem is the error, named by where it was written:
+  // "atlasgate.yaml:12:13: rules.list[3].path (rule "x"): ...".
   static Result<std::shared_ptr<Policy>> compile(const config::Rules& rules, const Options& options = {});
 
   ~Policy();
@@ -203,8 +206,14 @@ class Policy {
   struct Compiled;     // per-rule matcher state, defined in policy.cpp
   struct Context;      // per-request facts
   struct Pick;         // a decision before tokens are taken
+  struct Scan;         // explain()'s walk over the rules for one view of the path
 
   Policy();
+  static Result<void> compileFilters(config::Rule& rule, std::size_t index, Compiled& c);
+  static Result<void> compileConditions(const config::Rule& rule, std::size_t index, Compiled& c);
+  static Result<void> compileAction(const config::Rule& rule, std::size_t index, const Options& options, Compiled& c);
+  static std::string signature(const config::Rule& rule, const Compiled& c);
+  Scan scan(const std::vector<std::string>& segments, const std::string& shown, Context& ctx) const;
   Pick decide(const std::vector<std::string>& segments, Context& ctx) const;
   Pick choose(const Pick& primary, const std::optional<Pick>& alternate) const;
   std::optional<std::size_t> alsoCharged(const Pick& pick, const Pick& primary,

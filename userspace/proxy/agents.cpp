@@ -13,13 +13,6 @@ namespace atlasgate::proxy {
 
 namespace {
 
-// `path` is `root` or below it.
-bool within(const std::string& path, const std::string& root) {
-  if (root.empty()) return true;
-  return path == root || (path.size() > root.size() && path.compare(0, root.size(), root) == 0 &&
-                          path[root.size()] == '/');
-}
-
 // "<name>.<pid>" from the launcher: the pid is not part of the name.
 std::string launcherName(std::string leaf) {
   if (auto dot = leaf.rfind('.'); dot != std::string::npos && dot > 0 && dot + 1 < leaf.size() &&
@@ -39,7 +32,7 @@ AgentIdentity identifyAgent(const std::string& rel, const std::string& agentsRel
   // A discovered pod: its containers sit in child cgroups of the pod's.
   const std::string* best = nullptr;
   for (const auto& [r, g] : given)
-    if (within(rel, r) && (!best || r.size() > best->size())) best = &r;
+    if (bpf::pathWithin(rel, r) && (!best || r.size() > best->size())) best = &r;
   if (best) {
     const GivenName& g = given.at(*best);
     id.key = *best;
@@ -49,7 +42,7 @@ AgentIdentity identifyAgent(const std::string& rel, const std::string& agentsRel
   }
   bool agentsAttached = false;
   for (const auto& r : attachedRels) agentsAttached = agentsAttached || r == agentsRel;
-  if (agentsAttached && !agentsRel.empty() && rel.size() > agentsRel.size() && within(rel, agentsRel)) {
+  if (agentsAttached && !agentsRel.empty() && rel.size() > agentsRel.size() && bpf::pathWithin(rel, agentsRel)) {
     std::string leaf = rel.substr(agentsRel.size() + 1);
     if (auto slash = leaf.find('/'); slash != std::string::npos) leaf.resize(slash);
     id.key = agentsRel + "/" + leaf;
@@ -59,11 +52,11 @@ AgentIdentity identifyAgent(const std::string& rel, const std::string& agentsRel
   best = nullptr;
   auto isGuard = [&](const std::string& r) { return std::find(guardRels.begin(), guardRels.end(), r) != guardRels.end(); };
   for (const auto& r : attachedRels)
-    if (within(rel, r) && !isGuard(r) && (!best || r.size() > best->size())) best = &r;
+    if (bpf::pathWithin(rel, r) && !isGuard(r) && (!best || r.size() > best->size())) best = &r;
   // An attached cgroup below a guard still names its subtree; the guard
   // itself names nothing.
   for (const auto& g : guardRels)
-    if (within(rel, g) && (!best || g.size() > best->size())) {
+    if (bpf::pathWithin(rel, g) && (!best || g.size() > best->size())) {
       id.guarded = true;
       return id;
     }

@@ -15,9 +15,11 @@
 #include <string_view>
 #include <vector>
 
-#include "proxy/asio.h"
+#include "net/asio.h"
 
 namespace atlasgate::proxy {
+
+using namespace net;  // the Asio/Beast vocabulary (net/asio.h): asio, beast, http, ssl, tcp, kUseTuple
 
 enum class ApprovalOutcome { Approved, Denied, TimedOut, Waiting /* wait() was cancelled */ };
 

@@ -1,5 +1,7 @@
 #include "proxy/rewrite.h"
 
+#include "common/text.h"
+
 #include <algorithm>
 #include <cctype>
 #include <vector>
@@ -13,11 +15,7 @@ namespace http = boost::beast::http;
 
 namespace {
 
-bool iequals(std::string_view a, std::string_view b) {
-  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
-           return std::tolower(static_cast<unsigned char>(x)) == std::tolower(static_cast<unsigned char>(y));
-         });
-}
+using text::iequals;
 
 std::string_view hostWithoutPort(std::string_view h) {
   if (!h.empty() && h.front() == '[') {
@@ -62,23 +60,22 @@ void stripHopByHop(Fields& f) {
 
 RequestCheck checkRequest(http::request<http::string_body>& req, std::string_view host) {
   RequestCheck out;
-  auto fail = [&](unsigned status, std::string detail, bool close) {
+  auto fail = [&](Refusal refusal, std::string detail) {
     out.ok = false;
-    out.status = status;
+    out.refusal = refusal;
     out.detail = std::move(detail);
-    out.closeConnection = close;
     return out;
   };
   if (req.method() == http::verb::connect)
-    return fail(405, "CONNECT is not supported: atlasgate terminates TLS for the Atlas API only.", true);
-  if (req.method() == http::verb::trace) return fail(405, "TRACE is not supported.", true);
+    return fail(Refusal::MethodNotAllowed, "CONNECT is not supported: atlasgate terminates TLS for the Atlas API only.");
+  if (req.method() == http::verb::trace) return fail(Refusal::MethodNotAllowed, "TRACE is not supported.");
   if (req.count(http::field::upgrade) > 0)
-    return fail(400, "Protocol upgrades are not supported.", true);
+    return fail(Refusal::BadRequest, "Protocol upgrades are not supported.");
   if (req.count(http::field::content_length) > 1)
-    return fail(400, "Repeated Content-Length headers.", true);
+    return fail(Refusal::BadRequest, "Repeated Content-Length headers.");
   if (req.count(http::field::content_length) > 0 && req.count(http::field::transfer_encoding) > 0)
-    return fail(400, "Both Content-Length and Transfer-Encoding are present.", true);
-  if (req.count(http::field::host) > 1) return fail(400, "Repeated Host headers.", true);
+    return fail(Refusal::BadRequest, "Both Content-Length and Transfer-Encoding are present.");
+  if (req.count(http::field::host) > 1) return fail(Refusal::BadRequest, "Repeated Host headers.");
   if (req.count(http::field::transfer_encoding) > 0) {
     // Only plain chunked framing is understood end to end; anything else
     // ("gzip, chunked") would reach Atlas with framing we did not check.
@@ -86,11 +83,11 @@ RequestCheck checkRequest(http::request<http::string_body>& req, std::string_vie
     while (!te.empty() && (te.front() == ' ' || te.front() == '\t')) te.remove_prefix(1);
     while (!te.empty() && (te.back() == ' ' || te.back() == '\t')) te.remove_suffix(1);
     if (req.count(http::field::transfer_encoding) > 1 || !iequals(te, "chunked"))
-      return fail(501, "Only Transfer-Encoding: chunked is supported.", true);
+      return fail(Refusal::NotImplemented, "Only Transfer-Encoding: chunked is supported.");
   }
 
   std::string_view target = req.target();
-  if (target.empty()) return fail(400, "Empty request target.", true);
+  if (target.empty()) return fail(Refusal::BadRequest, "Empty request target.");
   if (target.front() != '/') {
     // absolute-form: https://host[:443]/path
     std::string_view rest = target;
@@ -99,18 +96,18 @@ RequestCheck checkRequest(http::request<http::string_body>& req, std::string_vie
     else if (rest.size() >= 7 && iequals(rest.substr(0, 7), "http://"))
       rest.remove_prefix(7);
     else
-      return fail(400, "The request target must be an absolute path.", true);
+      return fail(Refusal::BadRequest, "The request target must be an absolute path.");
     auto slash = rest.find('/');
     std::string_view authority = rest.substr(0, slash);
     if (!iequals(hostWithoutPort(authority), host))
-      return fail(421, "The request names another host than the one this connection is for.", false);
+      return fail(Refusal::Misdirected, "The request names another host than the one this connection is for.");
     std::string origin = slash == std::string_view::npos ? std::string("/") : std::string(rest.substr(slash));
     req.target(origin);
   }
   if (req.count(http::field::host) == 0) {
-    if (req.version() >= 11) return fail(400, "HTTP/1.1 request without a Host header.", true);
+    if (req.version() >= 11) return fail(Refusal::BadRequest, "HTTP/1.1 request without a Host header.");
   } else if (!iequals(hostWithoutPort(req[http::field::host]), host)) {
-    return fail(421, "The Host header does not match the TLS server name.", false);
+    return fail(Refusal::Misdirected, "The Host header does not match the TLS server name.");
   }
   return out;
 }

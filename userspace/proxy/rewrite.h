@@ -10,13 +10,17 @@
 #include <boost/beast/http/message.hpp>
 #include <boost/beast/http/string_body.hpp>
 
+#include "proxy/errors.h"
+
 namespace atlasgate::proxy {
 
 struct RequestCheck {
   bool ok = true;
-  unsigned status = 0;  // 400, 405, 421
+  Refusal refusal = Refusal::BadRequest;  // when !ok: its status, code and whether the connection ends
   std::string detail;
-  bool closeConnection = false;  // framing in doubt: never reuse the connection
+  unsigned status() const { return ok ? 0 : refusalInfo(refusal).status; }
+  // Framing in doubt: never reuse the connection.
+  bool closeConnection() const { return !ok && refusalInfo(refusal).closes; }
 };
 
 // Refuses what must not be forwarded: CONNECT, upgrades, absolute-form

@@ -7,10 +7,7 @@
 #include <arpa/inet.h>
 #include <sys/socket.h>
 #include <unistd.h>
-#include <fnmatch.h>
 
-#include <boost/json.hpp>
-#include <cctype>
 #include <cstring>
 
 #include "common/log.h"
@@ -24,52 +21,18 @@
 
 namespace atlasgate::proxy {
 
-namespace json = boost::json;
 using Clock = std::chrono::steady_clock;
 using namespace asio::experimental::awaitable_operators;
-
-ErrorResponse makeErrorResponse(unsigned status, std::string_view errorCode, std::string_view detail,
-                                const std::vector<std::string>& parameters, bool shouldRetry,
-                                unsigned httpVersion) {
-  ErrorResponse res{static_cast<http::status>(status), httpVersion};
-  json::object o;
-  o["error"] = status;
-  o["errorCode"] = errorCode;
-  std::string_view reason = http::obsolete_reason(static_cast<http::status>(status));
-  o["reason"] = reason;
-  o["detail"] = detail;
-  json::array params;
-  for (const auto& p : parameters) params.emplace_back(p);
-  o["parameters"] = std::move(params);
-  res.set(http::field::content_type, "application/json");
-  res.set(http::field::server, "atlasgate");
-  res.set("x-should-retry", shouldRetry ? "true" : "false");
-  res.body() = json::serialize(o);
-  res.prepare_payload();
-  return res;
-}
-
-const TargetRuntime* Runtime::findTarget(std::string_view host) const {
-  for (const auto& t : targets)
-    if (t.host == host) return &t;
-  return nullptr;
-}
-
-const TargetRuntime* Runtime::findTargetById(std::uint32_t id) const {
-  for (const auto& t : targets)
-    if (t.id == id) return &t;
-  return nullptr;
-}
 
 struct Server::Session {
   ConnectionInfo info;
   TlsStream* stream = nullptr;
 };
 
-Server::Server(asio::io_context& io, bpf::Loader& loader, tls::ServerContext& tls, UpstreamPool& pool,
+Server::Server(asio::io_context& io, TakeFlowFn takeFlow, tls::ServerContext& tls, UpstreamPool& pool,
                audit::AuditLog& audit, AgentDirectory& agents, Approvals& approvals, std::uint64_t netnsCookie)
     : io_(io),
-      loader_(loader),
+      takeFlow_(std::move(takeFlow)),
       tls_(tls),
       sslCtx_(std::make_unique<ssl::context>(tls.share())),
       pool_(pool),
@@ -192,10 +155,10 @@ asio::awaitable<void> Server::acceptLoop(tcp::acceptor& acceptor, std::uint64_t 
       // at most once a second.
       auto now = Clock::now();
       if (now - lastAcceptWarning_ >= std::chrono::seconds(1)) {
-        log::warn("accept: {} ({} live connections); pausing accepts", ec.message(), stats_.liveConnections.load());
+        log::warn("accept: {} ({} live connections); pausing accepts", ec.message(), counters_.get(Counter::LiveConnections));
         lastAcceptWarning_ = now;
       }
-      ++stats_.acceptErrors;
+      counters_.add(Counter::AcceptErrors);
       pause.expires_after(std::chrono::milliseconds(50));
       co_await pause.async_wait(kUseTuple);
       continue;
@@ -203,29 +166,10 @@ asio::awaitable<void> Server::acceptLoop(tcp::acceptor& acceptor, std::uint64_t 
     beast::error_code pec;
     tcp::endpoint peer = sock.remote_endpoint(pec);
     if (pec) continue;
-    ag_flow_key key{};
-    key.netns_cookie = netnsCookie;
-    key.port = peer.port();
-    if (peer.address().is_v4()) {
-      key.family = AG_AF_INET;
-      auto b = peer.address().to_v4().to_bytes();
-      std::memcpy(key.addr, b.data(), 4);
-    } else {
-      auto a6 = peer.address().to_v6();
-      if (a6.is_v4_mapped()) {
-        key.family = AG_AF_INET;
-        auto b = asio::ip::make_address_v4(asio::ip::v4_mapped, a6).to_bytes();
-        std::memcpy(key.addr, b.data(), 4);
-      } else {
-        key.family = AG_AF_INET6;
-        auto b = a6.to_bytes();
-        std::memcpy(key.addr, b.data(), 16);
-      }
-    }
-    std::optional<ag_origin> origin = loader_.takeFlow(key);
+    std::optional<ag_origin> origin = takeFlow_(peer.data(), netnsCookie);
     if (!origin) {
       // Not redirected by the kernel: nobody we can vouch for. Reset it.
-      ++stats_.refusedNoFlow;
+      counters_.add(Counter::RefusedNoFlow);
       log::debug("refused {}: no redirect record", endpointText(peer));
       sock.set_option(asio::socket_base::linger(true, 0), pec);
       sock.close(pec);
@@ -240,7 +184,7 @@ asio::awaitable<void> Server::acceptLoop(tcp::acceptor& acceptor, std::uint64_t 
       // Under a guard, not named yet (a container just started or restarted):
       // wait, off the accept loop, for discovery to name it. (At most
       // max_connections_per_agent wait at once: unnamed, they share one cap.)
-      ++stats_.heldForDiscovery;
+      counters_.add(Counter::HeldForDiscovery);
       ++heldForDiscovery_;
       asio::co_spawn(io_, awaitNamed(std::move(sock), std::move(flow)), asio::detached);
       continue;
@@ -278,12 +222,12 @@ void Server::admit(tcp::socket sock, Flow flow) {
     // before its cgroup was attached and handed elsewhere, a cgroup that
     // vanished, or one under a guard that discovery did not name in time):
     // nobody we can name, so nobody we serve.
-    ++stats_.refusedUnknownAgent;
+    counters_.add(Counter::RefusedUnknownAgent);
     if (auto now = Clock::now(); now - lastUnknownWarning_ >= std::chrono::seconds(1)) {
       log::warn("refused a connection from pid {} ({}): {} is gone or under no attached cgroup{} ({} so far)",
                 origin.pid, flow.comm, flow.agent.name,
                 flow.agent.guarded ? " (under a guard, not named by discovery in time)" : "",
-                stats_.refusedUnknownAgent.load());
+                counters_.get(Counter::RefusedUnknownAgent));
       lastUnknownWarning_ = now;
     }
     sock.set_option(asio::socket_base::linger(true, 0), pec);
@@ -292,14 +236,14 @@ void Server::admit(tcp::socket sock, Flow flow) {
   }
   const config::Limits& caps = runtime_->config->limits;
   std::uint32_t& mine = perAgentConnections_[flow.agent.key];
-  if (stats_.liveConnections.load() >= caps.maxConnections || mine >= caps.maxConnectionsPerAgent) {
-    ++stats_.refusedOverLimit;
+  if (counters_.get(Counter::LiveConnections) >= caps.maxConnections || mine >= caps.maxConnectionsPerAgent) {
+    counters_.add(Counter::RefusedOverLimit);
     if (mine == 0) perAgentConnections_.erase(flow.agent.key);
     auto now = Clock::now();
     if (now - lastLimitWarning_ >= std::chrono::seconds(1)) {
       log::warn("refused connections over a cap: agent {} has {} (max_connections_per_agent {}), {} in all "
                 "(max_connections {})",
-                flow.agent.name, mine, caps.maxConnectionsPerAgent, stats_.liveConnections.load(),
+                flow.agent.name, mine, caps.maxConnectionsPerAgent, counters_.get(Counter::LiveConnections),
                 caps.maxConnections);
       lastLimitWarning_ = now;
     }
@@ -307,12 +251,12 @@ void Server::admit(tcp::socket sock, Flow flow) {
     sock.close(pec);
     return;
   }
-  ++stats_.accepted;
+  counters_.add(Counter::Accepted);
   ++mine;
-  ++stats_.liveConnections;
+  counters_.add(Counter::LiveConnections);
   // Given back when the connection ends, whichever path serves it.
   flow.slot = std::shared_ptr<void>(nullptr, [this, key = flow.agent.key](void*) {
-    --stats_.liveConnections;
+    counters_.sub(Counter::LiveConnections);
     auto it = perAgentConnections_.find(key);
     if (it != perAgentConnections_.end() && --it->second == 0) perAgentConnections_.erase(it);
   });
@@ -337,40 +281,26 @@ void Server::admit(tcp::socket sock, Flow flow) {
     asio::co_spawn(io_, serve(std::move(sock), std::move(flow)), logFailure);
 }
 
-namespace {
+struct Server::Conn {
+  TlsStream& stream;
+  const Flow& flow;
+  const Runtime& rt;
+  const TargetRuntime& target;
+  Session& session;
+  beast::flat_buffer buffer;
+  std::vector<char> relayBuf;  // response body relay, allocated at the first response, reused
+  const config::Limits& limits() const { return rt.config->limits; }
+  beast::tcp_stream& lower() { return beast::get_lowest_layer(stream); }
+};
 
-// Per-request context the handler fills in for the audit record.
-struct Exchange {
+// One request's audit record, filled as the exchange goes.
+struct Server::Exchange {
   audit::Record rec;
-  Clock::time_point start;
+  Clock::time_point start = Clock::now();
   bool keepAlive = true;
 };
 
-const CredentialRuntime* chooseCredential(const TargetRuntime& t, const std::string& agent,
-                                          std::string_view wanted) {
-  for (const auto& c : t.credentials) {
-    if (!wanted.empty()) {
-      if (c.name == wanted) return &c;
-      continue;
-    }
-    if (c.agents.empty()) return &c;
-    for (const auto& g : c.agents)
-      if (::fnmatch(g.c_str(), agent.c_str(), 0) == 0) return &c;
-  }
-  return nullptr;
-}
-
-std::string_view decisionName(policy::Verdict v) {
-  switch (v) {
-    case policy::Verdict::Allow: return "allow";
-    case policy::Verdict::Block: return "block";
-    case policy::Verdict::RateLimited: return "rate_limited";
-    case policy::Verdict::Approve: return "approve";
-    case policy::Verdict::Malformed: return "malformed";
-  }
-  return "?";
-}
-
+namespace {
 
 // Completes with true when the agent closes or resets its connection, false
 // when it sends more bytes (kept in `buffer` for the next request) or when
@@ -383,57 +313,13 @@ asio::awaitable<bool> agentHangsUp(TlsStream& stream, beast::flat_buffer& buffer
   co_return ec && ec != asio::error::operation_aborted;
 }
 
-constexpr std::string_view kTokenPath = "/api/oauth/token";
-constexpr std::string_view kRevokePath = "/api/oauth/revoke";
-
-bool iequalsAscii(std::string_view a, std::string_view b) {
-  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
-           return std::tolower(static_cast<unsigned char>(x)) == std::tolower(static_cast<unsigned char>(y));
-         });
-}
-
-std::string_view trimAscii(std::string_view v) {
-  while (!v.empty() && (v.front() == ' ' || v.front() == '\t')) v.remove_prefix(1);
-  while (!v.empty() && (v.back() == ' ' || v.back() == '\t')) v.remove_suffix(1);
-  return v;
-}
-
-// Value of `key` in an application/x-www-form-urlencoded body ("" if absent).
-std::string formValue(std::string_view body, std::string_view key) {
-  while (!body.empty()) {
-    auto amp = body.find('&');
-    std::string_view pair = body.substr(0, amp);
-    auto eq = pair.find('=');
-    if (pair.substr(0, eq) == key && eq != std::string_view::npos) {
-      std::string out;
-      std::string_view v = pair.substr(eq + 1);
-      for (std::size_t i = 0; i < v.size(); ++i) {
-        if (v[i] == '+') {
-          out.push_back(' ');
-        } else if (v[i] == '%' && i + 2 < v.size() + 0 && std::isxdigit(static_cast<unsigned char>(v[i + 1])) &&
-                   std::isxdigit(static_cast<unsigned char>(v[i + 2]))) {
-          out.push_back(static_cast<char>(std::stoi(std::string(v.substr(i + 1, 2)), nullptr, 16)));
-          i += 2;
-        } else {
-          out.push_back(v[i]);
-        }
-      }
-      return out;
-    }
-    if (amp == std::string_view::npos) break;
-    body.remove_prefix(amp + 1);
-  }
-  return {};
-}
+double msSince(Clock::time_point t) { return std::chrono::duration<double, std::milli>(Clock::now() - t).count(); }
 
 }  // namespace
 
 asio::awaitable<void> Server::serve(tcp::socket socket, Flow flow) {
-  std::shared_ptr<const Runtime> rt = runtime_;
-  const config::Limits& limits = rt->config->limits;
+  std::shared_ptr<const Runtime> rt = runtime_;  // this connection's snapshot, whatever reloads do
   TlsStream stream(std::move(socket), *sslCtx_);
-  auto& lower = beast::get_lowest_layer(stream);
-
   Session session;
   session.stream = &stream;
   session.info = {flow.id, flow.agent.name, flow.origin.pid, flow.comm, endpointText(flow.originalDst),
@@ -445,659 +331,291 @@ asio::awaitable<void> Server::serve(tcp::socket socket, Flow flow) {
     ~Leave() { s->sessions_.erase(id); }
   } leave{this, flow.id};
 
+  if (const TargetRuntime* target = co_await handshake(stream, *rt, flow)) {
+    Conn c{stream, flow, *rt, *target, session, {}, {}};
+    c.buffer.max_size(c.limits().maxHeaderBytes + 64 * 1024);
+    while (co_await exchange(c)) {
+    }
+  }
+  beast::error_code ec;
+  beast::get_lowest_layer(stream).expires_after(std::chrono::seconds(2));
+  co_await stream.async_shutdown(kUseTuple);
+  beast::get_lowest_layer(stream).socket().close(ec);
+}
+
+asio::awaitable<const TargetRuntime*> Server::handshake(TlsStream& stream, const Runtime& rt, const Flow& flow) {
   // Absent SNI means the target that owns the address the agent dialled.
   const std::string* defaultHost = nullptr;
-  if (const TargetRuntime* t = rt->findTargetById(flow.origin.target_id)) defaultHost = &t->host;
+  if (const TargetRuntime* t = rt.findTargetById(flow.origin.target_id)) defaultHost = &t->host;
   tls::ServerContext::setDefaultHost(stream.native_handle(), defaultHost);
 
-  lower.expires_after(limits.handshakeTimeout);
+  beast::get_lowest_layer(stream).expires_after(rt.config->limits.handshakeTimeout);
   auto [hec] = co_await stream.async_handshake(ssl::stream_base::server, kUseTuple);
   if (hec) {
-    ++stats_.handshakeFailures;
+    counters_.add(Counter::HandshakeFailures);
     log::info("conn {} agent {}: TLS handshake failed: {}", flow.id, flow.agent.name, hec.message());
-    co_return;
+    co_return nullptr;
   }
   const std::string* selected = tls::ServerContext::selectedHost(stream.native_handle());
-  const TargetRuntime* target = selected ? rt->findTarget(*selected) : nullptr;
-  if (!target) co_return;  // a target a reload removed since the handshake began
-  const std::string host = target->host;
-  log::debug("conn {} agent {} pid {} comm {} -> {} ({})", flow.id, flow.agent.name, flow.origin.pid, flow.comm,
-             host, endpointText(flow.originalDst));
+  const TargetRuntime* target = selected ? rt.findTarget(*selected) : nullptr;
+  if (target)  // else a target a reload removed since the handshake began
+    log::debug("conn {} agent {} pid {} comm {} -> {} ({})", flow.id, flow.agent.name, flow.origin.pid, flow.comm,
+               target->host, endpointText(flow.originalDst));
+  co_return target;
+}
 
-  beast::flat_buffer buffer;
-  buffer.max_size(limits.maxHeaderBytes + 64 * 1024);
-  std::vector<char> relayBuf;  // response body relay, allocated at the first response, reused
-  for (;;) {
-    // Keep-alive: wait for the next request at most idleTimeout.
-    if (buffer.size() == 0) {
-      lower.expires_after(limits.idleTimeout);
-      auto mb = buffer.prepare(4096);
-      auto [rec, rn] = co_await stream.async_read_some(mb, kUseTuple);
-      if (rec) break;  // closed, reset or idle: nothing to answer
-      buffer.commit(rn);
+asio::awaitable<bool> Server::exchange(Conn& c) {
+  // Keep-alive: wait for the next request at most idleTimeout.
+  if (c.buffer.size() == 0) {
+    c.lower().expires_after(c.limits().idleTimeout);
+    auto [ec, n] = co_await c.stream.async_read_some(c.buffer.prepare(4096), kUseTuple);
+    if (ec) co_return false;  // closed, reset or idle: nothing to answer
+    c.buffer.commit(n);
+  }
+  Exchange ex;
+  ex.rec.agent = c.flow.agent.name;
+  ex.rec.pid = c.flow.origin.pid;
+  ex.rec.comm = c.flow.comm;
+  ex.rec.cgroup = c.flow.agent.cgroupPath;
+  ex.rec.host = c.target.host;
+  ex.rec.dst = endpointText(c.flow.originalDst);
+
+  std::optional<HttpRequest> req = co_await readRequest(c, ex);
+  if (!req) co_return false;
+  counters_.add(Counter::Requests);
+  Step step = decide(*req, ExchangeContext{c.rt, c.target, c.flow, phantoms_, Clock::now()}, ex.rec);
+  if (auto* held = std::get_if<Hold>(&step)) {
+    std::optional<Step> after = co_await hold(c, ex, *req, std::move(*held));
+    if (!after) {
+      finish(c, ex);
+      co_return false;
     }
+    step = std::move(*after);
+  }
+  if (auto* local = std::get_if<LocalResponse>(&step)) co_return co_await answer(c, ex, std::move(*local));
+  co_return co_await forward(c, ex, *req, std::get<Forward>(step).credential);
+}
 
-    Exchange ex;
-    ex.start = Clock::now();
-    ex.rec.agent = flow.agent.name;
-    ex.rec.pid = flow.origin.pid;
-    ex.rec.comm = flow.comm;
-    ex.rec.cgroup = flow.agent.cgroupPath;
-    ex.rec.host = host;
-    ex.rec.dst = endpointText(flow.originalDst);
-
-    // The whole head must arrive within headerTimeout (slow loris).
-    http::request_parser<http::string_body> parser;
-    parser.header_limit(limits.maxHeaderBytes);
-    parser.body_limit(limits.maxBodyBytes);
-    lower.expires_after(limits.headerTimeout);
-    auto [hrec, hn] = co_await http::async_read_header(stream, buffer, parser, kUseTuple);
-
-    auto answer = [&](ErrorResponse res, std::string_view code) -> asio::awaitable<bool> {
-      res.keep_alive(ex.keepAlive);
-      ex.rec.status = res.result_int();
-      ex.rec.error = std::string(code);
-      ex.rec.bytesOut = res.body().size();
-      lower.expires_after(limits.requestTimeout);
-      auto [wec, wn] = co_await http::async_write(stream, res, kUseTuple);
-      co_return !wec;
-    };
-    auto finish = [&] {
-      ex.rec.ts = std::chrono::system_clock::now();
-      ex.rec.totalMs = std::chrono::duration<double, std::milli>(Clock::now() - ex.start).count();
-      audit_.write(ex.rec);
-      metrics_.record(ex.rec);
-      ++session.info.requests;
-    };
-
-    if (hrec) {
-      if (hrec == http::error::end_of_stream || hrec == asio::ssl::error::stream_truncated) break;
+asio::awaitable<std::optional<HttpRequest>> Server::readRequest(Conn& c, Exchange& ex) {
+  const config::Limits& limits = c.limits();
+  // The whole head must arrive within headerTimeout (slow loris).
+  http::request_parser<http::string_body> parser;
+  parser.header_limit(limits.maxHeaderBytes);
+  parser.body_limit(limits.maxBodyBytes);
+  c.lower().expires_after(limits.headerTimeout);
+  auto [hec, hn] = co_await http::async_read_header(c.stream, c.buffer, parser, kUseTuple);
+  if (hec) {
+    std::optional<LocalResponse> refusal = readRefusal(hec, false, limits);
+    if (!refusal) co_return std::nullopt;  // the agent went away between requests
+    ex.rec.method = "-";
+    ex.rec.decision = "malformed";
+    co_await answer(c, ex, std::move(*refusal));
+    co_return std::nullopt;
+  }
+  ex.rec.method = std::string(parser.get().method_string());
+  ex.rec.path = std::string(parser.get().target());
+  ex.keepAlive = parser.get().keep_alive();
+  std::optional<std::uint64_t> announced;
+  if (auto cl = parser.content_length()) announced = *cl;
+  if (auto refusal = headRefusal(parser.get(), announced, limits)) {
+    ex.rec.decision = "malformed";
+    co_await answer(c, ex, std::move(*refusal));
+    co_return std::nullopt;
+  }
+  if (parser.get()[http::field::expect] == "100-continue") {
+    http::response<http::empty_body> cont{http::status::continue_, 11};
+    co_await http::async_write(c.stream, cont, kUseTuple);
+  }
+  c.lower().expires_after(limits.requestTimeout);
+  auto [bec, bn] = co_await http::async_read(c.stream, c.buffer, parser, kUseTuple);
+  if (bec) {
+    ex.rec.decision = "malformed";
+    if (std::optional<LocalResponse> refusal = readRefusal(bec, true, limits)) {
+      co_await answer(c, ex, std::move(*refusal));
+    } else {  // the agent went away in the middle of a body
+      counters_.add(Counter::BadRequests);
       ex.keepAlive = false;
-      ++stats_.badRequests;
-      if (hrec == beast::error::timeout) {
-        {
-        ErrorResponse errRes = makeErrorResponse(408, kRequestTimeout, "The request head did not arrive in time.");
-        co_await answer(std::move(errRes), kRequestTimeout);
-      }
-      } else if (hrec == http::error::body_limit) {
-        ErrorResponse errRes = makeErrorResponse(
-            413, kBodyTooLarge, fmt::format("The request body exceeds {} bytes.", limits.maxBodyBytes));
-        co_await answer(std::move(errRes), kBodyTooLarge);
-      } else if (hrec == http::error::header_limit || hrec == http::error::buffer_overflow) {
-        {
-        ErrorResponse errRes = makeErrorResponse(431, kHeadersTooLarge,
-                                          fmt::format("The request head exceeds {} bytes.", limits.maxHeaderBytes));
-        co_await answer(std::move(errRes), kHeadersTooLarge);
-      }
-      } else {
-        {
-        ErrorResponse errRes = makeErrorResponse(400, kBadRequest, fmt::format("Malformed HTTP request: {}.", hrec.message()));
-        co_await answer(std::move(errRes), kBadRequest);
-      }
-      }
-      ex.rec.method = "-";
-      ex.rec.decision = "malformed";
-      finish();
-      break;
+      finish(c, ex);
     }
+    co_return std::nullopt;
+  }
+  HttpRequest req = parser.release();
+  ex.rec.bytesIn = req.body().size();
+  co_return req;
+}
 
-    auto& head = parser.get();
-    ex.rec.method = std::string(head.method_string());
-    ex.rec.path = std::string(head.target());
-    ex.keepAlive = head.keep_alive();
-    if (static_cast<std::size_t>(std::distance(head.begin(), head.end())) > limits.maxHeaders) {
-      ex.keepAlive = false;
-      ++stats_.badRequests;
-      {
-        ErrorResponse errRes = makeErrorResponse(
-            431, kHeadersTooLarge, fmt::format("The request has more than {} header fields.", limits.maxHeaders));
-        co_await answer(std::move(errRes), kHeadersTooLarge);
-      }
-      ex.rec.decision = "malformed";
-      finish();
-      break;
-    }
-    if (auto cl = parser.content_length(); cl && *cl > limits.maxBodyBytes) {
-      ex.keepAlive = false;
-      ++stats_.badRequests;
-      {
-        ErrorResponse errRes = makeErrorResponse(413, kBodyTooLarge,
-                                        fmt::format("The request body exceeds {} bytes.", limits.maxBodyBytes));
-        co_await answer(std::move(errRes), kBodyTooLarge);
-      }
-      ex.rec.decision = "malformed";
-      finish();
-      break;
-    }
-    if (head[http::field::expect] == "100-continue") {
-      http::response<http::empty_body> cont{http::status::continue_, 11};
-      co_await http::async_write(stream, cont, kUseTuple);
-    }
-    lower.expires_after(limits.requestTimeout);
-    auto [brec, bn] = co_await http::async_read(stream, buffer, parser, kUseTuple);
-    if (brec) {
-      ex.keepAlive = false;
-      ++stats_.badRequests;
-      if (brec == http::error::body_limit)
-        {
-        ErrorResponse errRes = makeErrorResponse(413, kBodyTooLarge,
-                                          fmt::format("The request body exceeds {} bytes.", limits.maxBodyBytes));
-        co_await answer(std::move(errRes), kBodyTooLarge);
-      }
-      else if (brec == beast::error::timeout)
-        {
-        ErrorResponse errRes = makeErrorResponse(408, kRequestTimeout, "The request body did not arrive in time.");
-        co_await answer(std::move(errRes), kRequestTimeout);
-      }
-      else if (brec != http::error::end_of_stream && brec != asio::ssl::error::stream_truncated)
-        {
-        ErrorResponse errRes = makeErrorResponse(400, kBadRequest, fmt::format("Malformed HTTP request body: {}.", brec.message()));
-        co_await answer(std::move(errRes), kBadRequest);
-      }
-      ex.rec.decision = "malformed";
-      finish();
-      break;
-    }
-    http::request<http::string_body> req = parser.release();
-    ex.rec.bytesIn = req.body().size();
-    ++stats_.requests;
+asio::awaitable<std::optional<Step>> Server::hold(Conn& c, Exchange& ex, HttpRequest& req, Hold h) {
+  const config::Limits& limits = c.limits();
+  // A held request keeps its body in memory: what may be held is capped.
+  Admission admission = approvals_.add(
+      h.info, HoldLimits{limits.maxHeldRequests, limits.maxHeldPerAgent, limits.maxHeldBodyBytes});
+  if (!admission.id) co_return approvalQueueFull(h, admission, ex.rec);
+  counters_.add(Counter::ApprovalsHeld);
+  const std::uint64_t id = admission.id;
+  log::info("conn {} agent {}: {} {} held for approval by rule \"{}\" (request {})", c.flow.id, c.flow.agent.name,
+            ex.rec.method, ex.rec.path, h.decision.ruleName, id);
+  c.lower().expires_never();
+  // Wait for the decision, but notice an agent that hangs up meanwhile:
+  // nobody would receive the answer, so nothing must be done for it.
+  std::variant<ApprovalOutcome, bool> first = co_await (approvals_.wait(id) || agentHangsUp(c.stream, c.buffer));
+  if (first.index() == 1 && std::get<1>(first)) {
+    approvals_.abandon(id);
+    log::info("conn {} agent {}: held request {} abandoned: the agent closed the connection", c.flow.id,
+              c.flow.agent.name, id);
+    ex.rec.decision = "abandoned";
+    ex.keepAlive = false;
+    co_return std::nullopt;
+  }
+  ApprovalOutcome outcome = first.index() == 0 ? std::get<0>(first) : ApprovalOutcome::Waiting;
+  if (outcome == ApprovalOutcome::Waiting) outcome = co_await approvals_.wait(id);
+  if (outcome != ApprovalOutcome::Approved) co_return approvalRefused(h, outcome, ex.rec);
+  ex.rec.decision = "approved";
+  co_return admitted(req, ExchangeContext{c.rt, c.target, c.flow, phantoms_, Clock::now()}, h.decision, ex.rec);
+}
 
-    // Framing and addressing checks (smuggling, misdirection).
-    RequestCheck check = checkRequest(req, host);
-    ex.rec.path = std::string(req.target());  // absolute-form is now origin-form
-    if (!check.ok) {
-      ex.keepAlive = ex.keepAlive && !check.closeConnection;
-      ++stats_.badRequests;
-      {
-        ErrorResponse errRes = makeErrorResponse(check.status, check.status == 421 ? kMisdirected : kBadRequest, check.detail);
-        co_await answer(std::move(errRes), check.status == 421 ? kMisdirected : kBadRequest);
-      }
-      ex.rec.decision = "malformed";
-      finish();
-      if (!ex.keepAlive) break;
-      continue;
-    }
+asio::awaitable<bool> Server::answer(Conn& c, Exchange& ex, LocalResponse local) {
+  if (local.counter) counters_.add(*local.counter);
+  if (local.close) ex.keepAlive = false;
+  local.response.keep_alive(ex.keepAlive);
+  ex.rec.status = local.response.result_int();
+  ex.rec.error = std::string(local.errorCode);
+  ex.rec.bytesOut = local.response.body().size();
+  c.lower().expires_after(c.limits().requestTimeout);
+  auto [ec, n] = co_await http::async_write(c.stream, local.response, kUseTuple);
+  finish(c, ex);
+  co_return !ec && ex.keepAlive;
+}
 
-    // Rules decide before any credential is touched.
-    policy::Request preq;
-    preq.method = req.method_string();
-    preq.target = req.target();
-    preq.host = host;
-    preq.agent = flow.agent.name;
-    preq.podLabels = flow.agent.podLabels.get();
-    preq.containerLabels = flow.agent.containerLabels.get();
-    if (!req.body().empty()) preq.body = std::string_view(req.body());
-    // A method-override header makes the request Malformed (policy.h).
-    for (std::string_view name : policy::kMethodOverrideHeaders) {
-      if (req.find(name) != req.end()) {
-        preq.methodOverride = name;
-        break;
-      }
-    }
-    policy::Decision d = rt->policy->evaluate(preq, Clock::now());
-    ex.rec.rule = std::string(d.ruleName);
-    ex.rec.decision = std::string(decisionName(d.verdict));
-    if (d.logOnlyWouldBe) ex.rec.decision = "log_only";
+void Server::finish(Conn& c, Exchange& ex) {
+  ex.rec.ts = std::chrono::system_clock::now();
+  ex.rec.totalMs = msSince(ex.start);
+  audit_.write(ex.rec);
+  metrics_.record(ex.rec);
+  ++c.session.info.requests;
+}
 
-    bool proceed = true;
-    switch (d.verdict) {
-      case policy::Verdict::Allow:
-        break;
-      case policy::Verdict::Malformed:
-        ++stats_.badRequests;
-        ex.keepAlive = false;
-        {
-        ErrorResponse errRes = makeErrorResponse(400, kBadRequest, fmt::format("Malformed request: {}.", d.malformedReason));
-        co_await answer(std::move(errRes), kBadRequest);
-      }
-        proceed = false;
-        break;
-      case policy::Verdict::Block: {
-        ++stats_.blocked;
-        std::string detail = fmt::format("Blocked by rule \"{}\": {} {} is not allowed for agent \"{}\".", d.ruleName,
-                                         ex.rec.method, ex.rec.path, flow.agent.name);
-        {
-        ErrorResponse errRes = makeErrorResponse(403, kBlocked, detail, {std::string(d.ruleName)});
-        co_await answer(std::move(errRes), kBlocked);
-      }
-        proceed = false;
-        break;
-      }
-      case policy::Verdict::RateLimited: {
-        ++stats_.rateLimited;
-        auto secs = std::max<long long>(1, d.retryAfter.count());
-        std::string detail =
-            fmt::format("Rate limit of rule \"{}\" exceeded for agent \"{}\". Please retry after {} seconds.",
-                        d.ruleName, flow.agent.name, secs);
-        ErrorResponse res = makeErrorResponse(429, kRateLimited, detail, {std::string(d.ruleName)}, true);
-        res.set(http::field::retry_after, std::to_string(secs));
-        co_await answer(std::move(res), kRateLimited);
-        proceed = false;
-        break;
-      }
-      case policy::Verdict::Approve: {
-        ApprovalInfo info;
-        info.agent = flow.agent.name;
-        info.agentKey = agentKey(flow);
-        info.method = ex.rec.method;
-        info.host = host;
-        info.path = ex.rec.path;
-        info.rule = std::string(d.ruleName);
-        previewBody(info, req.body());
-        info.timeout = d.approveTimeout.count() > 0 ? d.approveTimeout : std::chrono::seconds(120);
-        // A held request keeps its body in memory: what may be held is capped.
-        Admission admitted = approvals_.add(
-            std::move(info), HoldLimits{limits.maxHeldRequests, limits.maxHeldPerAgent, limits.maxHeldBodyBytes});
-        if (!admitted.id) {
-          const char* cap = admitted.full == HoldCap::PerAgent ? "this agent's held requests (max_held_per_agent)"
-                            : admitted.full == HoldCap::BodyBytes
-                                ? "the bodies of held requests (max_held_body_bytes)"
-                                : "held requests (max_held_requests)";
-          log::info("conn {} agent {}: {} {} not held for approval by rule \"{}\": the cap on {} is reached",
-                    flow.id, flow.agent.name, ex.rec.method, ex.rec.path, d.ruleName, cap);
-          ex.rec.decision = "approval_queue_full";
-          ErrorResponse res = makeErrorResponse(
-              429, kApprovalQueueFull,
-              fmt::format("Request {} {} needs an operator's approval (rule \"{}\"), but the cap on {} is reached. "
-                          "Please retry after {} seconds.",
-                          ex.rec.method, ex.rec.path, d.ruleName, cap, admitted.retryAfter.count()),
-              {std::string(d.ruleName)}, true);
-          res.set(http::field::retry_after, std::to_string(admitted.retryAfter.count()));
-          co_await answer(std::move(res), kApprovalQueueFull);
-          proceed = false;
-          break;
-        }
-        ++stats_.approvalsHeld;
-        std::uint64_t approvalId = admitted.id;
-        log::info("conn {} agent {}: {} {} held for approval by rule \"{}\" (request {})", flow.id, flow.agent.name,
-                  ex.rec.method, ex.rec.path, d.ruleName, approvalId);
-        lower.expires_never();
-        // Wait for the decision, but notice an agent that hangs up meanwhile:
-        // nobody would receive the answer, so nothing must be done for it.
-        std::variant<ApprovalOutcome, bool> first =
-            co_await (approvals_.wait(approvalId) || agentHangsUp(stream, buffer));
-        ApprovalOutcome outcome = first.index() == 0 ? std::get<0>(first) : ApprovalOutcome::Waiting;
-        if (first.index() == 1 && std::get<1>(first)) {
-          approvals_.abandon(approvalId);
-          log::info("conn {} agent {}: held request {} abandoned: the agent closed the connection", flow.id,
-                    flow.agent.name, approvalId);
-          ex.rec.decision = "abandoned";
-          ex.keepAlive = false;
-          finish();
-          break;
-        }
-        if (outcome == ApprovalOutcome::Waiting) outcome = co_await approvals_.wait(approvalId);
-        if (outcome == ApprovalOutcome::Approved) {
-          ex.rec.decision = "approved";
-          break;
-        }
-        ex.rec.decision = outcome == ApprovalOutcome::Denied ? "denied" : "approval_timeout";
-        std::string detail = fmt::format(
-            "Request {} {} for agent \"{}\" was {} (rule \"{}\").", ex.rec.method, ex.rec.path, flow.agent.name,
-            outcome == ApprovalOutcome::Denied ? "denied by an operator" : "not approved in time", d.ruleName);
-        {
-        ErrorResponse errRes = makeErrorResponse(403, kApprovalDenied, detail, {std::string(d.ruleName)});
-        co_await answer(std::move(errRes), kApprovalDenied);
-      }
-        proceed = false;
-        break;
-      }
-    }
-    if (!proceed) {
-      finish();
-      if (!ex.keepAlive) break;
-      continue;
-    }
+asio::awaitable<bool> Server::forward(Conn& c, Exchange& ex, HttpRequest& req, const CredentialRuntime* cred) {
+  upstream::Call call(pool_, c.target.host, c.flow.agent.key);
+  std::string token;
+  const auto upStart = Clock::now();
+  std::optional<LocalResponse> refusal = co_await sendWithCredential(c, ex, req, cred, call, token);
+  ex.rec.upstreamMs = msSince(upStart);
+  if (refusal) co_return co_await answer(c, ex, std::move(*refusal));
+  // A token Atlas refused even after one refresh is not reused.
+  if (call.response().result_int() == 401 && cred && cred->tokens && !token.empty()) cred->tokens->invalidate(token);
+  co_return co_await relay(c, ex, call);
+}
 
-    // Clients that run the OAuth flow themselves get a phantom token here.
-    std::string_view pathOnly = req.target().substr(0, req.target().find('?'));
-    if (req.method() == http::verb::post && (pathOnly == kTokenPath || pathOnly == kRevokePath)) {
-      http::response<http::string_body> res = answerOAuthLocally(req, pathOnly == kTokenPath, agentKey(flow));
-      res.keep_alive(ex.keepAlive);
-      ex.rec.status = res.result_int();
-      ex.rec.bytesOut = res.body().size();
-      ex.rec.decision = "local";
-      lower.expires_after(limits.requestTimeout);
-      auto [wec, wn] = co_await http::async_write(stream, res, kUseTuple);
-      finish();
-      if (wec || !ex.keepAlive) break;
-      continue;
-    }
-    // A phantom token must be this agent's own, and alive; any other bearer
-    // the agent sends is simply dropped below.
-    if (std::string_view authz = req[http::field::authorization]; authz.size() > 7 && iequalsAscii(authz.substr(0, 7), "bearer ")) {
-      credentials::PhantomCheck pc = phantoms_.check(trimAscii(authz.substr(7)), agentKey(flow));
-      if (pc != credentials::PhantomCheck::NotPhantom && pc != credentials::PhantomCheck::Valid) {
-        const char* why = pc == credentials::PhantomCheck::WrongAgent ? "was issued to another agent"
-                          : pc == credentials::PhantomCheck::Expired  ? "has expired"
-                                                                      : "is not known";
-        {
-          ErrorResponse errRes = makeErrorResponse(
-              401, kInvalidToken, fmt::format("The access token {}; request a new one from /api/oauth/token.", why));
-          co_await answer(std::move(errRes), kInvalidToken);
-        }
-        ex.rec.decision = "invalid_token";
-        ++stats_.phantomRefused;
-        finish();
-        if (!ex.keepAlive) break;
-        continue;
+asio::awaitable<std::optional<LocalResponse>> Server::sendWithCredential(Conn& c, Exchange& ex, HttpRequest& req,
+                                                                        const CredentialRuntime* cred,
+                                                                        upstream::Call& call, std::string& token) {
+  const config::Limits& limits = c.limits();
+  // The body is buffered, so a replay is exact.
+  for (int round = 0; round < 3; ++round) {
+    bool sentAuth = false;
+    if (cred && cred->tokens) {
+      Result<std::string> t = co_await cred->tokens->token();
+      if (!t) {
+        // The reason names the service account (its client id): the log
+        // and the audit record (credential) keep it, the agent does not.
+        log::warn("conn {} agent {}: credential {} unavailable: {}", c.flow.id, c.flow.agent.name,
+                  cred->description, t.error().message);
+        co_return refuse(Refusal::CredentialUnavailable,
+                         "The credential for this request is unavailable right now (token endpoint failure); "
+                         "retry later.");
       }
-    }
-
-    // Credentials: the agent's own are dropped; the target's are injected.
-    const CredentialRuntime* cred = nullptr;
-    if (!target->credentials.empty()) {
-      cred = chooseCredential(*target, flow.agent.name, d.credential);
-      if (!cred) {
-        ++stats_.credentialFailures;
-        // The agent learns nothing about the credentials; the log names them.
-        log::warn("conn {} agent {}: no credential of {} for this agent{}", flow.id, flow.agent.name, host,
-                  d.credential.empty() ? std::string() : fmt::format(" (rule \"{}\" names credential \"{}\")",
-                                                                     d.ruleName, d.credential));
-        {
-          ErrorResponse errRes = makeErrorResponse(503, kCredentialUnavailable,
-                                                   "No credential is available for this request.", {}, false);
-          co_await answer(std::move(errRes), kCredentialUnavailable);
-        }
-        finish();
-        if (!ex.keepAlive) break;
-        continue;
-      }
-      ex.rec.credential = cred->description;
-    }
-    prepareUpstreamRequest(req, host);
-    req.keep_alive(true);
-    std::string payloadError;
-    try {
-      req.prepare_payload();
-    } catch (const std::exception& e) {  // e.g. a body on a method that cannot have one
-      payloadError = e.what();
-    }
-    if (!payloadError.empty()) {
-      ++stats_.badRequests;
-      ex.keepAlive = false;
-      {
-        ErrorResponse errRes =
-            makeErrorResponse(400, kBadRequest, fmt::format("Cannot forward this request: {}.", payloadError));
-        co_await answer(std::move(errRes), kBadRequest);
-      }
-      ex.rec.decision = "malformed";
-      finish();
-      break;
-    }
-
-    // Send, answering what the credential needs: a Digest challenge (or a
-    // stale nonce), or one token refresh when Atlas rejects a token we
-    // believed valid. The body is buffered, so a replay is exact.
-    std::string token;
-    std::unique_ptr<UpstreamConn> up;
-    beast::flat_buffer upBuffer;
-    std::optional<http::response_parser<http::buffer_body>> rpo;
-    UpstreamResult ur;
-    bool credentialFailed = false;
-    auto upStart = Clock::now();
-    for (int round = 0; round < 3; ++round) {
-      bool sentAuth = false;
-      if (cred && cred->tokens) {
-        Result<std::string> t = co_await cred->tokens->token();
-        if (!t) {
-          ++stats_.credentialFailures;
-          // The reason names the service account (its client id): the log
-          // and the audit record (credential) keep it, the agent does not.
-          log::warn("conn {} agent {}: credential {} unavailable: {}", flow.id, flow.agent.name, cred->description,
-                    t.error().message);
-          {
-            ErrorResponse errRes = makeErrorResponse(
-                503, kCredentialUnavailable,
-                "The credential for this request is unavailable right now (token endpoint failure); retry later.", {},
-                true);
-            co_await answer(std::move(errRes), kCredentialUnavailable);
-          }
-          credentialFailed = true;
-          break;
-        }
-        token = std::move(t.value());
-        req.set(http::field::authorization, "Bearer " + token);
+      token = std::move(t.value());
+      req.set(http::field::authorization, "Bearer " + token);
+      sentAuth = true;
+    } else if (cred && cred->digest) {
+      if (auto h = cred->digest->authorize(req.method_string(), req.target())) {
+        req.set(http::field::authorization, *h);
         sentAuth = true;
-      } else if (cred && cred->digest) {
-        if (auto h = cred->digest->authorize(req.method_string(), req.target())) {
-          req.set(http::field::authorization, *h);
-          sentAuth = true;
-        } else {
-          req.erase(http::field::authorization);
-        }
-      }
-      ur = co_await sendUpstream(host, flow.agent.key, limits, req, up, upBuffer, rpo);
-      if (!ur.ok || rpo->get().result_int() != 401 || round == 2) break;
-      bool retry = false;
-      if (cred && cred->digest) {
-        std::string_view www = rpo->get()[http::field::www_authenticate];
-        auto ch = credentials::parseDigestChallenge(www);
-        // The first challenge, or a stale nonce: answer it. A refusal of a
-        // fresh answer is real (wrong key): relay it.
-        if (ch && (!sentAuth || ch->stale)) {
-          (void)cred->digest->onChallenge(www);
-          retry = true;
-        } else if (sentAuth) {
-          cred->digest->reset();
-        }
-      } else if (cred && cred->tokens && round == 0) {
-        cred->tokens->invalidate(token);
-        retry = true;
-      }
-      if (!retry) break;
-      ++stats_.credentialRetries;
-      // Discard the 401's body; keep the connection if it can be reused.
-      bool drained = co_await drainBody(*up, upBuffer, *rpo, limits.upstreamTimeout);
-      if (drained && rpo->get().keep_alive() && upBuffer.size() == 0) pool_.release(std::move(up));
-      up.reset();
-    }
-    if (credentialFailed) {
-      finish();
-      if (!ex.keepAlive) break;
-      continue;
-    }
-    if (!ur.ok && ur.ec == PoolError::QueueTimeout) {
-      // Every upstream connection of this target stayed busy: not a failure
-      // of the target, a queue that did not move in time.
-      ++stats_.upstreamBusy;
-      auto secs = std::max<long long>(1, limits.upstreamQueueTimeout.count());
-      ErrorResponse res = makeErrorResponse(
-          503, kUpstreamBusy,
-          fmt::format("All {} connections to {} stayed busy for {} seconds. Please retry after {} seconds.",
-                      limits.maxUpstreamConnections, host, limits.upstreamQueueTimeout.count(), secs),
-          {}, true);
-      res.set(http::field::retry_after, std::to_string(secs));
-      co_await answer(std::move(res), kUpstreamBusy);
-      ex.rec.upstreamMs = std::chrono::duration<double, std::milli>(Clock::now() - upStart).count();
-      finish();
-      if (!ex.keepAlive) break;
-      continue;
-    }
-    if (!ur.ok) {
-      ++stats_.upstreamFailures;
-      bool timeout = ur.ec == beast::error::timeout;
-      log::warn("conn {} agent {}: upstream {} {} failed: {}", flow.id, flow.agent.name, host, ur.step,
-                ur.ec.message());
-      {
-        ErrorResponse errRes = makeErrorResponse(
-            timeout ? 504 : 502, timeout ? kUpstreamTimeout : kUpstreamUnavailable,
-            fmt::format("{} could not be reached ({} failed: {}).", host, ur.step, ur.ec.message()), {}, true);
-        co_await answer(std::move(errRes), timeout ? kUpstreamTimeout : kUpstreamUnavailable);
-      }
-      ex.rec.upstreamMs = std::chrono::duration<double, std::milli>(Clock::now() - upStart).count();
-      finish();
-      if (!ex.keepAlive) break;
-      continue;
-    }
-
-    // Relay the response, streaming its body (chunked stays chunked).
-    auto& rp = *rpo;
-    auto& res = rp.get();
-    unsigned status = res.result_int();
-    if (status == 401 && cred && cred->tokens && !token.empty()) cred->tokens->invalidate(token);
-    bool upstreamKeepAlive = res.keep_alive();
-    prepareAgentResponse(res);
-    res.keep_alive(ex.keepAlive);
-    ex.rec.status = status;
-    ex.rec.upstreamMs = std::chrono::duration<double, std::milli>(Clock::now() - upStart).count();
-
-    if (relayBuf.empty()) relayBuf.resize(16 * 1024);
-    http::response_serializer<http::buffer_body> sr{res};
-    beast::error_code relayErr;
-    bool agentFailed = false;
-    auto& ulower = beast::get_lowest_layer(up->stream);
-    do {
-      if (!rp.is_done()) {
-        res.body().data = relayBuf.data();
-        res.body().size = relayBuf.size();
-        ulower.expires_after(limits.upstreamTimeout);
-        auto [rec, rn] = co_await http::async_read(up->stream, upBuffer, rp, kUseTuple);
-        if (rec == http::error::need_buffer) rec = {};
-        if (rec) {
-          relayErr = rec;
-          break;
-        }
-        res.body().size = relayBuf.size() - res.body().size;
-        res.body().data = relayBuf.data();
-        res.body().more = !rp.is_done();
-        ex.rec.bytesOut += res.body().size;
       } else {
-        res.body().data = nullptr;
-        res.body().size = 0;
-        res.body().more = false;
+        req.erase(http::field::authorization);
       }
-      lower.expires_after(limits.requestTimeout);
-      auto [wec, wn] = co_await http::async_write(stream, sr, kUseTuple);
-      if (wec == http::error::need_buffer) wec = {};
-      if (wec) {
-        relayErr = wec;
-        agentFailed = true;
+    }
+    if (auto ec = co_await call.send(req, limits.upstreamTimeout)) {
+      if (ec == PoolError::QueueTimeout) co_return upstreamBusy(c.target.host, limits);
+      log::warn("conn {} agent {}: upstream {} {} failed: {}", c.flow.id, c.flow.agent.name, c.target.host,
+                call.failedStep(), ec.message());
+      co_return upstreamRefusal(ec, call.failedStep(), c.target.host);
+    }
+    if (call.response().result_int() != 401 || round == 2) break;
+    bool retry = false;
+    if (cred && cred->digest) {
+      std::string_view www = call.response()[http::field::www_authenticate];
+      auto ch = credentials::parseDigestChallenge(www);
+      // The first challenge, or a stale nonce: answer it. A refusal of a
+      // fresh answer is real (wrong key): relay it.
+      if (ch && (!sentAuth || ch->stale)) {
+        (void)cred->digest->onChallenge(www);
+        retry = true;
+      } else if (sentAuth) {
+        cred->digest->reset();
+      }
+    } else if (cred && cred->tokens && round == 0) {
+      cred->tokens->invalidate(token);
+      retry = true;
+    }
+    if (!retry) break;
+    counters_.add(Counter::CredentialRetries);
+    // Discard the 401's body; keep the connection if it can be reused.
+    if (co_await call.discardBody(limits.upstreamTimeout)) call.finish();
+    call.abandon();
+  }
+  co_return std::nullopt;
+}
+
+asio::awaitable<bool> Server::relay(Conn& c, Exchange& ex, upstream::Call& call) {
+  const config::Limits& limits = c.limits();
+  auto& res = call.response();
+  ex.rec.status = res.result_int();
+  prepareAgentResponse(res);
+  res.keep_alive(ex.keepAlive);
+  if (c.relayBuf.empty()) c.relayBuf.resize(16 * 1024);
+  http::response_serializer<http::buffer_body> sr{res};
+  beast::error_code relayErr;
+  bool agentFailed = false;
+  do {
+    if (!call.done()) {
+      std::size_t n = 0;
+      if (auto ec = co_await call.readSome(c.relayBuf.data(), c.relayBuf.size(), n, limits.upstreamTimeout)) {
+        relayErr = ec;
         break;
       }
-    } while (!rp.is_done() || !sr.is_done());
-
-    if (relayErr) {
-      // The agent must see a broken response, never a fabricated complete one.
-      log::warn("conn {} agent {}: relaying the response failed ({} side): {}", flow.id, flow.agent.name,
-                agentFailed ? "agent" : "upstream", relayErr.message());
-      ex.rec.error = agentFailed ? "AGENT_WRITE_FAILED" : "UPSTREAM_RESPONSE_TRUNCATED";
-      finish();
+      res.body().data = c.relayBuf.data();
+      res.body().size = n;
+      res.body().more = !call.done();
+      ex.rec.bytesOut += n;
+    } else {
+      res.body().data = nullptr;
+      res.body().size = 0;
+      res.body().more = false;
+    }
+    c.lower().expires_after(limits.requestTimeout);
+    auto [wec, wn] = co_await http::async_write(c.stream, sr, kUseTuple);
+    if (wec && wec != http::error::need_buffer) {
+      relayErr = wec;
+      agentFailed = true;
       break;
     }
-    ulower.expires_never();
-    if (upstreamKeepAlive && upBuffer.size() == 0) pool_.release(std::move(up));
-    finish();
-    if (!ex.keepAlive) break;
+  } while (!call.done() || !sr.is_done());
+
+  if (relayErr) {
+    // The agent must see a broken response, never a fabricated complete one.
+    log::warn("conn {} agent {}: relaying the response failed ({} side): {}", c.flow.id, c.flow.agent.name,
+              agentFailed ? "agent" : "upstream", relayErr.message());
+    ex.rec.error = agentFailed ? "AGENT_WRITE_FAILED" : "UPSTREAM_RESPONSE_TRUNCATED";
+    call.abandon();
+    finish(c, ex);
+    co_return false;
   }
-
-  beast::error_code ec;
-  lower.expires_after(std::chrono::seconds(2));
-  co_await stream.async_shutdown(kUseTuple);
-  lower.socket().close(ec);
+  call.finish();
+  finish(c, ex);
+  co_return ex.keepAlive;
 }
 
-std::string Server::agentKey(const Flow& flow) {
-  // The cgroup path (with the launcher's ".<pid>") identifies one agent run;
-  // an agent cannot put itself into another agent's cgroup.
-  return flow.agent.key;
-}
-
-http::response<http::string_body> Server::answerOAuthLocally(const http::request<http::string_body>& req, bool token,
-                                                             const std::string& key) {
-  http::response<http::string_body> res{http::status::ok, req.version()};
-  res.set(http::field::content_type, "application/json");
-  res.set(http::field::cache_control, "no-store");
-  res.set(http::field::pragma, "no-cache");
-  res.set(http::field::server, "atlasgate");
-  if (token) {
-    std::string grant = formValue(req.body(), "grant_type");
-    if (grant != "client_credentials") {
-      res.result(http::status::bad_request);
-      res.body() = json::serialize(json::object{
-          {"error", grant.empty() ? "invalid_request" : "unsupported_grant_type"},
-          {"error_description", grant.empty() ? "grant_type is missing" : "only client_credentials is supported"}});
-    } else {
-      ++stats_.phantomIssued;
-      json::object o;
-      // At the agent's cap its oldest phantom goes (see credentials/phantom.h).
-      o["access_token"] = phantoms_.issue(key, runtime_->config->limits.maxPhantomTokensPerAgent);
-      o["expires_in"] = credentials::PhantomTokens::kLifetime.count();
-      o["token_type"] = "Bearer";
-      res.body() = json::serialize(o);
-    }
-  } else {
-    phantoms_.revoke(formValue(req.body(), "token"), key);
-    res.body() = "{}";
-  }
-  res.prepare_payload();
-  return res;
-}
-
-asio::awaitable<Server::UpstreamResult> Server::sendUpstream(
-    const std::string& host, const std::string& agent, const config::Limits& limits,
-    http::request<http::string_body>& req, std::unique_ptr<UpstreamConn>& up, beast::flat_buffer& buffer,
-    std::optional<http::response_parser<http::buffer_body>>& rpo) {
-  UpstreamResult r;
-  for (int attempt = 0; attempt < 2; ++attempt) {
-    buffer.clear();
-    auto got = co_await pool_.acquire(host, agent);
-    if (got.ec) {
-      r.ec = got.ec;
-      r.step = "connect";
-      co_return r;
-    }
-    bool reused = got.reused;
-    up = std::move(got.conn);
-    auto& ulower = beast::get_lowest_layer(up->stream);
-    ulower.expires_after(limits.upstreamTimeout);
-    auto [wec, wn] = co_await http::async_write(up->stream, req, kUseTuple);
-    if (wec) {
-      r.ec = wec;
-      r.step = "write";
-      up.reset();
-      if (reused) continue;
-      co_return r;
-    }
-    rpo.emplace();
-    rpo->body_limit(boost::none);
-    if (req.method() == http::verb::head) rpo->skip(true);
-    auto [rec, rn] = co_await http::async_read_header(up->stream, buffer, *rpo, kUseTuple);
-    if (rec) {
-      r.ec = rec;
-      r.step = "read";
-      up.reset();
-      // A keep-alive connection the target closed meanwhile: nothing of the
-      // request was processed, try once on a fresh one.
-      if (reused && (rec == http::error::end_of_stream || rec == asio::ssl::error::stream_truncated) &&
-          buffer.size() == 0)
-        continue;
-      co_return r;
-    }
-    r.ok = true;
-    r.ec = {};
-    r.step.clear();
-    co_return r;
-  }
-  co_return r;
-}
-
-asio::awaitable<bool> Server::drainBody(UpstreamConn& up, beast::flat_buffer& buffer,
-                                        http::response_parser<http::buffer_body>& parser,
-                                        std::chrono::seconds timeout) {
-  std::vector<char> scratch(8192);
-  auto& lower = beast::get_lowest_layer(up.stream);
-  while (!parser.is_done()) {
-    parser.get().body().data = scratch.data();
-    parser.get().body().size = scratch.size();
-    lower.expires_after(timeout);
-    auto [ec, n] = co_await http::async_read(up.stream, buffer, parser, kUseTuple);
-    if (ec == http::error::need_buffer) continue;
-    if (ec) co_return false;
-  }
-  lower.expires_never();
-  co_return true;
-}
 
 asio::awaitable<void> Server::classify(tcp::socket socket, Flow flow) {
   // The destination is no known target address: what the ClientHello names
@@ -1169,7 +687,7 @@ asio::awaitable<void> pump(beast::tcp_stream& from, beast::tcp_stream& to, std::
 }  // namespace
 
 asio::awaitable<void> Server::passthrough(tcp::socket socket, Flow flow) {
-  ++stats_.passthrough;
+  counters_.add(Counter::Passthrough);
   const auto limits = runtime_->config->limits;
   beast::tcp_stream agent(std::move(socket));
   auto refuse = [&](const std::string& why) {

@@ -3,6 +3,10 @@
 // those: a peer without a kernel flow record is closed at once), terminates
 // TLS with a leaf minted for the SNI, applies the rules, injects the target's
 // credential and relays to the target over the shared upstream pool.
+//
+// This is the transport: accept, admission, TLS, reading requests, holding
+// approvals, the credential rounds and the relay. What to do with a request
+// is decided in exchange.h, without sockets.
 
 #include <atomic>
 #include <chrono>
@@ -16,14 +20,17 @@
 #include <vector>
 
 #include "audit/audit.h"
-#include "bpf/loader.h"
+#include "bpf/abi.h"
 #include "config/config.h"
 #include "credentials/phantom.h"
+#include "net/asio.h"
 #include "proxy/agents.h"
 #include "proxy/approvals.h"
-#include "proxy/asio.h"
+#include "proxy/counters.h"
+#include "proxy/exchange.h"
 #include "proxy/metrics.h"
-#include "proxy/upstream.h"
+#include "proxy/runtime.h"
+#include "upstream/call.h"
 
 namespace atlasgate::policy {
 class Policy;
@@ -38,61 +45,15 @@ class DigestAuth;
 
 namespace atlasgate::proxy {
 
-struct CredentialRuntime {
-  std::string name;
-  std::string description;          // "service_account:<id>", safe to log
-  std::vector<std::string> agents;  // globs; empty = every agent
-  std::shared_ptr<credentials::TokenProvider> tokens;  // service accounts
-  std::shared_ptr<credentials::DigestAuth> digest;     // API keys
-};
+using upstream::UpstreamConn;  // the upstream pool (upstream/upstream.h), as proxy/ names it
+using upstream::UpstreamHostView;
+using upstream::UpstreamLimits;
+using upstream::UpstreamPool;
+using upstream::UpstreamStats;
+using upstream::PoolError;
+using upstream::RoundTripResult;
+using upstream::roundTrip;
 
-struct TargetRuntime {
-  std::string host;
-  std::uint32_t id = 0;  // the daemon's id for this host: what the kernel's targets maps and flows carry
-  std::vector<CredentialRuntime> credentials;
-};
-
-// Everything a reload replaces. Sessions hold the snapshot they started with.
-struct Runtime {
-  std::shared_ptr<const config::Config> config;
-  std::shared_ptr<policy::Policy> policy;
-  std::vector<TargetRuntime> targets;
-  const TargetRuntime* findTarget(std::string_view host) const;
-  const TargetRuntime* findTargetById(std::uint32_t id) const;
-};
-
-// What the kernel told us about a connection.
-struct Flow {
-  ag_origin origin{};
-  AgentIdentity agent;
-  tcp::endpoint originalDst;
-  std::string comm;
-  std::uint64_t id = 0;  // connection number, for logs
-  std::shared_ptr<void> slot;  // this connection's place under the connection caps
-};
-
-struct ServerStats {
-  std::atomic<std::uint64_t> accepted{0};
-  std::atomic<std::uint64_t> refusedNoFlow{0};
-  std::atomic<std::uint64_t> refusedUnknownAgent{0};  // socket creator under no attached cgroup
-  std::atomic<std::uint64_t> heldForDiscovery{0};     // from under a guard, held until discovery named it
-  std::atomic<std::uint64_t> acceptErrors{0};         // accept() failed (EMFILE, ENOMEM...)
-  std::atomic<std::uint64_t> handshakeFailures{0};
-  std::atomic<std::uint64_t> requests{0};
-  std::atomic<std::uint64_t> blocked{0};
-  std::atomic<std::uint64_t> rateLimited{0};
-  std::atomic<std::uint64_t> approvalsHeld{0};
-  std::atomic<std::uint64_t> credentialFailures{0};
-  std::atomic<std::uint64_t> credentialRetries{0};  // Digest challenges answered, tokens refreshed after a 401
-  std::atomic<std::uint64_t> phantomIssued{0};
-  std::atomic<std::uint64_t> phantomRefused{0};
-  std::atomic<std::uint64_t> upstreamFailures{0};
-  std::atomic<std::uint64_t> upstreamBusy{0};       // 503 ATLASGATE_UPSTREAM_BUSY: no pooled connection in time
-  std::atomic<std::uint64_t> refusedOverLimit{0};   // connections closed at once: over max_connections(_per_agent)
-  std::atomic<std::uint64_t> badRequests{0};
-  std::atomic<std::uint64_t> liveConnections{0};
-  std::atomic<std::uint64_t> passthrough{0};  // all-tls: non-target TLS spliced through
-};
 
 struct ConnectionInfo {
   std::uint64_t id;
@@ -106,7 +67,10 @@ struct ConnectionInfo {
 
 class Server {
  public:
-  Server(asio::io_context& io, bpf::Loader& loader, tls::ServerContext& tls, UpstreamPool& pool,
+  // The kernel's record of an accepted connection, consumed (bpf::Loader::take):
+  // the peer's address and the network namespace it was accepted in.
+  using TakeFlowFn = std::function<std::optional<ag_origin>(const sockaddr* peer, std::uint64_t netnsCookie)>;
+  Server(asio::io_context& io, TakeFlowFn takeFlow, tls::ServerContext& tls, UpstreamPool& pool,
          audit::AuditLog& audit, AgentDirectory& agents, Approvals& approvals, std::uint64_t netnsCookie);
   ~Server();
 
@@ -134,7 +98,7 @@ class Server {
   // Cancel whatever is still running (end of drain).
   void closeAll();
 
-  const ServerStats& stats() const { return stats_; }
+  const Counters& counters() const { return counters_; }
   const credentials::PhantomTokens& phantoms() const { return phantoms_; }
   const RequestMetrics& metrics() const { return metrics_; }
   std::vector<ConnectionInfo> connections() const;
@@ -153,27 +117,35 @@ class Server {
   asio::awaitable<void> classify(tcp::socket socket, Flow flow);
   asio::awaitable<void> passthrough(tcp::socket socket, Flow flow);
 
-  struct UpstreamResult {
-    bool ok = false;
-    beast::error_code ec;
-    std::string step;  // connect, write, read
-  };
-  // Writes req to the target (one retry on a fresh connection when a reused
-  // keep-alive one turns out dead) and reads the response head into rpo.
-  asio::awaitable<UpstreamResult> sendUpstream(const std::string& host, const std::string& agent,
-                                               const config::Limits& limits, http::request<http::string_body>& req,
-                                               std::unique_ptr<UpstreamConn>& up, beast::flat_buffer& buffer,
-                                               std::optional<http::response_parser<http::buffer_body>>& rpo);
-  // Reads and discards the rest of a response body; false if the connection failed.
-  asio::awaitable<bool> drainBody(UpstreamConn& up, beast::flat_buffer& buffer,
-                                  http::response_parser<http::buffer_body>& parser, std::chrono::seconds timeout);
-  // POST /api/oauth/token and /api/oauth/revoke, answered here with phantoms.
-  http::response<http::string_body> answerOAuthLocally(const http::request<http::string_body>& req, bool token,
-                                                       const std::string& agentKey);
-  static std::string agentKey(const Flow& flow);
+  struct Conn;      // one HTTP connection's state (server.cpp)
+  struct Exchange;  // one request's audit record and keep-alive
+  // The TLS handshake; the target the SNI named, or nullptr (close).
+  asio::awaitable<const TargetRuntime*> handshake(TlsStream& stream, const Runtime& rt, const Flow& flow);
+  // One request and its answer; false when the connection ends.
+  asio::awaitable<bool> exchange(Conn& c);
+  // Reads the next request; nullopt when the connection ends (whatever had
+  // to be answered and audited was).
+  asio::awaitable<std::optional<HttpRequest>> readRequest(Conn& c, Exchange& ex);
+  // Holds a request for an operator; nullopt when the agent hung up meanwhile.
+  asio::awaitable<std::optional<Step>> hold(Conn& c, Exchange& ex, HttpRequest& req, Hold h);
+  // Writes an answer atlasgate gives itself; false when the connection ends.
+  asio::awaitable<bool> answer(Conn& c, Exchange& ex, LocalResponse local);
+  // Sends the request with its credential, then relays the response.
+  asio::awaitable<bool> forward(Conn& c, Exchange& ex, HttpRequest& req,
+                                const CredentialRuntime* cred);
+  // The credential rounds: a Digest challenge (or stale nonce) answered, or
+  // one token refresh after a 401. Returns the refusal when there is none to
+  // relay (no credential, target unreachable).
+  asio::awaitable<std::optional<LocalResponse>> sendWithCredential(Conn& c, Exchange& ex,
+                                                                   HttpRequest& req,
+                                                                   const CredentialRuntime* cred,
+                                                                   upstream::Call& call, std::string& token);
+  // Streams the response body (chunked stays chunked); false when the connection ends.
+  asio::awaitable<bool> relay(Conn& c, Exchange& ex, upstream::Call& call);
+  void finish(Conn& c, Exchange& ex);
 
   asio::io_context& io_;
-  bpf::Loader& loader_;
+  TakeFlowFn takeFlow_;
   tls::ServerContext& tls_;
   std::unique_ptr<ssl::context> sslCtx_;
   UpstreamPool& pool_;
@@ -194,7 +166,7 @@ class Server {
   std::chrono::steady_clock::time_point lastUnknownWarning_{};
   std::chrono::milliseconds discoverySettle_{3000};
   std::uint32_t heldForDiscovery_ = 0;  // flows waiting in awaitNamed() now
-  ServerStats stats_;
+  Counters counters_;
   credentials::PhantomTokens phantoms_;
   RequestMetrics metrics_;
 };

@@ -8,6 +8,7 @@
 
 #include <string>
 #include <string_view>
+#include <memory>
 
 #include "common/text.h"
 
@@ -162,3 +163,27 @@ TEST(JsonForTerminalEdges, EscapesOnlyHazards) {
   EXPECT_EQ(text::jsonForTerminal("\"\xFF\""), "\"\xFF\"");
   EXPECT_EQ(text::jsonForTerminal(""), "");
 }
+
+namespace atlasgate::text {
+namespace {
+
+// Equal ignoring ASCII case only; the strings' bounds are never crossed
+// (boost::beast::iequals in Boost 1.81 reads one byte past the end when only
+// the last character's case differs: under ASan this test would catch that).
+TEST(Iequals, AsciiCaseOnlyAndWithinBounds) {
+  const std::string digest = "Digest";
+  const std::string_view lastDiffers(digest.data(), digest.size());
+  EXPECT_TRUE(iequals(lastDiffers, "DigesT"));
+  EXPECT_TRUE(iequals("chunked", "CHUNKED"));
+  EXPECT_TRUE(iequals("", ""));
+  EXPECT_FALSE(iequals("bearer", "bearer "));
+  EXPECT_FALSE(iequals("auth", "autH-int"));
+  EXPECT_FALSE(iequals("[", "{"));           // 0x5b and 0x7b differ by 0x20 but are no letters
+  EXPECT_FALSE(iequals("\xc3\xa9", "\xc3\x89"));  // é / É: ASCII only
+  auto heap = std::make_unique<char[]>(1);
+  heap[0] = 'A';
+  EXPECT_TRUE(iequals(std::string_view(heap.get(), 1), "a"));
+}
+
+}  // namespace
+}  // namespace atlasgate::text

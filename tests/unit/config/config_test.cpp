@@ -4,13 +4,21 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <optional>
+#include <regex>
+#include <set>
+#include <sstream>
 #include <string>
 #include <string_view>
 #include <vector>
+
+#include <fmt/format.h>
 
 namespace atlasgate::config {
 namespace {
@@ -74,13 +82,21 @@ class TempFile {
 
 // ---- good files -----------------------------------------------------------
 
-TEST(ConfigLoad, FullFileRoundTrips) {
-  const std::string file = std::string(kData) + "/full.yaml";
-  Result<Config> r = loadConfig(file);
-  ASSERT_TRUE(r.ok()) << r.error().message;
-  const Config& c = *r;
+const std::string kFullFile = std::string(kData) + "/full.yaml";
 
-  EXPECT_EQ(c.path, file);
+// full.yaml, loaded once: every key atlasgate understands, with non-default values.
+const Config& full() {
+  static const Config c = [] {
+    Result<Config> r = loadConfig(kFullFile);
+    if (!r.ok()) throw std::runtime_error(r.error().message);
+    return std::move(r.value());
+  }();
+  return c;
+}
+
+TEST(ConfigLoad, FullFileTopLevel) {
+  const Config& c = full();
+  EXPECT_EQ(c.path, kFullFile);
   EXPECT_EQ(c.listen.port, 16443);
   EXPECT_EQ(c.listen.admin, "127.0.0.1:16444");
   EXPECT_EQ(c.stateDir, "/srv/atlasgate/state");
@@ -88,7 +104,20 @@ TEST(ConfigLoad, FullFileRoundTrips) {
   EXPECT_EQ(c.logLevel, "debug");
   EXPECT_EQ(c.agents.cgroup, "/sys/fs/cgroup/agents");
   EXPECT_EQ(c.agents.attach, (std::vector<std::string>{"/sys/fs/cgroup/ci.slice", "/sys/fs/cgroup/dev.slice"}));
+  EXPECT_EQ(c.limits.maxHeaderBytes, 32768u);
+  EXPECT_EQ(c.limits.maxHeaders, 50u);
+  EXPECT_EQ(c.limits.maxBodyBytes, 1048576u);
+  EXPECT_EQ(c.limits.handshakeTimeout, 5s);
+  EXPECT_EQ(c.limits.headerTimeout, 10s);
+  EXPECT_EQ(c.limits.idleTimeout, 120s);
+  EXPECT_EQ(c.limits.requestTimeout, 3600s);
+  EXPECT_EQ(c.limits.upstreamTimeout, 2s);  // 1500ms rounds up
+  EXPECT_FALSE(c.bpf.keepOnExit);
+  EXPECT_FALSE(c.bpf.refuseQuic);
+}
 
+TEST(ConfigLoad, FullFileTargets) {
+  const Config& c = full();
   ASSERT_EQ(c.targets.size(), 2u);
   const Target& cloud = c.targets[0];
   EXPECT_EQ(cloud.host, "cloud.mongodb.com");  // lower-cased, trailing dot dropped
@@ -96,7 +125,7 @@ TEST(ConfigLoad, FullFileRoundTrips) {
   EXPECT_EQ(cloud.upstreamCa, "/etc/atlasgate/upstream.pem");
   EXPECT_EQ(cloud.upstreamPort, 8443);
   EXPECT_FALSE(cloud.resolve);
-  EXPECT_EQ(cloud.loc.file, file);
+  EXPECT_EQ(cloud.loc.file, kFullFile);
   EXPECT_EQ(cloud.loc.line, 12);
   EXPECT_EQ(cloud.loc.column, 5);
   ASSERT_EQ(cloud.credentials.size(), 1u);
@@ -126,7 +155,10 @@ TEST(ConfigLoad, FullFileRoundTrips) {
   EXPECT_EQ(realm.credentials[1].name, "readonly");
   ASSERT_TRUE(realm.credentials[1].serviceAccount.has_value());
   EXPECT_EQ(realm.credentials[1].serviceAccount->clientSecret.env, "ATLAS_RO_SECRET");
+}
 
+TEST(ConfigLoad, FullFileRuleFilters) {
+  const Config& c = full();
   EXPECT_EQ(c.rules.defaultAction, Action::Block);
   ASSERT_EQ(c.rules.list.size(), 5u);
 
@@ -161,7 +193,11 @@ TEST(ConfigLoad, FullFileRoundTrips) {
   EXPECT_EQ(approve.when[4].pointer, "/tags/a~1b");
   EXPECT_EQ(approve.when[4].op, CondOp::Exists);
   EXPECT_FALSE(approve.when[4].exists);
+}
 
+TEST(ConfigLoad, FullFileRuleActions) {
+  const Config& c = full();
+  ASSERT_EQ(c.rules.list.size(), 5u);
   const Rule& budget = c.rules.list[2];
   EXPECT_EQ(budget.name, "rule-2");  // unnamed: generated from its index
   EXPECT_TRUE(budget.methods.empty());
@@ -183,17 +219,6 @@ TEST(ConfigLoad, FullFileRoundTrips) {
   const Rule& reads = c.rules.list[4];
   EXPECT_EQ(reads.agents, std::vector<std::string>{"deploy"});
   EXPECT_EQ(reads.credential, "readonly");
-
-  EXPECT_EQ(c.limits.maxHeaderBytes, 32768u);
-  EXPECT_EQ(c.limits.maxHeaders, 50u);
-  EXPECT_EQ(c.limits.maxBodyBytes, 1048576u);
-  EXPECT_EQ(c.limits.handshakeTimeout, 5s);
-  EXPECT_EQ(c.limits.headerTimeout, 10s);
-  EXPECT_EQ(c.limits.idleTimeout, 120s);
-  EXPECT_EQ(c.limits.requestTimeout, 3600s);
-  EXPECT_EQ(c.limits.upstreamTimeout, 2s);  // 1500ms rounds up
-  EXPECT_FALSE(c.bpf.keepOnExit);
-  EXPECT_FALSE(c.bpf.refuseQuic);
 }
 
 TEST(ConfigLoad, Defaults) {
@@ -566,12 +591,6 @@ TEST(ConfigErrors, RateOnNonRateLimit) {
                       {"would_be", "only allowed with action: log_only"}));
 }
 
-TEST(ConfigErrors, MissingRate) {
-  EXPECT_TRUE(
-      failsAt(rulesWith("      action: rate_limit\n      burst: 5\n"), "6:15", {"rules.list[0]", "needs rate"}));
-  EXPECT_TRUE(failsAt(rulesWith("      action: log_only\n      would_be: rate_limit\n"), "7:17", {"needs rate"}));
-}
-
 TEST(ConfigErrors, BadRate) {
   EXPECT_TRUE(failsAt(rulesWith("      action: rate_limit\n      rate: 5/fortnight\n"), "7:13",
                       {"rules.list[0].rate", "unknown rate unit \"fortnight\"", "second, minute, hour, day"}));
@@ -582,29 +601,21 @@ TEST(ConfigErrors, BadRate) {
   EXPECT_TRUE(failsAt(rulesWith("      action: rate_limit\n      rate: 1/s\n      burst: 0\n"), "8:14", {"burst"}));
 }
 
-TEST(ConfigErrors, BadRegex) {
-  EXPECT_TRUE(failsAt(rulesWith("      action: block\n"
-                                "      when:\n"
-                                "        - pointer: /name\n"
-                                "          matches: \"prod-(\"\n"),
-                      "9:20", {"rules.list[0].when[0].matches", "\"prod-(\"", "does not compile"}));
-}
-
-TEST(ConfigErrors, BadPointer) {
-  EXPECT_TRUE(failsAt(rulesWith("      action: block\n"
-                                "      when:\n"
-                                "        - pointer: name\n"
-                                "          exists: true\n"),
-                      "8:20", {"rules.list[0].when[0].pointer", "not a JSON pointer", "start with /"}));
-  EXPECT_TRUE(failsAt(rulesWith("      action: block\n"
-                                "      when:\n"
-                                "        - pointer: /a~2b\n"
-                                "          exists: true\n"),
-                      "8:20", {"'~' must be followed by 0 or 1"}));
+TEST(ConfigErrors, ConditionShape) {
   EXPECT_TRUE(failsAt(rulesWith("      action: block\n"
                                 "      when:\n"
                                 "        - pointer: /a\n"),
                       "8:11", {"needs one of equals, in, not_in, matches, exists"}));
+  EXPECT_TRUE(failsAt(rulesWith("      action: block\n"
+                                "      when:\n"
+                                "        - pointer: /a\n"
+                                "          equals: [1]\n"),
+                      "9:19", {"rules.list[0].when[0].equals", "expected a single value"}));
+  EXPECT_TRUE(failsAt(rulesWith("      action: block\n"
+                                "      when:\n"
+                                "        - pointer: /a\n"
+                                "          in: []\n"),
+                      "9:15", {"rules.list[0].when[0].in", "list at least one value"}));
 }
 
 TEST(ConfigErrors, BadMethod) {
@@ -618,28 +629,41 @@ TEST(ConfigErrors, EmptyMatchList) {
                       {"rules.list[0].method", "is empty", "leave method out"}));
   EXPECT_TRUE(
       failsAt(rulesWith("      agents: []\n      action: allow\n"), "6:15", {"rules.list[0].agents", "is empty"}));
+  // "" would read as "any", which leaving the key out says.
+  EXPECT_TRUE(failsAt(rulesWith("      path: \"\"\n      action: block\n"), "6:13",
+                      {"rules.list[0].path", "is empty", "leave path out"}));
+  EXPECT_TRUE(failsAt(rulesWith("      action: block\n      pod_labels: \"\"\n"), "7:19",
+                      {"rules.list[0].pod_labels", "is empty", "leave pod_labels out"}));
 }
 
-TEST(ConfigErrors, BadPathPattern) {
-  EXPECT_TRUE(failsAt(rulesWith("      path: api/v2\n      action: block\n"), "6:13",
-                      {"rules.list[0].path", "must start with /"}));
-  EXPECT_TRUE(failsAt(rulesWith("      path: /groups/{groupId\n      action: block\n"), "6:13", {"unbalanced braces"}));
-  EXPECT_TRUE(failsAt(rulesWith("      path: /groups/x*\n      action: block\n"), "6:13", {"mixes text"}));
-  EXPECT_TRUE(failsAt(rulesWith("      path: /a/{id}/b/{id}\n      action: block\n"), "6:13", {"{id} appears twice"}));
-  EXPECT_TRUE(failsAt(rulesWith("      path: /a?x=1\n      action: block\n"), "6:13", {"query string"}));
-}
-
-TEST(ConfigErrors, DuplicateRuleName) {
-  EXPECT_TRUE(failsAt(rulesWith("      action: block\n"
-                                "    - name: r\n"
-                                "      action: allow\n"),
-                      "7:13", {"rules.list[1]", "duplicate rule name \"r\"", "first at line 5"}));
-  EXPECT_TRUE(failsAt(std::string(kTarget) + "rules:\n"
-                                             "  list:\n"
-                                             "    - name: rule-1\n"
-                                             "      action: block\n"
-                                             "    - action: allow\n",
-                      "7:7", {"duplicate rule name \"rule-1\"", "generated", "give it a name"}));
+// What a rule's strings mean is policy/'s to check (tests/unit/policy): the
+// loader takes them as they are and records where each was written.
+TEST(ConfigLoad, RuleMeaningIsLeftToPolicy) {
+  Result<Config> r = parse(rulesWith("      path: /groups/{g}/{g}\n"
+                                     "      pod_labels: \"env in (\"\n"
+                                     "      container_labels: \" \"\n"
+                                     "      when:\n"
+                                     "        - pointer: name\n"
+                                     "          matches: \"prod-(\"\n"
+                                     "      action: rate_limit\n"
+                                     "    - name: r\n"
+                                     "      action: allow\n"));
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  const Rule& rule = r->rules.list.at(0);
+  EXPECT_EQ(rule.path, "/groups/{g}/{g}");
+  EXPECT_EQ(rule.podLabels, "env in (");
+  EXPECT_EQ(rule.when.at(0).regex, "prod-(");
+  EXPECT_FALSE(rule.rate.has_value());
+  EXPECT_EQ(r->rules.list.at(1).name, "r");
+  const std::pair<std::string_view, std::pair<int, int>> where[] = {
+      {"name", {5, 13}},         {"path", {6, 13}}, {"pod_labels", {7, 19}}, {"when[0].pointer", {10, 20}},
+      {"when[0].matches", {11, 20}}, {"action", {12, 15}}};
+  for (const auto& [key, at] : where) {
+    auto it = rule.keyLocs.find(key);
+    ASSERT_NE(it, rule.keyLocs.end()) << key;
+    EXPECT_EQ(it->second.file, "bad.yaml") << key;
+    EXPECT_EQ((std::pair{it->second.line, it->second.column}), at) << key;
+  }
 }
 
 TEST(ConfigErrors, RuleRefersToUnknownHostOrCredential) {
@@ -688,6 +712,323 @@ TEST(ConfigErrors, SecretsNeverAppearInMessages) {
     EXPECT_EQ(r.error().message.find(kSecret), std::string::npos) << r.error().message;
     EXPECT_EQ(r.error().message.find("s3cr3t"), std::string::npos) << r.error().message;
   }
+}
+
+// ---- schema tables ----------------------------------------------------------
+
+// describeConfig() of full.yaml, exactly (`atlasgate check` prints it).
+TEST(ConfigDescribe, FullFileExactly) {
+  const std::string want =
+      "config " + kFullFile + "\n" +
+      "listen: port 16443, admin 127.0.0.1:16444\n"
+      "state dir: /srv/atlasgate/state; audit log: stdout; log level: debug\n"
+      "agents: cgroup /sys/fs/cgroup/agents, attach /sys/fs/cgroup/ci.slice, /sys/fs/cgroup/dev.slice\n"
+      "targets: 2\n"
+      "  cloud.mongodb.com (upstream port 8443, resolve no, addresses 203.0.113.7, 2001:db8::1, upstream CA "
+      "/etc/atlasgate/upstream.pem)\n"
+      "    credential default: service_account:mdb_sa_id_123 (secret from file "
+      "/etc/atlasgate/atlas-client-secret; agents all)\n"
+      "  realm.mongodb.com (upstream port 443, resolve yes, addresses none, upstream CA system trust store)\n"
+      "    credential ops: api_key:abcdefgh (secret from $ATLAS_PRIVATE_KEY; agents ops-*, deploy)\n"
+      "    credential readonly: service_account:mdb_sa_id_ro (secret from $ATLAS_RO_SECRET; agents all)\n"
+      "rules: 5 (default block)\n"
+      "limits: header 32768 bytes / 50 headers, body 1048576 bytes; timeouts handshake 5s, header 10s, idle "
+      "120s, request 3600s, upstream 2s\n"
+      "caps: connections 4096 (512 per agent); held requests 64 (8 per agent, 67108864 body bytes); phantom "
+      "tokens 64 per agent; upstream connections 64 per target, 16 per agent (connect timeout 10s, queue "
+      "timeout 10s)\n"
+      "bpf: pins under /sys/fs/bpf/atlasgate, keep on exit no, refuse QUIC no\n";
+  EXPECT_EQ(describeConfig(full()), want);
+}
+
+TEST(ConfigDescribe, DefaultsAndAdminToken) {
+  Result<Config> r = parse("listen:\n  admin: \"[::1]:9\"\n  admin_token_file: /etc/t\n" + std::string(kTarget));
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  const std::string want =
+      "config bad.yaml\n"
+      "listen: port 15443, admin [::1]:9 (token from /etc/t)\n"
+      "state dir: /var/lib/atlasgate; audit log: /var/log/atlasgate/audit.jsonl; log level: info\n"
+      "agents: cgroup atlasgate, attach none\n"
+      "targets: 1\n"
+      "  cloud.mongodb.com (upstream port 443, resolve yes, addresses none, upstream CA system trust store)\n"
+      "    no credentials: requests pass unchanged\n"
+      "rules: 0 (default allow)\n"
+      "limits: header 16384 bytes / 100 headers, body 16777216 bytes; timeouts handshake 10s, header 15s, idle "
+      "60s, request 300s, upstream 60s\n"
+      "caps: connections 4096 (512 per agent); held requests 64 (8 per agent, 67108864 body bytes); phantom "
+      "tokens 64 per agent; upstream connections 64 per target, 16 per agent (connect timeout 10s, queue "
+      "timeout 10s)\n"
+      "bpf: pins under /sys/fs/bpf/atlasgate, keep on exit yes, refuse QUIC yes\n";
+  EXPECT_EQ(describeConfig(*r), want);
+}
+
+// The keys of the YAML block under README "## Configuration", dotted. Keys
+// under a list item ("- host:") are left out: no table reads them.
+std::set<std::string> readmeKeys() {
+  std::ifstream in(std::string(kData) + "/../../../../README.md");
+  std::stringstream text;
+  text << in.rdbuf();
+  const std::string readme = text.str();
+  const std::size_t section = readme.find("\n## Configuration");
+  const std::size_t open = readme.find("```yaml\n", section);
+  const std::size_t close = readme.find("\n```", open + 8);
+  if (section == std::string::npos || open == std::string::npos || close == std::string::npos) return {};
+  std::set<std::string> keys;
+  std::vector<std::pair<std::size_t, std::string>> stack;  // (indent, key)
+  std::optional<std::size_t> listIndent;
+  static const std::regex kKeyLine(R"(^( *)(- )?([A-Za-z_]+):( .*)?$)");
+  std::istringstream lines(readme.substr(open + 8, close - open - 8));
+  for (std::string line; std::getline(lines, line);) {
+    std::smatch m;
+    if (!std::regex_match(line, m, kKeyLine)) continue;
+    const std::size_t indent = m[1].length();
+    if (listIndent && indent >= *listIndent) continue;
+    listIndent.reset();
+    if (m[2].matched) {
+      listIndent = indent;
+      continue;
+    }
+    while (!stack.empty() && stack.back().first >= indent) stack.pop_back();
+    stack.emplace_back(indent, m[3]);
+    std::string path;
+    for (const auto& [i, k] : stack) path += (path.empty() ? "" : ".") + k;
+    keys.insert(path);
+  }
+  return keys;
+}
+
+// Keys the README's table does not show yet. Remove one when it does: the
+// test then fails until it is gone from here.
+
+TEST(ConfigSchema, EveryKeyIsInTheReadmeTableAndBack) {
+  const std::set<std::string> readme = readmeKeys();
+  ASSERT_FALSE(readme.empty()) << "no ```yaml block under ## Configuration in README.md";
+  std::set<std::string> schema;
+  for (const SchemaKey& k : schemaKeys()) schema.insert(k.path);
+  // A README key counts when its parent is a table: the top level or a
+  // section whose keys the schema lists (targets and rules are not tables).
+  auto isTable = [&](const std::string& parent) {
+    return parent.empty() || std::any_of(schema.begin(), schema.end(),
+                                         [&](const std::string& k) { return k.rfind(parent + ".", 0) == 0; });
+  };
+  for (const std::string& key : readme) {
+    const std::size_t dot = key.rfind('.');
+    const std::string parent = dot == std::string::npos ? "" : key.substr(0, dot);
+    if (isTable(parent)) {
+      EXPECT_TRUE(schema.count(key)) << key << " is in README.md but no schema table has it";
+    }
+  }
+  for (const std::string& key : schema) {
+    EXPECT_TRUE(readme.count(key)) << key << " is missing from README.md's configuration table";
+  }
+}
+
+TEST(ConfigSchema, KeysCarryKindDefaultAndDoc) {
+  std::map<std::string, SchemaKey> keys;
+  for (const SchemaKey& k : schemaKeys()) {
+    EXPECT_FALSE(k.doc.empty()) << k.path;
+    EXPECT_TRUE(keys.emplace(k.path, k).second) << k.path << " twice";
+  }
+  EXPECT_EQ(keys.at("listen.port").kind, "port");
+  EXPECT_EQ(keys.at("listen.port").defaultValue, "15443");
+  EXPECT_EQ(keys.at("limits.idle_timeout").defaultValue, "60s");
+  EXPECT_EQ(keys.at("limits.max_held_requests").max, 65536u);
+  EXPECT_EQ(keys.at("discovery.containers.settle").defaultValue, "3s");
+  EXPECT_EQ(keys.at("discovery.containers.settle").max, 60u);
+  EXPECT_EQ(keys.at("bpf.keep_on_exit").defaultValue, "true");
+  EXPECT_EQ(keys.at("intercept").defaultValue, "targets");
+  EXPECT_EQ(keys.at("agents.attach").defaultValue, "[]");
+  EXPECT_EQ(keys.at("discovery.kubernetes").kind, "section");
+  EXPECT_EQ(keys.count("targets.host"), 0u);  // targets and rules are not tables
+}
+
+// YAML that sets the dotted key to value, then the one target.
+std::string yamlAt(const std::string& dotted, const std::string& value) {
+  std::string out, indent;
+  std::size_t start = 0;
+  for (std::size_t dot; (dot = dotted.find('.', start)) != std::string::npos; start = dot + 1) {
+    out += indent + dotted.substr(start, dot - start) + ":\n";
+    indent += "  ";
+  }
+  return out + indent + dotted.substr(start) + ": " + value + "\n" + std::string(kTarget);
+}
+
+// The sections read from tables: the top level and every section the schema
+// lists keys under.
+std::vector<std::string> tableSections() {
+  std::vector<std::string> out{""};
+  const std::vector<SchemaKey> keys = schemaKeys();
+  for (const SchemaKey& k : keys) {
+    const bool hasKeys = std::any_of(keys.begin(), keys.end(),
+                                     [&](const SchemaKey& c) { return c.path.rfind(k.path + ".", 0) == 0; });
+    if (hasKeys) out.push_back(k.path);
+  }
+  return out;
+}
+
+TEST(ConfigSchema, UnknownKeyInEachTableIsRejectedNamingKeyAndSection) {
+  const std::vector<std::string> sections = tableSections();
+  EXPECT_EQ(sections, (std::vector<std::string>{"", "listen", "agents", "limits", "bpf", "dns", "discovery",
+                                                "discovery.kubernetes", "discovery.containers"}));
+  for (const std::string& section : sections) {
+    const std::string yaml = yamlAt(section.empty() ? "no_such_key" : section + ".no_such_key", "1");
+    const std::string where = section.empty() ? "top-level key \"no_such_key\"" : "key \"no_such_key\" in " + section;
+    const auto depth = std::count(section.begin(), section.end(), '.') + (section.empty() ? 0 : 1);
+    EXPECT_TRUE(failsAt(yaml, fmt::format("{}:{}", depth + 1, 2 * depth + 1), {"unknown " + where, "allowed: "}))
+        << section;
+  }
+}
+
+// One more than a decimal number.
+std::string plusOne(std::uint64_t n) {
+  return n == UINT64_MAX ? "18446744073709551616" : std::to_string(n + 1);
+}
+
+// Kind::Uint and Kind::Port: every integer key takes its bounds and nothing beyond.
+TEST(ConfigSchemaKinds, IntegerAndPortBounds) {
+  int checked = 0;
+  for (const SchemaKey& k : schemaKeys()) {
+    if (k.kind != "integer" && k.kind != "port") continue;
+    ++checked;
+    const std::string range = fmt::format("expected an integer from {} to {}", k.min, k.max);
+    EXPECT_TRUE(parse(yamlAt(k.path, std::to_string(k.max))).ok()) << k.path;
+    EXPECT_TRUE(parse(yamlAt(k.path, std::to_string(k.min))).ok()) << k.path;
+    const auto depth = std::count(k.path.begin(), k.path.end(), '.');
+    const std::string at = fmt::format("{}:{}", depth + 1, 2 * depth + k.path.size() - k.path.rfind('.') + 2);
+    EXPECT_TRUE(failsAt(yamlAt(k.path, plusOne(k.max)), at, {k.path + ": " + range}));
+    EXPECT_TRUE(failsAt(yamlAt(k.path, std::to_string(k.min - 1)), at, {k.path + ": " + range}));
+    EXPECT_TRUE(failsAt(yamlAt(k.path, "-1"), at, {range, "\"-1\""}));
+  }
+  EXPECT_EQ(checked, 12);  // listen.port and the 11 integers of limits
+  Result<Config> r = parse(yamlAt("limits.max_held_requests", "65536"));
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->limits.maxHeldRequests, 65536u);
+}
+
+// Kind::Duration: 1s to a year, or the key's own bounds (settle: 1s to 60s).
+TEST(ConfigSchemaKinds, DurationBounds) {
+  int checked = 0;
+  for (const SchemaKey& k : schemaKeys()) {
+    if (k.kind != "duration") continue;
+    ++checked;
+    if (k.path != "dns.min_refresh" && k.path != "dns.max_refresh") {  // (min_refresh <= max_refresh)
+      EXPECT_TRUE(parse(yamlAt(k.path, std::to_string(k.max) + "s")).ok()) << k.path;
+      EXPECT_TRUE(parse(yamlAt(k.path, "1ms")).ok()) << k.path;  // rounds up to 1s
+    }
+    const Result<Config> zero = parse(yamlAt(k.path, "0ms"));
+    ASSERT_FALSE(zero.ok()) << k.path;
+    EXPECT_NE(zero.error().message.find("greater than zero"), std::string::npos) << zero.error().message;
+    const Result<Config> over = parse(yamlAt(k.path, plusOne(k.max) + "s"));
+    ASSERT_FALSE(over.ok()) << k.path;
+    const bool ownBounds = k.max < 365ull * 24 * 3600;
+    EXPECT_NE(over.error().message.find(ownBounds ? "expected between 1s and 60s" : "longer than a year"),
+              std::string::npos)
+        << over.error().message;
+  }
+  EXPECT_EQ(checked, 11);
+  Result<Config> r = parse(yamlAt("discovery.containers.settle", "500ms"));
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_EQ(r->containers->settle, 1s);
+}
+
+TEST(ConfigSchemaKinds, String) {
+  EXPECT_TRUE(failsAt(yamlAt("discovery.kubernetes.api_server", "[a]"), "3:17",
+                      {"discovery.kubernetes.api_server: expected a string, got a list"}));
+  EXPECT_TRUE(failsAt(yamlAt("discovery.kubernetes.api_server", "http://x"), "3:17", {"expected an https:// URL"}));
+  Result<Config> r = parse(yamlAt("discovery.kubernetes.api_server", "\"\""));
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_EQ(r->kubernetes->apiServer, "");
+}
+
+TEST(ConfigSchemaKinds, NonEmpty) {
+  EXPECT_TRUE(failsAt(yamlAt("agents.cgroup", "\"\""), "2:11", {"agents.cgroup: must not be empty"}));
+  EXPECT_TRUE(failsAt(yamlAt("agents.cgroup", "a/../b"), "2:11", {"agents.cgroup: must not contain \"..\""}));
+}
+
+TEST(ConfigSchemaKinds, Path) {
+  EXPECT_TRUE(failsAt(yamlAt("publish_ca_dir", "ca"), "1:17", {"publish_ca_dir: expected an absolute path", "\"ca\""}));
+  EXPECT_TRUE(
+      failsAt(yamlAt("bpf.pin_root", "/tmp/x"), "2:13", {"bpf.pin_root: must be a directory under /sys/fs/bpf/"}));
+  Result<Config> r = parse(yamlAt("publish_ca_dir", "/srv/ca"));
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_EQ(r->publishCaDir, "/srv/ca");
+}
+
+TEST(ConfigSchemaKinds, LogPath) {
+  EXPECT_TRUE(failsAt(yamlAt("audit_log", "audit.jsonl"), "1:12", {"audit_log: expected an absolute path"}));
+  for (const char* ok : {"-", "/var/log/a.jsonl"}) {
+    Result<Config> r = parse(yamlAt("audit_log", fmt::format("\"{}\"", ok)));
+    ASSERT_TRUE(r.ok()) << r.error().message;
+    EXPECT_EQ(r->auditLog, ok);
+  }
+}
+
+TEST(ConfigSchemaKinds, Address) {
+  EXPECT_TRUE(failsAt(yamlAt("listen.admin", "localhost"), "2:10", {"listen.admin: expected ADDRESS:PORT"}));
+  EXPECT_TRUE(failsAt(yamlAt("listen.admin", "\"::1:9\""), "2:10", {"ADDRESS:PORT"}));
+  EXPECT_TRUE(failsAt(yamlAt("listen.admin", "127.0.0.1:0"), "2:10", {"ADDRESS:PORT"}));
+  Result<Config> r = parse(yamlAt("listen.admin", "\"[::1]:15444\""));
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_EQ(r->listen.admin, "[::1]:15444");
+  r = parse(yamlAt("listen.admin", "~"));  // nullable: the default, off
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_FALSE(r->listen.admin.has_value());
+}
+
+TEST(ConfigSchemaKinds, Choice) {
+  EXPECT_TRUE(failsAt(yamlAt("log_level", "wrn"), "1:12",
+                      {"log_level: expected one of debug, info, warn, error, got \"wrn\"", "did you mean \"warn\""}));
+  Result<Config> r = parse(yamlAt("log_level", "WARN"));  // case does not matter
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_EQ(r->logLevel, "warn");
+  // intercept is exact.
+  EXPECT_TRUE(failsAt(yamlAt("intercept", "All-TLS"), "1:12", {"intercept: expected one of targets, all-tls"}));
+  r = parse(yamlAt("intercept", "all-tls"));
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_EQ(r->intercept, Intercept::AllTls);
+}
+
+TEST(ConfigSchemaKinds, Bool) {
+  EXPECT_TRUE(
+      failsAt(yamlAt("bpf.refuse_quic", "yes"), "2:16", {"bpf.refuse_quic: expected true or false, got \"yes\""}));
+  Result<Config> r = parse(yamlAt("bpf.refuse_quic", "False"));
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_FALSE(r->bpf.refuseQuic);
+}
+
+TEST(ConfigSchemaKinds, List) {
+  EXPECT_TRUE(failsAt(yamlAt("dns.servers", "1.1.1.1"), "2:12", {"dns.servers: expected a list, got a scalar"}));
+  EXPECT_TRUE(failsAt(yamlAt("dns.servers", "[1.1.1.1, ns.example]"), "2:22",
+                      {"dns.servers[1]: expected an IPv4 resolver address"}));
+  EXPECT_TRUE(
+      failsAt(yamlAt("dns.servers", "[\"1.1.1.1:0\"]"), "2:13", {"dns.servers[0]: expected IPv4 or IPv4:port"}));
+  Result<Config> r = parse(yamlAt("dns.servers", "[1.1.1.1, \"9.9.9.9:5353\"]"));
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_EQ(r->dns.servers, (std::vector<std::string>{"1.1.1.1", "9.9.9.9:5353"}));
+}
+
+TEST(ConfigSchemaKinds, PathList) {
+  EXPECT_TRUE(failsAt(yamlAt("agents.attach", "[/a, b]"), "2:16", {"agents.attach[1]: expected an absolute path"}));
+  EXPECT_TRUE(failsAt(yamlAt("agents.attach", "{a: b}"), "2:11", {"agents.attach: expected a list, got a map"}));
+}
+
+TEST(ConfigSchemaKinds, Section) {
+  EXPECT_TRUE(failsAt(yamlAt("dns", "5"), "1:6", {"dns: expected a map, got a scalar"}));
+  EXPECT_TRUE(
+      failsAt(yamlAt("discovery.containers", "[]"), "2:15", {"discovery.containers: expected a map, got a list"}));
+  Result<Config> r = parse(yamlAt("discovery.kubernetes", "{}"));
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  ASSERT_TRUE(r->kubernetes.has_value());
+  EXPECT_EQ(r->kubernetes->loc.line, 2);  // where the section was written
+  EXPECT_FALSE(r->containers.has_value());
+}
+
+TEST(ConfigSchema, ChecksAcrossKeys) {
+  EXPECT_TRUE(failsAt("dns:\n  min_refresh: 20\n  max_refresh: 10\n" + std::string(kTarget), "2:3",
+                      {"dns: min_refresh (20s) is above max_refresh (10s)"}));
+  EXPECT_TRUE(failsAt(yamlAt("discovery.kubernetes.node_name_env", "\"\""), "3:5",
+                      {"discovery.kubernetes: node_name_env must not be empty"}));
+  EXPECT_TRUE(failsAt(yamlAt("listen.admin_token_file", "/etc/t"), "2:21", {"needs listen.admin"}));
 }
 
 }  // namespace

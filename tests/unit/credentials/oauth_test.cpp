@@ -126,7 +126,7 @@ TEST(OAuthToken, MissingOrWrongTypedFields) {
             "token endpoint answered token_type mac, not Bearer");
   EXPECT_EQ(errorOf(200, R"({"access_token":"t","token_type":""})"), "token endpoint answered token_type , not Bearer");
   EXPECT_EQ(errorOf(200, R"({"access_token":"t","token_type":"Bearer "})"),
-            "token endpoint answered token_type bearer , not Bearer");
+            "token endpoint answered token_type Bearer , not Bearer");
   // Keys are case-sensitive (RFC 6749 names them in lower case).
   EXPECT_EQ(errorOf(200, R"({"Access_Token":"t","token_type":"Bearer"})"), "token endpoint answer has no access_token");
 }
@@ -162,7 +162,7 @@ TEST(OAuthToken, ErrorsNeverCarryTheToken) {
   // A token_type that repeats the token is cut at 32 bytes in the message.
   auto tt = parseTokenResponse(200, R"({"access_token":"t","token_type":")" + std::string(40, 'Z') + token + "\"}");
   ASSERT_FALSE(tt);
-  EXPECT_EQ(tt.error().message, "token endpoint answered token_type " + std::string(32, 'z') + ", not Bearer");
+  EXPECT_EQ(tt.error().message, "token endpoint answered token_type " + std::string(32, 'Z') + ", not Bearer");
 }
 
 TEST(OAuthToken, ErrorStatusCarriesTheOAuthErrorCode) {

@@ -25,7 +25,7 @@
 
 #include "common/log.h"
 #include "discovery/container_watcher.h"
-#include "proxy/asio.h"
+#include "net/asio.h"
 
 namespace json = boost::json;
 namespace asio = boost::asio;

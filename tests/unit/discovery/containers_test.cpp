@@ -390,11 +390,16 @@ TEST(ContainersConfig, ContainerLabelsRule) {
                                "t.yaml", false);
   ASSERT_TRUE(c) << c.error().message;
   EXPECT_EQ(c->rules.list.at(0).containerLabels, "env in (prod)");
+  // The shape is config's to check (an empty selector), the selector
+  // itself policy's (which reports it with the rule's index and position).
   for (const char* sel : {"\"\"", "\"env in (\"", "\"a b\""}) {
-    auto bad = config::parseConfig(std::string(kTarget) + "rules:\n  list:\n    - {name: r, action: block, container_labels: " +
-                                       sel + "}\n",
-                                   "t.yaml", false);
-    EXPECT_FALSE(bad) << sel;
+    auto loaded = config::parseConfig(std::string(kTarget) + "rules:\n  list:\n    - {name: r, action: block, container_labels: " +
+                                          sel + "}\n",
+                                      "t.yaml", false);
+    if (!loaded) continue;
+    auto compiled = policy::Policy::compile(loaded->rules);
+    ASSERT_FALSE(compiled) << sel;
+    EXPECT_NE(compiled.error().message.find("rules.list[0]"), std::string::npos) << compiled.error().message;
   }
 }
 

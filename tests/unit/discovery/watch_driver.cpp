@@ -27,7 +27,7 @@
 
 #include "common/log.h"
 #include "discovery/watcher.h"
-#include "proxy/asio.h"
+#include "net/asio.h"
 
 namespace json = boost::json;
 namespace asio = boost::asio;

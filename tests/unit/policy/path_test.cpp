@@ -209,7 +209,7 @@ TEST(PathIndex, AgreesWithMatchPatternOnRandomPatterns) {
       switch (pick(5)) {
         case 0: p += "/*"; break;
         case 1: p += "/**"; break;
-        case 2: p += "/{x}"; break;
+        case 2: p += "/{x" + std::to_string(k) + "}"; break;  // parameter names are unique
         default: p += "/" + words[pick(words.size())]; break;
       }
     }

@@ -708,7 +708,7 @@ TEST(Policy, CompileErrorsNameTheRuleAndLine) {
   config::Rule badRegex = rule("bad-regex", "/x", Action::Block);
   badRegex.when = {when("/a", config::CondOp::Matches)};
   badRegex.when[0].regex = "([";
-  fails(badRegex, "condition 1");
+  fails(badRegex, "rules.list[0].when[0].matches (rule \"bad-regex\")");
   config::Rule badPointer = rule("bad-pointer", "/x", Action::Block);
   badPointer.when = {when("a", config::CondOp::Exists)};
   fails(badPointer, "JSON pointer");
@@ -802,6 +802,112 @@ TEST(Policy, BadPodLabelSelectorIsACompileError) {
   config::Rules rules;
   rules.list = {r};
   EXPECT_FALSE(Policy::compile(rules).ok());
+}
+
+// ---- rules from a file: every check of a rule's meaning is made here ---------
+
+constexpr std::string_view kRulesFile =
+    "targets:\n"
+    "  - host: cloud.mongodb.com\n"
+    "rules:\n"
+    "  list:\n"
+    "    - name: r\n";
+
+// Loads yaml (kRulesFile, then the rest of the first rule and any more): it
+// must load, as its shape is right, and then fail to compile with one line
+// that starts "bad.yaml:WHERE: " and contains every one of words.
+testing::AssertionResult compileFailsAt(std::string_view rest, std::string_view where,
+                                        std::vector<std::string_view> words) {
+  auto c = config::parseConfig(std::string(kRulesFile) + std::string(rest), "bad.yaml", false);
+  if (!c) return testing::AssertionFailure() << "the loader refused it: " << c.error().message;
+  auto p = Policy::compile(c->rules);
+  if (p) return testing::AssertionFailure() << "compiled without error";
+  const std::string& m = p.error().message;
+  const std::string prefix = "bad.yaml:" + std::string(where) + ": ";
+  if (m.rfind(prefix, 0) != 0) return testing::AssertionFailure() << "expected prefix \"" << prefix << "\" in: " << m;
+  if (m.find('\n') != std::string::npos) return testing::AssertionFailure() << "message is not one line: " << m;
+  for (std::string_view w : words) {
+    if (m.find(w) == std::string::npos) return testing::AssertionFailure() << "no \"" << w << "\" in: " << m;
+  }
+  return testing::AssertionSuccess() << m;
+}
+
+TEST(PolicyFromFile, BadPathPattern) {
+  EXPECT_TRUE(compileFailsAt("      path: api/v2\n      action: block\n", "6:13",
+                             {"rules.list[0].path (rule \"r\")", "\"api/v2\" must start with '/'"}));
+  EXPECT_TRUE(compileFailsAt("      path: /groups/{groupId\n      action: block\n", "6:13", {"unbalanced braces"}));
+  EXPECT_TRUE(compileFailsAt("      path: /groups/x*\n      action: block\n", "6:13", {"mixes a wildcard"}));
+  EXPECT_TRUE(compileFailsAt("      path: /a/{id}/b/{id}\n      action: block\n", "6:13", {"{id} appears twice"}));
+  EXPECT_TRUE(compileFailsAt("      path: /a?x=1\n      action: block\n", "6:13", {"query"}));
+  EXPECT_TRUE(compileFailsAt("      path: /{1a}\n      action: block\n", "6:13", {"\"1a\" is not a parameter name"}));
+  EXPECT_TRUE(compileFailsAt("      path: /a/%zz\n      action: block\n", "6:13", {"two hex digits"}));
+  EXPECT_TRUE(compileFailsAt("      path: \"/a b\"\n      action: block\n", "6:13", {"spaces or control characters"}));
+  EXPECT_TRUE(compileFailsAt("      path: /a/../b\n      action: block\n", "6:13", {"'.' or '..' segments"}));
+}
+
+TEST(PolicyFromFile, BadCondition) {
+  const std::string when = "      action: block\n      when:\n        - pointer: ";
+  EXPECT_TRUE(compileFailsAt(when + "/name\n          matches: \"prod-(\"\n", "9:20",
+                             {"rules.list[0].when[0].matches", "\"prod-(\"", "does not compile"}));
+  EXPECT_TRUE(compileFailsAt(when + "/name\n          matches: \"\"\n", "9:20", {"needs a regular expression"}));
+  EXPECT_TRUE(
+      compileFailsAt(when + "name\n          exists: true\n", "8:20",
+                     {"rules.list[0].when[0].pointer", "JSON pointer \"name\" must be empty or start with '/'"}));
+  EXPECT_TRUE(compileFailsAt(when + "/a~2b\n          exists: true\n", "8:20", {"'~' must be followed by 0 or 1"}));
+}
+
+TEST(PolicyFromFile, BadLabelSelector) {
+  EXPECT_TRUE(compileFailsAt("      action: block\n      pod_labels: \"env in (\"\n", "7:19",
+                             {"rules.list[0].pod_labels", "label selector \"env in (\""}));
+  EXPECT_TRUE(compileFailsAt("      action: block\n      container_labels: \" \"\n", "7:25",
+                             {"rules.list[0].container_labels", "an empty selector would match every container"}));
+}
+
+TEST(PolicyFromFile, DuplicateRuleName) {
+  EXPECT_TRUE(compileFailsAt("      action: block\n    - name: r\n      action: allow\n", "7:13",
+                             {"rules.list[1].name", "duplicate rule name \"r\"", "first at line 5"}));
+  EXPECT_TRUE(compileFailsAt("      action: block\n    - name: rule-2\n      action: block\n    - action: allow\n",
+                             "9:7",
+                             {"rules.list[2] (rule \"rule-2\")", "first at line 7", "generated", "give it a name"}));
+}
+
+TEST(PolicyFromFile, WhatTheActionNeeds) {
+  EXPECT_TRUE(compileFailsAt("      action: rate_limit\n      burst: 5\n", "6:15",
+                             {"rules.list[0].action", "needs a rate such as 60/minute"}));
+  EXPECT_TRUE(compileFailsAt("      action: log_only\n      would_be: rate_limit\n", "7:17",
+                             {"rules.list[0].would_be", "needs a rate"}));
+}
+
+// A bad rule is reported once, by the policy, naming its index: the loader
+// takes it (its shape is right) and the compiler says what is wrong with it.
+TEST(PolicyFromFile, ABadRuleIsReportedOnceWithItsIndex) {
+  const std::string file = std::string(kRulesFile) +
+                           "      action: allow\n"
+                           "    - name: second\n"
+                           "      path: /groups/{g}/{g}\n"
+                           "      action: block\n";
+  auto c = config::parseConfig(file, "bad.yaml", false);
+  ASSERT_TRUE(c) << c.error().message;
+  auto p = Policy::compile(c->rules);
+  ASSERT_FALSE(p);
+  const std::string& m = p.error().message;
+  EXPECT_EQ(m, "bad.yaml:8:13: rules.list[1].path (rule \"second\"): path pattern \"/groups/{g}/{g}\": "
+               "parameter {g} appears twice");
+  auto count = [&](std::string_view w) {
+    std::size_t n = 0;
+    for (auto at = m.find(w); at != std::string::npos; at = m.find(w, at + 1)) ++n;
+    return n;
+  };
+  EXPECT_EQ(count("rules.list[1]"), 1u);
+  EXPECT_EQ(count("appears twice"), 1u);
+}
+
+TEST(PolicyFromFile, RulesMadeInCodeNameTheirIndex) {
+  config::Rules rules;
+  rules.list = {rule("fine", "/a", Action::Allow), rule("broken", "/a/{x}b", Action::Block)};
+  auto p = Policy::compile(rules);
+  ASSERT_FALSE(p);
+  EXPECT_EQ(p.error().message.rfind("rules.list[1].path (rule \"broken\"): ", 0), 0u) << p.error().message;
 }
 
 }  // namespace

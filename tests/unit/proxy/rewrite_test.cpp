@@ -8,7 +8,7 @@
 
 #include <string>
 
-#include <boost/beast/core/string.hpp>
+#include "common/text.h"
 
 #include "proxy/rewrite.h"
 
@@ -32,8 +32,8 @@ RequestCheck check(Request& r) { return checkRequest(r, kHost); }
 void expectRefused(Request r, unsigned status, bool close, std::string_view detail = {}) {
   RequestCheck c = check(r);
   EXPECT_FALSE(c.ok);
-  EXPECT_EQ(c.status, status);
-  EXPECT_EQ(c.closeConnection, close);
+  EXPECT_EQ(c.status(), status);
+  EXPECT_EQ(c.closeConnection(), close);
   EXPECT_FALSE(c.detail.empty());
   if (!detail.empty()) {
     EXPECT_EQ(c.detail, detail);
@@ -44,7 +44,7 @@ void expectRefused(Request r, unsigned status, bool close, std::string_view deta
 std::vector<std::string> values(const Request& r, std::string_view name) {
   std::vector<std::string> out;
   for (const auto& f : r)
-    if (boost::beast::iequals(f.name_string(), name)) out.emplace_back(f.value());
+    if (atlasgate::text::iequals(f.name_string(), name)) out.emplace_back(f.value());
   return out;
 }
 
@@ -56,9 +56,9 @@ TEST(CheckRequest, PlainRequestPasses) {
   Request r = get("/api/atlas/v2/groups?envelope=true");
   RequestCheck c = check(r);
   EXPECT_TRUE(c.ok);
-  EXPECT_EQ(c.status, 0u);
+  EXPECT_EQ(c.status(), 0u);
   EXPECT_EQ(c.detail, "");
-  EXPECT_FALSE(c.closeConnection);
+  EXPECT_FALSE(c.closeConnection());
   EXPECT_EQ(r.target(), "/api/atlas/v2/groups?envelope=true");
 }
 
@@ -129,7 +129,7 @@ TEST(CheckRequest, TargetMustBeAPath) {
       EXPECT_EQ(r.target(), target);  // left as it is
     } else {
       EXPECT_FALSE(c.ok) << target;
-      EXPECT_EQ(c.status, 400u) << target;
+      EXPECT_EQ(c.status(), 400u) << target;
       EXPECT_EQ(c.detail, "The request target must be an absolute path.") << target;
     }
   }
@@ -160,9 +160,9 @@ TEST(CheckRequest, AbsoluteFormForAnotherHostIs421) {
     Request r = get(target);
     RequestCheck c = check(r);
     EXPECT_FALSE(c.ok) << target;
-    EXPECT_EQ(c.status, 421u) << target;
+    EXPECT_EQ(c.status(), 421u) << target;
     EXPECT_EQ(c.detail, "The request names another host than the one this connection is for.");
-    EXPECT_FALSE(c.closeConnection) << target;  // the request was well framed
+    EXPECT_FALSE(c.closeConnection()) << target;  // the request was well framed
     EXPECT_EQ(r.target(), target) << "not rewritten";
   }
 }
@@ -191,7 +191,7 @@ TEST(CheckRequest, AbsoluteTargetDoesNotExcuseAnotherHostHeader) {
   Request r = get("https://cloud.mongodb.com/a", "evil.example");
   RequestCheck c = check(r);
   EXPECT_FALSE(c.ok);
-  EXPECT_EQ(c.status, 421u);
+  EXPECT_EQ(c.status(), 421u);
   EXPECT_EQ(c.detail, "The Host header does not match the TLS server name.");
 }
 

@@ -1,5 +1,7 @@
 #pragma once
-// The Asio/Beast vocabulary of the data plane, in one place.
+// The Asio/Beast vocabulary of the data plane, in one place (namespace
+// atlasgate::net). Asio, Asio.SSL and Beast are compiled once, in asio_impl.cpp
+// (BOOST_*_SEPARATE_COMPILATION, PUBLIC definitions of ag_net).
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/awaitable.hpp>
@@ -15,7 +17,7 @@
 #include <boost/beast/http.hpp>
 #include <boost/beast/ssl.hpp>
 
-namespace atlasgate::proxy {
+namespace atlasgate::net {
 
 namespace asio = boost::asio;
 namespace beast = boost::beast;
@@ -28,4 +30,4 @@ inline constexpr auto kUseTuple = asio::as_tuple(asio::use_awaitable);
 
 using TlsStream = beast::ssl_stream<beast::tcp_stream>;
 
-}  // namespace atlasgate::proxy
+}  // namespace atlasgate::net

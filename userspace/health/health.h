@@ -17,16 +17,14 @@
 
 #include "common/text.h"
 
-namespace atlasgate::daemon {
+namespace atlasgate::health {
 
 struct HealthFacts {
+  // An attached cgroup path: membership is by path, so whatever cgroup is
+  // there now is covered, and all there is to know is whether one is.
   struct Attachment {
-    std::string path;  // "" when the daemon could not find it again (restart)
-    // The id the attachment was made to; 0 when attachment is by path (what
-    // the loader reports when no cgroup is there), not by cgroup.
-    std::uint64_t cgroupId = 0;
-    // What the path holds now: its cgroup id, nullopt when it does not exist.
-    std::optional<std::uint64_t> currentId;
+    std::string path;  // absolute
+    bool exists = false;
   };
   std::vector<Attachment> attachments;
   struct Configured {
@@ -48,14 +46,10 @@ struct Health {
   std::string_view state() const { return ok() ? "ok" : "degraded"; }
 };
 
-// The staleness check of one attachment: the cgroup path it was made to, the
-// id it was made to (0: by path, any cgroup there is covered), and what the
-// path holds now (nullopt: nothing). The reason, or nullopt when the
-// attachment still covers that path. A path with no cgroup is stale in every
-// design: nothing is there to redirect, and the operator meant something to
-// be. One place to adapt when attachment changes.
-std::optional<std::string> staleAttachment(const std::string& path, std::uint64_t recordedId,
-                                           std::optional<std::uint64_t> currentId);
+// The staleness check of one attached path: the reason when no cgroup is
+// there (nothing to redirect, and the operator meant something to be), or
+// nullopt when one is (attached by path, it is covered whatever its id).
+std::optional<std::string> staleAttachment(const std::string& path, bool exists);
 
 // Every problem, configured cgroups first, then attachments, then namespaces;
 // at most kMaxHealthProblems reasons and then how many more there are.
@@ -78,4 +72,4 @@ inline std::string reasonForOutput(std::string_view r) {
   return std::string(r);
 }
 
-}  // namespace atlasgate::daemon
+}  // namespace atlasgate::health

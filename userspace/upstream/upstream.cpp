@@ -1,4 +1,4 @@
-#include "proxy/upstream.h"
+#include "upstream/upstream.h"
 
 #include <openssl/ssl.h>
 
@@ -7,7 +7,7 @@
 #include "common/log.h"
 #include "tls/client_context.h"
 
-namespace atlasgate::proxy {
+namespace atlasgate::upstream {
 
 using Clock = std::chrono::steady_clock;
 
@@ -422,47 +422,4 @@ void UpstreamPool::close() {
   }
 }
 
-asio::awaitable<RoundTripResult> roundTrip(UpstreamPool& pool, const std::string& host,
-                                           http::request<http::string_body> request, std::chrono::seconds timeout,
-                                           std::size_t bodyLimit) {
-  RoundTripResult out;
-  request.prepare_payload();
-  // One retry when a reused keep-alive connection turns out to be dead.
-  for (int attempt = 0; attempt < 2; ++attempt) {
-    auto got = co_await pool.acquire(host, std::string());
-    if (got.ec) {
-      out.ec = got.ec;
-      out.what = "connect";
-      co_return out;
-    }
-    auto& conn = got.conn;
-    auto& lower = beast::get_lowest_layer(conn->stream);
-    lower.expires_after(timeout);
-    auto [wec, wn] = co_await http::async_write(conn->stream, request, kUseTuple);
-    if (wec) {
-      out.ec = wec;
-      out.what = "write";
-      if (got.reused) continue;
-      co_return out;
-    }
-    beast::flat_buffer buf;
-    http::response_parser<http::string_body> parser;
-    parser.body_limit(bodyLimit);
-    auto [rec, rn] = co_await http::async_read(conn->stream, buf, parser, kUseTuple);
-    if (rec) {
-      out.ec = rec;
-      out.what = "read";
-      if (got.reused && rec == http::error::end_of_stream) continue;
-      co_return out;
-    }
-    out.response = parser.release();
-    lower.expires_never();
-    if (out.response.keep_alive() && buf.size() == 0) pool.release(std::move(conn));
-    out.ec = {};
-    out.what.clear();
-    co_return out;
-  }
-  co_return out;
-}
-
-}  // namespace atlasgate::proxy
+}  // namespace atlasgate::upstream

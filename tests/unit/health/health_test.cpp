@@ -1,18 +1,18 @@
-#include "daemon/health.h"
+#include "health/health.h"
 #include "admin/admin.h"
 
 #include <algorithm>
 
 #include <gtest/gtest.h>
 
-namespace atlasgate::daemon {
+namespace atlasgate::health {
 namespace {
 
 using A = HealthFacts::Attachment;
 
-TEST(Health, OkWhenEveryAttachmentStillCoversItsPath) {
+TEST(Health, OkWhenEveryAttachedPathHasACgroup) {
   HealthFacts f;
-  f.attachments = {A{"/sys/fs/cgroup/agents", 10, 10}, A{"/sys/fs/cgroup/tool.scope", 11, 11}};
+  f.attachments = {A{"/sys/fs/cgroup/agents", true}, A{"/sys/fs/cgroup/tool.scope", true}};
   f.configured = {{"/sys/fs/cgroup/tool.scope", true}};
   Health h = assessHealth(f);
   EXPECT_TRUE(h.ok());
@@ -21,52 +21,38 @@ TEST(Health, OkWhenEveryAttachmentStillCoversItsPath) {
   EXPECT_TRUE(assessHealth(HealthFacts{}).ok());
 }
 
-TEST(Health, StaleAttachmentRemovedOrRecreated) {
-  EXPECT_FALSE(staleAttachment("/sys/fs/cgroup/a", 7, 7u).has_value());
-  auto removed = staleAttachment("/sys/fs/cgroup/a", 7, std::nullopt);
+TEST(Health, StaleAttachmentIsAPathWithNoCgroup) {
+  // Attached by path: whatever cgroup is there (a re-created one too) is
+  // covered; a path with none is stale.
+  EXPECT_FALSE(staleAttachment("/sys/fs/cgroup/a", true).has_value());
+  auto removed = staleAttachment("/sys/fs/cgroup/a", false);
   ASSERT_TRUE(removed.has_value());
-  EXPECT_EQ(*removed, "stale attachment: cgroup \"/sys/fs/cgroup/a\" (id 7) was removed");
-  auto recreated = staleAttachment("/sys/fs/cgroup/a", 7, 9u);
-  ASSERT_TRUE(recreated.has_value());
-  EXPECT_NE(recreated->find("re-created (now id 9, attached id 7)"), std::string::npos) << *recreated;
-  // Attached by path (recorded id 0): a re-created cgroup is covered, a
-  // missing one is still stale.
-  EXPECT_FALSE(staleAttachment("/sys/fs/cgroup/a", 0, 9u).has_value());
-  EXPECT_EQ(staleAttachment("/sys/fs/cgroup/a", 0, std::nullopt).value_or(""),
-            "stale attachment: cgroup \"/sys/fs/cgroup/a\" was removed");
+  EXPECT_EQ(*removed, "stale attachment: cgroup \"/sys/fs/cgroup/a\" was removed");
 
   HealthFacts f;
-  f.attachments = {A{"/sys/fs/cgroup/a", 7, std::nullopt}, A{"/sys/fs/cgroup/b", 8, 12}};
+  f.attachments = {A{"/sys/fs/cgroup/a", false}, A{"/sys/fs/cgroup/b", true}};
   Health h = assessHealth(f);
   EXPECT_EQ(h.state(), "degraded");
-  ASSERT_EQ(h.problems.size(), 2u);
+  ASSERT_EQ(h.problems.size(), 1u);
   EXPECT_EQ(h.problems[0], *removed);
-  EXPECT_NE(h.problems[1].find("\"/sys/fs/cgroup/b\" was re-created"), std::string::npos);
-}
-
-TEST(Health, RecreatedAndAttachedAgainLeavesOnlyAHarmlessLeftover) {
-  // The old link of a removed cgroup is still listed next to the new one.
-  HealthFacts f;
-  f.attachments = {A{"/sys/fs/cgroup/a", 7, 9}, A{"/sys/fs/cgroup/a", 9, 9}};
-  EXPECT_TRUE(assessHealth(f).ok());
 }
 
 TEST(Health, ConfiguredCgroupMissingIsSaidOnce) {
   HealthFacts f;
   f.configured = {{"/sys/fs/cgroup/gone", false}, {"/sys/fs/cgroup/here", true}};
-  f.attachments = {A{"/sys/fs/cgroup/gone", 5, std::nullopt}, A{"/sys/fs/cgroup/here", 6, 6}};
+  f.attachments = {A{"/sys/fs/cgroup/gone", false}, A{"/sys/fs/cgroup/here", true}};
   Health h = assessHealth(f);
   ASSERT_EQ(h.problems.size(), 1u);
   EXPECT_EQ(h.problems[0], "configured cgroup missing: \"/sys/fs/cgroup/gone\" (agents.attach)");
 }
 
-TEST(Health, UnknownPathAndNamespaceWithoutListener) {
+TEST(Health, NamespaceWithoutListenerComesAfterAttachments) {
   HealthFacts f;
-  f.attachments = {A{"", 42, std::nullopt}};
+  f.attachments = {A{"/sys/fs/cgroup/a", false}};
   f.namespacesWithoutListener = {{4026532999, 1234, "bind 127.0.0.1:15443: Address already in use"}};
   Health h = assessHealth(f);
   ASSERT_EQ(h.problems.size(), 2u);
-  EXPECT_NE(h.problems[0].find("cgroup id 42: its path cannot be found"), std::string::npos);
+  EXPECT_EQ(h.problems[0], "stale attachment: cgroup \"/sys/fs/cgroup/a\" was removed");
   EXPECT_EQ(h.problems[1],
             "agent namespace without listener: netns 4026532999 (pid 1234): bind 127.0.0.1:15443: Address already in "
             "use");
@@ -77,7 +63,7 @@ TEST(Health, UnknownPathAndNamespaceWithoutListener) {
 TEST(Health, HostileCgroupNamesCannotForgeReasonsLinesOrEscapes) {
   const std::string evil = "/sys/fs/cgroup/x\x1b[2J\n\"; configured cgroup missing: \"/etc\\\u202e";
   HealthFacts f;
-  f.attachments = {A{evil, 3, std::nullopt}};
+  f.attachments = {A{evil, false}};
   Health h = assessHealth(f);
   ASSERT_EQ(h.problems.size(), 1u);
   const std::string& r = h.problems[0];
@@ -94,7 +80,7 @@ TEST(Health, HostileCgroupNamesCannotForgeReasonsLinesOrEscapes) {
 
 TEST(Health, ManyProblemsAreCapped) {
   HealthFacts f;
-  for (std::uint64_t i = 0; i < 40; ++i) f.attachments.push_back(A{"/sys/fs/cgroup/c" + std::to_string(i), i + 100, {}});
+  for (int i = 0; i < 40; ++i) f.attachments.push_back(A{"/sys/fs/cgroup/c" + std::to_string(i), false});
   Health h = assessHealth(f);
   ASSERT_EQ(h.problems.size(), kMaxHealthProblems + 1);
   EXPECT_EQ(h.problems.back(), "and 24 more problem(s)");
@@ -110,11 +96,11 @@ TEST(HealthBody, OkOrDegradedWithEveryReasonOnOneLine) {
   EXPECT_EQ(std::count(body.begin(), body.end(), '\n'), 1);
   // An escaped reason is not escaped twice.
   HealthFacts f;
-  f.attachments = {A{"/sys/fs/cgroup/a\x1b", 1, std::nullopt}};
+  f.attachments = {A{"/sys/fs/cgroup/a\x1b", false}};
   std::string reason = assessHealth(f).problems.at(0);
   EXPECT_EQ(admin::healthBody({reason}), "degraded: " + reason + "\n");
   EXPECT_EQ(reasonForOutput(reason), reason);
 }
 
 }  // namespace
-}  // namespace atlasgate::daemon
+}  // namespace atlasgate::health

@@ -32,9 +32,11 @@
 #include <string>
 #include <vector>
 
-#include "proxy/asio.h"
+#include "net/asio.h"
 
-namespace atlasgate::proxy {
+namespace atlasgate::upstream {
+
+using namespace net;  // the Asio/Beast vocabulary (net/asio.h): asio, beast, http, ssl, tcp, kUseTuple
 
 struct UpstreamHost;
 
@@ -142,19 +144,7 @@ class UpstreamPool {
   std::map<std::string, std::shared_ptr<UpstreamHost>> hosts_;
 };
 
-// One whole request/response over the pool, for the daemon's own calls (the
-// token endpoint): the response body is read fully, up to bodyLimit.
-struct RoundTripResult {
-  beast::error_code ec;
-  std::string what;  // which step failed, for logs
-  http::response<http::string_body> response;
-};
-asio::awaitable<RoundTripResult> roundTrip(UpstreamPool& pool, const std::string& host,
-                                           http::request<http::string_body> request,
-                                           std::chrono::seconds timeout,
-                                           std::size_t bodyLimit = 1 << 20);
-
-}  // namespace atlasgate::proxy
+}  // namespace atlasgate::upstream
 
 template <>
-struct boost::system::is_error_code_enum<atlasgate::proxy::PoolError> : std::true_type {};
+struct boost::system::is_error_code_enum<atlasgate::upstream::PoolError> : std::true_type {};

@@ -1,0 +1,113 @@
+#include "upstream/call.h"
+
+#include <algorithm>
+#include <vector>
+
+namespace atlasgate::upstream {
+
+Call::~Call() = default;
+
+asio::awaitable<beast::error_code> Call::send(const http::request<http::string_body>& req,
+                                              std::chrono::seconds timeout) {
+  beast::error_code ec;
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    buffer_.clear();
+    auto got = co_await pool_.acquire(host_, agent_);
+    if (got.ec) {
+      step_ = "connect";
+      co_return got.ec;
+    }
+    conn_ = std::move(got.conn);
+    auto& lower = beast::get_lowest_layer(conn_->stream);
+    lower.expires_after(timeout);
+    auto [wec, wn] = co_await http::async_write(conn_->stream, req, kUseTuple);
+    if (wec) {
+      step_ = "write";
+      conn_.reset();
+      ec = wec;
+      if (got.reused) continue;
+      co_return ec;
+    }
+    parser_.emplace();
+    parser_->body_limit(boost::none);
+    if (req.method() == http::verb::head) parser_->skip(true);
+    auto [rec, rn] = co_await http::async_read_header(conn_->stream, buffer_, *parser_, kUseTuple);
+    if (rec) {
+      step_ = "read";
+      conn_.reset();
+      ec = rec;
+      // A keep-alive connection the target closed meanwhile: nothing of the
+      // request was processed, try once on a fresh one.
+      if (got.reused && (rec == http::error::end_of_stream || rec == asio::ssl::error::stream_truncated) &&
+          buffer_.size() == 0)
+        continue;
+      co_return ec;
+    }
+    step_.clear();
+    keepAlive_ = parser_->get().keep_alive();
+    co_return beast::error_code{};
+  }
+  co_return ec;
+}
+
+asio::awaitable<beast::error_code> Call::readSome(char* data, std::size_t size, std::size_t& n,
+                                                  std::chrono::seconds timeout) {
+  auto& body = parser_->get().body();
+  body.data = data;
+  body.size = size;
+  beast::get_lowest_layer(conn_->stream).expires_after(timeout);
+  auto [ec, rn] = co_await http::async_read(conn_->stream, buffer_, *parser_, kUseTuple);
+  if (ec == http::error::need_buffer) ec = {};
+  n = ec ? 0 : size - body.size;
+  co_return ec;
+}
+
+asio::awaitable<bool> Call::discardBody(std::chrono::seconds timeout) {
+  std::vector<char> scratch(8192);
+  while (!parser_->is_done()) {
+    std::size_t n = 0;
+    if (auto ec = co_await readSome(scratch.data(), scratch.size(), n, timeout)) co_return false;
+  }
+  co_return true;
+}
+
+void Call::finish() {
+  if (!conn_) return;
+  beast::get_lowest_layer(conn_->stream).expires_never();
+  if (parser_ && parser_->is_done() && keepAlive_ && buffer_.size() == 0) pool_.release(std::move(conn_));
+  conn_.reset();
+}
+
+asio::awaitable<RoundTripResult> roundTrip(UpstreamPool& pool, const std::string& host,
+                                           http::request<http::string_body> request, std::chrono::seconds timeout,
+                                           std::size_t bodyLimit) {
+  RoundTripResult out;
+  request.prepare_payload();
+  Call call(pool, host, std::string());
+  if (auto ec = co_await call.send(request, timeout)) {
+    out.ec = ec;
+    out.what = call.failedStep();
+    co_return out;
+  }
+  std::string body;
+  std::vector<char> piece(16 * 1024);
+  while (!call.done()) {
+    std::size_t n = 0;
+    if (auto ec = co_await call.readSome(piece.data(), piece.size(), n, timeout)) {
+      out.ec = ec;
+      out.what = "read";
+      co_return out;
+    }
+    if (body.size() + n > bodyLimit) {
+      out.ec = http::error::body_limit;
+      out.what = "read";
+      co_return out;
+    }
+    body.append(piece.data(), n);
+  }
+  out.response = http::response<http::string_body>(std::move(call.response().base()), std::move(body));
+  call.finish();
+  co_return out;
+}
+
+}  // namespace atlasgate::upstream
