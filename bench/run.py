@@ -12,6 +12,14 @@ builds on the machine, thermal, page cache) falls on all of them alike:
   mitmproxy  wrk -> mitmdump --mode reverse:https://upstream (addon sets
              Authorization) -> upstream
 
+With --baseline BIN, a fifth contender, atlasgate-base, is measured exactly
+like atlasgate (same config, same agent cgroup, same runs) but with the daemon
+binary BIN (an older build). Only one daemon can run at a time (they share the
+BPF pins and the listen port), so the driver stops one (SIGTERM, waits for its
+exit) and starts the other whenever the round-robin moves between them, and
+warms the fresh daemon up before it is measured. The extra passes (profile,
+idle connections, BPF overhead) are for atlasgate only.
+
 Every client dials the name cloud.mongodb.com on port 443: wrk runs in a
 private mount namespace whose /etc/hosts maps the name to the contender's
 address, so SNI, Host and the dialled address are what a real agent would
@@ -47,6 +55,8 @@ API_PATH = "/api/atlas/v2/groups"
 TOKEN = "bench-token-x"
 CONTENDERS = ["direct", "atlasgate", "nginx", "mitmproxy"]
 PROXIES = ["atlasgate", "nginx", "mitmproxy"]
+BASE = "atlasgate-base"            # --baseline: the same daemon, an older binary
+DAEMONS = ("atlasgate", BASE)      # share pins and port: one runs at a time
 CLIENT_ID = "mdb_sa_id_bench0000000000000000000001"
 
 
@@ -170,6 +180,17 @@ def loadavg():
         return float(f.read().split()[0])
 
 
+def binary_info(path):
+    st = os.stat(path)
+    try:
+        p = subprocess.run([path, "version"], capture_output=True, text=True, timeout=10)
+        version = (p.stdout + p.stderr).strip().splitlines()[0]
+    except (OSError, IndexError, subprocess.TimeoutExpired):
+        version = "?"
+    return {"path": path, "version": version, "size": st.st_size,
+            "mtime": datetime.datetime.fromtimestamp(st.st_mtime, datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
 def remove_cgroup(path):
     if not os.path.isdir(path):
         return
@@ -245,6 +266,16 @@ class Bench:
         self.cgroups = []
         self.pin_root = None
         self.bpf_stats_prev = None
+        # --baseline: atlasgate-base after atlasgate, in the table and the round-robin.
+        self.contenders = list(CONTENDERS)
+        self.binaries = {"atlasgate": args.atlasgate}
+        if args.baseline:
+            self.contenders.insert(self.contenders.index("atlasgate") + 1, BASE)
+            self.binaries[BASE] = args.baseline
+        self.proxies = [c for c in self.contenders if c != "direct"]
+        self.cw = max(len(c) for c in self.contenders)  # name column of the progress lines
+        self.daemon = None       # the atlasgate contender whose daemon is running
+        self.lifetimes = {}      # daemon -> [{"counters", "rss_kib", "hwm_kib", ...}] of the stopped ones
         self.results = {
             "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "machine": self.machine(),
@@ -252,8 +283,12 @@ class Bench:
                 "rounds": args.rounds, "duration_s": args.duration, "threads": 2, "connections": args.connections,
                 "idle_connections": args.idle_conns,
             },
+            "contenders": self.contenders,
             "rounds": [], "notes": [],
         }
+        if args.baseline:
+            self.results["binaries"] = {c: binary_info(b) for c, b in self.binaries.items()}
+            self.results["daemon_switches"] = []
 
     # -- machine ------------------------------------------------------------
     @staticmethod
@@ -300,8 +335,8 @@ class Bench:
         self.start_mitmproxy()
         self.start_atlasgate()
         self.hosts = {}
-        for c, addr in (("direct", self.upstream), ("atlasgate", self.upstream), ("nginx", self.proxy_addr),
-                        ("mitmproxy", self.mitm_addr)):
+        for c, addr in (("direct", self.upstream), ("atlasgate", self.upstream), (BASE, self.upstream),
+                        ("nginx", self.proxy_addr), ("mitmproxy", self.mitm_addr)):
             path = os.path.join(self.tmp, f"hosts-{c}")
             with open(path, "w") as f:
                 f.write(f"127.0.0.1 localhost\n{addr} {HOST}\n")
@@ -331,7 +366,8 @@ class Bench:
         os.chmod(pki, 0o755)
 
     def spawn(self, name, cmd, env=None):
-        logf = open(os.path.join(self.tmp, f"{name}.log"), "w")
+        # Appends: a daemon restarted by --baseline keeps one log over its lifetimes.
+        logf = open(os.path.join(self.tmp, f"{name}.log"), "a")
         self.logs.append(logf)
         p = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL,
                              start_new_session=True)
@@ -371,8 +407,28 @@ class Bench:
         wait_for(lambda: port_open(self.mitm_addr, 443), 30, "mitmdump", p)
         self.mitm_ca = os.path.join(confdir, "mitmproxy-ca-cert.pem")
 
-    def start_atlasgate(self):
-        binary = self.args.atlasgate
+    def start_atlasgate(self, name="atlasgate"):
+        """Starts the daemon of contender `name` (atlasgate or atlasgate-base).
+
+        Both run the one config written on the first call: same port, state dir
+        (so the same CA), agents cgroup, pins; only the binary differs."""
+        if self.pin_root is None:
+            self.write_atlasgate_config()
+        p = self.spawn(name, [self.binaries[name], "daemon", "--config", self.ag_config, "--run-dir", self.ag_run])
+
+        def ready():
+            try:
+                with open(os.path.join(self.ag_run, "runtime.json")) as f:
+                    return json.load(f).get("pid") == p.pid
+            except (OSError, ValueError):
+                return False
+        wait_for(ready, 20, f"{name} daemon ready", p)
+        self.daemon = name
+        self.ag_ca = os.path.join(self.ag_state, "ca.pem")
+        self.wrk_cg = os.path.join(self.agents_cg, "wrk")
+        os.makedirs(self.wrk_cg, exist_ok=True)
+
+    def write_atlasgate_config(self):
         tag = f"atlasgate-bench-{os.getpid()}"
         self.cgroot = cgroup2_mount()
         self.agents_cg = os.path.join(self.cgroot, tag)
@@ -398,21 +454,64 @@ class Bench:
             "rules": {"default": "allow"},
             "bpf": {"keep_on_exit": False, "pin_root": self.pin_root},
         }
-        cfg = os.path.join(self.tmp, "atlasgate.yaml")
-        with open(cfg, "w") as f:
+        self.ag_config = os.path.join(self.tmp, "atlasgate.yaml")
+        with open(self.ag_config, "w") as f:
             json.dump(config, f, indent=2)
-        p = self.spawn("atlasgate", [binary, "daemon", "--config", cfg, "--run-dir", self.ag_run])
 
-        def ready():
-            try:
-                with open(os.path.join(self.ag_run, "runtime.json")) as f:
-                    return json.load(f).get("pid") == p.pid
-            except (OSError, ValueError):
-                return False
-        wait_for(ready, 20, "atlasgate daemon ready", p)
-        self.ag_ca = os.path.join(self.ag_state, "ca.pem")
-        self.wrk_cg = os.path.join(self.agents_cg, "wrk")
-        os.makedirs(self.wrk_cg, exist_ok=True)
+    def stop_atlasgate(self):
+        """Stops the running daemon the way teardown does (SIGTERM, wait for its
+        exit), after keeping its counters and memory for the figures."""
+        name = self.daemon
+        p = self.procs[name]
+        pids = proc_tree(p.pid)
+        life = {"counters": self.daemon_counters(name), "rss_kib": status_kib(pids, "VmRSS"),
+                "hwm_kib": status_kib(pids, "VmHWM")}
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+            raise RuntimeError(f"{name} (pid {p.pid}) did not stop within 15 s of SIGTERM; killed")
+        if p.returncode != 0:
+            note = f"{name} (pid {p.pid}) exited with {p.returncode} on SIGTERM (its log: {name}.log, --keep-tmp)"
+            log(f"warning: {note}")
+            self.results["notes"].append(note)
+        if os.path.exists(self.pin_root):
+            raise RuntimeError(f"{name} exited but left {self.pin_root} behind (bpf.keep_on_exit is false)")
+        self.lifetimes.setdefault(name, []).append(life)
+        self.daemon = None
+
+    def use_daemon(self, contender, warm=True):
+        """--baseline: makes contender's daemon the running one (no-op otherwise).
+
+        A daemon started here is checked with one request through it and, if
+        `warm`, given the warm-up every contender gets (1 s keep-alive + 1 s new
+        connections): leaf minted, token fetched, upstream pool filled."""
+        if not self.args.baseline or contender not in DAEMONS:
+            return
+        if self.daemon == contender:
+            if self.procs[contender].poll() is not None:
+                raise RuntimeError(f"{contender} daemon exited with {self.procs[contender].returncode}")
+            return
+        t0 = time.monotonic()
+        prev = self.daemon
+        if prev is not None:
+            self.stop_atlasgate()
+        t1 = time.monotonic()
+        self.start_atlasgate(contender)
+        t2 = time.monotonic()
+        code, _, err = self.curl(contender, API_PATH, self.ag_ca)
+        if code != "200":
+            raise RuntimeError(f"{contender} after its start: GET {API_PATH} -> {code} {err}")
+        if warm:
+            self.wrk(contender, 1)
+            self.wrk(contender, 1, new_conn=True)
+        sw = {"from": prev, "to": contender, "stop_s": round(t1 - t0, 2), "start_s": round(t2 - t1, 2),
+              "total_s": round(time.monotonic() - t0, 2), "warmed": warm}
+        self.results["daemon_switches"].append(sw)
+        log(f"daemon switch {prev or '-'} -> {contender}: stopped in {sw['stop_s']:.2f} s, ready in "
+            f"{sw['start_s']:.2f} s{', warmed up' if warm else ''}")
 
     def pids(self, contender):
         if contender == "direct":
@@ -427,7 +526,7 @@ class Bench:
         return ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh", self.hosts[contender]] + argv
 
     def agent_cgroup(self, contender):
-        return self.wrk_cg if contender == "atlasgate" else None
+        return self.wrk_cg if contender in DAEMONS else None
 
     def wrk(self, contender, duration, new_conn=False, url=None, timeout_extra=20):
         argv = ["wrk", "-t2", f"-c{self.args.connections}", f"-d{duration}s", "--latency", "--timeout", "5s",
@@ -435,6 +534,7 @@ class Bench:
         if new_conn:
             argv += ["-H", "Connection: close"]
         argv.append(url or f"https://{HOST}{API_PATH}")
+        self.use_daemon(contender)
         cmd = self.client_cmd(contender, argv, self.agent_cgroup(contender))
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + timeout_extra)
         if p.returncode != 0:
@@ -446,6 +546,7 @@ class Bench:
     def curl(self, contender, path, cafile):
         argv = ["curl", "-sS", "--max-time", "10", "--cacert", cafile, "-o", "-", "-w", "\n%{http_code}",
                 f"https://{HOST}{path}"]
+        self.use_daemon(contender)
         cmd = self.client_cmd(contender, argv, self.agent_cgroup(contender))
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
         body, _, code = p.stdout.rpartition("\n")
@@ -453,10 +554,11 @@ class Bench:
 
     # -- checks -----------------------------------------------------------------
     def sanity(self):
-        cas = {"direct": f"{self.pki}/ca.pem", "atlasgate": self.ag_ca, "nginx": f"{self.pki}/ca.pem",
-               "mitmproxy": self.mitm_ca}
+        cas = {"direct": f"{self.pki}/ca.pem", "atlasgate": self.ag_ca, BASE: self.ag_ca,
+               "nginx": f"{self.pki}/ca.pem", "mitmproxy": self.mitm_ca}
         checks = {}
-        for c in CONTENDERS:
+        for c in self.contenders:
+            self.use_daemon(c, warm=False)  # idle RSS is taken right after these two requests
             code, body, err = self.curl(c, API_PATH, cas[c])
             acode, abody, aerr = self.curl(c, "/__auth", cas[c])
             ok = code == "200" and '"results"' in body and acode == "200"
@@ -464,10 +566,12 @@ class Bench:
                 ok = ok and abody.strip() in (f"Bearer {TOKEN}", "Bearer " + TOKEN)
             checks[c] = {"api_status": code, "authorization_seen_by_upstream": abody.strip(), "ok": ok,
                          "error": err or aerr}
-            log(f"sanity {c:9s}: GET {API_PATH} -> {code}; upstream saw Authorization: {abody.strip()!r}"
+            log(f"sanity {c:{self.cw}s}: GET {API_PATH} -> {code}; upstream saw Authorization: {abody.strip()!r}"
                 f"{'' if ok else '  <-- FAILED ' + (err or aerr)}")
             if not ok:
                 raise RuntimeError(f"sanity check failed for {c}: {checks[c]}")
+            if self.args.baseline and c in DAEMONS:
+                self.memory_snapshot("idle", [c])  # before the other daemon replaces it
         self.results["sanity"] = checks
 
     def check_ip_sni(self):
@@ -518,6 +622,7 @@ class Bench:
 
     # -- measurement ---------------------------------------------------------------
     def measure(self, contender, new_conn):
+        self.use_daemon(contender)
         pids = self.pids(contender)
         cpu0 = cpu_seconds(pids)
         la0 = loadavg()
@@ -543,21 +648,22 @@ class Bench:
         return (sum(v) - idle, sum(v))
 
     def warmup(self):
-        for c in CONTENDERS:
+        for c in self.contenders:
             self.wrk(c, 1)
             self.wrk(c, 1, new_conn=True)
         log("warm-up done (1 s keep-alive + 1 s new-connection per contender)")
 
     def rounds(self):
         n = self.args.rounds
+        cs = self.contenders
         for i in range(n):
-            order = CONTENDERS[i % len(CONTENDERS):] + CONTENDERS[:i % len(CONTENDERS)]
+            order = cs[i % len(cs):] + cs[:i % len(cs)]
             rd = {}
             for c in order:
                 ka = self.measure(c, False)
                 nc = self.measure(c, True)
                 rd[c] = {"keepalive": ka, "newconn": nc}
-                log(f"round {i + 1}/{n} {c:9s}: keep-alive {ka['rps']:9.0f} req/s p50 {ka['p50_ms']:.2f} ms "
+                log(f"round {i + 1}/{n} {c:{self.cw}s}: keep-alive {ka['rps']:9.0f} req/s p50 {ka['p50_ms']:.2f} ms "
                     f"p99 {ka['p99_ms']:.2f} ms | new-conn {nc['rps']:8.0f} conn/s"
                     + (f" | cpu {ka['cpu_s_per_10k']:.2f} s/10k" if 'cpu_s_per_10k' in ka else "")
                     + (f" | errors {ka['errors'] + nc['errors']} non2xx {ka['non2xx'] + nc['non2xx']}"
@@ -571,6 +677,7 @@ class Bench:
         perf (cpu-clock samples of the daemon, flat, by symbol) during one
         keep-alive run, and strace -c (syscalls per request) during another.
         Written to <out>/atlasgate-profile.txt; not part of the figures."""
+        self.use_daemon("atlasgate")
         pid = self.procs["atlasgate"].pid
         lines = []
         if shutil.which("perf"):
@@ -621,25 +728,56 @@ class Bench:
             f.write("\n".join(lines) + "\n")
         log(f"profile written to {path}")
 
-    def atlasgate_counters(self):
-        p = subprocess.run([self.args.atlasgate, "--control-socket", os.path.join(self.ag_run, "control.sock"),
+    def daemon_counters(self, name="atlasgate"):
+        """The running daemon's counters, asked with its own binary's `status`."""
+        p = subprocess.run([self.binaries[name], "--control-socket", os.path.join(self.ag_run, "control.sock"),
                             "status", "--json"], capture_output=True, text=True, timeout=15)
         try:
             st = json.loads(p.stdout)
         except ValueError:
-            log(f"atlasgate status failed: {p.stderr.strip()[:200]}")
-            return
+            log(f"{name} status failed: {p.stderr.strip()[:200]}")
+            return None
         c = st.get("counters", st)
-        keep = {k: c.get(k) for k in ("accepted", "requests", "refused_no_flow", "handshake_failures",
+        return {k: c.get(k) for k in ("accepted", "requests", "refused_no_flow", "handshake_failures",
                                       "upstream_failures", "upstream_connects", "upstream_reuses", "upstream_idle",
                                       "tls_refused_unknown_sni", "tls_leaves_minted")
                 if k in c}
-        self.results["atlasgate_counters"] = keep
-        log("atlasgate counters: " + ", ".join(f"{k} {v}" for k, v in keep.items()))
 
-    def memory_snapshot(self, label):
+    def atlasgate_counters(self):
+        """Counters over the whole run: with --baseline a daemon had several
+        lifetimes, summed (upstream_idle, a gauge: the last one's)."""
+        for name in self.binaries:
+            lives = [l["counters"] for l in self.lifetimes.get(name, []) if l["counters"]]
+            if self.daemon == name:
+                cur = self.daemon_counters(name)
+                if cur:
+                    lives.append(cur)
+            if not lives:
+                continue
+            keep = {}
+            for k in lives[-1]:
+                vals = [l.get(k) or 0 for l in lives]
+                keep[k] = vals[-1] if k == "upstream_idle" else sum(vals)
+            key = "atlasgate_counters" if name == "atlasgate" else "atlasgate_base_counters"
+            self.results[key] = keep
+            if self.args.baseline:
+                self.results.setdefault("daemon_lifetimes", {})[name] = len(lives)
+            log(f"{name} counters" + (f" ({len(lives)} lifetimes)" if self.args.baseline else "") + ": "
+                + ", ".join(f"{k} {v}" for k, v in keep.items()))
+
+    def memory_snapshot(self, label, only=None):
+        """RSS/HWM of the proxies' process trees (or of `only`), merged into
+        results["memory"][label]. --baseline: a daemon that is not running is
+        skipped, except after load, where its last lifetime stands in; VmHWM of
+        a daemon is the highest over its lifetimes (each restart resets it)."""
         snap = {}
-        for c in PROXIES:
+        for c in only or self.proxies:
+            lives = self.lifetimes.get(c, [])
+            if c in DAEMONS and self.daemon != c:
+                if label == "after_load" and lives:
+                    snap[c] = {"rss_kib": lives[-1]["rss_kib"], "hwm_kib": max(l["hwm_kib"] for l in lives),
+                               "processes": [], "stopped": True, "lifetimes": len(lives)}
+                continue
             pids = self.pids(c)
             per = []
             for p in pids:
@@ -652,10 +790,14 @@ class Bench:
                             "hwm_kib": status_kib([p], "VmHWM")})
             snap[c] = {"rss_kib": status_kib(pids, "VmRSS"), "hwm_kib": status_kib(pids, "VmHWM"),
                        "processes": per}
-        self.results.setdefault("memory", {})[label] = snap
+            if c in DAEMONS and lives:
+                snap[c]["hwm_kib"] = max([snap[c]["hwm_kib"]] + [l["hwm_kib"] for l in lives])
+                snap[c]["lifetimes"] = len(lives) + 1
+        self.results.setdefault("memory", {}).setdefault(label, {}).update(snap)
         return snap
 
     def idle_connections(self):
+        self.use_daemon("atlasgate")  # atlasgate only, not atlasgate-base
         n = self.args.idle_conns
         cas = {"atlasgate": self.ag_ca, "nginx": f"{self.pki}/ca.pem", "mitmproxy": self.mitm_ca}
         addrs = {"atlasgate": self.upstream, "nginx": self.proxy_addr, "mitmproxy": self.mitm_addr}
@@ -695,6 +837,7 @@ class Bench:
         self.results["idle_connections"] = out
 
     def bpf_overhead(self):
+        self.use_daemon("atlasgate")
         src = os.path.join(BENCH, "connect_loop.c")
         exe = os.path.join(self.tmp, "connect_loop")
         run(["cc", "-O2", "-Wall", "-o", exe, src])
@@ -858,7 +1001,8 @@ def med(vals):
 
 def summarize(res):
     s = {}
-    for c in CONTENDERS:
+    contenders = res.get("contenders", CONTENDERS)
+    for c in contenders:
         rs = [r[c] for r in res["rounds"] if c in r]
         d = {
             "keepalive_rps": med(r["keepalive"]["rps"] for r in rs),
@@ -873,7 +1017,7 @@ def summarize(res):
             "errors": sum(r["keepalive"]["errors"] + r["newconn"]["errors"] for r in rs),
             "non2xx": sum(r["keepalive"]["non2xx"] + r["newconn"]["non2xx"] for r in rs),
         }
-        if c in PROXIES:
+        if c != "direct":
             d["cpu_s_per_10k"] = med(r["keepalive"].get("cpu_s_per_10k") for r in rs)
             d["cpu_s_per_10k_newconn"] = med(r["newconn"].get("cpu_s_per_10k") for r in rs)
             mem = res.get("memory", {})
@@ -882,11 +1026,35 @@ def summarize(res):
             ic = res.get("idle_connections", {}).get(c)
             d["per_idle_conn_kib"] = ic["per_conn_kib"] if ic else None
         s[c] = d
-    for c in CONTENDERS:
+    for c in contenders:
         if s["direct"]["p50_ms"] is not None and s[c]["p50_ms"] is not None:
             s[c]["added_p50_ms"] = s[c]["p50_ms"] - s["direct"]["p50_ms"]
     res["summary"] = s
+    if BASE in s:
+        res["baseline_comparison"] = compare_baseline(res, s)
     return s
+
+
+# atlasgate / atlasgate-base: summary key, and the run and field of a round it
+# comes from. Rates: > 1 is faster; latency and CPU per request: < 1 is better.
+COMPARED = [("keepalive_rps", "keepalive", "rps"), ("newconn_rps", "newconn", "rps"),
+            ("p50_ms", "keepalive", "p50_ms"), ("p99_ms", "keepalive", "p99_ms"),
+            ("newconn_p50_ms", "newconn", "p50_ms"),
+            ("cpu_s_per_10k", "keepalive", "cpu_s_per_10k"), ("cpu_s_per_10k_newconn", "newconn", "cpu_s_per_10k")]
+
+
+def compare_baseline(res, s):
+    """atlasgate / atlasgate-base: the ratio of the medians, and the per-round
+    ratios (a round measures both a few seconds apart: the pair shares the
+    drift)."""
+    out = {}
+    for key, run_, field in COMPARED:
+        r = ratio(s["atlasgate"].get(key), s[BASE].get(key))
+        pairs = [ratio(rd["atlasgate"][run_].get(field), rd[BASE][run_].get(field))
+                 for rd in res["rounds"] if "atlasgate" in rd and BASE in rd]
+        out[key] = {"ratio": round(r, 3) if r is not None else None,
+                    "per_round": [round(p, 3) for p in pairs if p is not None]}
+    return out
 
 
 def ratio(a, b):
@@ -950,21 +1118,23 @@ def table(res, s):
              f"{st['rounds']} rounds round-robin, median of rounds; all on loopback; "
              f"client dials https://{HOST}{API_PATH} (SNI {HOST})")
     L.append("")
+    contenders = res.get("contenders", CONTENDERS)
+    proxies = [c for c in contenders if c != "direct"]
     w = 15
-    head = f"{'':34s}" + "".join(f"{c:>{w}s}" for c in CONTENDERS)
+    head = f"{'':34s}" + "".join(f"{c:>{w}s}" for c in contenders)
     L.append(head)
     L.append("-" * len(head))
 
     def row(label, key, digits=0, only=None, suffix=""):
         cells = []
-        for c in CONTENDERS:
+        for c in contenders:
             v = s[c].get(key) if (only is None or c in only) else None
             cells.append(f"{(fmt(v, digits) + suffix) if v is not None else '-':>{w}s}")
         L.append(f"{label:34s}" + "".join(cells))
 
     def ratio_row(label, key, base, only=None, invert=False):
         cells = []
-        for c in CONTENDERS:
+        for c in contenders:
             v = s[c].get(key) if (only is None or c in only) else None
             r = ratio(v, s[base].get(key))
             if invert and r:
@@ -974,7 +1144,7 @@ def table(res, s):
 
     def range_row(label, key):
         cells = []
-        for c in CONTENDERS:
+        for c in contenders:
             v = s[c].get(key)
             cells.append(f"{(f'{v[0]:,.0f}-{v[1]:,.0f}' if v else '-'):>{w}s}")
         L.append(f"{label:34s}" + "".join(cells))
@@ -991,16 +1161,33 @@ def table(res, s):
     ratio_row("  x nginx", "newconn_rps", "nginx")
     ratio_row("  x direct", "newconn_rps", "direct")
     row("new-conn p50 latency (ms)", "newconn_p50_ms", 3)
-    row("peak RSS, proxy (MiB, VmHWM)", "peak_rss_mib", 1, PROXIES)
-    ratio_row("  x nginx", "peak_rss_mib", "nginx", PROXIES)
-    row("idle RSS, proxy (MiB)", "idle_rss_mib", 1, PROXIES)
-    row("RSS per idle TLS conn (KiB)", "per_idle_conn_kib", 1, PROXIES)
-    row("CPU s / 10k req, keep-alive", "cpu_s_per_10k", 3, PROXIES)
-    ratio_row("  x nginx", "cpu_s_per_10k", "nginx", PROXIES)
-    row("CPU s / 10k req, new conn", "cpu_s_per_10k_newconn", 3, PROXIES)
-    ratio_row("  x nginx", "cpu_s_per_10k_newconn", "nginx", PROXIES)
+    row("peak RSS, proxy (MiB, VmHWM)", "peak_rss_mib", 1, proxies)
+    ratio_row("  x nginx", "peak_rss_mib", "nginx", proxies)
+    row("idle RSS, proxy (MiB)", "idle_rss_mib", 1, proxies)
+    row("RSS per idle TLS conn (KiB)", "per_idle_conn_kib", 1, proxies)
+    row("CPU s / 10k req, keep-alive", "cpu_s_per_10k", 3, proxies)
+    ratio_row("  x nginx", "cpu_s_per_10k", "nginx", proxies)
+    row("CPU s / 10k req, new conn", "cpu_s_per_10k_newconn", 3, proxies)
+    ratio_row("  x nginx", "cpu_s_per_10k_newconn", "nginx", proxies)
     row("errors (socket + non-2xx)", "errors")
     L.append("")
+    cmp = res.get("baseline_comparison")
+    if cmp:
+        def pair(key):
+            c = cmp[key]
+            rng = c["per_round"]
+            return (f"{fmt_ratio(c['ratio'])}" + (f" (rounds {min(rng):.2f}-{max(rng):.2f})" if rng else ""))
+        L.append(f"atlasgate / atlasgate-base: keep-alive req/s {pair('keepalive_rps')}, "
+                 f"new-conn req/s {pair('newconn_rps')} (> 1: faster)")
+        L.append(f"  latency keep-alive p50 {pair('p50_ms')}, p99 {pair('p99_ms')}, new-conn p50 "
+                 f"{pair('newconn_p50_ms')}; CPU/req keep-alive {pair('cpu_s_per_10k')}, new conn "
+                 f"{pair('cpu_s_per_10k_newconn')} (< 1: better)")
+        bins = res.get("binaries", {})
+        if BASE in bins:
+            L.append(f"atlasgate-base: {bins[BASE]['path']} ({bins[BASE]['version']}); measured like atlasgate, "
+                     f"one daemon at a time ({len(res.get('daemon_switches', []))} switches, a fresh daemon "
+                     f"warmed up before it is measured); idle-conn, BPF, profile passes: atlasgate only")
+        L.append("")
     b = res.get("bpf_overhead")
     if b:
         L.append(f"BPF cost for a non-target connect() (agent cgroup attached): "
@@ -1024,15 +1211,17 @@ def table(res, s):
 def chart(res, s, png, tmp):
     dat = os.path.join(tmp, "chart.dat")
     with open(dat, "w") as f:
-        f.write("name ka nc p50 p99 rss cpu idle perconn\n")
-        for c in CONTENDERS:
+        f.write("name ka nc p50 p99 rss cpu idle perconn colour\n")
+        contenders = res.get("contenders", CONTENDERS)
+        for c in contenders:
             d = s[c]
 
             def g(k, scale=1.0):
                 v = d.get(k)
                 return "NaN" if v is None else f"{v * scale:.4f}"
             f.write(f"{c} {g('keepalive_rps')} {g('newconn_rps')} {g('p50_ms')} {g('p99_ms')} "
-                    f"{g('peak_rss_mib')} {g('cpu_s_per_10k')} {g('idle_rss_mib')} {g('per_idle_conn_kib')}\n")
+                    f"{g('peak_rss_mib')} {g('cpu_s_per_10k')} {g('idle_rss_mib')} {g('per_idle_conn_kib')} "
+                    f"{(CONTENDERS + [BASE]).index(c) + 1}\n")
     gp = os.path.join(tmp, "chart.gp")
     with open(os.path.join(BENCH, "chart.gp")) as f:
         script = f.read()
@@ -1040,7 +1229,9 @@ def chart(res, s, png, tmp):
     title = (f"atlasgate bench {res['started'][:16]} - {res['machine']['cpus']} CPU shared, loopback, "
              f"wrk -c{res['settings']['connections']}, median of {res['settings']['rounds']} rounds"
              f"  |  BPF per non-target connect(): {b.get('bpf_ns_per_connect', float('nan')):.0f} ns")
-    script = script.replace("@DAT@", dat).replace("@PNG@", png).replace("@TITLE@", title)
+    script = (script.replace("@DAT@", dat).replace("@PNG@", png).replace("@TITLE@", title)
+              .replace("@XMAX@", f"{len(contenders) - 0.4:.1f}")
+              .replace("@WIDTH@", str(1500 if len(contenders) <= len(CONTENDERS) else 1900)))
     with open(gp, "w") as f:
         f.write(script)
     p = subprocess.run(["gnuplot", gp], capture_output=True, text=True)
@@ -1061,7 +1252,14 @@ def main():
     ap.add_argument("--keep-tmp", action="store_true")
     ap.add_argument("--no-profile", dest="profile", action="store_false",
                     help="skip the perf/strace pass over atlasgate (<out>/atlasgate-profile.txt)")
+    ap.add_argument("--baseline", metavar="BIN",
+                    help="also measure the atlasgate daemon binary BIN (e.g. a build of an older commit) as "
+                         "contender atlasgate-base, exactly like atlasgate, one daemon running at a time")
     args = ap.parse_args()
+    if args.baseline:
+        args.baseline = os.path.abspath(args.baseline)
+        if not (os.path.isfile(args.baseline) and os.access(args.baseline, os.X_OK)):
+            sys.exit(f"bench: --baseline {args.baseline}: not an executable file")
     if os.geteuid() != 0:
         sys.exit("bench: needs root (cgroups, BPF, binding port 443)")
 

@@ -51,8 +51,8 @@ TEST(Decide, ConstantsMatchTheKernel) {
 }
 
 TEST(Decide, PortOtherThan443Passes) {
-  for (__u16 port : {__u16{0}, __u16{80}, __u16{442}, __u16{444}, __u16{8443}, __u16{15443}, __u16{0xbb01},
-                     __u16{65535}})
+  for (__u16 port :
+       {__u16{0}, __u16{80}, __u16{442}, __u16{444}, __u16{8443}, __u16{15443}, __u16{0xbb01}, __u16{65535}})
     for (__u32 type : {kSockStream, kSockDgram, kSockRaw})
       for (bool target : {false, true}) {
         auto o = decide(facts(type, port, target, true));

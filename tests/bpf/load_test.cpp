@@ -56,16 +56,13 @@ constexpr std::uint32_t kTargetIndex = 7;
 constexpr int kAcceptMs = 5000;
 constexpr int kNothingMs = 200;  // how long "nothing arrives" is watched
 
-const char* const kMapNames[] = {"ag_targets4", "ag_targets6",     "ag_origins", "ag_flows",
-                                 "ag_creators", "ag_members",      "ag_member_cache", "ag_control",
-                                 "ag_name_scratch", "ag_counters"};
-const char* const kProgNames[] = {"ag_connect4",     "ag_connect6",     "ag_sockops",
-                                  "ag_sendmsg4",     "ag_sendmsg6",     "ag_getpeername4",
-                                  "ag_getpeername6", "ag_sock_create"};
-const bpf_attach_type kAttachTypes[] = {BPF_CGROUP_INET4_CONNECT,     BPF_CGROUP_INET6_CONNECT,
-                                        BPF_CGROUP_SOCK_OPS,          BPF_CGROUP_UDP4_SENDMSG,
-                                        BPF_CGROUP_UDP6_SENDMSG,      BPF_CGROUP_INET4_GETPEERNAME,
-                                        BPF_CGROUP_INET6_GETPEERNAME, BPF_CGROUP_INET_SOCK_CREATE};
+const char* const kMapNames[] = {"ag_targets4", "ag_targets6",     "ag_origins", "ag_flows",        "ag_creators",
+                                 "ag_members",  "ag_member_cache", "ag_control", "ag_name_scratch", "ag_counters"};
+const char* const kProgNames[] = {"ag_connect4", "ag_connect6",     "ag_sockops",      "ag_sendmsg4",
+                                  "ag_sendmsg6", "ag_getpeername4", "ag_getpeername6", "ag_sock_create"};
+const bpf_attach_type kAttachTypes[] = {
+    BPF_CGROUP_INET4_CONNECT, BPF_CGROUP_INET6_CONNECT,     BPF_CGROUP_SOCK_OPS,          BPF_CGROUP_UDP4_SENDMSG,
+    BPF_CGROUP_UDP6_SENDMSG,  BPF_CGROUP_INET4_GETPEERNAME, BPF_CGROUP_INET6_GETPEERNAME, BPF_CGROUP_INET_SOCK_CREATE};
 
 // The pinned link names of every hook for a cgroup id ("root": the root links).
 std::set<std::string> linkNames(const std::string& id) {
@@ -543,8 +540,8 @@ TEST_F(BpfLoadTest, ProgramsPassTheVerifierAndArePinned) {
   // Attached once, at the cgroup2 root, one link per hook.
   EXPECT_EQ(listDir(pinRoot_ + "/links"), linkNames("root"));
   for (std::size_t i = 0; i < std::size(kAttachTypes); ++i)
-    EXPECT_TRUE(contains(attachedProgs(mount_, kAttachTypes[i]),
-                         pinnedProgInfo(pinRoot_ + "/progs/" + kProgNames[i]).id))
+    EXPECT_TRUE(
+        contains(attachedProgs(mount_, kAttachTypes[i]), pinnedProgInfo(pinRoot_ + "/progs/" + kProgNames[i]).id))
         << kProgNames[i] << " is not attached at the root";
 
   EXPECT_EQ(pinnedProgInfo(pinRoot_ + "/progs/ag_connect4").type, BPF_PROG_TYPE_CGROUP_SOCK_ADDR);

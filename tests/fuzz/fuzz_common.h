@@ -16,8 +16,8 @@ namespace atlasgate::fuzz {
   std::abort();
 }
 
-#define AG_FUZZ_CHECK(cond, detail) \
-  do {                              \
+#define AG_FUZZ_CHECK(cond, detail)                        \
+  do {                                                     \
     if (!(cond)) ::atlasgate::fuzz::fail(#cond, (detail)); \
   } while (0)
 

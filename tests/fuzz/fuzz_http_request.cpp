@@ -117,13 +117,15 @@ bool process(http::request<http::string_body> req, std::vector<std::string>& out
   const bool keepAlive = req.keep_alive();
   auto check = checkRequest(req, kHost);
   if (!check.ok) {
-    AG_FUZZ_CHECK(check.status() == 400 || check.status() == 405 || check.status() == 421 || check.status() == 501, check.detail);
+    AG_FUZZ_CHECK(check.status() == 400 || check.status() == 405 || check.status() == 421 || check.status() == 501,
+                  check.detail);
     AG_FUZZ_CHECK(!check.detail.empty(), "refusal without a detail");
     outcomes.push_back("refused " + std::to_string(check.status()));
     return keepAlive && !check.closeConnection();
   }
   std::string what = describe(req);
-  AG_FUZZ_CHECK(!req.target().empty() && req.target().front() == '/', "target not origin-form after checkRequest\n" + what);
+  AG_FUZZ_CHECK(!req.target().empty() && req.target().front() == '/',
+                "target not origin-form after checkRequest\n" + what);
   AG_FUZZ_CHECK(req.method() != http::verb::connect, what);
   AG_FUZZ_CHECK(!has(req, http::field::upgrade), what);
   AG_FUZZ_CHECK(req.count(http::field::content_length) <= 1, what);

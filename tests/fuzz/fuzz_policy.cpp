@@ -178,8 +178,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, std::size_t size) {
     pol::Decision d = gPolicy->evaluate(req, gNow);
     (void)pol::verdictName(d.verdict);
     const bool malformed = d.verdict == pol::Verdict::Malformed;
-    AG_FUZZ_CHECK(malformed == ex.malformed, "evaluate and explain disagree on malformed: " + d.malformedReason +
-                                                 " / " + ex.malformedReason);
+    AG_FUZZ_CHECK(malformed == ex.malformed,
+                  "evaluate and explain disagree on malformed: " + d.malformedReason + " / " + ex.malformedReason);
     if (malformed) {
       AG_FUZZ_CHECK(!d.malformedReason.empty(), "malformed without a reason");
       continue;

@@ -93,7 +93,8 @@ void handshake(const uint8_t* data, std::size_t size, bool withDefaultHost) {
     } else if (serverHelloSent(out)) {
       // Extensions are processed by the time a ServerHello goes out, so no
       // server name here means the ClientHello carried none.
-      AG_FUZZ_CHECK(withDefaultHost && *selected == kDefaultHost, "no SNI, no default host, yet a leaf for " + *selected);
+      AG_FUZZ_CHECK(withDefaultHost && *selected == kDefaultHost,
+                    "no SNI, no default host, yet a leaf for " + *selected);
     }
   }
   SSL_free(ssl);
@@ -131,9 +132,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, std::size_t size) {
     std::vector<uint8_t> rec;
     rec.reserve(size + 9);
     const std::size_t hs = size + 4;
-    rec.insert(rec.end(), {0x16, 0x03, 0x01, static_cast<uint8_t>(hs >> 8), static_cast<uint8_t>(hs),
-                           0x01, static_cast<uint8_t>(size >> 16), static_cast<uint8_t>(size >> 8),
-                           static_cast<uint8_t>(size)});
+    rec.insert(rec.end(),
+               {0x16, 0x03, 0x01, static_cast<uint8_t>(hs >> 8), static_cast<uint8_t>(hs), 0x01,
+                static_cast<uint8_t>(size >> 16), static_cast<uint8_t>(size >> 8), static_cast<uint8_t>(size)});
     rec.insert(rec.end(), data, data + size);
     handshake(rec.data(), rec.size(), !withDefault);
   }

@@ -75,7 +75,7 @@ struct Server::Impl {
   tcp::acceptor acceptor;
   Handlers handlers;
   std::optional<credentials::Secret> token;  // /metrics needs it when set
-  std::set<beast::tcp_stream*> open;  // closed on stop(), so shutdown never waits on a scraper
+  std::set<beast::tcp_stream*> open;         // closed on stop(), so shutdown never waits on a scraper
 
   asio::awaitable<void> serve(tcp::socket sock) {
     beast::tcp_stream stream(std::move(sock));

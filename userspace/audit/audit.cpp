@@ -90,8 +90,7 @@ void AuditLog::write(const Record& r) {
   }
   std::uint64_t lost = ++lost_;
   if (lost == 1 || (lost & (lost - 1)) == 0)  // 1, 2, 4, 8...: report without flooding
-    log::warn("audit log {}: {} record(s) lost so far ({})", path_, lost,
-              n < 0 ? std::strerror(errno) : "short write");
+    log::warn("audit log {}: {} record(s) lost so far ({})", path_, lost, n < 0 ? std::strerror(errno) : "short write");
 }
 
 }  // namespace atlasgate::audit

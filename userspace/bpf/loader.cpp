@@ -526,9 +526,7 @@ std::vector<std::pair<std::uint64_t, std::string>> Loader::memberEntries() const
   return out;
 }
 
-std::vector<std::string> Loader::attachedPaths() const {
-  return {members_.begin(), members_.end()};
-}
+std::vector<std::string> Loader::attachedPaths() const { return {members_.begin(), members_.end()}; }
 
 std::vector<Attachment> Loader::attachments() const {
   std::vector<Attachment> out;
@@ -667,13 +665,9 @@ std::size_t countEntries(int fd, std::size_t keySize) {
 }
 }  // namespace
 
-std::size_t Loader::flowCount() const {
-  return countEntries(bpf_map__fd(skel_->maps.ag_flows), sizeof(ag_flow_key));
-}
+std::size_t Loader::flowCount() const { return countEntries(bpf_map__fd(skel_->maps.ag_flows), sizeof(ag_flow_key)); }
 
-std::size_t Loader::originCount() const {
-  return countEntries(bpf_map__fd(skel_->maps.ag_origins), sizeof(__u64));
-}
+std::size_t Loader::originCount() const { return countEntries(bpf_map__fd(skel_->maps.ag_origins), sizeof(__u64)); }
 
 std::array<std::uint64_t, AG_CNT__MAX> Loader::counters() const {
   std::array<std::uint64_t, AG_CNT__MAX> out{};

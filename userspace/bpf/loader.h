@@ -68,7 +68,7 @@ struct LoaderOptions {
 };
 
 struct Attachment {
-  std::string path;  // absolute cgroup path
+  std::string path;            // absolute cgroup path
   std::uint64_t cgroupId = 0;  // of the cgroup at that path now; 0 when there is none
 };
 
@@ -153,7 +153,7 @@ class Loader {
 
   LoaderOptions options_;
   struct ::ag_bpf* skel_ = nullptr;
-  std::string mount_;  // the cgroup2 mount; member paths are relative to it
+  std::string mount_;      // the cgroup2 mount; member paths are relative to it
   std::string ownCgroup_;  // the daemon's own cgroup, relative to the mount: never a member
   std::uint64_t seed_ = 0;
   int lockFd_ = -1;  // flock on the pin root: one daemon per pin root

@@ -107,11 +107,9 @@ void printStatus(const json::object& o) {
                 str(co.if_contains("requests")).c_str(), str(co.if_contains("age_s")).c_str());
   }
   std::printf("\ncounters:\n");
-  for (const auto& [k, v] : o.at("counters").as_object())
-    std::printf("  %-28s %s\n", str(k).c_str(), str(&v).c_str());
+  for (const auto& [k, v] : o.at("counters").as_object()) std::printf("  %-28s %s\n", str(k).c_str(), str(&v).c_str());
   std::printf("\nkernel (bpf) counters:\n");
-  for (const auto& [k, v] : o.at("bpf").as_object())
-    std::printf("  %-28s %s\n", str(k).c_str(), str(&v).c_str());
+  for (const auto& [k, v] : o.at("bpf").as_object()) std::printf("  %-28s %s\n", str(k).c_str(), str(&v).c_str());
   std::printf("\napprovals pending: %s\n", str(o.if_contains("approvals_pending")).c_str());
 }
 
@@ -129,8 +127,7 @@ int runCheck(const std::string& configPath, const std::vector<std::string>& expl
   auto pol = policy::Policy::compile(cfg->rules);
   if (!pol) return fail(pol.error().message);
   if (explain.empty()) {
-    std::printf("%s: OK\n\n%s\n%s", configPath.c_str(), config::describeConfig(*cfg).c_str(),
-                (*pol)->table().c_str());
+    std::printf("%s: OK\n\n%s\n%s", configPath.c_str(), config::describeConfig(*cfg).c_str(), (*pol)->table().c_str());
     return 0;
   }
   std::string body;
@@ -222,7 +219,8 @@ int main(int argc, char** argv) {
 
   std::string configPath = kDefaultConfig;
   std::string runDir = "/run/atlasgate";
-  auto* daemonCmd = app.add_subcommand("daemon", "load the BPF programs, attach, serve (SIGHUP reloads, SIGTERM drains)");
+  auto* daemonCmd =
+      app.add_subcommand("daemon", "load the BPF programs, attach, serve (SIGHUP reloads, SIGTERM drains)");
   daemonCmd->add_option("--config,-c", configPath, "config file")->capture_default_str();
   daemonCmd->add_option("--run-dir", runDir, "where control.sock and runtime.json live")->capture_default_str();
 
@@ -249,11 +247,13 @@ int main(int argc, char** argv) {
   detachCmd->add_option("PATH", cgroupPath, "cgroup (absolute, or relative to the cgroup2 mount)")->required();
 
   std::vector<std::string> decision;
-  auto* approvalsCmd = app.add_subcommand("approvals", "list requests held by approve rules; allow|deny ID decides one");
+  auto* approvalsCmd =
+      app.add_subcommand("approvals", "list requests held by approve rules; allow|deny ID decides one");
   approvalsCmd->add_option("DECISION", decision, "allow ID | deny ID")->expected(0, 2);
   approvalsCmd->add_flag("--json", asJson, "machine-readable output");
 
-  auto* reloadCmd = app.add_subcommand("reload", "reload the daemon's config (like SIGHUP); prints why a bad one was refused");
+  auto* reloadCmd =
+      app.add_subcommand("reload", "reload the daemon's config (like SIGHUP); prints why a bad one was refused");
   app.add_subcommand("version", "print the version");
 
   CLI11_PARSE(app, argc, argv);

@@ -29,11 +29,16 @@ const char* levelName(Level level) {
 void setLevel(Level level) { gLevel.store(static_cast<int>(level)); }
 
 bool parseLevel(std::string_view name, Level& out) {
-  if (name == "debug") out = Level::Debug;
-  else if (name == "info") out = Level::Info;
-  else if (name == "warn") out = Level::Warn;
-  else if (name == "error") out = Level::Error;
-  else return false;
+  if (name == "debug")
+    out = Level::Debug;
+  else if (name == "info")
+    out = Level::Info;
+  else if (name == "warn")
+    out = Level::Warn;
+  else if (name == "error")
+    out = Level::Error;
+  else
+    return false;
   return true;
 }
 

@@ -14,8 +14,8 @@
 namespace atlasgate {
 
 struct Error {
-  int code = 0;          // errno, or 0 when not a system error
-  std::string message;   // one line, says what failed and where
+  int code = 0;         // errno, or 0 when not a system error
+  std::string message;  // one line, says what failed and where
 };
 
 template <class... Args>
@@ -36,8 +36,8 @@ Error sysError(int code, fmt::format_string<Args...> f, Args&&... args) {
 template <class T>
 class [[nodiscard]] Result {
  public:
-  Result(T value) : v_(std::move(value)) {}          // NOLINT(implicit)
-  Result(Error error) : v_(std::move(error)) {}      // NOLINT(implicit)
+  Result(T value) : v_(std::move(value)) {}      // NOLINT(implicit)
+  Result(Error error) : v_(std::move(error)) {}  // NOLINT(implicit)
 
   bool ok() const { return v_.index() == 0; }
   explicit operator bool() const { return ok(); }

@@ -33,16 +33,11 @@ namespace atlasgate::config {
 
 std::string_view actionName(Action a) {
   switch (a) {
-    case Action::Allow:
-      return "allow";
-    case Action::Block:
-      return "block";
-    case Action::RateLimit:
-      return "rate_limit";
-    case Action::Approve:
-      return "approve";
-    case Action::LogOnly:
-      return "log_only";
+    case Action::Allow: return "allow";
+    case Action::Block: return "block";
+    case Action::RateLimit: return "rate_limit";
+    case Action::Approve: return "approve";
+    case Action::LogOnly: return "log_only";
   }
   return "unknown";
 }
@@ -141,16 +136,11 @@ std::string didYouMean(std::string_view word, const Range& options) {
 
 std::string_view typeName(const YAML::Node& n) {
   switch (n.Type()) {
-    case YAML::NodeType::Null:
-      return "nothing";
-    case YAML::NodeType::Scalar:
-      return "a scalar";
-    case YAML::NodeType::Sequence:
-      return "a list";
-    case YAML::NodeType::Map:
-      return "a map";
-    case YAML::NodeType::Undefined:
-      break;
+    case YAML::NodeType::Null: return "nothing";
+    case YAML::NodeType::Scalar: return "a scalar";
+    case YAML::NodeType::Sequence: return "a list";
+    case YAML::NodeType::Map: return "a map";
+    case YAML::NodeType::Undefined: break;
   }
   return "nothing";
 }
@@ -170,9 +160,7 @@ std::string childPath(const std::string& parent, std::string_view key) {
   return parent.empty() ? std::string(key) : fmt::format("{}.{}", parent, key);
 }
 
-bool isIdentifierChar(char ch) {
-  return std::isalnum(static_cast<unsigned char>(ch)) || ch == '_';
-}
+bool isIdentifierChar(char ch) { return std::isalnum(static_cast<unsigned char>(ch)) || ch == '_'; }
 
 bool isIdentifier(std::string_view s) {
   return !s.empty() && !std::isdigit(static_cast<unsigned char>(s[0])) &&
@@ -235,21 +223,11 @@ std::string jsonString(std::string_view s) {
   std::string out = "\"";
   for (char ch : s) {
     switch (ch) {
-      case '"':
-        out += "\\\"";
-        break;
-      case '\\':
-        out += "\\\\";
-        break;
-      case '\n':
-        out += "\\n";
-        break;
-      case '\r':
-        out += "\\r";
-        break;
-      case '\t':
-        out += "\\t";
-        break;
+      case '"': out += "\\\""; break;
+      case '\\': out += "\\\\"; break;
+      case '\n': out += "\\n"; break;
+      case '\r': out += "\\r"; break;
+      case '\t': out += "\\t"; break;
       default:
         if (static_cast<unsigned char>(ch) < 0x20) {
           out += fmt::format("\\u{:04x}", static_cast<unsigned char>(ch));
@@ -316,9 +294,7 @@ YAML::Mark markOf(const Field& f) {
   return f.value.Mark();
 }
 
-YAML::Mark keyMark(const Field& f) {
-  return f.key.IsDefined() && !f.key.Mark().is_null() ? f.key.Mark() : markOf(f);
-}
+YAML::Mark keyMark(const Field& f) { return f.key.IsDefined() && !f.key.Mark().is_null() ? f.key.Mark() : markOf(f); }
 
 // A mapping whose keys have been checked: all plain, all known, none twice.
 struct Fields {
@@ -335,9 +311,7 @@ struct Fields {
 };
 
 // Of two fields present in the same mapping, the one written second.
-const Field& later(const Field& a, const Field& b) {
-  return keyMark(a).pos > keyMark(b).pos ? a : b;
-}
+const Field& later(const Field& a, const Field& b) { return keyMark(a).pos > keyMark(b).pos ? a : b; }
 
 std::string located(const std::string& file, const YAML::Mark& m, std::string_view message) {
   const int line = m.is_null() ? 1 : m.line + 1;
@@ -411,9 +385,9 @@ struct Custom {
 };
 
 template <class S>
-using Slot = std::variant<std::string S::*, std::optional<std::string> S::*, std::vector<std::string> S::*,
-                          bool S::*, std::uint16_t S::*, std::uint32_t S::*, std::uint64_t S::*,
-                          std::chrono::seconds S::*, std::chrono::milliseconds S::*, Custom<S>>;
+using Slot = std::variant<std::string S::*, std::optional<std::string> S::*, std::vector<std::string> S::*, bool S::*,
+                          std::uint16_t S::*, std::uint32_t S::*, std::uint64_t S::*, std::chrono::seconds S::*,
+                          std::chrono::milliseconds S::*, Custom<S>>;
 
 // Validation beyond the kind, with the section as parsed so far: called once
 // the value is stored, or for a list on each item as it is.
@@ -836,13 +810,20 @@ std::optional<std::string> shownValue(const Row<S>& row, const S& s) {
         } else {
           using M = typename MemberOf<decltype(slot)>::type;
           const M& v = s.*slot;
-          if constexpr (std::is_same_v<M, bool>) return yesNo(v);
-          else if constexpr (std::is_integral_v<M>) return fmt::format("{}", v);
-          else if constexpr (isDuration<M>) return fmt::format("{}", v.count());
-          else if constexpr (std::is_same_v<M, std::vector<std::string>>) return joined(v, "none");
-          else if constexpr (std::is_same_v<M, std::optional<std::string>>) return v.value_or("off");
-          else if (v.empty()) return std::nullopt;
-          else return row.kind == Kind::LogPath && v == "-" ? std::string("stdout") : v;
+          if constexpr (std::is_same_v<M, bool>)
+            return yesNo(v);
+          else if constexpr (std::is_integral_v<M>)
+            return fmt::format("{}", v);
+          else if constexpr (isDuration<M>)
+            return fmt::format("{}", v.count());
+          else if constexpr (std::is_same_v<M, std::vector<std::string>>)
+            return joined(v, "none");
+          else if constexpr (std::is_same_v<M, std::optional<std::string>>)
+            return v.value_or("off");
+          else if (v.empty())
+            return std::nullopt;
+          else
+            return row.kind == Kind::LogPath && v == "-" ? std::string("stdout") : v;
         }
       },
       row.slot);
@@ -881,15 +862,20 @@ std::string defaultOf(const Row<S>& row) {
         } else {
           using M = typename MemberOf<decltype(slot)>::type;
           const M& v = s.*slot;
-          if constexpr (std::is_same_v<M, bool>) return v ? "true" : "false";
-          else if constexpr (std::is_integral_v<M>) return fmt::format("{}", v);
-          else if constexpr (std::is_same_v<M, std::chrono::seconds>) return fmt::format("{}s", v.count());
+          if constexpr (std::is_same_v<M, bool>)
+            return v ? "true" : "false";
+          else if constexpr (std::is_integral_v<M>)
+            return fmt::format("{}", v);
+          else if constexpr (std::is_same_v<M, std::chrono::seconds>)
+            return fmt::format("{}s", v.count());
           else if constexpr (std::is_same_v<M, std::chrono::milliseconds>)
             return v.count() % 1000 == 0 ? fmt::format("{}s", v.count() / 1000) : fmt::format("{}ms", v.count());
           else if constexpr (std::is_same_v<M, std::vector<std::string>>)
             return fmt::format("[{}]", fmt::join(v, ", "));
-          else if constexpr (std::is_same_v<M, std::optional<std::string>>) return v.value_or("");
-          else return v;
+          else if constexpr (std::is_same_v<M, std::optional<std::string>>)
+            return v.value_or("");
+          else
+            return v;
         }
       },
       row.slot);
@@ -952,12 +938,23 @@ void needsAdmin(const Parser& p, const Field& f, const Listen& l) {
 }
 
 constexpr Row<Listen> kListenRows[] = {
-    {.key = "port", .slot = &Listen::port, .kind = Kind::Port, .show = "port {}",
+    {.key = "port",
+     .slot = &Listen::port,
+     .kind = Kind::Port,
+     .show = "port {}",
      .doc = "loopback port connections are redirected to"},
-    {.key = "admin", .slot = &Listen::admin, .kind = Kind::Address, .nullable = true, .show = ", admin {}",
+    {.key = "admin",
+     .slot = &Listen::admin,
+     .kind = Kind::Address,
+     .nullable = true,
+     .show = ", admin {}",
      .doc = "optional: GET /metrics (Prometheus), GET /healthz"},
-    {.key = "admin_token_file", .slot = &Listen::adminTokenFile, .kind = Kind::Path, .check = needsAdmin,
-     .nullable = true, .show = " (token from {})",
+    {.key = "admin_token_file",
+     .slot = &Listen::adminTokenFile,
+     .kind = Kind::Path,
+     .check = needsAdmin,
+     .nullable = true,
+     .show = " (token from {})",
      .doc = "optional: /metrics then needs \"Authorization: Bearer <token>\""},
 };
 constexpr Table<Listen> kListen{.rows = kListenRows, .show = "listen: "};
@@ -967,52 +964,123 @@ void noParentSegment(const Parser& p, const Field& f, const Agents& a) {
 }
 
 constexpr Row<Agents> kAgentsRows[] = {
-    {.key = "cgroup", .slot = &Agents::cgroup, .kind = Kind::NonEmpty, .check = noParentSegment, .show = "cgroup {}",
+    {.key = "cgroup",
+     .slot = &Agents::cgroup,
+     .kind = Kind::NonEmpty,
+     .check = noParentSegment,
+     .show = "cgroup {}",
      .doc = "parent of launcher-made agent cgroups (relative to the cgroup2 mount, or absolute)"},
-    {.key = "attach", .slot = &Agents::attach, .kind = Kind::PathList, .show = ", attach {}",
+    {.key = "attach",
+     .slot = &Agents::attach,
+     .kind = Kind::PathList,
+     .show = ", attach {}",
      .doc = "further cgroups to attach at start (absolute)"},
 };
 constexpr Table<Agents> kAgents{.rows = kAgentsRows, .show = "agents: "};
 
 // The order of the rows is that of describeConfig()'s two lines.
 constexpr Row<Limits> kLimitsRows[] = {
-    {.key = "max_header_bytes", .slot = &Limits::maxHeaderBytes, .kind = Kind::Uint, .bounds = {1, UINT32_MAX},
-     .show = "header {} bytes", .doc = "431 beyond"},
-    {.key = "max_headers", .slot = &Limits::maxHeaders, .kind = Kind::Uint, .bounds = {1, UINT32_MAX},
-     .show = " / {} headers", .doc = "431 beyond"},
-    {.key = "max_body_bytes", .slot = &Limits::maxBodyBytes, .kind = Kind::Uint, .bounds = {1, UINT64_MAX},
-     .show = ", body {} bytes", .doc = "413 beyond"},
-    {.key = "handshake_timeout", .slot = &Limits::handshakeTimeout, .kind = Kind::Duration,
-     .show = "; timeouts handshake {}s", .doc = "the agent's TLS handshake must end within this"},
-    {.key = "header_timeout", .slot = &Limits::headerTimeout, .kind = Kind::Duration, .show = ", header {}s",
+    {.key = "max_header_bytes",
+     .slot = &Limits::maxHeaderBytes,
+     .kind = Kind::Uint,
+     .bounds = {1, UINT32_MAX},
+     .show = "header {} bytes",
+     .doc = "431 beyond"},
+    {.key = "max_headers",
+     .slot = &Limits::maxHeaders,
+     .kind = Kind::Uint,
+     .bounds = {1, UINT32_MAX},
+     .show = " / {} headers",
+     .doc = "431 beyond"},
+    {.key = "max_body_bytes",
+     .slot = &Limits::maxBodyBytes,
+     .kind = Kind::Uint,
+     .bounds = {1, UINT64_MAX},
+     .show = ", body {} bytes",
+     .doc = "413 beyond"},
+    {.key = "handshake_timeout",
+     .slot = &Limits::handshakeTimeout,
+     .kind = Kind::Duration,
+     .show = "; timeouts handshake {}s",
+     .doc = "the agent's TLS handshake must end within this"},
+    {.key = "header_timeout",
+     .slot = &Limits::headerTimeout,
+     .kind = Kind::Duration,
+     .show = ", header {}s",
      .doc = "the whole request head must arrive within this (slow loris)"},
-    {.key = "idle_timeout", .slot = &Limits::idleTimeout, .kind = Kind::Duration, .show = ", idle {}s",
+    {.key = "idle_timeout",
+     .slot = &Limits::idleTimeout,
+     .kind = Kind::Duration,
+     .show = ", idle {}s",
      .doc = "a keep-alive connection idle this long is closed"},
-    {.key = "request_timeout", .slot = &Limits::requestTimeout, .kind = Kind::Duration, .show = ", request {}s",
+    {.key = "request_timeout",
+     .slot = &Limits::requestTimeout,
+     .kind = Kind::Duration,
+     .show = ", request {}s",
      .doc = "one request/response exchange"},
-    {.key = "upstream_timeout", .slot = &Limits::upstreamTimeout, .kind = Kind::Duration, .show = ", upstream {}s",
+    {.key = "upstream_timeout",
+     .slot = &Limits::upstreamTimeout,
+     .kind = Kind::Duration,
+     .show = ", upstream {}s",
      .doc = "upstream response head must arrive within this"},
-    {.key = "max_connections", .slot = &Limits::maxConnections, .kind = Kind::Uint, .bounds = {1, 1u << 20},
-     .show = "\ncaps: connections {}", .doc = "agent connections, whole daemon: one over it is closed at once"},
-    {.key = "max_connections_per_agent", .slot = &Limits::maxConnectionsPerAgent, .kind = Kind::Uint,
-     .bounds = {1, 1u << 20}, .show = " ({} per agent)", .doc = "... of one agent (its attached root)"},
-    {.key = "max_held_requests", .slot = &Limits::maxHeldRequests, .kind = Kind::Uint, .bounds = {1, 1u << 16},
-     .show = "; held requests {}", .doc = "requests held by approve rules, whole daemon (429 beyond)"},
-    {.key = "max_held_per_agent", .slot = &Limits::maxHeldPerAgent, .kind = Kind::Uint, .bounds = {1, 1u << 16},
-     .show = " ({} per agent", .doc = "... of one agent"},
-    {.key = "max_held_body_bytes", .slot = &Limits::maxHeldBodyBytes, .kind = Kind::Uint, .bounds = {1, UINT64_MAX},
-     .show = ", {} body bytes)", .doc = "sum of the bodies of held requests"},
-    {.key = "max_phantom_tokens_per_agent", .slot = &Limits::maxPhantomTokensPerAgent, .kind = Kind::Uint,
-     .bounds = {1, 1u << 20}, .show = "; phantom tokens {} per agent", .doc = "live phantom tokens of one agent"},
-    {.key = "max_upstream_connections", .slot = &Limits::maxUpstreamConnections, .kind = Kind::Uint,
-     .bounds = {1, 1u << 16}, .show = "; upstream connections {} per target",
+    {.key = "max_connections",
+     .slot = &Limits::maxConnections,
+     .kind = Kind::Uint,
+     .bounds = {1, 1u << 20},
+     .show = "\ncaps: connections {}",
+     .doc = "agent connections, whole daemon: one over it is closed at once"},
+    {.key = "max_connections_per_agent",
+     .slot = &Limits::maxConnectionsPerAgent,
+     .kind = Kind::Uint,
+     .bounds = {1, 1u << 20},
+     .show = " ({} per agent)",
+     .doc = "... of one agent (its attached root)"},
+    {.key = "max_held_requests",
+     .slot = &Limits::maxHeldRequests,
+     .kind = Kind::Uint,
+     .bounds = {1, 1u << 16},
+     .show = "; held requests {}",
+     .doc = "requests held by approve rules, whole daemon (429 beyond)"},
+    {.key = "max_held_per_agent",
+     .slot = &Limits::maxHeldPerAgent,
+     .kind = Kind::Uint,
+     .bounds = {1, 1u << 16},
+     .show = " ({} per agent",
+     .doc = "... of one agent"},
+    {.key = "max_held_body_bytes",
+     .slot = &Limits::maxHeldBodyBytes,
+     .kind = Kind::Uint,
+     .bounds = {1, UINT64_MAX},
+     .show = ", {} body bytes)",
+     .doc = "sum of the bodies of held requests"},
+    {.key = "max_phantom_tokens_per_agent",
+     .slot = &Limits::maxPhantomTokensPerAgent,
+     .kind = Kind::Uint,
+     .bounds = {1, 1u << 20},
+     .show = "; phantom tokens {} per agent",
+     .doc = "live phantom tokens of one agent"},
+    {.key = "max_upstream_connections",
+     .slot = &Limits::maxUpstreamConnections,
+     .kind = Kind::Uint,
+     .bounds = {1, 1u << 16},
+     .show = "; upstream connections {} per target",
      .doc = "per target: busy + idle + being opened"},
-    {.key = "max_upstream_connections_per_agent", .slot = &Limits::maxUpstreamConnectionsPerAgent, .kind = Kind::Uint,
-     .bounds = {1, 1u << 16}, .show = ", {} per agent", .doc = "per target: busy for one agent at a time"},
-    {.key = "upstream_connect_timeout", .slot = &Limits::upstreamConnectTimeout, .kind = Kind::Duration,
-     .show = " (connect timeout {}s", .doc = "TCP connect + TLS handshake of one upstream connection"},
-    {.key = "upstream_queue_timeout", .slot = &Limits::upstreamQueueTimeout, .kind = Kind::Duration,
-     .show = ", queue timeout {}s)", .doc = "a request waits this long for a free upstream connection, then 503"},
+    {.key = "max_upstream_connections_per_agent",
+     .slot = &Limits::maxUpstreamConnectionsPerAgent,
+     .kind = Kind::Uint,
+     .bounds = {1, 1u << 16},
+     .show = ", {} per agent",
+     .doc = "per target: busy for one agent at a time"},
+    {.key = "upstream_connect_timeout",
+     .slot = &Limits::upstreamConnectTimeout,
+     .kind = Kind::Duration,
+     .show = " (connect timeout {}s",
+     .doc = "TCP connect + TLS handshake of one upstream connection"},
+    {.key = "upstream_queue_timeout",
+     .slot = &Limits::upstreamQueueTimeout,
+     .kind = Kind::Duration,
+     .show = ", queue timeout {}s)",
+     .doc = "a request waits this long for a free upstream connection, then 503"},
 };
 constexpr Table<Limits> kLimits{.rows = kLimitsRows, .show = "limits: "};
 
@@ -1023,11 +1091,21 @@ void underBpffs(const Parser& p, const Field& f, const BpfOptions& b) {
 
 // The order of the rows is that of describeConfig()'s line.
 constexpr Row<BpfOptions> kBpfRows[] = {
-    {.key = "pin_root", .slot = &BpfOptions::pinRoot, .kind = Kind::Path, .check = underBpffs, .show = "pins under {}",
+    {.key = "pin_root",
+     .slot = &BpfOptions::pinRoot,
+     .kind = Kind::Path,
+     .check = underBpffs,
+     .show = "pins under {}",
      .doc = "where maps, programs and links are pinned"},
-    {.key = "keep_on_exit", .slot = &BpfOptions::keepOnExit, .kind = Kind::Bool, .show = ", keep on exit {}",
+    {.key = "keep_on_exit",
+     .slot = &BpfOptions::keepOnExit,
+     .kind = Kind::Bool,
+     .show = ", keep on exit {}",
      .doc = "leave the programs attached on a clean exit, so agents stay redirected (fail closed)"},
-    {.key = "refuse_quic", .slot = &BpfOptions::refuseQuic, .kind = Kind::Bool, .show = ", refuse QUIC {}",
+    {.key = "refuse_quic",
+     .slot = &BpfOptions::refuseQuic,
+     .kind = Kind::Bool,
+     .show = ", refuse QUIC {}",
      .doc = "UDP/443 to a target fails, so HTTP/3 clients fall back to TCP"},
 };
 constexpr Table<BpfOptions> kBpf{.rows = kBpfRows, .show = "bpf: "};
@@ -1054,12 +1132,19 @@ void refreshInOrder(const Parser& p, const Field& f, const Dns& d) {
 }
 
 constexpr Row<Dns> kDnsRows[] = {
-    {.key = "servers", .slot = &Dns::servers, .kind = Kind::List, .check = resolverAddress,
+    {.key = "servers",
+     .slot = &Dns::servers,
+     .kind = Kind::List,
+     .check = resolverAddress,
      .doc = "IPv4[:port] resolvers; default /etc/resolv.conf"},
-    {.key = "min_refresh", .slot = &Dns::minRefresh, .kind = Kind::Duration,
+    {.key = "min_refresh",
+     .slot = &Dns::minRefresh,
+     .kind = Kind::Duration,
      .doc = "refresh at half the TTL, within min_refresh and max_refresh"},
     {.key = "max_refresh", .slot = &Dns::maxRefresh, .kind = Kind::Duration, .doc = "see min_refresh"},
-    {.key = "grace", .slot = &Dns::grace, .kind = Kind::Duration,
+    {.key = "grace",
+     .slot = &Dns::grace,
+     .kind = Kind::Duration,
      .doc = "a retired address stays intercepted this long"},
 };
 constexpr Table<Dns> kDns{.rows = kDnsRows, .after = refreshInOrder};
@@ -1078,17 +1163,31 @@ void nodeNameSet(const Parser& p, const Field& f, const KubernetesDiscovery& d) 
 }
 
 constexpr Row<KubernetesDiscovery> kKubernetesRows[] = {
-    {.key = "node_name_env", .slot = &KubernetesDiscovery::nodeNameEnv, .kind = Kind::String,
+    {.key = "node_name_env",
+     .slot = &KubernetesDiscovery::nodeNameEnv,
+     .kind = Kind::String,
      .doc = "the environment variable holding this node's name (downward API)"},
-    {.key = "label_selector", .slot = &KubernetesDiscovery::labelSelector, .kind = Kind::String, .check = podSelector,
+    {.key = "label_selector",
+     .slot = &KubernetesDiscovery::labelSelector,
+     .kind = Kind::String,
+     .check = podSelector,
      .doc = "pods of this node that become agents, named namespace/pod"},
-    {.key = "api_server", .slot = &KubernetesDiscovery::apiServer, .kind = Kind::String, .check = httpsUrl,
+    {.key = "api_server",
+     .slot = &KubernetesDiscovery::apiServer,
+     .kind = Kind::String,
+     .check = httpsUrl,
      .doc = "\"\" = in-cluster ($KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT)"},
-    {.key = "token_file", .slot = &KubernetesDiscovery::tokenFile, .kind = Kind::Path,
+    {.key = "token_file",
+     .slot = &KubernetesDiscovery::tokenFile,
+     .kind = Kind::Path,
      .doc = "the service account's token"},
-    {.key = "ca_file", .slot = &KubernetesDiscovery::caFile, .kind = Kind::Path,
+    {.key = "ca_file",
+     .slot = &KubernetesDiscovery::caFile,
+     .kind = Kind::Path,
      .doc = "the service account's CA certificate"},
-    {.key = "cgroup_root", .slot = &KubernetesDiscovery::cgroupRoot, .kind = Kind::Path,
+    {.key = "cgroup_root",
+     .slot = &KubernetesDiscovery::cgroupRoot,
+     .kind = Kind::Path,
      .doc = "where kubelet's pod cgroups are; \"\" = the cgroup2 mount"},
 };
 constexpr Table<KubernetesDiscovery> kKubernetes{.rows = kKubernetesRows, .after = nodeNameSet};
@@ -1109,13 +1208,25 @@ void guardCgroupPath(const Parser& p, const Field& f, const ContainerDiscovery& 
 }
 
 constexpr Row<ContainerDiscovery> kContainersRows[] = {
-    {.key = "socket", .slot = &ContainerDiscovery::socket, .kind = Kind::Path, .check = socketPathFits,
+    {.key = "socket",
+     .slot = &ContainerDiscovery::socket,
+     .kind = Kind::Path,
+     .check = socketPathFits,
      .doc = "the engine's Docker-compatible API (/run/podman/podman.sock, /run/docker.sock)"},
-    {.key = "label", .slot = &ContainerDiscovery::label, .kind = Kind::String, .check = containerLabel,
+    {.key = "label",
+     .slot = &ContainerDiscovery::label,
+     .kind = Kind::String,
+     .check = containerLabel,
      .doc = "key or key=value; such containers become agents, named container/<name>"},
-    {.key = "guard_cgroup", .slot = &ContainerDiscovery::guardCgroup, .kind = Kind::String, .check = guardCgroupPath,
+    {.key = "guard_cgroup",
+     .slot = &ContainerDiscovery::guardCgroup,
+     .kind = Kind::String,
+     .check = guardCgroupPath,
      .doc = "optional: the engine's cgroup parent, attached once"},
-    {.key = "settle", .slot = &ContainerDiscovery::settle, .kind = Kind::Duration, .bounds = {1, 60},
+    {.key = "settle",
+     .slot = &ContainerDiscovery::settle,
+     .kind = Kind::Duration,
+     .bounds = {1, 60},
      .doc = "how long a connection from under the guard waits for discovery to name it"},
 };
 constexpr Table<ContainerDiscovery> kContainers{.rows = kContainersRows};
@@ -1123,10 +1234,12 @@ constexpr Table<ContainerDiscovery> kContainers{.rows = kContainersRows};
 constexpr Row<Config> kDiscoveryRows[] = {
     {.key = "kubernetes",
      .slot = optionalNested<Config, KubernetesDiscovery, &Config::kubernetes, kKubernetes>(),
-     .kind = Kind::Section, .doc = "DaemonSet mode: pods of this node that match the selector are agents"},
+     .kind = Kind::Section,
+     .doc = "DaemonSet mode: pods of this node that match the selector are agents"},
     {.key = "containers",
      .slot = optionalNested<Config, ContainerDiscovery, &Config::containers, kContainers>(),
-     .kind = Kind::Section, .doc = "the labelled containers of a local Podman or Docker engine are agents"},
+     .kind = Kind::Section,
+     .doc = "the labelled containers of a local Podman or Docker engine are agents"},
 };
 constexpr Table<Config> kDiscovery{.rows = kDiscoveryRows};
 
@@ -1180,30 +1293,60 @@ constexpr Custom<Config> kRulesSection{
 
 // The top level. The order of the rows is that of describeConfig()'s lines.
 constexpr Row<Config> kTopRows[] = {
-    {.key = "listen", .slot = nested<Config, Listen, &Config::listen, kListen>(), .kind = Kind::Section,
+    {.key = "listen",
+     .slot = nested<Config, Listen, &Config::listen, kListen>(),
+     .kind = Kind::Section,
      .doc = "where agents' connections arrive, and the admin endpoint"},
-    {.key = "state_dir", .slot = &Config::stateDir, .kind = Kind::Path, .show = "state dir: {}",
+    {.key = "state_dir",
+     .slot = &Config::stateDir,
+     .kind = Kind::Path,
+     .show = "state dir: {}",
      .doc = "ca.pem, ca.key (0600), trust-bundle.pem"},
-    {.key = "audit_log", .slot = &Config::auditLog, .kind = Kind::LogPath, .show = "; audit log: {}",
+    {.key = "audit_log",
+     .slot = &Config::auditLog,
+     .kind = Kind::LogPath,
+     .show = "; audit log: {}",
      .doc = "one JSON line per request; \"-\" = stdout"},
-    {.key = "log_level", .slot = &Config::logLevel, .kind = Kind::Choice, .choices = kLogLevels,
-     .show = "; log level: {}", .doc = "debug, info, warn or error"},
-    {.key = "agents", .slot = nested<Config, Agents, &Config::agents, kAgents>(), .kind = Kind::Section,
+    {.key = "log_level",
+     .slot = &Config::logLevel,
+     .kind = Kind::Choice,
+     .choices = kLogLevels,
+     .show = "; log level: {}",
+     .doc = "debug, info, warn or error"},
+    {.key = "agents",
+     .slot = nested<Config, Agents, &Config::agents, kAgents>(),
+     .kind = Kind::Section,
      .doc = "which cgroups are agents"},
-    {.key = "targets", .slot = kTargetsSection, .kind = Kind::List, .required = true,
+    {.key = "targets",
+     .slot = kTargetsSection,
+     .kind = Kind::List,
+     .required = true,
      .doc = "at least one target host"},
     {.key = "rules", .slot = kRulesSection, .kind = Kind::Section, .doc = "default action and the list of rules"},
-    {.key = "limits", .slot = nested<Config, Limits, &Config::limits, kLimits>(), .kind = Kind::Section,
+    {.key = "limits",
+     .slot = nested<Config, Limits, &Config::limits, kLimits>(),
+     .kind = Kind::Section,
      .doc = "sizes, timeouts and caps; all optional"},
-    {.key = "bpf", .slot = nested<Config, BpfOptions, &Config::bpf, kBpf>(), .kind = Kind::Section,
+    {.key = "bpf",
+     .slot = nested<Config, BpfOptions, &Config::bpf, kBpf>(),
+     .kind = Kind::Section,
      .doc = "the BPF programs"},
-    {.key = "dns", .slot = nested<Config, Dns, &Config::dns, kDns>(), .kind = Kind::Section,
+    {.key = "dns",
+     .slot = nested<Config, Dns, &Config::dns, kDns>(),
+     .kind = Kind::Section,
      .doc = "how target host names are followed (targets[].resolve)"},
-    {.key = "intercept", .slot = Custom<Config>{.parse = parseIntercept, .value = interceptText},
-     .kind = Kind::Choice, .choices = kIntercepts, .doc = "targets or all-tls"},
-    {.key = "publish_ca_dir", .slot = &Config::publishCaDir, .kind = Kind::Path,
+    {.key = "intercept",
+     .slot = Custom<Config>{.parse = parseIntercept, .value = interceptText},
+     .kind = Kind::Choice,
+     .choices = kIntercepts,
+     .doc = "targets or all-tls"},
+    {.key = "publish_ca_dir",
+     .slot = &Config::publishCaDir,
+     .kind = Kind::Path,
      .doc = "a directory with copies of ca.pem and trust-bundle.pem (never the key), for containers"},
-    {.key = "discovery", .slot = inPlace<Config, kDiscovery>(), .kind = Kind::Section,
+    {.key = "discovery",
+     .slot = inPlace<Config, kDiscovery>(),
+     .kind = Kind::Section,
      .doc = "agents found by Kubernetes or a container engine"},
 };
 constexpr Table<Config> kTop{.rows = kTopRows};

@@ -47,7 +47,7 @@ struct ApiKey {
 };
 
 struct Credential {
-  std::string name;  // "default" for the single (map) form
+  std::string name;                              // "default" for the single (map) form
   std::optional<ServiceAccount> serviceAccount;  // exactly one of these two
   std::optional<ApiKey> apiKey;
   std::vector<std::string> agents;  // globs on the agent name; empty = every agent
@@ -75,7 +75,7 @@ enum class CondOp { Equals, In, NotIn, Matches, Exists };
 // A condition on the JSON request body. Values are kept as JSON text
 // ("\"M40\"", "3", "true") so that policy/ can compare typed values.
 struct Condition {
-  std::string pointer;                  // RFC 6901 JSON Pointer
+  std::string pointer;  // RFC 6901 JSON Pointer
   CondOp op = CondOp::Exists;
   std::vector<std::string> jsonValues;  // equals: one; in / not_in: many
   std::string regex;                    // matches (ECMAScript syntax, full match)
@@ -84,24 +84,24 @@ struct Condition {
 };
 
 struct Rate {
-  std::uint64_t count = 0;       // tokens per period
+  std::uint64_t count = 0;          // tokens per period
   std::uint64_t periodSeconds = 0;  // 1, 60, 3600 or 86400
 };
 
 enum class RatePer { Agent, Rule };
 
 struct Rule {
-  std::string name;                   // unique; generated "rule-<n>" when absent
-  std::vector<std::string> methods;   // upper-cased; empty = any
-  std::string path;                   // pattern; empty = any path
-  std::vector<std::string> hosts;     // lower-cased; empty = any target
-  std::vector<std::string> agents;    // globs; empty = any agent
-  std::string podLabels;              // Kubernetes label selector on the agent's pod; "" = any agent
-  std::string containerLabels;        // the same on the labels of the agent's container (discovery.containers)
-  std::vector<Condition> when;        // all must hold
+  std::string name;                  // unique; generated "rule-<n>" when absent
+  std::vector<std::string> methods;  // upper-cased; empty = any
+  std::string path;                  // pattern; empty = any path
+  std::vector<std::string> hosts;    // lower-cased; empty = any target
+  std::vector<std::string> agents;   // globs; empty = any agent
+  std::string podLabels;             // Kubernetes label selector on the agent's pod; "" = any agent
+  std::string containerLabels;       // the same on the labels of the agent's container (discovery.containers)
+  std::vector<Condition> when;       // all must hold
   Action action = Action::Allow;
-  std::optional<Rate> rate;           // rate_limit only (required there)
-  std::optional<std::uint64_t> burst; // rate_limit only; default = rate.count
+  std::optional<Rate> rate;            // rate_limit only (required there)
+  std::optional<std::uint64_t> burst;  // rate_limit only; default = rate.count
   RatePer per = RatePer::Agent;
   std::chrono::seconds timeout{120};  // approve only
   Action wouldBe = Action::Block;     // log_only: what the rule would have done (block by default)
@@ -136,37 +136,37 @@ struct Limits {
   std::uint32_t maxHeaders = 100;
   std::uint64_t maxBodyBytes = 16 * 1024 * 1024;
   std::chrono::seconds handshakeTimeout{10};
-  std::chrono::seconds headerTimeout{15};   // whole request head must arrive within this
-  std::chrono::seconds idleTimeout{60};     // keep-alive idle
-  std::chrono::seconds requestTimeout{300}; // one request/response exchange
-  std::chrono::seconds upstreamTimeout{60}; // upstream connect + first byte of response
+  std::chrono::seconds headerTimeout{15};    // whole request head must arrive within this
+  std::chrono::seconds idleTimeout{60};      // keep-alive idle
+  std::chrono::seconds requestTimeout{300};  // one request/response exchange
+  std::chrono::seconds upstreamTimeout{60};  // upstream connect + first byte of response
   // Caps (README "Configuration", limits). A connection over a connection cap is closed at once.
-  std::uint32_t maxConnections = 4096;          // agent connections, whole daemon
-  std::uint32_t maxConnectionsPerAgent = 512;   // agent connections of one agent
-  std::uint32_t maxHeldRequests = 64;           // requests held by approve rules, whole daemon
-  std::uint32_t maxHeldPerAgent = 8;            // ... of one agent
-  std::uint64_t maxHeldBodyBytes = 64ull << 20; // sum of the bodies of held requests
-  std::uint32_t maxPhantomTokensPerAgent = 64;  // live phantom tokens of one agent
-  std::uint32_t maxUpstreamConnections = 64;    // per target: open (busy, idle, connecting)
+  std::uint32_t maxConnections = 4096;                // agent connections, whole daemon
+  std::uint32_t maxConnectionsPerAgent = 512;         // agent connections of one agent
+  std::uint32_t maxHeldRequests = 64;                 // requests held by approve rules, whole daemon
+  std::uint32_t maxHeldPerAgent = 8;                  // ... of one agent
+  std::uint64_t maxHeldBodyBytes = 64ull << 20;       // sum of the bodies of held requests
+  std::uint32_t maxPhantomTokensPerAgent = 64;        // live phantom tokens of one agent
+  std::uint32_t maxUpstreamConnections = 64;          // per target: open (busy, idle, connecting)
   std::uint32_t maxUpstreamConnectionsPerAgent = 16;  // per target: busy for one agent at a time
-  std::chrono::seconds upstreamQueueTimeout{10};   // wait for a free upstream connection, then 503
-  std::chrono::seconds upstreamConnectTimeout{10}; // TCP connect + TLS handshake of one upstream connection
+  std::chrono::seconds upstreamQueueTimeout{10};      // wait for a free upstream connection, then 503
+  std::chrono::seconds upstreamConnectTimeout{10};    // TCP connect + TLS handshake of one upstream connection
 };
 
 struct BpfOptions {
   // On a clean SIGTERM, leave the programs attached (and pinned) so agents
   // stay redirected, and fail closed, while the daemon is down. Default true.
   bool keepOnExit = true;
-  bool refuseQuic = true;  // fail UDP/443 to targets
+  bool refuseQuic = true;                         // fail UDP/443 to targets
   std::string pinRoot = "/sys/fs/bpf/atlasgate";  // where maps, programs and links are pinned
 };
 
 struct Dns {
   // Resolvers to ask ("IPv4" or "IPv4:port"); empty = /etc/resolv.conf.
   std::vector<std::string> servers;
-  std::chrono::seconds minRefresh{10};   // refresh at half the TTL, within these bounds
+  std::chrono::seconds minRefresh{10};  // refresh at half the TTL, within these bounds
   std::chrono::seconds maxRefresh{600};
-  std::chrono::seconds grace{600};       // a retired address stays intercepted this long
+  std::chrono::seconds grace{600};  // a retired address stays intercepted this long
 };
 
 // DaemonSet mode: pods on this node that match the selector are attached.
@@ -240,7 +240,7 @@ struct SchemaKey {
   std::string defaultValue;  // as YAML would spell it; "" when there is none
   std::uint64_t min = 0;     // integer, port: the accepted range; duration: in seconds
   std::uint64_t max = 0;
-  std::string doc;           // one line
+  std::string doc;  // one line
 };
 std::vector<SchemaKey> schemaKeys();
 

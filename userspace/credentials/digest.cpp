@@ -7,7 +7,6 @@
 
 #include <cctype>
 
-
 namespace atlasgate::credentials {
 
 namespace {
@@ -134,8 +133,8 @@ Result<DigestChallenge> parseDigestChallenge(std::string_view h) {
 }
 
 std::string digestResponse(std::string_view user, std::string_view realm, std::string_view secret,
-                           std::string_view method, std::string_view uri, std::string_view nonce,
-                           std::string_view nc, std::string_view cnonce, std::string_view qop) {
+                           std::string_view method, std::string_view uri, std::string_view nonce, std::string_view nc,
+                           std::string_view cnonce, std::string_view qop) {
   std::string a1;
   a1.append(user).append(":").append(realm).append(":").append(secret);
   std::string ha1 = md5Hex(a1);

@@ -32,8 +32,8 @@ Result<DigestChallenge> parseDigestChallenge(std::string_view header);
 
 // response = MD5(MD5(user:realm:secret):nonce:nc:cnonce:qop:MD5(method:uri))
 std::string digestResponse(std::string_view user, std::string_view realm, std::string_view secret,
-                           std::string_view method, std::string_view uri, std::string_view nonce,
-                           std::string_view nc, std::string_view cnonce, std::string_view qop);
+                           std::string_view method, std::string_view uri, std::string_view nonce, std::string_view nc,
+                           std::string_view cnonce, std::string_view qop);
 
 class DigestAuth {
  public:

@@ -65,8 +65,7 @@ Result<TokenResponse> parseTokenResponse(unsigned status, std::string_view body)
   const json::value* at = o.if_contains("access_token");
   const json::value* tt = o.if_contains("token_type");
   const json::value* ei = o.if_contains("expires_in");
-  if (!at || !at->is_string() || at->as_string().empty())
-    return makeError("token endpoint answer has no access_token");
+  if (!at || !at->is_string() || at->as_string().empty()) return makeError("token endpoint answer has no access_token");
   if (!tt || !tt->is_string()) return makeError("token endpoint answer has no token_type");
   std::string_view type = tt->as_string();
   if (!text::iequals(type, "bearer"))
@@ -91,8 +90,8 @@ Result<TokenResponse> parseTokenResponse(unsigned status, std::string_view body)
   return TokenResponse{std::string(at->as_string()), std::chrono::seconds(ttl)};
 }
 
-TokenProvider::TokenProvider(asio::any_io_executor ex, UpstreamPool& pool, std::string host,
-                             std::string clientId, Secret secret, std::chrono::seconds timeout)
+TokenProvider::TokenProvider(asio::any_io_executor ex, UpstreamPool& pool, std::string host, std::string clientId,
+                             Secret secret, std::chrono::seconds timeout)
     : ex_(ex),
       pool_(pool),
       host_(std::move(host)),
@@ -101,9 +100,7 @@ TokenProvider::TokenProvider(asio::any_io_executor ex, UpstreamPool& pool, std::
       timeout_(timeout),
       wake_(ex) {}
 
-bool TokenProvider::valid(Clock::time_point now) const {
-  return !token_.empty() && now + margin_ < expiresAt_;
-}
+bool TokenProvider::valid(Clock::time_point now) const { return !token_.empty() && now + margin_ < expiresAt_; }
 
 std::string TokenProvider::basicAuth() const { return "Basic " + basicCredentials(clientId_, secret_.view()); }
 
@@ -140,9 +137,9 @@ asio::awaitable<void> TokenProvider::refresh() {
   req.body() = "grant_type=client_credentials";
   auto started = Clock::now();
   RoundTripResult rt = co_await roundTrip(pool_, host_, std::move(req), timeout_);
-  Result<TokenResponse> parsed = rt.ec ? Result<TokenResponse>(makeError("token endpoint {} failed: {}", rt.what,
-                                                                            rt.ec.message()))
-                                       : parseTokenResponse(rt.response.result_int(), rt.response.body());
+  Result<TokenResponse> parsed =
+      rt.ec ? Result<TokenResponse>(makeError("token endpoint {} failed: {}", rt.what, rt.ec.message()))
+            : parseTokenResponse(rt.response.result_int(), rt.response.body());
   auto now = Clock::now();
   if (parsed) {
     auto ttl = parsed->expiresIn;

@@ -28,8 +28,8 @@ class TokenProvider {
  public:
   using Clock = std::chrono::steady_clock;
 
-  TokenProvider(net::asio::any_io_executor ex, upstream::UpstreamPool& pool, std::string host,
-                std::string clientId, Secret secret, std::chrono::seconds timeout);
+  TokenProvider(net::asio::any_io_executor ex, upstream::UpstreamPool& pool, std::string host, std::string clientId,
+                Secret secret, std::chrono::seconds timeout);
 
   // A valid bearer token, or an error whose message is safe to show. The
   // token endpoint is reached over the pool, at an address atlasgate chose.

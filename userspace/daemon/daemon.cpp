@@ -68,8 +68,7 @@ void raiseFileLimit() {
   if (rl.rlim_cur < rl.rlim_max) {
     rlim_t was = rl.rlim_cur;
     rl.rlim_cur = rl.rlim_max;
-    if (::setrlimit(RLIMIT_NOFILE, &rl) == 0)
-      log::info("open files limit raised from {} to {}", was, rl.rlim_cur);
+    if (::setrlimit(RLIMIT_NOFILE, &rl) == 0) log::info("open files limit raised from {} to {}", was, rl.rlim_cur);
   }
 }
 
@@ -90,7 +89,8 @@ struct AddressEntry {
 
 class Daemon {
  public:
-  explicit Daemon(Options o) : opts_(std::move(o)), signals_(io_, SIGTERM, SIGINT, SIGHUP), approvals_(io_.get_executor()) {}
+  explicit Daemon(Options o)
+      : opts_(std::move(o)), signals_(io_, SIGTERM, SIGINT, SIGHUP), approvals_(io_.get_executor()) {}
   int run();
 
  private:
@@ -166,7 +166,7 @@ class Daemon {
   bool underGuard(const std::string& cgroup) const {
     return !containerGuard_.empty() && cgroup != containerGuard_ && bpf::pathWithin(cgroup, containerGuard_);
   }
-  std::map<std::string, std::string> containerProblems_;         // by id: the last one logged
+  std::map<std::string, std::string> containerProblems_;  // by id: the last one logged
   void containerUpsert(const discovery::ContainerInfo& c);
   void containerDelete(const discovery::ContainerInfo& c);
   // Detaches its path unless it is `keep` (the path it moved to, attached already).
@@ -196,8 +196,8 @@ class Daemon {
     int nsfd = -1;  // the namespace, open: its agents' pass-through connections are dialled from it
   };
   std::uint64_t ownNetns_ = 0;
-  std::map<std::uint64_t, ForeignNs> netns_;       // by namespace inode, with a listener
-  std::map<std::uint64_t, int> netnsFailures_;     // by inode: failed attempts (retried with backoff)
+  std::map<std::uint64_t, ForeignNs> netns_;    // by namespace inode, with a listener
+  std::map<std::uint64_t, int> netnsFailures_;  // by inode: failed attempts (retried with backoff)
   struct NetnsFailure {
     int pid = 0;
     std::string error;
@@ -216,7 +216,8 @@ Result<void> Daemon::start() {
   if (log::parseLevel(config_->logLevel, level)) log::setLevel(level);
   credentials::hardenProcess();
   raiseFileLimit();
-  if (::geteuid() != 0) return makeError("atlasgate daemon must run as root (it loads BPF programs and attaches cgroups)");
+  if (::geteuid() != 0)
+    return makeError("atlasgate daemon must run as root (it loads BPF programs and attaches cgroups)");
 
   auto mount = bpf::findCgroup2Mount();
   if (!mount) return mount.error();
@@ -302,7 +303,8 @@ Result<void> Daemon::startKernel(std::shared_ptr<const Runtime> rt) {
   if (!cookie) return cookie.error();
   agents_ = std::make_unique<AgentDirectory>(cgroupMount_, agentsCgroup_);
   server_ = std::make_unique<Server>(
-      io_, [this](const sockaddr* peer, std::uint64_t netns) { return loader_->take(peer, netns); }, *serverTls_, *pool_, *audit_, *agents_, approvals_, *cookie);
+      io_, [this](const sockaddr* peer, std::uint64_t netns) { return loader_->take(peer, netns); }, *serverTls_,
+      *pool_, *audit_, *agents_, approvals_, *cookie);
   server_->setRuntime(std::move(rt));
   // Listen before attaching, so that the first redirected connection finds us.
   if (auto r = server_->listen(config_->listen.port); !r) return r;
@@ -365,15 +367,14 @@ Result<std::shared_ptr<const Runtime>> Daemon::buildRuntime(std::shared_ptr<cons
         if (!secret) return secret.error();
         // A provider survives a reload when nothing about it changed, so its
         // token does too.
-        std::string key = fmt::format("{}|{}|{}|{}|{}", t.host, sa.clientId, sa.clientSecret.file,
-                                      sa.clientSecret.env, std::hash<std::string_view>{}(secret->view()));
+        std::string key = fmt::format("{}|{}|{}|{}|{}", t.host, sa.clientId, sa.clientSecret.file, sa.clientSecret.env,
+                                      std::hash<std::string_view>{}(secret->view()));
         auto it = tokenProviders_.find(key);
         if (it != tokenProviders_.end()) {
           cr.tokens = it->second;
         } else {
-          cr.tokens = std::make_shared<credentials::TokenProvider>(io_.get_executor(), *pool_, t.host, sa.clientId,
-                                                                   std::move(secret.value()),
-                                                                   cfg->limits.upstreamTimeout);
+          cr.tokens = std::make_shared<credentials::TokenProvider>(
+              io_.get_executor(), *pool_, t.host, sa.clientId, std::move(secret.value()), cfg->limits.upstreamTimeout);
         }
         providers[key] = cr.tokens;
       } else if (c.apiKey) {
@@ -429,7 +430,8 @@ Result<void> Daemon::applyTargets() {
       beast::error_code ec;
       auto a = asio::ip::make_address(addr, ec);
       if (ec) continue;
-      for (std::uint32_t id : e.targets) byHost[configured.at(id)->host].emplace_back(a, configured.at(id)->upstreamPort);
+      for (std::uint32_t id : e.targets)
+        byHost[configured.at(id)->host].emplace_back(a, configured.at(id)->upstreamPort);
     }
   }
   for (auto& [host, endpoints] : byHost) pool_->setAddresses(host, std::move(endpoints));
@@ -485,7 +487,8 @@ void Daemon::resolverThread() {
       for (const auto& [addr, e] : addresses_)
         if (!e.isStatic && e.retireAt <= now) changed = true;
     }
-    if (changed) asio::post(io_, [this] {
+    if (changed)
+      asio::post(io_, [this] {
         if (auto r = applyTargets(); !r) log::warn("updating target addresses: {}", r.error().message);
       });
     std::unique_lock lock(stopMu_);
@@ -618,8 +621,8 @@ void Daemon::containerUpsert(const discovery::ContainerInfo& c) {
     // the container unredirected; if it cannot be attached, the old stays.
     if (!underGuard(*cg))
       if (auto r = loader_->attach(*cg); !r)
-        return problem(fmt::format("container {}: {} (its attachment at {} stays)", c.name, r.error().message,
-                                   a.cgroup));
+        return problem(
+            fmt::format("container {}: {} (its attachment at {} stays)", c.name, r.error().message, a.cgroup));
     containerDetach(it, *cg);
   }
   if (!cgid) {
@@ -674,8 +677,7 @@ void Daemon::sweepStoppedContainers() {
   for (auto it = attachedContainers_.begin(); it != attachedContainers_.end();) {
     auto next = std::next(it);
     const auto& a = it->second;
-    if (a.stoppedSince && now - *a.stoppedSince > kStoppedContainerKeep && !fs::exists(a.cgroup))
-      containerDetach(it);
+    if (a.stoppedSince && now - *a.stoppedSince > kStoppedContainerKeep && !fs::exists(a.cgroup)) containerDetach(it);
     it = next;
   }
 }
@@ -815,9 +817,10 @@ Result<void> Daemon::reload() {
   std::map<std::string, tls::SslCtxPtr> contexts;  // new or changed upstream TLS (freed if the reload fails)
   for (const auto& t : next->targets) {
     if (!authority_->allows(t.host))
-      return makeError("target {} is new to the CA (made for [{}]): adding a host needs a restart, which makes a new "
-                       "CA that agents must then trust",
-                       t.host, fmt::join(authority_->hosts(), ", "));
+      return makeError(
+          "target {} is new to the CA (made for [{}]): adding a host needs a restart, which makes a new "
+          "CA that agents must then trust",
+          t.host, fmt::join(authority_->hosts(), ", "));
     const config::Target* was = nullptr;
     for (const auto& o : config_->targets)
       if (o.host == t.host) was = &o;
@@ -868,18 +871,19 @@ json::value Daemon::control(const json::object& req) {
     json::array list;
     auto now = std::chrono::system_clock::now();
     for (const auto& a : approvals_.pending())
-      list.push_back(json::object{{"id", a.id},
-                                  {"agent", a.agent},
-                                  {"method", a.method},
-                                  {"host", a.host},
-                                  {"path", a.path},
-                                  {"rule", a.rule},
-                                  {"body", a.bodyPreview},
-                                  {"body_leading_whitespace", a.bodyLeadingBlanks},
-                                  {"body_bytes", a.bodyBytes},
-                                  {"body_truncated", a.bodyTruncated},
-                                  {"waiting_s", std::chrono::duration_cast<std::chrono::seconds>(now - a.since).count()},
-                                  {"timeout_s", a.timeout.count()}});
+      list.push_back(
+          json::object{{"id", a.id},
+                       {"agent", a.agent},
+                       {"method", a.method},
+                       {"host", a.host},
+                       {"path", a.path},
+                       {"rule", a.rule},
+                       {"body", a.bodyPreview},
+                       {"body_leading_whitespace", a.bodyLeadingBlanks},
+                       {"body_bytes", a.bodyBytes},
+                       {"body_truncated", a.bodyTruncated},
+                       {"waiting_s", std::chrono::duration_cast<std::chrono::seconds>(now - a.since).count()},
+                       {"timeout_s", a.timeout.count()}});
     return json::object{{"ok", true}, {"approvals", list}};
   }
   if (c == "decide") {
@@ -945,7 +949,8 @@ json::value Daemon::statusTargets() {
       if (!entry.is_object()) entry = json::object{{"addresses", json::array{}}};
       json::object a{{"address", addr}, {"source", e.isStatic ? "static" : "dns"}};
       if (!e.isStatic)
-        a["kept_for_s"] = std::chrono::duration_cast<std::chrono::seconds>(e.retireAt - std::chrono::steady_clock::now()).count();
+        a["kept_for_s"] =
+            std::chrono::duration_cast<std::chrono::seconds>(e.retireAt - std::chrono::steady_clock::now()).count();
       entry.as_object()["addresses"].as_array().push_back(std::move(a));
     }
     for (const auto& [host, state] : dnsState_) {
@@ -1031,7 +1036,8 @@ json::value Daemon::status() {
   o["agent_namespaces"] = nss;
   if (pods_) {
     json::array pods;
-    for (const auto& [uid, p] : attachedPods_) pods.push_back(json::object{{"pod", p.name}, {"uid", uid}, {"cgroup", p.cgroup}});
+    for (const auto& [uid, p] : attachedPods_)
+      pods.push_back(json::object{{"pod", p.name}, {"uid", uid}, {"cgroup", p.cgroup}});
     o["kubernetes"] = json::object{{"watch", pods_->describe()}, {"attached_pods", pods}};
   }
   if (containers_) {
@@ -1042,8 +1048,8 @@ json::value Daemon::status() {
                                 {"cgroup", a.cgroup},
                                 {"cgroup_id", a.cgroupId},
                                 {"state", a.stoppedSince ? "stopped" : "running"}});
-    o["containers"] = json::object{{"watch", containers_->describe()}, {"attached_containers", cs},
-                                   {"guard", containerGuard_}};
+    o["containers"] =
+        json::object{{"watch", containers_->describe()}, {"attached_containers", cs}, {"guard", containerGuard_}};
   }
   return o;
 }
@@ -1053,8 +1059,8 @@ std::string Daemon::metrics() {
   auto counter = [&out](std::string_view name, std::string_view help, std::string_view type) {
     fmt::format_to(std::back_inserter(out), "# HELP {} {}\n# TYPE {} {}\n", name, help, name, type);
   };
-  counter("atlasgate_healthy", "1 when /healthz says ok, 0 when degraded (the reasons: GET /healthz, atlasgate status).",
-          "gauge");
+  counter("atlasgate_healthy",
+          "1 when /healthz says ok, 0 when degraded (the reasons: GET /healthz, atlasgate status).", "gauge");
   fmt::format_to(std::back_inserter(out), "atlasgate_healthy {}\n", health().ok() ? 1 : 0);
   for (const auto& row : proxy::kCounterTable) {
     counter(row.metric, row.help, row.gauge ? "gauge" : "counter");
@@ -1083,7 +1089,8 @@ std::string Daemon::metrics() {
           "counter", [](const UpstreamHostView& h) { return fmt::format("{:.6f}", h.stats.queueWaitSeconds); });
   perHost("atlasgate_upstream_connect_failures_total", "Failed upstream TCP/TLS connection attempts.", "counter",
           [](const UpstreamHostView& h) { return h.stats.connectFailures; });
-  counter("atlasgate_upstream_connects_total", "Upstream TLS connections opened, by TLS session resumption.", "counter");
+  counter("atlasgate_upstream_connects_total", "Upstream TLS connections opened, by TLS session resumption.",
+          "counter");
   const UpstreamStats pool = pool_->stats();  // summed over targets: once
   fmt::format_to(std::back_inserter(out), "atlasgate_upstream_connects_total{{resumed=\"false\"}} {}\n",
                  pool.connects - pool.resumedSessions);
@@ -1156,7 +1163,9 @@ int Daemon::run() {
   if (!config_->bpf.keepOnExit) {
     loader_->unpinAll();
   } else {
-    log::info("BPF programs stay attached (bpf.keep_on_exit): agents' Atlas connections are refused until atlasgate restarts");
+    log::info(
+        "BPF programs stay attached (bpf.keep_on_exit): agents' Atlas connections are refused until atlasgate "
+        "restarts");
   }
   log::info("atlasgate stopped");
   if (forced_) {

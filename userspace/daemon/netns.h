@@ -19,8 +19,8 @@
 namespace atlasgate::daemon {
 
 struct NetnsListener {
-  int fd4 = -1;  // 127.0.0.1:port, listening
-  int fd6 = -1;  // [::1]:port, listening, or -1 when IPv6 is off there
+  int fd4 = -1;              // 127.0.0.1:port, listening
+  int fd6 = -1;              // [::1]:port, listening, or -1 when IPv6 is off there
   std::uint64_t cookie = 0;  // SO_NETNS_COOKIE of that namespace
   int nsfd = -1;             // the namespace itself (/proc/<pid>/ns/net), for tcpSocketIn; the caller closes it
 };

@@ -77,7 +77,7 @@ struct ContainerWatcher::Impl {
 
   // Shared with status readers.
   mutable std::mutex mu;
-  ContainerWatcherStatus st;                    // guarded by mu
+  ContainerWatcherStatus st;                   // guarded by mu
   std::map<std::string, ContainerInfo> known;  // by id; written on the executor, guarded by mu
   // Ours, announced, then stopped: the daemon keeps their attachment until
   // they are removed, so their removal is announced too (bounded like known).
@@ -346,8 +346,8 @@ struct ContainerWatcher::Impl {
         pending.append(buf, got);
         if (rec) break;
       }
-      co_return StreamOutcome{StreamEnd::Failed,
-                              fmt::format("events: HTTP {} from {}: {}", status, opt.socket, describeStatusBody(pending))};
+      co_return StreamOutcome{StreamEnd::Failed, fmt::format("events: HTTP {} from {}: {}", status, opt.socket,
+                                                             describeStatusBody(pending))};
     }
     {
       std::lock_guard lock(mu);
@@ -374,27 +374,36 @@ struct ContainerWatcher::Impl {
       auto [rec, got] = co_await readSome();
       if (stopped) co_return StreamOutcome{StreamEnd::Stopped, ""};
       pending.append(buf, got);
-      std::size_t start = 0;
-      for (std::size_t nl; (nl = pending.find('\n', start)) != std::string::npos; start = nl + 1) {
-        std::string_view line(pending.data() + start, nl - start);
-        if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
-        if (line.empty()) continue;
-        if (line.size() > opt.limits.maxEventLineBytes)
-          co_return StreamOutcome{StreamEnd::Corrupt, fmt::format("events: a line of {} bytes, more than {}",
-                                                                  line.size(), opt.limits.maxEventLineBytes)};
-        std::string herr = co_await handleLine(line);
-        if (stopped) co_return StreamOutcome{StreamEnd::Stopped, ""};
-        if (!herr.empty()) co_return StreamOutcome{StreamEnd::Corrupt, "events: " + herr};
-        current = c.stream.get();
-      }
-      pending.erase(0, start);
+      if (std::optional<StreamOutcome> end = co_await consumeLines(pending, c)) co_return std::move(*end);
       if (pending.size() > opt.limits.maxEventLineBytes)
         co_return StreamOutcome{StreamEnd::Corrupt,
                                 fmt::format("events: a line longer than {} bytes", opt.limits.maxEventLineBytes)};
       if (rec == beast::error::timeout) co_return StreamOutcome{StreamEnd::Resync, ""};
-      if (rec) co_return StreamOutcome{StreamEnd::Dropped, fmt::format("events stream from {} lost: {}", opt.socket, rec.message())};
+      if (rec)
+        co_return StreamOutcome{StreamEnd::Dropped,
+                                fmt::format("events stream from {} lost: {}", opt.socket, rec.message())};
     }
     co_return StreamOutcome{StreamEnd::Dropped, fmt::format("events stream from {} ended", opt.socket)};
+  }
+
+  // Hands each complete line of `pending` to handleLine; what stays is the
+  // start of the next line. An outcome when the stream ends here.
+  asio::awaitable<std::optional<StreamOutcome>> consumeLines(std::string& pending, Conn& c) {
+    std::size_t start = 0;
+    for (std::size_t nl; (nl = pending.find('\n', start)) != std::string::npos; start = nl + 1) {
+      std::string_view line(pending.data() + start, nl - start);
+      if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+      if (line.empty()) continue;
+      if (line.size() > opt.limits.maxEventLineBytes)
+        co_return StreamOutcome{StreamEnd::Corrupt, fmt::format("events: a line of {} bytes, more than {}", line.size(),
+                                                                opt.limits.maxEventLineBytes)};
+      std::string herr = co_await handleLine(line);
+      if (stopped) co_return StreamOutcome{StreamEnd::Stopped, ""};
+      if (!herr.empty()) co_return StreamOutcome{StreamEnd::Corrupt, "events: " + herr};
+      current = c.stream.get();
+    }
+    pending.erase(0, start);
+    co_return std::nullopt;
   }
 
   static asio::awaitable<void> runLoop(std::shared_ptr<Impl> self) { co_await self->run(); }
@@ -486,7 +495,9 @@ std::vector<ContainerInfo> ContainerWatcher::containers() const {
 
 std::string ContainerWatcher::describe() const {
   ContainerWatcherStatus s = status();
-  auto plural = [](std::uint64_t n, const char* one, const char* many) { return fmt::format("{} {}", n, n == 1 ? one : many); };
+  auto plural = [](std::uint64_t n, const char* one, const char* many) {
+    return fmt::format("{} {}", n, n == 1 ? one : many);
+  };
   std::string out = fmt::format("containers {} label={}: ", impl_->opt.socket, impl_->opt.label);
   out += !s.running ? "stopped" : s.connected ? "watching" : s.synced ? "reconnecting" : "not synced yet";
   out += fmt::format(", {}, {}, {}, {}, {}, {} refused", plural(s.containers, "container", "containers"),

@@ -87,7 +87,8 @@ struct ContainerWatcherStatus {
 
 class ContainerWatcher {
  public:
-  ContainerWatcher(boost::asio::any_io_executor ex, ContainerWatcherOptions options, ContainerWatcherCallbacks callbacks);
+  ContainerWatcher(boost::asio::any_io_executor ex, ContainerWatcherOptions options,
+                   ContainerWatcherCallbacks callbacks);
   ~ContainerWatcher();  // stop()
   ContainerWatcher(const ContainerWatcher&) = delete;
   ContainerWatcher& operator=(const ContainerWatcher&) = delete;

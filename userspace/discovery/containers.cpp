@@ -38,8 +38,7 @@ std::string shown(std::string_view s) {
 }
 
 bool nameChar(char c) {
-  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '.' ||
-         c == '-';
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '.' || c == '-';
 }
 
 bool hasControl(std::string_view s) {
@@ -163,8 +162,9 @@ Result<std::vector<std::string>> parseContainerList(std::string_view body, const
 }
 
 bool EngineEvent::relevant() const {
-  static const std::set<std::string, std::less<>> kActions = {
-      "start", "restart", "die", "died", "stop", "kill", "oom", "rename", "cleanup", "init", "update", "pause", "unpause"};
+  static const std::set<std::string, std::less<>> kActions = {"start",  "restart", "die",    "died",    "stop",
+                                                              "kill",   "oom",     "rename", "cleanup", "init",
+                                                              "update", "pause",   "unpause"};
   return type == "container" && kActions.contains(action);
 }
 
@@ -233,7 +233,8 @@ Result<std::string> containerCgroupFromProc(std::string_view text, std::string_v
   std::vector<std::string_view> parts;
   for (std::size_t start = 1; start <= path.size();) {
     std::size_t slash = path.find('/', start);
-    std::string_view part = path.substr(start, slash == std::string_view::npos ? std::string_view::npos : slash - start);
+    std::string_view part =
+        path.substr(start, slash == std::string_view::npos ? std::string_view::npos : slash - start);
     if (part.empty() || part == "." || part == "..") {
       if (part.empty() && slash == std::string_view::npos) break;  // a trailing '/'
       return makeError("cgroup path {} has an empty, '.' or '..' component", shown(path));
@@ -249,7 +250,8 @@ Result<std::string> containerCgroupFromProc(std::string_view text, std::string_v
   for (std::size_t i = 0; i < parts.size() && cut == 0; ++i)
     if (parts[i].find(id) != std::string_view::npos) cut = i + 1;
   if (cut == 0)
-    return makeError("cgroup {} does not name the container {} (not its process any more?)", shown(path), id.substr(0, 12));
+    return makeError("cgroup {} does not name the container {} (not its process any more?)", shown(path),
+                     id.substr(0, 12));
   std::string out;
   for (std::size_t i = 0; i < cut; ++i) out += (i ? "/" : "") + std::string(parts[i]);
   return out;

@@ -22,8 +22,8 @@ namespace atlasgate::discovery {
 struct EngineLimits {
   std::size_t maxResponseBytes = 8u << 20;  // a list or inspect body
   std::size_t maxEventLineBytes = 256u << 10;
-  std::size_t maxContainers = 4096;         // labelled containers known at once
-  std::size_t maxLabels = 256;              // per container
+  std::size_t maxContainers = 4096;  // labelled containers known at once
+  std::size_t maxLabels = 256;       // per container
   std::size_t maxLabelKeyBytes = 512;
   std::size_t maxLabelValueBytes = 4096;
   std::size_t maxNameBytes = 253;

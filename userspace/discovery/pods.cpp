@@ -59,8 +59,7 @@ Result<PodInfo> parsePod(const json::value& v) {
   PodInfo p;
   if (!stringAt(*meta, "name", p.name) || p.name.empty()) return makeError("pod: no metadata.name");
   if (!stringAt(*meta, "namespace", p.ns)) return makeError("pod {}: metadata.namespace is not a string", p.name);
-  if (!stringAt(*meta, "uid", p.uid) || p.uid.empty())
-    return makeError("pod {}/{}: no metadata.uid", p.ns, p.name);
+  if (!stringAt(*meta, "uid", p.uid) || p.uid.empty()) return makeError("pod {}/{}: no metadata.uid", p.ns, p.name);
   if (!validUid(p.uid)) return makeError("pod {}/{}: metadata.uid {:?} is not a UID", p.ns, p.name, p.uid);
   if (!stringAt(*meta, "resourceVersion", p.resourceVersion))
     return makeError("pod {}/{}: metadata.resourceVersion is not a string", p.ns, p.name);
@@ -76,7 +75,8 @@ Result<PodInfo> parsePod(const json::value& v) {
     }
   }
   if (const json::object* spec = objectAt(*pod, "spec"))
-    if (!stringAt(*spec, "nodeName", p.nodeName)) return makeError("pod {}/{}: spec.nodeName is not a string", p.ns, p.name);
+    if (!stringAt(*spec, "nodeName", p.nodeName))
+      return makeError("pod {}/{}: spec.nodeName is not a string", p.ns, p.name);
   if (const json::object* status = objectAt(*pod, "status")) {
     if (!stringAt(*status, "phase", p.phase)) return makeError("pod {}/{}: status.phase is not a string", p.ns, p.name);
     if (!stringAt(*status, "qosClass", p.qosClass))
@@ -145,14 +145,16 @@ Result<std::string> findPodCgroup(const std::string& cgroupRoot, const PodInfo& 
       if (!it->is_directory(tec) || it->is_symlink(tec)) continue;
       const std::string name = it->path().filename().string();
       if (isPodCgroupName(name, pod.uid)) return it->path().string();
-      if (depth + 1 < kMaxDepth && (name.find("kubepods") != std::string::npos || name.find("kubelet") != std::string::npos ||
-                                    name == "burstable" || name == "besteffort"))
+      if (depth + 1 < kMaxDepth &&
+          (name.find("kubepods") != std::string::npos || name.find("kubelet") != std::string::npos ||
+           name == "burstable" || name == "besteffort"))
         queue.emplace_back(it->path(), depth + 1);
     }
   }
-  return makeError("pod {} (uid {}): no cgroup under {} (looked for {} and below kubepods*/kubelet*): not started yet, "
-                   "or the host's cgroup2 tree is not mounted there",
-                   pod.agentName(), pod.uid, root, podCgroupCandidates(pod.uid, pod.qosClass).front());
+  return makeError(
+      "pod {} (uid {}): no cgroup under {} (looked for {} and below kubepods*/kubelet*): not started yet, "
+      "or the host's cgroup2 tree is not mounted there",
+      pod.agentName(), pod.uid, root, podCgroupCandidates(pod.uid, pod.qosClass).front());
 }
 
 // --- payloads -------------------------------------------------------------------
@@ -170,7 +172,8 @@ Result<PodList> parsePodList(std::string_view body) {
   if (const json::object* meta = objectAt(*o, "metadata")) {
     if (!stringAt(*meta, "resourceVersion", list.resourceVersion))
       return makeError("pod list: metadata.resourceVersion is not a string");
-    if (!stringAt(*meta, "continue", list.continueToken)) return makeError("pod list: metadata.continue is not a string");
+    if (!stringAt(*meta, "continue", list.continueToken))
+      return makeError("pod list: metadata.continue is not a string");
   }
   if (auto it = o->find("items"); it != o->end() && !it->value().is_null()) {
     const json::array* items = it->value().if_array();

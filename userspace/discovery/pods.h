@@ -100,7 +100,9 @@ struct WatchEvent {
   std::string message;          // Error: Status.message
 
   // Our resourceVersion is gone from the server's history: relist.
-  bool gone() const { return type == WatchEventType::Error && (code == 410 || reason == "Expired" || reason == "Gone"); }
+  bool gone() const {
+    return type == WatchEventType::Error && (code == 410 || reason == "Expired" || reason == "Gone");
+  }
 };
 
 // One line of a watch stream: {"type":"ADDED","object":{...}}.

@@ -66,7 +66,8 @@ Result<ApiServer> parseApiServerUrl(std::string_view url) {
     size_t close = authority.find(']');
     if (close == std::string_view::npos) return makeError("API server URL {:?}: unclosed '['", std::string(url));
     s.host = std::string(authority.substr(1, close - 1));
-    if (!isIpv6Literal(s.host)) return makeError("API server URL {:?}: {:?} is not an IPv6 address", std::string(url), s.host);
+    if (!isIpv6Literal(s.host))
+      return makeError("API server URL {:?}: {:?} is not an IPv6 address", std::string(url), s.host);
     std::string_view after = authority.substr(close + 1);
     if (!after.empty()) {
       if (after.front() != ':') return makeError("API server URL {:?}: junk after ']'", std::string(url));
@@ -87,7 +88,8 @@ Result<ApiServer> parseApiServerUrl(std::string_view url) {
   if (!portText.empty()) {
     unsigned long port = 0;
     for (char c : portText) {
-      if (c < '0' || c > '9') return makeError("API server URL {:?}: bad port {:?}", std::string(url), std::string(portText));
+      if (c < '0' || c > '9')
+        return makeError("API server URL {:?}: bad port {:?}", std::string(url), std::string(portText));
       port = port * 10 + static_cast<unsigned long>(c - '0');
       if (port > 65535) return makeError("API server URL {:?}: port out of range", std::string(url));
     }
@@ -120,7 +122,8 @@ Result<std::string> readTokenFile(const std::string& path) {
   t = b == std::string::npos ? std::string() : t.substr(b, e - b + 1);
   if (t.empty()) return makeError("the service-account token {} is empty", path);
   for (unsigned char c : t)
-    if (c < 0x21 || c == 0x7f) return makeError("the service-account token {} holds whitespace or control characters", path);
+    if (c < 0x21 || c == 0x7f)
+      return makeError("the service-account token {} holds whitespace or control characters", path);
   return t;
 }
 
@@ -145,12 +148,12 @@ struct Conn {
 };
 
 enum class WatchEnd {
-  Stopped,   // stop() was called
-  Expired,   // the server ended the stream normally (timeoutSeconds)
-  Gone,      // 410: relist
-  Dropped,   // connection lost mid-stream: resume from our resourceVersion
-  Failed,    // could not open the watch (connect, TLS, auth, HTTP error)
-  Corrupt,   // a line we could not understand: relist to be safe
+  Stopped,  // stop() was called
+  Expired,  // the server ended the stream normally (timeoutSeconds)
+  Gone,     // 410: relist
+  Dropped,  // connection lost mid-stream: resume from our resourceVersion
+  Failed,   // could not open the watch (connect, TLS, auth, HTTP error)
+  Corrupt,  // a line we could not understand: relist to be safe
 };
 
 struct WatchOutcome {
@@ -165,7 +168,8 @@ std::string ago(std::chrono::steady_clock::time_point t) {
 }
 
 std::string authHint(unsigned status) {
-  if (status == 401) return " (the service-account token was refused: check the token file and that the token is not expired)";
+  if (status == 401)
+    return " (the service-account token was refused: check the token file and that the token is not expired)";
   if (status == 403)
     return " (the service account may not list/watch pods: check the ClusterRole and ClusterRoleBinding)";
   return "";
@@ -193,8 +197,8 @@ struct PodWatcher::Impl {
 
   // Shared with status readers.
   mutable std::mutex mu;
-  WatcherStatus st;                        // guarded by mu
-  std::map<std::string, PodInfo> known;    // by uid; written on the executor, guarded by mu
+  WatcherStatus st;                      // guarded by mu
+  std::map<std::string, PodInfo> known;  // by uid; written on the executor, guarded by mu
 
   void setError(const std::string& e) {
     log::warn("kubernetes pod watcher: {}", e);
@@ -380,8 +384,7 @@ struct PodWatcher::Impl {
     const std::string lastSeen = resourceVersion();
     int restarts = 0;
     do {
-      const std::string target =
-          podsListTarget(selector, opt.nodeName, opt.pageSize, cont, freshness, lastSeen);
+      const std::string target = podsListTarget(selector, opt.nodeName, opt.pageSize, cont, freshness, lastSeen);
       Page page = co_await get(target);
       if (stopped) co_return "stopped";
       if (!page.error.empty()) co_return "list pods: " + page.error;
@@ -394,8 +397,8 @@ struct PodWatcher::Impl {
         continue;
       }
       if (page.status != 200)
-        co_return fmt::format("list pods: HTTP {} from {}: {}{}", page.status, server.url(), describeStatusBody(page.body),
-                              authHint(page.status));
+        co_return fmt::format("list pods: HTTP {} from {}: {}{}", page.status, server.url(),
+                              describeStatusBody(page.body), authHint(page.status));
       auto parsed = parsePodList(page.body);
       if (!parsed) co_return "list pods: " + parsed.error().message;
       for (PodInfo& p : parsed->pods) all.push_back(std::move(p));
@@ -569,8 +572,8 @@ struct PodWatcher::Impl {
                            WatchOutcome out) {
     if (!ok) {
       out.end = status == 410 ? WatchEnd::Gone : WatchEnd::Failed;
-      out.error = fmt::format("watch pods: HTTP {} from {}: {}{}", status, server.url(),
-                              describeStatusBody(errorBody), authHint(status));
+      out.error = fmt::format("watch pods: HTTP {} from {}: {}{}", status, server.url(), describeStatusBody(errorBody),
+                              authHint(status));
       return out;
     }
     // A last line without its newline still counts.
@@ -621,9 +624,7 @@ struct PodWatcher::Impl {
           needList = true;
           if (!w.gotEvents) co_await sleep(backoffDelay(failures++));
           continue;
-        case WatchEnd::Corrupt:
-          needList = true;
-          [[fallthrough]];
+        case WatchEnd::Corrupt: needList = true; [[fallthrough]];
         case WatchEnd::Dropped:
         case WatchEnd::Failed:
           setError(w.error);
@@ -708,8 +709,9 @@ std::vector<PodInfo> PodWatcher::pods() const {
 std::string PodWatcher::describe() const {
   WatcherStatus s = status();
   const Impl& i = *impl_;
-  std::string out = fmt::format("kubernetes {} node={} selector={:?}: ", s.apiServer.empty() ? "(not started)" : s.apiServer,
-                                i.opt.nodeName.empty() ? "*" : i.opt.nodeName, i.opt.labelSelector);
+  std::string out =
+      fmt::format("kubernetes {} node={} selector={:?}: ", s.apiServer.empty() ? "(not started)" : s.apiServer,
+                  i.opt.nodeName.empty() ? "*" : i.opt.nodeName, i.opt.labelSelector);
   if (!s.running)
     out += "stopped";
   else if (s.connected)

@@ -70,17 +70,17 @@ Result<std::string> inClusterApiServer();
 Result<std::string> readTokenFile(const std::string& path);
 
 struct WatcherOptions {
-  std::string apiServer;                        // "" = inClusterApiServer()
+  std::string apiServer;  // "" = inClusterApiServer()
   std::string tokenFile = kServiceAccountTokenFile;
-  std::string caFile = kServiceAccountCaFile;   // the only trust anchor for the API server
-  std::string nodeName;                         // spec.nodeName to watch; "" = every node (development only)
-  std::string labelSelector;                    // LabelSelector syntax; "" = every pod
+  std::string caFile = kServiceAccountCaFile;  // the only trust anchor for the API server
+  std::string nodeName;                        // spec.nodeName to watch; "" = every node (development only)
+  std::string labelSelector;                   // LabelSelector syntax; "" = every pod
   std::chrono::milliseconds backoffInitial{500};
   std::chrono::milliseconds backoffMax{30000};
-  std::chrono::seconds requestTimeout{30};      // connect + TLS + list page; also the watch's response head
-  std::chrono::seconds watchTimeout{300};       // asked of the server (timeoutSeconds, randomised in [t, 2t))
-  std::uint32_t pageSize = 500;                 // list page size (limit=)
-  std::uint64_t maxListBytes = 64ull << 20;     // per list page
+  std::chrono::seconds requestTimeout{30};   // connect + TLS + list page; also the watch's response head
+  std::chrono::seconds watchTimeout{300};    // asked of the server (timeoutSeconds, randomised in [t, 2t))
+  std::uint32_t pageSize = 500;              // list page size (limit=)
+  std::uint64_t maxListBytes = 64ull << 20;  // per list page
 };
 
 struct PodWatcherCallbacks {
@@ -89,17 +89,17 @@ struct PodWatcherCallbacks {
 };
 
 struct WatcherStatus {
-  bool running = false;      // start() succeeded and stop() has not ended it
-  bool connected = false;    // a watch stream is open right now
-  bool synced = false;       // at least one full list has been applied
-  std::string apiServer;     // https://host:port
+  bool running = false;    // start() succeeded and stop() has not ended it
+  bool connected = false;  // a watch stream is open right now
+  bool synced = false;     // at least one full list has been applied
+  std::string apiServer;   // https://host:port
   std::string resourceVersion;
   std::size_t podsKnown = 0;
-  std::uint64_t lists = 0;        // completed lists (each is a relist after the first)
-  std::uint64_t watches = 0;      // watch streams opened (HTTP 200)
-  std::uint64_t events = 0;       // watch events handled (bookmarks included)
-  std::uint64_t failures = 0;     // failed lists/watches/connections
-  std::string lastError;          // "" when there was none
+  std::uint64_t lists = 0;     // completed lists (each is a relist after the first)
+  std::uint64_t watches = 0;   // watch streams opened (HTTP 200)
+  std::uint64_t events = 0;    // watch events handled (bookmarks included)
+  std::uint64_t failures = 0;  // failed lists/watches/connections
+  std::string lastError;       // "" when there was none
   std::chrono::steady_clock::time_point lastErrorAt{};
 };
 

@@ -198,8 +198,7 @@ Result<CompiledCondition> CompiledCondition::compile(const config::Condition& c)
     case config::CondOp::Matches:
       if (c.regex.empty()) return makeError("matches needs a regular expression");
       break;
-    case config::CondOp::Exists:
-      break;
+    case config::CondOp::Exists: break;
   }
   if (c.op == config::CondOp::Equals || c.op == config::CondOp::In || c.op == config::CondOp::NotIn) {
     for (const auto& text : c.jsonValues) {

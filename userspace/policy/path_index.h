@@ -39,9 +39,9 @@ class PathIndex {
 
   struct Node {
     std::map<std::string, std::uint32_t, std::less<>> literal;
-    std::uint32_t one = kNone;   // child for `{name}` / `*`
-    std::uint32_t any = kNone;   // child reached through `**`
-    bool isAny = false;          // this node was reached through `**` and may consume segments
+    std::uint32_t one = kNone;         // child for `{name}` / `*`
+    std::uint32_t any = kNone;         // child reached through `**`
+    bool isAny = false;                // this node was reached through `**` and may consume segments
     std::vector<std::uint32_t> rules;  // patterns ending here
   };
 

@@ -36,7 +36,8 @@ int restrictiveness(config::Action a) {
 std::string normalizeHost(std::string_view h) {
   if (!h.empty() && h.front() == '[') {
     if (auto close = h.find(']'); close != std::string_view::npos) h = h.substr(0, close + 1);
-  } else if (auto colon = h.find(':'); colon != std::string_view::npos && h.find(':', colon + 1) == std::string_view::npos) {
+  } else if (auto colon = h.find(':');
+             colon != std::string_view::npos && h.find(':', colon + 1) == std::string_view::npos) {
     h = h.substr(0, colon);
   }
   if (!h.empty() && h.back() == '.') h.remove_suffix(1);
@@ -82,30 +83,19 @@ std::string_view verdictName(Verdict v) {
   return "?";
 }
 
-std::string_view actionText(config::Action a) {
-  switch (a) {
-    case config::Action::Allow: return "allow";
-    case config::Action::Block: return "block";
-    case config::Action::RateLimit: return "rate_limit";
-    case config::Action::Approve: return "approve";
-    case config::Action::LogOnly: return "log_only";
-  }
-  return "?";
-}
-
 // ---- compiled state ---------------------------------------------------------
 
 struct Policy::Compiled {
   std::vector<std::string> methods;  // upper-cased
   std::vector<std::string> hosts;    // normalizeHost()
   std::vector<PatternSegment> pattern;
-  std::vector<std::string> agents;   // globs
+  std::vector<std::string> agents;  // globs
   std::optional<labels::LabelSelector> podLabels;
   std::optional<labels::LabelSelector> containerLabels;
   std::vector<CompiledCondition> conditions;
-  std::uint64_t burst = 0;                // rate_limit
+  std::uint64_t burst = 0;               // rate_limit
   std::unique_ptr<RuleBuckets> buckets;  // rate_limit
-  std::string signature;                  // the definition, for adoptStateFrom()
+  std::string signature;                 // the definition, for adoptStateFrom()
 };
 
 struct Policy::Context {
@@ -290,7 +280,7 @@ std::string Policy::signature(const config::Rule& rule, const Compiled& c) {
   for (const auto& cond : c.conditions) conds.push_back(cond.describe());
   return fmt::format("{}\x1f{}\x1f{}\x1f{}\x1f{}\x1f{}\x1f{}\x1f{}\x1f{}\x1f{}", fmt::join(c.methods, ","),
                      fmt::join(c.hosts, ","), rule.path + "\x1e" + rule.podLabels + "\x1e" + rule.containerLabels,
-                     fmt::join(c.agents, "\x1e"), fmt::join(conds, "\x1e"), actionText(rule.action),
+                     fmt::join(c.agents, "\x1e"), fmt::join(conds, "\x1e"), config::actionName(rule.action),
                      rule.rate ? rule.rate->count : 0, rule.rate ? rule.rate->periodSeconds : 0, c.burst,
                      rule.per == config::RatePer::Agent ? "agent" : "rule");
 }
@@ -301,7 +291,7 @@ Result<std::shared_ptr<Policy>> Policy::compile(const config::Rules& rules, cons
   std::shared_ptr<Policy> p(new Policy());
   p->options_ = options;
   if (rules.defaultAction != config::Action::Allow && rules.defaultAction != config::Action::Block) {
-    return makeError("rules.default must be allow or block, not {}", actionText(rules.defaultAction));
+    return makeError("rules.default must be allow or block, not {}", config::actionName(rules.defaultAction));
   }
   p->default_ = rules.defaultAction;
   p->rules_ = rules.list;
@@ -341,10 +331,10 @@ Policy::Pick Policy::decide(const std::vector<std::string>& segments, Context& c
       case Truth::False: continue;
       case Truth::Unknown:
         if (options_.uncheckableBody == UncheckableBody::ConditionsFail) continue;
-        return Pick{std::nullopt, true,
-                    fmt::format("rule \"{}\" has conditions on the request body, but {}", rules_[i].name,
-                                unknownWhy(ctx.body)),
-                    false};
+        return Pick{
+            std::nullopt, true,
+            fmt::format("rule \"{}\" has conditions on the request body, but {}", rules_[i].name, unknownWhy(ctx.body)),
+            false};
     }
   }
   return Pick{};
@@ -574,9 +564,9 @@ std::string Explanation::render() const {
   }
   if (malformed) return out + fmt::format("decision: malformed (400): {}\n", malformedReason);
   std::string by = ruleIndex ? fmt::format("rule #{} \"{}\"", *ruleIndex + 1, ruleName) : std::string("default");
-  out += fmt::format("decision: {} by {}", actionText(action), by);
+  out += fmt::format("decision: {} by {}", config::actionName(action), by);
   if (viaAlternatePath) out += " (through the alternate view)";
-  if (logOnlyWouldBe) out += fmt::format("; allowed and logged, would be {}", actionText(*logOnlyWouldBe));
+  if (logOnlyWouldBe) out += fmt::format("; allowed and logged, would be {}", config::actionName(*logOnlyWouldBe));
   if (tokensAvailable) {
     out += fmt::format("; {:.2f} of {} tokens available now", *tokensAvailable, burst.value_or(0));
   }
@@ -598,14 +588,14 @@ std::string Policy::table() const {
     const Compiled& c = *compiled_[i];
     std::vector<std::string> conds;
     for (const auto& cond : c.conditions) conds.push_back(cond.describe());
-    std::string action(actionText(r.action));
+    std::string action(config::actionName(r.action));
     switch (r.action) {
       case config::Action::RateLimit:
         action += fmt::format(" {}/{} burst {} per {}", r.rate->count, periodName(r.rate->periodSeconds), c.burst,
                               r.per == config::RatePer::Agent ? "agent" : "rule");
         break;
       case config::Action::Approve: action += fmt::format(" timeout {}s", r.timeout.count()); break;
-      case config::Action::LogOnly: action += fmt::format(" would_be {}", actionText(r.wouldBe)); break;
+      case config::Action::LogOnly: action += fmt::format(" would_be {}", config::actionName(r.wouldBe)); break;
       default: break;
     }
     if (!r.credential.empty()) action += fmt::format(" credential {}", r.credential);
@@ -615,7 +605,7 @@ std::string Policy::table() const {
                     r.path.empty() ? std::string("/**") : r.path, joinOr(c.agents, "*"),
                     conds.empty() ? std::string("-") : fmt::format("{}", fmt::join(conds, " && ")), action, source});
   }
-  rows.push_back({"-", "default", "*", "*", "/**", "*", "-", std::string(actionText(default_)), "-"});
+  rows.push_back({"-", "default", "*", "*", "/**", "*", "-", std::string(config::actionName(default_)), "-"});
 
   std::array<std::size_t, 9> width{};
   for (const auto& row : rows) {

@@ -79,14 +79,14 @@ class PathIndex;
 // Request headers that make a server execute another method than the request
 // line's (see "Method overrides" above). Header names compare
 // case-insensitively.
-inline constexpr std::array<std::string_view, 3> kMethodOverrideHeaders = {"X-HTTP-Method-Override",
-                                                                           "X-HTTP-Method", "X-Method-Override"};
+inline constexpr std::array<std::string_view, 3> kMethodOverrideHeaders = {"X-HTTP-Method-Override", "X-HTTP-Method",
+                                                                           "X-Method-Override"};
 
 struct Request {
   std::string_view method;
-  std::string_view target;  // origin-form request-target; the query is ignored
-  std::string_view host;    // the target host (":port" and a trailing '.' are ignored)
-  std::string_view agent;   // the agent's name ("" when unknown)
+  std::string_view target;               // origin-form request-target; the query is ignored
+  std::string_view host;                 // the target host (":port" and a trailing '.' are ignored)
+  std::string_view agent;                // the agent's name ("" when unknown)
   std::optional<std::string_view> body;  // nullopt: no body
   // The labels of the agent's Kubernetes pod; nullptr when it is no pod
   // (then a rule with pod_labels does not apply).
@@ -101,23 +101,22 @@ struct Request {
 
 enum class Verdict { Allow, Block, RateLimited, Approve, Malformed };
 std::string_view verdictName(Verdict v);  // "allow", "block", "rate_limited", "approve", "malformed"
-std::string_view actionText(config::Action a);  // "allow", "block", "rate_limit", "approve", "log_only"
 
 struct Decision {
   Verdict verdict = Verdict::Allow;
   // The deciding rule (a copy owned by the Policy: valid while the Policy
   // lives); nullptr for the default and for Malformed.
   const config::Rule* rule = nullptr;
-  std::optional<std::size_t> ruleIndex;  // 0-based position in rules.list
-  std::string ruleName = "default";      // "default" when no rule decided; "" for Malformed
+  std::optional<std::size_t> ruleIndex;           // 0-based position in rules.list
+  std::string ruleName = "default";               // "default" when no rule decided; "" for Malformed
   config::Action action = config::Action::Allow;  // the deciding rule's action or the default
   std::optional<config::Action> logOnlyWouldBe;   // log_only: what it would have done (verdict is Allow)
   std::chrono::seconds retryAfter{0};             // RateLimited
   std::chrono::seconds approveTimeout{0};         // Approve
-  std::string credential;       // the rule's credential name, "" = the target's default
-  std::string malformedReason;  // Malformed: one line for the 400 answer and the audit log
-  std::string path;             // the normalised path decided on (display form, see displayPath)
-  bool viaAlternatePath = false;  // decided by the %2F / ";param" alternate view
+  std::string credential;                         // the rule's credential name, "" = the target's default
+  std::string malformedReason;                    // Malformed: one line for the 400 answer and the audit log
+  std::string path;                               // the normalised path decided on (display form, see displayPath)
+  bool viaAlternatePath = false;                  // decided by the %2F / ";param" alternate view
   // Both views were decided by rate_limit rules, different ones: the other
   // view's rule, whose bucket was charged too (RateLimited when either is empty).
   std::optional<std::size_t> alsoChargedRuleIndex;
@@ -162,7 +161,7 @@ enum class UncheckableBody { Reject, ConditionsFail };
 struct Options {
   std::size_t maxBodyBytes = 1024 * 1024;  // larger bodies are not parsed
   UncheckableBody uncheckableBody = UncheckableBody::Reject;
-  std::size_t maxAgentsPerRule = 10'000;   // per-agent buckets kept per rule (LRU)
+  std::size_t maxAgentsPerRule = 10'000;  // per-agent buckets kept per rule (LRU)
 };
 
 class Policy {
@@ -203,10 +202,10 @@ class Policy {
   std::size_t bucketAgents(std::size_t index) const;
 
  private:
-  struct Compiled;     // per-rule matcher state, defined in policy.cpp
-  struct Context;      // per-request facts
-  struct Pick;         // a decision before tokens are taken
-  struct Scan;         // explain()'s walk over the rules for one view of the path
+  struct Compiled;  // per-rule matcher state, defined in policy.cpp
+  struct Context;   // per-request facts
+  struct Pick;      // a decision before tokens are taken
+  struct Scan;      // explain()'s walk over the rules for one view of the path
 
   Policy();
   static Result<void> compileFilters(config::Rule& rule, std::size_t index, Compiled& c);

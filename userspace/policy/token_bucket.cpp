@@ -35,7 +35,7 @@ TokenBucket::Outcome TokenBucket::take(Clock::time_point now) {
     credit_ -= unit_;
     return {};
   }
-  Wide deficit = unit_ - credit_;                           // token-ns still missing
+  Wide deficit = unit_ - credit_;                                  // token-ns still missing
   Wide waitNs = count_ ? (deficit + count_ - 1) / count_ : unit_;  // ns until one token
   Wide waitS = (waitNs + kNanosPerSecond - 1) / kNanosPerSecond;
   return {false, std::chrono::seconds(std::max<std::int64_t>(1, static_cast<std::int64_t>(waitS)))};

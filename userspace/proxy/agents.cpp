@@ -24,8 +24,7 @@ std::string launcherName(std::string leaf) {
 }  // namespace
 
 AgentIdentity identifyAgent(const std::string& rel, const std::string& agentsRel,
-                            const std::vector<std::string>& attachedRels,
-                            const std::map<std::string, GivenName>& given,
+                            const std::vector<std::string>& attachedRels, const std::map<std::string, GivenName>& given,
                             const std::vector<std::string>& guardRels) {
   AgentIdentity id;
   id.cgroupPath = rel;
@@ -50,7 +49,9 @@ AgentIdentity identifyAgent(const std::string& rel, const std::string& agentsRel
     return id;
   }
   best = nullptr;
-  auto isGuard = [&](const std::string& r) { return std::find(guardRels.begin(), guardRels.end(), r) != guardRels.end(); };
+  auto isGuard = [&](const std::string& r) {
+    return std::find(guardRels.begin(), guardRels.end(), r) != guardRels.end();
+  };
   for (const auto& r : attachedRels)
     if (bpf::pathWithin(rel, r) && !isGuard(r) && (!best || r.size() > best->size())) best = &r;
   // An attached cgroup below a guard still names its subtree; the guard

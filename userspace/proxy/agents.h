@@ -54,8 +54,7 @@ struct GivenName {
 // The pure naming rule, for tests. Every path is relative to the cgroup2
 // mount, without leading or trailing slashes.
 AgentIdentity identifyAgent(const std::string& relPath, const std::string& agentsRel,
-                            const std::vector<std::string>& attachedRels,
-                            const std::map<std::string, GivenName>& given,
+                            const std::vector<std::string>& attachedRels, const std::map<std::string, GivenName>& given,
                             const std::vector<std::string>& guardRels = {});
 
 class AgentDirectory {
@@ -90,7 +89,7 @@ class AgentDirectory {
   std::vector<std::string> rootsRel_;
   std::vector<std::string> guardsRel_;
   std::map<std::uint64_t, AgentIdentity> cache_;
-  std::set<std::uint64_t> gone_;  // ids whose cgroup was removed
+  std::set<std::uint64_t> gone_;            // ids whose cgroup was removed
   std::map<std::string, GivenName> names_;  // relative cgroup path -> given name
 };
 

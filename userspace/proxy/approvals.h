@@ -31,10 +31,10 @@ struct ApprovalInfo {
   std::string host;
   std::string path;
   std::string rule;
-  std::string bodyPreview;           // the start of the body, well-formed UTF-8 (see previewBody)
+  std::string bodyPreview;              // the start of the body, well-formed UTF-8 (see previewBody)
   std::uint64_t bodyLeadingBlanks = 0;  // ASCII whitespace bytes before the preview, not in it
-  std::uint64_t bodyBytes = 0;       // size of the whole body, held in memory meanwhile
-  bool bodyTruncated = false;        // the body goes on after the preview
+  std::uint64_t bodyBytes = 0;          // size of the whole body, held in memory meanwhile
+  bool bodyTruncated = false;           // the body goes on after the preview
   std::chrono::system_clock::time_point since;
   std::chrono::seconds timeout{0};
 };
@@ -58,8 +58,8 @@ struct HoldLimits {
 enum class HoldCap { None, Requests, PerAgent, BodyBytes };
 
 struct Admission {
-  std::uint64_t id = 0;           // 0: refused
-  HoldCap full = HoldCap::None;   // the cap that refused it
+  std::uint64_t id = 0;                // 0: refused
+  HoldCap full = HoldCap::None;        // the cap that refused it
   std::chrono::seconds retryAfter{0};  // when a place is expected to free up (at least 1 s)
 };
 

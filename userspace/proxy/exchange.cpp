@@ -27,8 +27,7 @@ namespace urls = boost::urls;
 using text::iequals;
 
 ErrorResponse makeErrorResponse(unsigned status, std::string_view errorCode, std::string_view detail,
-                                const std::vector<std::string>& parameters, bool shouldRetry,
-                                unsigned httpVersion) {
+                                const std::vector<std::string>& parameters, bool shouldRetry, unsigned httpVersion) {
   ErrorResponse res{static_cast<http::status>(status), httpVersion};
   json::array params;
   for (const auto& p : parameters) params.emplace_back(p);
@@ -76,8 +75,7 @@ namespace {
 constexpr std::string_view kTokenPath = "/api/oauth/token";
 constexpr std::string_view kRevokePath = "/api/oauth/revoke";
 
-const CredentialRuntime* chooseCredential(const TargetRuntime& t, const std::string& agent,
-                                          std::string_view wanted) {
+const CredentialRuntime* chooseCredential(const TargetRuntime& t, const std::string& agent, std::string_view wanted) {
   for (const auto& c : t.credentials) {
     if (!wanted.empty()) {
       if (c.name == wanted) return &c;
@@ -194,26 +192,23 @@ Step decide(HttpRequest& req, const ExchangeContext& ctx, audit::Record& rec) {
   policy::Decision d = ctx.runtime.policy->evaluate(policyRequest(req, ctx), ctx.now);
   rec.rule = d.ruleName;
   rec.decision = d.logOnlyWouldBe ? "log_only" : policy::verdictName(d.verdict);
-  const std::vector<std::string> ruleParam{d.ruleName};
   switch (d.verdict) {
-    case policy::Verdict::Allow:
-      return admitted(req, ctx, d, rec);
+    case policy::Verdict::Allow: return admitted(req, ctx, d, rec);
     case policy::Verdict::Malformed:
       return refuse(Refusal::Malformed, fmt::format("Malformed request: {}.", d.malformedReason));
     case policy::Verdict::Block:
       return refuse(Refusal::Blocked,
                     fmt::format("Blocked by rule \"{}\": {} {} is not allowed for agent \"{}\".", d.ruleName,
                                 rec.method, rec.path, ctx.flow.agent.name),
-                    ruleParam);
+                    {d.ruleName});
     case policy::Verdict::RateLimited: {
       auto secs = std::max<long long>(1, d.retryAfter.count());
       return refuse(Refusal::RateLimited,
                     fmt::format("Rate limit of rule \"{}\" exceeded for agent \"{}\". Please retry after {} seconds.",
                                 d.ruleName, ctx.flow.agent.name, secs),
-                    ruleParam, secs);
+                    {d.ruleName}, secs);
     }
-    case policy::Verdict::Approve:
-      return holdFor(req, ctx, std::move(d), rec);
+    case policy::Verdict::Approve: return holdFor(req, ctx, std::move(d), rec);
   }
   return refuse(Refusal::Malformed, "Malformed request: no verdict.");
 }
@@ -236,9 +231,8 @@ Step admitted(HttpRequest& req, const ExchangeContext& ctx, const policy::Decisi
       // The agent learns nothing about the credentials; the log names them.
       log::warn("conn {} agent {}: no credential of {} for this agent{}", ctx.flow.id, ctx.flow.agent.name,
                 ctx.target.host,
-                d.credential.empty()
-                    ? std::string()
-                    : fmt::format(" (rule \"{}\" names credential \"{}\")", d.ruleName, d.credential));
+                d.credential.empty() ? std::string()
+                                     : fmt::format(" (rule \"{}\" names credential \"{}\")", d.ruleName, d.credential));
       return refuse(Refusal::NoCredential, "No credential is available for this request.");
     }
     rec.credential = cred->description;
@@ -271,11 +265,11 @@ LocalResponse approvalQueueFull(const Hold& hold, const Admission& admission, au
 LocalResponse approvalRefused(const Hold& hold, ApprovalOutcome outcome, audit::Record& rec) {
   const bool denied = outcome == ApprovalOutcome::Denied;
   rec.decision = denied ? "denied" : "approval_timeout";
-  return refuse(Refusal::ApprovalDenied,
-                fmt::format("Request {} {} for agent \"{}\" was {} (rule \"{}\").", rec.method, rec.path,
-                            hold.info.agent, denied ? "denied by an operator" : "not approved in time",
-                            hold.decision.ruleName),
-                {hold.decision.ruleName});
+  return refuse(
+      Refusal::ApprovalDenied,
+      fmt::format("Request {} {} for agent \"{}\" was {} (rule \"{}\").", rec.method, rec.path, hold.info.agent,
+                  denied ? "denied by an operator" : "not approved in time", hold.decision.ruleName),
+      {hold.decision.ruleName});
 }
 
 std::optional<LocalResponse> headRefusal(const HttpRequest& head, std::optional<std::uint64_t> contentLength,
@@ -297,8 +291,7 @@ std::optional<LocalResponse> readRefusal(boost::system::error_code ec, bool body
     return refuse(Refusal::BodyTooLarge, fmt::format("The request body exceeds {} bytes.", limits.maxBodyBytes));
   if (!body && (ec == http::error::header_limit || ec == http::error::buffer_overflow))
     return refuse(Refusal::HeadersTooLarge, fmt::format("The request head exceeds {} bytes.", limits.maxHeaderBytes));
-  return refuse(Refusal::BadRequest,
-                fmt::format("Malformed HTTP request{}: {}.", body ? " body" : "", ec.message()));
+  return refuse(Refusal::BadRequest, fmt::format("Malformed HTTP request{}: {}.", body ? " body" : "", ec.message()));
 }
 
 LocalResponse upstreamBusy(std::string_view host, const config::Limits& limits) {

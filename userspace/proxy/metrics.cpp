@@ -8,10 +8,14 @@ std::string promLabel(std::string_view v) {
   std::string out;
   out.reserve(v.size());
   for (char c : v) {
-    if (c == '\\') out += "\\\\";
-    else if (c == '"') out += "\\\"";
-    else if (c == '\n') out += "\\n";
-    else out.push_back(c);
+    if (c == '\\')
+      out += "\\\\";
+    else if (c == '"')
+      out += "\\\"";
+    else if (c == '\n')
+      out += "\\n";
+    else
+      out.push_back(c);
   }
   return out;
 }
@@ -37,8 +41,10 @@ void RequestMetrics::record(const audit::Record& r) {
   std::lock_guard lock(mu_);
   std::string agent = r.agent;
   if (!agents_.contains(agent)) {
-    if (agents_.size() >= kMaxAgents) agent = "_other";
-    else agents_[agent] = true;
+    if (agents_.size() >= kMaxAgents)
+      agent = "_other";
+    else
+      agents_[agent] = true;
   }
   ++requests_[{agent, r.decision, r.status}];
   total_.observe(r.totalMs);
@@ -51,7 +57,8 @@ std::string RequestMetrics::render() const {
   out += "# HELP atlasgate_requests_total Requests by agent, decision and HTTP status.\n";
   out += "# TYPE atlasgate_requests_total counter\n";
   for (const auto& [k, n] : requests_)
-    fmt::format_to(std::back_inserter(out), "atlasgate_requests_total{{agent=\"{}\",decision=\"{}\",status=\"{}\"}} {}\n",
+    fmt::format_to(std::back_inserter(out),
+                   "atlasgate_requests_total{{agent=\"{}\",decision=\"{}\",status=\"{}\"}} {}\n",
                    promLabel(std::get<0>(k)), promLabel(std::get<1>(k)), std::get<2>(k), n);
   out += "# HELP atlasgate_request_duration_seconds Time from the request head to the end of the response.\n";
   out += "# TYPE atlasgate_request_duration_seconds histogram\n";

@@ -16,7 +16,7 @@ namespace atlasgate::proxy {
 
 class Histogram {
  public:
-  static constexpr std::array<double, 14> kBucketsMs = {1,   2,    5,    10,   25,    50,   100,
+  static constexpr std::array<double, 14> kBucketsMs = {1,   2,   5,    10,   25,   50,    100,
                                                         250, 500, 1000, 2500, 5000, 10000, 30000};
   void observe(double ms);
   // Appends name_bucket/_sum/_count lines (the HELP/TYPE lines are the caller's).

@@ -67,12 +67,11 @@ RequestCheck checkRequest(http::request<http::string_body>& req, std::string_vie
     return out;
   };
   if (req.method() == http::verb::connect)
-    return fail(Refusal::MethodNotAllowed, "CONNECT is not supported: atlasgate terminates TLS for the Atlas API only.");
+    return fail(Refusal::MethodNotAllowed,
+                "CONNECT is not supported: atlasgate terminates TLS for the Atlas API only.");
   if (req.method() == http::verb::trace) return fail(Refusal::MethodNotAllowed, "TRACE is not supported.");
-  if (req.count(http::field::upgrade) > 0)
-    return fail(Refusal::BadRequest, "Protocol upgrades are not supported.");
-  if (req.count(http::field::content_length) > 1)
-    return fail(Refusal::BadRequest, "Repeated Content-Length headers.");
+  if (req.count(http::field::upgrade) > 0) return fail(Refusal::BadRequest, "Protocol upgrades are not supported.");
+  if (req.count(http::field::content_length) > 1) return fail(Refusal::BadRequest, "Repeated Content-Length headers.");
   if (req.count(http::field::content_length) > 0 && req.count(http::field::transfer_encoding) > 0)
     return fail(Refusal::BadRequest, "Both Content-Length and Transfer-Encoding are present.");
   if (req.count(http::field::host) > 1) return fail(Refusal::BadRequest, "Repeated Host headers.");

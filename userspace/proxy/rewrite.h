@@ -27,14 +27,12 @@ struct RequestCheck {
 // targets for other hosts, a Host that does not match the TLS SNI, ambiguous
 // framing (Content-Length with Transfer-Encoding, repeated Content-Length or
 // Host). Rewrites an absolute-form target for `host` into origin-form.
-RequestCheck checkRequest(boost::beast::http::request<boost::beast::http::string_body>& req,
-                          std::string_view host);
+RequestCheck checkRequest(boost::beast::http::request<boost::beast::http::string_body>& req, std::string_view host);
 
 // Strips hop-by-hop headers (RFC 9110 7.6.1, incl. those the Connection
 // header names), the agent's Authorization and Proxy-Authorization, and
 // Expect (the body is already here); sets Host.
-void prepareUpstreamRequest(boost::beast::http::request<boost::beast::http::string_body>& req,
-                            std::string_view host);
+void prepareUpstreamRequest(boost::beast::http::request<boost::beast::http::string_body>& req, std::string_view host);
 
 // Strips hop-by-hop headers from a response before it goes to the agent
 // (Transfer-Encoding stays: the serializer re-frames the body).

@@ -29,8 +29,8 @@ namespace atlasgate::proxy {
 
 struct CredentialRuntime {
   std::string name;
-  std::string description;          // "service_account:<id>", safe to log
-  std::vector<std::string> agents;  // globs; empty = every agent
+  std::string description;                             // "service_account:<id>", safe to log
+  std::vector<std::string> agents;                     // globs; empty = every agent
   std::shared_ptr<credentials::TokenProvider> tokens;  // service accounts
   std::shared_ptr<credentials::DigestAuth> digest;     // API keys
 };

@@ -62,7 +62,8 @@ Result<void> Server::listen(std::uint16_t port) {
       log::warn("not listening on [{}]:{}: {}", a.text, port, ec.message());
       continue;
     }
-    log::info("listening on {}", a.required ? fmt::format("{}:{}", a.text, port) : fmt::format("[{}]:{}", a.text, port));
+    log::info("listening on {}",
+              a.required ? fmt::format("{}:{}", a.text, port) : fmt::format("[{}]:{}", a.text, port));
     asio::co_spawn(io_, acceptLoop(*acc, netnsCookie_), asio::detached);
     acceptors_.push_back(std::move(acc));
   }
@@ -79,8 +80,9 @@ Result<void> Server::adoptListener(int fd, bool v6, std::uint64_t netnsCookie) {
   }
   foreign_[netnsCookie].push_back(acc);
   // The loop holds the acceptor alive until it is closed.
-  asio::co_spawn(io_, [this, acc, netnsCookie]() -> asio::awaitable<void> { co_await acceptLoop(*acc, netnsCookie); },
-                 asio::detached);
+  asio::co_spawn(
+      io_, [this, acc, netnsCookie]() -> asio::awaitable<void> { co_await acceptLoop(*acc, netnsCookie); },
+      asio::detached);
   return {};
 }
 
@@ -155,7 +157,8 @@ asio::awaitable<void> Server::acceptLoop(tcp::acceptor& acceptor, std::uint64_t 
       // at most once a second.
       auto now = Clock::now();
       if (now - lastAcceptWarning_ >= std::chrono::seconds(1)) {
-        log::warn("accept: {} ({} live connections); pausing accepts", ec.message(), counters_.get(Counter::LiveConnections));
+        log::warn("accept: {} ({} live connections); pausing accepts", ec.message(),
+                  counters_.get(Counter::LiveConnections));
         lastAcceptWarning_ = now;
       }
       counters_.add(Counter::AcceptErrors);
@@ -241,10 +244,11 @@ void Server::admit(tcp::socket sock, Flow flow) {
     if (mine == 0) perAgentConnections_.erase(flow.agent.key);
     auto now = Clock::now();
     if (now - lastLimitWarning_ >= std::chrono::seconds(1)) {
-      log::warn("refused connections over a cap: agent {} has {} (max_connections_per_agent {}), {} in all "
-                "(max_connections {})",
-                flow.agent.name, mine, caps.maxConnectionsPerAgent, counters_.get(Counter::LiveConnections),
-                caps.maxConnections);
+      log::warn(
+          "refused connections over a cap: agent {} has {} (max_connections_per_agent {}), {} in all "
+          "(max_connections {})",
+          flow.agent.name, mine, caps.maxConnectionsPerAgent, counters_.get(Counter::LiveConnections),
+          caps.maxConnections);
       lastLimitWarning_ = now;
     }
     sock.set_option(asio::socket_base::linger(true, 0), pec);
@@ -310,7 +314,7 @@ asio::awaitable<bool> agentHangsUp(TlsStream& stream, beast::flat_buffer& buffer
   auto mb = buffer.prepare(4096);
   auto [ec, n] = co_await stream.async_read_some(mb, kUseTuple);
   buffer.commit(n);
-  co_return ec && ec != asio::error::operation_aborted;
+  co_return ec&& ec != asio::error::operation_aborted;
 }
 
 double msSince(Clock::time_point t) { return std::chrono::duration<double, std::milli>(Clock::now() - t).count(); }
@@ -322,8 +326,8 @@ asio::awaitable<void> Server::serve(tcp::socket socket, Flow flow) {
   TlsStream stream(std::move(socket), *sslCtx_);
   Session session;
   session.stream = &stream;
-  session.info = {flow.id, flow.agent.name, flow.origin.pid, flow.comm, endpointText(flow.originalDst),
-                  Clock::now(), 0};
+  session.info = {flow.id, flow.agent.name, flow.origin.pid, flow.comm, endpointText(flow.originalDst), Clock::now(),
+                  0};
   sessions_[flow.id] = &session;
   struct Leave {
     Server* s;
@@ -334,8 +338,7 @@ asio::awaitable<void> Server::serve(tcp::socket socket, Flow flow) {
   if (const TargetRuntime* target = co_await handshake(stream, *rt, flow)) {
     Conn c{stream, flow, *rt, *target, session, {}, {}};
     c.buffer.max_size(c.limits().maxHeaderBytes + 64 * 1024);
-    while (co_await exchange(c)) {
-    }
+    while (co_await exchange(c)) {}
   }
   beast::error_code ec;
   beast::get_lowest_layer(stream).expires_after(std::chrono::seconds(2));
@@ -447,8 +450,8 @@ asio::awaitable<std::optional<HttpRequest>> Server::readRequest(Conn& c, Exchang
 asio::awaitable<std::optional<Step>> Server::hold(Conn& c, Exchange& ex, HttpRequest& req, Hold h) {
   const config::Limits& limits = c.limits();
   // A held request keeps its body in memory: what may be held is capped.
-  Admission admission = approvals_.add(
-      h.info, HoldLimits{limits.maxHeldRequests, limits.maxHeldPerAgent, limits.maxHeldBodyBytes});
+  Admission admission =
+      approvals_.add(h.info, HoldLimits{limits.maxHeldRequests, limits.maxHeldPerAgent, limits.maxHeldBodyBytes});
   if (!admission.id) co_return approvalQueueFull(h, admission, ex.rec);
   counters_.add(Counter::ApprovalsHeld);
   const std::uint64_t id = admission.id;
@@ -507,8 +510,8 @@ asio::awaitable<bool> Server::forward(Conn& c, Exchange& ex, HttpRequest& req, c
 }
 
 asio::awaitable<std::optional<LocalResponse>> Server::sendWithCredential(Conn& c, Exchange& ex, HttpRequest& req,
-                                                                        const CredentialRuntime* cred,
-                                                                        upstream::Call& call, std::string& token) {
+                                                                         const CredentialRuntime* cred,
+                                                                         upstream::Call& call, std::string& token) {
   const config::Limits& limits = c.limits();
   // The body is buffered, so a replay is exact.
   for (int round = 0; round < 3; ++round) {
@@ -518,8 +521,8 @@ asio::awaitable<std::optional<LocalResponse>> Server::sendWithCredential(Conn& c
       if (!t) {
         // The reason names the service account (its client id): the log
         // and the audit record (credential) keep it, the agent does not.
-        log::warn("conn {} agent {}: credential {} unavailable: {}", c.flow.id, c.flow.agent.name,
-                  cred->description, t.error().message);
+        log::warn("conn {} agent {}: credential {} unavailable: {}", c.flow.id, c.flow.agent.name, cred->description,
+                  t.error().message);
         co_return refuse(Refusal::CredentialUnavailable,
                          "The credential for this request is unavailable right now (token endpoint failure); "
                          "retry later.");
@@ -615,7 +618,6 @@ asio::awaitable<bool> Server::relay(Conn& c, Exchange& ex, upstream::Call& call)
   finish(c, ex);
   co_return ex.keepAlive;
 }
-
 
 asio::awaitable<void> Server::classify(tcp::socket socket, Flow flow) {
   // The destination is no known target address: what the ClientHello names

@@ -41,19 +41,18 @@ class ServerContext;
 namespace atlasgate::credentials {
 class TokenProvider;
 class DigestAuth;
-}
+}  // namespace atlasgate::credentials
 
 namespace atlasgate::proxy {
 
+using upstream::PoolError;
+using upstream::roundTrip;
+using upstream::RoundTripResult;
 using upstream::UpstreamConn;  // the upstream pool (upstream/upstream.h), as proxy/ names it
 using upstream::UpstreamHostView;
 using upstream::UpstreamLimits;
 using upstream::UpstreamPool;
 using upstream::UpstreamStats;
-using upstream::PoolError;
-using upstream::RoundTripResult;
-using upstream::roundTrip;
-
 
 struct ConnectionInfo {
   std::uint64_t id;
@@ -70,8 +69,8 @@ class Server {
   // The kernel's record of an accepted connection, consumed (bpf::Loader::take):
   // the peer's address and the network namespace it was accepted in.
   using TakeFlowFn = std::function<std::optional<ag_origin>(const sockaddr* peer, std::uint64_t netnsCookie)>;
-  Server(asio::io_context& io, TakeFlowFn takeFlow, tls::ServerContext& tls, UpstreamPool& pool,
-         audit::AuditLog& audit, AgentDirectory& agents, Approvals& approvals, std::uint64_t netnsCookie);
+  Server(asio::io_context& io, TakeFlowFn takeFlow, tls::ServerContext& tls, UpstreamPool& pool, audit::AuditLog& audit,
+         AgentDirectory& agents, Approvals& approvals, std::uint64_t netnsCookie);
   ~Server();
 
   // Listens on 127.0.0.1:port and [::1]:port (the latter if IPv6 is up).
@@ -131,15 +130,13 @@ class Server {
   // Writes an answer atlasgate gives itself; false when the connection ends.
   asio::awaitable<bool> answer(Conn& c, Exchange& ex, LocalResponse local);
   // Sends the request with its credential, then relays the response.
-  asio::awaitable<bool> forward(Conn& c, Exchange& ex, HttpRequest& req,
-                                const CredentialRuntime* cred);
+  asio::awaitable<bool> forward(Conn& c, Exchange& ex, HttpRequest& req, const CredentialRuntime* cred);
   // The credential rounds: a Digest challenge (or stale nonce) answered, or
   // one token refresh after a 401. Returns the refusal when there is none to
   // relay (no credential, target unreachable).
-  asio::awaitable<std::optional<LocalResponse>> sendWithCredential(Conn& c, Exchange& ex,
-                                                                   HttpRequest& req,
-                                                                   const CredentialRuntime* cred,
-                                                                   upstream::Call& call, std::string& token);
+  asio::awaitable<std::optional<LocalResponse>> sendWithCredential(Conn& c, Exchange& ex, HttpRequest& req,
+                                                                   const CredentialRuntime* cred, upstream::Call& call,
+                                                                   std::string& token);
   // Streams the response body (chunked stays chunked); false when the connection ends.
   asio::awaitable<bool> relay(Conn& c, Exchange& ex, upstream::Call& call);
   void finish(Conn& c, Exchange& ex);

@@ -29,9 +29,9 @@ constexpr mode_t kDirMode = 0755;
 constexpr mode_t kKeyMode = 0600;
 constexpr mode_t kPublicMode = 0644;
 
-constexpr long kBackdateSeconds = 5 * 60;      // tolerate agents whose clock runs a little behind
-constexpr int kCaValidityDays = 3652;          // ten years, leap days included
-constexpr int kCaRenewMarginDays = 30;         // re-make a CA this close to expiry
+constexpr long kBackdateSeconds = 5 * 60;  // tolerate agents whose clock runs a little behind
+constexpr int kCaValidityDays = 3652;      // ten years, leap days included
+constexpr int kCaRenewMarginDays = 30;     // re-make a CA this close to expiry
 constexpr long kLeafValiditySeconds = 24 * 3600;
 
 // ---------------------------------------------------------------- files ----
@@ -147,8 +147,7 @@ bool setRandomSerial(X509* cert) {
   return BN_to_ASN1_INTEGER(bn.get(), X509_get_serialNumber(cert)) != nullptr;
 }
 
-bool setValidity(X509* cert, std::time_t now, long backSeconds, int forwardDays,
-                 long forwardSeconds) {
+bool setValidity(X509* cert, std::time_t now, long backSeconds, int forwardDays, long forwardSeconds) {
   return X509_time_adj_ex(X509_getm_notBefore(cert), 0, -backSeconds, &now) != nullptr &&
          X509_time_adj_ex(X509_getm_notAfter(cert), forwardDays, forwardSeconds, &now) != nullptr;
 }
@@ -167,8 +166,7 @@ bool addExtension(X509* cert, X509* issuer, int nid, const char* value) {
 GENERAL_NAME* dnsName(const std::string& host) {
   GENERAL_NAME* gn = GENERAL_NAME_new();
   ASN1_IA5STRING* ia5 = ASN1_IA5STRING_new();
-  if (gn == nullptr || ia5 == nullptr ||
-      ASN1_STRING_set(ia5, host.data(), static_cast<int>(host.size())) != 1) {
+  if (gn == nullptr || ia5 == nullptr || ASN1_STRING_set(ia5, host.data(), static_cast<int>(host.size())) != 1) {
     GENERAL_NAME_free(gn);
     ASN1_IA5STRING_free(ia5);
     return nullptr;
@@ -217,10 +215,9 @@ bool addNameConstraints(X509* cert, const std::vector<std::string>& hosts) {
 // permitted DNS subtrees (then it is not one of ours).
 std::optional<std::vector<std::string>> permittedHosts(X509* cert) {
   int critical = -1;
-  NameConstraintsPtr nc(static_cast<NAME_CONSTRAINTS*>(
-      X509_get_ext_d2i(cert, NID_name_constraints, &critical, nullptr)));
-  if (!nc || critical != 1 || nc->excludedSubtrees != nullptr ||
-      nc->permittedSubtrees == nullptr) {
+  NameConstraintsPtr nc(
+      static_cast<NAME_CONSTRAINTS*>(X509_get_ext_d2i(cert, NID_name_constraints, &critical, nullptr)));
+  if (!nc || critical != 1 || nc->excludedSubtrees != nullptr || nc->permittedSubtrees == nullptr) {
     return std::nullopt;
   }
   std::vector<std::string> hosts;
@@ -240,29 +237,24 @@ Result<X509Ptr> makeCaCert(EVP_PKEY* key, const std::vector<std::string>& hosts)
   if (!cert) return makeError("X509_new: {}", opensslErrors());
   X509_NAME* name = X509_get_subject_name(cert.get());
   bool ok = X509_set_version(cert.get(), X509_VERSION_3) == 1 && setRandomSerial(cert.get()) &&
-            X509_NAME_add_entry_by_txt(name, "O", MBSTRING_ASC,
-                                       reinterpret_cast<const unsigned char*>("atlasgate"), -1,
+            X509_NAME_add_entry_by_txt(name, "O", MBSTRING_ASC, reinterpret_cast<const unsigned char*>("atlasgate"), -1,
                                        -1, 0) == 1 &&
-            X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC,
-                                       reinterpret_cast<const unsigned char*>(kCaCommonName), -1,
-                                       -1, 0) == 1 &&
+            X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, reinterpret_cast<const unsigned char*>(kCaCommonName),
+                                       -1, -1, 0) == 1 &&
             X509_set_issuer_name(cert.get(), name) == 1 &&
             setValidity(cert.get(), std::time(nullptr), kBackdateSeconds, kCaValidityDays, 0) &&
             X509_set_pubkey(cert.get(), key) == 1 &&
-            addExtension(cert.get(), cert.get(), NID_basic_constraints,
-                         "critical,CA:TRUE,pathlen:0") &&
+            addExtension(cert.get(), cert.get(), NID_basic_constraints, "critical,CA:TRUE,pathlen:0") &&
             addExtension(cert.get(), cert.get(), NID_key_usage, "critical,keyCertSign,cRLSign") &&
             addExtension(cert.get(), cert.get(), NID_subject_key_identifier, "hash") &&
-            addNameConstraints(cert.get(), hosts) &&
-            X509_sign(cert.get(), key, EVP_sha256()) > 0;
+            addNameConstraints(cert.get(), hosts) && X509_sign(cert.get(), key, EVP_sha256()) > 0;
   if (!ok) return makeError("cannot build the CA certificate: {}", opensslErrors());
   return cert;
 }
 
 std::string keyToPem(EVP_PKEY* key) {
   BioPtr bio(BIO_new(BIO_s_mem()));
-  if (!bio ||
-      PEM_write_bio_PrivateKey(bio.get(), key, nullptr, nullptr, 0, nullptr, nullptr) != 1) {
+  if (!bio || PEM_write_bio_PrivateKey(bio.get(), key, nullptr, nullptr, 0, nullptr, nullptr) != 1) {
     return {};
   }
   char* data = nullptr;
@@ -286,8 +278,7 @@ struct LoadFailure {
   std::string reason;
 };
 
-std::variant<LoadedCa, LoadFailure> loadExisting(const CaPaths& paths,
-                                                 const std::vector<std::string>& hosts) {
+std::variant<LoadedCa, LoadFailure> loadExisting(const CaPaths& paths, const std::vector<std::string>& hosts) {
   auto certPem = readFile(paths.caCert);
   auto keyPem = readFile(paths.caKey);
   bool certMissing = !certPem && certPem.error().code == ENOENT;
@@ -313,8 +304,7 @@ std::variant<LoadedCa, LoadFailure> loadExisting(const CaPaths& paths,
   }
   {
     BioPtr bio(BIO_new_mem_buf(keyPem->data(), static_cast<int>(keyPem->size())));
-    ca.key.reset(bio ? PEM_read_bio_PrivateKey(bio.get(), nullptr, noPassphrase, nullptr)
-                     : nullptr);
+    ca.key.reset(bio ? PEM_read_bio_PrivateKey(bio.get(), nullptr, noPassphrase, nullptr) : nullptr);
     OPENSSL_cleanse(keyPem->data(), keyPem->size());
   }
   if (!ca.cert) return LoadFailure{false, false, paths.caCert + " is not a PEM certificate"};
@@ -347,8 +337,7 @@ std::variant<LoadedCa, LoadFailure> loadExisting(const CaPaths& paths,
   return ca;
 }
 
-Result<void> writeTrustBundle(const CaPaths& paths, const std::string& systemBundle,
-                              const std::string& caPem) {
+Result<void> writeTrustBundle(const CaPaths& paths, const std::string& systemBundle, const std::string& caPem) {
   std::string bundle;
   auto system = readFile(systemBundle);
   if (system) {
@@ -356,8 +345,8 @@ Result<void> writeTrustBundle(const CaPaths& paths, const std::string& systemBun
     if (!bundle.empty() && bundle.back() != '\n') bundle += '\n';
     bundle += "\n";
   } else {
-    log::warn("system trust bundle unavailable ({}); {} holds only the atlasgate CA",
-              system.error().message, paths.trustBundle);
+    log::warn("system trust bundle unavailable ({}); {} holds only the atlasgate CA", system.error().message,
+              paths.trustBundle);
   }
   bundle += "# ";
   bundle += kCaCommonName;
@@ -402,8 +391,7 @@ Result<std::string> normalizeHost(std::string_view host) {
   return h;
 }
 
-Result<Authority> Authority::loadOrCreate(const std::string& stateDir,
-                                          const std::vector<std::string>& hosts,
+Result<Authority> Authority::loadOrCreate(const std::string& stateDir, const std::vector<std::string>& hosts,
                                           const std::string& systemBundle) {
   Authority ca;
   for (const auto& h : hosts) {
@@ -450,9 +438,7 @@ Result<Authority> Authority::loadOrCreate(const std::string& stateDir,
   return ca;
 }
 
-bool Authority::allows(std::string_view host) const {
-  return std::binary_search(hosts_.begin(), hosts_.end(), host);
-}
+bool Authority::allows(std::string_view host) const { return std::binary_search(hosts_.begin(), hosts_.end(), host); }
 
 Result<Leaf> Authority::mintLeaf(const std::string& host) const {
   auto normalized = normalizeHost(host);
@@ -468,20 +454,18 @@ Result<Leaf> Authority::mintLeaf(const std::string& host) const {
   if (!cert) return makeError("X509_new: {}", opensslErrors());
   std::time_t now = std::time(nullptr);
   X509_NAME* name = X509_get_subject_name(cert.get());
-  bool ok =
-      X509_set_version(cert.get(), X509_VERSION_3) == 1 && setRandomSerial(cert.get()) &&
-      X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC,
-                                 reinterpret_cast<const unsigned char*>(h.c_str()), -1, -1,
-                                 0) == 1 &&
-      X509_set_issuer_name(cert.get(), X509_get_subject_name(caCert_.get())) == 1 &&
-      setValidity(cert.get(), now, kBackdateSeconds, 0, kLeafValiditySeconds) &&
-      X509_set_pubkey(cert.get(), key->get()) == 1 &&
-      addExtension(cert.get(), caCert_.get(), NID_basic_constraints, "critical,CA:FALSE") &&
-      addExtension(cert.get(), caCert_.get(), NID_key_usage, "critical,digitalSignature") &&
-      addExtension(cert.get(), caCert_.get(), NID_ext_key_usage, "serverAuth") &&
-      addExtension(cert.get(), caCert_.get(), NID_subject_key_identifier, "hash") &&
-      addExtension(cert.get(), caCert_.get(), NID_authority_key_identifier, "keyid:always") &&
-      addSubjectAltName(cert.get(), h) && X509_sign(cert.get(), caKey_.get(), EVP_sha256()) > 0;
+  bool ok = X509_set_version(cert.get(), X509_VERSION_3) == 1 && setRandomSerial(cert.get()) &&
+            X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, reinterpret_cast<const unsigned char*>(h.c_str()), -1,
+                                       -1, 0) == 1 &&
+            X509_set_issuer_name(cert.get(), X509_get_subject_name(caCert_.get())) == 1 &&
+            setValidity(cert.get(), now, kBackdateSeconds, 0, kLeafValiditySeconds) &&
+            X509_set_pubkey(cert.get(), key->get()) == 1 &&
+            addExtension(cert.get(), caCert_.get(), NID_basic_constraints, "critical,CA:FALSE") &&
+            addExtension(cert.get(), caCert_.get(), NID_key_usage, "critical,digitalSignature") &&
+            addExtension(cert.get(), caCert_.get(), NID_ext_key_usage, "serverAuth") &&
+            addExtension(cert.get(), caCert_.get(), NID_subject_key_identifier, "hash") &&
+            addExtension(cert.get(), caCert_.get(), NID_authority_key_identifier, "keyid:always") &&
+            addSubjectAltName(cert.get(), h) && X509_sign(cert.get(), caKey_.get(), EVP_sha256()) > 0;
   if (!ok) return makeError("cannot mint a certificate for {}: {}", h, opensslErrors());
 
   Leaf leaf;

@@ -47,8 +47,7 @@ class Authority {
   // unreadable, expiring within 30 days, or constrained to a different set of
   // hosts than `hosts`. Always rewrites the trust bundle from systemBundle
   // (a missing system bundle gives a bundle holding only our CA, and a warning).
-  static Result<Authority> loadOrCreate(const std::string& stateDir,
-                                        const std::vector<std::string>& hosts,
+  static Result<Authority> loadOrCreate(const std::string& stateDir, const std::vector<std::string>& hosts,
                                         const std::string& systemBundle = kSystemBundle);
 
   Authority(Authority&&) noexcept = default;

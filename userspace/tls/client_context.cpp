@@ -23,8 +23,7 @@ struct SessionStore {
   std::unordered_map<std::string, SslSessionPtr> byHost;  // guarded by mu
 };
 
-void freeStore(void* /*parent*/, void* ptr, CRYPTO_EX_DATA* /*ad*/, int /*idx*/, long /*argl*/,
-               void* /*argp*/) {
+void freeStore(void* /*parent*/, void* ptr, CRYPTO_EX_DATA* /*ad*/, int /*idx*/, long /*argl*/, void* /*argp*/) {
   delete static_cast<SessionStore*>(ptr);
 }
 
@@ -87,8 +86,7 @@ int onNewSession(SSL* ssl, SSL_SESSION* session) noexcept {
 int onVerify(int preverifyOk, X509_STORE_CTX* storeCtx) noexcept {
   if (preverifyOk != 1) return 0;
   if (X509_STORE_CTX_get_error_depth(storeCtx) != 0) return 1;
-  auto* ssl = static_cast<SSL*>(
-      X509_STORE_CTX_get_ex_data(storeCtx, SSL_get_ex_data_X509_STORE_CTX_idx()));
+  auto* ssl = static_cast<SSL*>(X509_STORE_CTX_get_ex_data(storeCtx, SSL_get_ex_data_X509_STORE_CTX_idx()));
   if (ssl != nullptr && SSL_get_ex_data(ssl, preparedIndex()) != nullptr) return 1;
   X509_STORE_CTX_set_error(storeCtx, X509_V_ERR_APPLICATION_VERIFICATION);
   return 0;

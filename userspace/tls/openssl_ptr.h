@@ -29,14 +29,10 @@ using EvpPkeyPtr = std::unique_ptr<EVP_PKEY, detail::Deleter<EVP_PKEY, EVP_PKEY_
 using X509Ptr = std::unique_ptr<X509, detail::Deleter<X509, X509_free>>;
 using X509NamePtr = std::unique_ptr<X509_NAME, detail::Deleter<X509_NAME, X509_NAME_free>>;
 using X509StorePtr = std::unique_ptr<X509_STORE, detail::Deleter<X509_STORE, X509_STORE_free>>;
-using X509StoreCtxPtr =
-    std::unique_ptr<X509_STORE_CTX, detail::Deleter<X509_STORE_CTX, X509_STORE_CTX_free>>;
-using X509ExtensionPtr =
-    std::unique_ptr<X509_EXTENSION, detail::Deleter<X509_EXTENSION, X509_EXTENSION_free>>;
-using GeneralNamesPtr =
-    std::unique_ptr<GENERAL_NAMES, detail::Deleter<GENERAL_NAMES, GENERAL_NAMES_free>>;
-using NameConstraintsPtr =
-    std::unique_ptr<NAME_CONSTRAINTS, detail::Deleter<NAME_CONSTRAINTS, NAME_CONSTRAINTS_free>>;
+using X509StoreCtxPtr = std::unique_ptr<X509_STORE_CTX, detail::Deleter<X509_STORE_CTX, X509_STORE_CTX_free>>;
+using X509ExtensionPtr = std::unique_ptr<X509_EXTENSION, detail::Deleter<X509_EXTENSION, X509_EXTENSION_free>>;
+using GeneralNamesPtr = std::unique_ptr<GENERAL_NAMES, detail::Deleter<GENERAL_NAMES, GENERAL_NAMES_free>>;
+using NameConstraintsPtr = std::unique_ptr<NAME_CONSTRAINTS, detail::Deleter<NAME_CONSTRAINTS, NAME_CONSTRAINTS_free>>;
 using SslCtxPtr = std::unique_ptr<SSL_CTX, detail::Deleter<SSL_CTX, SSL_CTX_free>>;
 using SslPtr = std::unique_ptr<SSL, detail::Deleter<SSL, SSL_free>>;
 using SslSessionPtr = std::unique_ptr<SSL_SESSION, detail::Deleter<SSL_SESSION, SSL_SESSION_free>>;

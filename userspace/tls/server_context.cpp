@@ -23,14 +23,13 @@ namespace {
 // suites are all ECDHE here because the groups below are all elliptic.
 constexpr const char* kCipherList =
     "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305";
-constexpr const char* kCipherSuites =
-    "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256";
+constexpr const char* kCipherSuites = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256";
 constexpr const char* kGroups = "X25519:P-256:P-384";
 constexpr unsigned char kSessionIdContext[] = "atlasgate";
 
 using X509StackPtr = std::unique_ptr<STACK_OF(X509), void (*)(STACK_OF(X509)*)>;
 
-void freeX509Stack(STACK_OF(X509)* s) { sk_X509_pop_free(s, X509_free); }
+void freeX509Stack(STACK_OF(X509) * s) { sk_X509_pop_free(s, X509_free); }
 
 }  // namespace
 
@@ -81,8 +80,7 @@ namespace {
 
 using State = ServerContext::State;
 
-void freeState(void* /*parent*/, void* ptr, CRYPTO_EX_DATA* /*ad*/, int /*idx*/, long /*argl*/,
-               void* /*argp*/) {
+void freeState(void* /*parent*/, void* ptr, CRYPTO_EX_DATA* /*ad*/, int /*idx*/, long /*argl*/, void* /*argp*/) {
   delete static_cast<State*>(ptr);
 }
 
@@ -140,13 +138,11 @@ int onClientHello(SSL* ssl, int* alert, void* arg) noexcept {
       host = state->findHost(sni.host);
       if (host == nullptr) {
         state->refusedUnknownSni.fetch_add(1, std::memory_order_relaxed);
-        log::warn("refused TLS handshake: SNI \"{}\" is not a configured target",
-                  printableName(sni.host));
+        log::warn("refused TLS handshake: SNI \"{}\" is not a configured target", printableName(sni.host));
         return refuse(alert, SSL_AD_UNRECOGNIZED_NAME);
       }
     } else {
-      const auto* fallback = static_cast<const std::string*>(
-          SSL_get_ex_data(ssl, defaultHostIndex()));
+      const auto* fallback = static_cast<const std::string*>(SSL_get_ex_data(ssl, defaultHostIndex()));
       if (fallback != nullptr) host = state->findHost(lowerAscii(*fallback));
       if (host == nullptr) {
         state->refusedMissingSni.fetch_add(1, std::memory_order_relaxed);
@@ -162,10 +158,8 @@ int onClientHello(SSL* ssl, int* alert, void* arg) noexcept {
     }
     // The SSL takes its own references to the leaf, key and chain, so a later
     // renewal in the cache cannot pull them from under a live connection.
-    if (SSL_use_cert_and_key(ssl, (*leaf)->cert.get(), (*leaf)->key.get(), state->chain.get(),
-                             1) != 1) {
-      log::error("refused TLS handshake for {}: cannot install the leaf: {}", *host,
-                 opensslErrors());
+    if (SSL_use_cert_and_key(ssl, (*leaf)->cert.get(), (*leaf)->key.get(), state->chain.get(), 1) != 1) {
+      log::error("refused TLS handshake for {}: cannot install the leaf: {}", *host, opensslErrors());
       return refuse(alert, SSL_AD_INTERNAL_ERROR);
     }
     SSL_set_ex_data(ssl, selectedHostIndex(), const_cast<std::string*>(host));
@@ -178,8 +172,8 @@ int onClientHello(SSL* ssl, int* alert, void* arg) noexcept {
 // Select http/1.1 when offered. A client offering only other protocols (only
 // h2, say) gets no ALPN at all rather than a failed handshake: it then falls
 // back to HTTP/1.1, which is all the terminator speaks.
-int onAlpnSelect(SSL* /*ssl*/, const unsigned char** out, unsigned char* outLen,
-                 const unsigned char* in, unsigned int inLen, void* /*arg*/) noexcept {
+int onAlpnSelect(SSL* /*ssl*/, const unsigned char** out, unsigned char* outLen, const unsigned char* in,
+                 unsigned int inLen, void* /*arg*/) noexcept {
   constexpr std::string_view kWanted = kAlpnHttp11;
   size_t i = 0;
   while (i < inLen) {
@@ -197,23 +191,19 @@ int onAlpnSelect(SSL* /*ssl*/, const unsigned char** out, unsigned char* outLen,
 
 }  // namespace
 
-Result<ServerContext> ServerContext::create(std::shared_ptr<const Authority> authority,
-                                            Clock clock) {
+Result<ServerContext> ServerContext::create(std::shared_ptr<const Authority> authority, Clock clock) {
   if (!authority || authority->caCert() == nullptr) return makeError("no CA for the TLS server");
   SslCtxPtr ctx(SSL_CTX_new(TLS_server_method()));
   if (!ctx) return makeError("SSL_CTX_new: {}", opensslErrors());
   SSL_CTX* c = ctx.get();
   bool ok = SSL_CTX_set_min_proto_version(c, TLS1_2_VERSION) == 1 &&
-            SSL_CTX_set_max_proto_version(c, TLS1_3_VERSION) == 1 &&
-            SSL_CTX_set_cipher_list(c, kCipherList) == 1 &&
-            SSL_CTX_set_ciphersuites(c, kCipherSuites) == 1 &&
-            SSL_CTX_set1_groups_list(c, kGroups) == 1 &&
+            SSL_CTX_set_max_proto_version(c, TLS1_3_VERSION) == 1 && SSL_CTX_set_cipher_list(c, kCipherList) == 1 &&
+            SSL_CTX_set_ciphersuites(c, kCipherSuites) == 1 && SSL_CTX_set1_groups_list(c, kGroups) == 1 &&
             SSL_CTX_set_session_id_context(c, kSessionIdContext, sizeof kSessionIdContext - 1) == 1;
   if (!ok) return makeError("cannot configure the TLS server context: {}", opensslErrors());
   // Idle keep-alive connections give their read/write buffers back.
   SSL_CTX_set_mode(c, SSL_MODE_RELEASE_BUFFERS);
-  SSL_CTX_set_options(c, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION |
-                             SSL_OP_CIPHER_SERVER_PREFERENCE);
+  SSL_CTX_set_options(c, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
   // Resumption both ways: the server-side session cache (TLS 1.2 session
   // ids) and tickets (on by default; keys are random per SSL_CTX).
   SSL_CTX_set_session_cache_mode(c, SSL_SESS_CACHE_SERVER);

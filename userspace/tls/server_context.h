@@ -43,8 +43,7 @@ class ServerContext {
 
   // `clock` decides when a cached leaf is renewed (tests move it forward);
   // the default is the system clock.
-  static Result<ServerContext> create(std::shared_ptr<const Authority> authority,
-                                      Clock clock = {});
+  static Result<ServerContext> create(std::shared_ptr<const Authority> authority, Clock clock = {});
 
   ServerContext(ServerContext&& other) noexcept;
   ServerContext& operator=(ServerContext&& other) noexcept;

@@ -25,8 +25,7 @@ SniResult parseServerName(std::span<const uint8_t> ext) {
   out.host.reserve(nameLen);
   for (uint8_t c : list.subspan(3)) {
     if (c == 0) return bad;
-    out.host.push_back(c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a')
-                                            : static_cast<char>(c));
+    out.host.push_back(c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : static_cast<char>(c));
   }
   if (out.host.back() == '.') out.host.pop_back();
   if (out.host.empty()) return bad;

@@ -29,10 +29,10 @@ inline constexpr size_t kMaxSniLength = 255;
 SniResult parseServerName(std::span<const uint8_t> ext);
 
 enum class HelloStatus {
-  NeedMore,   // not enough bytes yet for the first record
-  NotTls,     // not a TLS handshake record carrying a ClientHello
-  NoSni,      // a ClientHello without a (usable) server_name
-  Sni,        // a ClientHello naming `host`
+  NeedMore,  // not enough bytes yet for the first record
+  NotTls,    // not a TLS handshake record carrying a ClientHello
+  NoSni,     // a ClientHello without a (usable) server_name
+  Sni,       // a ClientHello naming `host`
 };
 
 struct HelloPeek {

@@ -39,8 +39,7 @@ class Call {
   // Writes the request and reads the response head. The timeout bounds the
   // write and the head (not the wait for a pooled connection: the pool's
   // queue timeout does).
-  asio::awaitable<beast::error_code> send(const http::request<http::string_body>& req,
-                                          std::chrono::seconds timeout);
+  asio::awaitable<beast::error_code> send(const http::request<http::string_body>& req, std::chrono::seconds timeout);
   // "connect", "write" or "read" after send() failed.
   std::string_view failedStep() const { return step_; }
 

@@ -160,7 +160,8 @@ void UpstreamHost::maybeConnect() {
          connecting < limits.maxConnecting) {
     ++open;
     ++connecting;
-    asio::co_spawn(ex, [self = shared_from_this()]() { return self->connectOne(); }, asio::detached);
+    asio::co_spawn(
+        ex, [self = shared_from_this()]() { return self->connectOne(); }, asio::detached);
   }
 }
 
@@ -273,9 +274,8 @@ void UpstreamPool::setAddresses(const std::string& host, std::vector<tcp::endpoi
   for (auto hit = h.health.begin(); hit != h.health.end();)
     hit = std::binary_search(h.addresses.begin(), h.addresses.end(), hit->first) ? std::next(hit) : h.health.erase(hit);
   // Idle connections to addresses atlasgate no longer chooses are closed.
-  std::erase_if(h.idle, [&](const auto& c) {
-    return !std::binary_search(h.addresses.begin(), h.addresses.end(), c->endpoint);
-  });
+  std::erase_if(
+      h.idle, [&](const auto& c) { return !std::binary_search(h.addresses.begin(), h.addresses.end(), c->endpoint); });
   h.maybeConnect();
 }
 
@@ -390,8 +390,8 @@ UpstreamStats UpstreamPool::stats() const {
 std::vector<UpstreamHostView> UpstreamPool::hosts() const {
   std::vector<UpstreamHostView> out;
   for (const auto& [name, h] : hosts_)
-    out.push_back(UpstreamHostView{name, h->open, h->idle.size(), h->connecting, h->waiters.size(),
-                                   h->addresses.size(), h->stats});
+    out.push_back(UpstreamHostView{name, h->open, h->idle.size(), h->connecting, h->waiters.size(), h->addresses.size(),
+                                   h->stats});
   return out;
 }
 

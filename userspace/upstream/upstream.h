@@ -49,8 +49,8 @@ struct UpstreamConn {
   TlsStream stream;
   std::shared_ptr<UpstreamHost> owner;
   tcp::endpoint endpoint;
-  std::string holder;   // the agent using it now ("" = idle, or atlasgate's own request)
-  bool held = false;    // counted in its holder's share
+  std::string holder;  // the agent using it now ("" = idle, or atlasgate's own request)
+  bool held = false;   // counted in its holder's share
   std::chrono::steady_clock::time_point idleSince{};
   std::uint64_t uses = 0;
 };

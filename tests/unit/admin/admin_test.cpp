@@ -14,7 +14,7 @@ namespace {
 TEST(BearerMatches, OnlyTheExactTokenUnderTheBearerScheme) {
   const std::string token = "agt-admin-0123456789abcdef";
   EXPECT_TRUE(bearerMatches("Bearer " + token, token));
-  EXPECT_TRUE(bearerMatches("bearer " + token, token));       // the scheme is case-insensitive
+  EXPECT_TRUE(bearerMatches("bearer " + token, token));            // the scheme is case-insensitive
   EXPECT_TRUE(bearerMatches("  BEARER   " + token + " ", token));  // optional whitespace
   EXPECT_FALSE(bearerMatches("", token));
   EXPECT_FALSE(bearerMatches(token, token));  // no scheme
@@ -24,7 +24,7 @@ TEST(BearerMatches, OnlyTheExactTokenUnderTheBearerScheme) {
   EXPECT_FALSE(bearerMatches("Bearer " + token.substr(0, token.size() - 1), token));  // a prefix
   EXPECT_FALSE(bearerMatches("Bearer " + token + "x", token));                        // longer
   EXPECT_FALSE(bearerMatches("Bearer AGT-ADMIN-0123456789ABCDEF", token));            // the token is not
-  EXPECT_FALSE(bearerMatches("Bearer " + token, ""));  // an empty token matches nothing
+  EXPECT_FALSE(bearerMatches("Bearer " + token, ""));                                 // an empty token matches nothing
   EXPECT_FALSE(bearerMatches("Bearer ", ""));
 }
 
@@ -66,7 +66,8 @@ TEST(ListenConfig, AdminTokenFile) {
             std::string::npos)
       << relative.error().message;
 
-  auto orphan = config::parseConfig("listen:\n  admin_token_file: /etc/atlasgate/admin-token\n" + target, "a.yaml", false);
+  auto orphan =
+      config::parseConfig("listen:\n  admin_token_file: /etc/atlasgate/admin-token\n" + target, "a.yaml", false);
   ASSERT_FALSE(orphan.ok());
   EXPECT_NE(orphan.error().message.find("listen.admin_token_file: needs listen.admin"), std::string::npos)
       << orphan.error().message;

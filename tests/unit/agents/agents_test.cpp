@@ -55,8 +55,8 @@ TEST(AgentNames, OutsideEveryRootIsNoAgent) {
 
 TEST(AgentNames, DiscoveredPodNameCoversItsContainers) {
   std::map<std::string, GivenName> given;
-  auto labels = std::make_shared<const std::map<std::string, std::string>>(
-      std::map<std::string, std::string>{{"app", "bot"}});
+  auto labels =
+      std::make_shared<const std::map<std::string, std::string>>(std::map<std::string, std::string>{{"app", "bot"}});
   given["kubepods.slice/pod123"] = GivenName{"team-a/bot-0", labels};
   auto a = identifyAgent("kubepods.slice/pod123/cri-containerd-abc.scope", kAgents, {"kubepods.slice/pod123"}, given);
   EXPECT_EQ(a.name, "team-a/bot-0");

@@ -156,8 +156,12 @@ TEST(AuditJson, LargeCounters) {
 TEST(AuditJson, HostileFieldsStayOneValidLine) {
   audit::Record r = sample();
   r.path = "/a\"b\\c\r\n{\"decision\":\"allow\"}\x1b[2J\0end"s;
-  r.comm = "\xFF\xFE" "evil\xC3";
-  r.agent = "\xE2\x80\xAE" "gnp";  // valid UTF-8 (RLO): kept, JSON-escaping is for the terminal
+  r.comm =
+      "\xFF\xFE"
+      "evil\xC3";
+  r.agent =
+      "\xE2\x80\xAE"
+      "gnp";  // valid UTF-8 (RLO): kept, JSON-escaping is for the terminal
   r.cgroup = std::string(100000, 'c');
   r.error = "\x7f";
   std::string line = audit::toJson(r);
@@ -166,14 +170,17 @@ TEST(AuditJson, HostileFieldsStayOneValidLine) {
   EXPECT_EQ(line.find('\0'), std::string::npos);
   EXPECT_EQ(line.find('\x1b'), std::string::npos);
   EXPECT_TRUE(text::isUtf8(line));
-  EXPECT_NE(line.find(R"("path":"/a\"b\\c\r\n{\"decision\":\"allow\"}\u001b[2J\u0000end")"), std::string::npos)
-      << line;
+  EXPECT_NE(line.find(R"("path":"/a\"b\\c\r\n{\"decision\":\"allow\"}\u001b[2J\u0000end")"), std::string::npos) << line;
   json::value v = json::parse(line);  // throws when not JSON
   const json::object& o = v.as_object();
   EXPECT_EQ(o.size(), 18u);
   EXPECT_EQ(o.at("path").as_string(), json::string_view(r.path));
-  EXPECT_EQ(o.at("comm").as_string(), "\xEF\xBF\xBD\xEF\xBF\xBD" "evil\xEF\xBF\xBD");
-  EXPECT_EQ(o.at("agent").as_string(), "\xE2\x80\xAE" "gnp");
+  EXPECT_EQ(o.at("comm").as_string(),
+            "\xEF\xBF\xBD\xEF\xBF\xBD"
+            "evil\xEF\xBF\xBD");
+  EXPECT_EQ(o.at("agent").as_string(),
+            "\xE2\x80\xAE"
+            "gnp");
   EXPECT_EQ(o.at("cgroup").as_string().size(), 100000u);
   EXPECT_EQ(o.at("decision").as_string(), "allow");  // the real one, not the injected one
   EXPECT_EQ(o.at("error").as_string(), "\x7f");

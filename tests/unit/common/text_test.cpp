@@ -53,7 +53,7 @@ TEST(Utf8Edges, MalformedForms) {
   EXPECT_EQ(text::utf8SequenceAt("\xC3\x28", 0), 0u);          // bad continuation
   EXPECT_EQ(text::utf8SequenceAt("\xE2\x82", 0), 0u);          // truncated 3-byte
   EXPECT_EQ(text::utf8SequenceAt("\xE2\x82(", 0), 0u);
-  EXPECT_EQ(text::utf8SequenceAt("\xF5\x80\x80\x80", 0), 0u);  // lead byte beyond U+10FFFF
+  EXPECT_EQ(text::utf8SequenceAt("\xF5\x80\x80\x80", 0), 0u);      // lead byte beyond U+10FFFF
   EXPECT_EQ(text::utf8SequenceAt("\xF8\x88\x80\x80\x80", 0), 0u);  // 5-byte form
   EXPECT_EQ(text::utf8SequenceAt("\xFE", 0), 0u);
 }
@@ -78,12 +78,18 @@ TEST(Utf8Edges, PrefixLimits) {
   EXPECT_EQ(text::utf8Prefix("\xFF\xE2\x82\xAC", 3), "\xFF");
   EXPECT_EQ(text::utf8Prefix("\xFF\xE2\x82\xAC", 4), "\xFF\xE2\x82\xAC");
   // A truncated lead at the cut is a bad byte and may be kept.
-  EXPECT_EQ(text::utf8Prefix("ab\xC3" "cd", 3), "ab\xC3");
+  EXPECT_EQ(text::utf8Prefix("ab\xC3"
+                             "cd",
+                             3),
+            "ab\xC3");
 }
 
 TEST(Utf8Edges, ValidReplacesTruncatedSequencesBytewise) {
   // "\xE2\x82" + "A": two bad bytes, two replacements; 'A' kept.
-  EXPECT_EQ(text::utf8Valid("\xE2\x82" "A"), "\xEF\xBF\xBD\xEF\xBF\xBD" "A");
+  EXPECT_EQ(text::utf8Valid("\xE2\x82"
+                            "A"),
+            "\xEF\xBF\xBD\xEF\xBF\xBD"
+            "A");
   // The replacement character itself is valid and kept.
   EXPECT_EQ(text::utf8Valid("\xEF\xBF\xBD"), "\xEF\xBF\xBD");
 }
@@ -94,20 +100,20 @@ TEST(Hazardous, ExactBoundaries) {
     bool hazardous;
   };
   for (const Case& c : {
-           Case{0x00, true},     Case{0x1F, true},     Case{0x20, false},    Case{0x7E, false},
-           Case{0x7F, true},     Case{0x9F, true},     Case{0xA0, true},     Case{0xA1, false},
-           Case{0xAC, false},    Case{0xAD, true},     Case{0xAE, false},    Case{0x34F, true},
-           Case{0x61C, true},    Case{0x115F, true},   Case{0x1160, true},   Case{0x1161, false},
-           Case{0x1680, true},   Case{0x17B3, false},  Case{0x17B4, true},   Case{0x17B5, true},
-           Case{0x17B6, false},  Case{0x180A, false},  Case{0x180B, true},   Case{0x180F, true},
-           Case{0x1810, false},  Case{0x1FFF, false},  Case{0x2000, true},   Case{0x200F, true},
-           Case{0x2010, false},  Case{0x2027, false},  Case{0x2028, true},   Case{0x202F, true},
-           Case{0x2030, false},  Case{0x205E, false},  Case{0x205F, true},   Case{0x206F, true},
-           Case{0x2070, false},  Case{0x2FFF, false},  Case{0x3000, true},   Case{0x3001, false},
-           Case{0x3164, true},   Case{0xFDFF, false},  Case{0xFE00, true},   Case{0xFE0F, true},
-           Case{0xFE10, false},  Case{0xFEFF, true},   Case{0xFFA0, true},   Case{0xFFF8, false},
-           Case{0xFFF9, true},   Case{0xFFFB, true},   Case{0xFFFC, false},  Case{0xFFFD, false},
-           Case{0xDFFFF, false}, Case{0xE0000, true},  Case{0xE0FFF, true},  Case{0xE1000, false},
+           Case{0x00, true},      Case{0x1F, true},    Case{0x20, false},      Case{0x7E, false},
+           Case{0x7F, true},      Case{0x9F, true},    Case{0xA0, true},       Case{0xA1, false},
+           Case{0xAC, false},     Case{0xAD, true},    Case{0xAE, false},      Case{0x34F, true},
+           Case{0x61C, true},     Case{0x115F, true},  Case{0x1160, true},     Case{0x1161, false},
+           Case{0x1680, true},    Case{0x17B3, false}, Case{0x17B4, true},     Case{0x17B5, true},
+           Case{0x17B6, false},   Case{0x180A, false}, Case{0x180B, true},     Case{0x180F, true},
+           Case{0x1810, false},   Case{0x1FFF, false}, Case{0x2000, true},     Case{0x200F, true},
+           Case{0x2010, false},   Case{0x2027, false}, Case{0x2028, true},     Case{0x202F, true},
+           Case{0x2030, false},   Case{0x205E, false}, Case{0x205F, true},     Case{0x206F, true},
+           Case{0x2070, false},   Case{0x2FFF, false}, Case{0x3000, true},     Case{0x3001, false},
+           Case{0x3164, true},    Case{0xFDFF, false}, Case{0xFE00, true},     Case{0xFE0F, true},
+           Case{0xFE10, false},   Case{0xFEFF, true},  Case{0xFFA0, true},     Case{0xFFF8, false},
+           Case{0xFFF9, true},    Case{0xFFFB, true},  Case{0xFFFC, false},    Case{0xFFFD, false},
+           Case{0xDFFFF, false},  Case{0xE0000, true}, Case{0xE0FFF, true},    Case{0xE1000, false},
            Case{0x10FFFF, false}, Case{U'A', false},   Case{U'\u00E9', false}, Case{0x1F600, false},
        }) {
     EXPECT_EQ(text::isHazardous(c.cp), c.hazardous) << std::hex << static_cast<unsigned>(c.cp);
@@ -145,17 +151,21 @@ TEST(ForTerminalEdges, BlankRunThresholdIsEight) {
 TEST(ForTerminalEdges, FourDigitMinimumAndLongerCodePoints) {
   EXPECT_EQ(text::forTerminal("\xE2\x80\x8B"), "\\u{200b}");
   EXPECT_EQ(text::forTerminal("\xF3\xA0\x80\xA0"), "\\u{e0020}");  // TAG SPACE: five digits
-  EXPECT_EQ(text::forTerminal("\xC2\xAD"), "\\u{00ad}");            // SOFT HYPHEN
+  EXPECT_EQ(text::forTerminal("\xC2\xAD"), "\\u{00ad}");           // SOFT HYPHEN
 }
 
 TEST(JsonForTerminalEdges, EscapesOnlyHazards) {
-  EXPECT_EQ(text::jsonForTerminal("\"a\x7F" "b\""), "\"a\\u007fb\"");
+  EXPECT_EQ(text::jsonForTerminal("\"a\x7F"
+                                  "b\""),
+            "\"a\\u007fb\"");
   EXPECT_EQ(text::jsonForTerminal("\"\xC2\xA0\""), "\"\\u00a0\"");
   EXPECT_EQ(text::jsonForTerminal("\"\xF3\xA0\x80\xA0\""), "\"\\udb40\\udc20\"");  // U+E0020
   EXPECT_EQ(text::jsonForTerminal("\"\xEF\xB8\x8F\""), "\"\\ufe0f\"");
   // Kept: quotes, escapes already there, ordinary non-ASCII, spaces, non-BMP
   // that is not hazardous.
-  const std::string keep = R"({"k":"a \"q\" \\ \u001b caf)" "\xC3\xA9 \xF0\x9F\x98\x80" R"("})";
+  const std::string keep = R"({"k":"a \"q\" \\ \u001b caf)"
+                           "\xC3\xA9 \xF0\x9F\x98\x80"
+                           R"("})";
   EXPECT_EQ(text::jsonForTerminal(keep), keep);
   // Hazards in keys are escaped too.
   EXPECT_EQ(text::jsonForTerminal("{\"\xE2\x80\xAE\":1}"), "{\"\\u202e\":1}");
@@ -178,7 +188,7 @@ TEST(Iequals, AsciiCaseOnlyAndWithinBounds) {
   EXPECT_TRUE(iequals("", ""));
   EXPECT_FALSE(iequals("bearer", "bearer "));
   EXPECT_FALSE(iequals("auth", "autH-int"));
-  EXPECT_FALSE(iequals("[", "{"));           // 0x5b and 0x7b differ by 0x20 but are no letters
+  EXPECT_FALSE(iequals("[", "{"));                // 0x5b and 0x7b differ by 0x20 but are no letters
   EXPECT_FALSE(iequals("\xc3\xa9", "\xc3\x89"));  // é / É: ASCII only
   auto heap = std::make_unique<char[]>(1);
   heap[0] = 'A';

@@ -33,9 +33,7 @@ constexpr std::string_view kTarget =
     "targets:\n"
     "  - host: cloud.mongodb.com\n";
 
-Result<Config> parse(std::string_view yaml, bool isPrivate = false) {
-  return parseConfig(yaml, "bad.yaml", isPrivate);
-}
+Result<Config> parse(std::string_view yaml, bool isPrivate = false) { return parseConfig(yaml, "bad.yaml", isPrivate); }
 
 // Passes when yaml fails to load with one line that starts "bad.yaml:WHERE: "
 // and contains every one of words.
@@ -459,7 +457,8 @@ TEST(ConfigErrors, YamlSyntax) {
 
 TEST(ConfigErrors, InputsThatHangYamlCppLoadAllFailCleanly) {
   // yaml-cpp 0.7's LoadAll() loops forever on these; the loader must not.
-  for (const char* text : {"{},", "[],", "\"x\",", "{a: b},"}) EXPECT_FALSE(parseConfig(text, "bad.yaml", false)) << text;
+  for (const char* text : {"{},", "[],", "\"x\",", "{a: b},"})
+    EXPECT_FALSE(parseConfig(text, "bad.yaml", false)) << text;
 }
 
 TEST(ConfigErrors, EmptyFileAndSeveralDocuments) {
@@ -639,15 +638,16 @@ TEST(ConfigErrors, EmptyMatchList) {
 // What a rule's strings mean is policy/'s to check (tests/unit/policy): the
 // loader takes them as they are and records where each was written.
 TEST(ConfigLoad, RuleMeaningIsLeftToPolicy) {
-  Result<Config> r = parse(rulesWith("      path: /groups/{g}/{g}\n"
-                                     "      pod_labels: \"env in (\"\n"
-                                     "      container_labels: \" \"\n"
-                                     "      when:\n"
-                                     "        - pointer: name\n"
-                                     "          matches: \"prod-(\"\n"
-                                     "      action: rate_limit\n"
-                                     "    - name: r\n"
-                                     "      action: allow\n"));
+  Result<Config> r =
+      parse(rulesWith("      path: /groups/{g}/{g}\n"
+                      "      pod_labels: \"env in (\"\n"
+                      "      container_labels: \" \"\n"
+                      "      when:\n"
+                      "        - pointer: name\n"
+                      "          matches: \"prod-(\"\n"
+                      "      action: rate_limit\n"
+                      "    - name: r\n"
+                      "      action: allow\n"));
   ASSERT_TRUE(r.ok()) << r.error().message;
   const Rule& rule = r->rules.list.at(0);
   EXPECT_EQ(rule.path, "/groups/{g}/{g}");
@@ -655,9 +655,12 @@ TEST(ConfigLoad, RuleMeaningIsLeftToPolicy) {
   EXPECT_EQ(rule.when.at(0).regex, "prod-(");
   EXPECT_FALSE(rule.rate.has_value());
   EXPECT_EQ(r->rules.list.at(1).name, "r");
-  const std::pair<std::string_view, std::pair<int, int>> where[] = {
-      {"name", {5, 13}},         {"path", {6, 13}}, {"pod_labels", {7, 19}}, {"when[0].pointer", {10, 20}},
-      {"when[0].matches", {11, 20}}, {"action", {12, 15}}};
+  const std::pair<std::string_view, std::pair<int, int>> where[] = {{"name", {5, 13}},
+                                                                    {"path", {6, 13}},
+                                                                    {"pod_labels", {7, 19}},
+                                                                    {"when[0].pointer", {10, 20}},
+                                                                    {"when[0].matches", {11, 20}},
+                                                                    {"action", {12, 15}}};
   for (const auto& [key, at] : where) {
     auto it = rule.keyLocs.find(key);
     ASSERT_NE(it, rule.keyLocs.end()) << key;
@@ -859,8 +862,8 @@ std::vector<std::string> tableSections() {
   std::vector<std::string> out{""};
   const std::vector<SchemaKey> keys = schemaKeys();
   for (const SchemaKey& k : keys) {
-    const bool hasKeys = std::any_of(keys.begin(), keys.end(),
-                                     [&](const SchemaKey& c) { return c.path.rfind(k.path + ".", 0) == 0; });
+    const bool hasKeys =
+        std::any_of(keys.begin(), keys.end(), [&](const SchemaKey& c) { return c.path.rfind(k.path + ".", 0) == 0; });
     if (hasKeys) out.push_back(k.path);
   }
   return out;
@@ -880,9 +883,7 @@ TEST(ConfigSchema, UnknownKeyInEachTableIsRejectedNamingKeyAndSection) {
 }
 
 // One more than a decimal number.
-std::string plusOne(std::uint64_t n) {
-  return n == UINT64_MAX ? "18446744073709551616" : std::to_string(n + 1);
-}
+std::string plusOne(std::uint64_t n) { return n == UINT64_MAX ? "18446744073709551616" : std::to_string(n + 1); }
 
 // Kind::Uint and Kind::Port: every integer key takes its bounds and nothing beyond.
 TEST(ConfigSchemaKinds, IntegerAndPortBounds) {

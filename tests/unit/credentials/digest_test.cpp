@@ -172,7 +172,7 @@ TEST(DigestChallenge, QuotedPairsAreUnescaped) {
 }
 
 TEST(DigestChallenge, QopWithoutAuthIsRefused) {
-  EXPECT_FALSE(parseDigestChallenge(R"(Digest nonce="n")"));                      // RFC 2069 style
+  EXPECT_FALSE(parseDigestChallenge(R"(Digest nonce="n")"));  // RFC 2069 style
   EXPECT_FALSE(parseDigestChallenge(R"(Digest nonce="n", qop="auth-int")"));
   EXPECT_FALSE(parseDigestChallenge(R"(Digest nonce="n", qop="")"));
   EXPECT_FALSE(parseDigestChallenge(R"(Digest nonce="n", qop="authx, xauth")"));
@@ -201,9 +201,9 @@ TEST(DigestChallenge, OnlyMd5IsAccepted) {
 }
 
 TEST(DigestChallenge, NotDigestOrNoNonce) {
-  for (std::string_view h :
-       {"", "   ", "Basic realm=\"x\"", "Digestrealm=\"x\", nonce=\"n\", qop=auth", "Diges", "Bearer nonce=\"n\"",
-        "Digest", "Digest ", "Digest realm=\"x\", qop=auth", "Digest nonce=\"\", qop=auth", "Digest nonce=, qop=auth"}) {
+  for (std::string_view h : {"", "   ", "Basic realm=\"x\"", "Digestrealm=\"x\", nonce=\"n\", qop=auth", "Diges",
+                             "Bearer nonce=\"n\"", "Digest", "Digest ", "Digest realm=\"x\", qop=auth",
+                             "Digest nonce=\"\", qop=auth", "Digest nonce=, qop=auth"}) {
     EXPECT_FALSE(parseDigestChallenge(h)) << '[' << h << ']';
   }
   EXPECT_EQ(parseDigestChallenge("Basic realm=\"x\"").error().message, "not a Digest challenge");
@@ -212,13 +212,13 @@ TEST(DigestChallenge, NotDigestOrNoNonce) {
 
 TEST(DigestChallenge, MalformedParameters) {
   for (std::string_view h : {
-           "Digest =x, nonce=n, qop=auth",           // no key
-           "Digest nonce",                           // no '='
-           "Digest nonce n, qop=auth",               // no '='
-           "Digest nonce=\"abc, qop=auth",           // unterminated
-           "Digest nonce=\"abc\\",                   // escape at the very end
+           "Digest =x, nonce=n, qop=auth",                     // no key
+           "Digest nonce",                                     // no '='
+           "Digest nonce n, qop=auth",                         // no '='
+           "Digest nonce=\"abc, qop=auth",                     // unterminated
+           "Digest nonce=\"abc\\",                             // escape at the very end
            "Digest nonce=\"n\", qop=auth, Basic realm=\"x\"",  // a second challenge
-           "Digest n\xC3\xA9=\"v\", nonce=n, qop=auth",         // non-ASCII key
+           "Digest n\xC3\xA9=\"v\", nonce=n, qop=auth",        // non-ASCII key
        }) {
     EXPECT_FALSE(parseDigestChallenge(h)) << '[' << h << ']';
   }
@@ -306,9 +306,9 @@ TEST(DigestAuth, HeaderAnswersTheChallenge) {
   EXPECT_EQ(p["opaque"], "0p");
   EXPECT_EQ(p["cnonce"].size(), 16u);
   EXPECT_TRUE(isLowerHex(p["cnonce"])) << p["cnonce"];
-  EXPECT_EQ(p["response"], digestResponse("pubkey", "MMS Public API", "9f2a-priv", "GET",
-                                          "/api/atlas/v2/groups?pretty=true", "N0nce", "00000001", p["cnonce"],
-                                          "auth"));
+  EXPECT_EQ(p["response"],
+            digestResponse("pubkey", "MMS Public API", "9f2a-priv", "GET", "/api/atlas/v2/groups?pretty=true", "N0nce",
+                           "00000001", p["cnonce"], "auth"));
   // The secret is never in the header.
   EXPECT_EQ(h->find("9f2a-priv"), std::string::npos);
 }

@@ -32,9 +32,9 @@ TEST(OAuthBasic, Rfc7617Example) {
 }
 
 TEST(OAuthBasic, PaddingForEveryLength) {
-  EXPECT_EQ(basicCredentials("", ""), "Og==");     // ":"
-  EXPECT_EQ(basicCredentials("a", ""), "YTo=");    // "a:"
-  EXPECT_EQ(basicCredentials("a", "b"), "YTpi");   // "a:b"
+  EXPECT_EQ(basicCredentials("", ""), "Og==");    // ":"
+  EXPECT_EQ(basicCredentials("a", ""), "YTo=");   // "a:"
+  EXPECT_EQ(basicCredentials("a", "b"), "YTpi");  // "a:b"
   EXPECT_EQ(basicCredentials("ab", "c"), "YWI6Yw==");
   EXPECT_EQ(basicCredentials("mdb_sa_id_0123", "mdb_sa_sk_abc"), "bWRiX3NhX2lkXzAxMjM6bWRiX3NhX3NrX2FiYw==");
 }
@@ -119,7 +119,8 @@ TEST(OAuthToken, MissingOrWrongTypedFields) {
   EXPECT_EQ(errorOf(200, R"({"token_type":"Bearer","expires_in":3600})"), "token endpoint answer has no access_token");
   EXPECT_EQ(errorOf(200, R"({"access_token":"","token_type":"Bearer"})"), "token endpoint answer has no access_token");
   EXPECT_EQ(errorOf(200, R"({"access_token":123,"token_type":"Bearer"})"), "token endpoint answer has no access_token");
-  EXPECT_EQ(errorOf(200, R"({"access_token":null,"token_type":"Bearer"})"), "token endpoint answer has no access_token");
+  EXPECT_EQ(errorOf(200, R"({"access_token":null,"token_type":"Bearer"})"),
+            "token endpoint answer has no access_token");
   EXPECT_EQ(errorOf(200, R"({"access_token":"t"})"), "token endpoint answer has no token_type");
   EXPECT_EQ(errorOf(200, R"({"access_token":"t","token_type":1})"), "token endpoint answer has no token_type");
   EXPECT_EQ(errorOf(200, R"({"access_token":"t","token_type":"mac"})"),
@@ -141,8 +142,8 @@ TEST(OAuthToken, BodiesThatAreNoJsonObject) {
   // Invalid UTF-8 inside a string: Boost.JSON refuses it.
   EXPECT_EQ(errorOf(200, "{\"access_token\":\"\xFF\",\"token_type\":\"Bearer\"}"), want);
   // Deep nesting is refused, not a stack overflow.
-  std::string deep = R"({"access_token":"t","token_type":"Bearer","x":)" + std::string(100000, '[') +
-                     std::string(100000, ']') + "}";
+  std::string deep =
+      R"({"access_token":"t","token_type":"Bearer","x":)" + std::string(100000, '[') + std::string(100000, ']') + "}";
   EXPECT_EQ(errorOf(200, deep), want);
 }
 

@@ -56,15 +56,24 @@ int main(int argc, char** argv) {
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string k = argv[i], v = argv[i + 1];
     auto n = [&] { return std::strtoull(v.c_str(), nullptr, 10); };
-    if (k == "--socket") o.socket = v;
-    else if (k == "--label") o.label = v;
-    else if (k == "--backoff-ms") o.backoffInitial = std::chrono::milliseconds(n());
-    else if (k == "--backoff-max-ms") o.backoffMax = std::chrono::milliseconds(n());
-    else if (k == "--resync-s") o.resync = std::chrono::seconds(n());
-    else if (k == "--request-timeout-s") o.requestTimeout = std::chrono::seconds(n());
-    else if (k == "--max-containers") o.limits.maxContainers = n();
-    else if (k == "--max-event-line") o.limits.maxEventLineBytes = n();
-    else if (k == "--max-response") o.limits.maxResponseBytes = n();
+    if (k == "--socket")
+      o.socket = v;
+    else if (k == "--label")
+      o.label = v;
+    else if (k == "--backoff-ms")
+      o.backoffInitial = std::chrono::milliseconds(n());
+    else if (k == "--backoff-max-ms")
+      o.backoffMax = std::chrono::milliseconds(n());
+    else if (k == "--resync-s")
+      o.resync = std::chrono::seconds(n());
+    else if (k == "--request-timeout-s")
+      o.requestTimeout = std::chrono::seconds(n());
+    else if (k == "--max-containers")
+      o.limits.maxContainers = n();
+    else if (k == "--max-event-line")
+      o.limits.maxEventLineBytes = n();
+    else if (k == "--max-response")
+      o.limits.maxResponseBytes = n();
     else {
       std::fprintf(stderr, "unknown option %s\n", k.c_str());
       return 2;

@@ -25,12 +25,14 @@ const std::string kId = "178261ee32dbb9ea35b2a803d119118b61899b9d1f7c2277b0ba42d
 const std::string kOther = "759f3911ee344d02feb030bf97e2920800204bbbc0acabd1f35a3e36bcfc47de";
 
 // What Podman 4.3's compat API answers for GET /containers/<id>/json (trimmed).
-std::string podmanInspect(const std::string& id = kId, const std::string& name = "\"/t5\"",
-                          const std::string& labels = R"({"atlasgate.io/inject":"true","team":"data"})",
-                          const std::string& state = R"({"Status":"running","Running":true,"Pid":22103,"StartedAt":"2026-11-30T08:50:36.386291895Z"})") {
+std::string podmanInspect(
+    const std::string& id = kId, const std::string& name = "\"/t5\"",
+    const std::string& labels = R"({"atlasgate.io/inject":"true","team":"data"})",
+    const std::string& state =
+        R"({"Status":"running","Running":true,"Pid":22103,"StartedAt":"2026-11-30T08:50:36.386291895Z"})") {
   return R"({"Id":")" + id + R"(","Created":"2026-11-30T08:50:19Z","Path":"sleep","Args":["300"],"State":)" + state +
-         R"(,"Image":"","Name":)" + name + R"(,"RestartCount":0,"Config":{"Hostname":"178261ee32db","Labels":)" + labels +
-         R"(,"Cmd":["sleep","300"]},"HostConfig":{"NetworkMode":"host","CgroupParent":""}})";
+         R"(,"Image":"","Name":)" + name + R"(,"RestartCount":0,"Config":{"Hostname":"178261ee32db","Labels":)" +
+         labels + R"(,"Cmd":["sleep","300"]},"HostConfig":{"NetworkMode":"host","CgroupParent":""}})";
 }
 
 // --- ids and names ---------------------------------------------------------------
@@ -125,7 +127,8 @@ TEST(ContainerInspect, HostileAnswersAreRefused) {
       {"pid beyond pid_max", podmanInspect(kId, "\"/t\"", "{}", R"({"Running":true,"Pid":4194305})")},
       {"pid a string", podmanInspect(kId, "\"/t\"", "{}", R"({"Running":true,"Pid":"5"})")},
       {"pid a float", podmanInspect(kId, "\"/t\"", "{}", R"({"Running":true,"Pid":5.5})")},
-      {"StartedAt with a newline", podmanInspect(kId, "\"/t\"", "{}", R"({"Running":true,"Pid":5,"StartedAt":"x\ny"})")},
+      {"StartedAt with a newline",
+       podmanInspect(kId, "\"/t\"", "{}", R"({"Running":true,"Pid":5,"StartedAt":"x\ny"})")},
       {"deep nesting", std::string(10000, '[') + std::string(10000, ']')},
   };
   for (const auto& [what, body] : cases) {
@@ -149,9 +152,10 @@ TEST(ContainerInspect, Bounds) {
 // --- list ------------------------------------------------------------------------
 
 TEST(ContainerList, RunningIdsOnce) {
-  const std::string body = "[{\"Id\":\"" + kId + R"(","Names":["/t5"],"Labels":{"atlasgate.io/inject":"true"},"State":"running"},)" +
-                           "{\"Id\":\"" + kOther + R"(","Names":["/t6"],"State":"exited"},)" +
-                           "{\"Id\":\"" + kId + R"(","State":"running"}])";
+  const std::string body = "[{\"Id\":\"" + kId +
+                           R"(","Names":["/t5"],"Labels":{"atlasgate.io/inject":"true"},"State":"running"},)" +
+                           "{\"Id\":\"" + kOther + R"(","Names":["/t6"],"State":"exited"},)" + "{\"Id\":\"" + kId +
+                           R"(","State":"running"}])";
   auto ids = parseContainerList(body);
   ASSERT_TRUE(ids) << ids.error().message;
   EXPECT_EQ(*ids, std::vector<std::string>{kId});
@@ -163,8 +167,9 @@ TEST(ContainerList, RunningIdsOnce) {
 }
 
 TEST(ContainerList, HostileAnswersAreErrors) {
-  for (std::string body : std::vector<std::string>{"", "{}", "null", "[1]", "[{\"Id\":\"x\"}]", "[{\"Names\":[\"/a\"]}]",
-                           "[{\"Id\":\"" + kId + "\",\"State\":5}]", "[{\"Id\":\"" + kId + "\"},", "\"" + kId + "\""}) {
+  for (std::string body : std::vector<std::string>{"", "{}", "null", "[1]", "[{\"Id\":\"x\"}]",
+                                                   "[{\"Names\":[\"/a\"]}]", "[{\"Id\":\"" + kId + "\",\"State\":5}]",
+                                                   "[{\"Id\":\"" + kId + "\"},", "\"" + kId + "\""}) {
     EXPECT_FALSE(parseContainerList(body)) << body;
   }
   EngineLimits lim;
@@ -218,12 +223,12 @@ TEST(EngineEvents, PodmanAndDocker) {
 }
 
 TEST(EngineEvents, HostileLinesAreErrors) {
-  for (std::string line : std::vector<std::string>{"", "garbage", "[]", "{}", R"({"Type":"container"})",
-                           R"({"Type":"container","Action":"start"})",
-                           R"({"Type":"container","Action":"start","Actor":{"ID":"../../etc"}})",
-                           R"({"Type":"container","Action":"start","Actor":{"ID":5}})",
-                           R"({"Type":7,"Action":"start"})", R"({"Type":"container","Action":["start"]})",
-                           R"({"Type":"container","Action":"start","Actor":{"ID":")" + kId + "\"}"}) {
+  for (std::string line : std::vector<std::string>{
+           "", "garbage", "[]", "{}", R"({"Type":"container"})", R"({"Type":"container","Action":"start"})",
+           R"({"Type":"container","Action":"start","Actor":{"ID":"../../etc"}})",
+           R"({"Type":"container","Action":"start","Actor":{"ID":5}})", R"({"Type":7,"Action":"start"})",
+           R"({"Type":"container","Action":["start"]})",
+           R"({"Type":"container","Action":"start","Actor":{"ID":")" + kId + "\"}"}) {
     EXPECT_FALSE(parseEngineEvent(line)) << line;
   }
 }
@@ -263,8 +268,9 @@ TEST(ContainerCgroup, FromProc) {
   // The container's process moved itself into cgroups it made below its own,
   // named after its id: still the engine's cgroup, never the deeper one (an
   // attachment there would leave the rest of the container unredirected).
-  EXPECT_EQ(containerCgroupFromProc("0::/libpod_parent/libpod-" + kId + "/a/b/" + kId + "/c/x" + kId + "\n", kId).value(),
-            "libpod_parent/libpod-" + kId);
+  EXPECT_EQ(
+      containerCgroupFromProc("0::/libpod_parent/libpod-" + kId + "/a/b/" + kId + "/c/x" + kId + "\n", kId).value(),
+      "libpod_parent/libpod-" + kId);
 }
 
 TEST(ContainerCgroup, RefusesWhatIsNotTheContainers) {
@@ -277,8 +283,8 @@ TEST(ContainerCgroup, RefusesWhatIsNotTheContainers) {
       "0::/libpod-" + kId + "/../../",                   // dot-dot
       "0::/a/./libpod-" + kId,
       "0::/a//libpod-" + kId,
-      "0::libpod-" + kId,                                // relative
-      "0::/libpod-" + kId + "\x1b[2J",                   // control characters
+      "0::libpod-" + kId,               // relative
+      "0::/libpod-" + kId + "\x1b[2J",  // control characters
       "0::/" + std::string(5000, 'a') + "/libpod-" + kId,
   };
   for (const auto& text : bad) EXPECT_FALSE(containerCgroupFromProc(text, kId)) << text;
@@ -385,17 +391,17 @@ TEST(ContainersConfig, BadDiscoveryContainers) {
 }
 
 TEST(ContainersConfig, ContainerLabelsRule) {
-  auto c = config::parseConfig(std::string(kTarget) +
-                                   "rules:\n  list:\n    - {name: r, action: block, container_labels: \"env in (prod)\"}\n",
-                               "t.yaml", false);
+  auto c = config::parseConfig(
+      std::string(kTarget) + "rules:\n  list:\n    - {name: r, action: block, container_labels: \"env in (prod)\"}\n",
+      "t.yaml", false);
   ASSERT_TRUE(c) << c.error().message;
   EXPECT_EQ(c->rules.list.at(0).containerLabels, "env in (prod)");
   // The shape is config's to check (an empty selector), the selector
   // itself policy's (which reports it with the rule's index and position).
   for (const char* sel : {"\"\"", "\"env in (\"", "\"a b\""}) {
-    auto loaded = config::parseConfig(std::string(kTarget) + "rules:\n  list:\n    - {name: r, action: block, container_labels: " +
-                                          sel + "}\n",
-                                      "t.yaml", false);
+    auto loaded = config::parseConfig(
+        std::string(kTarget) + "rules:\n  list:\n    - {name: r, action: block, container_labels: " + sel + "}\n",
+        "t.yaml", false);
     if (!loaded) continue;
     auto compiled = policy::Policy::compile(loaded->rules);
     ASSERT_FALSE(compiled) << sel;
@@ -439,11 +445,12 @@ TEST(ContainersPolicy, ContainerLabelsMatchOnlyContainers) {
 }
 
 TEST(ContainersAgents, GivenContainerNameCarriesContainerLabels) {
-  auto labels = std::make_shared<const std::map<std::string, std::string>>(std::map<std::string, std::string>{{"env", "prod"}});
+  auto labels =
+      std::make_shared<const std::map<std::string, std::string>>(std::map<std::string, std::string>{{"env", "prod"}});
   std::map<std::string, proxy::GivenName> given{
       {"libpod_parent/libpod-" + kId, {"container/t5", labels, proxy::LabelKind::Container}}};
-  auto id = proxy::identifyAgent("libpod_parent/libpod-" + kId + "/sub", "atlasgate", {"libpod_parent/libpod-" + kId},
-                                 given);
+  auto id =
+      proxy::identifyAgent("libpod_parent/libpod-" + kId + "/sub", "atlasgate", {"libpod_parent/libpod-" + kId}, given);
   EXPECT_EQ(id.name, "container/t5");
   EXPECT_EQ(id.key, "libpod_parent/libpod-" + kId);
   ASSERT_TRUE(id.containerLabels);

@@ -228,11 +228,13 @@ TEST(LabelSelector, Errors) {
 TEST(PodCgroup, CandidatesForEachQosClass) {
   auto b = podCgroupCandidates(kUid, "Burstable");
   ASSERT_EQ(b.size(), 6u);
-  EXPECT_EQ(b[0], std::string("kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod") + kUidSystemd + ".slice");
+  EXPECT_EQ(b[0],
+            std::string("kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod") + kUidSystemd + ".slice");
   EXPECT_EQ(b[1], std::string("kubepods/burstable/pod") + kUid);
 
   auto be = podCgroupCandidates(kUid, "BestEffort");
-  EXPECT_EQ(be[0], std::string("kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod") + kUidSystemd + ".slice");
+  EXPECT_EQ(be[0],
+            std::string("kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod") + kUidSystemd + ".slice");
   EXPECT_EQ(be[1], std::string("kubepods/besteffort/pod") + kUid);
 
   auto g = podCgroupCandidates(kUid, "Guaranteed");
@@ -294,7 +296,8 @@ TEST(PodCgroup, NestedKubeletCgroupRoot) {
   PodInfo p = pod(kUid, "1");
   p.qosClass = "BestEffort";
   const std::string want = t.mkdirs(
-      std::string("kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-besteffort.slice/kubelet-kubepods-besteffort-pod") +
+      std::string(
+          "kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-besteffort.slice/kubelet-kubepods-besteffort-pod") +
       kUidSystemd + ".slice");
   t.mkdirs("system.slice/containerd.service");
   auto r = findPodCgroup(t.path(), p);
@@ -413,7 +416,8 @@ TEST(WatchEvent, Errors) {
 }
 
 TEST(StatusBody, Describe) {
-  EXPECT_EQ(describeStatusBody(R"({"kind":"Status","status":"Failure","message":"Unauthorized","reason":"Unauthorized","code":401})"),
+  EXPECT_EQ(describeStatusBody(
+                R"({"kind":"Status","status":"Failure","message":"Unauthorized","reason":"Unauthorized","code":401})"),
             "Unauthorized (401)");
   EXPECT_EQ(describeStatusBody(R"({"kind":"Status","message":"too old","reason":"Expired","code":410})"),
             "Expired: too old (410)");
@@ -426,8 +430,8 @@ TEST(StatusBody, Describe) {
 // --- diff ------------------------------------------------------------------------
 
 TEST(DiffPods, NewChangedVanishedTerminated) {
-  std::map<std::string, PodInfo> known{{"a", pod("a", "1")}, {"b", pod("b", "1")}, {"c", pod("c", "1")},
-                                       {"d", pod("d", "1")}};
+  std::map<std::string, PodInfo> known{
+      {"a", pod("a", "1")}, {"b", pod("b", "1")}, {"c", pod("c", "1")}, {"d", pod("d", "1")}};
   PodInfo done = pod("d", "5");
   done.phase = "Succeeded";
   std::vector<PodInfo> listed{pod("a", "1"), pod("b", "2"), pod("e", "1"), done};
@@ -493,8 +497,9 @@ TEST(ApiServerUrl, Parses) {
   EXPECT_EQ(c->hostHeader(), "[fd00::1]:6443");
   EXPECT_EQ(c->url(), "https://[fd00::1]:6443");
 
-  for (const char* bad : {"http://10.0.0.1", "https://", "https://h:0", "https://h:70000", "https://h:x",
-                          "https://h/api", "https://fd00::1", "https://[nope]:1", "https://u@h", "h:443", "https://h:"}) {
+  for (const char* bad :
+       {"http://10.0.0.1", "https://", "https://h:0", "https://h:70000", "https://h:x", "https://h/api",
+        "https://fd00::1", "https://[nope]:1", "https://u@h", "h:443", "https://h:"}) {
     EXPECT_FALSE(parseApiServerUrl(bad)) << bad;
   }
 }

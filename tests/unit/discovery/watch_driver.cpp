@@ -48,8 +48,8 @@ void emit(const json::object& o) {
 json::object podJson(const char* event, const discovery::PodInfo& p) {
   json::object labels;
   for (const auto& [k, v] : p.labels) labels[k] = v;
-  return {{"event", event}, {"agent", p.agentName()}, {"uid", p.uid},         {"rv", p.resourceVersion},
-          {"phase", p.phase}, {"deleted", p.deleted},  {"node", p.nodeName}, {"labels", labels}};
+  return {{"event", event},   {"agent", p.agentName()}, {"uid", p.uid},       {"rv", p.resourceVersion},
+          {"phase", p.phase}, {"deleted", p.deleted},   {"node", p.nodeName}, {"labels", labels}};
 }
 
 }  // namespace
@@ -58,15 +58,24 @@ int main(int argc, char** argv) {
   discovery::WatcherOptions o;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string k = argv[i], v = argv[i + 1];
-    if (k == "--api") o.apiServer = v;
-    else if (k == "--token-file") o.tokenFile = v;
-    else if (k == "--ca-file") o.caFile = v;
-    else if (k == "--node") o.nodeName = v;
-    else if (k == "--selector") o.labelSelector = v;
-    else if (k == "--backoff-ms") o.backoffInitial = std::chrono::milliseconds(std::atoi(v.c_str()));
-    else if (k == "--backoff-max-ms") o.backoffMax = std::chrono::milliseconds(std::atoi(v.c_str()));
-    else if (k == "--watch-timeout") o.watchTimeout = std::chrono::seconds(std::atoi(v.c_str()));
-    else if (k == "--page-size") o.pageSize = static_cast<std::uint32_t>(std::atoi(v.c_str()));
+    if (k == "--api")
+      o.apiServer = v;
+    else if (k == "--token-file")
+      o.tokenFile = v;
+    else if (k == "--ca-file")
+      o.caFile = v;
+    else if (k == "--node")
+      o.nodeName = v;
+    else if (k == "--selector")
+      o.labelSelector = v;
+    else if (k == "--backoff-ms")
+      o.backoffInitial = std::chrono::milliseconds(std::atoi(v.c_str()));
+    else if (k == "--backoff-max-ms")
+      o.backoffMax = std::chrono::milliseconds(std::atoi(v.c_str()));
+    else if (k == "--watch-timeout")
+      o.watchTimeout = std::chrono::seconds(std::atoi(v.c_str()));
+    else if (k == "--page-size")
+      o.pageSize = static_cast<std::uint32_t>(std::atoi(v.c_str()));
     else {
       std::fprintf(stderr, "unknown option %s\n", k.c_str());
       return 2;

@@ -146,10 +146,10 @@ TEST(Condition, Exists) {
 TEST(Condition, ArraysAndEscapes) {
   const char* body = R"({"replicationSpecs":[{"regionConfigs":[{"x":1},{"electableSpecs":{"instanceSize":"M50"}}]}],
                          "tags":{"team/env":"prod","a~b":true}})";
-  EXPECT_EQ(eval(cond("/replicationSpecs/0/regionConfigs/1/electableSpecs/instanceSize", config::CondOp::Equals,
-                      {"\"M50\""}),
-                 body),
-            Truth::True);
+  EXPECT_EQ(
+      eval(cond("/replicationSpecs/0/regionConfigs/1/electableSpecs/instanceSize", config::CondOp::Equals, {"\"M50\""}),
+           body),
+      Truth::True);
   EXPECT_EQ(eval(cond("/tags/team~1env", config::CondOp::Equals, {"\"prod\""}), body), Truth::True);
   EXPECT_EQ(eval(cond("/tags/a~0b", config::CondOp::Equals, {"true"}), body), Truth::True);
 }

@@ -147,7 +147,7 @@ TEST(ParsePattern, Forms) {
   EXPECT_EQ(p[1].kind, PatternSegment::Kind::One);
   EXPECT_EQ(p[2].kind, PatternSegment::Kind::One);
   EXPECT_EQ(p[3].kind, PatternSegment::Kind::Any);
-  EXPECT_EQ(p[4].text, "end x");  // decoded, lower-cased
+  EXPECT_EQ(p[4].text, "end x");            // decoded, lower-cased
   EXPECT_EQ(pat("/a/**/**/b").size(), 3u);  // "**/**" is "**"
   ASSERT_EQ(pat("").size(), 1u);            // empty = any path
   EXPECT_EQ(pat("")[0].kind, PatternSegment::Kind::Any);

@@ -149,7 +149,7 @@ TEST(Policy, EncodedSlashReadingThatOnlyTheDefaultDecidesIsStillRefused) {
   EXPECT_EQ(e.ruleName, "default");
   EXPECT_EQ(e.action, Action::Block);
   EXPECT_TRUE(e.viaAlternatePath);
-  EXPECT_TRUE(e.checks[0].applies);  // the one-segment reading is allowed by the rule ...
+  EXPECT_TRUE(e.checks[0].applies);            // the one-segment reading is allowed by the rule ...
   EXPECT_FALSE(e.alternateChecks[0].applies);  // ... the split one by nothing
 }
 
@@ -203,7 +203,7 @@ TEST(Policy, EncodedSlashInAccessListEntry) {
 // block > approve > rate_limit > log_only > allow; a tie reports the primary
 // (one-segment) reading's rule.
 TEST(Policy, StricterReadingWinsInTheDocumentedOrder) {
-  const std::string one = "/v/{a}";       // the one-segment reading of /v/x%2Fy
+  const std::string one = "/v/{a}";        // the one-segment reading of /v/x%2Fy
   const std::string split = "/v/{a}/{b}";  // its split reading
   const std::string target = "/v/x%2Fy";
   struct Case {
@@ -226,7 +226,7 @@ TEST(Policy, StricterReadingWinsInTheDocumentedOrder) {
     };
     auto p = compile({make("one", one, c.primary), make("split", split, c.alternate)});
     auto d = eval(*p, req("GET", target));
-    std::string label = fmt::format("{} vs {}", actionText(c.primary), actionText(c.alternate));
+    std::string label = fmt::format("{} vs {}", config::actionName(c.primary), config::actionName(c.alternate));
     EXPECT_EQ(d.ruleName, c.winner) << label;
     EXPECT_EQ(d.viaAlternatePath, std::string_view(c.winner) == "split") << label;
     EXPECT_EQ(p->explain(req("GET", target)).ruleName, c.winner) << label;
@@ -283,7 +283,8 @@ TEST(Policy, MalformedTargets) {
 // ---- methods, hosts, agents ---------------------------------------------------
 
 TEST(Policy, MethodsAreCaseInsensitiveListsAndEmptyMeansAny) {
-  auto p = compile({rule("writes", "/w/**", Action::Block, {"post", "PUT", "Patch"}), rule("any", "/a", Action::Block)});
+  auto p =
+      compile({rule("writes", "/w/**", Action::Block, {"post", "PUT", "Patch"}), rule("any", "/a", Action::Block)});
   EXPECT_EQ(verdict(*p, "POST", "/w/x"), Verdict::Block);
   EXPECT_EQ(verdict(*p, "post", "/w/x"), Verdict::Block);
   EXPECT_EQ(verdict(*p, "pAtCh", "/w/x"), Verdict::Block);
@@ -370,7 +371,7 @@ TEST(Policy, BodyConditionIn) {
   EXPECT_EQ(post(*p, R"({"providerSettings":{"instanceSizeName":"M50"}})").verdict, Verdict::Block);
   EXPECT_EQ(post(*p, R"({"providerSettings":{"instanceSizeName":"M10"}})").verdict, Verdict::Allow);
   EXPECT_EQ(post(*p, R"({"providerSettings":{}})").verdict, Verdict::Allow);  // pointer does not resolve
-  EXPECT_EQ(post(*p, R"(["M40"])").verdict, Verdict::Allow);                 // not an object
+  EXPECT_EQ(post(*p, R"(["M40"])").verdict, Verdict::Allow);                  // not an object
   EXPECT_EQ(post(*p, R"("M40")").verdict, Verdict::Allow);
   EXPECT_EQ(post(*p, std::nullopt).verdict, Verdict::Allow);
   EXPECT_EQ(post(*p, "").verdict, Verdict::Allow);
@@ -383,7 +384,8 @@ TEST(Policy, UncheckableBodyIsMalformedByDefault) {
   EXPECT_NE(d.malformedReason.find("no-big-clusters"), std::string::npos) << d.malformedReason;
 
   // Padding the body past the cap must not step around the block.
-  std::string padded = R"({"pad":")" + std::string(2 << 20, 'x') + R"(","providerSettings":{"instanceSizeName":"M40"}})";
+  std::string padded =
+      R"({"pad":")" + std::string(2 << 20, 'x') + R"(","providerSettings":{"instanceSizeName":"M40"}})";
   EXPECT_EQ(post(*p, padded).verdict, Verdict::Malformed);
 
   // Only candidates whose other filters pass look at the body.
@@ -559,10 +561,11 @@ TEST(Policy, ConcurrentEvaluationTakesExactlyTheBurst) {
 }
 
 TEST(Policy, AdoptStateKeepsUnchangedRulesAndResetsChangedOnes) {
-  auto old = compile({rateRule("same", "/s/**", 1, 60), rateRule("changed", "/c/**", 1, 60),
-                      rateRule("renamed", "/r/**", 1, 60)});
+  auto old = compile(
+      {rateRule("same", "/s/**", 1, 60), rateRule("changed", "/c/**", 1, 60), rateRule("renamed", "/r/**", 1, 60)});
   for (std::string_view t : {"/s/x", "/c/x", "/r/x"}) EXPECT_EQ(eval(*old, req("GET", t)).verdict, Verdict::Allow);
-  for (std::string_view t : {"/s/x", "/c/x", "/r/x"}) EXPECT_EQ(eval(*old, req("GET", t)).verdict, Verdict::RateLimited);
+  for (std::string_view t : {"/s/x", "/c/x", "/r/x"})
+    EXPECT_EQ(eval(*old, req("GET", t)).verdict, Verdict::RateLimited);
 
   config::Rule changed = rateRule("changed", "/c/**", 1, 60);
   changed.burst = 2;
@@ -590,8 +593,8 @@ TEST(Policy, ExplainGivesReasonsAndTakesNoTokens) {
   config::Rule condRule = rule("big", "/api/**", Action::Block);
   condRule.when = {when("/size", config::CondOp::Equals, {"\"M40\""})};
   auto p = compile({rule("deletes", "/**", Action::Block, {"DELETE"}), hostRule,
-                    rule("elsewhere", "/other/**", Action::Block), agentRule, condRule, rateRule("budget", "/api/**", 3, 60),
-                    rule("unreached", "/**", Action::Block)});
+                    rule("elsewhere", "/other/**", Action::Block), agentRule, condRule,
+                    rateRule("budget", "/api/**", 3, 60), rule("unreached", "/**", Action::Block)});
 
   auto r = req("POST", "/api/x?y=1", "dev-bot", R"({"size":"M10"})");
   for (int i = 0; i < 10; ++i) {
@@ -641,15 +644,20 @@ TEST(Policy, ExplainAgreesWithEvaluate) {
                     rule("approve-users", "/api/atlas/v2/groups/*/databaseUsers/**", Action::Approve),
                     rule("log", "/**/processes/**", Action::LogOnly), rule("api", "/api/**", Action::Allow, {"GET"})},
                    Action::Block);
-  const std::vector<std::string> targets = {
-      "/api/atlas/v2/groups/g/clusters",   "/api/atlas/v2/groups/g/clusters/c", "/api/atlas/v2/groups/g/databaseUsers",
-      "/api/atlas/v2/groups/g/databaseUsers/admin/u", "/api/atlas/v2/groups/g/processes/h:27017", "/api/x",
-      "/other", "/api/atlas/v2/groups/g/clusters%2Fc", "/"};
+  const std::vector<std::string> targets = {"/api/atlas/v2/groups/g/clusters",
+                                            "/api/atlas/v2/groups/g/clusters/c",
+                                            "/api/atlas/v2/groups/g/databaseUsers",
+                                            "/api/atlas/v2/groups/g/databaseUsers/admin/u",
+                                            "/api/atlas/v2/groups/g/processes/h:27017",
+                                            "/api/x",
+                                            "/other",
+                                            "/api/atlas/v2/groups/g/clusters%2Fc",
+                                            "/"};
   for (const auto& t : targets) {
     for (std::string_view m : {"GET", "POST", "DELETE"}) {
       for (std::string_view a : {"ops-1", "dev"}) {
-        for (std::optional<std::string_view> body : {std::optional<std::string_view>(R"({"size":"M40"})"),
-                                                     std::optional<std::string_view>()}) {
+        for (std::optional<std::string_view> body :
+             {std::optional<std::string_view>(R"({"size":"M40"})"), std::optional<std::string_view>()}) {
           auto r = req(m, t, a, body);
           auto e = p->explain(r, kT0);
           auto d = p->evaluate(r, kT0);
@@ -767,7 +775,7 @@ TEST(Policy, ThousandRules) {
 
 TEST(Policy, Names) {
   EXPECT_EQ(verdictName(Verdict::RateLimited), "rate_limited");
-  EXPECT_EQ(actionText(Action::LogOnly), "log_only");
+  EXPECT_EQ(config::actionName(Action::LogOnly), "log_only");
 }
 
 // ---- pod labels -------------------------------------------------------------
@@ -891,8 +899,9 @@ TEST(PolicyFromFile, ABadRuleIsReportedOnceWithItsIndex) {
   auto p = Policy::compile(c->rules);
   ASSERT_FALSE(p);
   const std::string& m = p.error().message;
-  EXPECT_EQ(m, "bad.yaml:8:13: rules.list[1].path (rule \"second\"): path pattern \"/groups/{g}/{g}\": "
-               "parameter {g} appears twice");
+  EXPECT_EQ(m,
+            "bad.yaml:8:13: rules.list[1].path (rule \"second\"): path pattern \"/groups/{g}/{g}\": "
+            "parameter {g} appears twice");
   auto count = [&](std::string_view w) {
     std::size_t n = 0;
     for (auto at = m.find(w); at != std::string::npos; at = m.find(w, at + 1)) ++n;

@@ -12,7 +12,8 @@ using namespace atlasgate::proxy;
 
 namespace {
 
-ApprovalInfo held(std::string agentKey, std::uint64_t bodyBytes, std::chrono::seconds timeout = std::chrono::seconds(60)) {
+ApprovalInfo held(std::string agentKey, std::uint64_t bodyBytes,
+                  std::chrono::seconds timeout = std::chrono::seconds(60)) {
   ApprovalInfo info;
   info.agent = agentKey;
   info.agentKey = std::move(agentKey);
@@ -24,7 +25,8 @@ ApprovalInfo held(std::string agentKey, std::uint64_t bodyBytes, std::chrono::se
 // Runs Approvals::wait to completion (the entry is decided or gone).
 ApprovalOutcome waitFor(asio::io_context& io, Approvals& a, std::uint64_t id) {
   std::optional<ApprovalOutcome> out;
-  asio::co_spawn(io, [&]() -> asio::awaitable<void> { out = co_await a.wait(id); }, asio::detached);
+  asio::co_spawn(
+      io, [&]() -> asio::awaitable<void> { out = co_await a.wait(id); }, asio::detached);
   io.restart();
   io.run();
   return out.value();

@@ -360,8 +360,7 @@ TEST(ExchangeRefusals, Upstream) {
   EXPECT_EQ(busy.errorCode, kUpstreamBusy);
   EXPECT_EQ(busy.response[http::field::retry_after], "1");  // never 0
   EXPECT_EQ(upstreamRefusal(boost::beast::error::timeout, "read", kHost).response.result_int(), 504u);
-  LocalResponse down =
-      upstreamRefusal(make_error_code(boost::system::errc::connection_refused), "connect", kHost);
+  LocalResponse down = upstreamRefusal(make_error_code(boost::system::errc::connection_refused), "connect", kHost);
   EXPECT_EQ(down.response.result_int(), 502u);
   EXPECT_EQ(down.counter, Counter::UpstreamFailures);
   EXPECT_NE(down.response.body().find("connect failed"), std::string::npos);

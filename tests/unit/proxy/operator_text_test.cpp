@@ -66,7 +66,10 @@ TEST(Utf8, PrefixNeverSplitsACharacter) {
 
 TEST(Utf8, ValidReplacesEachBadByte) {
   EXPECT_EQ(text::utf8Valid("ok \xC3\xA9"), "ok \xC3\xA9");
-  EXPECT_EQ(text::utf8Valid("a\xFF" "b"), "a\xEF\xBF\xBD" "b");
+  EXPECT_EQ(text::utf8Valid("a\xFF"
+                            "b"),
+            "a\xEF\xBF\xBD"
+            "b");
   EXPECT_EQ(text::utf8Valid("\xC3"), "\xEF\xBF\xBD");
   EXPECT_EQ(text::utf8Valid("\xED\xA0\x80"), "\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD");
   EXPECT_TRUE(text::isUtf8(text::utf8Valid("\x80\xBF\xC0\xC1\xF5\xFE\xFF")));
@@ -80,13 +83,25 @@ TEST(ForTerminal, ControlsAreEscapedNeverRaw) {
 }
 
 TEST(ForTerminal, C1BidiAndInvisibleCodePointsAreEscaped) {
-  EXPECT_EQ(text::forTerminal("a\xC2\x9B" "31m"), "a\\u{009b}31m");         // C1 CSI
+  EXPECT_EQ(text::forTerminal("a\xC2\x9B"
+                              "31m"),
+            "a\\u{009b}31m");                                                 // C1 CSI
   EXPECT_EQ(text::forTerminal("x\xE2\x80\xAEgnp.exe"), "x\\u{202e}gnp.exe");  // RIGHT-TO-LEFT OVERRIDE
-  EXPECT_EQ(text::forTerminal("a\xE2\x81\xA6" "b"), "a\\u{2066}b");         // LEFT-TO-RIGHT ISOLATE
-  EXPECT_EQ(text::forTerminal("a\xE2\x80\x8B" "b"), "a\\u{200b}b");         // ZERO WIDTH SPACE
-  EXPECT_EQ(text::forTerminal("a\xC2\xA0" "b"), "a\\u{00a0}b");             // NO-BREAK SPACE
-  EXPECT_EQ(text::forTerminal("a\xEF\xBB\xBF" "b"), "a\\u{feff}b");         // BOM
-  EXPECT_EQ(text::forTerminal("a\xF3\xA0\x80\x81" "b"), "a\\u{e0001}b");    // LANGUAGE TAG
+  EXPECT_EQ(text::forTerminal("a\xE2\x81\xA6"
+                              "b"),
+            "a\\u{2066}b");  // LEFT-TO-RIGHT ISOLATE
+  EXPECT_EQ(text::forTerminal("a\xE2\x80\x8B"
+                              "b"),
+            "a\\u{200b}b");  // ZERO WIDTH SPACE
+  EXPECT_EQ(text::forTerminal("a\xC2\xA0"
+                              "b"),
+            "a\\u{00a0}b");  // NO-BREAK SPACE
+  EXPECT_EQ(text::forTerminal("a\xEF\xBB\xBF"
+                              "b"),
+            "a\\u{feff}b");  // BOM
+  EXPECT_EQ(text::forTerminal("a\xF3\xA0\x80\x81"
+                              "b"),
+            "a\\u{e0001}b");  // LANGUAGE TAG
   // Ordinary text outside ASCII stays readable.
   EXPECT_EQ(text::forTerminal("caf\xC3\xA9 \xE6\x97\xA5\xE6\x9C\xAC \xF0\x9F\x98\x80"),
             "caf\xC3\xA9 \xE6\x97\xA5\xE6\x9C\xAC \xF0\x9F\x98\x80");
@@ -111,7 +126,11 @@ TEST(ForTerminal, LeadingAndLongBlankRunsAreCounted) {
 }
 
 TEST(JsonForTerminal, SameDataNoHazard) {
-  json::object o{{"comm", "\x1b[2J\xC2\x9B" "1m\xE2\x80\xAE\x7f"}, {"tag", "\xF3\xA0\x80\x81"}, {"ok", "caf\xC3\xA9"}};
+  json::object o{{"comm",
+                  "\x1b[2J\xC2\x9B"
+                  "1m\xE2\x80\xAE\x7f"},
+                 {"tag", "\xF3\xA0\x80\x81"},
+                 {"ok", "caf\xC3\xA9"}};
   std::string raw = json::serialize(o);
   std::string safe = text::jsonForTerminal(raw);
   EXPECT_FALSE(hasRawControl(safe)) << safe;
@@ -125,10 +144,12 @@ TEST(JsonForTerminal, SameDataNoHazard) {
 }
 
 TEST(ControlUtf8, AnswersWithBadBytesStillParse) {
-  json::value v = json::object{
-      {"ok", true},
-      {"connections", json::array{json::object{{"comm", "\xFF\xFE" "evil\xC3"}, {"pid", 7}}}},
-      {"approvals", json::array{json::object{{"body", std::string(511, 'a') + "\xC3"}}}}};
+  json::value v = json::object{{"ok", true},
+                               {"connections", json::array{json::object{{"comm",
+                                                                         "\xFF\xFE"
+                                                                         "evil\xC3"},
+                                                                        {"pid", 7}}}},
+                               {"approvals", json::array{json::object{{"body", std::string(511, 'a') + "\xC3"}}}}};
   v.as_object()["bad\xFFkey"] = "v";
   control::makeUtf8(v);
   std::string wire = json::serialize(v);
@@ -136,7 +157,9 @@ TEST(ControlUtf8, AnswersWithBadBytesStillParse) {
   json::value back = json::parse(wire, ec);
   ASSERT_FALSE(ec) << ec.message();
   const auto& o = back.as_object();
-  EXPECT_EQ(o.at("connections").at(0).at("comm").as_string(), "\xEF\xBF\xBD\xEF\xBF\xBD" "evil\xEF\xBF\xBD");
+  EXPECT_EQ(o.at("connections").at(0).at("comm").as_string(),
+            "\xEF\xBF\xBD\xEF\xBF\xBD"
+            "evil\xEF\xBF\xBD");
   EXPECT_EQ(o.at("connections").at(0).at("pid").as_int64(), 7);
   EXPECT_EQ(o.at("approvals").at(0).at("body").as_string(), std::string(511, 'a') + "\xEF\xBF\xBD");
   EXPECT_TRUE(o.contains("bad\xEF\xBF\xBDkey"));

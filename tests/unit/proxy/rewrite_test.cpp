@@ -154,9 +154,9 @@ TEST(CheckRequest, AbsoluteFormForThisHostBecomesOriginForm) {
 TEST(CheckRequest, AbsoluteFormForAnotherHostIs421) {
   for (const std::string& target : std::initializer_list<std::string>{
            "https://evil.example/api", "https://cloud.mongodb.com.evil.example/a", "https://cloud.mongodb.com:8443/a",
-        "https://cloud.mongodb.com:443:443/a", "https://user@cloud.mongodb.com/a", "https://cloud.mongodb.com@evil/a",
-        "https://cloud.mongodb.com./a", "https:///a", "https://[::1]/a", std::string("https://cloud.mongodb.com\0x/a", 29),
-        "https://cloud.mongodb.co/a"}) {
+           "https://cloud.mongodb.com:443:443/a", "https://user@cloud.mongodb.com/a",
+           "https://cloud.mongodb.com@evil/a", "https://cloud.mongodb.com./a", "https:///a", "https://[::1]/a",
+           std::string("https://cloud.mongodb.com\0x/a", 29), "https://cloud.mongodb.co/a"}) {
     Request r = get(target);
     RequestCheck c = check(r);
     EXPECT_FALSE(c.ok) << target;
@@ -172,9 +172,9 @@ TEST(CheckRequest, HostHeaderMustMatchTheServerName) {
     Request r = get("/", h);
     EXPECT_TRUE(check(r).ok) << h;
   }
-  for (std::string_view h : {"evil.example", "cloud.mongodb.com:8443", "cloud.mongodb.com.", "cloud.mongodb.com:443:443",
-                             "", "user@cloud.mongodb.com",
-                             "[cloud.mongodb.com]", "cloud.mongodb.com\xC3\xA9"}) {
+  for (std::string_view h :
+       {"evil.example", "cloud.mongodb.com:8443", "cloud.mongodb.com.", "cloud.mongodb.com:443:443", "",
+        "user@cloud.mongodb.com", "[cloud.mongodb.com]", "cloud.mongodb.com\xC3\xA9"}) {
     SCOPED_TRACE(std::string("Host: ") + std::string(h));
     Request r = get("/");
     r.set(http::field::host, h);
@@ -259,8 +259,8 @@ TEST(PrepareUpstream, HopByHopAndExpectGo) {
   r.insert("X-OTHER", "2");  // named in another case
   r.insert("X-End-To-End", "3");
   prepareUpstreamRequest(r, kHost);
-  for (std::string_view gone : {"connection", "keep-alive", "proxy-connection", "te", "trailer", "upgrade", "expect",
-                                "x-hop", "x-other"})
+  for (std::string_view gone :
+       {"connection", "keep-alive", "proxy-connection", "te", "trailer", "upgrade", "expect", "x-hop", "x-other"})
     EXPECT_TRUE(values(r, gone).empty()) << gone;
   EXPECT_EQ(values(r, "x-end-to-end"), std::vector<std::string>{"3"});
 }

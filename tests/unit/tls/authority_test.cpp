@@ -43,8 +43,7 @@ EvpPkeyPtr readKey(const std::string& path) {
 
 std::vector<std::string> permitted(X509* cert) {
   int crit = -1;
-  NameConstraintsPtr nc(static_cast<NAME_CONSTRAINTS*>(
-      X509_get_ext_d2i(cert, NID_name_constraints, &crit, nullptr)));
+  NameConstraintsPtr nc(static_cast<NAME_CONSTRAINTS*>(X509_get_ext_d2i(cert, NID_name_constraints, &crit, nullptr)));
   std::vector<std::string> out;
   EXPECT_TRUE(nc);
   EXPECT_EQ(crit, 1) << "nameConstraints must be critical";
@@ -74,8 +73,8 @@ int verifyAgainst(X509* ca, X509* leaf, const std::string& host) {
 }
 
 // What an attacker holding ca.key could do: sign anything, bypassing mintLeaf.
-X509Ptr forge(X509* ca, EVP_PKEY* caKey, const std::string& cn, const std::string& san,
-              bool isCa = false, EVP_PKEY* subjectKey = nullptr, X509* issuer = nullptr) {
+X509Ptr forge(X509* ca, EVP_PKEY* caKey, const std::string& cn, const std::string& san, bool isCa = false,
+              EVP_PKEY* subjectKey = nullptr, X509* issuer = nullptr) {
   EvpPkeyPtr ownKey;
   if (subjectKey == nullptr) {
     ownKey.reset(EVP_EC_gen("P-256"));
@@ -149,8 +148,7 @@ TEST(Authority, CreatesFilesWithModes) {
 
 TEST(Authority, CaCertificateShape) {
   TempDir tmp;
-  auto ca = Authority::loadOrCreate(tmp.path(), {"cloud.mongodb.com", "Other.Example.ORG"},
-                                    tmp.file("none"));
+  auto ca = Authority::loadOrCreate(tmp.path(), {"cloud.mongodb.com", "Other.Example.ORG"}, tmp.file("none"));
   ASSERT_TRUE(ca) << ca.error().message;
   X509* cert = ca->caCert();
   char cn[128] = {};
@@ -159,11 +157,10 @@ TEST(Authority, CaCertificateShape) {
   EXPECT_EQ(X509_check_ca(cert), 1);
   EXPECT_EQ(X509_get_pathlen(cert), 0);
   int crit = -1;
-  BASIC_CONSTRAINTS_free(static_cast<BASIC_CONSTRAINTS*>(
-      X509_get_ext_d2i(cert, NID_basic_constraints, &crit, nullptr)));
+  BASIC_CONSTRAINTS_free(
+      static_cast<BASIC_CONSTRAINTS*>(X509_get_ext_d2i(cert, NID_basic_constraints, &crit, nullptr)));
   EXPECT_EQ(crit, 1);
-  ASN1_BIT_STRING_free(
-      static_cast<ASN1_BIT_STRING*>(X509_get_ext_d2i(cert, NID_key_usage, &crit, nullptr)));
+  ASN1_BIT_STRING_free(static_cast<ASN1_BIT_STRING*>(X509_get_ext_d2i(cert, NID_key_usage, &crit, nullptr)));
   EXPECT_EQ(crit, 1);
   EXPECT_EQ(X509_get_key_usage(cert), uint32_t{KU_KEY_CERT_SIGN | KU_CRL_SIGN});
   EXPECT_NE(X509_get0_subject_key_id(cert), nullptr);
@@ -205,12 +202,10 @@ TEST(Authority, RecreatesCaWhenHostsChange) {
   TempDir tmp;
   auto first = Authority::loadOrCreate(tmp.path(), kHosts, tmp.file("none"));
   ASSERT_TRUE(first) << first.error().message;
-  auto second = Authority::loadOrCreate(tmp.path(), {"cloud.mongodb.com", "cloud-dev.mongodb.com"},
-                                        tmp.file("none"));
+  auto second = Authority::loadOrCreate(tmp.path(), {"cloud.mongodb.com", "cloud-dev.mongodb.com"}, tmp.file("none"));
   ASSERT_TRUE(second) << second.error().message;
   EXPECT_NE(X509_cmp(first->caCert(), second->caCert()), 0);
-  EXPECT_EQ(permitted(second->caCert()),
-            (std::vector<std::string>{"cloud-dev.mongodb.com", "cloud.mongodb.com"}));
+  EXPECT_EQ(permitted(second->caCert()), (std::vector<std::string>{"cloud-dev.mongodb.com", "cloud.mongodb.com"}));
   EXPECT_EQ(modeOf(second->paths().caKey), 0600u);
   X509Ptr onDisk = readCert(second->paths().caCert);
   EXPECT_EQ(X509_cmp(onDisk.get(), second->caCert()), 0);
@@ -259,8 +254,7 @@ TEST(Authority, TrustBundleHoldsSystemRootsAndCa) {
   TempDir tmp;
   // A stand-in system bundle with one root of its own.
   EvpPkeyPtr rootKey(EVP_EC_gen("P-256"));
-  X509Ptr root = forge(nullptr, rootKey.get(), "Some Public Root", "", true, rootKey.get(),
-                       nullptr);
+  X509Ptr root = forge(nullptr, rootKey.get(), "Some Public Root", "", true, rootKey.get(), nullptr);
   std::string systemPath = tmp.file("system.pem");
   std::string systemPem = certToPem(root.get());
   { std::ofstream(systemPath) << systemPem; }
@@ -331,8 +325,7 @@ TEST(Authority, MintedLeafVerifiesForAllowedHost) {
   // Random serials, at most 128 bits.
   auto other = ca->mintLeaf("cloud.mongodb.com");
   ASSERT_TRUE(other);
-  EXPECT_NE(ASN1_INTEGER_cmp(X509_get0_serialNumber(cert), X509_get0_serialNumber(other->cert.get())),
-            0);
+  EXPECT_NE(ASN1_INTEGER_cmp(X509_get0_serialNumber(cert), X509_get0_serialNumber(other->cert.get())), 0);
   BignumPtr serial(ASN1_INTEGER_to_BN(X509_get0_serialNumber(cert), nullptr));
   EXPECT_LE(BN_num_bits(serial.get()), 128);
   EXPECT_GT(BN_num_bits(serial.get()), 64);
@@ -357,8 +350,7 @@ TEST(Authority, LeakedKeyCannotMintForOtherNames) {
 
   X509Ptr evil = forge(ca->caCert(), stolen.get(), "evil.example.com", "evil.example.com");
   EXPECT_EQ(X509_verify(evil.get(), stolen.get()), 1) << "the forgery is correctly signed";
-  EXPECT_EQ(verifyAgainst(ca->caCert(), evil.get(), "evil.example.com"),
-            X509_V_ERR_PERMITTED_VIOLATION);
+  EXPECT_EQ(verifyAgainst(ca->caCert(), evil.get(), "evil.example.com"), X509_V_ERR_PERMITTED_VIOLATION);
   EXPECT_EQ(verifyAgainst(ca->caCert(), evil.get(), ""), X509_V_ERR_PERMITTED_VIOLATION);
 
   // No SAN at all, only a host-like CN: the CN is held to the constraints too.
@@ -368,8 +360,7 @@ TEST(Authority, LeakedKeyCannotMintForOtherNames) {
   // An unconstrained intermediate under the stolen key does not help either.
   EvpPkeyPtr midKey(EVP_EC_gen("P-256"));
   X509Ptr mid = forge(ca->caCert(), stolen.get(), "Evil Intermediate", "", true, midKey.get());
-  X509Ptr viaMid = forge(ca->caCert(), midKey.get(), "evil.example.com", "evil.example.com",
-                         false, nullptr, mid.get());
+  X509Ptr viaMid = forge(ca->caCert(), midKey.get(), "evil.example.com", "evil.example.com", false, nullptr, mid.get());
   X509StorePtr store(X509_STORE_new());
   X509_STORE_add_cert(store.get(), ca->caCert());
   STACK_OF(X509)* untrusted = sk_X509_new_null();

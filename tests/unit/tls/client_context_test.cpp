@@ -63,8 +63,7 @@ TEST_F(ClientContextTest, RejectsOurLeafAgainstSystemStore) {
   // The server sends our CA after the leaf, so OpenSSL reports the root as
   // untrusted (19); without it, the issuer as unknown (20). Either way: no.
   long result = SSL_get_verify_result(conn.client.get());
-  EXPECT_TRUE(result == X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN ||
-              result == X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY)
+  EXPECT_TRUE(result == X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN || result == X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY)
       << result;
 }
 

@@ -54,9 +54,7 @@ class ServerContextTest : public ::testing::Test {
   std::shared_ptr<const Authority> authority_;
   std::unique_ptr<ServerContext> server_;
   std::chrono::system_clock::duration skew_{};
-  std::chrono::system_clock::time_point now() const {
-    return std::chrono::system_clock::now() + skew_;
-  }
+  std::chrono::system_clock::time_point now() const { return std::chrono::system_clock::now() + skew_; }
 };
 
 TEST_F(ServerContextTest, ConfiguredSniGetsVerifiableLeaf) {
@@ -64,8 +62,8 @@ TEST_F(ServerContextTest, ConfiguredSniGetsVerifiableLeaf) {
   for (const char* host : {kAtlas, kDev}) {
     Connection conn = connect(client.get(), host, host);
     handshake(conn);
-    ASSERT_TRUE(conn.ok()) << host << " client reason " << conn.clientSide.reason
-                           << " server reason " << conn.serverSide.reason;
+    ASSERT_TRUE(conn.ok()) << host << " client reason " << conn.clientSide.reason << " server reason "
+                           << conn.serverSide.reason;
     EXPECT_EQ(SSL_get_verify_result(conn.client.get()), X509_V_OK);
     X509Ptr peer(SSL_get1_peer_certificate(conn.client.get()));
     ASSERT_TRUE(peer);
@@ -229,8 +227,7 @@ struct ResumeCase {
   bool tickets;
 };
 
-class ServerResumeTest : public ServerContextTest,
-                         public ::testing::WithParamInterface<ResumeCase> {};
+class ServerResumeTest : public ServerContextTest, public ::testing::WithParamInterface<ResumeCase> {};
 
 TEST_P(ServerResumeTest, SavedSessionIsResumed) {
   auto client = agentContext(GetParam().version, GetParam().version);
