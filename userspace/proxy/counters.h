@@ -84,13 +84,15 @@ inline constexpr std::array<CounterInfo, static_cast<std::size_t>(Counter::kCoun
      "intercept: all-tls: connections to non-targets spliced through."},
 }};
 
-// The table is indexed by the enum: a row out of place fails the build.
-consteval bool counterTableInOrder() {
-  for (std::size_t i = 0; i < kCounterTable.size(); ++i)
-    if (static_cast<std::size_t>(kCounterTable[i].counter) != i) return false;
+// Tables indexed by an enum (this one, kRefusals): row i must be the row of
+// enum value i, or a lookup returns another row. `key` is the row's enum member.
+template <class Table, class Member>
+consteval bool tableInOrder(const Table& table, Member key) {
+  for (std::size_t i = 0; i < table.size(); ++i)
+    if (static_cast<std::size_t>(table[i].*key) != i) return false;
   return true;
 }
-static_assert(counterTableInOrder(), "kCounterTable rows must follow enum Counter");
+static_assert(tableInOrder(kCounterTable, &CounterInfo::counter), "kCounterTable rows must follow enum Counter");
 
 class Counters {
  public:

@@ -96,12 +96,7 @@ inline constexpr std::array<RefusalInfo, static_cast<std::size_t>(Refusal::kCoun
     {Refusal::UpstreamUnavailable, 502, kUpstreamUnavailable, Counter::UpstreamFailures, true, false},
 }};
 
-consteval bool refusalTableInOrder() {
-  for (std::size_t i = 0; i < kRefusals.size(); ++i)
-    if (static_cast<std::size_t>(kRefusals[i].refusal) != i) return false;
-  return true;
-}
-static_assert(refusalTableInOrder(), "kRefusals rows must follow enum Refusal");
+static_assert(tableInOrder(kRefusals, &RefusalInfo::refusal), "kRefusals rows must follow enum Refusal");
 
 inline const RefusalInfo& refusalInfo(Refusal r) { return kRefusals[static_cast<std::size_t>(r)]; }
 

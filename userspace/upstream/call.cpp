@@ -83,7 +83,8 @@ asio::awaitable<RoundTripResult> roundTrip(UpstreamPool& pool, const std::string
                                            std::size_t bodyLimit) {
   RoundTripResult out;
   request.prepare_payload();
-  Call call(pool, host, std::string());
+  static const std::string kOwnRequest;  // atlasgate's own: no agent share
+  Call call(pool, host, kOwnRequest);
   if (auto ec = co_await call.send(request, timeout)) {
     out.ec = ec;
     out.what = call.failedStep();

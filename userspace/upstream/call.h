@@ -29,9 +29,10 @@ namespace atlasgate::upstream {
 class Call {
  public:
   // `agent` is the requesting agent's key (its share of the pool); "" is
-  // atlasgate's own request.
-  Call(UpstreamPool& pool, std::string host, std::string agent)
-      : pool_(pool), host_(std::move(host)), agent_(std::move(agent)) {}
+  // atlasgate's own request. Both are referenced, not copied (the call is
+  // on every request's path): they must outlive the Call.
+  Call(UpstreamPool& pool, const std::string& host, const std::string& agent)
+      : pool_(pool), host_(host), agent_(agent) {}
   ~Call();
   Call(const Call&) = delete;
   Call& operator=(const Call&) = delete;
@@ -60,8 +61,8 @@ class Call {
 
  private:
   UpstreamPool& pool_;
-  std::string host_;
-  std::string agent_;
+  const std::string& host_;
+  const std::string& agent_;
   std::unique_ptr<UpstreamConn> conn_;
   beast::flat_buffer buffer_;
   std::optional<http::response_parser<http::buffer_body>> parser_;
