@@ -4,7 +4,8 @@ Docker on a Unix socket, enough for atlasgate's container watcher
 (userspace/discovery/container_watcher.cpp). Standard library only.
 
 Serves, like `podman system service`:
-  GET /v1.41/containers/json?filters={"label":["k=v"]}      running containers with the label
+  GET /v1.41/containers/json?all=true&filters={"label":["k=v"]}
+                                                           containers with the label (all=true: stopped ones too)
   GET /v1.41/containers/<id>/json                          inspect (404 for an unknown id)
   GET /v1.41/events?filters={"type":["container"],"label":["k=v"]}
                                                            chunked stream, one JSON event per line
@@ -17,6 +18,7 @@ Used in-process by test_container_watch.py:
   eng.raw_event(b"garbage\\n")                                   # hostile bytes on the events stream
   eng.list_override = b"not json"                                # hostile list answers
   eng.inspect_override[cid] = {...}                              # hostile inspect answers
+  eng.before_inspect = fn                                         # fn(cid): None, or (status, body) instead
   eng.ignore_filters = True                                      # an engine that lists everything
 Requests are recorded in eng.requests (method, target).
 """
@@ -50,6 +52,7 @@ class FakeEngine:
         self.list_override = None  # bytes: the body of the next lists
         self.list_status = 200
         self.inspect_override = {}  # id -> dict or bytes
+        self.before_inspect = None  # callable(id) -> None, or (status, body) to answer instead
         self.ignore_filters = False
         self.server = None
         self.thread = None
@@ -191,12 +194,19 @@ class FakeEngine:
         if url.path == "/v1.41/containers/json":
             if self.list_override is not None:
                 return self._send(h, self.list_status, self.list_override)
+            every = q.get("all", ["false"])[0] in ("true", "1")
             with self.lock:
-                out = [{"Id": cid, "Names": ["/" + c["name"]], "Labels": c["labels"], "State": "running"}
-                       for cid, c in self.containers.items() if c["running"] and self._matches(c["labels"], labels)]
+                out = [{"Id": cid, "Names": ["/" + c["name"]], "Labels": c["labels"],
+                        "State": "running" if c["running"] else "exited"}
+                       for cid, c in self.containers.items()
+                       if (every or c["running"]) and self._matches(c["labels"], labels)]
             return self._send(h, 200, out)
         if len(parts) == 5 and parts[1] == "v1.41" and parts[2] == "containers" and parts[4] == "json":
             cid = parts[3]
+            hook = self.before_inspect
+            answer = hook(cid) if hook else None
+            if answer is not None:
+                return self._send(h, *answer)
             if cid in self.inspect_override:
                 o = self.inspect_override[cid]
                 return self._send(h, 200, o if isinstance(o, bytes) else json.dumps(o).encode())

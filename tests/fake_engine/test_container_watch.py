@@ -145,7 +145,8 @@ def test_list_then_events(c):
     assert s["containers"] == 1, s
     # The list asked the engine for the label, the stream for container events with it.
     targets = [t for _, t in e.requests]
-    assert any(t.startswith("/v1.41/containers/json?filters=") and "atlasgate.io%2Finject%3Dtrue" in t for t in targets), targets
+    assert any(t.startswith("/v1.41/containers/json?all=true&filters=") and "atlasgate.io%2Finject%3Dtrue" in t
+               for t in targets), targets
     assert any(t.startswith("/v1.41/events?filters=") for t in targets), targets
     # A new labelled container: announced; an unlabelled one: never.
     b = e.run("agent-b", LABEL)
@@ -156,12 +157,14 @@ def test_list_then_events(c):
     # Dies: deleted; starts again: announced with its new pid; removed: nothing more.
     old_pid = up["pid"]
     e.die(b)
-    assert d.next("delete")["id"] == b
+    gone = d.next("delete")
+    assert gone["id"] == b and not gone["removed"], gone  # stopped: kept for a restart
     e.start_again(b)
     up = d.next("upsert", pred=lambda x: x["id"] == b)
     assert up["pid"] != old_pid, up
     e.remove(b)
-    assert d.next("delete")["id"] == b
+    gone = d.next("delete")
+    assert gone["id"] == b and gone["removed"], gone
     d.quiet()
     assert d.status()["containers"] == 1
     assert d.stop() == 0
@@ -184,13 +187,51 @@ def test_engine_restart_relists_and_diffs(c):
     time.sleep(0.3)  # a few failed reconnects
     t0 = time.time()
     e.start()
-    assert d.next("delete", timeout=5)["id"] == gone
+    deleted = d.next("delete", timeout=5)
+    assert deleted["id"] == gone and deleted["removed"], deleted  # absent from the list: removed, not stopped
     assert d.next("upsert", timeout=5)["id"] == new
     took = time.time() - t0
     assert took < 2.0, "took %.2fs to resync after the engine came back" % took
     s = d.wait_status(lambda s: s["connected"] and s["containers"] == 2)
     assert s["failures"] >= 1 and s["lists"] >= 2, s
     d.quiet()  # "keep" is not announced again: it did not change
+
+
+def test_removed_while_an_inspect_failed(c):
+    """An inspect that fails (an engine answers 500 for a container being
+    removed) abandons the stream; the relist must tell a removed container
+    from a stopped one, or the daemon would keep it attached for minutes."""
+    e = c.eng
+    e.start()
+    a = e.run("agent-a", LABEL, event=False)
+    stopped = e.run("agent-s", LABEL, event=False)
+    d = c.driver()
+    assert {d.next("upsert")["id"], d.next("upsert")["id"]} == {a, stopped}
+    d.wait_status(lambda s: s["connected"] and s["synced"])
+    e.die(stopped)  # only stopped: still listed
+    gone = d.next("delete")
+    assert gone["id"] == stopped and not gone["removed"], gone
+
+    def removing(cid):  # the inspect of the "died" event meets a removal in progress
+        if cid != a:
+            return None
+        e.before_inspect = None
+        e.remove(a, event=False)
+        e.remove(stopped, event=False)
+        return 500, {"cause": "container is being removed", "message": "container is being removed", "response": 500}
+
+    e.before_inspect = removing
+    e.die(a, event=False)
+    e.event(a, "died")
+    got = {}
+    for _ in range(2):
+        x = d.next("delete", timeout=5)
+        got[x["id"]] = x["removed"]
+    # Both reported removed: the one that was running, and the one that had
+    # stopped earlier (its attachment was kept for a restart that never came).
+    assert got == {a: True, stopped: True}, got
+    s = d.wait_status(lambda s: s["connected"] and s["lists"] >= 2)
+    assert s["containers"] == 0, s
 
 
 def test_engine_absent_at_start(c):
@@ -311,12 +352,20 @@ def test_max_containers(c):
     e.start()
     for i in range(5):
         e.run("c%d" % i, LABEL, event=False)
-    d = c.driver("--max-containers", "3")
+    # A list answer longer than any engine sends: an error, nothing taken from it.
+    d = c.driver("--max-listed", "4")
     s = d.wait_status(lambda s: s["failures"] >= 1)
-    assert "more than 3" in s["lastError"], s
+    assert "more than 4" in s["lastError"], s
     assert s["containers"] == 0, s
+    d.stop()
+    # Within the list bound but beyond the known cap: three known, two refused.
+    d = c.driver("--max-containers", "3")
+    s = d.wait_status(lambda s: s["containers"] == 3 and s["refused"] == 2)
+    assert "already 3 containers known" in s["lastError"], s
+    d.stop()
     # Events beyond the cap: refused one by one.
     e.list_override = b"[]"
+    d = c.driver("--max-containers", "3")
     d.wait_status(lambda s: s["synced"])
     for i in range(4):
         e.event(e.run("ev%d" % i, LABEL, event=False), "start")

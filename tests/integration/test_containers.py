@@ -172,6 +172,11 @@ class PodmanTestCase(PrivilegedTestCase):
             raise
 
     def tearDown(self):
+        outcome = getattr(self, "_outcome", None)
+        if outcome is not None and not getattr(outcome, "success", True):
+            # CI keeps only this output: the discovery lines say why.
+            lines = [l for l in self.env.daemon_output().splitlines() if "container" in l]
+            print("\n  daemon log (container lines, last 60):\n    " + "\n    ".join(lines[-60:]))
         if self.podman:
             self.podman.close()
         self.env.close()

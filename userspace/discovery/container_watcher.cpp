@@ -260,11 +260,14 @@ struct ContainerWatcher::Impl {
     if (stopped) co_return "stopped";
     if (!p.error.empty()) co_return "list containers: " + p.error;
     if (p.status != 200) co_return fmt::format("list containers: HTTP {}: {}", p.status, describeStatusBody(p.body));
-    auto ids = parseContainerList(p.body, opt.limits);
-    if (!ids) co_return ids.error().message;
+    auto listed = parseContainerList(p.body, opt.limits);
+    if (!listed) co_return listed.error().message;
     std::vector<ContainerInfo> all;
-    for (const std::string& id : *ids) {
-      auto c = co_await inspect(id);
+    std::set<std::string> present;  // the engine still has these, running or not
+    for (const ListedContainer& l : *listed) {
+      present.insert(l.id);
+      if (!l.running) continue;
+      auto c = co_await inspect(l.id);
       if (stopped) co_return "stopped";
       if (!c) co_return c.error().message;
       if (*c && selector.matches((*c)->labels)) all.push_back(std::move(**c));
@@ -275,7 +278,17 @@ struct ContainerWatcher::Impl {
       before = known;
     }
     ContainerSetDiff d = diffContainers(before, all);
-    for (const ContainerInfo& c : d.deletes) remove(c.id, false);
+    // Gone from the list altogether: removed (perhaps while the stream was
+    // down, or while an inspect failed), so its attachment goes now; still
+    // listed but not running: stopped, kept for a restart.
+    for (const ContainerInfo& c : d.deletes) remove(c.id, !present.contains(c.id));
+    std::vector<std::string> vanished;
+    {
+      std::lock_guard lock(mu);
+      for (const std::string& id : stoppedOurs)
+        if (!present.contains(id)) vanished.push_back(id);
+    }
+    for (const std::string& id : vanished) remove(id, true);
     for (const ContainerInfo& c : d.upserts) upsert(c);
     {
       std::lock_guard lock(mu);

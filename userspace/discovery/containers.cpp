@@ -136,16 +136,16 @@ Result<ContainerInfo> parseContainerInspect(std::string_view body, const EngineL
   return c;
 }
 
-Result<std::vector<std::string>> parseContainerList(std::string_view body, const EngineLimits& limits) {
+Result<std::vector<ListedContainer>> parseContainerList(std::string_view body, const EngineLimits& limits) {
   if (body.size() > limits.maxResponseBytes) return makeError("container list: {} bytes, too large", body.size());
   std::error_code ec;
   json::value v = json::parse(body, ec);
   if (ec) return makeError("container list: invalid JSON: {}", ec.message());
   const json::array* a = v.if_array();
   if (a == nullptr) return makeError("container list: not a JSON array");
-  if (a->size() > limits.maxContainers)
-    return makeError("container list: {} containers, more than {}", a->size(), limits.maxContainers);
-  std::vector<std::string> ids;
+  if (a->size() > limits.maxListed)
+    return makeError("container list: {} containers, more than {}", a->size(), limits.maxListed);
+  std::vector<ListedContainer> listed;
   std::set<std::string> seen;
   for (std::size_t i = 0; i < a->size(); ++i) {
     const json::object* o = (*a)[i].if_object();
@@ -155,10 +155,9 @@ Result<std::vector<std::string>> parseContainerList(std::string_view body, const
     auto id = normalizeContainerId(text);
     if (!id) return makeError("container list: item {}: Id {} is not 64 hex digits", i, shown(text));
     if (!stringAt(*o, "State", state)) return makeError("container list: item {}: State is not a string", i);
-    if (!state.empty() && state != "running") continue;
-    if (seen.insert(*id).second) ids.push_back(*id);
+    if (seen.insert(*id).second) listed.push_back({*id, state.empty() || state == "running"});
   }
-  return ids;
+  return listed;
 }
 
 bool EngineEvent::relevant() const {
@@ -201,7 +200,7 @@ std::string filtersQuery(const json::object& filters) { return "filters=" + urlE
 }  // namespace
 
 std::string containersListTarget(std::string_view label) {
-  return "/v1.41/containers/json?" + filtersQuery({{"label", json::array{json::string(label)}}});
+  return "/v1.41/containers/json?all=true&" + filtersQuery({{"label", json::array{json::string(label)}}});
 }
 
 std::string containerInspectTarget(std::string_view id) { return fmt::format("/v1.41/containers/{}/json", id); }

@@ -23,6 +23,7 @@ struct EngineLimits {
   std::size_t maxResponseBytes = 8u << 20;  // a list or inspect body
   std::size_t maxEventLineBytes = 256u << 10;
   std::size_t maxContainers = 4096;  // labelled containers known at once
+  std::size_t maxListed = 16384;     // entries in one list answer, stopped ones included
   std::size_t maxLabels = 256;       // per container
   std::size_t maxLabelKeyBytes = 512;
   std::size_t maxLabelValueBytes = 4096;
@@ -56,11 +57,18 @@ Result<std::string> containerName(std::string_view raw, const EngineLimits& limi
 // checked against the limits. Errors name the field.
 Result<ContainerInfo> parseContainerInspect(std::string_view body, const EngineLimits& limits = {});
 
-// GET /containers/json: the ids of the listed containers (those whose State is
-// "running"; an entry without State counts as running). More than
-// maxContainers entries, or any entry without a valid Id, is an error: an
+// One entry of GET /containers/json?all=true.
+struct ListedContainer {
+  std::string id;        // normalised
+  bool running = false;  // State "running", or no State at all (inspect decides)
+  bool operator==(const ListedContainer&) const = default;
+};
+
+// GET /containers/json?all=true: every container the engine still has, each
+// once, running or not (a container absent from the list was removed). More
+// than maxListed entries, or any entry without a valid Id, is an error: an
 // engine never sends them.
-Result<std::vector<std::string>> parseContainerList(std::string_view body, const EngineLimits& limits = {});
+Result<std::vector<ListedContainer>> parseContainerList(std::string_view body, const EngineLimits& limits = {});
 
 struct EngineEvent {
   std::string type;    // "container", "image", ...

@@ -2,12 +2,12 @@
 // for tests/fake_engine/test_container_watch.py.
 //
 //   container_watch_driver --socket PATH [--label L] [--backoff-ms 50]
-//       [--backoff-max-ms 500] [--resync-s 300] [--max-containers N]
+//       [--backoff-max-ms 500] [--resync-s 300] [--max-containers N] [--max-listed N]
 //       [--max-event-line N] [--max-response N] [--request-timeout-s 10]
 //
 // stdout, one JSON object per line:
 //   {"event":"upsert","agent":"container/x","id":..,"pid":N,"labels":{..}}
-//   {"event":"delete","agent":"container/x","id":..}
+//   {"event":"delete","agent":"container/x","id":..,"removed":true|false}
 //   {"event":"status","describe":"...","connected":..,"synced":..,"containers":N,"lists":N,
 //    "streams":N,"events":N,"failures":N,"refused":N,"lastError":".."}    (answer to "status")
 //   {"event":"stopped"}                                                  (the loop has ended, then exit 0)
@@ -46,7 +46,8 @@ void emit(const json::object& o) {
 json::object containerJson(const char* event, const discovery::ContainerInfo& c) {
   json::object labels;
   for (const auto& [k, v] : c.labels) labels[k] = v;
-  return {{"event", event}, {"agent", c.agentName()}, {"id", c.id}, {"pid", c.pid}, {"labels", labels}};
+  return {{"event", event}, {"agent", c.agentName()}, {"id", c.id},
+          {"pid", c.pid},   {"removed", c.removed},   {"labels", labels}};
 }
 
 }  // namespace
@@ -70,6 +71,8 @@ int main(int argc, char** argv) {
       o.requestTimeout = std::chrono::seconds(n());
     else if (k == "--max-containers")
       o.limits.maxContainers = n();
+    else if (k == "--max-listed")
+      o.limits.maxListed = n();
     else if (k == "--max-event-line")
       o.limits.maxEventLineBytes = n();
     else if (k == "--max-response")

@@ -151,18 +151,19 @@ TEST(ContainerInspect, Bounds) {
 
 // --- list ------------------------------------------------------------------------
 
-TEST(ContainerList, RunningIdsOnce) {
+TEST(ContainerList, EveryContainerOnceWithItsState) {
   const std::string body = "[{\"Id\":\"" + kId +
                            R"(","Names":["/t5"],"Labels":{"atlasgate.io/inject":"true"},"State":"running"},)" +
                            "{\"Id\":\"" + kOther + R"(","Names":["/t6"],"State":"exited"},)" + "{\"Id\":\"" + kId +
                            R"(","State":"running"}])";
-  auto ids = parseContainerList(body);
-  ASSERT_TRUE(ids) << ids.error().message;
-  EXPECT_EQ(*ids, std::vector<std::string>{kId});
+  auto listed = parseContainerList(body);
+  ASSERT_TRUE(listed) << listed.error().message;
+  // The stopped one is listed too: absence from the list is what says removed.
+  EXPECT_EQ(*listed, (std::vector<ListedContainer>{{kId, true}, {kOther, false}}));
   // Docker before 1.23 sent no State: taken as running (inspect decides).
-  ids = parseContainerList("[{\"Id\":\"" + kOther + "\"}]");
-  ASSERT_TRUE(ids);
-  EXPECT_EQ(*ids, std::vector<std::string>{kOther});
+  listed = parseContainerList("[{\"Id\":\"" + kOther + "\"}]");
+  ASSERT_TRUE(listed);
+  EXPECT_EQ(*listed, (std::vector<ListedContainer>{{kOther, true}}));
   EXPECT_TRUE(parseContainerList("[]")->empty());
 }
 
@@ -173,12 +174,12 @@ TEST(ContainerList, HostileAnswersAreErrors) {
     EXPECT_FALSE(parseContainerList(body)) << body;
   }
   EngineLimits lim;
-  lim.maxContainers = 2;
+  lim.maxListed = 2;
   std::string three = "[";
   for (int i = 0; i < 3; ++i) three += fmt::format("{}{{\"Id\":\"{:064x}\"}}", i ? "," : "", i + 1);
   three += "]";
   EXPECT_FALSE(parseContainerList(three, lim));
-  lim.maxContainers = 3;
+  lim.maxListed = 3;
   EXPECT_EQ(parseContainerList(three, lim)->size(), 3u);
 }
 
@@ -245,7 +246,7 @@ TEST(ContainerLabelFilter, KeyOrKeyEqualsValue) {
 
 TEST(EngineTargets, FiltersAreEncoded) {
   EXPECT_EQ(containersListTarget("atlasgate.io/inject=true"),
-            "/v1.41/containers/json?filters=%7B%22label%22%3A%5B%22atlasgate.io%2Finject%3Dtrue%22%5D%7D");
+            "/v1.41/containers/json?all=true&filters=%7B%22label%22%3A%5B%22atlasgate.io%2Finject%3Dtrue%22%5D%7D");
   EXPECT_EQ(engineEventsTarget("a=b"),
             "/v1.41/events?filters=%7B%22type%22%3A%5B%22container%22%5D%2C%22label%22%3A%5B%22a%3Db%22%5D%7D");
   EXPECT_EQ(containerInspectTarget(kId), "/v1.41/containers/" + kId + "/json");
