@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """fake_atlas.py - a local stand-in for the MongoDB Atlas Administration API.
 
-Python 3 standard library only. HTTPS (TLS 1.2+, ALPN http/1.1), HTTP/1.1 with
-keep-alive, one thread per connection, a correct Content-Length on every
-response. Used by atlasgate's integration tests and demo; see
+Python 3 standard library only (plus the openssl CLI for X.509 user
+certificates). HTTPS (TLS 1.2+, ALPN http/1.1), HTTP/1.1 with keep-alive, one
+thread per connection, a correct Content-Length on every response (unless the
+chunked fault says otherwise). Used by atlasgate's integration tests and demo; see
 tests/fake_atlas/test_fake_atlas.py for a self-test and usage examples.
 
 Command line
@@ -76,10 +77,54 @@ Resources (same paths under v2 and v1.0; in-memory, stateful):
       (v1.0 also accepts .../whitelist)
   GET POST /groups/{g}/clusters/{c}/backup/snapshots ;
       GET PATCH DELETE .../snapshots/{id}  (DELETE 204)
+  Credential-minting resources (see "Minted credentials" below):
+  GET POST /orgs/{o}/apiKeys (POST 200) ; GET PATCH DELETE /orgs/{o}/apiKeys/{id} (DELETE 204)
+  GET POST /groups/{g}/apiKeys (POST 200) ; POST PATCH DELETE /groups/{g}/apiKeys/{id}
+      (POST assigns an org key: body [{"roleName":"GROUP_..."}] -> 204; DELETE unassigns -> 204)
+  GET POST /orgs/{o}/serviceAccounts (POST 201) ; GET PATCH DELETE .../{clientId} (DELETE 204) ;
+      POST .../{clientId}/secrets (201) ; DELETE .../{clientId}/secrets/{secretId} (204)
+  the same under /groups/{g}/serviceAccounts (project service accounts, GROUP_ roles)
+  GET POST /groups/{g}/databaseUsers/{username}/certs (POST 201, PEM text)
 Lists: {"links":[],"results":[...],"totalCount":N}; pageNum / itemsPerPage
 query parameters are honoured. Every error body is non-empty JSON:
 {"detail":...,"error":<status>,"errorCode":...,"parameters":[...],"reason":...}
 Unknown path -> 404 RESOURCE_NOT_FOUND; malformed JSON body -> 400 INVALID_JSON.
+
+Minted credentials
+------------------
+Secrets are returned in clear once, by the call that creates them; reads mask
+them. Everything minted is real and usable, and listed with its secrets by
+GET /__fake/minted (nowhere else: not in /__fake/state, nor any log).
+  API keys   POST {"desc","roles":["ORG_..."]} (project: ["GROUP_..."]) ->
+             {"desc","id"(24 hex),"links","privateKey"(uuid4),"publicKey"(8 a-z),
+              "roles":[{"orgId"|"groupId","roleName"}]}; a project key also gets
+             {"orgId","roleName":"ORG_MEMBER"}. Reads: privateKey
+             "********-****-****-<last 12>". The key authenticates by Digest like
+             --digest-public-key (not in --auth bearer); DELETE /orgs/.. ends it,
+             DELETE /groups/.. only removes the project roles.
+             400 MISSING_ATTRIBUTE (desc/roles), INVALID_ATTRIBUTE (empty roles,
+             bad desc), INVALID_ENUM_VALUE (role of the wrong kind); 404
+             API_KEY_NOT_FOUND.
+  service    POST {"name","description","roles","secretExpiresAfterHours"} -> 201
+  accounts   {"clientId":"mdb_sa_id_<24 hex>","createdAt","description","name","roles",
+              "secrets":[{"createdAt","expiresAt","id","secret":"mdb_sa_sk_<40 url-safe b64>"}]};
+             POST .../secrets {"secretExpiresAfterHours"} -> 201 {"createdAt","expiresAt","id","secret"}.
+             Reads: secrets [{"createdAt","expiresAt","id",("lastUsedAt"),"maskedSecretValue"}].
+             client id + secret get tokens at /api/oauth/token (Basic or form)
+             until the secret expires or is deleted; deleting a secret revokes
+             the tokens it got, deleting the account all of its tokens.
+             404 SERVICE_ACCOUNT_NOT_FOUND / SERVICE_ACCOUNT_SECRET_NOT_FOUND.
+  database   the password a POST/PATCH .../databaseUsers receives is kept (never
+  users      returned by the API); /__fake/minted lists it (and every earlier one).
+  X.509      POST .../databaseUsers/{username}/certs {"monthsUntilExpiration":1..24 (3)}
+             for a user with x509Type MANAGED -> 201, body = certificate PEM followed
+             by its PKCS#8 RSA key PEM, Content-Type as the other responses
+             (application/vnd.atlas.<date>+json;charset=utf-8 / application/json;
+             charset=utf-8 for v1.0; as Atlas' OpenAPI declares it) unless the
+             cert_content_type fault says otherwise. Signed by a CA made per process
+             with the openssl CLI. GET lists {"_id"(serial),"createdAt","groupId",
+             "links","notAfter","subject":"CN=<username>"} of unexpired ones.
+             400 INVALID_ATTRIBUTE (months), USER_NOT_X509_MANAGED; 404 USERNAME_NOT_FOUND.
 
 Seed (deterministic):
   org      4f0000000000000000000001  "Fake Org"
@@ -101,14 +146,31 @@ GET  /__fake/requests  list of every recorded request, oldest first:
       "bearer:missing","bearer:unknown","bearer:expired","bearer:revoked",
       "digest:ok","digest:challenge","digest:stale","digest:bad_response",
       "digest:nc_reused","digest:unknown_nonce","basic:ok","post:ok",
-      "client:invalid","client:missing","none"),"status","fault","duration_ms"}
+      "client:invalid","client:missing","none"),"principal" (who authenticated:
+      "api_key:<publicKey>" for Digest, "service_account:<clientId>" for a
+      bearer token or a token/revoke request; null when not authenticated),
+      "principal_minted" (true: a credential minted through the API, false: the
+      configured one),"status","fault","duration_ms"}
      Optional query: ?since=<id> (only ids greater than that).
 GET  /__fake/stats     {"token_requests","token_successes","token_failures",
       "revoke_requests","api_requests","other_requests","connections",
       "digest_challenges","active_tokens","by_status":{"200":n,...},
       "by_auth":{"bearer:ok":n,...}}
+GET  /__fake/minted    every credential minted through the API, secrets in clear:
+     {"api_keys":[{"id","publicKey","privateKey","desc","orgId","createdInGroup",
+       "groupIds","roles","createdAt","deleted","deletedAt"}],
+      "service_accounts":[{"clientId","name","description","orgId","groupId",
+       "roles","createdAt","deleted","secrets":[...as below]}],
+      "service_account_secrets":[{"clientId","id","secret","createdAt","expiresAt",
+       "lastUsedAt","expired","deleted"}],
+      "database_users":[{"groupId","databaseName","username","password" (last
+       received, null if none),"passwords" (all received),"createdAt","deleted"}],
+      "certs":[{"serial","_id","groupId","username","subject","createdAt","notAfter",
+       "monthsUntilExpiration","certificate","privateKey"}],
+      "x509_ca": CA certificate PEM (null until the first certificate)}
 POST /__fake/reset     clears the request log, the counters and the faults.
-     Body (optional JSON): {"state":true} also restores the seed data,
+     Body (optional JSON): {"state":true} also restores the seed data (and
+     forgets minted credentials, revoking their tokens),
      {"tokens":true} also forgets issued tokens and digest nonces.
 GET  /__fake/faults    current fault settings
 POST /__fake/faults    JSON object; keys given are set, others kept
@@ -134,10 +196,27 @@ POST /__fake/faults    JSON object; keys given are set, others kept
         the body, then RST the connection (true = until cleared, N = next N)
   {"close_after_headers": 1}                          send headers (full
         Content-Length), then close without a body (true/N as above)
+  Response rules, for authenticated requests (auth outcome "...:ok": API calls
+  and token/revoke requests) whose path without query starts with path_prefix
+  (default "/") [and matches path_regex (re.search)] [and method]; count
+  defaults to 1, -1 = until cleared; a list of rules is accepted; null clears:
+  {"chunked": {"path_prefix": "/api/atlas/v2/orgs/", "method": "POST",
+               "chunks": 3, "chunk_delay_ms": 0, "count": 1}}
+        answer with Transfer-Encoding: chunked (no Content-Length), the body
+        in `chunks` chunks, each its own write; true = every response until
+        cleared. Not for HEAD / 204 / 304.
+  {"delay_response": {"path_regex": "/apiKeys$", "method": "POST", "ms": 2000,
+                      "phase": "before_headers", "count": 1}}
+        the handler runs (credentials are minted) and then the answer waits
+        `ms`: phase "before_headers" (nothing sent yet) or "mid_body" (headers
+        and half the body sent, or the first chunk when chunked).
+  {"cert_content_type": "application/x-pem-file"}      Content-Type of the
+        X.509 certificate POST answer (null = the API's usual one)
 GET  /__fake/state     dump of the in-memory data
 """
 
 import argparse
+import atexit
 import base64
 import binascii
 import copy
@@ -149,15 +228,19 @@ import json
 import os
 import re
 import secrets
+import shutil
 import signal
 import socket
 import ssl
+import string
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.parse
+import uuid
 
 REALM = "MMS Public API"
 ORG_ID = "4f0000000000000000000001"
@@ -204,6 +287,30 @@ def now_iso():
 
 def new_object_id():
     return "%08x%s" % (int(time.time()) & 0xFFFFFFFF, secrets.token_hex(8))
+
+
+def iso_ts(ts):
+    return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def new_public_key():
+    """Programmatic API key public part: 8 lower-case letters (Atlas: e.g. "zmmrboas")."""
+    return "".join(secrets.choice(string.ascii_lowercase) for _ in range(8))
+
+
+def mask_private_key(pk):
+    """How Atlas shows an API key's private part after creation."""
+    return "********-****-****-" + pk[-12:]
+
+
+def new_sa_secret():
+    """Service account secret: "mdb_sa_sk_" + 40 URL-safe base64 characters
+    (the shape of secrets seen in the wild)."""
+    return "mdb_sa_sk_" + secrets.token_urlsafe(30)
+
+
+def mask_sa_secret(sec):
+    return "mdb_sa_sk_..." + sec[-4:]
 
 
 def b64url(data):
@@ -257,6 +364,90 @@ class ApiError(Exception):
 
 
 # --------------------------------------------------------------------------
+# X.509 (Atlas-managed database user certificates)
+# --------------------------------------------------------------------------
+
+class X509Factory:
+    """Issues real client certificates (RSA 2048, PKCS#8 key) with the openssl
+    CLI, signed by a CA made once per process in a temporary directory (removed
+    at exit)."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.dir = None
+        self.ca_pem = None
+
+    @staticmethod
+    def _run(args, cwd):
+        try:
+            r = subprocess.run(["openssl"] + args, cwd=cwd, stdin=subprocess.DEVNULL,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise ApiError(500, "UNEXPECTED_ERROR", "fake Atlas: cannot run openssl: %s" % e)
+        if r.returncode != 0:
+            raise ApiError(500, "UNEXPECTED_ERROR", "fake Atlas: openssl %s failed: %s"
+                           % (args[0], r.stderr.decode("utf-8", "replace").strip()[-300:]))
+        return r.stdout.decode("utf-8", "replace")
+
+    def _ensure_ca(self):
+        if self.dir:
+            return
+        d = tempfile.mkdtemp(prefix="fake_atlas_x509.")
+        atexit.register(shutil.rmtree, d, True)
+        self._run(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-sha256", "-days", "3650",
+                   "-keyout", "ca.key", "-out", "ca.pem",
+                   "-subj", "/CN=fake Atlas database user CA/O=atlasgate tests",
+                   "-addext", "basicConstraints=critical,CA:TRUE,pathlen:0",
+                   "-addext", "keyUsage=critical,keyCertSign,cRLSign"], d)
+        with open(os.path.join(d, "ca.pem")) as f:
+            self.ca_pem = f.read()
+        self.dir = d
+
+    @staticmethod
+    def _subj_escape(v):
+        return re.sub(r"([\\/+=,])", r"\\\1", v)
+
+    def issue(self, username, months):
+        """-> {"serial", "certificate", "privateKey", "notAfter", "createdAt", "subject"}"""
+        now = datetime.datetime.now(datetime.timezone.utc)
+        y, mo = divmod(now.month - 1 + months, 12)
+        y, mo = now.year + y, mo + 1
+        day = min(now.day, [31, 29 if y % 4 == 0 and (y % 100 or y % 400 == 0) else 28,
+                            31, 30, 31, 30, 31, 31, 30, 31, 30, 31][mo - 1])
+        days = max(1, (datetime.date(y, mo, day) - now.date()).days)
+        serial = secrets.randbits(62) | (1 << 62)   # positive int64, like Atlas' _id
+        with self.lock:
+            self._ensure_ca()
+            work = tempfile.mkdtemp(dir=self.dir)
+            try:
+                with open(os.path.join(work, "ext.cnf"), "w") as f:
+                    f.write("[v3]\nbasicConstraints = critical, CA:FALSE\n"
+                            "keyUsage = critical, digitalSignature, keyEncipherment\n"
+                            "extendedKeyUsage = clientAuth\n"
+                            "subjectKeyIdentifier = hash\nauthorityKeyIdentifier = keyid\n")
+                self._run(["req", "-new", "-newkey", "rsa:2048", "-nodes", "-utf8",
+                           "-keyout", "user.key", "-out", "user.csr",
+                           "-subj", "/CN=" + self._subj_escape(username)], work)
+                self._run(["x509", "-req", "-in", "user.csr", "-CA", os.path.join(self.dir, "ca.pem"),
+                           "-CAkey", os.path.join(self.dir, "ca.key"), "-set_serial", str(serial),
+                           "-days", str(days), "-sha256", "-extfile", "ext.cnf", "-extensions", "v3",
+                           "-out", "user.pem"], work)
+                end = self._run(["x509", "-in", "user.pem", "-noout", "-enddate"], work)
+                with open(os.path.join(work, "user.pem")) as f:
+                    cert = f.read()
+                with open(os.path.join(work, "user.key")) as f:
+                    key = f.read()
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+        not_after = datetime.datetime.strptime(end.strip().split("=", 1)[1].replace(" GMT", ""),
+                                               "%b %d %H:%M:%S %Y")
+        return {"serial": serial, "certificate": cert, "privateKey": key,
+                "createdAt": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "notAfter": not_after.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "subject": "CN=" + username}
+
+
+# --------------------------------------------------------------------------
 # State
 # --------------------------------------------------------------------------
 
@@ -267,9 +458,11 @@ class State:
         self.started = time.time()
         self.conn_counter = 0
         self.req_counter = 0
-        self.tokens = {}          # token -> {"client", "expires" (monotonic), "revoked"}
+        self.tokens = {}          # token -> {"client", "expires" (monotonic), "revoked",
+                                  #           "minted", "secret_id"}
         self.nonces = {}          # nonce -> {"uses", "last_nc", "created"}
         self.max_active_tokens = cfg.max_active_tokens
+        self.x509 = X509Factory()
         self.reset_log()
         self.clear_faults()
         self.seed()
@@ -291,8 +484,60 @@ class State:
                 "token_fail": None, "token_delay_ms": 0, "api_status": [],
                 "stall_ms": 0, "stall_count": -1,
                 "reset_mid_response": 0, "close_after_headers": 0,
+                "chunked": [], "delay_response": [], "cert_content_type": None,
             }
             self.max_active_tokens = self.cfg.max_active_tokens
+
+    @staticmethod
+    def _response_rules(key, val):
+        """Parse the chunked / delay_response fault: an object, a list of them,
+        true (chunked: every response until cleared) or null/false (clear)."""
+        if val is None or val is False:
+            return []
+        items = val if isinstance(val, list) else [val]
+        rules = []
+        for it in items:
+            if it is True and key == "chunked":
+                it = {"count": -1}
+            if not isinstance(it, dict):
+                raise ValueError("%s entries must be objects" % key)
+            r = {"path_prefix": str(it.get("path_prefix", "/")),
+                 "path_regex": it.get("path_regex"),
+                 "method": (it.get("method") or "").upper() or None,
+                 "count": int(it.get("count", 1))}
+            if r["path_regex"] is not None:
+                r["path_regex"] = str(r["path_regex"])
+                try:
+                    re.compile(r["path_regex"])
+                except re.error as e:
+                    raise ValueError("bad path_regex: %s" % e)
+            if key == "chunked":
+                r["chunks"] = max(1, int(it.get("chunks", 3)))
+                r["chunk_delay_ms"] = max(0, int(it.get("chunk_delay_ms", 0)))
+            else:
+                if "ms" not in it:
+                    raise ValueError("delay_response entries need ms")
+                r["ms"] = max(0, int(it["ms"]))
+                r["phase"] = str(it.get("phase", "before_headers"))
+                if r["phase"] not in ("before_headers", "mid_body"):
+                    raise ValueError("delay_response phase must be before_headers or mid_body")
+            rules.append(r)
+        return rules
+
+    def take_rule(self, key, path, method):
+        """First chunked / delay_response rule matching path+method, consumed
+        (count -1 = unlimited); None when none matches. Caller holds the lock."""
+        for r in self.faults[key]:
+            if r["count"] == 0 or not path.startswith(r["path_prefix"]):
+                continue
+            if r["path_regex"] is not None and not re.search(r["path_regex"], path):
+                continue
+            if r["method"] and r["method"] != method:
+                continue
+            if r["count"] > 0:
+                r["count"] -= 1
+            return copy.deepcopy(r)
+        return None
 
     def set_faults(self, spec):
         if not isinstance(spec, dict):
@@ -349,6 +594,12 @@ class State:
                         self.faults["stall_count"] = -1
                 elif key == "stall_count":
                     self.faults["stall_count"] = int(val)
+                elif key in ("chunked", "delay_response"):
+                    self.faults[key] = self._response_rules(key, val)
+                elif key == "cert_content_type":
+                    if val is not None and not isinstance(val, str):
+                        raise ValueError("cert_content_type must be a string or null")
+                    self.faults[key] = val or None
                 elif key in ("reset_mid_response", "close_after_headers"):
                     if val is True:
                         self.faults[key] = -1
@@ -387,7 +638,7 @@ class State:
                    if not r["revoked"] and r["expires"] > t
                    and (client is None or r["client"] == client))
 
-    def issue_token(self, client_id):
+    def issue_token(self, client_id, secret_id=None):
         ttl = self.cfg.token_ttl
         iat = int(time.time())
         header = {"alg": "RS256", "kid": "fake-atlas", "typ": "JWT"}
@@ -402,8 +653,41 @@ class State:
             if len(self.tokens) > 50000:
                 for k in [k for k, r in self.tokens.items() if r["expires"] <= t or r["revoked"]]:
                     del self.tokens[k]
-            self.tokens[token] = {"client": client_id, "expires": t + ttl, "revoked": False}
+            self.tokens[token] = {"client": client_id, "expires": t + ttl, "revoked": False,
+                                  "minted": client_id in self.service_accounts,
+                                  "secret_id": secret_id}
         return token
+
+    def revoke_tokens_of(self, client_id, secret_id=None):
+        """A deleted service account (or one of its secrets) stops working at once:
+        the tokens it got are revoked. Caller holds the lock."""
+        for rec in self.tokens.values():
+            if rec["client"] == client_id and (secret_id is None or rec.get("secret_id") == secret_id):
+                rec["revoked"] = True
+
+    # ---- minted credentials ------------------------------------------------
+    def api_key_private(self, public_key):
+        """Private key of a live minted API key with this public key, else None."""
+        with self.lock:
+            for k in self.api_keys.values():
+                if not k["deleted"] and k["publicKey"] == public_key:
+                    return k["privateKey"]
+        return None
+
+    def sa_secret_match(self, client_id, secret):
+        """The live, unexpired secret record of a minted service account that
+        matches, else None."""
+        with self.lock:
+            sa = self.service_accounts.get(client_id)
+            if sa is None or sa["deleted"]:
+                return None
+            now = time.time()
+            for rec in sa["secrets"]:
+                if rec["deleted"] or rec["expires_ts"] <= now:
+                    continue
+                if hmac.compare_digest(rec["secret"].encode(), secret.encode()):
+                    return rec
+        return None
 
     def check_token(self, token):
         with self.lock:
@@ -444,6 +728,14 @@ class State:
             self.snapshots = {(GROUP_ID, "Cluster0"): {SNAPSHOT_ID: self.snapshot_doc(
                 SNAPSHOT_ID, "Cluster0", {"description": "seed snapshot"}, created)}}
             self.snapshots[(GROUP_ID, "Cluster0")][SNAPSHOT_ID]["status"] = "completed"
+            # minted credentials (introspection: GET /__fake/minted)
+            for cid in list(getattr(self, "service_accounts", {})):
+                self.revoke_tokens_of(cid)
+            self.api_keys = {}            # id -> {"id","desc","publicKey","privateKey","orgId","roles",...}
+            self.service_accounts = {}    # clientId -> {..., "secrets": [{"id","secret",...}]}
+            self.db_creds = []            # one record per database user created through the API
+            self.db_cred_idx = {}         # (groupId, databaseName, username) -> live record
+            self.certs = []               # X.509 certificates issued (with their private keys)
 
     @staticmethod
     def cluster_doc(gid, name, body, cid=None, created=None):
@@ -605,11 +897,23 @@ class Api:
                 raise ApiError(409, "CANNOT_DELETE_ORG_ACTIVE_PROJECTS",
                                "Organization %s still has active projects." % oid, [oid])
             del st.orgs[oid]
+            for k in st.api_keys.values():
+                if k["orgId"] == oid and not k["deleted"]:
+                    k["deleted"], k["deletedAt"] = True, now_iso()
+            for sa in st.service_accounts.values():
+                if sa["orgId"] == oid and not sa["deleted"]:
+                    self.delete_sa(sa)
             return 204, None
         if len(segs) == 2 and segs[1] == "groups":
             self.methods(m, ["GET"])
             self.org(oid)
             return 200, self.page([g for g in st.groups.values() if g["orgId"] == oid], query)
+        if len(segs) >= 2 and segs[1] == "apiKeys":
+            self.org(oid)
+            return self.org_api_keys(m, oid, segs[2:], query, body)
+        if len(segs) >= 2 and segs[1] == "serviceAccounts":
+            self.org(oid)
+            return self.service_accounts(m, oid, None, segs[2:], query, body)
         raise ApiError(404, "RESOURCE_NOT_FOUND", "Cannot find resource.")
 
     def groups(self, m, segs, query, body):
@@ -668,6 +972,13 @@ class Api:
                 store.pop(gid, None)
             for k in [k for k in st.snapshots if k[0] == gid]:
                 del st.snapshots[k]
+            for k in st.api_keys.values():
+                k["roles"] = [r for r in k["roles"] if r.get("groupId") != gid]
+            for sa in st.service_accounts.values():
+                if sa["groupId"] == gid and not sa["deleted"]:
+                    self.delete_sa(sa)
+            for key in [key for key in st.db_cred_idx if key[0] == gid]:
+                st.db_cred_idx.pop(key)["deleted"] = True
             return 204, None
         self.group(gid)
         kind, rest = segs[1], segs[2:]
@@ -679,6 +990,10 @@ class Api:
             return self.db_users(m, gid, rest, query, body)
         if kind in ("accessList", "whitelist"):
             return self.access_list(m, gid, rest, query, body)
+        if kind == "apiKeys":
+            return self.group_api_keys(m, gid, rest, query, body)
+        if kind == "serviceAccounts":
+            return self.service_accounts(m, st.groups[gid]["orgId"], gid, rest, query, body)
         raise ApiError(404, "RESOURCE_NOT_FOUND", "Cannot find resource.")
 
     def group_view(self, g):
@@ -829,6 +1144,7 @@ class Api:
                 raise ApiError(400, "MISSING_ATTRIBUTE", "The required attribute username was not specified.",
                                ["username"])
             db = b.get("databaseName") or "admin"
+            pw = self.check_password(b)
             if (db, user) in us:
                 raise ApiError(409, "USER_ALREADY_EXISTS",
                                "The user specified (%s) already exists." % user, [user])
@@ -838,7 +1154,13 @@ class Api:
             deep_merge(doc, {k: v for k, v in b.items() if k not in ("password", "groupId", "links")})
             doc["databaseName"] = db
             us[(db, user)] = doc
+            rec = {"groupId": gid, "databaseName": db, "username": user, "password": pw,
+                   "passwords": [pw] if pw is not None else [], "createdAt": now_iso(), "deleted": False}
+            st.db_creds.append(rec)
+            st.db_cred_idx[(gid, db, user)] = rec
             return 201, copy.deepcopy(doc)
+        if len(segs) == 2 and segs[1] == "certs" and (m == "POST" or (segs[0], "certs") not in us):
+            return self.user_certs(m, gid, segs[0], query, body)
         if len(segs) != 2:
             raise ApiError(404, "RESOURCE_NOT_FOUND", "Cannot find resource.")
         db, user = segs
@@ -849,13 +1171,330 @@ class Api:
         if m == "GET":
             return 200, copy.deepcopy(u)
         if m == "PATCH":
-            b = {k: v for k, v in self.obj(body).items()
+            raw = self.obj(body)
+            pw = self.check_password(raw)
+            b = {k: v for k, v in raw.items()
                  if k not in ("password", "groupId", "links", "username", "databaseName")}
             for k, v in b.items():
                 u[k] = copy.deepcopy(v)
+            if pw is not None:
+                rec = st.db_cred_idx.get((gid, db, user))
+                if rec is None:
+                    rec = {"groupId": gid, "databaseName": db, "username": user, "password": None,
+                           "passwords": [], "createdAt": now_iso(), "deleted": False}
+                    st.db_creds.append(rec)
+                    st.db_cred_idx[(gid, db, user)] = rec
+                rec["password"] = pw
+                rec["passwords"].append(pw)
             return 200, copy.deepcopy(u)
         del us[(db, user)]
+        rec = st.db_cred_idx.pop((gid, db, user), None)
+        if rec is not None:
+            rec["deleted"] = True
         return 204, None
+
+    @staticmethod
+    def check_password(b):
+        if "password" not in b or b["password"] is None:
+            return None
+        pw = b["password"]
+        if not isinstance(pw, str) or not pw:
+            raise ApiError(400, "INVALID_ATTRIBUTE", "Invalid attribute password specified.", ["password"])
+        return pw
+
+    # ---- X.509 -------------------------------------------------------------
+    def user_certs(self, m, gid, username, query, body):
+        """POST/GET /groups/{g}/databaseUsers/{username}/certs"""
+        st = self.st
+        self.methods(m, ["GET", "POST"])
+        users = [u for (db, name), u in st.users.get(gid, {}).items() if name == username]
+        if not users:
+            raise ApiError(404, "USERNAME_NOT_FOUND", "No user with username %s exists." % username, [username])
+        if m == "GET":
+            now = now_iso()
+            return 200, self.page([{"_id": c["serial"], "createdAt": c["createdAt"], "groupId": gid,
+                                    "links": [], "notAfter": c["notAfter"], "subject": c["subject"]}
+                                   for c in st.certs
+                                   if c["groupId"] == gid and c["username"] == username and c["notAfter"] > now],
+                                  query)
+        b = self.obj(body)
+        months = b.get("monthsUntilExpiration", 3)
+        if months is None:
+            months = 3
+        if isinstance(months, bool) or not isinstance(months, int) or not 1 <= months <= 24:
+            raise ApiError(400, "INVALID_ATTRIBUTE",
+                           "Invalid attribute monthsUntilExpiration specified (1 to 24).",
+                           ["monthsUntilExpiration"])
+        if not any(u.get("x509Type") == "MANAGED" for u in users):
+            raise ApiError(400, "USER_NOT_X509_MANAGED",
+                           "The database user %s does not use Atlas-managed X.509 authentication "
+                           "(x509Type MANAGED)." % username, [username])
+        c = st.x509.issue(username, months)
+        c.update({"groupId": gid, "username": username, "monthsUntilExpiration": months})
+        st.certs.append(c)
+        return 201, c["certificate"] + c["privateKey"], "x509"
+
+    # ---- programmatic API keys ---------------------------------------------
+    @staticmethod
+    def api_key_view(k, reveal=False):
+        return {"desc": k["desc"], "id": k["id"],
+                "links": [{"href": "https://cloud.mongodb.com/api/atlas/v2/orgs/%s/apiKeys/%s"
+                                   % (k["orgId"], k["id"]), "rel": "self"}],
+                "privateKey": k["privateKey"] if reveal else mask_private_key(k["privateKey"]),
+                "publicKey": k["publicKey"], "roles": copy.deepcopy(k["roles"])}
+
+    @staticmethod
+    def check_desc(b, required):
+        if b.get("desc") is None:
+            if required:
+                raise ApiError(400, "MISSING_ATTRIBUTE", "The required attribute desc was not specified.", ["desc"])
+            return None
+        d = b["desc"]
+        if not isinstance(d, str) or not 1 <= len(d) <= 250:
+            raise ApiError(400, "INVALID_ATTRIBUTE", "Invalid attribute desc specified.", ["desc"])
+        return d
+
+    @staticmethod
+    def check_roles(roles, prefix, required):
+        """roles: list of role names, all starting with prefix (ORG_ / GROUP_)."""
+        if roles is None:
+            if required:
+                raise ApiError(400, "MISSING_ATTRIBUTE", "The required attribute roles was not specified.", ["roles"])
+            return None
+        if not isinstance(roles, list) or not roles or not all(isinstance(r, str) for r in roles):
+            raise ApiError(400, "INVALID_ATTRIBUTE",
+                           "Invalid attribute roles specified: a non-empty list of role names is required.",
+                           ["roles"])
+        for r in roles:
+            if not re.match(r"^%s[A-Z_]+$" % prefix, r):
+                raise ApiError(400, "INVALID_ENUM_VALUE",
+                               "An invalid enumeration value %s was specified." % r, [r])
+        out = []
+        for r in roles:
+            if r not in out:
+                out.append(r)
+        return out
+
+    def api_key_by_id(self, kid, oid):
+        k = self.st.api_keys.get(kid)
+        if k is None or k["deleted"] or k["orgId"] != oid:
+            raise ApiError(404, "API_KEY_NOT_FOUND", "No API key with ID %s exists." % kid, [kid])
+        return k
+
+    def mint_api_key(self, oid, desc, roles, gid=None):
+        st = self.st
+        used = {k["publicKey"] for k in st.api_keys.values()} | {st.cfg.digest_public_key}
+        pub = new_public_key()
+        while pub in used:
+            pub = new_public_key()
+        k = {"id": new_object_id(), "desc": desc, "publicKey": pub, "privateKey": str(uuid.uuid4()),
+             "orgId": oid, "createdInGroup": gid, "roles": roles, "createdAt": now_iso(),
+             "deleted": False, "deletedAt": None}
+        st.api_keys[k["id"]] = k
+        return k
+
+    def org_api_keys(self, m, oid, segs, query, body):
+        """/orgs/{orgId}/apiKeys[/{apiUserId}]"""
+        st = self.st
+        if not segs:
+            self.methods(m, ["GET", "POST"])
+            if m == "GET":
+                return 200, self.page([self.api_key_view(k) for k in st.api_keys.values()
+                                       if not k["deleted"] and k["orgId"] == oid], query)
+            b = self.obj(body)
+            desc = self.check_desc(b, True)
+            roles = self.check_roles(b.get("roles"), "ORG_", True)
+            k = self.mint_api_key(oid, desc, [{"orgId": oid, "roleName": r} for r in roles])
+            return 200, self.api_key_view(k, reveal=True)
+        if len(segs) != 1:
+            raise ApiError(404, "RESOURCE_NOT_FOUND", "Cannot find resource.")
+        self.methods(m, ["GET", "PATCH", "DELETE"])
+        k = self.api_key_by_id(segs[0], oid)
+        if m == "GET":
+            return 200, self.api_key_view(k)
+        if m == "PATCH":
+            b = self.obj(body)
+            desc = self.check_desc(b, False)
+            roles = self.check_roles(b.get("roles"), "ORG_", False)
+            if desc is None and roles is None:
+                raise ApiError(400, "MISSING_ATTRIBUTE",
+                               "At least one of the attributes desc or roles must be specified.", ["desc", "roles"])
+            if desc is not None:
+                k["desc"] = desc
+            if roles is not None:
+                k["roles"] = ([{"orgId": oid, "roleName": r} for r in roles] +
+                              [r for r in k["roles"] if "groupId" in r])
+            return 200, self.api_key_view(k)
+        k["deleted"], k["deletedAt"] = True, now_iso()
+        return 204, None
+
+    def group_api_keys(self, m, gid, segs, query, body):
+        """/groups/{groupId}/apiKeys[/{apiUserId}]"""
+        st = self.st
+        oid = st.groups[gid]["orgId"]
+
+        def assigned(k):
+            return any(r.get("groupId") == gid for r in k["roles"])
+
+        def project_roles(k, names):
+            return ([r for r in k["roles"] if r.get("groupId") != gid] +
+                    [{"groupId": gid, "roleName": n} for n in names])
+
+        if not segs:
+            self.methods(m, ["GET", "POST"])
+            if m == "GET":
+                return 200, self.page([self.api_key_view(k) for k in st.api_keys.values()
+                                       if not k["deleted"] and assigned(k)], query)
+            b = self.obj(body)
+            desc = self.check_desc(b, True)
+            roles = self.check_roles(b.get("roles"), "GROUP_", True)
+            # a project key is an organization key with ORG_MEMBER plus its project roles
+            k = self.mint_api_key(oid, desc, [{"orgId": oid, "roleName": "ORG_MEMBER"}] +
+                                  [{"groupId": gid, "roleName": r} for r in roles], gid)
+            return 200, self.api_key_view(k, reveal=True)
+        if len(segs) != 1:
+            raise ApiError(404, "RESOURCE_NOT_FOUND", "Cannot find resource.")
+        self.methods(m, ["POST", "PATCH", "DELETE"])
+        k = self.api_key_by_id(segs[0], oid)
+        if m == "POST":   # assign an existing organization key: body [{"roleName": ...}, ...]
+            if not isinstance(body, list):
+                raise ApiError(400, "INVALID_JSON", "Expected a JSON array of role assignments.")
+            names = [r.get("roleName") if isinstance(r, dict) else r for r in body]
+            k["roles"] = project_roles(k, self.check_roles(names, "GROUP_", True))
+            return 204, None
+        if not assigned(k):
+            raise ApiError(404, "API_KEY_NOT_FOUND",
+                           "No API key with ID %s is assigned to group %s." % (k["id"], gid), [k["id"], gid])
+        if m == "PATCH":
+            b = self.obj(body)
+            desc = self.check_desc(b, False)
+            roles = self.check_roles(b.get("roles"), "GROUP_", False)
+            if desc is None and roles is None:
+                raise ApiError(400, "MISSING_ATTRIBUTE",
+                               "At least one of the attributes desc or roles must be specified.", ["desc", "roles"])
+            if desc is not None:
+                k["desc"] = desc
+            if roles is not None:
+                k["roles"] = project_roles(k, roles)
+            return 200, self.api_key_view(k)
+        k["roles"] = [r for r in k["roles"] if r.get("groupId") != gid]   # unassign; the key lives on
+        return 204, None
+
+    # ---- service accounts --------------------------------------------------
+    @staticmethod
+    def sa_secret_view(rec, reveal=False):
+        d = {"createdAt": rec["createdAt"], "expiresAt": rec["expiresAt"], "id": rec["id"]}
+        if reveal:
+            d["secret"] = rec["secret"]
+        else:
+            if rec["lastUsedAt"]:
+                d["lastUsedAt"] = rec["lastUsedAt"]
+            d["maskedSecretValue"] = mask_sa_secret(rec["secret"])
+        return d
+
+    def sa_view(self, sa, reveal=False):
+        return {"clientId": sa["clientId"], "createdAt": sa["createdAt"], "description": sa["description"],
+                "name": sa["name"], "roles": list(sa["roles"]),
+                "secrets": [self.sa_secret_view(r, reveal) for r in sa["secrets"] if not r["deleted"]]}
+
+    @staticmethod
+    def check_sa_text(b, key, maxlen, required):
+        if b.get(key) is None:
+            if required:
+                raise ApiError(400, "MISSING_ATTRIBUTE",
+                               "The required attribute %s was not specified." % key, [key])
+            return None
+        v = b[key]
+        if (not isinstance(v, str) or not 1 <= len(v) <= maxlen
+                or not all(ch.isalnum() or ch in "-_.,' " for ch in v)):
+            raise ApiError(400, "INVALID_ATTRIBUTE", "Invalid attribute %s specified." % key, [key])
+        return v
+
+    @staticmethod
+    def check_hours(b):
+        h = b.get("secretExpiresAfterHours")
+        if h is None:
+            raise ApiError(400, "MISSING_ATTRIBUTE",
+                           "The required attribute secretExpiresAfterHours was not specified.",
+                           ["secretExpiresAfterHours"])
+        if isinstance(h, bool) or not isinstance(h, int) or h <= 0:
+            raise ApiError(400, "INVALID_ATTRIBUTE", "Invalid attribute secretExpiresAfterHours specified.",
+                           ["secretExpiresAfterHours"])
+        return h
+
+    @staticmethod
+    def new_sa_secret_rec(hours):
+        t = time.time()
+        return {"id": new_object_id(), "secret": new_sa_secret(), "createdAt": iso_ts(t),
+                "expiresAt": iso_ts(t + hours * 3600), "expires_ts": t + hours * 3600,
+                "lastUsedAt": None, "deleted": False}
+
+    def delete_sa(self, sa):
+        sa["deleted"], sa["deletedAt"] = True, now_iso()
+        self.st.revoke_tokens_of(sa["clientId"])
+
+    def service_accounts(self, m, oid, gid, segs, query, body):
+        """/orgs/{orgId}/serviceAccounts/... (gid None) and /groups/{groupId}/serviceAccounts/..."""
+        st = self.st
+        prefix = "GROUP_" if gid else "ORG_"
+        if not segs:
+            self.methods(m, ["GET", "POST"])
+            if m == "GET":
+                return 200, self.page([self.sa_view(sa) for sa in st.service_accounts.values()
+                                       if not sa["deleted"] and sa["orgId"] == oid
+                                       and (gid is None or sa["groupId"] == gid)], query)
+            b = self.obj(body)
+            name = self.check_sa_text(b, "name", 64, True)
+            desc = self.check_sa_text(b, "description", 250, True)
+            roles = self.check_roles(b.get("roles"), prefix, True)
+            hours = self.check_hours(b)
+            cid = "mdb_sa_id_" + new_object_id()
+            while cid in st.service_accounts or cid == st.cfg.client_id:
+                cid = "mdb_sa_id_" + new_object_id()
+            sa = {"clientId": cid, "name": name, "description": desc, "roles": roles,
+                  "createdAt": now_iso(), "orgId": oid, "groupId": gid, "deleted": False, "deletedAt": None,
+                  "secrets": [self.new_sa_secret_rec(hours)]}
+            st.service_accounts[cid] = sa
+            return 201, self.sa_view(sa, reveal=True)
+        cid = segs[0]
+        sa = st.service_accounts.get(cid)
+        if (sa is None or sa["deleted"] or sa["orgId"] != oid
+                or (gid is not None and sa["groupId"] != gid)):
+            raise ApiError(404, "SERVICE_ACCOUNT_NOT_FOUND",
+                           "Service Account with client ID %s not found." % cid, [cid])
+        if len(segs) == 1:
+            self.methods(m, ["GET", "PATCH", "DELETE"])
+            if m == "GET":
+                return 200, self.sa_view(sa)
+            if m == "PATCH":
+                b = self.obj(body)
+                name = self.check_sa_text(b, "name", 64, False)
+                desc = self.check_sa_text(b, "description", 250, False)
+                roles = self.check_roles(b.get("roles"), prefix, False)
+                if name is not None:
+                    sa["name"] = name
+                if desc is not None:
+                    sa["description"] = desc
+                if roles is not None:
+                    sa["roles"] = roles
+                return 200, self.sa_view(sa)
+            self.delete_sa(sa)
+            return 204, None
+        if segs[1] != "secrets" or len(segs) > 3:
+            raise ApiError(404, "RESOURCE_NOT_FOUND", "Cannot find resource.")
+        if len(segs) == 2:
+            self.methods(m, ["POST"])
+            rec = self.new_sa_secret_rec(self.check_hours(self.obj(body)))
+            sa["secrets"].append(rec)
+            return 201, self.sa_secret_view(rec, reveal=True)
+        self.methods(m, ["DELETE"])
+        for rec in sa["secrets"]:
+            if rec["id"] == segs[2] and not rec["deleted"]:
+                rec["deleted"], rec["deletedAt"] = True, now_iso()
+                st.revoke_tokens_of(cid, rec["id"])
+                return 204, None
+        raise ApiError(404, "SERVICE_ACCOUNT_SECRET_NOT_FOUND",
+                       "Secret %s not found for Service Account %s." % (segs[2], cid), [segs[2], cid])
 
     def access_list(self, m, gid, segs, query, body):
         st = self.st
@@ -1086,7 +1725,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             "client": [self.client_address[0], self.client_address[1]],
             "conn": self.conn_id, "conn_seq": self.conn_seq,
             "sni": self.sni, "alpn": self.alpn, "tls_version": self.tls_version,
-            "kind": kind, "auth": "none", "status": None, "fault": None, "duration_ms": None,
+            "kind": kind, "auth": "none", "principal": None, "principal_minted": None,
+            "status": None, "fault": None, "duration_ms": None,
         }
         for k, v in self.headers.items():
             lk = k.lower()
@@ -1101,6 +1741,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
                       "api": "api_requests", "other": "other_requests"}[kind]] += 1
         self.entry = entry
         self.extra_headers = {"X-Fake-Atlas-Request-Id": str(entry["id"])}
+        self.auth_principal = (None, None)
+        self.client_secret_id = None
 
         try:
             if body_err:
@@ -1139,8 +1781,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
                     fault = "reset_mid_response"
                 elif st._take(st.faults, "close_after_headers"):
                     fault = "close_after_headers"
-            if fault:
-                e["fault"] = (e["fault"] + "," + fault) if e["fault"] else fault
+            chunk_rule = delay_rule = None
+            if not fault and e["auth"].endswith(":ok"):
+                p = e["path"].split("?", 1)[0]
+                delay_rule = st.take_rule("delay_response", p, self.command)
+                if self.command != "HEAD" and status not in (204, 304) and status >= 200:
+                    chunk_rule = st.take_rule("chunked", p, self.command)
+            for f in (fault, chunk_rule and "chunked", delay_rule and "delay_response"):
+                if f:
+                    e["fault"] = (e["fault"] + "," + f) if e["fault"] else f
         if body is None:
             data = b""
         elif isinstance(body, (bytes, bytearray)):
@@ -1153,12 +1802,20 @@ class Handler(http.server.BaseHTTPRequestHandler):
         hdrs.update(headers or {})
         if status in (204, 304) or (100 <= status < 200):
             data = b""
+        if self.command == "HEAD":
+            body_out = b""
+        else:
+            body_out = data
+        if delay_rule and delay_rule["phase"] == "before_headers":
+            time.sleep(delay_rule["ms"] / 1000.0)
         self.send_response(status, reason(status))
         if data or status not in (204, 304):
             self.send_header("Content-Type", ctype)
         for k, v in hdrs.items():
             self.send_header(k, str(v))
-        if status not in (204, 304):
+        if chunk_rule:
+            self.send_header("Transfer-Encoding", "chunked")
+        elif status not in (204, 304):
             self.send_header("Content-Length", str(len(data)))
         if self.close_connection and not fault:
             self.send_header("Connection", "close")
@@ -1173,7 +1830,34 @@ class Handler(http.server.BaseHTTPRequestHandler):
             time.sleep(0.05)
             self.rst()
             raise FaultClose()
-        self.end_headers_with(data if self.command != "HEAD" else b"")
+        if chunk_rule:
+            self.send_chunked(body_out, chunk_rule, delay_rule)
+        elif delay_rule and delay_rule["phase"] == "mid_body":
+            half = len(body_out) // 2   # headers + first half, wait, the rest
+            self.end_headers_with(body_out[:half])
+            time.sleep(delay_rule["ms"] / 1000.0)
+            if body_out[half:]:
+                self.wfile.write(body_out[half:])
+        else:
+            self.end_headers_with(body_out)
+
+    def send_chunked(self, data, rule, delay_rule):
+        """Body as rule["chunks"] chunks (each its own write / TLS record), with
+        chunk_delay_ms between them; a mid_body delay_response waits after the
+        first chunk."""
+        n = min(rule["chunks"], len(data))
+        cuts = [len(data) * i // n for i in range(n + 1)] if n else []
+        pieces = [data[a:b] for a, b in zip(cuts, cuts[1:])]
+        self.end_headers()  # flushes the header block on its own
+        for i, piece in enumerate(pieces):
+            if i == 1 and delay_rule and delay_rule["phase"] == "mid_body":
+                time.sleep(delay_rule["ms"] / 1000.0)
+            elif i > 0 and rule["chunk_delay_ms"]:
+                time.sleep(rule["chunk_delay_ms"] / 1000.0)
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+        if len(pieces) < 2 and delay_rule and delay_rule["phase"] == "mid_body":
+            time.sleep(delay_rule["ms"] / 1000.0)
+        self.wfile.write(b"0\r\n\r\n")
 
     def end_headers_with(self, data):
         """end_headers() + body in one write (one TLS record, no Nagle stall)."""
@@ -1243,6 +1927,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
         for c, s in cands:
             if (hmac.compare_digest(c.encode(), cfg.client_id.encode())
                     and hmac.compare_digest(s.encode(), cfg.client_secret.encode())):
+                self.auth_principal = ("service_account:" + c, False)
+                return True, how + ":ok", c
+        for c, s in cands:   # a service account minted through the API
+            rec = self.server.state.sa_secret_match(c, s)
+            if rec is not None:
+                self.auth_principal = ("service_account:" + c, True)
+                self.client_secret_id = rec["id"]
+                with self.server.state.lock:
+                    rec["lastUsedAt"] = now_iso()
                 return True, how + ":ok", c
         return False, "client:invalid", cid
 
@@ -1281,6 +1974,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         form = self.parse_form(body)
         ok, outcome, cid = self.client_auth(form)
         self.entry["auth"] = outcome
+        self.entry["principal"], self.entry["principal_minted"] = self.auth_principal
         if not ok:
             st.count("token_failures")
             self.oauth_reply(401, {"error": "invalid_client",
@@ -1312,7 +2006,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.oauth_reply(403, {"error": "access_denied",
                                    "error_description": "Too many active tokens for this service account."})
             return
-        token = st.issue_token(cid)
+        token = st.issue_token(cid, self.client_secret_id)
         st.count("token_successes")
         self.oauth_reply(200, {"access_token": token, "expires_in": self.server.cfg.token_ttl,
                                "token_type": "Bearer"})
@@ -1327,6 +2021,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         form = self.parse_form(body)
         ok, outcome, cid = self.client_auth(form)
         self.entry["auth"] = outcome
+        self.entry["principal"], self.entry["principal_minted"] = self.auth_principal
         if not ok:
             self.oauth_reply(401, {"error": "invalid_client",
                                    "error_description": "Client authentication failed."})
@@ -1374,10 +2069,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
             nc = int(p["nc"], 16)
         except ValueError:
             return "digest:malformed", False
-        ha1 = md5hex("%s:%s:%s" % (cfg.digest_public_key, REALM, cfg.digest_private_key))
+        user, priv, minted = cfg.digest_public_key, cfg.digest_private_key, False
+        user_ok = hmac.compare_digest(p["username"].encode(), cfg.digest_public_key.encode())
+        if not user_ok:   # an API key minted through the API
+            mpriv = st.api_key_private(p["username"])
+            if mpriv is not None:
+                user, priv, minted, user_ok = p["username"], mpriv, True, True
+        ha1 = md5hex("%s:%s:%s" % (user, REALM, priv))
         ha2 = md5hex("%s:%s" % (self.command, p["uri"]))
         expect = md5hex("%s:%s:%s:%s:%s:%s" % (ha1, p["nonce"], p["nc"], p["cnonce"], p["qop"], ha2))
-        user_ok = hmac.compare_digest(p["username"].encode(), cfg.digest_public_key.encode())
         resp_ok = hmac.compare_digest(p["response"].lower().encode(), expect.encode())
         with st.lock:
             rec = st.nonces.get(p["nonce"])
@@ -1391,6 +2091,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 return "digest:nc_reused", False
             rec["last_nc"] = nc
             rec["uses"] += 1
+        self.auth_principal = ("api_key:" + user, minted)
         return "digest:ok", False
 
     def authenticate(self):
@@ -1403,6 +2104,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if scheme == "bearer" and mode in ("bearer", "any"):
             tok = authz[7:].strip()
             outcome = self.server.state.check_token(tok) if tok else "bearer:malformed"
+            if outcome == "bearer:ok":
+                st = self.server.state
+                with st.lock:
+                    rec = st.tokens.get(tok) or {}
+                self.auth_principal = ("service_account:%s" % rec.get("client"), bool(rec.get("minted")))
         elif scheme == "digest" and mode in ("digest", "any"):
             outcome, stale = self.check_digest(authz[7:])
         elif not authz:
@@ -1411,6 +2117,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             outcome = "%s:unsupported_scheme" % (scheme or "unknown")
         self.entry["auth"] = outcome
         if outcome.endswith(":ok"):
+            self.entry["principal"], self.entry["principal_minted"] = self.auth_principal
             return
         headers = {}
         if mode in ("digest", "any"):
@@ -1497,8 +2204,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
         while segs and segs[-1] == "":
             segs.pop()
         query = urllib.parse.parse_qs(query_s)
-        status, out = self.server.api.handle(self.command, segs, query, obj)
-        self.finish_response(status, out, self.api_ctype, None, network_faults=True)
+        res = self.server.api.handle(self.command, segs, query, obj)
+        status, out = res[0], res[1]
+        ctype = self.api_ctype
+        if len(res) > 2 and res[2] == "x509":   # PEM text, not JSON
+            with st.lock:
+                ctype = st.faults["cert_content_type"] or ctype
+        self.finish_response(status, out, ctype, None, network_faults=True)
 
     # ---- /__fake -----------------------------------------------------------
     def fake_endpoint(self, method, path, query_s, body):
@@ -1547,12 +2259,54 @@ class Handler(http.server.BaseHTTPRequestHandler):
                            "flexClusters": {g: list(c.values()) for g, c in st.flex.items()},
                            "databaseUsers": {g: list(c.values()) for g, c in st.users.items()},
                            "accessList": {g: list(c.values()) for g, c in st.access.items()},
-                           "snapshots": {"%s/%s" % k: list(v.values()) for k, v in st.snapshots.items()}}
+                           "snapshots": {"%s/%s" % k: list(v.values()) for k, v in st.snapshots.items()},
+                           # secrets masked here; GET /__fake/minted shows them
+                           "apiKeys": [dict(Api.api_key_view(k), orgId=k["orgId"])
+                                       for k in st.api_keys.values() if not k["deleted"]],
+                           "serviceAccounts": [dict(self.server.api.sa_view(sa), orgId=sa["orgId"],
+                                                    groupId=sa["groupId"])
+                                               for sa in st.service_accounts.values() if not sa["deleted"]],
+                           "x509Certs": [{k: c[k] for k in ("serial", "groupId", "username", "subject",
+                                                            "createdAt", "notAfter")} for c in st.certs]}
                     out = json.loads(json.dumps(out))
                 return self.respond_json(200, out)
+            if name == "minted" and method in ("GET", "HEAD"):
+                return self.respond_json(200, self.minted_view())
         except (ValueError, TypeError) as e:
             return self.respond_json(400, atlas_error(400, "INVALID_FAKE_REQUEST", str(e)))
         self.respond_json(404, atlas_error(404, "RESOURCE_NOT_FOUND", "Unknown fake endpoint %s %s" % (method, path)))
+
+    def minted_view(self):
+        """GET /__fake/minted: every credential the API minted, secrets in clear."""
+        st = self.server.state
+        now = time.time()
+        with st.lock:
+            keys = [{"id": k["id"], "publicKey": k["publicKey"], "privateKey": k["privateKey"],
+                     "desc": k["desc"], "orgId": k["orgId"], "createdInGroup": k["createdInGroup"],
+                     "groupIds": sorted({r["groupId"] for r in k["roles"] if "groupId" in r}),
+                     "roles": k["roles"], "createdAt": k["createdAt"],
+                     "deleted": k["deleted"], "deletedAt": k["deletedAt"]} for k in st.api_keys.values()]
+            sas, flat = [], []
+            for sa in st.service_accounts.values():
+                secs = []
+                for r in sa["secrets"]:
+                    d = {"clientId": sa["clientId"], "id": r["id"], "secret": r["secret"],
+                         "createdAt": r["createdAt"], "expiresAt": r["expiresAt"], "lastUsedAt": r["lastUsedAt"],
+                         "expired": r["expires_ts"] <= now, "deleted": r["deleted"] or sa["deleted"]}
+                    secs.append(d)
+                    flat.append(d)
+                sas.append({"clientId": sa["clientId"], "name": sa["name"], "description": sa["description"],
+                            "orgId": sa["orgId"], "groupId": sa["groupId"], "roles": sa["roles"],
+                            "createdAt": sa["createdAt"], "deleted": sa["deleted"], "secrets": secs})
+            out = {"api_keys": keys, "service_accounts": sas, "service_account_secrets": flat,
+                   "database_users": st.db_creds,
+                   "certs": [{"serial": c["serial"], "_id": c["serial"], "groupId": c["groupId"],
+                              "username": c["username"], "subject": c["subject"], "createdAt": c["createdAt"],
+                              "notAfter": c["notAfter"], "monthsUntilExpiration": c["monthsUntilExpiration"],
+                              "certificate": c["certificate"], "privateKey": c["privateKey"]}
+                             for c in st.certs],
+                   "x509_ca": st.x509.ca_pem}
+            return json.loads(json.dumps(out))
 
 
 def fmt_addr(a):
@@ -1663,9 +2417,10 @@ class Server(http.server.ThreadingHTTPServer):
                 pass
 
     def record(self, e):
-        self.say('%s conn=%d "%s %s" %s auth=%s%s %.1fms' % (
+        self.say('%s conn=%d "%s %s" %s auth=%s%s%s %.1fms' % (
             fmt_addr(e["client"]), e["conn"], e["method"], e["path"].split("?")[0],
             e["status"] if e["status"] is not None else "-", e["auth"],
+            (" principal=" + e["principal"]) if e.get("principal") else "",
             (" fault=" + e["fault"]) if e["fault"] else "", e["duration_ms"] or 0))
         if self.log_file:
             with self.out_lock:

@@ -41,6 +41,8 @@ V2 = "application/vnd.atlas.2025-03-12+json"
 CHALLENGE_RE = re.compile(
     r'^Digest realm="MMS Public API", domain="", nonce="([^"]+)", algorithm=MD5, '
     r'qop="auth", stale=(true|false)$')
+UUID4_RE = r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"
+SA_SECRET_RE = r"^mdb_sa_sk_[A-Za-z0-9_-]{40}$"
 
 
 def start_server(tmp, name, extra, listen="127.0.0.1"):
@@ -196,6 +198,64 @@ class FakeAtlasTest(unittest.TestCase):
             h["Authorization"] = "Bearer " + token
         h.update(headers or {})
         return self.req(method, path, body, h, conn=conn)
+
+    def digest_api(self, method, path, pub, priv, body=None, accept=V2, conn=None):
+        """Challenge, then the request with Digest (nc=1) on the same connection."""
+        c = conn or self.conn()
+        r = self.api(method, path, body, accept=accept, conn=c)
+        self.assertEqual(r.status, 401, r)
+        nonce = CHALLENGE_RE.match(r.headers["WWW-Authenticate"]).group(1)
+        h = {"Authorization": digest_header(method, path, nonce, 1, pub=pub, priv=priv)}
+        return self.api(method, path, body, accept=accept, headers=h, conn=c)
+
+    def fresh_state(self):
+        """Seed data only (no minted credentials), now and after the test."""
+        self.fake("POST", "/__fake/reset", {"state": True})
+        self.addCleanup(self.tearDown)   # cleanups run after tearDown, last in first out
+        self.addCleanup(self.fake, "POST", "/__fake/reset", {"state": True})
+
+    def minted(self):
+        return self.fake("GET", "/__fake/minted")
+
+    def last_api_entry(self):
+        return [e for e in self.fake("GET", "/__fake/requests") if e["kind"] == "api"][-1]
+
+    def raw_http(self, method, path, headers, body=b""):
+        """One request with Connection: close over TLS; the raw response bytes."""
+        sock = socket.create_connection((self.addr, self.port), timeout=10)
+        tls = self.ctx.wrap_socket(sock, server_hostname=HOST)
+        try:
+            head = "%s %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n" % (method, path, HOST)
+            for k, v in headers.items():
+                head += "%s: %s\r\n" % (k, v)
+            if body:
+                head += "Content-Length: %d\r\n" % len(body)
+            tls.sendall(head.encode() + b"\r\n" + body)
+            out = b""
+            while True:
+                try:
+                    data = tls.recv(65536)
+                except (ssl.SSLError, ConnectionError):
+                    break
+                if not data:
+                    break
+                out += data
+            return out
+        finally:
+            tls.close()
+
+    @staticmethod
+    def parse_chunked(body):
+        """-> (list of chunk payloads, rest after the last chunk)"""
+        chunks = []
+        while True:
+            line, _, body = body.partition(b"\r\n")
+            n = int(line.split(b";")[0], 16)
+            if n == 0:
+                return chunks, body
+            chunks.append(body[:n])
+            assert body[n:n + 2] == b"\r\n", body[n:n + 10]
+            body = body[n + 2:]
 
     def assertAtlasError(self, r, status, code=None):
         self.assertEqual(r.status, status, r)
@@ -673,6 +733,464 @@ class FakeAtlasTest(unittest.TestCase):
             self.assertNotIn(base64.b64encode(("%s:%s" % (CLIENT_ID, CLIENT_SECRET)).encode()).decode(), text)
             self.assertNotIn(tok, text)
             self.assertNotIn(DIGEST_PRIV, text)
+
+    # ---- minted credentials --------------------------------------------------
+    def test_api_key_org_mint_use_mask_delete(self):
+        self.fresh_state()
+        tok = self.token()
+        base = "/api/atlas/v2/orgs/%s/apiKeys" % ORG
+        r = self.api("POST", base, {"desc": "agent key", "roles": ["ORG_READ_ONLY"]}, token=tok)
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(r.headers["Content-Type"], V2 + ";charset=utf-8")
+        k = r.json
+        self.assertEqual(sorted(k), ["desc", "id", "links", "privateKey", "publicKey", "roles"])
+        self.assertRegex(k["id"], "^[0-9a-f]{24}$")
+        self.assertRegex(k["publicKey"], "^[a-z]{8}$")
+        self.assertRegex(k["privateKey"], UUID4_RE)
+        self.assertEqual(k["desc"], "agent key")
+        self.assertEqual(k["roles"], [{"orgId": ORG, "roleName": "ORG_READ_ONLY"}])
+        self.assertEqual(k["links"][0]["rel"], "self")
+        e = self.last_api_entry()
+        self.assertEqual((e["principal"], e["principal_minted"]), ("service_account:" + CLIENT_ID, False))
+        pub, priv, kid = k["publicKey"], k["privateKey"], k["id"]
+
+        # the minted key authenticates by Digest, and the log says which key it was
+        r = self.digest_api("GET", "/api/atlas/v2/groups/" + GROUP, pub, priv)
+        self.assertEqual(r.status, 200, r)
+        e = self.last_api_entry()
+        self.assertEqual((e["auth"], e["principal"], e["principal_minted"]), ("digest:ok", "api_key:" + pub, True))
+        self.assertEqual(self.digest_api("GET", "/api/atlas/v2/orgs", pub, "wrong-" + priv).status, 401)
+
+        # reads mask the private key
+        masked = "********-****-****-" + priv[-12:]
+        r = self.api("GET", base, token=tok)
+        self.assertEqual((r.status, r.json["totalCount"]), (200, 1))
+        self.assertEqual(r.json["results"][0]["privateKey"], masked)
+        self.assertEqual(r.json["results"][0]["publicKey"], pub)
+        self.assertNotIn(priv.encode(), r.data)
+        r = self.api("GET", base + "/" + kid, token=tok)
+        self.assertEqual((r.status, r.json["privateKey"], r.json["id"]), (200, masked, kid))
+        r = self.api("PATCH", base + "/" + kid, {"desc": "renamed", "roles": ["ORG_MEMBER"]}, token=tok)
+        self.assertEqual((r.status, r.json["desc"], r.json["privateKey"]), (200, "renamed", masked))
+        self.assertEqual(r.json["roles"], [{"orgId": ORG, "roleName": "ORG_MEMBER"}])
+        self.assertAtlasError(self.api("PATCH", base + "/" + kid, {}, token=tok), 400, "MISSING_ATTRIBUTE")
+        self.assertNotIn(priv, json.dumps(self.fake("GET", "/__fake/state")))
+
+        m = self.minted()["api_keys"]
+        self.assertEqual(len(m), 1)
+        self.assertEqual((m[0]["id"], m[0]["publicKey"], m[0]["privateKey"], m[0]["orgId"], m[0]["deleted"]),
+                         (kid, pub, priv, ORG, False))
+
+        # delete: gone, and the key stops working
+        r = self.api("DELETE", base + "/" + kid, token=tok)
+        self.assertEqual((r.status, r.data), (204, b""))
+        self.assertAtlasError(self.api("GET", base + "/" + kid, token=tok), 404, "API_KEY_NOT_FOUND")
+        self.assertAtlasError(self.api("DELETE", base + "/" + kid, token=tok), 404)
+        self.assertEqual(self.api("GET", base, token=tok).json["totalCount"], 0)
+        r = self.digest_api("GET", "/api/atlas/v2/groups/" + GROUP, pub, priv)
+        self.assertAtlasError(r, 401, "UNAUTHORIZED")
+        self.assertEqual(self.last_api_entry()["auth"], "digest:bad_response")
+        self.assertIsNone(self.last_api_entry()["principal"])
+        self.assertTrue(self.minted()["api_keys"][0]["deleted"])
+
+        # validation, authentication, unknown org
+        for body, code in (({}, "MISSING_ATTRIBUTE"), ({"desc": "x"}, "MISSING_ATTRIBUTE"),
+                           ({"roles": ["ORG_MEMBER"]}, "MISSING_ATTRIBUTE"),
+                           ({"desc": "x", "roles": []}, "INVALID_ATTRIBUTE"),
+                           ({"desc": "", "roles": ["ORG_MEMBER"]}, "INVALID_ATTRIBUTE"),
+                           ({"desc": "x", "roles": "ORG_MEMBER"}, "INVALID_ATTRIBUTE"),
+                           ({"desc": "x", "roles": ["GROUP_OWNER"]}, "INVALID_ENUM_VALUE"),
+                           ([{"desc": "x"}], "INVALID_JSON")):
+            self.assertAtlasError(self.api("POST", base, body, token=tok), 400, code)
+        r = self.api("POST", base, {}, token=tok)
+        self.assertEqual(r.json["parameters"], ["desc"])
+        self.assertAtlasError(self.api("POST", base, "{oops", token=tok,
+                                       headers={"Content-Type": "application/json"}), 400, "INVALID_JSON")
+        self.assertAtlasError(self.api("POST", base, {"desc": "x", "roles": ["ORG_MEMBER"]}), 401, "UNAUTHORIZED")
+        self.assertAtlasError(self.api("GET", "/api/atlas/v2/orgs/%s/apiKeys" % ("a" * 24), token=tok),
+                              404, "ORG_NOT_FOUND")
+        self.assertEqual(len(self.minted()["api_keys"]), 1)   # nothing minted by the failures
+
+    def test_api_key_project_v1_digest(self):
+        """Legacy v1.0 (Accept: application/json, Digest), as mongodb-atlas-api-client uses it."""
+        self.fresh_state()
+        v1 = "/api/atlas/v1.0"
+        gbase = "%s/groups/%s/apiKeys" % (v1, GROUP)
+        r = self.digest_api("POST", gbase, DIGEST_PUB, DIGEST_PRIV,
+                            {"desc": "project key", "roles": ["GROUP_READ_ONLY"]}, accept="application/json")
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(r.headers["Content-Type"], "application/json;charset=utf-8")
+        e = self.last_api_entry()
+        self.assertEqual((e["principal"], e["principal_minted"]), ("api_key:" + DIGEST_PUB, False))
+        k = r.json
+        self.assertRegex(k["privateKey"], UUID4_RE)
+        self.assertIn({"groupId": GROUP, "roleName": "GROUP_READ_ONLY"}, k["roles"])
+        self.assertIn({"orgId": ORG, "roleName": "ORG_MEMBER"}, k["roles"])
+        pub, priv, kid = k["publicKey"], k["privateKey"], k["id"]
+        r = self.digest_api("GET", "%s/groups/%s" % (v1, GROUP), pub, priv, accept=None)
+        self.assertEqual((r.status, r.json["id"]), (200, GROUP))
+        self.assertEqual(self.last_api_entry()["principal"], "api_key:" + pub)
+
+        def with_key(method, path, body=None):
+            return self.digest_api(method, path, pub, priv, body, accept="application/json")
+
+        r = with_key("GET", gbase)
+        self.assertEqual([x["id"] for x in r.json["results"]], [kid])
+        self.assertEqual(r.json["results"][0]["privateKey"], "********-****-****-" + priv[-12:])
+        r = with_key("PATCH", gbase + "/" + kid, {"roles": ["GROUP_OWNER"]})
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual([x for x in r.json["roles"] if "groupId" in x], [{"groupId": GROUP, "roleName": "GROUP_OWNER"}])
+        self.assertEqual(self.minted()["api_keys"][0]["groupIds"], [GROUP])
+        # unassigning from the project keeps the organization key alive
+        r = with_key("DELETE", gbase + "/" + kid)
+        self.assertEqual((r.status, r.data), (204, b""))
+        self.assertEqual(with_key("GET", gbase).json["totalCount"], 0)
+        r = with_key("GET", "%s/orgs/%s/apiKeys/%s" % (v1, ORG, kid))
+        self.assertEqual((r.status, r.json["roles"]), (200, [{"orgId": ORG, "roleName": "ORG_MEMBER"}]))
+        self.assertAtlasError(with_key("DELETE", gbase + "/" + kid), 404, "API_KEY_NOT_FOUND")
+        r = with_key("POST", gbase + "/" + kid, [{"roleName": "GROUP_READ_ONLY"}])
+        self.assertEqual(r.status, 204, r)
+        self.assertEqual(with_key("GET", gbase).json["totalCount"], 1)
+        self.assertAtlasError(with_key("POST", gbase, {"desc": "x", "roles": ["ORG_OWNER"]}), 400,
+                              "INVALID_ENUM_VALUE")
+        self.assertAtlasError(with_key("POST", "%s/groups/%s/apiKeys" % (v1, "b" * 24),
+                                       {"desc": "x", "roles": ["GROUP_OWNER"]}), 404, "GROUP_NOT_FOUND")
+        # deleting the organization key ends it
+        self.assertEqual(with_key("DELETE", "%s/orgs/%s/apiKeys/%s" % (v1, ORG, kid)).status, 204)
+        self.assertEqual(with_key("GET", "%s/groups/%s" % (v1, GROUP)).status, 401)
+
+    def test_service_account_org(self):
+        self.fresh_state()
+        tok = self.token()
+        base = "/api/atlas/v2/orgs/%s/serviceAccounts" % ORG
+        body = {"name": "agent sa", "description": "for the self-test", "roles": ["ORG_MEMBER"],
+                "secretExpiresAfterHours": 8}
+        r = self.api("POST", base, body, token=tok)
+        self.assertEqual(r.status, 201, r)
+        sa = r.json
+        self.assertEqual(sorted(sa), ["clientId", "createdAt", "description", "name", "roles", "secrets"])
+        self.assertRegex(sa["clientId"], "^mdb_sa_id_[0-9a-f]{24}$")
+        self.assertEqual((sa["name"], sa["description"], sa["roles"]), ("agent sa", "for the self-test", ["ORG_MEMBER"]))
+        self.assertEqual(len(sa["secrets"]), 1)
+        s1 = sa["secrets"][0]
+        self.assertEqual(sorted(s1), ["createdAt", "expiresAt", "id", "secret"])
+        self.assertRegex(s1["id"], "^[0-9a-f]{24}$")
+        self.assertRegex(s1["secret"], SA_SECRET_RE)
+        fmt = "%Y-%m-%dT%H:%M:%SZ"
+        hours = (time.mktime(time.strptime(s1["expiresAt"], fmt)) -
+                 time.mktime(time.strptime(s1["createdAt"], fmt))) / 3600
+        self.assertEqual(hours, 8)
+        cid = sa["clientId"]
+
+        # the minted client gets tokens (Basic and form), and they work
+        r = self.token_req(auth=self.basic(cid, s1["secret"]))
+        self.assertEqual(r.status, 200, r)
+        tok1 = r.json["access_token"]
+        e = self.fake("GET", "/__fake/requests")[-1]
+        self.assertEqual((e["kind"], e["auth"], e["principal"], e["principal_minted"]),
+                         ("token", "basic:ok", "service_account:" + cid, True))
+        r = self.api("GET", "/api/atlas/v2/groups", token=tok1)
+        self.assertEqual(r.status, 200, r)
+        e = self.last_api_entry()
+        self.assertEqual((e["auth"], e["principal"], e["principal_minted"]), ("bearer:ok", "service_account:" + cid, True))
+        r = self.token_req(body=urllib.parse.urlencode({"grant_type": "client_credentials", "client_id": cid,
+                                                        "client_secret": s1["secret"]}), auth=False)
+        self.assertEqual((r.status, self.fake("GET", "/__fake/requests")[-1]["auth"]), (200, "post:ok"))
+        self.assertEqual(self.token_req(auth=self.basic(cid, s1["secret"] + "x")).status, 401)
+
+        # reads mask the secret
+        for r in (self.api("GET", base, token=tok), self.api("GET", base + "/" + cid, token=tok)):
+            self.assertEqual(r.status, 200, r)
+            self.assertNotIn(s1["secret"].encode(), r.data)
+        one = r.json
+        self.assertEqual(one["clientId"], cid)
+        self.assertEqual(sorted(one["secrets"][0]), ["createdAt", "expiresAt", "id", "lastUsedAt", "maskedSecretValue"])
+        self.assertTrue(one["secrets"][0]["maskedSecretValue"].startswith("mdb_sa_sk_"))
+        self.assertNotIn("secret", one["secrets"][0])
+        self.assertEqual(self.api("GET", base, token=tok).json["totalCount"], 1)
+
+        # a second secret
+        r = self.api("POST", base + "/" + cid + "/secrets", {"secretExpiresAfterHours": 24}, token=tok)
+        self.assertEqual(r.status, 201, r)
+        s2 = r.json
+        self.assertEqual(sorted(s2), ["createdAt", "expiresAt", "id", "secret"])
+        self.assertRegex(s2["secret"], SA_SECRET_RE)
+        self.assertNotEqual(s2["secret"], s1["secret"])
+        tok2 = self.token_req(auth=self.basic(cid, s2["secret"])).json["access_token"]
+        self.assertEqual(len(self.api("GET", base + "/" + cid, token=tok).json["secrets"]), 2)
+        flat = {d["id"]: d for d in self.minted()["service_account_secrets"]}
+        self.assertEqual({i: (d["clientId"], d["secret"], d["deleted"]) for i, d in flat.items()},
+                         {s1["id"]: (cid, s1["secret"], False), s2["id"]: (cid, s2["secret"], False)})
+
+        # deleting a secret ends it and the tokens it got; the other secret lives on
+        r = self.api("DELETE", "%s/%s/secrets/%s" % (base, cid, s1["id"]), token=tok)
+        self.assertEqual((r.status, r.data), (204, b""))
+        self.assertAtlasError(self.api("GET", "/api/atlas/v2/orgs", token=tok1), 401)
+        self.assertEqual(self.last_api_entry()["auth"], "bearer:revoked")
+        self.assertEqual(self.token_req(auth=self.basic(cid, s1["secret"])).status, 401)
+        self.assertEqual(self.api("GET", "/api/atlas/v2/orgs", token=tok2).status, 200)
+        self.assertAtlasError(self.api("DELETE", "%s/%s/secrets/%s" % (base, cid, s1["id"]), token=tok), 404)
+        self.assertTrue({d["id"]: d for d in self.minted()["service_account_secrets"]}[s1["id"]]["deleted"])
+
+        r = self.api("PATCH", base + "/" + cid, {"name": "renamed sa"}, token=tok)
+        self.assertEqual((r.status, r.json["name"]), (200, "renamed sa"))
+        self.assertNotIn(s2["secret"].encode(), r.data)
+
+        # deleting the account ends everything
+        self.assertEqual(self.api("DELETE", base + "/" + cid, token=tok).status, 204)
+        self.assertAtlasError(self.api("GET", "/api/atlas/v2/orgs", token=tok2), 401)
+        self.assertEqual(self.token_req(auth=self.basic(cid, s2["secret"])).status, 401)
+        self.assertAtlasError(self.api("GET", base + "/" + cid, token=tok), 404, "SERVICE_ACCOUNT_NOT_FOUND")
+        m = self.minted()["service_accounts"]
+        self.assertEqual((m[0]["clientId"], m[0]["deleted"]), (cid, True))
+
+        # validation
+        for bad, code in (({k: v for k, v in body.items() if k != "secretExpiresAfterHours"}, "MISSING_ATTRIBUTE"),
+                          ({k: v for k, v in body.items() if k != "name"}, "MISSING_ATTRIBUTE"),
+                          (dict(body, roles=[]), "INVALID_ATTRIBUTE"),
+                          (dict(body, roles=["GROUP_OWNER"]), "INVALID_ENUM_VALUE"),
+                          (dict(body, secretExpiresAfterHours=0), "INVALID_ATTRIBUTE"),
+                          (dict(body, name="bad/name"), "INVALID_ATTRIBUTE")):
+            self.assertAtlasError(self.api("POST", base, bad, token=tok), 400, code)
+        self.assertEqual(len(self.minted()["service_accounts"]), 1)
+
+    def test_service_account_project(self):
+        self.fresh_state()
+        tok = self.token()
+        base = "/api/atlas/v2/groups/%s/serviceAccounts" % GROUP
+        r = self.api("POST", base, {"name": "proj sa", "description": "d", "roles": ["GROUP_READ_ONLY"],
+                                    "secretExpiresAfterHours": 48}, token=tok)
+        self.assertEqual(r.status, 201, r)
+        cid, sec = r.json["clientId"], r.json["secrets"][0]["secret"]
+        self.assertEqual(r.json["roles"], ["GROUP_READ_ONLY"])
+        self.assertEqual([x["clientId"] for x in self.api("GET", base, token=tok).json["results"]], [cid])
+        r = self.api("GET", "/api/atlas/v2/orgs/%s/serviceAccounts" % ORG, token=tok)
+        self.assertEqual([x["clientId"] for x in r.json["results"]], [cid])
+        self.assertNotIn(sec.encode(), r.data)
+        r = self.api("POST", base + "/" + cid + "/secrets", {"secretExpiresAfterHours": 1}, token=tok)
+        self.assertEqual(r.status, 201, r)
+        self.assertAtlasError(self.api("POST", base + "/" + cid + "/secrets", {}, token=tok), 400, "MISSING_ATTRIBUTE")
+        stok = self.token_req(auth=self.basic(cid, sec)).json["access_token"]
+        self.assertEqual(self.api("GET", "/api/atlas/v2/groups/%s/clusters" % GROUP, token=stok).status, 200)
+        m = self.minted()["service_accounts"][0]
+        self.assertEqual((m["groupId"], m["orgId"], len(m["secrets"])), (GROUP, ORG, 2))
+        self.assertEqual(self.api("DELETE", base + "/" + cid, token=tok).status, 204)
+        self.assertAtlasError(self.api("GET", "/api/atlas/v2/orgs", token=stok), 401)
+        self.assertEqual(self.api("GET", base, token=tok).json["totalCount"], 0)
+
+    def test_database_user_passwords(self):
+        self.fresh_state()
+        tok = self.token()
+        base = "/api/atlas/v2/groups/%s/databaseUsers" % GROUP
+        r = self.api("POST", base, {"databaseName": "admin", "username": "app", "password": "first-Pw-1",
+                                    "roles": [{"databaseName": "admin", "roleName": "read"}]}, token=tok)
+        self.assertEqual(r.status, 201, r)
+        self.assertNotIn(b"first-Pw-1", r.data)
+        self.assertNotIn("password", r.json)
+        path = base + "/admin/app"
+        self.assertNotIn(b"first-Pw-1", self.api("GET", path, token=tok).data)
+        self.assertNotIn(b"first-Pw-1", self.api("GET", base, token=tok).data)
+        r = self.api("PATCH", path, {"password": "second-Pw-2"}, token=tok)
+        self.assertEqual(r.status, 200, r)
+        self.assertNotIn(b"second-Pw-2", r.data)
+        self.assertAtlasError(self.api("PATCH", path, {"password": 5}, token=tok), 400, "INVALID_ATTRIBUTE")
+        self.assertEqual(self.api("POST", base, {"username": "nopw", "roles": []}, token=tok).status, 201)
+        users = {u["username"]: u for u in self.minted()["database_users"]}
+        self.assertEqual((users["app"]["password"], users["app"]["passwords"], users["app"]["groupId"],
+                          users["app"]["databaseName"], users["app"]["deleted"]),
+                         ("second-Pw-2", ["first-Pw-1", "second-Pw-2"], GROUP, "admin", False))
+        self.assertIsNone(users["nopw"]["password"])
+        self.assertNotIn("second-Pw-2", json.dumps(self.fake("GET", "/__fake/state")))
+        self.assertEqual(self.api("DELETE", path, token=tok).status, 204)
+        self.assertTrue({u["username"]: u for u in self.minted()["database_users"]}["app"]["deleted"])
+
+    def openssl(self, *args, data=None):
+        r = subprocess.run(["openssl"] + list(args), input=data, capture_output=True, check=True)
+        return r.stdout.decode()
+
+    def test_x509_certs(self):
+        self.fresh_state()
+        tok = self.token()
+        base = "/api/atlas/v2/groups/%s/databaseUsers" % GROUP
+        r = self.api("POST", base, {"databaseName": "$external", "username": "x509-agent", "x509Type": "MANAGED",
+                                    "roles": [{"databaseName": "admin", "roleName": "read"}]}, token=tok)
+        self.assertEqual(r.status, 201, r)
+        self.api("POST", base, {"username": "scram-user", "password": "pw-x", "roles": []}, token=tok)
+        certs = base + "/x509-agent/certs"
+        r = self.api("POST", certs, {"monthsUntilExpiration": 2}, token=tok)
+        self.assertEqual(r.status, 201, r)
+        self.assertEqual(r.headers["Content-Type"], V2 + ";charset=utf-8")
+        pem = r.data.decode()
+        self.assertTrue(pem.startswith("-----BEGIN CERTIFICATE-----\n"), pem[:80])
+        self.assertIn("-----END CERTIFICATE-----\n-----BEGIN PRIVATE KEY-----\n", pem)
+        self.assertTrue(pem.endswith("-----END PRIVATE KEY-----\n"))
+        cert_pem = pem[:pem.index("-----BEGIN PRIVATE KEY-----")]
+        key_pem = pem[len(cert_pem):]
+        # a real certificate and RSA key, signed by the stand-in's CA
+        info = self.openssl("x509", "-noout", "-subject", "-serial", "-ext", "extendedKeyUsage",
+                            data=cert_pem.encode())
+        self.assertIn("CN = x509-agent", info)
+        self.assertIn("TLS Web Client Authentication", info)
+        key_text = self.openssl("pkey", "-noout", "-text", data=key_pem.encode())
+        self.assertIn("(2048 bit", key_text)
+        self.assertIn("publicExponent", key_text)   # RSA
+        self.assertEqual(self.openssl("x509", "-noout", "-pubkey", data=cert_pem.encode()),
+                         self.openssl("pkey", "-pubout", data=key_pem.encode()))
+        minted = self.minted()
+        ca = os.path.join(self.tmp, "x509-ca.pem")
+        with open(ca, "w") as f:
+            f.write(minted["x509_ca"])
+        self.assertIn(": OK", self.openssl("verify", "-CAfile", ca, data=cert_pem.encode()))
+        serial = int(re.search(r"serial=([0-9A-F]+)", info).group(1), 16)
+        c = minted["certs"][0]
+        self.assertEqual((c["serial"], c["_id"], c["groupId"], c["username"], c["subject"]),
+                         (serial, serial, GROUP, "x509-agent", "CN=x509-agent"))
+        self.assertEqual((c["privateKey"], c["certificate"]), (key_pem, cert_pem))
+        # listing: metadata only
+        r = self.api("GET", certs, token=tok)
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(r.json["totalCount"], 1)
+        item = r.json["results"][0]
+        self.assertEqual((item["_id"], item["groupId"], item["subject"]), (serial, GROUP, "CN=x509-agent"))
+        self.assertRegex(item["notAfter"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+        self.assertGreater(item["notAfter"], item["createdAt"])
+        self.assertNotIn(b"PRIVATE KEY", r.data)
+        self.assertNotIn("PRIVATE KEY", json.dumps(self.fake("GET", "/__fake/state")))
+        # v1.0 and a content-type override
+        r = self.api("POST", "/api/atlas/v1.0/groups/%s/databaseUsers/x509-agent/certs" % GROUP, {}, token=tok,
+                     accept="application/json")
+        self.assertEqual((r.status, r.headers["Content-Type"]), (201, "application/json;charset=utf-8"))
+        self.fake("POST", "/__fake/faults", {"cert_content_type": "application/x-pem-file"})
+        r = self.api("POST", certs, {"monthsUntilExpiration": 1}, token=tok)
+        self.assertEqual((r.status, r.headers["Content-Type"]), (201, "application/x-pem-file"))
+        self.assertEqual(self.api("GET", certs, token=tok).json["totalCount"], 3)
+        # errors
+        self.assertAtlasError(self.api("POST", certs, {"monthsUntilExpiration": 25}, token=tok), 400,
+                              "INVALID_ATTRIBUTE")
+        self.assertAtlasError(self.api("POST", base + "/scram-user/certs", {}, token=tok), 400,
+                              "USER_NOT_X509_MANAGED")
+        self.assertAtlasError(self.api("POST", base + "/nobody/certs", {}, token=tok), 404, "USERNAME_NOT_FOUND")
+        self.assertAtlasError(self.api("POST", certs, {}), 401)
+        self.assertEqual(len(self.minted()["certs"]), 3)
+
+    # ---- response framing faults ---------------------------------------------
+    def test_fault_chunked(self):
+        self.fresh_state()
+        tok = self.token()
+        path = "/api/atlas/v2/orgs/%s/apiKeys" % ORG
+        self.fake("POST", "/__fake/faults", {"chunked": {"path_prefix": path, "method": "POST", "chunks": 4,
+                                                         "chunk_delay_ms": 20}})
+        body = json.dumps({"desc": "chunky", "roles": ["ORG_MEMBER"]}).encode()
+        raw = self.raw_http("POST", path, {"Accept": V2, "Authorization": "Bearer " + tok,
+                                           "Content-Type": "application/json"}, body)
+        head, _, rest = raw.partition(b"\r\n\r\n")
+        self.assertTrue(head.startswith(b"HTTP/1.1 200 "), head)
+        self.assertIn(b"\r\nTransfer-Encoding: chunked", head)
+        self.assertNotIn(b"Content-Length", head)
+        chunks, trailer = self.parse_chunked(rest)
+        self.assertEqual((len(chunks), trailer), (4, b"\r\n"))
+        k = json.loads(b"".join(chunks))
+        self.assertEqual(self.minted()["api_keys"][-1]["privateKey"], k["privateKey"])
+        self.assertEqual(self.fake("GET", "/__fake/requests")[-1]["fault"], "chunked")
+        # used up: the next one has a Content-Length again
+        r = self.api("POST", path, {"desc": "plain", "roles": ["ORG_MEMBER"]}, token=tok)
+        self.assertEqual(r.status, 200)
+        # an HTTP client decodes it; keep-alive survives; GET lists too
+        self.fake("POST", "/__fake/faults", {"chunked": True})
+        c = self.conn()
+        for _ in range(2):
+            c.request("GET", path, headers={"Accept": V2, "Authorization": "Bearer " + tok})
+            resp = c.getresponse()
+            self.assertEqual((resp.status, resp.getheader("Transfer-Encoding")), (200, "chunked"))
+            self.assertEqual(json.loads(resp.read())["totalCount"], 2)
+        c.request("POST", "/api/oauth/token", body="grant_type=client_credentials",   # the token endpoint too
+                  headers={"Authorization": self.basic(), "Content-Type": "application/x-www-form-urlencoded"})
+        resp = c.getresponse()
+        self.assertEqual((resp.status, resp.getheader("Content-Length")), (200, None))
+        self.assertIn("access_token", json.loads(resp.read()))
+        r = self.api("DELETE", "/api/atlas/v2/orgs/%s/apiKeys/%s" % (ORG, k["id"]), token=tok, conn=c)
+        self.assertEqual((r.status, r.headers.get("Transfer-Encoding")), (204, None))  # no body, no chunks
+        self.assertAtlasError(self.api("GET", path), 401)  # unauthenticated: left alone
+        self.fake("POST", "/__fake/faults", {"chunked": None})
+        self.assertEqual(self.fake("GET", "/__fake/faults")["chunked"], [])
+        self.assertAtlasError(self.req("POST", "/__fake/faults", {"chunked": [1]}), 400)
+        self.assertAtlasError(self.req("POST", "/__fake/faults", {"chunked": {"path_regex": "("}}), 400)
+
+    def test_fault_delay_response(self):
+        """The credential is minted before the (delayed) answer: a client that
+        gives up mid-wait leaves a minted key behind."""
+        self.fresh_state()
+        tok = self.token()
+        path = "/api/atlas/v2/orgs/%s/apiKeys" % ORG
+        self.fake("POST", "/__fake/faults", {"delay_response": {"path_regex": "/apiKeys$", "method": "POST",
+                                                                "ms": 800}})
+        c = Conn(self.addr, self.port, self.ctx, timeout=0.3)
+        c.request("POST", path, body=json.dumps({"desc": "lost", "roles": ["ORG_MEMBER"]}),
+                  headers={"Accept": V2, "Authorization": "Bearer " + tok, "Content-Type": "application/json"})
+        with self.assertRaises((TimeoutError, socket.timeout)):
+            c.getresponse()
+        c.close()
+        self.assertEqual([k["desc"] for k in self.minted()["api_keys"]], ["lost"])
+        time.sleep(0.6)
+        self.assertIn("delay_response", self.fake("GET", "/__fake/requests")[-1]["fault"])
+        # used up
+        t0 = time.monotonic()
+        self.assertEqual(self.api("POST", path, {"desc": "quick", "roles": ["ORG_MEMBER"]}, token=tok).status, 200)
+        self.assertLess(time.monotonic() - t0, 0.5)
+        # mid_body: headers and part of the body first
+        self.fake("POST", "/__fake/faults", {"delay_response": {"path_prefix": path, "ms": 1000, "phase": "mid_body"}})
+        c = self.conn()
+        t0 = time.monotonic()
+        c.request("GET", path, headers={"Accept": V2, "Authorization": "Bearer " + tok})
+        resp = c.getresponse()
+        self.assertEqual(resp.status, 200)
+        self.assertLess(time.monotonic() - t0, 0.7)
+        self.assertEqual(json.loads(resp.read())["totalCount"], 2)
+        self.assertGreaterEqual(time.monotonic() - t0, 0.95)
+        # with chunked: the wait comes after the first chunk
+        self.fake("POST", "/__fake/faults", {"chunked": {"chunks": 3},
+                                             "delay_response": {"ms": 300, "phase": "mid_body"}})
+        t0 = time.monotonic()
+        c.request("GET", path, headers={"Accept": V2, "Authorization": "Bearer " + tok})
+        resp = c.getresponse()
+        self.assertEqual(resp.getheader("Transfer-Encoding"), "chunked")
+        self.assertEqual(json.loads(resp.read())["totalCount"], 2)
+        self.assertGreaterEqual(time.monotonic() - t0, 0.28)
+        self.assertEqual(self.fake("GET", "/__fake/requests")[-1]["fault"], "chunked,delay_response")
+        self.assertAtlasError(self.req("POST", "/__fake/faults", {"delay_response": {"phase": "x", "ms": 1}}), 400)
+        self.assertAtlasError(self.req("POST", "/__fake/faults", {"delay_response": {}}), 400)
+
+    def test_minted_secrets_not_logged_and_reset(self):
+        self.fresh_state()
+        tok = self.token()
+        k = self.api("POST", "/api/atlas/v2/orgs/%s/apiKeys" % ORG, {"desc": "k", "roles": ["ORG_MEMBER"]},
+                     token=tok).json
+        self.assertEqual(self.digest_api("GET", "/api/atlas/v2/orgs", k["publicKey"], k["privateKey"]).status, 200)
+        sa = self.api("POST", "/api/atlas/v2/orgs/%s/serviceAccounts" % ORG,
+                      {"name": "n", "description": "d", "roles": ["ORG_MEMBER"], "secretExpiresAfterHours": 1},
+                      token=tok).json
+        sec = sa["secrets"][0]["secret"]
+        stok = self.token_req(auth=self.basic(sa["clientId"], sec)).json["access_token"]
+        self.token_req(body=urllib.parse.urlencode({"grant_type": "client_credentials",
+                                                    "client_id": sa["clientId"], "client_secret": sec}), auth=False)
+        self.assertEqual(self.api("GET", "/api/atlas/v2/orgs", token=stok).status, 200)
+        log = json.dumps(self.fake("GET", "/__fake/requests"))
+        self.assertNotIn(k["privateKey"], log)    # responses are not recorded
+        time.sleep(0.1)
+        for path in (self.logfile, os.path.join(self.tmp, "main.stderr")):
+            with open(path) as f:
+                text = f.read()
+            for secret in (k["privateKey"], sec, stok,
+                           base64.b64encode(("%s:%s" % (sa["clientId"], sec)).encode()).decode()):
+                self.assertNotIn(secret, text, path)
+        with open(os.path.join(self.tmp, "main.stderr")) as f:
+            self.assertIn("principal=api_key:" + k["publicKey"], f.read())
+        # a state reset forgets the minted credentials; they stop working
+        self.fake("POST", "/__fake/reset", {"state": True})
+        self.assertEqual(self.minted()["api_keys"], [])
+        self.assertEqual(self.api("GET", "/api/atlas/v2/orgs", token=stok).status, 401)
+        self.assertEqual(self.digest_api("GET", "/api/atlas/v2/orgs", k["publicKey"], k["privateKey"]).status, 401)
+        self.assertEqual(self.token_req(auth=self.basic(sa["clientId"], sec)).status, 401)
 
     def test_bearer_only_mode_ipv6_and_ttl(self):
         try:

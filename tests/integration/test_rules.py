@@ -448,6 +448,68 @@ class ApprovalTest(RulesCase, DaemonTestCase):
 
 
 # --------------------------------------------------------------------------
+# 4b: rules.preset: guardrails
+
+class GuardrailsTest(RulesCase):
+    """The preset's rules come before the operator's and hold like any approve rule."""
+
+    def setUp(self):
+        self.env = Env(rules={"preset": "guardrails", "default": "allow", "list": [BLOCK_DELETE]})
+        self.addCleanup(self.env.close)
+
+    def test_open_access_list_is_held_and_check_lists_the_guardrails_first(self):
+        env = self.env
+        p = subprocess.run([ATLASGATE, "check", "--config", env.config_path], capture_output=True, text=True,
+                           timeout=30)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        rows = [l for l in p.stdout.splitlines() if re.match(r"^(\d+|-)\s", l)]
+        names = [r.split()[1] for r in rows]
+        self.assertEqual(names[0], "guardrail-open-access-list", p.stdout)
+        self.assertEqual(names[-2:], ["no-cluster-deletion", "default"], p.stdout)
+        self.assertTrue(all(n.startswith("guardrail-") for n in names[:-2]), names)
+        self.assertIn("guardrail-own-credential", names)
+        own = rows[names.index("guardrail-own-credential")]
+        self.assertIn(f"/serviceAccounts/{CLIENT_ID}", own)
+        self.assertTrue(all(r.endswith("preset:guardrails") for r in rows[:-2]), rows)
+        self.assertRegex(rows[0], r"POST\s+\S*" + re.escape(HOST) + r"\s+/api/atlas/\*/groups/\*/accessList\s.*"
+                                  r"/\*/cidrBlock matches .*approve timeout 120s")
+        self.assertRegex(p.stdout, r"rules: 1 \(default allow\); preset guardrails: \d+ rules before them")
+        x = subprocess.run([ATLASGATE, "check", "--config", env.config_path, "--explain", "DELETE",
+                            f"/api/atlas/v1.0/orgs/o/serviceAccounts/{CLIENT_ID}"], capture_output=True, text=True,
+                           timeout=30)
+        self.assertIn('approve by rule #', x.stdout)
+        self.assertIn('"guardrail-own-credential"', x.stdout)
+
+        env.start_daemon()
+        access = f"{GROUP}/accessList"
+        before = len(env.fake.api_requests())
+        proc = spawn(env, "POST", access, "guard-open",
+                     body=[{"cidrBlock": "10.0.0.0/24"}, {"cidrBlock": "0.0.0.0/0", "comment": "everyone"}])
+        self.addCleanup(stop, proc)
+        a = wait_held(env, "guard-open", proc)
+        self.assertEqual((a["method"], a["path"], a["rule"], a["timeout_s"]),
+                         ("POST", access, "guardrail-open-access-list", 120), a)
+        time.sleep(0.3)
+        self.assertIsNone(proc.poll())
+        self.assertNotUpstream(env, before, "a held access-list entry")
+        d = env.cli("approvals", "deny", str(a["id"]))
+        self.assertEqual(d.returncode, 0, d.stderr)
+        self.assertAtlasError(finish(proc), 403, "ATLASGATE_APPROVAL_DENIED", "guardrail-open-access-list")
+        self.assertNotUpstream(env, before, "a denied access-list entry")
+        rec = [x for x in env.audit() if x["agent"] == "guard-open"]
+        self.assertEqual(len(rec), 1, rec)
+        self.assertEqual((rec[0]["rule"], rec[0]["status"]), ("guardrail-open-access-list", 403), rec)
+
+        # A narrow entry is the operator's business: not held, on to Atlas.
+        r = call(env, "POST", access, "guard-narrow", body=[{"cidrBlock": "10.0.0.0/24"}])
+        self.assertNotEqual(r.status, 403, r)
+        self.assertEqual([x["path"] for x in env.fake.api_requests()[before:]], [access])
+        rec = [x for x in env.audit() if x["agent"] == "guard-narrow"]
+        self.assertEqual((rec[0]["rule"], rec[0]["decision"]), ("default", "allow"), rec)
+        self.assertEqual(pending_approvals(env), [])
+
+
+# --------------------------------------------------------------------------
 # 7: reload
 
 class ReloadTest(RulesCase):

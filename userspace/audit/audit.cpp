@@ -41,6 +41,7 @@ std::string toJson(const Record& r) {
                  q(ts), q(r.agent), r.pid, q(r.comm), q(r.cgroup), q(r.method), q(r.host), q(r.path), q(r.rule),
                  q(r.decision), r.status, r.upstreamMs, r.totalMs, r.bytesIn, r.bytesOut, q(r.credential), q(r.dst));
   if (!r.error.empty()) fmt::format_to(std::back_inserter(out), ",\"error\":{}", q(r.error));
+  if (!r.captured.empty()) fmt::format_to(std::back_inserter(out), ",\"captured\":{}", q(r.captured));
   out.push_back('}');
   return out;
 }

@@ -32,6 +32,7 @@ struct Record {
   std::string credential;  // e.g. service_account:mdb_sa_id_..., "" when none
   std::string dst;         // original destination the agent dialled, "addr:port"
   std::string error;       // errorCode when atlasgate answered itself
+  std::string captured;    // vault entries this request made or dropped ("captured:api_key:<id>", ...), by name
 };
 
 std::string toJson(const Record& r);

@@ -209,6 +209,52 @@ int runApprovals(const std::string& socket, const std::vector<std::string>& deci
   return 0;
 }
 
+int runStatus(const std::string& socket, bool asJson) {
+  auto o = ask(socket, {{"cmd", "status"}});
+  if (!o) return 1;
+  if (asJson)
+    printJson(*o);
+  else
+    printStatus(*o);
+  return 0;
+}
+
+int runAttach(const std::string& socket, bool attach, const std::string& cgroupPath) {
+  auto o = ask(socket, {{"cmd", attach ? "attach" : "detach"}, {"path", cgroupPath}});
+  if (!o) return 1;
+  std::printf("%s %s\n", attach ? "attached" : "detached", str(o->if_contains("path")).c_str());
+  return 0;
+}
+
+// atlasgate credentials [list | revoke NAME]: what capture keeps, by name.
+int runCredentials(const std::string& socket, const std::vector<std::string>& args, bool asJson) {
+  if (args.empty() || (args.size() == 1 && args[0] == "list")) {
+    auto o = ask(socket, {{"cmd", "credentials"}});
+    if (!o) return 1;
+    if (asJson) {
+      printJson(*o);
+      return 0;
+    }
+    const auto& list = o->at("credentials").as_array();
+    if (list.empty()) std::printf("no captured credentials\n");
+    for (const auto& v : list) {
+      const auto& e = v.as_object();
+      // Names and labels come from Atlas and from agents: shown inert.
+      auto s = [&](const char* k) { return text::forTerminal(str(e.if_contains(k))); };
+      std::printf(
+          "%s  %s  owner %s  %s on %s  %s%s\n", s("name").c_str(), s("kind").c_str(), s("owner").c_str(),
+          s("scope").c_str(), s("target").c_str(), s("state").c_str(),
+          e.contains("label") && !str(e.if_contains("label")).empty() ? ("  \"" + s("label") + "\"").c_str() : "");
+    }
+    return 0;
+  }
+  if (args.size() != 2 || args[0] != "revoke") return fail("usage: atlasgate credentials [list | revoke NAME]");
+  auto o = ask(socket, {{"cmd", "revoke_credential"}, {"name", args[1]}});
+  if (!o) return 1;
+  std::printf("revoked %s\n", text::forTerminal(args[1]).c_str());
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -252,6 +298,12 @@ int main(int argc, char** argv) {
   approvalsCmd->add_option("DECISION", decision, "allow ID | deny ID")->expected(0, 2);
   approvalsCmd->add_flag("--json", asJson, "machine-readable output");
 
+  std::vector<std::string> credentialArgs;
+  auto* credentialsCmd = app.add_subcommand(
+      "credentials", "credentials captured from Atlas (by name, never a secret); revoke NAME drops one");
+  credentialsCmd->add_option("ACTION", credentialArgs, "list | revoke NAME")->expected(0, 2);
+  credentialsCmd->add_flag("--json", asJson, "machine-readable output");
+
   auto* reloadCmd =
       app.add_subcommand("reload", "reload the daemon's config (like SIGHUP); prints why a bad one was refused");
   app.add_subcommand("version", "print the version");
@@ -262,24 +314,11 @@ int main(int argc, char** argv) {
 
   if (checkCmd->parsed()) return runCheck(configPath, explain, {explainAgent, explainBody, explainHost});
   if (caCmd->parsed()) return runCa(configPath);
-  if (statusCmd->parsed()) {
-    auto o = ask(socket, {{"cmd", "status"}});
-    if (!o) return 1;
-    if (asJson)
-      printJson(*o);
-    else
-      printStatus(*o);
-    return 0;
-  }
-
-  if (attachCmd->parsed() || detachCmd->parsed()) {
-    auto o = ask(socket, {{"cmd", attachCmd->parsed() ? "attach" : "detach"}, {"path", cgroupPath}});
-    if (!o) return 1;
-    std::printf("%s %s\n", attachCmd->parsed() ? "attached" : "detached", str(o->if_contains("path")).c_str());
-    return 0;
-  }
+  if (statusCmd->parsed()) return runStatus(socket, asJson);
+  if (attachCmd->parsed() || detachCmd->parsed()) return runAttach(socket, attachCmd->parsed(), cgroupPath);
 
   if (approvalsCmd->parsed()) return runApprovals(socket, decision, asJson);
+  if (credentialsCmd->parsed()) return runCredentials(socket, credentialArgs, asJson);
   if (reloadCmd->parsed()) {
     auto o = ask(socket, {{"cmd", "reload"}});
     if (!o) return 1;

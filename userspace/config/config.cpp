@@ -533,6 +533,7 @@ class Parser {
   SecretRef secret(const Fields& m, const std::string& stem) const;
   std::vector<std::string> globs(const Field& f) const;
   Rule rule(const Field& f, std::size_t index, const std::vector<Target>& targets) const;
+  std::vector<std::string> presets(const Field& f) const;
   void ruleAction(const Fields& m, Rule& r) const;
   void ruleFilters(const Fields& m, const std::vector<Target>& targets, Rule& r) const;
   std::vector<std::string> ruleHosts(const Field& f, const std::vector<Target>& targets) const;
@@ -1243,6 +1244,51 @@ constexpr Row<Config> kDiscoveryRows[] = {
 };
 constexpr Table<Config> kDiscovery{.rows = kDiscoveryRows};
 
+// capture.share: a list of {from: GLOB, to: [GLOB, ...]}.
+void parseCaptureShare(const Parser& p, const Row<Capture>&, const Field& f, Capture& c) {
+  for (const Field& item : p.list(f)) {
+    const Fields m = p.fields(item, {"from", "to"});
+    CaptureShare s;
+    s.from = p.nonEmpty(*p.require(m, "from", " (the agent whose captured credentials are shared)"));
+    for (const Field& g : p.oneOrMany(*p.require(m, "to", " (the agents that may use them)")))
+      s.to.push_back(p.nonEmpty(g));
+    c.share.push_back(std::move(s));
+  }
+}
+
+void describeCaptureShare(const Capture& c, std::string& out) {
+  for (const CaptureShare& s : c.share)
+    out += fmt::format("  captured credentials of {} shared with {}\n", s.from, joined(s.to, "nobody"));
+}
+
+void keyFileAbsolute(const Parser& p, const Field& f, const Capture& c) {
+  if (!c.keyFile.empty() && c.keyFile.front() != '/') p.fail(f, "{}: expected an absolute path", f.path);
+}
+
+constexpr Row<Capture> kCaptureRows[] = {
+    {.key = "enabled",
+     .slot = &Capture::enabled,
+     .kind = Kind::Bool,
+     .show = "capture: {}",
+     .doc = "minted credentials are kept in the vault and agents get phantoms"},
+    {.key = "key_file",
+     .slot = &Capture::keyFile,
+     .kind = Kind::String,
+     .check = keyFileAbsolute,
+     .show = ", key file {}",
+     .doc = "the vault's AES-256 key (0600); default state_dir/vault.key"},
+    {.key = "max_response_bytes",
+     .slot = &Capture::maxResponseBytes,
+     .kind = Kind::Uint,
+     .bounds = {4096, 64u << 20},
+     .doc = "a minting response larger than this is withheld"},
+    {.key = "share",
+     .slot = Custom<Capture>{.parse = parseCaptureShare, .describe = describeCaptureShare},
+     .kind = Kind::List,
+     .doc = "[{from: AGENT_GLOB, to: [AGENT_GLOB]}]: agents that may use another's captured credentials"},
+};
+constexpr Table<Capture> kCapture{.rows = kCaptureRows};
+
 constexpr std::string_view kLogLevels[] = {"debug", "info", "warn", "error"};
 constexpr std::string_view kIntercepts[] = {"targets", "all-tls"};  // in the order of enum Intercept
 
@@ -1287,7 +1333,13 @@ constexpr Custom<Config> kRulesSection{
     .parse = [](const Parser& p, const Row<Config>&, const Field& f, Config& c) { c.rules = p.rules(f, c.targets); },
     .describe =
         [](const Config& c, std::string& out) {
-          out += fmt::format("rules: {} (default {})\n", c.rules.list.size(), actionName(c.rules.defaultAction));
+          const std::size_t own = c.rules.list.size() - c.rules.presetRules;
+          out += fmt::format("rules: {} (default {})", own, actionName(c.rules.defaultAction));
+          if (!c.rules.presets.empty()) {
+            out +=
+                fmt::format("; preset {}: {} rules before them", fmt::join(c.rules.presets, ", "), c.rules.presetRules);
+          }
+          out += '\n';
         },
 };
 
@@ -1335,6 +1387,10 @@ constexpr Row<Config> kTopRows[] = {
      .slot = nested<Config, Dns, &Config::dns, kDns>(),
      .kind = Kind::Section,
      .doc = "how target host names are followed (targets[].resolve)"},
+    {.key = "capture",
+     .slot = nested<Config, Capture, &Config::capture, kCapture>(),
+     .kind = Kind::Section,
+     .doc = "credential capture and the vault"},
     {.key = "intercept",
      .slot = Custom<Config>{.parse = parseIntercept, .value = interceptText},
      .kind = Kind::Choice,
@@ -1352,8 +1408,8 @@ constexpr Row<Config> kTopRows[] = {
 constexpr Table<Config> kTop{.rows = kTopRows};
 
 static_assert(wellFormed(kListen) && wellFormed(kAgents) && wellFormed(kLimits) && wellFormed(kBpf) &&
-              wellFormed(kDns) && wellFormed(kKubernetes) && wellFormed(kContainers) && wellFormed(kDiscovery) &&
-              wellFormed(kTop));
+              wellFormed(kDns) && wellFormed(kCapture) && wellFormed(kKubernetes) && wellFormed(kContainers) &&
+              wellFormed(kDiscovery) && wellFormed(kTop));
 
 // ---- targets and credentials (lists of maps: not tables) -------------------
 
@@ -1506,6 +1562,140 @@ std::vector<std::string> Parser::globs(const Field& f) const {
   return out;
 }
 
+// ---- rules.preset: guardrails ----------------------------------------------
+//
+// Approve rules for the ways an agent widens access beyond itself (README
+// "Guardrails"), placed before the operator's rules. `*` after /api/atlas/
+// is the API version (v2, v1.0). Each row is one rule; the rows about
+// atlasgate's own credential are repeated per service-account client id.
+
+enum class GuardScope {
+  Always,
+  EachServiceAccount,  // once per distinct client id of the targets' service accounts; "<client_id>" in path
+  AnyApiKey,           // when any target has an api_key credential
+};
+
+struct Guardrail {
+  std::string_view name;
+  std::string_view methods;  // comma-separated
+  std::string_view path;
+  GuardScope scope = GuardScope::Always;
+  std::string_view pointer = {};  // when: pointer matches regex ("" = no condition)
+  std::string_view regex = {};
+};
+
+constexpr std::string_view kOwnClientId = "<client_id>";
+// A cidrBlock with a prefix of /7 or wider: 0.0.0.0/0, ::/0 and the world in
+// a few pieces (0.0.0.0/1 + 128.0.0.0/1), however the prefix is spelled (/00,
+// %2F0). A /8 or narrower passes.
+constexpr std::string_view kWideCidr = R"(.*(/|%2[fF])\s*0*[0-7]\s*)";
+constexpr std::string_view kChanges = "POST,PUT,PATCH,DELETE";
+
+constexpr Guardrail kGuardrails[] = {
+    // 1. The project's IP access list opened to the world. The body is an
+    //    array of entries; a lone entry is held too. (An ipAddress entry is
+    //    one address: it cannot open the list to the world.)
+    {"guardrail-open-access-list", "POST", "/api/atlas/*/groups/*/accessList", GuardScope::Always, "/*/cidrBlock",
+     kWideCidr},
+    {"guardrail-open-access-list-entry", "POST", "/api/atlas/*/groups/*/accessList", GuardScope::Always, "/cidrBlock",
+     kWideCidr},
+    // 2. People: invitations, users added to an organization or project or
+    //    given roles there (addRole, roles, createOrgUser), teams' members and
+    //    teams' project roles, new Cloud users with roles.
+    {"guardrail-org-invitations", "POST,PATCH", "/api/atlas/*/orgs/*/invites/**"},
+    {"guardrail-project-invitations", "POST,PATCH", "/api/atlas/*/groups/*/invites/**"},
+    {"guardrail-org-users", "POST,PUT,PATCH", "/api/atlas/*/orgs/*/users/**"},
+    {"guardrail-project-users", "POST,PUT,PATCH", "/api/atlas/*/groups/*/users/**"},
+    {"guardrail-team-members", "POST", "/api/atlas/*/orgs/*/teams/*/**"},
+    {"guardrail-project-teams", "POST,PATCH", "/api/atlas/*/groups/*/teams/**"},
+    {"guardrail-new-cloud-users", "POST", "/api/atlas/*/users"},
+    // 3. Roles and reach of API keys and service accounts (a project
+    //    assignment is POST .../serviceAccounts/{clientId}:invite).
+    {"guardrail-org-key-roles", "PATCH", "/api/atlas/*/orgs/*/apiKeys/*"},
+    {"guardrail-project-key-roles", "POST,PATCH", "/api/atlas/*/groups/*/apiKeys/*"},
+    {"guardrail-key-access-list", "POST", "/api/atlas/*/orgs/*/apiKeys/*/accessList"},
+    {"guardrail-org-service-account-roles", "PATCH", "/api/atlas/*/orgs/*/serviceAccounts/*"},
+    {"guardrail-project-service-account-roles", "POST,PATCH", "/api/atlas/*/groups/*/serviceAccounts/*"},
+    {"guardrail-service-account-access-list", "POST", "/api/atlas/*/orgs/*/serviceAccounts/*/accessList"},
+    {"guardrail-project-service-account-access-list", "POST", "/api/atlas/*/groups/*/serviceAccounts/*/accessList"},
+    // 4. The credential atlasgate itself uses: deleting it, changing its
+    //    secrets. An api_key's id (what paths name) is not its public key,
+    //    which is all atlasgate knows: every API key deletion is held.
+    {"guardrail-own-credential", "DELETE", "/api/atlas/*/orgs/*/serviceAccounts/<client_id>",
+     GuardScope::EachServiceAccount},
+    {"guardrail-own-credential-project", "DELETE", "/api/atlas/*/groups/*/serviceAccounts/<client_id>",
+     GuardScope::EachServiceAccount},
+    {"guardrail-own-credential-secrets", kChanges, "/api/atlas/*/orgs/*/serviceAccounts/<client_id>/secrets/**",
+     GuardScope::EachServiceAccount},
+    {"guardrail-own-credential-project-secrets", kChanges,
+     "/api/atlas/*/groups/*/serviceAccounts/<client_id>/secrets/**", GuardScope::EachServiceAccount},
+    {"guardrail-any-api-key-deletion", "DELETE", "/api/atlas/*/orgs/*/apiKeys/*", GuardScope::AnyApiKey},
+};
+
+// A path segment holding `text` as a literal: every byte but letters,
+// digits, '-', '_' and '~' percent-encoded (patterns decode literals).
+std::string literalSegment(std::string_view text) {
+  std::string out;
+  for (const char ch : text) {
+    if (isIdentifierChar(ch) || ch == '-' || ch == '~') {
+      out.push_back(ch);
+    } else {
+      out += fmt::format("%{:02X}", static_cast<unsigned char>(ch));
+    }
+  }
+  return out;
+}
+
+Rule guardrail(const Guardrail& g, const std::vector<std::string>& hosts, std::string_view clientId,
+               std::string_view suffix) {
+  Rule r;
+  r.name = fmt::format("{}{}", g.name, suffix);
+  for (std::string_view rest = g.methods; !rest.empty();) {
+    const std::size_t comma = rest.find(',');
+    r.methods.emplace_back(rest.substr(0, comma));
+    rest = comma == std::string_view::npos ? std::string_view() : rest.substr(comma + 1);
+  }
+  r.path = std::string(g.path);
+  if (const std::size_t at = r.path.find(kOwnClientId); at != std::string::npos)
+    r.path.replace(at, kOwnClientId.size(), literalSegment(clientId));
+  r.hosts = hosts;
+  r.action = Action::Approve;  // the default approve timeout
+  r.loc = SourceLoc{fmt::format("preset:{}", kGuardrailsPreset), 0, 0};
+  if (!g.pointer.empty()) {
+    Condition c;
+    c.pointer = std::string(g.pointer);
+    c.op = CondOp::Matches;
+    c.regex = std::string(g.regex);
+    c.loc = r.loc;
+    r.when.push_back(std::move(c));
+  }
+  return r;
+}
+
+std::vector<Rule> makeGuardrails(const std::vector<Target>& targets) {
+  std::vector<std::string> hosts, clientIds;
+  bool apiKey = false;
+  for (const Target& t : targets) {
+    hosts.push_back(t.host);
+    for (const Credential& k : t.credentials) {
+      apiKey = apiKey || k.apiKey.has_value();
+      // An id a path segment cannot hold ('/', dot segments) cannot be named by a request either.
+      if (!k.serviceAccount || contains(clientIds, k.serviceAccount->clientId)) continue;
+      const std::string& id = k.serviceAccount->clientId;
+      if (id.find('/') == std::string::npos && id != "." && id != "..") clientIds.push_back(id);
+    }
+  }
+  std::vector<Rule> out;
+  for (const Guardrail& g : kGuardrails) {
+    if (g.scope == GuardScope::Always || (g.scope == GuardScope::AnyApiKey && apiKey))
+      out.push_back(guardrail(g, hosts, {}, {}));
+    if (g.scope != GuardScope::EachServiceAccount) continue;
+    for (std::size_t i = 0; i < clientIds.size(); ++i)
+      out.push_back(guardrail(g, hosts, clientIds[i], i == 0 ? std::string() : fmt::format("-{}", i + 1)));
+  }
+  return out;
+}
+
 // ---- rules: their shape ----------------------------------------------------
 //
 // Here: which keys a rule has and the kind of each value (action and method
@@ -1516,15 +1706,45 @@ std::vector<std::string> Parser::globs(const Field& f) const {
 // once, with the locations recorded in Rule::keyLocs.
 
 Rules Parser::rules(const Field& f, const std::vector<Target>& targets) const {
-  const Fields m = fields(f, {"default", "list"});
+  const Fields m = fields(f, {"preset", "default", "list"});
   Rules r;
   if (const Field* d = m.find("default"))
     r.defaultAction = choice<Action>(*d, {{"allow", Action::Allow}, {"block", Action::Block}});
+  const Field* preset = m.find("preset");
+  if (preset != nullptr) r.presets = presets(*preset);
+  if (!r.presets.empty()) r.list = guardrailRules(targets);  // the one preset there is
+  r.presetRules = r.list.size();
   if (const Field* l = m.find("list")) {
     const std::vector<Field> items = list(*l);
-    for (std::size_t i = 0; i < items.size(); ++i) r.list.push_back(rule(items[i], i, targets));
+    for (std::size_t i = 0; i < items.size(); ++i) {
+      Rule written = rule(items[i], i, targets);
+      // A preset's rule names are the operator's to avoid: audit records and
+      // approvals name rules, so two of one name would be ambiguous.
+      const auto presetEnd = r.list.begin() + static_cast<std::ptrdiff_t>(r.presetRules);
+      if (std::any_of(r.list.begin(), presetEnd, [&](const Rule& g) { return g.name == written.name; })) {
+        fail(items[i].value["name"].Mark(),
+             "{}.name: {:?} is the name of a rule of rules.preset {} (line {}); give this rule another name",
+             items[i].path, written.name, kGuardrailsPreset, markOf(*preset).line + 1);
+      }
+      r.list.push_back(std::move(written));
+    }
   }
   return r;
+}
+
+// rules.preset: one name or a list of them.
+std::vector<std::string> Parser::presets(const Field& f) const {
+  static constexpr auto kPresets = std::to_array<std::string_view>({kGuardrailsPreset});
+  std::vector<std::string> out;
+  for (const Field& item : oneOrMany(f)) {
+    const std::string name = string(item);
+    if (!contains(kPresets, name)) {
+      fail(item, "{}: unknown preset {:?}{}; valid presets: {}", item.path, name, didYouMean(name, kPresets),
+           joinNames(kPresets));
+    }
+    if (!contains(out, name)) out.push_back(name);
+  }
+  return out;
 }
 
 Rule Parser::rule(const Field& f, std::size_t index, const std::vector<Target>& targets) const {
@@ -1795,5 +2015,7 @@ std::vector<SchemaKey> schemaKeys() {
   listKeys(kTop, "", out);
   return out;
 }
+
+std::vector<Rule> guardrailRules(const std::vector<Target>& targets) { return makeGuardrails(targets); }
 
 }  // namespace atlasgate::config

@@ -113,10 +113,27 @@ struct Rule {
   std::map<std::string, SourceLoc, std::less<>> keyLocs;
 };
 
+// rules.preset: rules atlasgate writes itself, placed before the operator's
+// list (README "Guardrails"). Only "guardrails" exists.
+inline constexpr std::string_view kGuardrailsPreset = "guardrails";
+
 struct Rules {
   Action defaultAction = Action::Allow;  // allow or block
+  // The presets' rules first (the first presetRules of them), then those of
+  // rules.list in the order written. A preset's rule is a plain Rule whose
+  // loc.file is "preset:<name>" (line 0) and whose keyLocs are empty.
   std::vector<Rule> list;
+  std::vector<std::string> presets;  // rules.preset, deduplicated, in the order written
+  std::size_t presetRules = 0;
 };
+
+// The rules of the guardrails preset for these targets (README
+// "Guardrails"): approve rules for the requests by which an agent widens
+// access beyond itself, on every target's host. Made from one declarative
+// table; the rules about atlasgate's own credential follow the targets'
+// credentials (one set per service-account client id; one rule when any
+// target has an api_key credential).
+std::vector<Rule> guardrailRules(const std::vector<Target>& targets);
 
 struct Listen {
   std::uint16_t port = 15443;
@@ -180,6 +197,22 @@ struct KubernetesDiscovery {
   SourceLoc loc;
 };
 
+// Credential capture: what the Atlas API mints through atlasgate is kept in
+// the vault and the agent gets a phantom (README "Credential capture").
+struct CaptureShare {
+  std::string from;             // glob on the agent that minted (the owner)
+  std::vector<std::string> to;  // globs on the agents that may use its credentials too
+};
+
+struct Capture {
+  bool enabled = true;
+  std::string keyFile;  // "" = state_dir/vault.key
+  // A minting response is buffered whole to be rewritten: larger ones are
+  // withheld (ATLASGATE_CAPTURE_FAILED), never relayed with the secret.
+  std::uint64_t maxResponseBytes = 1u << 20;
+  std::vector<CaptureShare> share;
+};
+
 // Containers of a local Podman or Docker engine (its Docker-compatible API
 // on a Unix socket) that carry the label are attached, named container/<name>.
 struct ContainerDiscovery {
@@ -216,6 +249,7 @@ struct Config {
   Limits limits;
   BpfOptions bpf;
   Dns dns;
+  Capture capture;
   std::optional<KubernetesDiscovery> kubernetes;  // discovery.kubernetes
   std::optional<ContainerDiscovery> containers;   // discovery.containers
 };

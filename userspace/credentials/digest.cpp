@@ -2,8 +2,12 @@
 
 #include "common/text.h"
 
+#include <openssl/crypto.h>
 #include <openssl/evp.h>
+#include <openssl/hmac.h>
 #include <openssl/rand.h>
+
+#include <fmt/format.h>
 
 #include <cctype>
 
@@ -64,6 +68,31 @@ Result<std::string> paramValue(std::string_view h, std::size_t& i) {
   return std::string(h.substr(v, i - v));
 }
 
+// The comma-separated `key=value` parameters from h[i] on (a challenge's or
+// an answer's), each handed to `take`.
+template <class Take>
+Result<void> eachParam(std::string_view h, std::size_t& i, Take take) {
+  while (i < h.size()) {
+    skipSpace(h, i);
+    if (i < h.size() && h[i] == ',') {
+      ++i;
+      continue;
+    }
+    std::size_t k = i;
+    while (i < h.size() && (std::isalnum(static_cast<unsigned char>(h[i])) || h[i] == '-' || h[i] == '_')) ++i;
+    std::string_view key = h.substr(k, i - k);
+    if (key.empty()) return makeError("malformed Digest parameters");
+    skipSpace(h, i);
+    if (i >= h.size() || h[i] != '=') return makeError("malformed Digest parameters");
+    ++i;
+    skipSpace(h, i);
+    Result<std::string> value = paramValue(h, i);
+    if (!value) return value.error();
+    take(key, std::move(value.value()));
+  }
+  return {};
+}
+
 void setParam(DigestChallenge& c, std::string_view key, std::string value, bool& sawNonce) {
   if (iequals(key, "realm")) {
     c.realm = std::move(value);
@@ -107,24 +136,9 @@ Result<DigestChallenge> parseDigestChallenge(std::string_view h) {
   i += 6;
   DigestChallenge c;
   bool sawNonce = false;
-  while (i < h.size()) {
-    skipSpace(h, i);
-    if (i < h.size() && h[i] == ',') {
-      ++i;
-      continue;
-    }
-    std::size_t k = i;
-    while (i < h.size() && (std::isalnum(static_cast<unsigned char>(h[i])) || h[i] == '-' || h[i] == '_')) ++i;
-    std::string_view key = h.substr(k, i - k);
-    if (key.empty()) return makeError("malformed Digest challenge");
-    skipSpace(h, i);
-    if (i >= h.size() || h[i] != '=') return makeError("malformed Digest challenge");
-    ++i;
-    skipSpace(h, i);
-    Result<std::string> value = paramValue(h, i);
-    if (!value) return value.error();
-    setParam(c, key, std::move(value.value()), sawNonce);
-  }
+  auto params =
+      eachParam(h, i, [&](std::string_view key, std::string value) { setParam(c, key, std::move(value), sawNonce); });
+  if (!params) return params.error();
   if (!sawNonce || c.nonce.empty()) return makeError("Digest challenge without a nonce");
   if (!iequals(c.algorithm, "MD5")) return makeError("unsupported Digest algorithm {}", c.algorithm.substr(0, 32));
   if (!offersAuth(c.qop)) return makeError("Digest challenge without qop=auth");
@@ -191,6 +205,106 @@ void DigestAuth::reset() {
   std::lock_guard lock(mu_);
   challenge_.reset();
   nc_ = 0;
+}
+
+namespace {
+
+void setAnswerParam(DigestAnswer& a, std::string_view key, std::string value) {
+  struct Field {
+    std::string_view name;
+    std::string DigestAnswer::*member;
+  };
+  static constexpr Field kFields[] = {{"username", &DigestAnswer::username},
+                                      {"realm", &DigestAnswer::realm},
+                                      {"nonce", &DigestAnswer::nonce},
+                                      {"uri", &DigestAnswer::uri},
+                                      {"response", &DigestAnswer::response},
+                                      {"qop", &DigestAnswer::qop},
+                                      {"nc", &DigestAnswer::nc},
+                                      {"cnonce", &DigestAnswer::cnonce},
+                                      {"algorithm", &DigestAnswer::algorithm},
+                                      {"opaque", &DigestAnswer::opaque}};
+  for (const Field& f : kFields)
+    if (iequals(key, f.name)) a.*f.member = std::move(value);
+}
+
+std::string hex(const unsigned char* p, std::size_t n) {
+  static const char* digits = "0123456789abcdef";
+  std::string out;
+  for (std::size_t i = 0; i < n; ++i) {
+    out.push_back(digits[p[i] >> 4]);
+    out.push_back(digits[p[i] & 15]);
+  }
+  return out;
+}
+
+}  // namespace
+
+Result<DigestAnswer> parseDigestAuthorization(std::string_view h) {
+  if (h.size() > kMaxHeader) return makeError("Digest authorization too long");
+  std::size_t i = 0;
+  skipSpace(h, i);
+  if (h.size() - i < 7 || !iequals(h.substr(i, 7), "Digest ")) return makeError("not a Digest authorization");
+  i += 7;
+  DigestAnswer a;
+  auto params =
+      eachParam(h, i, [&](std::string_view key, std::string value) { setAnswerParam(a, key, std::move(value)); });
+  if (!params) return params.error();
+  if (a.username.empty() || a.nonce.empty() || a.uri.empty() || a.response.empty())
+    return makeError("Digest authorization without username, nonce, uri or response");
+  return a;
+}
+
+DigestNonces::DigestNonces() { RAND_priv_bytes(key_, sizeof key_); }
+DigestNonces::~DigestNonces() { OPENSSL_cleanse(key_, sizeof key_); }
+
+std::string DigestNonces::mac(std::uint64_t at, std::string_view agentKey) const {
+  std::string msg = std::to_string(at);
+  msg.push_back('\0');
+  msg.append(agentKey);
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  HMAC(EVP_sha256(), key_, sizeof key_, reinterpret_cast<const unsigned char*>(msg.data()), msg.size(), md, &len);
+  return hex(md, 16);
+}
+
+std::string DigestNonces::issue(std::string_view agentKey, Clock::time_point now) const {
+  auto at =
+      static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::seconds>(now.time_since_epoch()).count());
+  return fmt::format("{:016x}{}", at, mac(at, agentKey));
+}
+
+DigestNonces::Check DigestNonces::check(std::string_view nonce, std::string_view agentKey,
+                                        Clock::time_point now) const {
+  if (nonce.size() != 48) return Check::Invalid;
+  std::uint64_t at = 0;
+  for (char ch : nonce.substr(0, 16)) {
+    int v = ch >= '0' && ch <= '9' ? ch - '0' : ch >= 'a' && ch <= 'f' ? ch - 'a' + 10 : -1;
+    if (v < 0) return Check::Invalid;
+    at = at << 4 | static_cast<std::uint64_t>(v);
+  }
+  const std::string want = mac(at, agentKey);
+  if (CRYPTO_memcmp(want.data(), nonce.data() + 16, want.size()) != 0) return Check::Invalid;
+  auto nowSecs = std::chrono::duration_cast<std::chrono::seconds>(now.time_since_epoch()).count();
+  if (static_cast<long long>(at) > nowSecs + 5) return Check::Invalid;  // from the future: not ours
+  return nowSecs - static_cast<long long>(at) > kLifetime.count() ? Check::Stale : Check::Valid;
+}
+
+std::string DigestNonces::challenge(std::string_view agentKey, bool stale, Clock::time_point now) const {
+  return fmt::format("Digest realm=\"{}\", domain=\"\", nonce=\"{}\", algorithm=MD5, qop=\"auth\", stale={}",
+                     kAtlasDigestRealm, issue(agentKey, now), stale ? "true" : "false");
+}
+
+bool verifyDigest(const DigestAnswer& a, std::string_view method, std::string_view secret) {
+  if (a.realm != kAtlasDigestRealm) return false;
+  if (!a.algorithm.empty() && !iequals(a.algorithm, "MD5")) return false;
+  if (a.qop != "auth" || a.nc.empty() || a.cnonce.empty()) return false;
+  std::string want = digestResponse(a.username, a.realm, secret, method, a.uri, a.nonce, a.nc, a.cnonce, a.qop);
+  std::string got = a.response;
+  for (char& ch : got) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  bool same = got.size() == want.size() && CRYPTO_memcmp(got.data(), want.data(), want.size()) == 0;
+  OPENSSL_cleanse(want.data(), want.size());
+  return same;
 }
 
 }  // namespace atlasgate::credentials

@@ -6,6 +6,7 @@
 // atlasgate answers the challenge itself, caches the nonce and reuses it with
 // an increasing nc until Atlas marks it stale. Pure logic, no I/O.
 
+#include <chrono>
 #include <cstdint>
 #include <map>
 #include <mutex>
@@ -59,5 +60,47 @@ class DigestAuth {
   std::uint32_t nc_ = 0;
   std::uint64_t challenges_ = 0;
 };
+
+// --- atlasgate as the Digest server -------------------------------------------
+// For API keys atlasgate captured: the agent holds the public key and a
+// phantom private key, so atlasgate challenges the agent itself, checks the
+// answer against the phantom, and talks to Atlas with the real key.
+
+inline constexpr std::string_view kAtlasDigestRealm = "MMS Public API";
+
+// One Authorization: Digest value from an agent. Untrusted: bounded, never throws.
+struct DigestAnswer {
+  std::string username, realm, nonce, uri, response, qop, nc, cnonce, algorithm, opaque;
+};
+Result<DigestAnswer> parseDigestAuthorization(std::string_view header);
+
+// Stateless nonces: the time they were made and an HMAC over it and the
+// agent they were made for, so a nonce is worthless to another agent and
+// goes stale after kLifetime. Nothing to store, nothing to expire.
+class DigestNonces {
+ public:
+  using Clock = std::chrono::system_clock;
+  static constexpr std::chrono::seconds kLifetime{300};
+  enum class Check { Valid, Stale, Invalid };
+
+  DigestNonces();  // a random key, new with each daemon
+  ~DigestNonces();
+  DigestNonces(const DigestNonces&) = delete;
+  DigestNonces& operator=(const DigestNonces&) = delete;
+
+  std::string issue(std::string_view agentKey, Clock::time_point now = Clock::now()) const;
+  Check check(std::string_view nonce, std::string_view agentKey, Clock::time_point now = Clock::now()) const;
+  // A WWW-Authenticate value as Atlas sends it (the Go client splits on ", ").
+  std::string challenge(std::string_view agentKey, bool stale, Clock::time_point now = Clock::now()) const;
+
+ private:
+  std::string mac(std::uint64_t at, std::string_view agentKey) const;
+  unsigned char key_[32];
+};
+
+// Whether `a` answers (method, uri) with `secret` as the password: realm,
+// algorithm (MD5) and qop (auth) as challenged, the response compared in
+// constant time. The caller checks the nonce and that a.uri is the request's.
+bool verifyDigest(const DigestAnswer& a, std::string_view method, std::string_view secret);
 
 }  // namespace atlasgate::credentials

@@ -4,6 +4,7 @@
 // (tests/fuzz/fuzz_oauth.cpp) directly.
 
 #include <chrono>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -22,5 +23,15 @@ Result<TokenResponse> parseTokenResponse(unsigned status, std::string_view body)
 
 // base64("id:secret") for HTTP Basic.
 std::string basicCredentials(std::string_view id, std::string_view secret);
+
+// The client id and secret of an `Authorization: Basic …` value (RFC 6749
+// 2.3.1: each form-urlencoded before base64). nullopt when it is not Basic,
+// not base64, or has no ':'. Untrusted: bounded, never throws.
+struct ClientCredentials {
+  std::string id;
+  std::string secret;
+  ~ClientCredentials();
+};
+std::optional<ClientCredentials> parseBasicCredentials(std::string_view authorization);
 
 }  // namespace atlasgate::credentials

@@ -31,7 +31,8 @@ void PhantomTokens::eraseLocked(Tokens::iterator it) {
   tokens_.erase(it);
 }
 
-std::string PhantomTokens::issue(const std::string& agentKey, std::size_t maxPerAgent, Clock::time_point now) {
+std::string PhantomTokens::issue(const std::string& agentKey, std::size_t maxPerAgent, Clock::time_point now,
+                                 std::string credential) {
   if (maxPerAgent < 1) maxPerAgent = 1;
   std::string token = randomToken();
   std::lock_guard lock(mu_);
@@ -59,13 +60,14 @@ std::string PhantomTokens::issue(const std::string& agentKey, std::size_t maxPer
     std::tie(it, fresh) = tokens_.try_emplace(token);
   }
   Order order{now + kLifetime, seq_++};
-  it->second = Entry{agentKey, order};
+  it->second = Entry{agentKey, order, std::move(credential)};
   byExpiry_.emplace(order, it);
   byAgent_[agentKey].emplace(order, it);
   return token;
 }
 
-PhantomCheck PhantomTokens::check(std::string_view token, const std::string& agentKey, Clock::time_point now) {
+PhantomCheck PhantomTokens::check(std::string_view token, const std::string& agentKey, Clock::time_point now,
+                                  std::string* credential) {
   if (token.substr(0, kPhantomPrefix.size()) != kPhantomPrefix) return PhantomCheck::NotPhantom;
   std::lock_guard lock(mu_);
   auto it = tokens_.find(token);
@@ -74,7 +76,9 @@ PhantomCheck PhantomTokens::check(std::string_view token, const std::string& age
     eraseLocked(it);
     return PhantomCheck::Expired;
   }
-  return it->second.agentKey == agentKey ? PhantomCheck::Valid : PhantomCheck::WrongAgent;
+  if (it->second.agentKey != agentKey) return PhantomCheck::WrongAgent;
+  if (credential != nullptr) *credential = it->second.credential;
+  return PhantomCheck::Valid;
 }
 
 bool PhantomTokens::revoke(std::string_view token, const std::string& agentKey) {

@@ -43,8 +43,12 @@ class PhantomTokens {
   // A new phantom for `agentKey` (the agent's cgroup path: stable,
   // unforgeable). When the agent already has maxPerAgent live phantoms, its
   // oldest is revoked; when the daemon has maxTokens, the daemon's oldest.
-  std::string issue(const std::string& agentKey, std::size_t maxPerAgent, Clock::time_point now = Clock::now());
-  PhantomCheck check(std::string_view token, const std::string& agentKey, Clock::time_point now = Clock::now());
+  // `credential`: the captured credential the phantom stands for ("" = the
+  // target's configured one), handed back by check().
+  std::string issue(const std::string& agentKey, std::size_t maxPerAgent, Clock::time_point now = Clock::now(),
+                    std::string credential = {});
+  PhantomCheck check(std::string_view token, const std::string& agentKey, Clock::time_point now = Clock::now(),
+                     std::string* credential = nullptr);
   // Revokes a phantom, only when it is `agentKey`'s own.
   bool revoke(std::string_view token, const std::string& agentKey);
   std::size_t size() const;
@@ -59,6 +63,7 @@ class PhantomTokens {
   struct Entry {
     std::string agentKey;
     Order order;
+    std::string credential;
   };
   using Tokens = std::map<std::string, Entry, std::less<>>;
   void eraseLocked(Tokens::iterator it);

@@ -1,5 +1,6 @@
 #include "credentials/token_provider.h"
 
+#include <openssl/crypto.h>
 #include <openssl/evp.h>
 
 #include <algorithm>
@@ -45,6 +46,60 @@ std::string basicCredentials(std::string_view id, std::string_view secret) {
                           reinterpret_cast<const unsigned char*>(plain.data()), static_cast<int>(plain.size()));
   OPENSSL_cleanse(plain.data(), plain.size());
   out.resize(n > 0 ? static_cast<std::size_t>(n) : 0);
+  return out;
+}
+
+ClientCredentials::~ClientCredentials() { OPENSSL_cleanse(secret.data(), secret.size()); }
+
+namespace {
+
+// application/x-www-form-urlencoded decoding of one component; nullopt on a bad escape.
+std::optional<std::string> formDecode(std::string_view s) {
+  std::string out;
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    if (s[i] == '+') {
+      out.push_back(' ');
+    } else if (s[i] == '%') {
+      auto hexv = [](char c) {
+        return c >= '0' && c <= '9'   ? c - '0'
+               : c >= 'a' && c <= 'f' ? c - 'a' + 10
+               : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                      : -1;
+      };
+      if (i + 2 >= s.size() || hexv(s[i + 1]) < 0 || hexv(s[i + 2]) < 0) return std::nullopt;
+      out.push_back(static_cast<char>(hexv(s[i + 1]) * 16 + hexv(s[i + 2])));
+      i += 2;
+    } else {
+      out.push_back(s[i]);
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+std::optional<ClientCredentials> parseBasicCredentials(std::string_view a) {
+  if (a.size() > 4096 || a.size() < 6 || !text::iequals(a.substr(0, 6), "basic ")) return std::nullopt;
+  std::string_view b64 = a.substr(6);
+  while (!b64.empty() && (b64.front() == ' ' || b64.front() == '\t')) b64.remove_prefix(1);
+  while (!b64.empty() && (b64.back() == ' ' || b64.back() == '\t')) b64.remove_suffix(1);
+  if (b64.empty() || b64.size() % 4 != 0) return std::nullopt;
+  std::string plain(b64.size() / 4 * 3 + 1, '\0');
+  int n = EVP_DecodeBlock(reinterpret_cast<unsigned char*>(plain.data()),
+                          reinterpret_cast<const unsigned char*>(b64.data()), static_cast<int>(b64.size()));
+  if (n < 0) return std::nullopt;
+  std::size_t len = static_cast<std::size_t>(n);
+  for (std::size_t pad = 0; pad < 2 && b64.size() > pad && b64[b64.size() - 1 - pad] == '='; ++pad) --len;
+  plain.resize(len);
+  std::size_t colon = plain.find(':');
+  std::optional<ClientCredentials> out;
+  if (colon != std::string::npos) {
+    auto id = formDecode(std::string_view(plain).substr(0, colon));
+    auto secret = formDecode(std::string_view(plain).substr(colon + 1));
+    if (id && secret) out = ClientCredentials{std::move(*id), std::move(*secret)};
+    if (secret) OPENSSL_cleanse(secret->data(), secret->size());
+  }
+  OPENSSL_cleanse(plain.data(), plain.size());
   return out;
 }
 

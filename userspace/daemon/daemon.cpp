@@ -22,6 +22,7 @@
 #include "audit/audit.h"
 #include "bpf/loader.h"
 #include "common/log.h"
+#include "common/text.h"
 #include "config/config.h"
 #include "control/control.h"
 #include "credentials/digest.h"
@@ -35,11 +36,13 @@
 #include "policy/policy.h"
 #include "proxy/agents.h"
 #include "proxy/approvals.h"
+#include "proxy/captured.h"
 #include "proxy/server.h"
 #include "tls/authority.h"
 #include "tls/client_context.h"
 #include "tls/server_context.h"
 #include "upstream/upstream.h"
+#include "vault/vault.h"
 
 namespace atlasgate::daemon {
 
@@ -107,6 +110,7 @@ class Daemon {
   Result<void> reload();
   // The phases of start().
   Result<void> startTls();
+  Result<void> openVault();
   Result<void> publishCa() const;
   Result<void> startKernel(std::shared_ptr<const Runtime> rt);
   Result<void> startEndpoints();
@@ -115,6 +119,7 @@ class Daemon {
   // The sections of status().
   json::value statusConnections();
   json::value statusCredentials();
+  json::value controlCredentials(const std::string& c, const json::object& req);
   json::value statusTargets();
   json::value statusCounters();
   json::value statusUpstream();
@@ -136,6 +141,7 @@ class Daemon {
   std::unique_ptr<UpstreamPool> pool_;
   std::unique_ptr<audit::AuditLog> audit_;
   std::unique_ptr<AgentDirectory> agents_;
+  std::unique_ptr<proxy::Captured> captured_;  // credential capture; before server_: outlives its sessions
   std::unique_ptr<Server> server_;
   std::unique_ptr<control::Server> control_;
   std::unique_ptr<admin::Server> admin_;
@@ -282,6 +288,24 @@ Result<void> Daemon::startTls() {
     pool_->addHost(t.host, cctx.value().release());
   }
   pool_->setLimits(upstreamLimits(config_->limits));
+  return openVault();
+}
+
+// Capture on: the vault must open, or the daemon does not start (a minting
+// answer would otherwise have nowhere to go but the agent).
+Result<void> Daemon::openVault() {
+  if (!config_->capture.enabled) {
+    log::warn("capture.enabled is false: credentials Atlas mints through atlasgate reach the agents");
+    return {};
+  }
+  const std::string key =
+      config_->capture.keyFile.empty() ? config_->stateDir + "/vault.key" : config_->capture.keyFile;
+  auto v = vault::Vault::open(config_->stateDir + "/vault.db", key);
+  if (!v) return makeError("capture: {}", v.error().message);
+  log::info("capture: vault {} holds {} credential(s)", (*v)->path(), (*v)->size());
+  captured_ = std::make_unique<proxy::Captured>(io_.get_executor(), *pool_, std::move(*v),
+                                                std::chrono::seconds(config_->limits.upstreamTimeout));
+  captured_->configure(config_->capture);
   return {};
 }
 
@@ -306,6 +330,7 @@ Result<void> Daemon::startKernel(std::shared_ptr<const Runtime> rt) {
       io_, [this](const sockaddr* peer, std::uint64_t netns) { return loader_->take(peer, netns); }, *serverTls_,
       *pool_, *audit_, *agents_, approvals_, *cookie);
   server_->setRuntime(std::move(rt));
+  server_->setCaptured(captured_.get());
   // Listen before attaching, so that the first redirected connection finds us.
   if (auto r = server_->listen(config_->listen.port); !r) return r;
 
@@ -810,6 +835,8 @@ Result<void> Daemon::reload() {
   if (next->listen.port != config_->listen.port) return makeError("listen.port changes need a restart");
   if (next->listen.admin != config_->listen.admin) return makeError("listen.admin changes need a restart");
   if (next->stateDir != config_->stateDir) return makeError("state_dir changes need a restart");
+  if (next->capture.enabled != config_->capture.enabled || next->capture.keyFile != config_->capture.keyFile)
+    return makeError("capture.enabled and capture.key_file changes need a restart");
   if (next->intercept != config_->intercept) return makeError("intercept changes need a restart");
   // Targets may be added, removed and changed. A host the CA was not made
   // for cannot be added: its name constraints list the hosts, so agents
@@ -867,6 +894,7 @@ json::value Daemon::control(const json::object& req) {
     agents_->setRoots(attachedRoots());
     return json::object{{"ok", true}, {"path", path}};
   }
+  if (c == "credentials" || c == "revoke_credential") return controlCredentials(c, req);
   if (c == "approvals") {
     json::array list;
     auto now = std::chrono::system_clock::now();
@@ -924,6 +952,37 @@ json::value Daemon::statusConnections() {
                                  {"requests", c.requests},
                                  {"age_s", std::chrono::duration_cast<std::chrono::seconds>(now - c.since).count()}});
   return conns;
+}
+
+// {"cmd":"credentials"}: the vault's entries, by name (never a secret);
+// {"cmd":"revoke_credential","name":N}: one dropped, unusable at once.
+json::value Daemon::controlCredentials(const std::string& c, const json::object& req) {
+  auto fail = [](std::string m) { return json::value(json::object{{"ok", false}, {"error", m}}); };
+  if (!captured_) return fail("credential capture is off (capture.enabled: false)");
+  if (c == "revoke_credential") {
+    auto n = req.if_contains("name");
+    if (!n || !n->is_string()) return fail("revoke_credential needs name");
+    auto r = captured_->revoke(std::string_view(n->as_string()));
+    if (!r) return fail(r.error().message);
+    if (!*r) return fail(fmt::format("no captured credential named {}", text::forTerminal(n->as_string())));
+    log::info("captured credential {} revoked by an operator", text::forTerminal(n->as_string()));
+    return json::object{{"ok", true}};
+  }
+  auto all = captured_->list();
+  if (!all) return fail(all.error().message);
+  json::array list;
+  for (const auto& e : *all)
+    list.push_back(json::object{{"name", e.name},
+                                {"kind", vault::kindName(e.kind)},
+                                {"target", e.target},
+                                {"owner", e.owner},
+                                {"scope", e.scope},
+                                {"object", e.object},
+                                {"lookup", e.lookup},
+                                {"label", e.label},
+                                {"created_at", e.createdAt},
+                                {"state", e.pending ? "pending" : "active"}});
+  return json::object{{"ok", true}, {"credentials", list}};
 }
 
 json::value Daemon::statusCredentials() {
@@ -1030,6 +1089,12 @@ json::value Daemon::status() {
   o["upstream"] = statusUpstream();
   o["bpf"] = statusBpf();
   o["approvals_pending"] = approvals_.pending().size();
+  if (captured_) {
+    auto all = captured_->list();
+    o["capture"] = json::object{{"enabled", true}, {"vault_entries", all ? all->size() : 0}};
+  } else {
+    o["capture"] = json::object{{"enabled", false}};
+  }
   json::array nss;
   for (const auto& [ino, ns] : netns_)
     nss.push_back(json::object{{"netns", ino}, {"cookie", ns.cookie}, {"pid", ns.pid}});

@@ -77,6 +77,7 @@ Result<JsonPointer> JsonPointer::parse(std::string_view text) {
       }
       ++i;
     }
+    if (token == "*") p.hasWildcard_ = true;
     p.tokens_.push_back(std::move(token));
     if (end == std::string_view::npos) break;
     pos = end + 1;
@@ -84,21 +85,25 @@ Result<JsonPointer> JsonPointer::parse(std::string_view text) {
   return p;
 }
 
+// One token, read plainly: an object's member, an array's element by index.
+const boost::json::value* JsonPointer::step(const boost::json::value& at, const std::string& token) const {
+  if (const auto* obj = at.if_object()) {
+    auto it = obj->find(token);
+    return it == obj->end() ? nullptr : &it->value();
+  }
+  if (const auto* arr = at.if_array()) {
+    if (!isArrayIndex(token)) return nullptr;
+    std::uint64_t index = std::stoull(token);
+    return index >= arr->size() ? nullptr : &(*arr)[index];
+  }
+  return nullptr;
+}
+
 const boost::json::value* JsonPointer::resolve(const boost::json::value& root) const {
   const boost::json::value* at = &root;
   for (const auto& token : tokens_) {
-    if (const auto* obj = at->if_object()) {
-      auto it = obj->find(token);
-      if (it == obj->end()) return nullptr;
-      at = &it->value();
-    } else if (const auto* arr = at->if_array()) {
-      if (!isArrayIndex(token)) return nullptr;
-      std::uint64_t index = std::stoull(token);
-      if (index >= arr->size()) return nullptr;
-      at = &(*arr)[index];
-    } else {
-      return nullptr;
-    }
+    at = step(*at, token);
+    if (at == nullptr) return nullptr;
   }
   return at;
 }
@@ -231,7 +236,23 @@ Truth CompiledCondition::evaluate(LazyBody& body) const {
 }
 
 Truth CompiledCondition::evaluate(const boost::json::value* doc) const {
-  const boost::json::value* v = doc ? pointer_.resolve(*doc) : nullptr;
+  if (doc == nullptr || !pointer_.hasWildcard()) return test(doc ? pointer_.resolve(*doc) : nullptr);
+  // Existential (condition.h): True at the first value that passes.
+  bool resolved = false;
+  Truth result = Truth::False;
+  pointer_.forEach(*doc, [&](const boost::json::value& v) {
+    resolved = true;
+    const Truth t = test(&v);
+    if (t == Truth::Unknown) result = Truth::Unknown;
+    if (t != Truth::True) return true;
+    result = Truth::True;
+    return false;
+  });
+  return resolved ? result : test(nullptr);
+}
+
+// The test on one resolved value (nullptr: the pointer does not resolve).
+Truth CompiledCondition::test(const boost::json::value* v) const {
   auto listed = [&] {
     for (const auto& candidate : values_) {
       if (jsonEqual(*v, candidate)) return true;

@@ -180,32 +180,39 @@ const config::SourceLoc& locOf(const config::Rule& rule, std::string_view key,
   return fallback != nullptr && fallback->line > 0 ? *fallback : rule.loc;
 }
 
+// Where rule i of Rules::list was written: "rules.list[3]" (its index in
+// the operator's list), or "rules.preset" for a rule a preset made.
+std::string whereRule(const config::Rules& rules, std::size_t i) {
+  return i < rules.presetRules ? std::string("rules.preset") : fmt::format("rules.list[{}]", i - rules.presetRules);
+}
+
 // "atlasgate.yaml:12:13: rules.list[3].path (rule "x"): ...": a rule's
 // problem, reported once, where it was written.
-Error ruleError(const config::Rule& rule, std::size_t index, std::string_view key, std::string_view message,
+Error ruleError(const config::Rule& rule, std::string_view where, std::string_view key, std::string_view message,
                 const config::SourceLoc* fallback = nullptr) {
-  const std::string path =
-      key.empty() ? fmt::format("rules.list[{}]", index) : fmt::format("rules.list[{}].{}", index, key);
+  const std::string path = key.empty() ? std::string(where) : fmt::format("{}.{}", where, key);
   return makeError("{}{} (rule \"{}\"): {}", locPrefix(locOf(rule, key, fallback)), path, rule.name, message);
 }
 
-Error duplicateName(const std::vector<config::Rule>& rules, std::size_t first, std::size_t index, bool generated) {
-  const config::Rule& rule = rules[index];
-  const config::SourceLoc& was = locOf(rules[first], "name");
-  std::string message = was.line > 0
-                            ? fmt::format("duplicate rule name \"{}\" (first at line {})", rule.name, was.line)
-                            : fmt::format("duplicate rule name \"{}\" (first at rules.list[{}])", rule.name, first);
+Error duplicateName(const config::Rules& rules, const std::vector<config::Rule>& list, std::size_t first,
+                    std::size_t index, bool generated) {
+  const config::Rule& rule = list[index];
+  const config::SourceLoc& was = locOf(list[first], "name");
+  std::string message =
+      was.line > 0 ? fmt::format("duplicate rule name \"{}\" (first at line {})", rule.name, was.line)
+                   : fmt::format("duplicate rule name \"{}\" (first at {})", rule.name, whereRule(rules, first));
   if (generated) message += "; it was generated for this unnamed rule, so give it a name";
-  return ruleError(rule, index, generated ? "" : "name", message);
+  return ruleError(rule, whereRule(rules, index), generated ? "" : "name", message);
 }
 
 // pod_labels or container_labels: "" = no selector.
-Result<void> compileSelector(const config::Rule& rule, std::size_t index, std::string_view key, std::string_view what,
-                             const std::string& text, std::optional<labels::LabelSelector>& out) {
+Result<void> compileSelector(const config::Rule& rule, std::string_view where, std::string_view key,
+                             std::string_view what, const std::string& text,
+                             std::optional<labels::LabelSelector>& out) {
   if (text.empty()) return {};
   auto sel = labels::LabelSelector::parse(text);
-  if (!sel) return ruleError(rule, index, key, sel.error().message);
-  if (sel->empty()) return ruleError(rule, index, key, fmt::format("an empty selector would match every {}", what));
+  if (!sel) return ruleError(rule, where, key, sel.error().message);
+  if (sel->empty()) return ruleError(rule, where, key, fmt::format("an empty selector would match every {}", what));
   out = std::move(sel.value());
   return {};
 }
@@ -213,37 +220,37 @@ Result<void> compileSelector(const config::Rule& rule, std::size_t index, std::s
 }  // namespace
 
 // Methods, hosts, agents, label selectors and the path pattern.
-Result<void> Policy::compileFilters(config::Rule& rule, std::size_t index, Compiled& c) {
+Result<void> Policy::compileFilters(config::Rule& rule, std::string_view where, Compiled& c) {
   for (const auto& m : rule.methods) {
     if (m.empty() || m.find_first_of(" \t/") != std::string::npos) {
-      return ruleError(rule, index, "method", fmt::format("bad method \"{}\"", m));
+      return ruleError(rule, where, "method", fmt::format("bad method \"{}\"", m));
     }
     c.methods.push_back(asciiUpper(m));
   }
   rule.methods = c.methods;
   for (const auto& h : rule.hosts) {
-    if (h.empty()) return ruleError(rule, index, "host", "empty host");
+    if (h.empty()) return ruleError(rule, where, "host", "empty host");
     c.hosts.push_back(normalizeHost(h));
   }
   c.agents = rule.agents;
-  if (auto r = compileSelector(rule, index, "pod_labels", "pod", rule.podLabels, c.podLabels); !r) return r;
-  if (auto r = compileSelector(rule, index, "container_labels", "container", rule.containerLabels, c.containerLabels);
+  if (auto r = compileSelector(rule, where, "pod_labels", "pod", rule.podLabels, c.podLabels); !r) return r;
+  if (auto r = compileSelector(rule, where, "container_labels", "container", rule.containerLabels, c.containerLabels);
       !r) {
     return r;
   }
   auto pattern = parsePattern(rule.path);
-  if (!pattern) return ruleError(rule, index, "path", pattern.error().message);
+  if (!pattern) return ruleError(rule, where, "path", pattern.error().message);
   c.pattern = std::move(pattern.value());
   return {};
 }
 
-Result<void> Policy::compileConditions(const config::Rule& rule, std::size_t index, Compiled& c) {
+Result<void> Policy::compileConditions(const config::Rule& rule, std::string_view where, Compiled& c) {
   for (std::size_t k = 0; k < rule.when.size(); ++k) {
     const config::Condition& when = rule.when[k];
     auto cond = CompiledCondition::compile(when);
     if (!cond) {
       const std::string_view key = JsonPointer::parse(when.pointer) ? opName(when.op) : "pointer";
-      return ruleError(rule, index, fmt::format("when[{}].{}", k, key), cond.error().message, &when.loc);
+      return ruleError(rule, where, fmt::format("when[{}].{}", k, key), cond.error().message, &when.loc);
     }
     c.conditions.push_back(std::move(cond.value()));
   }
@@ -252,20 +259,21 @@ Result<void> Policy::compileConditions(const config::Rule& rule, std::size_t ind
 
 // What the action needs. A log_only rule carries the settings of the action
 // it stands in for (would_be).
-Result<void> Policy::compileAction(const config::Rule& rule, std::size_t index, const Options& options, Compiled& c) {
+Result<void> Policy::compileAction(const config::Rule& rule, std::string_view where, const Options& options,
+                                   Compiled& c) {
   const bool logOnly = rule.action == config::Action::LogOnly;
   const config::Action acting = logOnly ? rule.wouldBe : rule.action;
   if (logOnly && rule.wouldBe == config::Action::LogOnly) {
-    return ruleError(rule, index, "would_be", "log_only cannot be what log_only would be");
+    return ruleError(rule, where, "would_be", "log_only cannot be what log_only would be");
   }
   if (acting == config::Action::RateLimit) {
     if (!rule.rate || rule.rate->count == 0 || rule.rate->periodSeconds == 0) {
-      return ruleError(rule, index, logOnly ? "would_be" : "action", "rate_limit needs a rate such as 60/minute");
+      return ruleError(rule, where, logOnly ? "would_be" : "action", "rate_limit needs a rate such as 60/minute");
     }
-    if (rule.burst && *rule.burst == 0) return ruleError(rule, index, "burst", "burst must be at least 1");
+    if (rule.burst && *rule.burst == 0) return ruleError(rule, where, "burst", "burst must be at least 1");
   }
   if (acting == config::Action::Approve && rule.timeout.count() <= 0) {
-    return ruleError(rule, index, "timeout", "approve needs a positive timeout");
+    return ruleError(rule, where, "timeout", "approve needs a positive timeout");
   }
   if (rule.action == config::Action::RateLimit) {
     c.burst = rule.burst.value_or(rule.rate->count);
@@ -303,12 +311,13 @@ Result<std::shared_ptr<Policy>> Policy::compile(const config::Rules& rules, cons
     const bool generated = rule.name.empty() || (rule.loc.line > 0 && !rule.keyLocs.contains("name"));
     if (rule.name.empty()) rule.name = fmt::format("rule-{}", i + 1);
     if (auto [it, fresh] = names.emplace(rule.name, i); !fresh)
-      return duplicateName(p->rules_, it->second, i, generated);
+      return duplicateName(rules, p->rules_, it->second, i, generated);
 
     auto c = std::make_unique<Compiled>();
-    if (auto r = compileFilters(rule, i, *c); !r) return r.error();
-    if (auto r = compileConditions(rule, i, *c); !r) return r.error();
-    if (auto r = compileAction(rule, i, options, *c); !r) return r.error();
+    const std::string where = whereRule(rules, i);
+    if (auto r = compileFilters(rule, where, *c); !r) return r.error();
+    if (auto r = compileConditions(rule, where, *c); !r) return r.error();
+    if (auto r = compileAction(rule, where, options, *c); !r) return r.error();
     c->signature = signature(rule, *c);
     p->index_->add(c->pattern, static_cast<std::uint32_t>(i));
     p->compiled_.push_back(std::move(c));
@@ -599,8 +608,10 @@ std::string Policy::table() const {
       default: break;
     }
     if (!r.credential.empty()) action += fmt::format(" credential {}", r.credential);
-    std::string source =
-        r.loc.line > 0 ? fmt::format("{}:{}", r.loc.file.empty() ? "<config>" : r.loc.file, r.loc.line) : "-";
+    // FILE:LINE, or a file alone ("preset:guardrails" for a preset's rules).
+    std::string source = r.loc.line > 0 ? fmt::format("{}:{}", r.loc.file.empty() ? "<config>" : r.loc.file, r.loc.line)
+                         : r.loc.file.empty() ? std::string("-")
+                                              : r.loc.file;
     rows.push_back({std::to_string(i + 1), r.name, joinOr(c.methods, "*"), joinOr(c.hosts, "*"),
                     r.path.empty() ? std::string("/**") : r.path, joinOr(c.agents, "*"),
                     conds.empty() ? std::string("-") : fmt::format("{}", fmt::join(conds, " && ")), action, source});

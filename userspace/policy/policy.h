@@ -53,7 +53,9 @@
 // Malformed: otherwise padding the body past the size cap or a parser
 // difference with Atlas (e.g. JSON Atlas accepts and we do not) would step
 // around a block rule. UncheckableBody::ConditionsFail makes Unknown simply
-// "does not hold" instead.
+// "does not hold" instead. The guardrails preset (config.h) relies on Reject,
+// the daemon's setting: an access-list entry whose body cannot be read is
+// refused, never let past the approve rule that would have held it.
 //
 // Thread safety: evaluate() and explain() may be called concurrently; only the
 // rate-limit buckets are mutable and each rule's are behind a mutex.
@@ -208,9 +210,11 @@ class Policy {
   struct Scan;      // explain()'s walk over the rules for one view of the path
 
   Policy();
-  static Result<void> compileFilters(config::Rule& rule, std::size_t index, Compiled& c);
-  static Result<void> compileConditions(const config::Rule& rule, std::size_t index, Compiled& c);
-  static Result<void> compileAction(const config::Rule& rule, std::size_t index, const Options& options, Compiled& c);
+  // `where` names the rule in messages: "rules.list[3]" or "rules.preset".
+  static Result<void> compileFilters(config::Rule& rule, std::string_view where, Compiled& c);
+  static Result<void> compileConditions(const config::Rule& rule, std::string_view where, Compiled& c);
+  static Result<void> compileAction(const config::Rule& rule, std::string_view where, const Options& options,
+                                    Compiled& c);
   static std::string signature(const config::Rule& rule, const Compiled& c);
   Scan scan(const std::vector<std::string>& segments, const std::string& shown, Context& ctx) const;
   Pick decide(const std::vector<std::string>& segments, Context& ctx) const;

@@ -32,6 +32,9 @@ enum class Counter : std::uint8_t {
   BadRequests,
   LiveConnections,
   Passthrough,
+  Captured,
+  CaptureFailures,
+  CapturedRefused,
   kCount
 };
 
@@ -82,6 +85,12 @@ inline constexpr std::array<CounterInfo, static_cast<std::size_t>(Counter::kCoun
     {Counter::LiveConnections, "live_connections", "atlasgate_connections_live", true, "Agent connections open now."},
     {Counter::Passthrough, "passthrough_connections", "atlasgate_passthrough_connections_total", false,
      "intercept: all-tls: connections to non-targets spliced through."},
+    {Counter::Captured, "credentials_captured", "atlasgate_credentials_captured_total", false,
+     "Credentials Atlas minted (or passwords agents set) sealed into the vault; the agent got a phantom."},
+    {Counter::CaptureFailures, "capture_failures", "atlasgate_capture_failures_total", false,
+     "Minting responses withheld because the secret could not be sealed (503)."},
+    {Counter::CapturedRefused, "captured_refused", "atlasgate_captured_credentials_refused_total", false,
+     "Digest or OAuth attempts with a captured credential's phantom that failed (401)."},
 }};
 
 // Tables indexed by an enum (this one, kRefusals): row i must be the row of

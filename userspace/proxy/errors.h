@@ -36,6 +36,8 @@ inline constexpr std::string_view kBodyTooLarge = "ATLASGATE_BODY_TOO_LARGE";
 inline constexpr std::string_view kRequestTimeout = "ATLASGATE_REQUEST_TIMEOUT";
 inline constexpr std::string_view kNotSupported = "ATLASGATE_NOT_SUPPORTED";
 inline constexpr std::string_view kInvalidToken = "ATLASGATE_INVALID_TOKEN";
+inline constexpr std::string_view kCaptureFailed = "ATLASGATE_CAPTURE_FAILED";
+inline constexpr std::string_view kNotAuthorized = "ATLASGATE_NOT_AUTHORIZED";
 
 using ErrorResponse = boost::beast::http::response<boost::beast::http::string_body>;
 
@@ -63,6 +65,8 @@ enum class Refusal : std::uint8_t {
   UpstreamBusy,           // no upstream connection became free in time
   UpstreamTimeout,        // the target did not answer in time
   UpstreamUnavailable,    // the target could not be reached
+  CaptureFailed,          // a minted secret could not be sealed: the answer is withheld
+  DigestRequired,         // a Digest challenge for a captured API key (first, stale, or refused answer)
   kCount
 };
 
@@ -94,6 +98,8 @@ inline constexpr std::array<RefusalInfo, static_cast<std::size_t>(Refusal::kCoun
     {Refusal::UpstreamBusy, 503, kUpstreamBusy, Counter::UpstreamBusy, true, false},
     {Refusal::UpstreamTimeout, 504, kUpstreamTimeout, Counter::UpstreamFailures, true, false},
     {Refusal::UpstreamUnavailable, 502, kUpstreamUnavailable, Counter::UpstreamFailures, true, false},
+    {Refusal::CaptureFailed, 503, kCaptureFailed, Counter::CaptureFailures, false, false},
+    {Refusal::DigestRequired, 401, kNotAuthorized, std::nullopt, false, false},
 }};
 
 static_assert(tableInOrder(kRefusals, &RefusalInfo::refusal), "kRefusals rows must follow enum Refusal");

@@ -17,6 +17,8 @@
 
 #include "common/log.h"
 #include "common/text.h"
+#include "credentials/digest.h"
+#include "credentials/oauth.h"
 #include "proxy/rewrite.h"
 
 namespace atlasgate::proxy {
@@ -118,6 +120,30 @@ policy::Request policyRequest(const HttpRequest& req, const ExchangeContext& ctx
   return p;
 }
 
+// The client credentials of a token request name a captured service
+// account: the phantom secret must be one of its secrets' phantoms, and the
+// agent one that may use it; `bound` is then the vault entry. Any other
+// client id keeps today's meaning (the target's configured credential).
+bool capturedClient(const HttpRequest& req, const ExchangeContext& ctx, std::string& bound) {
+  if (!ctx.captured) return true;
+  std::optional<credentials::ClientCredentials> cc =
+      credentials::parseBasicCredentials(req[http::field::authorization]);
+  if (!cc) {
+    std::string id = formValue(req.body(), "client_id");
+    if (id.empty()) return true;
+    cc = credentials::ClientCredentials{std::move(id), formValue(req.body(), "client_secret")};
+  }
+  if (!ctx.captured->isCapturedClient(ctx.target.host, cc->id)) return true;
+  auto u = ctx.captured->serviceAccount(ctx.target.host, cc->id, cc->secret, ctx.flow.agent.name);
+  if (!u) {
+    log::warn("conn {} agent {}: OAuth with captured client id {} refused (not its phantom, or not this agent's)",
+              ctx.flow.id, ctx.flow.agent.name, text::forTerminal(cc->id));
+    return false;
+  }
+  bound = u->entry.name;
+  return true;
+}
+
 // POST /api/oauth/token and /api/oauth/revoke: clients that run the OAuth
 // flow themselves get a phantom token, never a real one.
 LocalResponse oauthAnswer(const HttpRequest& req, bool token, const ExchangeContext& ctx) {
@@ -136,12 +162,24 @@ LocalResponse oauthAnswer(const HttpRequest& req, bool token, const ExchangeCont
         {"error", grant.empty() ? "invalid_request" : "unsupported_grant_type"},
         {"error_description", grant.empty() ? "grant_type is missing" : "only client_credentials is supported"}});
   } else {
+    std::string bound;  // "" = the target's configured credential
+    if (!capturedClient(req, ctx, bound)) {
+      // A captured client id with a phantom that is not its own (or another
+      // agent's): the agent learns nothing more than Atlas would say.
+      out.counter = Counter::CapturedRefused;
+      res.result(http::status::unauthorized);
+      res.body() = json::serialize(
+          json::object{{"error", "invalid_client"}, {"error_description", "Invalid client credentials."}});
+      res.prepare_payload();
+      return out;
+    }
     out.counter = Counter::PhantomIssued;
     // At the agent's cap its oldest phantom goes (see credentials/phantom.h).
     const auto cap = ctx.runtime.config->limits.maxPhantomTokensPerAgent;
-    res.body() = json::serialize(json::object{{"access_token", ctx.phantoms.issue(ctx.flow.agent.key, cap, ctx.now)},
-                                              {"expires_in", credentials::PhantomTokens::kLifetime.count()},
-                                              {"token_type", "Bearer"}});
+    res.body() = json::serialize(
+        json::object{{"access_token", ctx.phantoms.issue(ctx.flow.agent.key, cap, ctx.now, std::move(bound))},
+                     {"expires_in", credentials::PhantomTokens::kLifetime.count()},
+                     {"token_type", "Bearer"}});
   }
   res.prepare_payload();
   return out;
@@ -149,20 +187,111 @@ LocalResponse oauthAnswer(const HttpRequest& req, bool token, const ExchangeCont
 
 // A phantom token must be this agent's own, and alive; any other bearer the
 // agent sends is simply dropped by the upstream rewrite.
-std::optional<LocalResponse> phantomRefusal(const HttpRequest& req, const ExchangeContext& ctx) {
+std::optional<LocalResponse> phantomRefusal(const HttpRequest& req, const ExchangeContext& ctx, std::string& bound) {
   std::string_view authz = req[http::field::authorization];
   if (authz.size() <= 7 || !iequals(authz.substr(0, 7), "bearer ")) return std::nullopt;
   std::string_view token = authz.substr(7);
   while (!token.empty() && (token.front() == ' ' || token.front() == '\t')) token.remove_prefix(1);
   while (!token.empty() && (token.back() == ' ' || token.back() == '\t')) token.remove_suffix(1);
   using credentials::PhantomCheck;
-  PhantomCheck pc = ctx.phantoms.check(token, ctx.flow.agent.key, ctx.now);
+  PhantomCheck pc = ctx.phantoms.check(token, ctx.flow.agent.key, ctx.now, &bound);
   if (pc == PhantomCheck::NotPhantom || pc == PhantomCheck::Valid) return std::nullopt;
   const char* why = pc == PhantomCheck::WrongAgent ? "was issued to another agent"
                     : pc == PhantomCheck::Expired  ? "has expired"
                                                    : "is not known";
   return refuse(Refusal::InvalidToken,
                 fmt::format("The access token {}; request a new one from /api/oauth/token.", why));
+}
+
+// 401 with atlasgate's own Digest challenge (captured API keys).
+LocalResponse digestChallenge(const ExchangeContext& ctx, bool stale, audit::Record& rec) {
+  rec.decision = "challenged";
+  LocalResponse out = refuse(Refusal::DigestRequired, "You are not authorized for this resource.");
+  out.response.set(http::field::www_authenticate, ctx.captured->nonces().challenge(ctx.flow.agent.key, stale));
+  return out;
+}
+
+// An Authorization: Digest answer for a captured API key: verified against
+// its phantom, then the request goes upstream with the real key.
+std::optional<LocalResponse> digestAnswer(const HttpRequest& req, const ExchangeContext& ctx, Forward& fwd,
+                                          audit::Record& rec) {
+  auto a = credentials::parseDigestAuthorization(req[http::field::authorization]);
+  if (!a) return digestChallenge(ctx, false, rec);
+  // A public key atlasgate never captured: the agent's own credentials are
+  // dropped as always, and the target's configured one goes upstream.
+  if (!ctx.captured->isCapturedKey(ctx.target.host, a->username)) return std::nullopt;
+  using Check = credentials::DigestNonces::Check;
+  Check nonce = ctx.captured->nonces().check(a->nonce, ctx.flow.agent.key);
+  if (nonce != Check::Valid) return digestChallenge(ctx, nonce == Check::Stale, rec);
+  auto key = ctx.captured->apiKey(ctx.target.host, a->username, ctx.flow.agent.name);
+  // The uri answered for must be this request's: an answer for another path
+  // is not an answer for this one.
+  if (!key || a->uri != req.target() || !credentials::verifyDigest(*a, req.method_string(), key->phantom)) {
+    log::warn("conn {} agent {}: Digest for public key {} refused ({})", ctx.flow.id, ctx.flow.agent.name,
+              text::forTerminal(a->username),
+              !key                     ? "not a captured key this agent may use"
+              : a->uri != req.target() ? "uri mismatch"
+                                       : "wrong answer");
+    LocalResponse out = digestChallenge(ctx, false, rec);
+    out.counter = Counter::CapturedRefused;
+    rec.decision = "captured_refused";
+    return out;
+  }
+  fwd.owned = ctx.captured->runtimeFor(*key);
+  fwd.credential = fwd.owned.get();
+  rec.credential = key->entry.name;
+  return std::nullopt;
+}
+
+// Which captured credential, if any, the request uses: a Digest answer, a
+// phantom token bound to a captured secret, or (no Authorization at all)
+// an agent that holds captured API keys is challenged for one of them.
+std::optional<LocalResponse> capturedCredential(const HttpRequest& req, const ExchangeContext& ctx,
+                                                const std::string& bound, Forward& fwd, audit::Record& rec) {
+  std::string_view authz = req[http::field::authorization];
+  if (authz.size() > 7 && iequals(authz.substr(0, 7), "digest ")) return digestAnswer(req, ctx, fwd, rec);
+  if (!bound.empty()) {
+    fwd.owned = ctx.captured->runtimeNamed(bound);
+    if (!fwd.owned) {
+      rec.decision = "invalid_token";
+      return refuse(Refusal::InvalidToken, "The access token's credential was revoked; request a new one.");
+    }
+    fwd.credential = fwd.owned.get();
+    rec.credential = bound;
+    return std::nullopt;
+  }
+  if (authz.empty() && ctx.captured->holdsApiKey(ctx.target.host, ctx.flow.agent.name))
+    return digestChallenge(ctx, false, rec);
+  return std::nullopt;
+}
+
+// A database user created or changed with a password: Atlas gets a strong
+// random one, sealed (pending) before the request leaves.
+std::optional<LocalResponse> captureOutgoing(HttpRequest& req, const ExchangeContext& ctx, Forward& fwd,
+                                             audit::Record& rec) {
+  if (!fwd.capture || fwd.capture->action != capture::Action::SetDatabasePassword) return std::nullopt;
+  capture::Origin origin{
+      ctx.target.host, ctx.flow.agent.name,
+      std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count()};
+  auto swap = capture::swapDatabasePassword(*fwd.capture, req.body(), origin);
+  if (!swap) {
+    rec.decision = "malformed";
+    return refuse(Refusal::BadRequest, fmt::format("Cannot create this database user: {}.", swap.error().message));
+  }
+  if (!*swap) return std::nullopt;
+  capture::Minted& m = (*swap)->minted;
+  fwd.pendingFinal = m.entry.name;
+  m.entry.name += "@pending";
+  fwd.pending = m.entry.name;
+  if (auto r = ctx.captured->store(m); !r) {
+    log::error("conn {} agent {}: database user {} not sent to Atlas: the vault cannot be written: {}", ctx.flow.id,
+               ctx.flow.agent.name, text::forTerminal(m.entry.object), r.error().message);
+    rec.error = std::string(kCaptureFailed);
+    return refuse(Refusal::CaptureFailed,
+                  "atlasgate could not keep this database user's password; the request was not sent. Retry later.");
+  }
+  req.body() = std::move((*swap)->body);
+  return std::nullopt;
 }
 
 Hold holdFor(const HttpRequest& req, const ExchangeContext& ctx, policy::Decision d, const audit::Record& rec) {
@@ -219,14 +348,22 @@ Step admitted(HttpRequest& req, const ExchangeContext& ctx, const policy::Decisi
     rec.decision = "local";
     return oauthAnswer(req, pathOnly == kTokenPath, ctx);
   }
-  if (auto refused = phantomRefusal(req, ctx)) {
+  std::string bound;  // a phantom token's captured credential
+  if (auto refused = phantomRefusal(req, ctx, bound)) {
     rec.decision = "invalid_token";
     return std::move(*refused);
   }
+  Forward fwd;
+  if (ctx.captured) {
+    if (auto local = capturedCredential(req, ctx, bound, fwd, rec)) return std::move(*local);
+  }
   // Credentials: the agent's own are dropped; the target's are injected.
-  const CredentialRuntime* cred = nullptr;
-  if (!ctx.target.credentials.empty()) {
+  const CredentialRuntime* cred = fwd.credential;
+  if (!cred && !ctx.target.credentials.empty()) {
     cred = chooseCredential(ctx.target, ctx.flow.agent.name, d.credential);
+    if (!cred && ctx.captured && ctx.captured->anyApiKey(ctx.target.host) &&
+        req.find(http::field::authorization) == req.end())
+      return digestChallenge(ctx, false, rec);  // perhaps it holds a captured key: let it say so
     if (!cred) {
       // The agent learns nothing about the credentials; the log names them.
       log::warn("conn {} agent {}: no credential of {} for this agent{}", ctx.flow.id, ctx.flow.agent.name,
@@ -237,7 +374,14 @@ Step admitted(HttpRequest& req, const ExchangeContext& ctx, const policy::Decisi
     }
     rec.credential = cred->description;
   }
+  fwd.credential = cred;
+  if (ctx.captured) {
+    fwd.capture = capture::planFor(req.method_string(), req.target());
+    if (auto local = captureOutgoing(req, ctx, fwd, rec)) return std::move(*local);
+  }
   prepareUpstreamRequest(req, ctx.target.host);
+  // A minting answer is read whole and rewritten: it must arrive unencoded.
+  if (fwd.capture && fwd.capture->action != capture::Action::Forget) req.set(http::field::accept_encoding, "identity");
   req.keep_alive(true);
   try {
     req.prepare_payload();
@@ -245,7 +389,7 @@ Step admitted(HttpRequest& req, const ExchangeContext& ctx, const policy::Decisi
     rec.decision = "malformed";
     return refuse(Refusal::BadRequest, fmt::format("Cannot forward this request: {}.", e.what()));
   }
-  return Forward{cred};
+  return fwd;
 }
 
 LocalResponse approvalQueueFull(const Hold& hold, const Admission& admission, audit::Record& rec) {

@@ -15,6 +15,7 @@
 // tests/unit/proxy/exchange_test.cpp walks every branch.
 
 #include <chrono>
+#include <memory>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -29,6 +30,8 @@
 #include "credentials/phantom.h"
 #include "policy/policy.h"
 #include "proxy/approvals.h"
+#include "proxy/capture.h"
+#include "proxy/captured.h"
 #include "proxy/counters.h"
 #include "proxy/errors.h"
 #include "proxy/runtime.h"
@@ -50,7 +53,11 @@ struct Hold {
 };
 
 struct Forward {
-  const CredentialRuntime* credential = nullptr;  // nullptr: the target has none configured
+  const CredentialRuntime* credential = nullptr;   // nullptr: the target has none configured
+  std::shared_ptr<const CredentialRuntime> owned;  // a captured credential: kept alive by the request
+  std::optional<capture::Plan> capture;            // the request mints or drops a credential
+  std::string pending;                             // a database-user password sealed before sending:
+  std::string pendingFinal;                        //   its pending entry, and its name once Atlas said yes
 };
 
 using Step = std::variant<LocalResponse, Hold, Forward>;
@@ -61,6 +68,7 @@ struct ExchangeContext {
   const Flow& flow;
   credentials::PhantomTokens& phantoms;
   std::chrono::steady_clock::time_point now;
+  Captured* captured = nullptr;  // nullptr: capture is off
 };
 
 // A refusal from the table; retryAfter > 0 adds Retry-After.

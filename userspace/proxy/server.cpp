@@ -10,10 +10,14 @@
 
 #include <cstring>
 
+#include <openssl/crypto.h>
+
 #include "common/log.h"
+#include "common/text.h"
 #include "credentials/digest.h"
 #include "credentials/token_provider.h"
 #include "policy/policy.h"
+#include "proxy/captured.h"
 #include "proxy/errors.h"
 #include "proxy/rewrite.h"
 #include "tls/server_context.h"
@@ -386,7 +390,7 @@ asio::awaitable<bool> Server::exchange(Conn& c) {
   std::optional<HttpRequest> req = co_await readRequest(c, ex);
   if (!req) co_return false;
   counters_.add(Counter::Requests);
-  Step step = decide(*req, ExchangeContext{c.rt, c.target, c.flow, phantoms_, Clock::now()}, ex.rec);
+  Step step = decide(*req, ExchangeContext{c.rt, c.target, c.flow, phantoms_, Clock::now(), captured_}, ex.rec);
   if (auto* held = std::get_if<Hold>(&step)) {
     std::optional<Step> after = co_await hold(c, ex, *req, std::move(*held));
     if (!after) {
@@ -396,7 +400,7 @@ asio::awaitable<bool> Server::exchange(Conn& c) {
     step = std::move(*after);
   }
   if (auto* local = std::get_if<LocalResponse>(&step)) co_return co_await answer(c, ex, std::move(*local));
-  co_return co_await forward(c, ex, *req, std::get<Forward>(step).credential);
+  co_return co_await forward(c, ex, *req, std::get<Forward>(step));
 }
 
 asio::awaitable<std::optional<HttpRequest>> Server::readRequest(Conn& c, Exchange& ex) {
@@ -473,7 +477,8 @@ asio::awaitable<std::optional<Step>> Server::hold(Conn& c, Exchange& ex, HttpReq
   if (outcome == ApprovalOutcome::Waiting) outcome = co_await approvals_.wait(id);
   if (outcome != ApprovalOutcome::Approved) co_return approvalRefused(h, outcome, ex.rec);
   ex.rec.decision = "approved";
-  co_return admitted(req, ExchangeContext{c.rt, c.target, c.flow, phantoms_, Clock::now()}, h.decision, ex.rec);
+  co_return admitted(req, ExchangeContext{c.rt, c.target, c.flow, phantoms_, Clock::now(), captured_}, h.decision,
+                     ex.rec);
 }
 
 asio::awaitable<bool> Server::answer(Conn& c, Exchange& ex, LocalResponse local) {
@@ -497,16 +502,132 @@ void Server::finish(Conn& c, Exchange& ex) {
   ++c.session.info.requests;
 }
 
-asio::awaitable<bool> Server::forward(Conn& c, Exchange& ex, HttpRequest& req, const CredentialRuntime* cred) {
+asio::awaitable<bool> Server::forward(Conn& c, Exchange& ex, HttpRequest& req, Forward& fwd) {
+  const CredentialRuntime* cred = fwd.credential;
   upstream::Call call(pool_, c.target.host, c.flow.agent.key);
   std::string token;
   const auto upStart = Clock::now();
   std::optional<LocalResponse> refusal = co_await sendWithCredential(c, ex, req, cred, call, token);
   ex.rec.upstreamMs = msSince(upStart);
-  if (refusal) co_return co_await answer(c, ex, std::move(*refusal));
+  if (refusal) {
+    if (!fwd.pending.empty()) captured_->discard(fwd.pending);  // never reached Atlas
+    co_return co_await answer(c, ex, std::move(*refusal));
+  }
+  const unsigned status = call.response().result_int();
   // A token Atlas refused even after one refresh is not reused.
-  if (call.response().result_int() == 401 && cred && cred->tokens && !token.empty()) cred->tokens->invalidate(token);
+  if (status == 401 && cred && cred->tokens && !token.empty()) cred->tokens->invalidate(token);
+  if (fwd.capture) settleCapture(c, ex, fwd, status);
+  if (fwd.capture && status / 100 == 2 && fwd.capture->action != capture::Action::Forget &&
+      fwd.capture->action != capture::Action::SetDatabasePassword)
+    co_return co_await relayCaptured(c, ex, call, *fwd.capture);
   co_return co_await relay(c, ex, call);
+}
+
+void Server::settleCapture(Conn& c, Exchange& ex, const Forward& fwd, unsigned status) {
+  if (!fwd.pending.empty()) {
+    if (status / 100 != 2) {
+      captured_->discard(fwd.pending);
+    } else if (auto r = captured_->activate(fwd.pending, fwd.pendingFinal); !r) {
+      log::error("conn {} agent {}: database user password for {} set in Atlas, but the vault failed: {}", c.flow.id,
+                 c.flow.agent.name, text::forTerminal(fwd.pendingFinal), r.error().message);
+    } else {
+      counters_.add(Counter::Captured);
+      ex.rec.captured = fwd.pendingFinal;
+      log::info("conn {} agent {}: captured {} (Atlas got a password the agent never saw)", c.flow.id,
+                c.flow.agent.name, text::forTerminal(fwd.pendingFinal));
+    }
+  }
+  if (fwd.capture->action == capture::Action::Forget && status / 100 == 2) {
+    for (const std::string& name : captured_->forget(c.target.host, fwd.capture->forgets)) {
+      log::info("conn {} agent {}: {} deleted through the API: dropped from the vault", c.flow.id, c.flow.agent.name,
+                text::forTerminal(name));
+      ex.rec.captured = name;
+    }
+  }
+}
+
+namespace {
+
+capture::Origin captureOrigin(const std::string& host, const Flow& flow) {
+  return capture::Origin{
+      host, flow.agent.name,
+      std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count()};
+}
+
+// Reads the whole body, up to cap; "" or why it could not be.
+asio::awaitable<std::string> readWhole(upstream::Call& call, std::string& body, std::size_t cap,
+                                       std::chrono::seconds timeout) {
+  if (auto enc = call.response()[http::field::content_encoding]; !enc.empty() && !text::iequals(enc, "identity"))
+    co_return "the answer is content-encoded";
+  std::vector<char> buf(16 * 1024);
+  while (!call.done()) {
+    std::size_t n = 0;
+    if (auto ec = co_await call.readSome(buf.data(), buf.size(), n, timeout))
+      co_return "reading it failed: " + ec.message();
+    if (body.size() + n > cap) co_return fmt::format("it is larger than capture.max_response_bytes ({})", cap);
+    body.append(buf.data(), n);
+  }
+  co_return std::string();
+}
+
+}  // namespace
+
+asio::awaitable<bool> Server::relayCaptured(Conn& c, Exchange& ex, upstream::Call& call, const capture::Plan& plan) {
+  const unsigned status = call.response().result_int();
+  std::string body;
+  std::string why = co_await readWhole(call, body, c.rt.config->capture.maxResponseBytes, c.limits().upstreamTimeout);
+  std::string unclaimed = "see the Atlas organization or project of the request";
+  Result<capture::Rewritten> rw = makeError("{}", why);
+  if (why.empty()) rw = capture::rewriteResponse(plan, body, captureOrigin(c.target.host, c.flow));
+  if (rw) {
+    unclaimed = rw->unclaimed;
+    if (auto stored = captured_->store(rw->minted); !stored) rw = makeError("the vault: {}", stored.error().message);
+  }
+  OPENSSL_cleanse(body.data(), body.size());
+  if (!rw) {
+    // Never the real secret: the agent gets a refusal, the operator the
+    // object that now exists in Atlas without anyone holding its secret.
+    call.abandon();
+    counters_.add(Counter::CaptureFailures);
+    log::error(
+        "conn {} agent {}: {} {}: Atlas answered {} but its secret could not be captured ({}); the answer is "
+        "withheld. Unclaimed in Atlas now: {}",
+        c.flow.id, c.flow.agent.name, ex.rec.method, text::forTerminal(ex.rec.path), status, rw.error().message,
+        unclaimed);
+    co_return co_await answer(c, ex,
+                              refuse(Refusal::CaptureFailed,
+                                     "atlasgate could not keep the credential Atlas created for this request, so the "
+                                     "answer is withheld. The object may exist in Atlas now; delete it and retry."));
+  }
+  call.finish();
+  for (const capture::Minted& m : rw->minted) {
+    counters_.add(Counter::Captured);
+    if (!ex.rec.captured.empty()) ex.rec.captured += ",";
+    ex.rec.captured += m.entry.name;
+    log::info("conn {} agent {}: captured {} ({}); the agent holds a phantom", c.flow.id, c.flow.agent.name,
+              text::forTerminal(m.entry.name), text::forTerminal(m.entry.label));
+  }
+  prepareAgentResponse(call.response());
+  co_return co_await sendCaptured(c, ex, call.response(), rw->body);
+}
+
+asio::awaitable<bool> Server::sendCaptured(Conn& c, Exchange& ex, const http::response<http::buffer_body>& head,
+                                           std::string& body) {
+  // The head as Atlas sent it, but framed by Content-Length for the new body.
+  http::response<http::string_body> res{head.result(), head.version()};
+  for (const auto& f : head) {
+    if (f.name() == http::field::content_length || f.name() == http::field::transfer_encoding) continue;
+    res.insert(f.name_string(), f.value());
+  }
+  res.body() = std::move(body);
+  res.prepare_payload();
+  res.keep_alive(ex.keepAlive);
+  ex.rec.status = res.result_int();
+  ex.rec.bytesOut = res.body().size();
+  c.lower().expires_after(c.limits().requestTimeout);
+  auto [ec, n] = co_await http::async_write(c.stream, res, kUseTuple);
+  finish(c, ex);
+  co_return !ec && ex.keepAlive;
 }
 
 asio::awaitable<std::optional<LocalResponse>> Server::sendWithCredential(Conn& c, Exchange& ex, HttpRequest& req,

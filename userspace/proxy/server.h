@@ -91,6 +91,8 @@ class Server {
   // namespace leave through it; without it (or when it fails) they are reset.
   using NamespaceSocketFn = std::function<Result<int>(std::uint64_t netnsCookie, bool v6)>;
   void setNamespaceSockets(NamespaceSocketFn fn) { namespaceSocket_ = std::move(fn); }
+  // Credential capture (nullptr: off). Outlives the server's sessions.
+  void setCaptured(Captured* captured) { captured_ = captured; }
 
   // Stop accepting; live sessions finish their current exchange.
   void stopAccepting();
@@ -130,7 +132,7 @@ class Server {
   // Writes an answer atlasgate gives itself; false when the connection ends.
   asio::awaitable<bool> answer(Conn& c, Exchange& ex, LocalResponse local);
   // Sends the request with its credential, then relays the response.
-  asio::awaitable<bool> forward(Conn& c, Exchange& ex, HttpRequest& req, const CredentialRuntime* cred);
+  asio::awaitable<bool> forward(Conn& c, Exchange& ex, HttpRequest& req, Forward& fwd);
   // The credential rounds: a Digest challenge (or stale nonce) answered, or
   // one token refresh after a 401. Returns the refusal when there is none to
   // relay (no credential, target unreachable).
@@ -139,6 +141,14 @@ class Server {
                                                                    std::string& token);
   // Streams the response body (chunked stays chunked); false when the connection ends.
   asio::awaitable<bool> relay(Conn& c, Exchange& ex, upstream::Call& call);
+  // A 2xx minting answer: read whole, its secrets sealed and swapped for
+  // phantoms, sent with a Content-Length; withheld (503) if it cannot be.
+  asio::awaitable<bool> relayCaptured(Conn& c, Exchange& ex, upstream::Call& call, const capture::Plan& plan);
+  // What Atlas' answer means for the vault: a pending password kept or
+  // dropped, deleted objects forgotten.
+  void settleCapture(Conn& c, Exchange& ex, const Forward& fwd, unsigned status);
+  asio::awaitable<bool> sendCaptured(Conn& c, Exchange& ex, const http::response<http::buffer_body>& head,
+                                     std::string& body);
   void finish(Conn& c, Exchange& ex);
 
   asio::io_context& io_;
@@ -165,6 +175,7 @@ class Server {
   std::uint32_t heldForDiscovery_ = 0;  // flows waiting in awaitNamed() now
   Counters counters_;
   credentials::PhantomTokens phantoms_;
+  Captured* captured_ = nullptr;
   RequestMetrics metrics_;
 };
 

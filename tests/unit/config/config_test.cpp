@@ -717,6 +717,165 @@ TEST(ConfigErrors, SecretsNeverAppearInMessages) {
   }
 }
 
+// ---- rules.preset: guardrails ------------------------------------------------
+
+// Two targets; the first with a service account and an API key, the second
+// with the same service account and another one.
+constexpr std::string_view kGuardedTargets =
+    "targets:\n"
+    "  - host: cloud.mongodb.com\n"
+    "    credentials:\n"
+    "      - name: owner\n"
+    "        service_account: {client_id: mdb_sa_id_own, client_secret_env: S}\n"
+    "      - name: keys\n"
+    "        api_key: {public_key: abcdefgh, private_key_env: K}\n"
+    "  - host: cloud-gov.mongodb.com\n"
+    "    credentials:\n"
+    "      - name: owner\n"
+    "        service_account: {client_id: mdb_sa_id_own, client_secret_env: S}\n"
+    "      - name: other\n"
+    "        service_account: {client_id: \"sa/x\", client_secret_env: T}\n"
+    "      - name: third\n"
+    "        service_account: {client_id: \"mdb.sa:2\", client_secret_env: T}\n";
+
+// One line per rule: NAME METHODS PATH [POINTER~REGEX], all approve on every target's host.
+std::vector<std::string> guardrailLines(const Rules& rules, const std::vector<std::string>& hosts) {
+  std::vector<std::string> out;
+  for (std::size_t i = 0; i < rules.presetRules; ++i) {
+    const Rule& r = rules.list.at(i);
+    std::string line = fmt::format("{} {} {}", r.name, fmt::join(r.methods, ","), r.path);
+    for (const Condition& c : r.when) {
+      EXPECT_EQ(c.op, CondOp::Matches) << r.name;
+      line += fmt::format(" {}~{}", c.pointer, c.regex);
+    }
+    EXPECT_EQ(r.action, Action::Approve) << r.name;
+    EXPECT_EQ(r.timeout, 120s) << r.name;
+    EXPECT_EQ(r.hosts, hosts) << r.name;
+    EXPECT_TRUE(r.agents.empty() && r.podLabels.empty() && r.containerLabels.empty() && r.credential.empty());
+    EXPECT_EQ(r.loc.file, "preset:guardrails") << r.name;
+    EXPECT_EQ(r.loc.line, 0) << r.name;
+    EXPECT_TRUE(r.keyLocs.empty()) << r.name;
+    out.push_back(line);
+  }
+  return out;
+}
+
+const std::vector<std::string> kAlwaysGuardrails = {
+    R"(guardrail-open-access-list POST /api/atlas/*/groups/*/accessList /*/cidrBlock~.*(/|%2[fF])\s*0*[0-7]\s*)",
+    R"(guardrail-open-access-list-entry POST /api/atlas/*/groups/*/accessList /cidrBlock~.*(/|%2[fF])\s*0*[0-7]\s*)",
+    "guardrail-org-invitations POST,PATCH /api/atlas/*/orgs/*/invites/**",
+    "guardrail-project-invitations POST,PATCH /api/atlas/*/groups/*/invites/**",
+    "guardrail-org-users POST,PUT,PATCH /api/atlas/*/orgs/*/users/**",
+    "guardrail-project-users POST,PUT,PATCH /api/atlas/*/groups/*/users/**",
+    "guardrail-team-members POST /api/atlas/*/orgs/*/teams/*/**",
+    "guardrail-project-teams POST,PATCH /api/atlas/*/groups/*/teams/**",
+    "guardrail-new-cloud-users POST /api/atlas/*/users",
+    "guardrail-org-key-roles PATCH /api/atlas/*/orgs/*/apiKeys/*",
+    "guardrail-project-key-roles POST,PATCH /api/atlas/*/groups/*/apiKeys/*",
+    "guardrail-key-access-list POST /api/atlas/*/orgs/*/apiKeys/*/accessList",
+    "guardrail-org-service-account-roles PATCH /api/atlas/*/orgs/*/serviceAccounts/*",
+    "guardrail-project-service-account-roles POST,PATCH /api/atlas/*/groups/*/serviceAccounts/*",
+    "guardrail-service-account-access-list POST /api/atlas/*/orgs/*/serviceAccounts/*/accessList",
+    "guardrail-project-service-account-access-list POST /api/atlas/*/groups/*/serviceAccounts/*/accessList",
+};
+
+TEST(ConfigPreset, GuardrailsForServiceAccountsAndAnApiKey) {
+  Result<Config> r = parse(std::string(kGuardedTargets) +
+                           "rules:\n"
+                           "  default: block\n"
+                           "  list:\n"
+                           "    - name: mine\n"
+                           "      action: allow\n"
+                           "  preset: guardrails\n");
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  std::vector<std::string> want = kAlwaysGuardrails;
+  // Per distinct client id, in the order of the targets; "sa/x" cannot be a
+  // path segment, so no request can name it; "mdb.sa:2" is percent-encoded.
+  want.insert(want.end(), {
+                              "guardrail-own-credential DELETE /api/atlas/*/orgs/*/serviceAccounts/mdb_sa_id_own",
+                              "guardrail-own-credential-2 DELETE /api/atlas/*/orgs/*/serviceAccounts/mdb%2Esa%3A2",
+                              "guardrail-own-credential-project DELETE "
+                              "/api/atlas/*/groups/*/serviceAccounts/mdb_sa_id_own",
+                              "guardrail-own-credential-project-2 DELETE "
+                              "/api/atlas/*/groups/*/serviceAccounts/mdb%2Esa%3A2",
+                              "guardrail-own-credential-secrets POST,PUT,PATCH,DELETE "
+                              "/api/atlas/*/orgs/*/serviceAccounts/mdb_sa_id_own/secrets/**",
+                              "guardrail-own-credential-secrets-2 POST,PUT,PATCH,DELETE "
+                              "/api/atlas/*/orgs/*/serviceAccounts/mdb%2Esa%3A2/secrets/**",
+                              "guardrail-own-credential-project-secrets POST,PUT,PATCH,DELETE "
+                              "/api/atlas/*/groups/*/serviceAccounts/mdb_sa_id_own/secrets/**",
+                              "guardrail-own-credential-project-secrets-2 POST,PUT,PATCH,DELETE "
+                              "/api/atlas/*/groups/*/serviceAccounts/mdb%2Esa%3A2/secrets/**",
+                              "guardrail-any-api-key-deletion DELETE /api/atlas/*/orgs/*/apiKeys/*",
+                          });
+  EXPECT_EQ(guardrailLines(r->rules, {"cloud.mongodb.com", "cloud-gov.mongodb.com"}), want);
+  EXPECT_EQ(r->rules.presets, std::vector<std::string>{"guardrails"});
+  ASSERT_EQ(r->rules.list.size(), want.size() + 1);
+  EXPECT_EQ(r->rules.list.back().name, "mine");  // the operator's rules after the preset's
+  EXPECT_EQ(r->rules.defaultAction, Action::Block);
+  EXPECT_NE(describeConfig(*r).find("rules: 1 (default block); preset guardrails: 25 rules before them\n"),
+            std::string::npos)
+      << describeConfig(*r);
+  EXPECT_EQ(guardrailRules(r->targets).size(), want.size());
+}
+
+TEST(ConfigPreset, GuardrailsWithoutCredentials) {
+  Result<Config> r = parse(std::string(kTarget) + "rules:\n  preset: [guardrails]\n");
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_EQ(guardrailLines(r->rules, {"cloud.mongodb.com"}), kAlwaysGuardrails);
+  EXPECT_EQ(r->rules.list.size(), kAlwaysGuardrails.size());
+  EXPECT_EQ(r->rules.defaultAction, Action::Allow);
+}
+
+TEST(ConfigPreset, StringOrListAndNoneWithoutTheKey) {
+  for (std::string_view preset : {"guardrails", "[guardrails]", "[guardrails, guardrails]", "\"guardrails\""}) {
+    Result<Config> r = parse(std::string(kTarget) + "rules:\n  preset: " + std::string(preset) + "\n");
+    ASSERT_TRUE(r.ok()) << preset << ": " << r.error().message;
+    EXPECT_EQ(r->rules.presets, std::vector<std::string>{"guardrails"}) << preset;
+    EXPECT_EQ(r->rules.presetRules, kAlwaysGuardrails.size()) << preset;
+  }
+  Result<Config> none = parse(rulesWith("      action: block\n"));
+  ASSERT_TRUE(none.ok()) << none.error().message;
+  EXPECT_TRUE(none->rules.presets.empty());
+  EXPECT_EQ(none->rules.presetRules, 0u);
+  EXPECT_EQ(none->rules.list.size(), 1u);
+  EXPECT_EQ(describeConfig(*none).find("preset"), std::string::npos);
+}
+
+TEST(ConfigPreset, UnknownPresetNamesTheValidOnes) {
+  EXPECT_TRUE(failsAt(
+      std::string(kTarget) + "rules:\n  preset: guardrail\n", "4:11",
+      {"rules.preset: unknown preset \"guardrail\"", "did you mean \"guardrails\"", "valid presets: guardrails"}));
+  EXPECT_TRUE(failsAt(std::string(kTarget) + "rules:\n  preset: [guardrails, lockdown]\n", "4:24",
+                      {"rules.preset[1]: unknown preset \"lockdown\"", "valid presets: guardrails"}));
+  EXPECT_TRUE(failsAt(std::string(kTarget) + "rules:\n  preset: []\n", "4:11", {"rules.preset"}));
+  EXPECT_TRUE(failsAt(std::string(kTarget) + "rules:\n  preset: {a: b}\n", "4:11", {"rules.preset"}));
+  EXPECT_TRUE(failsAt(std::string(kTarget) + "rules:\n  presets: guardrails\n", "4:3", {"presets", "preset"}));
+}
+
+TEST(ConfigPreset, AnOperatorRuleMayNotTakeAGuardrailsName) {
+  const std::string head = std::string(kGuardedTargets) +
+                           "rules:\n"
+                           "  preset: guardrails\n"
+                           "  list:\n"
+                           "    - name: fine\n"
+                           "      action: allow\n";
+  EXPECT_TRUE(failsAt(head + "    - name: guardrail-invitations-x\n      action: allow\n"
+                             "    - name: guardrail-org-invitations\n      action: block\n",
+                      "23:13",
+                      {"rules.list[2].name",
+                       "\"guardrail-org-invitations\" is the name of a rule of rules.preset "
+                       "guardrails (line 17)",
+                       "another name"}));
+  EXPECT_TRUE(failsAt(head + "    - name: guardrail-own-credential-project-2\n      action: allow\n", "21:13",
+                      {"rules.list[1].name", "guardrail-own-credential-project-2", "rules.preset"}));
+  // Without the preset the name is the operator's.
+  Result<Config> r = parse(std::string(kTarget) +
+                           "rules:\n  list:\n    - name: guardrail-org-invitations\n"
+                           "      action: allow\n");
+  EXPECT_TRUE(r.ok()) << r.error().message;
+}
+
 // ---- schema tables ----------------------------------------------------------
 
 // describeConfig() of full.yaml, exactly (`atlasgate check` prints it).
@@ -740,7 +899,8 @@ TEST(ConfigDescribe, FullFileExactly) {
       "caps: connections 4096 (512 per agent); held requests 64 (8 per agent, 67108864 body bytes); phantom "
       "tokens 64 per agent; upstream connections 64 per target, 16 per agent (connect timeout 10s, queue "
       "timeout 10s)\n"
-      "bpf: pins under /sys/fs/bpf/atlasgate, keep on exit no, refuse QUIC no\n";
+      "bpf: pins under /sys/fs/bpf/atlasgate, keep on exit no, refuse QUIC no\n"
+      "capture: yes\n";
   EXPECT_EQ(describeConfig(full()), want);
 }
 
@@ -761,7 +921,8 @@ TEST(ConfigDescribe, DefaultsAndAdminToken) {
       "caps: connections 4096 (512 per agent); held requests 64 (8 per agent, 67108864 body bytes); phantom "
       "tokens 64 per agent; upstream connections 64 per target, 16 per agent (connect timeout 10s, queue "
       "timeout 10s)\n"
-      "bpf: pins under /sys/fs/bpf/atlasgate, keep on exit yes, refuse QUIC yes\n";
+      "bpf: pins under /sys/fs/bpf/atlasgate, keep on exit yes, refuse QUIC yes\n"
+      "capture: yes\n";
   EXPECT_EQ(describeConfig(*r), want);
 }
 
@@ -871,7 +1032,7 @@ std::vector<std::string> tableSections() {
 
 TEST(ConfigSchema, UnknownKeyInEachTableIsRejectedNamingKeyAndSection) {
   const std::vector<std::string> sections = tableSections();
-  EXPECT_EQ(sections, (std::vector<std::string>{"", "listen", "agents", "limits", "bpf", "dns", "discovery",
+  EXPECT_EQ(sections, (std::vector<std::string>{"", "listen", "agents", "limits", "bpf", "dns", "capture", "discovery",
                                                 "discovery.kubernetes", "discovery.containers"}));
   for (const std::string& section : sections) {
     const std::string yaml = yamlAt(section.empty() ? "no_such_key" : section + ".no_such_key", "1");
@@ -900,7 +1061,7 @@ TEST(ConfigSchemaKinds, IntegerAndPortBounds) {
     EXPECT_TRUE(failsAt(yamlAt(k.path, std::to_string(k.min - 1)), at, {k.path + ": " + range}));
     EXPECT_TRUE(failsAt(yamlAt(k.path, "-1"), at, {range, "\"-1\""}));
   }
-  EXPECT_EQ(checked, 12);  // listen.port and the 11 integers of limits
+  EXPECT_EQ(checked, 13);  // listen.port, the 11 integers of limits, capture.max_response_bytes
   Result<Config> r = parse(yamlAt("limits.max_held_requests", "65536"));
   ASSERT_TRUE(r.ok());
   EXPECT_EQ(r->limits.maxHeldRequests, 65536u);

@@ -224,7 +224,7 @@ TEST(DigestChallenge, MalformedParameters) {
   }
   EXPECT_EQ(parseDigestChallenge("Digest nonce=\"abc").error().message,
             "unterminated quoted string in Digest challenge");
-  EXPECT_EQ(parseDigestChallenge("Digest nonce").error().message, "malformed Digest challenge");
+  EXPECT_EQ(parseDigestChallenge("Digest nonce").error().message, "malformed Digest parameters");
 }
 
 TEST(DigestChallenge, ControlCharactersAreRefused) {

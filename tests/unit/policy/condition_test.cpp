@@ -1,6 +1,9 @@
 #include "policy/condition.h"
 
+#include <chrono>
+
 #include <boost/json/parse.hpp>
+#include <boost/json/serialize.hpp>
 #include <gtest/gtest.h>
 
 namespace atlasgate::policy {
@@ -186,6 +189,169 @@ TEST(Condition, Describe) {
   auto e = CompiledCondition::compile(exists("", false));
   ASSERT_TRUE(e.ok());
   EXPECT_EQ(e->describe(), R"("" exists: false)");
+}
+
+// ---- the wildcard token "*" (condition.h, "Wildcards") ------------------------
+
+std::vector<std::string> visited(std::string_view pointer, std::string_view doc) {
+  const json::value root = json::parse(doc);
+  auto p = JsonPointer::parse(pointer);
+  EXPECT_TRUE(p.ok()) << pointer;
+  std::vector<std::string> out;
+  if (!p.ok()) return out;
+  p->forEach(root, [&](const json::value& v) {
+    out.push_back(json::serialize(v));
+    return true;
+  });
+  return out;
+}
+
+using Strings = std::vector<std::string>;
+
+TEST(JsonPointerWildcard, ParseMarksOnlyAWholeStarToken) {
+  EXPECT_TRUE(JsonPointer::parse("/*/cidrBlock")->hasWildcard());
+  EXPECT_TRUE(JsonPointer::parse("/a/*")->hasWildcard());
+  EXPECT_TRUE(JsonPointer::parse("/*")->hasWildcard());
+  EXPECT_FALSE(JsonPointer::parse("/a")->hasWildcard());
+  EXPECT_FALSE(JsonPointer::parse("/*x/a")->hasWildcard());
+  EXPECT_FALSE(JsonPointer::parse("/~0*")->hasWildcard());  // the key "~*"
+  EXPECT_FALSE(JsonPointer::parse("")->hasWildcard());
+  EXPECT_FALSE(JsonPointer::parse("/*~").ok());  // escapes are still checked
+}
+
+TEST(JsonPointerWildcard, AnyElementOfAnArrayInDocumentOrder) {
+  const char* doc = R"([{"cidrBlock":"10.0.0.0/24"},{"ipAddress":"1.2.3.4"},{"cidrBlock":"0.0.0.0/0"}])";
+  EXPECT_EQ(visited("/*/cidrBlock", doc), (Strings{R"("10.0.0.0/24")", R"("0.0.0.0/0")"}));
+  EXPECT_EQ(visited("/*", "[1,[2],{}]"), (Strings{"1", "[2]", "{}"}));
+  EXPECT_EQ(visited("/*/cidrBlock", "[]"), Strings{});
+  EXPECT_EQ(visited("/*/0", "[[1,2],[],[3]]"), (Strings{"1", "3"}));
+  // Without a wildcard, forEach is resolve().
+  EXPECT_EQ(visited("/1/ipAddress", doc), Strings{R"("1.2.3.4")"});
+  EXPECT_EQ(visited("/9", doc), Strings{});
+}
+
+TEST(JsonPointerWildcard, Nested) {
+  const char* doc = R"({"a":[{"b":[{"c":1},{"c":2},{"d":0}]},{"b":"str"},{"b":[{"c":3}]},{"x":1}]})";
+  EXPECT_EQ(visited("/a/*/b/*/c", doc), (Strings{"1", "2", "3"}));
+  // The second element's "a" is an object: there "*" is its key "*".
+  EXPECT_EQ(visited("/*/a/*/b", R"([{"a":[{"b":1},{"b":2}]},{"a":{"*":{"b":9}}},{"a":[{"b":3}]}])"),
+            (Strings{"1", "2", "9", "3"}));
+}
+
+TEST(JsonPointerWildcard, OnAnObjectStarIsTheLiteralKey) {
+  const char* doc = R"({"*":{"b":1},"x":{"b":2}})";
+  EXPECT_EQ(visited("/*/b", doc), Strings{"1"});
+  json::value storage;
+  const json::value* v = resolve("/*/b", doc, storage);
+  ASSERT_NE(v, nullptr);
+  EXPECT_EQ(json::serialize(*v), "1");
+  // resolve() never expands: on an array "*" is no index.
+  EXPECT_EQ(resolve("/*", "[1,2]", storage), nullptr);
+  EXPECT_EQ(visited("/*/b", R"({"x":{"b":2}})"), Strings{});
+}
+
+TEST(JsonPointerWildcard, EscapesInOtherTokens) {
+  const char* doc = R"([{"a/b":1,"m~n":2},{"a/b":3}])";
+  EXPECT_EQ(visited("/*/a~1b", doc), (Strings{"1", "3"}));
+  EXPECT_EQ(visited("/*/m~0n", doc), Strings{"2"});
+}
+
+TEST(JsonPointerWildcard, StopsWhenTold) {
+  const json::value root = json::parse("[1,2,3,4]");
+  auto p = JsonPointer::parse("/*");
+  ASSERT_TRUE(p.ok());
+  int calls = 0;
+  EXPECT_FALSE(p->forEach(root, [&](const json::value& v) { return ++calls, v.as_int64() < 2; }));
+  EXPECT_EQ(calls, 2);
+  EXPECT_TRUE(p->forEach(root, [&](const json::value&) { return true; }));
+}
+
+TEST(ConditionWildcard, EachOpHoldsForAtLeastOneValue) {
+  const char* body = R"([{"s":"a","n":1},{"s":"b"},{"s":"M40"}])";
+  EXPECT_EQ(eval(cond("/*/s", config::CondOp::Equals, {"\"b\""}), body), Truth::True);
+  EXPECT_EQ(eval(cond("/*/s", config::CondOp::Equals, {"\"c\""}), body), Truth::False);
+  EXPECT_EQ(eval(cond("/*/s", config::CondOp::In, {"\"x\"", "\"M40\""}), body), Truth::True);
+  EXPECT_EQ(eval(cond("/*/s", config::CondOp::In, {"\"x\"", "\"y\""}), body), Truth::False);
+  EXPECT_EQ(eval(matches("/*/s", "M[0-9]+"), body), Truth::True);
+  EXPECT_EQ(eval(matches("/*/s", "[0-9]+"), body), Truth::False);
+  EXPECT_EQ(eval(exists("/*/n", true), body), Truth::True);
+  EXPECT_EQ(eval(exists("/*/n", false), body), Truth::False);
+  EXPECT_EQ(eval(exists("/*/z", true), body), Truth::False);
+  EXPECT_EQ(eval(exists("/*/z", false), body), Truth::True);
+}
+
+TEST(ConditionWildcard, NotInHoldsWhenOneValueIsNotListed) {
+  const char* body = R"([{"s":"a"},{"s":"b"},{"t":"z"}])";
+  EXPECT_EQ(eval(cond("/*/s", config::CondOp::NotIn, {"\"a\""}), body), Truth::True);  // "b" is not listed
+  EXPECT_EQ(eval(cond("/*/s", config::CondOp::NotIn, {"\"a\"", "\"b\""}), body), Truth::False);
+  // Nothing resolves: as for any pointer that does not resolve.
+  EXPECT_EQ(eval(cond("/*/s", config::CondOp::NotIn, {"\"a\""}), "[]"), Truth::False);
+  EXPECT_EQ(eval(cond("/*/s", config::CondOp::NotIn, {"\"a\""}), R"({"s":"b"})"), Truth::False);
+  EXPECT_EQ(eval(cond("/*/s", config::CondOp::NotIn, {"\"a\""}), std::nullopt), Truth::False);
+}
+
+TEST(ConditionWildcard, NothingResolvedIsAsForAnUnresolvedPointer) {
+  for (std::optional<std::string_view> body :
+       {std::optional<std::string_view>("[]"), std::optional<std::string_view>(R"({"a":1})"),
+        std::optional<std::string_view>(), std::optional<std::string_view>("7")}) {
+    EXPECT_EQ(eval(cond("/*/s", config::CondOp::Equals, {"1"}), body), Truth::False);
+    EXPECT_EQ(eval(matches("/*/s", ".*"), body), Truth::False);
+    EXPECT_EQ(eval(exists("/*/s", true), body), Truth::False);
+    EXPECT_EQ(eval(exists("/*/s", false), body), Truth::True);
+  }
+}
+
+TEST(ConditionWildcard, UnknownOnlyWhenNoValuePasses) {
+  const std::string slow = R"({"s":")" + std::string(100000, 'a') + R"("})";
+  // A regex that blows up on one element and matches another: True.
+  EXPECT_EQ(eval(matches("/*/s", "(a|aa)*b|ok"), "[" + slow + R"(,{"s":"ok"}])"), Truth::True);
+  EXPECT_EQ(eval(matches("/*/s", "(a|aa)*b|ok"), R"([{"s":"ok"},)" + slow + "]"), Truth::True);
+  // Blows up and nothing else matches: Unknown, never True.
+  EXPECT_EQ(eval(matches("/*/s", "(a|aa)*b|ok"), "[" + slow + R"(,{"s":"no"}])"), Truth::Unknown);
+  // An unreadable body: Unknown, whatever the pointer.
+  EXPECT_EQ(eval(cond("/*/s", config::CondOp::In, {"1"}), "[{\"s\":1},"), Truth::Unknown);
+  EXPECT_EQ(eval(exists("/*/s", false), "not json"), Truth::Unknown);
+}
+
+TEST(ConditionWildcard, FanOutIsLinearAndShortCircuits) {
+  // 100k entries, the wide one last: every element is looked at once.
+  std::string body = "[";
+  for (int i = 0; i < 100000; ++i) body += R"({"cidrBlock":"10.0.0.0/24","comment":"x"},)";
+  body += R"({"cidrBlock":"0.0.0.0/0"}])";
+  constexpr std::size_t kCap = 16 << 20;  // limits.max_body_bytes' default; the policy's own cap is 1 MiB
+  ASSERT_GT(body.size(), std::size_t{4} << 20);
+  const auto start = std::chrono::steady_clock::now();
+  EXPECT_EQ(eval(cond("/*/cidrBlock", config::CondOp::In, {"\"0.0.0.0/0\"", "\"::/0\""}), body, kCap), Truth::True);
+  EXPECT_EQ(eval(matches("/*/cidrBlock", ".*/0"), body, kCap), Truth::True);
+  EXPECT_EQ(eval(cond("/*/cidrBlock", config::CondOp::NotIn, {"\"10.0.0.0/24\""}), body, kCap), Truth::True);
+  EXPECT_EQ(eval(cond("/*/cidrBlock", config::CondOp::NotIn, {"\"10.0.0.0/24\"", "\"0.0.0.0/0\""}), body, kCap),
+            Truth::False);
+  // Nested: 400 x 400 values.
+  std::string grid = "[";
+  for (int i = 0; i < 400; ++i)
+    grid += std::string(i ? "," : "") + R"({"a":[)" + [] {
+      std::string row;
+      for (int j = 0; j < 400; ++j) row += std::string(j ? "," : "") + R"({"b":1})";
+      return row;
+    }() + "]}";
+  grid += "]";
+  EXPECT_EQ(eval(cond("/*/a/*/b", config::CondOp::Equals, {"2"}), grid, kCap), Truth::False);
+  EXPECT_EQ(eval(cond("/*/a/*/b", config::CondOp::Equals, {"1"}), grid, kCap), Truth::True);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(5));
+
+  // The first value that passes ends the walk.
+  const json::value doc = json::parse(body);
+  auto p = JsonPointer::parse("/*/cidrBlock");
+  ASSERT_TRUE(p.ok());
+  std::size_t calls = 0;
+  p->forEach(doc, [&](const json::value&) { return ++calls, false; });
+  EXPECT_EQ(calls, 1u);
+}
+
+TEST(ConditionWildcard, Describe) {
+  auto c = CompiledCondition::compile(cond("/*/cidrBlock", config::CondOp::In, {"\"0.0.0.0/0\""}));
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(c->describe(), R"(/*/cidrBlock in ["0.0.0.0/0"])");
 }
 
 TEST(LazyBody, ParsesOnlyWhenAsked) {

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <sstream>
 #include <thread>
 
 #include <fmt/format.h>
@@ -909,6 +910,245 @@ TEST(PolicyFromFile, ABadRuleIsReportedOnceWithItsIndex) {
   };
   EXPECT_EQ(count("rules.list[1]"), 1u);
   EXPECT_EQ(count("appears twice"), 1u);
+}
+
+// ---- rules.preset: guardrails, end to end (config -> policy) ------------------
+
+constexpr std::string_view kGuardedFile =
+    "targets:\n"
+    "  - host: cloud.mongodb.com\n"
+    "    credentials:\n"
+    "      - name: owner\n"
+    "        service_account: {client_id: mdb_sa_id_own, client_secret_env: S}\n"
+    "      - name: keys\n"
+    "        api_key: {public_key: abcdefgh, private_key_env: K}\n"
+    "rules:\n"
+    "  preset: guardrails\n"
+    "  default: allow\n"
+    "  list:\n"
+    "    - name: watch-access-list\n"
+    "      method: POST\n"
+    "      path: /api/atlas/v2/groups/*/accessList\n"
+    "      action: log_only\n"
+    "    - name: no-cluster-deletion\n"
+    "      method: DELETE\n"
+    "      path: /api/atlas/v2/groups/*/clusters/*\n"
+    "      action: block\n";
+
+std::shared_ptr<Policy> guarded(std::string_view file = kGuardedFile) {
+  auto c = config::parseConfig(file, "guard.yaml", false);
+  EXPECT_TRUE(c.ok()) << (c.ok() ? "" : c.error().message);
+  if (!c.ok()) return nullptr;
+  auto p = Policy::compile(c->rules);
+  EXPECT_TRUE(p.ok()) << (p.ok() ? "" : p.error().message);
+  return p.ok() ? p.value() : nullptr;
+}
+
+// verdict and deciding rule
+std::pair<Verdict, std::string> decided(Policy& p, std::string_view method, std::string_view target,
+                                        std::optional<std::string_view> body = std::nullopt,
+                                        std::string_view host = "cloud.mongodb.com") {
+  const Decision d = p.evaluate(req(method, target, "agent-1", body, host), kT0);
+  return {d.verdict, d.ruleName};
+}
+
+using Decided = std::pair<Verdict, std::string>;
+const Decided kOpen{Verdict::Approve, "guardrail-open-access-list"};
+
+TEST(PolicyGuardrails, OpenAccessListIsHeld) {
+  auto p = guarded();
+  ASSERT_NE(p, nullptr);
+  const std::string_view v2 = "/api/atlas/v2/groups/5f1/accessList";
+  EXPECT_EQ(decided(*p, "POST", v2, R"([{"cidrBlock":"10.0.0.0/24"},{"cidrBlock":"0.0.0.0/0"}])"), kOpen);
+  EXPECT_EQ(decided(*p, "POST", v2, R"([{"cidrBlock":"::/0","comment":"x"}])"), kOpen);
+  EXPECT_EQ(decided(*p, "POST", v2, R"([{"ipAddress":"1.2.3.4"},{"cidrBlock":"0.0.0.0/00"}])"), kOpen);
+  EXPECT_EQ(decided(*p, "POST", v2, R"([{"cidrBlock":"0.0.0.0%2F0"}])"), kOpen);
+  EXPECT_EQ(decided(*p, "POST", v2, R"([{"cidrBlock":"0.0.0.0/1"},{"cidrBlock":"128.0.0.0/1"}])"), kOpen);
+  EXPECT_EQ(decided(*p, "POST", v2, R"({"cidrBlock":"0.0.0.0/0"})"),
+            (Decided{Verdict::Approve, "guardrail-open-access-list-entry"}));
+  // The v1.0 API, the same body.
+  EXPECT_EQ(decided(*p, "POST", "/api/atlas/v1.0/groups/5f1/accessList", R"([{"cidrBlock":"0.0.0.0/0"}])"), kOpen);
+  // Narrow entries fall through to the operator's rules.
+  EXPECT_EQ(decided(*p, "POST", v2, R"([{"cidrBlock":"10.0.0.0/24"}])"),
+            (Decided{Verdict::Allow, "watch-access-list"}));
+  EXPECT_EQ(decided(*p, "POST", v2, R"([{"cidrBlock":"10.0.0.0/8"},{"ipAddress":"0.0.0.0"}])"),
+            (Decided{Verdict::Allow, "watch-access-list"}));
+  EXPECT_EQ(decided(*p, "POST", v2, "[]"), (Decided{Verdict::Allow, "watch-access-list"}));
+  // Reading the list is not held.
+  EXPECT_EQ(decided(*p, "GET", v2), (Decided{Verdict::Allow, "default"}));
+}
+
+TEST(PolicyGuardrails, AnUnreadableBodyNeverSlipsPast) {
+  auto p = guarded();
+  ASSERT_NE(p, nullptr);
+  const std::string_view v2 = "/api/atlas/v2/groups/5f1/accessList";
+  for (std::string_view body : {std::string_view("cidrBlock=0.0.0.0/0"),
+                                std::string_view(R"([{"cidrBlock":"0.0.0.0/0"})"), std::string_view("\xff[]")}) {
+    const Decision d = p->evaluate(req("POST", v2, "agent-1", body), kT0);
+    EXPECT_NE(d.verdict, Verdict::Allow) << body;
+    EXPECT_EQ(d.verdict, Verdict::Malformed) << body;
+    EXPECT_NE(d.malformedReason.find("guardrail-open-access-list"), std::string::npos) << d.malformedReason;
+  }
+  // Padded past the policy's body cap.
+  const std::string padded =
+      R"([{"cidrBlock":"0.0.0.0/0","comment":")" + std::string(p->options().maxBodyBytes, 'x') + R"("}])";
+  EXPECT_EQ(p->evaluate(req("POST", v2, "agent-1", padded), kT0).verdict, Verdict::Malformed);
+}
+
+TEST(PolicyGuardrails, EncodedPathsAreCaught) {
+  auto p = guarded();
+  ASSERT_NE(p, nullptr);
+  const std::string_view body = R"([{"cidrBlock":"0.0.0.0/0"}])";
+  for (std::string_view target :
+       {"/api/atlas/v2/groups/x/access%4Cist", "/api/atlas/v2/groups/x/ACCESSLIST",
+        "/api/atlas/v2/groups/x/accessList/", "//api/atlas/v2/./groups/x/y/../accessList?pretty=true",
+        "/api/atlas/v2/groups/x/%61ccessList", "/api/%61tlas/v1.0/groups/x/accessList",
+        "/api/atlas/v2/groups/x%2F..%2Fy/accessList"}) {
+    const Decision d = p->evaluate(req("POST", target, "agent-1", body), kT0);
+    EXPECT_NE(d.verdict, Verdict::Allow) << target;
+    if (d.verdict != Verdict::Malformed) EXPECT_EQ(d.ruleName, "guardrail-open-access-list") << target;
+  }
+  // %2F inside a segment: the split reading is an access list too.
+  EXPECT_EQ(decided(*p, "POST", "/api/atlas/v2/groups/x%2Fy/accessList", body).first, Verdict::Approve);
+}
+
+TEST(PolicyGuardrails, InvitationsUsersAndRolesAreHeld) {
+  auto p = guarded();
+  ASSERT_NE(p, nullptr);
+  const std::pair<std::string_view, std::string_view> held[] = {
+      {"POST", "/api/atlas/v2/orgs/o1/invites"},
+      {"PATCH", "/api/atlas/v2/orgs/o1/invites/i1"},
+      {"POST", "/api/atlas/v2/groups/g1/invites"},
+      {"PATCH", "/api/atlas/v1.0/groups/g1/invites"},
+      {"POST", "/api/atlas/v2/orgs/o1/users"},
+      {"POST", "/api/atlas/v2/groups/g1/users"},
+      {"PUT", "/api/atlas/v2/groups/g1/users/u1/roles"},
+      {"POST", "/api/atlas/v2/orgs/o1/users/u1:addRole"},
+      {"PATCH", "/api/atlas/v2/orgs/o1/users/u1"},
+      {"POST", "/api/atlas/v2/orgs/o1/teams/t1/users"},
+      {"POST", "/api/atlas/v2/orgs/o1/teams/t1:addUser"},
+      {"POST", "/api/atlas/v2/groups/g1/teams"},
+      {"PATCH", "/api/atlas/v2/groups/g1/teams/t1"},
+      {"POST", "/api/atlas/v2/users"},
+      {"PATCH", "/api/atlas/v2/orgs/o1/apiKeys/k1"},
+      {"POST", "/api/atlas/v2/groups/g1/apiKeys/k1"},
+      {"PATCH", "/api/atlas/v2/groups/g1/apiKeys/k1"},
+      {"POST", "/api/atlas/v2/orgs/o1/apiKeys/k1/accessList"},
+      {"PATCH", "/api/atlas/v2/orgs/o1/serviceAccounts/mdb_sa_id_other"},
+      {"POST", "/api/atlas/v2/groups/g1/serviceAccounts/mdb_sa_id_other:invite"},
+      {"PATCH", "/api/atlas/v2/groups/g1/serviceAccounts/mdb_sa_id_other"},
+      {"POST", "/api/atlas/v2/orgs/o1/serviceAccounts/mdb_sa_id_other/accessList"},
+      {"POST", "/api/atlas/v2/groups/g1/serviceAccounts/mdb_sa_id_other/accessList"},
+  };
+  for (const auto& [method, target] : held) {
+    const Decision d = p->evaluate(req(method, target, "agent-1", R"({"roles":["ORG_OWNER"]})"), kT0);
+    EXPECT_EQ(d.verdict, Verdict::Approve) << method << " " << target;
+    EXPECT_EQ(d.ruleName.rfind("guardrail-", 0), 0u) << method << " " << target << ": " << d.ruleName;
+    EXPECT_EQ(d.approveTimeout, 120s) << target;
+  }
+  EXPECT_EQ(decided(*p, "POST", "/api/atlas/v2/orgs/o1/invites").second, "guardrail-org-invitations");
+  // Reading them, and what does not widen access, is not held.
+  const std::pair<std::string_view, std::string_view> free[] = {
+      {"GET", "/api/atlas/v2/orgs/o1/invites"},          {"GET", "/api/atlas/v2/groups/g1/invites/i1"},
+      {"DELETE", "/api/atlas/v2/groups/g1/invites/i1"},  {"GET", "/api/atlas/v2/groups/g1/users"},
+      {"DELETE", "/api/atlas/v2/groups/g1/users/u1"},    {"POST", "/api/atlas/v2/orgs/o1/teams"},
+      {"GET", "/api/atlas/v2/orgs/o1/apiKeys/k1"},       {"POST", "/api/atlas/v2/groups/g1/clusters"},
+      {"POST", "/api/atlas/v2/groups/g1/databaseUsers"},
+  };
+  for (const auto& [method, target] : free) {
+    EXPECT_EQ(decided(*p, method, target, R"({})"), (Decided{Verdict::Allow, "default"})) << method << " " << target;
+  }
+}
+
+TEST(PolicyGuardrails, AtlasgatesOwnCredential) {
+  auto p = guarded();
+  ASSERT_NE(p, nullptr);
+  EXPECT_EQ(decided(*p, "DELETE", "/api/atlas/v2/orgs/o1/serviceAccounts/mdb_sa_id_own"),
+            (Decided{Verdict::Approve, "guardrail-own-credential"}));
+  EXPECT_EQ(decided(*p, "DELETE", "/api/atlas/v2/orgs/o1/serviceAccounts/MDB_SA_ID_OWN").first, Verdict::Approve);
+  EXPECT_EQ(decided(*p, "DELETE", "/api/atlas/v2/orgs/o1/serviceAccounts/mdb%5Fsa%5Fid%5Fown").first, Verdict::Approve);
+  EXPECT_EQ(decided(*p, "DELETE", "/api/atlas/v2/groups/g1/serviceAccounts/mdb_sa_id_own"),
+            (Decided{Verdict::Approve, "guardrail-own-credential-project"}));
+  EXPECT_EQ(decided(*p, "POST", "/api/atlas/v2/orgs/o1/serviceAccounts/mdb_sa_id_own/secrets"),
+            (Decided{Verdict::Approve, "guardrail-own-credential-secrets"}));
+  EXPECT_EQ(decided(*p, "DELETE", "/api/atlas/v2/orgs/o1/serviceAccounts/mdb_sa_id_own/secrets/s1"),
+            (Decided{Verdict::Approve, "guardrail-own-credential-secrets"}));
+  EXPECT_EQ(decided(*p, "POST", "/api/atlas/v2/groups/g1/serviceAccounts/mdb_sa_id_own/secrets"),
+            (Decided{Verdict::Approve, "guardrail-own-credential-project-secrets"}));
+  // Reading its secrets' list, and deleting another service account, are not held.
+  EXPECT_EQ(decided(*p, "GET", "/api/atlas/v2/orgs/o1/serviceAccounts/mdb_sa_id_own/secrets"),
+            (Decided{Verdict::Allow, "default"}));
+  EXPECT_EQ(decided(*p, "DELETE", "/api/atlas/v2/orgs/o1/serviceAccounts/mdb_sa_id_other"),
+            (Decided{Verdict::Allow, "default"}));
+  EXPECT_EQ(decided(*p, "POST", "/api/atlas/v2/orgs/o1/serviceAccounts/mdb_sa_id_other/secrets"),
+            (Decided{Verdict::Allow, "default"}));
+  // An api_key credential: its id is unknown, so every key deletion is held.
+  EXPECT_EQ(decided(*p, "DELETE", "/api/atlas/v2/orgs/o1/apiKeys/anything"),
+            (Decided{Verdict::Approve, "guardrail-any-api-key-deletion"}));
+  // The rules are on the targets' hosts.
+  EXPECT_EQ(decided(*p, "DELETE", "/api/atlas/v2/orgs/o1/serviceAccounts/mdb_sa_id_own", std::nullopt, "other.host"),
+            (Decided{Verdict::Allow, "default"}));
+  // Without an api_key credential there is no such rule.
+  std::string noKey(kGuardedFile);
+  noKey.erase(noKey.find("      - name: keys\n"), std::string_view("      - name: keys\n        api_key: {public_key: "
+                                                                   "abcdefgh, private_key_env: K}\n")
+                                                      .size());
+  auto q = guarded(noKey);
+  ASSERT_NE(q, nullptr);
+  EXPECT_EQ(decided(*q, "DELETE", "/api/atlas/v2/orgs/o1/apiKeys/anything"), (Decided{Verdict::Allow, "default"}));
+  EXPECT_EQ(q->rules().size(), p->rules().size() - 1);
+}
+
+TEST(PolicyGuardrails, LookLikeAnyOtherRule) {
+  auto p = guarded();
+  ASSERT_NE(p, nullptr);
+  // Table: the guardrails first, their source the preset; then the operator's.
+  const std::string t = p->table();
+  std::istringstream lines(t);
+  std::vector<std::string> rows;
+  for (std::string line; std::getline(lines, line);) rows.push_back(line);
+  ASSERT_EQ(rows.size(), p->rules().size() + 2) << t;
+  EXPECT_NE(rows[1].find("guardrail-open-access-list "), std::string::npos) << t;
+  EXPECT_NE(rows[1].find("/*/cidrBlock matches"), std::string::npos) << t;
+  EXPECT_NE(rows[1].find("approve timeout 120s"), std::string::npos) << t;
+  EXPECT_NE(rows[1].find("cloud.mongodb.com"), std::string::npos) << t;
+  EXPECT_EQ(rows[1].substr(rows[1].size() - std::string_view("preset:guardrails").size()), "preset:guardrails") << t;
+  const std::size_t own = p->rules().size() - 2;
+  EXPECT_NE(rows[own].find("preset:guardrails"), std::string::npos) << t;
+  EXPECT_NE(rows[own + 1].find("watch-access-list"), std::string::npos) << t;
+  EXPECT_NE(rows[own + 1].find("guard.yaml:12"), std::string::npos) << t;
+  // explain names them.
+  const std::string e =
+      p->explain(req("POST", "/api/atlas/v2/groups/g/accessList", "a", R"([{"cidrBlock":"::/0"}])")).render();
+  EXPECT_NE(e.find("decision: approve by rule #1 \"guardrail-open-access-list\""), std::string::npos) << e;
+  const std::string f =
+      p->explain(req("POST", "/api/atlas/v2/groups/g/accessList", "a", R"([{"cidrBlock":"10.1.0.0/16"}])")).render();
+  EXPECT_NE(f.find("#1 guardrail-open-access-list: condition 1 (/*/cidrBlock matches"), std::string::npos) << f;
+  EXPECT_NE(f.find("watch-access-list\""), std::string::npos) << f;
+}
+
+TEST(PolicyGuardrails, ErrorsNameThePreset) {
+  config::Rules rules;
+  config::Rule g = rule("guardrail-x", "/a/{x}b", Action::Approve);
+  g.loc = {"preset:guardrails", 0, 0};
+  rules.list = {g, rule("mine", "/a", Action::Allow), rule("broken", "/a/{x}b", Action::Block)};
+  rules.presetRules = 1;
+  auto p = Policy::compile(rules);
+  ASSERT_FALSE(p);
+  EXPECT_EQ(p.error().message.rfind("preset:guardrails: rules.preset.path (rule \"guardrail-x\"): ", 0), 0u)
+      << p.error().message;
+  rules.list[0].path = "/a";
+  p = Policy::compile(rules);
+  ASSERT_FALSE(p);
+  // The operator's rules keep their own index.
+  EXPECT_EQ(p.error().message.rfind("rules.list[1].path (rule \"broken\"): ", 0), 0u) << p.error().message;
+  rules.list[2] = rule("guardrail-x", "/b", Action::Block);
+  p = Policy::compile(rules);
+  ASSERT_FALSE(p);
+  EXPECT_NE(p.error().message.find("rules.list[1].name (rule \"guardrail-x\"): duplicate rule name \"guardrail-x\" "
+                                   "(first at rules.preset)"),
+            std::string::npos)
+      << p.error().message;
 }
 
 TEST(PolicyFromFile, RulesMadeInCodeNameTheirIndex) {
