@@ -363,6 +363,89 @@ class DatabaseUserCaptureTest(CaptureBase):
         self.assert_never_shown(real["privateKey"].strip().splitlines()[1])
 
 
+class NpmClientTest(CaptureBase):
+    def test_npm_atlas_api_client_creates_a_key_and_uses_it(self):
+        from test_mcp import MCP_DIR, ensure_server_installed
+        ensure_server_installed()
+        p = self.env.run_agent(self.env.with_hosts(["node", os.path.join(MCP_DIR, "atlas_api_client.cjs"), ORG_ID,
+                                                    PROJECT_ID]), name="maker-npm", timeout=120,
+                               env={"NODE_EXTRA_CA_CERTS": self.env.trust_bundle()})
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        out = json.loads(p.stdout.strip().splitlines()[-1])
+        self.assertEqual(out["create"], 200, out)
+        real = next(k for k in self.minted()["api_keys"] if k["id"] == out["key"]["id"])
+        self.assertNotEqual(out["key"]["privateKey"], real["privateKey"])
+        self.assertEqual(out["projects"]["results"][0]["id"], PROJECT_ID, out)
+        # The client's calls reached Atlas with the real key, by Digest (v1.0).
+        v1 = [r for r in self.env.fake.api_requests() if r["path"].startswith("/api/atlas/v1.0/groups")]
+        self.assertTrue(v1 and all(r["principal"] == f"api_key:{real['publicKey']}" for r in v1 if r["principal"]), v1)
+        # The database user it created got a password the agent never chose.
+        got = next(u for u in self.minted()["database_users"] if u["username"] == "npm-user")
+        self.assertNotIn("npm-chosen-password", got["passwords"])
+        self.assert_never_shown(real["privateKey"], got["password"])
+
+
+class McpCapturedServiceAccountTest(CaptureBase):
+    def test_the_mcp_server_runs_on_a_captured_service_account(self):
+        from test_mcp import MCP_CLIENT, ensure_server_installed
+        ensure_server_installed()
+        status, doc, text = self.call(f"/api/atlas/v2/orgs/{ORG_ID}/serviceAccounts", "POST",
+                                      {"name": "mcp-sa", "description": "for the MCP server",
+                                       "roles": ["ORG_READ_ONLY"], "secretExpiresAfterHours": 8}, name="maker-mcp")
+        self.assertEqual(status, 201, text)
+        client_id, phantom = doc["clientId"], doc["secrets"][0]["secret"]
+        before = len(self.env.fake.api_requests())
+        p = self.env.run_agent(self.env.with_hosts(["node", MCP_CLIENT, "--project-id", PROJECT_ID]),
+                               name="maker-mcp", timeout=180,
+                               env={"MDB_MCP_API_CLIENT_ID": client_id, "MDB_MCP_API_CLIENT_SECRET": phantom})
+        summary = json.loads(p.stdout)
+        self.assertTrue(summary["ok"], p.stdout[-3000:] + p.stderr[-3000:])
+        api = [r for r in self.env.fake.api_requests()[before:] if r["principal"]]
+        self.assertTrue(api, "the MCP server made no API call")
+        # Every call it made reached Atlas as the captured service account.
+        self.assertEqual({r["principal"] for r in api}, {f"service_account:{client_id}"})
+        real = next(s for s in self.minted()["service_account_secrets"] if s["clientId"] == client_id)
+        self.assert_never_shown(real["secret"])
+
+
+class VaultFailureTest(PrivilegedTestCase):
+    """A vault that cannot be written (its disk is full): the minting answer
+    is withheld, the operator is told what now exists in Atlas unclaimed."""
+
+    def test_a_full_disk_withholds_the_answer(self):
+        env = Env()
+        try:
+            os.makedirs(env.state_dir, exist_ok=True)
+            subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs", env.state_dir], check=True)
+            try:
+                env.start_daemon()
+                filler = os.path.join(env.state_dir, "filler")
+                subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=64k"], capture_output=True)
+                status, body, _ = env.curl(f"/api/atlas/v2/orgs/{ORG_ID}/apiKeys", "POST",
+                                           extra=["-H", "Content-Type: application/json", "--data-binary",
+                                                  '{"desc":"doomed","roles":["ORG_READ_ONLY"]}'], name="maker")
+                real = env.fake._call("GET", "/__fake/minted")["api_keys"][-1]
+                self.assertEqual(status, 503, body)
+                self.assertEqual(json.loads(body)["errorCode"], "ATLASGATE_CAPTURE_FAILED")
+                self.assertNotIn(real["privateKey"], body)
+                log = env.daemon_output()
+                self.assertIn("Unclaimed in Atlas now: api_key " + real["id"], log)
+                self.assertIn(real["publicKey"], log)
+                self.assertNotIn(real["privateKey"], log)
+                self.assertEqual(env.audit()[-1]["error"], "ATLASGATE_CAPTURE_FAILED")
+                os.unlink(filler)
+                # Space again: the next key is captured.
+                status, body, _ = env.curl(f"/api/atlas/v2/orgs/{ORG_ID}/apiKeys", "POST",
+                                           extra=["-H", "Content-Type: application/json", "--data-binary",
+                                                  '{"desc":"fine","roles":["ORG_READ_ONLY"]}'], name="maker-2")
+                self.assertEqual(status, 200, body)
+            finally:
+                env.stop_daemon()
+                subprocess.run(["umount", "-l", env.state_dir])
+        finally:
+            env.close()
+
+
 class RestartTest(CaptureBase):
     def test_captured_keys_survive_restart_and_kill_during_capture(self):
         doc, real = self.create_key()

@@ -47,8 +47,11 @@ AGENT = "mcp"
 
 
 def server_installed():
+    """The pinned packages are installed (the MCP server, and the npm Atlas
+    API client test_capture.py drives)."""
     return os.path.exists(SERVER_PKG) and os.path.exists(
-        os.path.join(MCP_DIR, "node_modules", ".bin", "mongodb-mcp-server"))
+        os.path.join(MCP_DIR, "node_modules", ".bin", "mongodb-mcp-server")) and os.path.exists(
+        os.path.join(MCP_DIR, "node_modules", "mongodb-atlas-api-client", "package.json"))
 
 
 def unavailable(reason):
