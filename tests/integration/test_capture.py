@@ -182,6 +182,29 @@ class ApiKeyCaptureTest(CaptureBase):
         self.assertEqual(status, 200, text)
         self.assert_never_shown(real["privateKey"], real2["privateKey"])
 
+    def test_capture_share_lets_a_named_agent_use_another_agents_key(self):
+        doc, real = self.create_key(name="maker-deployer")
+        path = "/api/atlas/v2/groups"
+        status, _, text = self.digest(path, doc["publicKey"], doc["privateKey"], name="worker")
+        self.assertEqual(status, 401, text)  # not shared yet
+        self.env.config["capture"] = {"share": [{"from": "maker-deployer", "to": ["worker", "ci-*"]}]}
+        self.env.write_config()
+        p = self.env.cli("reload")
+        self.assertEqual(p.returncode, 0, p.stderr)
+        try:
+            before = len(self.env.fake.api_requests())
+            status, _, text = self.digest(path, doc["publicKey"], doc["privateKey"], name="worker")
+            self.assertEqual(status, 200, text)
+            authed = [r for r in self.env.fake.api_requests()[before:] if r["principal"]]
+            self.assertEqual(authed[-1]["principal"], f"api_key:{real['publicKey']}")
+            self.assertEqual(self.env.audit()[-1]["agent"], "worker")
+            status, _, text = self.digest(path, doc["publicKey"], doc["privateKey"], name="thief")
+            self.assertEqual(status, 401, text)
+        finally:
+            self.env.config.pop("capture")
+            self.env.write_config()
+            self.env.cli("reload")
+
     def test_python_requests_creates_a_key_and_uses_it(self):
         script = (
             "import json, requests, sys\n"

@@ -870,6 +870,7 @@ Result<void> Daemon::reload() {
   log::Level level;
   if (log::parseLevel(next->logLevel, level)) log::setLevel(level);
   server_->setRuntime(rt.value());
+  if (captured_) captured_->configure(next->capture);  // capture.share
   if (admin_) admin_->setToken(std::move(adminToken.value()));
   if (auto r = audit_->reopen(); !r) log::warn("reload: {}", r.error().message);
   log::info("configuration reloaded from {}", opts_.configPath);

@@ -380,8 +380,13 @@ Step admitted(HttpRequest& req, const ExchangeContext& ctx, const policy::Decisi
     if (auto local = captureOutgoing(req, ctx, fwd, rec)) return std::move(*local);
   }
   prepareUpstreamRequest(req, ctx.target.host);
-  // A minting answer is read whole and rewritten: it must arrive unencoded.
-  if (fwd.capture && fwd.capture->action != capture::Action::Forget) req.set(http::field::accept_encoding, "identity");
+  // A minting answer is read whole and rewritten: it must arrive unencoded
+  // and whole (a Range would make Atlas send a part the rewrite cannot see).
+  if (fwd.capture && fwd.capture->action != capture::Action::Forget) {
+    req.set(http::field::accept_encoding, "identity");
+    req.erase(http::field::range);
+    req.erase(http::field::if_range);
+  }
   req.keep_alive(true);
   try {
     req.prepare_payload();
