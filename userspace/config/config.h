@@ -211,6 +211,10 @@ struct Capture {
   // withheld (ATLASGATE_CAPTURE_FAILED), never relayed with the secret.
   std::uint64_t maxResponseBytes = 1u << 20;
   std::vector<CaptureShare> share;
+  // An agent that holds a captured API key is challenged for it (Digest) on a
+  // request without credentials; false: it gets the configured credential,
+  // and captured keys serve only agents without one.
+  bool challengeHolders = true;
 };
 
 // Containers of a local Podman or Docker engine (its Docker-compatible API

@@ -31,6 +31,12 @@ Captured::Captured(net::asio::any_io_executor ex, upstream::UpstreamPool& pool, 
 void Captured::configure(const config::Capture& c) {
   std::lock_guard lock(mu_);
   share_ = c.share;
+  challengeHolders_ = c.challengeHolders;
+}
+
+bool Captured::challengeHolders() const {
+  std::lock_guard lock(mu_);
+  return challengeHolders_;
 }
 
 bool Captured::mayUse(std::string_view owner, std::string_view agent) const {

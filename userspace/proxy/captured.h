@@ -39,8 +39,9 @@ class Captured {
   Captured(net::asio::any_io_executor ex, upstream::UpstreamPool& pool, std::unique_ptr<vault::Vault> vault,
            std::chrono::seconds tokenTimeout);
 
-  // capture.share (a reload may change it).
+  // capture.share and capture.challenge_holders (a reload may change them).
   void configure(const config::Capture& c);
+  bool challengeHolders() const;
 
   // May `agent` use an entry minted by `owner`?
   bool mayUse(std::string_view owner, std::string_view agent) const;
@@ -92,6 +93,7 @@ class Captured {
 
   mutable std::mutex mu_;
   std::vector<config::CaptureShare> share_;
+  bool challengeHolders_ = true;
   std::map<std::string, std::multiset<std::string>, std::less<>> apiKeyOwners_;  // host -> owners
   std::map<std::string, std::shared_ptr<const CredentialRuntime>, std::less<>> runtimes_;
   std::uint64_t capturedCount_ = 0;

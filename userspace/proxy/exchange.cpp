@@ -260,7 +260,8 @@ std::optional<LocalResponse> capturedCredential(const HttpRequest& req, const Ex
     rec.credential = bound;
     return std::nullopt;
   }
-  if (authz.empty() && ctx.captured->holdsApiKey(ctx.target.host, ctx.flow.agent.name))
+  if (authz.empty() && ctx.captured->challengeHolders() &&
+      ctx.captured->holdsApiKey(ctx.target.host, ctx.flow.agent.name))
     return digestChallenge(ctx, false, rec);
   return std::nullopt;
 }
