@@ -1603,6 +1603,11 @@ constexpr Guardrail kGuardrails[] = {
      kWideCidr},
     {"guardrail-open-access-list-entry", "POST", "/api/atlas/*/groups/*/accessList", GuardScope::Always, "/cidrBlock",
      kWideCidr},
+    // The same list under its pre-2021 name, which some servers still serve.
+    {"guardrail-open-whitelist", "POST", "/api/atlas/*/groups/*/whitelist", GuardScope::Always, "/*/cidrBlock",
+     kWideCidr},
+    {"guardrail-open-whitelist-entry", "POST", "/api/atlas/*/groups/*/whitelist", GuardScope::Always, "/cidrBlock",
+     kWideCidr},
     // 2. People: invitations, users added to an organization or project or
     //    given roles there (addRole, roles, createOrgUser), teams' members and
     //    teams' project roles, new Cloud users with roles.

@@ -50,6 +50,9 @@ bool scopeWord(std::string_view s) { return iequals(s, "orgs") || iequals(s, "gr
 std::string scopeOf(const Segments& s) { return fmt::format("{}/{}", iequals(s[0], "orgs") ? "orgs" : "groups", s[1]); }
 
 std::optional<Plan> mintPlan(const Segments& s) {
+  // POST /orgs makes an organization and may answer with its first API key
+  // and service account (CreateOrganizationResponse).
+  if (s.size() == 1 && iequals(s[0], "orgs")) return Plan{Action::MintOrganization, "orgs", {}, {}};
   if (s.size() == 3 && scopeWord(s[0]) && iequals(s[2], "apiKeys")) return Plan{Action::MintApiKey, scopeOf(s), {}, {}};
   if (s.size() == 3 && scopeWord(s[0]) && iequals(s[2], "serviceAccounts"))
     return Plan{Action::MintServiceAccount, scopeOf(s), {}, {}};
@@ -66,7 +69,9 @@ std::optional<Plan> forgetPlan(const Segments& s) {
   Plan p{Action::Forget, {}, {}, {}};
   if (spells(s, {"orgs", "*", "apiKeys", "*"})) {
     p.forgets.push_back({Kind::ApiKey, s[3]});
-  } else if (s.size() == 4 && scopeWord(s[0]) && iequals(s[2], "serviceAccounts")) {
+  } else if (spells(s, {"orgs", "*", "serviceAccounts", "*"})) {
+    // The organization's DELETE ends the account; a project's only removes
+    // it from the project ("credentials remain active"): nothing to forget.
     p.forgets.push_back({Kind::ServiceAccountSecret, s[3]});  // every secret of the account
   } else if (s.size() == 6 && scopeWord(s[0]) && iequals(s[2], "serviceAccounts") && iequals(s[4], "secrets")) {
     p.forgets.push_back({Kind::ServiceAccountSecret, s[3] + "/" + s[5]});
@@ -82,19 +87,35 @@ std::optional<Plan> forgetPlan(const Segments& s) {
 
 }  // namespace
 
-std::optional<Plan> planFor(std::string_view method, std::string_view target) {
-  auto segs = policy::normalizePath(target);
-  if (!segs) return std::nullopt;  // malformed: refused before this by the rules
-  Segments& all = *segs;
-  if (all.size() < 4 || !iequals(all[0], "api") || !iequals(all[1], "atlas") ||
-      !(iequals(all[2], "v2") || iequals(all[2], "v1.0")))
+namespace {
+
+// "v2", "v1.0", "v2.1": any API version, today's or a future one.
+bool versionSegment(std::string_view v) {
+  if (v.size() < 2 || (v[0] != 'v' && v[0] != 'V')) return false;
+  return std::all_of(v.begin() + 1, v.end(), [](char c) { return (c >= '0' && c <= '9') || c == '.'; });
+}
+
+std::optional<Plan> planForSegments(std::string_view method, const Segments& all) {
+  if (all.size() < 4 || !iequals(all[0], "api") || !iequals(all[1], "atlas") || !versionSegment(all[2]))
     return std::nullopt;
   Segments s(all.begin() + 3, all.end());
-  if (method == "POST") return mintPlan(s);
-  if (method == "PATCH" && spells(s, {"groups", "*", "databaseUsers", "*", "*"}))
+  if (iequals(method, "POST")) return mintPlan(s);
+  if (iequals(method, "PATCH") && spells(s, {"groups", "*", "databaseUsers", "*", "*"}))
     return Plan{Action::SetDatabasePassword, scopeOf(s), s[3] + "/" + s[4], {}};
-  if (method == "DELETE") return forgetPlan(s);
+  if (iequals(method, "DELETE")) return forgetPlan(s);
   return std::nullopt;
+}
+
+}  // namespace
+
+std::optional<Plan> planFor(std::string_view method, std::string_view target) {
+  auto t = policy::normalizeTarget(target);
+  if (!t) return std::nullopt;  // malformed: refused before this by the rules
+  // Both readings of the path (path.h): a server that drops ";params" or
+  // splits at "%2F" must not see a minting call that capture did not.
+  std::optional<Plan> primary = planForSegments(method, t->segments);
+  if (primary || !t->alternate) return primary;
+  return planForSegments(method, *t->alternate);
 }
 
 // ---- phantoms -------------------------------------------------------------------
@@ -186,6 +207,44 @@ std::string phantomLike(std::string_view secret) {
   }
 }
 
+Tripwire::~Tripwire() {
+  OPENSSL_cleanse(extra_.data(), extra_.size());
+  OPENSSL_cleanse(tail_.data(), tail_.size());
+}
+
+bool Tripwire::scan(std::string_view s) const {
+  auto hex = [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'); };
+  for (std::size_t at = s.find("\"privateKey\""); at != std::string_view::npos; at = s.find("\"privateKey\"", at + 1)) {
+    std::size_t i = at + 12;
+    while (i < s.size() && (s[i] == ' ' || s[i] == ':' || s[i] == '\t')) ++i;
+    if (i + 1 < s.size() && s[i] == '"' && hex(s[i + 1])) return true;  // masked values start with '*'
+  }
+  for (std::size_t at = s.find(kSecretPrefix); at != std::string_view::npos; at = s.find(kSecretPrefix, at + 1)) {
+    std::size_t i = at + kSecretPrefix.size();
+    if (i < s.size() && s[i] != '.' && s[i] != '*' && s[i] != '"') return true;
+  }
+  if (s.find("PRIVATE KEY-----") != std::string_view::npos) return true;
+  return !extra_.empty() && s.find(extra_) != std::string_view::npos;
+}
+
+bool Tripwire::hit(std::string_view piece) {
+  // Within the piece, then across its start (the previous piece's tail
+  // followed by this piece's head): longest pattern ~64 bytes, or extra.
+  const std::size_t keep = std::max<std::size_t>(64, extra_.size());
+  if (scan(piece)) return true;
+  std::string seam = tail_;
+  seam.append(piece.substr(0, std::min(piece.size(), keep)));
+  bool found = scan(seam);
+  OPENSSL_cleanse(seam.data(), seam.size());
+  if (piece.size() >= keep) {
+    tail_.assign(piece.substr(piece.size() - keep));
+  } else {
+    tail_.append(piece);
+    if (tail_.size() > keep) tail_.erase(0, tail_.size() - keep);
+  }
+  return found;
+}
+
 std::string strongPassword() {
   std::string p;
   for (int i = 0; i < 32; ++i) p.push_back(randomOf(kAlnum));  // 32 * log2(62) ≈ 190 bits
@@ -269,16 +328,46 @@ Result<std::vector<Minted>> serviceAccount(const Plan& plan, const json::object&
   const json::string* name = stringAt(o, "name");
   std::vector<Minted> out;
   auto it = o.find("secrets");
-  if (it == o.end()) return out;
+  if (it == o.end()) return makeError("a new service account without secrets");
   const json::array* secrets = it->value().if_array();
   if (!secrets) return makeError("a service account whose secrets are not a list");
   for (const json::value& v : *secrets) {
     const json::object* so = v.if_object();
     if (!so) return makeError("a service account secret that is not an object");
-    if (!so->contains("secret")) continue;  // masked: nothing to capture
+    // Masked (as on a read): nothing to capture. Neither field: a shape
+    // atlasgate does not know, which might carry a secret it cannot see.
+    if (!so->contains("secret")) {
+      if (so->contains("maskedSecretValue")) continue;
+      return makeError("a service account secret with neither secret nor maskedSecretValue");
+    }
     auto m = saSecret(plan, *clientId, name ? std::string_view(*name) : std::string_view(), *so, origin);
     if (!m) return m.error();
     out.push_back(std::move(*m));
+  }
+  return out;
+}
+
+// POST /orgs: {"organization":{"id":…}, "apiKey":{…privateKey…},
+// "serviceAccount":{…secrets…}, "orgOwnerId":…}; each part optional.
+Result<std::vector<Minted>> organization(const json::object& o, const Origin& origin) {
+  std::vector<Minted> out;
+  std::string orgId;
+  if (auto it = o.find("organization"); it != o.end() && it->value().is_object())
+    if (const json::string* id = stringAt(it->value().as_object(), "id"); id && safeId(*id)) orgId = std::string(*id);
+  const Plan scoped{Action::MintOrganization, "orgs/" + (orgId.empty() ? std::string("?") : orgId), {}, {}};
+  if (auto it = o.find("apiKey"); it != o.end() && !it->value().is_null()) {
+    const json::object* k = it->value().if_object();
+    if (!k) return makeError("an organization whose apiKey is not an object");
+    auto m = apiKey(scoped, *k, origin);
+    if (!m) return m.error();
+    out.push_back(std::move(*m));
+  }
+  if (auto it = o.find("serviceAccount"); it != o.end() && !it->value().is_null()) {
+    const json::object* sa = it->value().if_object();
+    if (!sa) return makeError("an organization whose serviceAccount is not an object");
+    auto ms = serviceAccount(scoped, *sa, origin);
+    if (!ms) return ms.error();
+    for (auto& m : *ms) out.push_back(std::move(m));
   }
   return out;
 }
@@ -293,6 +382,8 @@ Result<std::vector<Minted>> mintedIn(const Plan& plan, const json::value& doc, c
     out.push_back(std::move(*m));
   } else if (plan.action == Action::MintServiceAccount) {
     return serviceAccount(plan, *o, origin);
+  } else if (plan.action == Action::MintOrganization) {
+    return organization(*o, origin);
   } else if (plan.action == Action::MintServiceAccountSecret) {
     if (!safeId(plan.object)) return makeError("a client id that cannot name a vault entry");
     auto m = saSecret(plan, plan.object, {}, *o, origin);
@@ -385,8 +476,11 @@ std::string bioText(BIO* b) {
 // A fresh key of the same algorithm and size as `real`, in the same PEM form.
 Result<std::string> phantomKey(std::string_view pem) {
   Bio in(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
-  Pkey real(PEM_read_bio_PrivateKey(in.get(), nullptr, nullptr, nullptr));
+  // No passphrase: an encrypted key is refused, never prompted for.
+  auto noPassphrase = [](char*, int, int, void*) -> int { return 0; };
+  Pkey real(PEM_read_bio_PrivateKey(in.get(), nullptr, noPassphrase, nullptr));
   if (!real) return makeError("a private key block that does not parse");
+  if (EVP_PKEY_get_bits(real.get()) > 4096) return makeError("a private key larger than 4096 bits");
   Pkey fresh;
   if (EVP_PKEY_is_a(real.get(), "RSA")) {
     fresh.reset(EVP_PKEY_Q_keygen(nullptr, nullptr, "RSA", static_cast<size_t>(EVP_PKEY_get_bits(real.get()))));
@@ -482,11 +576,16 @@ Result<Rewritten> rewriteCertificate(const Plan& plan, std::string_view body, co
 
 Result<std::optional<PasswordSwap>> swapDatabasePassword(const Plan& plan, std::string_view body,
                                                          const Origin& origin) {
+  // A body atlasgate cannot read might still be one Atlas reads (a lenient
+  // parser: a byte-order mark, trailing data) and set the agent's own
+  // password: refused, never passed on unread.
+  if (body.find_first_not_of(" \t\r\n") == std::string_view::npos) return std::optional<PasswordSwap>();
   std::error_code ec;
   json::value doc = json::parse(body, ec);
-  if (ec) return std::optional<PasswordSwap>();  // not JSON: Atlas refuses it; nothing to capture
+  if (ec) return makeError("the body is not JSON atlasgate can read ({})", ec.message());
   json::object* o = doc.if_object();
-  if (!o || !o->contains("password")) return std::optional<PasswordSwap>();
+  if (!o) return makeError("the body is not a JSON object");
+  if (!o->contains("password")) return std::optional<PasswordSwap>();
   const json::string* given = (*o)["password"].if_string();
   if (!given) return makeError("password must be a string");
   std::string user, db;

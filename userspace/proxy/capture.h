@@ -34,6 +34,7 @@ enum class Action {
   MintServiceAccountSecret,  // POST …/serviceAccounts/{clientId}/secrets
   MintCertificate,           // POST /groups/{g}/databaseUsers/{username}/certs
   SetDatabasePassword,       // POST /groups/{g}/databaseUsers; PATCH /groups/{g}/databaseUsers/{db}/{user}
+  MintOrganization,          // POST /orgs: its first API key and service account
   Forget,                    // DELETE of something the vault may hold
 };
 
@@ -90,6 +91,26 @@ struct PasswordSwap {
   Minted minted;     // secret: the password Atlas gets; phantom: the agent's
 };
 Result<std::optional<PasswordSwap>> swapDatabasePassword(const Plan& plan, std::string_view body, const Origin& origin);
+
+// The safety net behind the table: a 2xx answer that capture did not plan
+// for (an endpoint Atlas adds, a shape that drifts) is watched as it is
+// relayed, and the relay stops before bytes that look like a minted secret
+// reach the agent: an unmasked "privateKey" value, a service-account secret
+// ("mdb_sa_sk_" not followed by a mask), a PEM private key, or `extra` (the
+// real password just given to Atlas). Streaming: a match split across
+// pieces is found.
+class Tripwire {
+ public:
+  explicit Tripwire(std::string extra = {}) : extra_(std::move(extra)) {}
+  ~Tripwire();
+  // Whether this piece (after the earlier ones) shows a secret.
+  bool hit(std::string_view piece);
+
+ private:
+  bool scan(std::string_view s) const;
+  std::string extra_;
+  std::string tail_;  // the end of the previous piece, for matches across pieces
+};
 
 // Same shape, other value: the phantom handed to the agent for `secret`.
 std::string phantomLike(std::string_view secret);

@@ -125,6 +125,7 @@ std::shared_ptr<const CredentialRuntime> Captured::runtimeFor(const vault::Unsea
   auto rt = std::make_shared<CredentialRuntime>();
   rt->name = u.entry.name;
   rt->description = u.entry.name;
+  rt->host = u.entry.target;
   if (u.entry.kind == vault::Kind::ApiKey) {
     rt->digest = std::make_shared<credentials::DigestAuth>(u.entry.lookup, credentials::Secret(u.secret));
   } else if (u.entry.kind == vault::Kind::ServiceAccountSecret) {

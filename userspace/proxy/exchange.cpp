@@ -252,7 +252,10 @@ std::optional<LocalResponse> capturedCredential(const HttpRequest& req, const Ex
   if (authz.size() > 7 && iequals(authz.substr(0, 7), "digest ")) return digestAnswer(req, ctx, fwd, rec);
   if (!bound.empty()) {
     fwd.owned = ctx.captured->runtimeNamed(bound);
-    if (!fwd.owned) {
+    // A phantom token is for the target whose secret it stands for: never
+    // fetch one target's real token for another.
+    if (!fwd.owned || fwd.owned->host != ctx.target.host) {
+      fwd.owned.reset();
       rec.decision = "invalid_token";
       return refuse(Refusal::InvalidToken, "The access token's credential was revoked; request a new one.");
     }
@@ -270,7 +273,19 @@ std::optional<LocalResponse> capturedCredential(const HttpRequest& req, const Ex
 // random one, sealed (pending) before the request leaves.
 std::optional<LocalResponse> captureOutgoing(HttpRequest& req, const ExchangeContext& ctx, Forward& fwd,
                                              audit::Record& rec) {
-  if (!fwd.capture || fwd.capture->action != capture::Action::SetDatabasePassword) return std::nullopt;
+  if (!fwd.capture || fwd.capture->action == capture::Action::Forget) return std::nullopt;
+  // ?envelope=true wraps Atlas' answer in another shape; a minting call must
+  // come back as Atlas documents it, or its secret could not be found.
+  std::string_view query = req.target().substr(std::min(req.target().size(), req.target().find('?')));
+  if (query.find("envelope") != std::string_view::npos) {
+    rec.decision = "malformed";
+    return refuse(Refusal::BadRequest, "The envelope parameter is not supported on calls that create credentials.");
+  }
+  if (fwd.capture->action != capture::Action::SetDatabasePassword) return std::nullopt;
+  if (req.find(http::field::content_encoding) != req.end()) {
+    rec.decision = "malformed";
+    return refuse(Refusal::BadRequest, "A database user's body must not be content-encoded.");
+  }
   capture::Origin origin{
       ctx.target.host, ctx.flow.agent.name,
       std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count()};
@@ -282,7 +297,9 @@ std::optional<LocalResponse> captureOutgoing(HttpRequest& req, const ExchangeCon
   if (!*swap) return std::nullopt;
   capture::Minted& m = (*swap)->minted;
   fwd.pendingFinal = m.entry.name;
-  m.entry.name += "@pending";
+  // Unique per request: two changes of one user in flight keep apart.
+  m.entry.name += "@pending:" + capture::strongPassword().substr(0, 12);
+  fwd.watchFor = m.secret;
   fwd.pending = m.entry.name;
   if (auto r = ctx.captured->store(m); !r) {
     log::error("conn {} agent {}: database user {} not sent to Atlas: the vault cannot be written: {}", ctx.flow.id,
@@ -355,7 +372,9 @@ Step admitted(HttpRequest& req, const ExchangeContext& ctx, const policy::Decisi
     return std::move(*refused);
   }
   Forward fwd;
-  if (ctx.captured) {
+  // A rule that names the credential decides it: a captured one never
+  // overrides the operator's choice (e.g. a read-only key for DELETEs).
+  if (ctx.captured && d.credential.empty()) {
     if (auto local = capturedCredential(req, ctx, bound, fwd, rec)) return std::move(*local);
   }
   // Credentials: the agent's own are dropped; the target's are injected.

@@ -58,6 +58,7 @@ struct Forward {
   std::optional<capture::Plan> capture;            // the request mints or drops a credential
   std::string pending;                             // a database-user password sealed before sending:
   std::string pendingFinal;                        //   its pending entry, and its name once Atlas said yes
+  std::string watchFor;                            //   and the password itself, which the answer must not show
 };
 
 using Step = std::variant<LocalResponse, Hold, Forward>;

@@ -33,6 +33,7 @@ struct CredentialRuntime {
   std::vector<std::string> agents;                     // globs; empty = every agent
   std::shared_ptr<credentials::TokenProvider> tokens;  // service accounts
   std::shared_ptr<credentials::DigestAuth> digest;     // API keys
+  std::string host;                                    // a captured credential's target (where it is valid)
 };
 
 struct TargetRuntime {

@@ -510,7 +510,18 @@ asio::awaitable<bool> Server::forward(Conn& c, Exchange& ex, HttpRequest& req, F
   std::optional<LocalResponse> refusal = co_await sendWithCredential(c, ex, req, cred, call, token);
   ex.rec.upstreamMs = msSince(upStart);
   if (refusal) {
-    if (!fwd.pending.empty()) captured_->discard(fwd.pending);  // never reached Atlas
+    if (!fwd.pending.empty()) {
+      // Not sent at all: the pending password goes. Sent, but no answer:
+      // Atlas may have set it, so it stays (pending) for the operator.
+      if (call.failedStep() == "connect" || call.failedStep().empty()) {
+        captured_->discard(fwd.pending);
+      } else {
+        log::error(
+            "conn {} agent {}: database user {}: no answer from Atlas after the request was sent; its new "
+            "password is kept as {} (pending) in case Atlas set it",
+            c.flow.id, c.flow.agent.name, text::forTerminal(fwd.pendingFinal), text::forTerminal(fwd.pending));
+      }
+    }
     co_return co_await answer(c, ex, std::move(*refusal));
   }
   const unsigned status = call.response().result_int();
@@ -520,7 +531,29 @@ asio::awaitable<bool> Server::forward(Conn& c, Exchange& ex, HttpRequest& req, F
   if (fwd.capture && status / 100 == 2 && fwd.capture->action != capture::Action::Forget &&
       fwd.capture->action != capture::Action::SetDatabasePassword)
     co_return co_await relayCaptured(c, ex, call, *fwd.capture);
-  co_return co_await relay(c, ex, call);
+  if (!captured_ || status / 100 != 2) co_return co_await relay(c, ex, call, nullptr);
+  capture::Tripwire wire(std::move(fwd.watchFor));
+  OPENSSL_cleanse(fwd.watchFor.data(), fwd.watchFor.size());
+  co_return co_await relay(c, ex, call, &wire);
+}
+
+asio::awaitable<bool> Server::tripRelay(Conn& c, Exchange& ex, upstream::Call& call, bool headSent) {
+  call.abandon();
+  counters_.add(Counter::CaptureFailures);
+  log::error(
+      "conn {} agent {}: {} {}: Atlas' answer shows what looks like a minted secret on a call capture does not "
+      "know; the answer is withheld. Check what this call created in Atlas.",
+      c.flow.id, c.flow.agent.name, ex.rec.method, text::forTerminal(ex.rec.path));
+  if (!headSent)
+    co_return co_await answer(
+        c, ex,
+        refuse(Refusal::CaptureFailed,
+               "Atlas' answer carried a credential atlasgate could not capture, so it is withheld."));
+  // Part of the answer went out already: it ends broken, never completed.
+  ex.rec.error = std::string(kCaptureFailed);
+  ex.keepAlive = false;
+  finish(c, ex);
+  co_return false;
 }
 
 void Server::settleCapture(Conn& c, Exchange& ex, const Forward& fwd, unsigned status) {
@@ -691,7 +724,7 @@ asio::awaitable<std::optional<LocalResponse>> Server::sendWithCredential(Conn& c
   co_return std::nullopt;
 }
 
-asio::awaitable<bool> Server::relay(Conn& c, Exchange& ex, upstream::Call& call) {
+asio::awaitable<bool> Server::relay(Conn& c, Exchange& ex, upstream::Call& call, capture::Tripwire* wire) {
   const config::Limits& limits = c.limits();
   auto& res = call.response();
   ex.rec.status = res.result_int();
@@ -701,11 +734,17 @@ asio::awaitable<bool> Server::relay(Conn& c, Exchange& ex, upstream::Call& call)
   http::response_serializer<http::buffer_body> sr{res};
   beast::error_code relayErr;
   bool agentFailed = false;
+  bool tripped = false;  // a secret capture did not plan for: the agent gets none of it
   do {
     if (!call.done()) {
       std::size_t n = 0;
       if (auto ec = co_await call.readSome(c.relayBuf.data(), c.relayBuf.size(), n, limits.upstreamTimeout)) {
         relayErr = ec;
+        break;
+      }
+      if (wire && wire->hit(std::string_view(c.relayBuf.data(), n))) {
+        relayErr = beast::error_code(boost::asio::error::access_denied);
+        tripped = true;
         break;
       }
       res.body().data = c.relayBuf.data();
@@ -726,6 +765,7 @@ asio::awaitable<bool> Server::relay(Conn& c, Exchange& ex, upstream::Call& call)
     }
   } while (!call.done() || !sr.is_done());
 
+  if (tripped) co_return co_await tripRelay(c, ex, call, sr.is_header_done());
   if (relayErr) {
     // The agent must see a broken response, never a fabricated complete one.
     log::warn("conn {} agent {}: relaying the response failed ({} side): {}", c.flow.id, c.flow.agent.name,

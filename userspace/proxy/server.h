@@ -140,7 +140,9 @@ class Server {
                                                                    const CredentialRuntime* cred, upstream::Call& call,
                                                                    std::string& token);
   // Streams the response body (chunked stays chunked); false when the connection ends.
-  asio::awaitable<bool> relay(Conn& c, Exchange& ex, upstream::Call& call);
+  asio::awaitable<bool> relay(Conn& c, Exchange& ex, upstream::Call& call, capture::Tripwire* wire);
+  // The tripwire saw a secret: withheld (503 if nothing was sent yet).
+  asio::awaitable<bool> tripRelay(Conn& c, Exchange& ex, upstream::Call& call, bool headSent);
   // A 2xx minting answer: read whole, its secrets sealed and swapped for
   // phantoms, sent with a Content-Length; withheld (503) if it cannot be.
   asio::awaitable<bool> relayCaptured(Conn& c, Exchange& ex, upstream::Call& call, const capture::Plan& plan);

@@ -28,10 +28,7 @@ asio::awaitable<beast::error_code> Call::send(const http::request<http::string_b
       if (got.reused) continue;
       co_return ec;
     }
-    parser_.emplace();
-    parser_->body_limit(boost::none);
-    if (req.method() == http::verb::head) parser_->skip(true);
-    auto [rec, rn] = co_await http::async_read_header(conn_->stream, buffer_, *parser_, kUseTuple);
+    auto rec = co_await readFinalHead(req.method() == http::verb::head);
     if (rec) {
       step_ = "read";
       conn_.reset();
@@ -48,6 +45,23 @@ asio::awaitable<beast::error_code> Call::send(const http::request<http::string_b
     co_return beast::error_code{};
   }
   co_return ec;
+}
+
+asio::awaitable<beast::error_code> Call::readFinalHead(bool head) {
+  // Interim answers (100 Continue, 103 Early Hints) come before the real
+  // one: skipped, or the real one would stay on the wire and go to whoever
+  // uses the connection next. 101 would switch protocols: refused.
+  for (int interim = 0; interim <= 8; ++interim) {
+    parser_.emplace();
+    parser_->body_limit(boost::none);
+    if (head) parser_->skip(true);
+    auto [ec, n] = co_await http::async_read_header(conn_->stream, buffer_, *parser_, kUseTuple);
+    if (ec) co_return ec;
+    const unsigned status = parser_->get().result_int();
+    if (status == 101) co_return http::error::bad_status;
+    if (status >= 200) co_return beast::error_code{};
+  }
+  co_return http::error::bad_status;  // an endless run of interim answers
 }
 
 asio::awaitable<beast::error_code> Call::readSome(char* data, std::size_t size, std::size_t& n,

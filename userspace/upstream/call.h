@@ -60,6 +60,9 @@ class Call {
   void abandon() { conn_.reset(); }
 
  private:
+  // The response head after any 1xx interim answers.
+  asio::awaitable<beast::error_code> readFinalHead(bool head);
+
   UpstreamPool& pool_;
   const std::string& host_;
   const std::string& agent_;

@@ -763,6 +763,8 @@ std::vector<std::string> guardrailLines(const Rules& rules, const std::vector<st
 const std::vector<std::string> kAlwaysGuardrails = {
     R"(guardrail-open-access-list POST /api/atlas/*/groups/*/accessList /*/cidrBlock~.*(/|%2[fF])\s*0*[0-7]\s*)",
     R"(guardrail-open-access-list-entry POST /api/atlas/*/groups/*/accessList /cidrBlock~.*(/|%2[fF])\s*0*[0-7]\s*)",
+    R"(guardrail-open-whitelist POST /api/atlas/*/groups/*/whitelist /*/cidrBlock~.*(/|%2[fF])\s*0*[0-7]\s*)",
+    R"(guardrail-open-whitelist-entry POST /api/atlas/*/groups/*/whitelist /cidrBlock~.*(/|%2[fF])\s*0*[0-7]\s*)",
     "guardrail-org-invitations POST,PATCH /api/atlas/*/orgs/*/invites/**",
     "guardrail-project-invitations POST,PATCH /api/atlas/*/groups/*/invites/**",
     "guardrail-org-users POST,PUT,PATCH /api/atlas/*/orgs/*/users/**",
@@ -813,7 +815,7 @@ TEST(ConfigPreset, GuardrailsForServiceAccountsAndAnApiKey) {
   ASSERT_EQ(r->rules.list.size(), want.size() + 1);
   EXPECT_EQ(r->rules.list.back().name, "mine");  // the operator's rules after the preset's
   EXPECT_EQ(r->rules.defaultAction, Action::Block);
-  EXPECT_NE(describeConfig(*r).find("rules: 1 (default block); preset guardrails: 25 rules before them\n"),
+  EXPECT_NE(describeConfig(*r).find("rules: 1 (default block); preset guardrails: 27 rules before them\n"),
             std::string::npos)
       << describeConfig(*r);
   EXPECT_EQ(guardrailRules(r->targets).size(), want.size());
