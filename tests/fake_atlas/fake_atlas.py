@@ -210,6 +210,10 @@ POST /__fake/faults    JSON object; keys given are set, others kept
         the handler runs (credentials are minted) and then the answer waits
         `ms`: phase "before_headers" (nothing sent yet) or "mid_body" (headers
         and half the body sent, or the first chunk when chunked).
+  {"early_hints": {"path_prefix": "/api/atlas/v2/orgs/", "method": "POST"}}
+                                                       a 103 Early Hints before the answer
+  {"body_override": {"path_prefix": "/api/atlas/v2/groups", "body": "..."}}
+                                                       the answer's body replaced (status kept)
   {"cert_content_type": "application/x-pem-file"}      Content-Type of the
         X.509 certificate POST answer (null = the API's usual one)
 GET  /__fake/state     dump of the in-memory data
@@ -485,6 +489,7 @@ class State:
                 "stall_ms": 0, "stall_count": -1,
                 "reset_mid_response": 0, "close_after_headers": 0,
                 "chunked": [], "delay_response": [], "cert_content_type": None,
+                "early_hints": [], "body_override": [],
             }
             self.max_active_tokens = self.cfg.max_active_tokens
 
@@ -514,6 +519,12 @@ class State:
             if key == "chunked":
                 r["chunks"] = max(1, int(it.get("chunks", 3)))
                 r["chunk_delay_ms"] = max(0, int(it.get("chunk_delay_ms", 0)))
+            elif key == "early_hints":
+                pass
+            elif key == "body_override":
+                if not isinstance(it.get("body"), str):
+                    raise ValueError("body_override entries need a string body")
+                r["body"] = it["body"]
             else:
                 if "ms" not in it:
                     raise ValueError("delay_response entries need ms")
@@ -594,7 +605,7 @@ class State:
                         self.faults["stall_count"] = -1
                 elif key == "stall_count":
                     self.faults["stall_count"] = int(val)
-                elif key in ("chunked", "delay_response"):
+                elif key in ("chunked", "delay_response", "early_hints", "body_override"):
                     self.faults[key] = self._response_rules(key, val)
                 elif key == "cert_content_type":
                     if val is not None and not isinstance(val, str):
@@ -1781,15 +1792,20 @@ class Handler(http.server.BaseHTTPRequestHandler):
                     fault = "reset_mid_response"
                 elif st._take(st.faults, "close_after_headers"):
                     fault = "close_after_headers"
-            chunk_rule = delay_rule = None
+            chunk_rule = delay_rule = hints_rule = override_rule = None
             if not fault and e["auth"].endswith(":ok"):
                 p = e["path"].split("?", 1)[0]
                 delay_rule = st.take_rule("delay_response", p, self.command)
+                hints_rule = st.take_rule("early_hints", p, self.command)
+                override_rule = st.take_rule("body_override", p, self.command)
                 if self.command != "HEAD" and status not in (204, 304) and status >= 200:
                     chunk_rule = st.take_rule("chunked", p, self.command)
-            for f in (fault, chunk_rule and "chunked", delay_rule and "delay_response"):
+            for f in (fault, chunk_rule and "chunked", delay_rule and "delay_response",
+                      hints_rule and "early_hints", override_rule and "body_override"):
                 if f:
                     e["fault"] = (e["fault"] + "," + f) if e["fault"] else f
+        if override_rule:
+            body = override_rule["body"]
         if body is None:
             data = b""
         elif isinstance(body, (bytes, bytearray)):
@@ -1806,6 +1822,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
             body_out = b""
         else:
             body_out = data
+        if hints_rule:  # an interim answer first, on its own
+            self.wfile.write(b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n")
+            self.wfile.flush()
+            time.sleep(0.05)
         if delay_rule and delay_rule["phase"] == "before_headers":
             time.sleep(delay_rule["ms"] / 1000.0)
         self.send_response(status, reason(status))

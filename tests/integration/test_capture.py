@@ -386,6 +386,39 @@ class DatabaseUserCaptureTest(CaptureBase):
         self.assert_never_shown(real["privateKey"].strip().splitlines()[1])
 
 
+class SafetyNetTest(CaptureBase):
+    def test_a_secret_on_a_call_capture_does_not_know_is_withheld(self):
+        leak = '{"results":[{"id":"x","privateKey":"8c1f2a3b-4d5e-4f60-8a7b-9c0d1e2f3a4b"}]}'
+        self.env.fake.faults({"body_override": {"path_prefix": "/api/atlas/v2/groups", "method": "GET",
+                                                "body": leak}})
+        status, body, text = self.call("/api/atlas/v2/groups")
+        self.assertEqual(status, 503, text)
+        self.assertEqual(body["errorCode"], "ATLASGATE_CAPTURE_FAILED")
+        self.assertNotIn("8c1f2a3b", text)
+        self.assertEqual(self.env.audit()[-1]["error"], "ATLASGATE_CAPTURE_FAILED")
+        # A masked key, as Atlas shows on reads, passes.
+        masked = '{"results":[{"id":"x","privateKey":"********-****-****-9c0d1e2f3a4b"}]}'
+        self.env.fake.faults({"body_override": {"path_prefix": "/api/atlas/v2/groups", "method": "GET",
+                                                "body": masked}})
+        status, body, text = self.call("/api/atlas/v2/groups")
+        self.assertEqual(status, 200, text)
+
+    def test_an_interim_answer_does_not_leave_the_secret_for_the_next_request(self):
+        self.env.fake.faults({"early_hints": {"path_regex": "/apiKeys$", "method": "POST"}})
+        status, doc, text = self.call(f"/api/atlas/v2/orgs/{ORG_ID}/apiKeys", "POST",
+                                      {"desc": "hinted", "roles": ["ORG_READ_ONLY"]}, name="maker-hints")
+        self.assertEqual(status, 200, text)
+        real = next(k for k in self.minted()["api_keys"] if k["id"] == doc["id"])
+        self.assertNotEqual(doc["privateKey"], real["privateKey"])
+        self.assertIn(f"captured:api_key:{doc['id']}", self.vault())
+        # The next request (another agent, the same pooled connection) gets
+        # its own answer, not the rest of the previous one.
+        status, body, text = self.call("/api/atlas/v2/groups", name="maker-next")
+        self.assertEqual(status, 200, text)
+        self.assertNotIn(real["privateKey"], text)
+        self.assertEqual(body["results"][0]["id"], PROJECT_ID)
+
+
 class NpmClientTest(CaptureBase):
     def test_npm_atlas_api_client_creates_a_key_and_uses_it(self):
         from test_mcp import MCP_DIR, ensure_server_installed
