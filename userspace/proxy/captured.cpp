@@ -126,6 +126,7 @@ std::shared_ptr<const CredentialRuntime> Captured::runtimeFor(const vault::Unsea
   rt->name = u.entry.name;
   rt->description = u.entry.name;
   rt->host = u.entry.target;
+  rt->owner = u.entry.owner;
   if (u.entry.kind == vault::Kind::ApiKey) {
     rt->digest = std::make_shared<credentials::DigestAuth>(u.entry.lookup, credentials::Secret(u.secret));
   } else if (u.entry.kind == vault::Kind::ServiceAccountSecret) {

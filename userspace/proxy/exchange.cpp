@@ -254,7 +254,9 @@ std::optional<LocalResponse> capturedCredential(const HttpRequest& req, const Ex
     fwd.owned = ctx.captured->runtimeNamed(bound);
     // A phantom token is for the target whose secret it stands for: never
     // fetch one target's real token for another.
-    if (!fwd.owned || fwd.owned->host != ctx.target.host) {
+    // And still this agent's to use (a reload may have narrowed capture.share).
+    if (!fwd.owned || fwd.owned->host != ctx.target.host ||
+        !ctx.captured->mayUse(fwd.owned->owner, ctx.flow.agent.name)) {
       fwd.owned.reset();
       rec.decision = "invalid_token";
       return refuse(Refusal::InvalidToken, "The access token's credential was revoked; request a new one.");

@@ -34,6 +34,7 @@ struct CredentialRuntime {
   std::shared_ptr<credentials::TokenProvider> tokens;  // service accounts
   std::shared_ptr<credentials::DigestAuth> digest;     // API keys
   std::string host;                                    // a captured credential's target (where it is valid)
+  std::string owner;                                   // and the agent that minted it
 };
 
 struct TargetRuntime {
