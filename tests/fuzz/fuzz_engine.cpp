@@ -8,7 +8,7 @@
 // Oracles, beyond ASan/UBSan:
 //  * an accepted inspect has a 64-hex id, a name that containerName accepts
 //    unchanged, and labels within the limits;
-//  * every listed id is 64 lower-case hex digits, no more than maxContainers;
+//  * every listed id is 64 lower-case hex digits, no more than maxListed;
 //  * an accepted cgroup path is relative, holds the id, and has no "..", "."
 //    component and no control character.
 
@@ -45,9 +45,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     AG_FUZZ_CHECK(name && *name == c->name, c->name);
     AG_FUZZ_CHECK(c->labels.size() <= limits.maxLabels, c->name);
   }
-  if (auto ids = d::parseContainerList(in, limits)) {
-    AG_FUZZ_CHECK(ids->size() <= limits.maxContainers, "too many ids");
-    for (const auto& id : *ids) AG_FUZZ_CHECK(isHexId(id), id);
+  if (auto listed = d::parseContainerList(in, limits)) {
+    AG_FUZZ_CHECK(listed->size() <= limits.maxListed, "too many ids");
+    for (const auto& l : *listed) AG_FUZZ_CHECK(isHexId(l.id), l.id);
   }
   std::string_view rest = in;
   while (!rest.empty()) {

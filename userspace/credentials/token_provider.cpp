@@ -84,6 +84,10 @@ std::optional<ClientCredentials> parseBasicCredentials(std::string_view a) {
   while (!b64.empty() && (b64.front() == ' ' || b64.front() == '\t')) b64.remove_prefix(1);
   while (!b64.empty() && (b64.back() == ' ' || b64.back() == '\t')) b64.remove_suffix(1);
   if (b64.empty() || b64.size() % 4 != 0) return std::nullopt;
+  // '=' only as padding, at the very end (EVP_DecodeBlock would take it inside).
+  if (std::size_t eq = b64.find('=');
+      eq != std::string_view::npos && (eq < b64.size() - 2 || b64.find_first_not_of('=', eq) != std::string_view::npos))
+    return std::nullopt;
   std::string plain(b64.size() / 4 * 3 + 1, '\0');
   int n = EVP_DecodeBlock(reinterpret_cast<unsigned char*>(plain.data()),
                           reinterpret_cast<const unsigned char*>(b64.data()), static_cast<int>(b64.size()));

@@ -96,7 +96,10 @@ bool versionSegment(std::string_view v) {
 }
 
 std::optional<Plan> planForSegments(std::string_view method, const Segments& all) {
-  if (all.size() < 4 || !iequals(all[0], "api") || !iequals(all[1], "atlas") || !versionSegment(all[2]))
+  // /api/atlas/vN/… and the Cloud Manager spelling /api/public/v1.0/…,
+  // which the same host may serve.
+  if (all.size() < 4 || !iequals(all[0], "api") || !(iequals(all[1], "atlas") || iequals(all[1], "public")) ||
+      !versionSegment(all[2]))
     return std::nullopt;
   Segments s(all.begin() + 3, all.end());
   if (iequals(method, "POST")) return mintPlan(s);
@@ -195,7 +198,7 @@ constexpr std::string_view kSecretPrefix = "mdb_sa_sk_";
 }  // namespace
 
 std::string phantomLike(std::string_view secret) {
-  for (;;) {
+  for (int attempt = 0; attempt < 16; ++attempt) {
     std::string p;
     if (isUuid(secret))
       p = uuidV4();
@@ -205,6 +208,7 @@ std::string phantomLike(std::string_view secret) {
       p = sameClasses(secret);
     if (p != secret || secret.empty()) return p;
   }
+  return uuidV4();  // nothing in it varies (no letter, no digit): not a secret's shape anyway
 }
 
 Tripwire::~Tripwire() {
@@ -230,7 +234,7 @@ bool Tripwire::scan(std::string_view s) const {
 bool Tripwire::hit(std::string_view piece) {
   // Within the piece, then across its start (the previous piece's tail
   // followed by this piece's head): longest pattern ~64 bytes, or extra.
-  const std::size_t keep = std::max<std::size_t>(64, extra_.size());
+  const std::size_t keep = std::max<std::size_t>(1024, extra_.size());
   if (scan(piece)) return true;
   std::string seam = tail_;
   seam.append(piece.substr(0, std::min(piece.size(), keep)));
@@ -268,6 +272,12 @@ bool replaceAll(std::string& body, std::string_view secret, std::string_view pha
   return any;
 }
 
+// A secret worth the name: at least 8 letters or digits (else its phantom
+// could not differ enough from it, and no Atlas secret looks like that).
+bool secretShape(std::string_view s) {
+  return std::count_if(s.begin(), s.end(), [](char c) { return std::isalnum(static_cast<unsigned char>(c)); }) >= 8;
+}
+
 bool safeId(std::string_view s) {
   return !s.empty() && s.size() <= 256 && std::all_of(s.begin(), s.end(), [](char c) {
     return static_cast<unsigned char>(c) > 0x20 && static_cast<unsigned char>(c) < 0x7f && c != '/';
@@ -295,7 +305,7 @@ Result<Minted> apiKey(const Plan& plan, const json::object& o, const Origin& ori
   const json::string* id = stringAt(o, "id");
   const json::string* pub = stringAt(o, "publicKey");
   const json::string* priv = stringAt(o, "privateKey");
-  if (!id || !pub || !priv || !safeId(*id) || !safeId(*pub) || priv->empty())
+  if (!id || !pub || !priv || !safeId(*id) || !safeId(*pub) || !secretShape(*priv))
     return makeError("an API key without a string id, publicKey and privateKey");
   Minted m;
   m.entry = entryFor(vault::Kind::ApiKey, std::string(*id), plan, origin);
@@ -311,7 +321,8 @@ Result<Minted> saSecret(const Plan& plan, std::string_view clientId, std::string
                         const Origin& origin) {
   const json::string* id = stringAt(o, "id");
   const json::string* secret = stringAt(o, "secret");
-  if (!id || !safeId(*id) || !secret || secret->empty()) return makeError("a secret without a string id and secret");
+  if (!id || !safeId(*id) || !secret || !secretShape(*secret))
+    return makeError("a secret without a string id and secret");
   Minted m;
   m.entry =
       entryFor(vault::Kind::ServiceAccountSecret, fmt::format("{}/{}", clientId, std::string_view(*id)), plan, origin);
@@ -393,10 +404,28 @@ Result<std::vector<Minted>> mintedIn(const Plan& plan, const json::value& doc, c
   return out;
 }
 
-// Swaps each minted secret in `body`; re-serialises when one is escaped.
+// Whether any string of the document (decoded) holds one of the secrets.
+bool holdsSecret(const json::value& v, const std::vector<Minted>& minted) {
+  if (const auto* s = v.if_string())
+    return std::any_of(minted.begin(), minted.end(),
+                       [&](const Minted& m) { return std::string_view(*s).find(m.secret) != std::string_view::npos; });
+  if (const auto* a = v.if_array())
+    return std::any_of(a->begin(), a->end(), [&](const json::value& e) { return holdsSecret(e, minted); });
+  if (const auto* o = v.if_object())
+    return std::any_of(o->begin(), o->end(), [&](const auto& kv) { return holdsSecret(kv.value(), minted); });
+  return false;
+}
+
+// Swaps each minted secret in `body`; re-serialises when one is escaped
+// (in any of its spellings: the raw swap is checked on the decoded result).
 Result<std::string> swapped(std::string body, json::value doc, const std::vector<Minted>& minted) {
   bool raw = true;
   for (const Minted& m : minted) raw = replaceAll(body, m.secret, m.phantom) && raw;
+  if (raw) {
+    std::error_code ec;
+    json::value after = json::parse(body, ec);
+    raw = !ec && !holdsSecret(after, minted);
+  }
   if (!raw) {
     // Atlas escaped something in a secret: the bytes cannot be kept, the
     // meaning can. Walk the document and swap the string values.
@@ -417,6 +446,9 @@ Result<std::string> swapped(std::string body, json::value doc, const std::vector
   }
   for (const Minted& m : minted)
     if (body.find(m.secret) != std::string::npos) return makeError("a secret is still in the answer");
+  std::error_code ec;
+  json::value check = json::parse(body, ec);
+  if (ec || holdsSecret(check, minted)) return makeError("a secret is still in the answer");
   return body;
 }
 
@@ -544,6 +576,13 @@ Result<Rewritten> rewriteCertificate(const Plan& plan, std::string_view body, co
     return makeError("a private key that is not a complete PEM block");
   auto blocks = keyBlocks(body);
   if (blocks.empty()) return makeError("a certificate answer without a private key");
+  // Every "PRIVATE KEY-----" must belong to a complete block (BEGIN and END):
+  // an unfinished one would go out as it came.
+  std::size_t marks = 0;
+  for (std::size_t at = body.find("PRIVATE KEY-----"); at != std::string_view::npos;
+       at = body.find("PRIVATE KEY-----", at + 1))
+    ++marks;
+  if (marks != 2 * blocks.size()) return makeError("a private key that is not a complete PEM block");
   if (!safeId(plan.object)) return makeError("a user name that cannot name a vault entry");
   std::string serial = firstSerial(body);
   if (serial.empty()) return makeError("a certificate answer without a readable certificate");
