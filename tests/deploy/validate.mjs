@@ -491,7 +491,7 @@ check("Dockerfile: multi-stage Debian 12, apt hygiene, no apt or shell in the im
   if (!collect) problems.push("no debian:12-slim stage installs the runtime libraries");
   else {
     const body = collect.lines.join("\n");
-    for (const lib of ["libbpf1", "libelf1", "libssl3", "libyaml-cpp0.7", "libfmt9", "libboost-json1.81.0", "libboost-url1.81.0", "ca-certificates"])
+    for (const lib of ["libbpf1", "libelf1", "libssl3", "libyaml-cpp0.7", "libfmt9", "libsqlite3-0", "libboost-json1.81.0", "libboost-url1.81.0", "ca-certificates"])
       if (!body.includes(lib)) problems.push(`stage ${collect.name}: does not install ${lib}`);
     if (![...inImage].some((st) => st.lines.some((l) => new RegExp(`^COPY\\s+--from=${collect.name}\\s`, "i").test(l))))
       problems.push(`the image's stages do not COPY --from=${collect.name}`);
