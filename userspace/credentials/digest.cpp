@@ -19,18 +19,23 @@ constexpr std::size_t kMaxHeader = 4096;
 
 using text::iequals;
 
+// Lower-case hex of n bytes (Digest's MD5 values, the nonces' MACs).
+std::string hex(const unsigned char* p, std::size_t n) {
+  static const char* digits = "0123456789abcdef";
+  std::string out;
+  out.reserve(n * 2);
+  for (std::size_t i = 0; i < n; ++i) {
+    out.push_back(digits[p[i] >> 4]);
+    out.push_back(digits[p[i] & 15]);
+  }
+  return out;
+}
+
 std::string md5Hex(std::string_view data) {
   unsigned char md[EVP_MAX_MD_SIZE];
   unsigned int len = 0;
   EVP_Digest(data.data(), data.size(), md, &len, EVP_md5(), nullptr);
-  static const char* hex = "0123456789abcdef";
-  std::string out;
-  out.reserve(len * 2);
-  for (unsigned i = 0; i < len; ++i) {
-    out.push_back(hex[md[i] >> 4]);
-    out.push_back(hex[md[i] & 15]);
-  }
-  return out;
+  return hex(md, len);
 }
 
 void skipSpace(std::string_view s, std::size_t& i) {
@@ -226,16 +231,6 @@ void setAnswerParam(DigestAnswer& a, std::string_view key, std::string value) {
                                       {"opaque", &DigestAnswer::opaque}};
   for (const Field& f : kFields)
     if (iequals(key, f.name)) a.*f.member = std::move(value);
-}
-
-std::string hex(const unsigned char* p, std::size_t n) {
-  static const char* digits = "0123456789abcdef";
-  std::string out;
-  for (std::size_t i = 0; i < n; ++i) {
-    out.push_back(digits[p[i] >> 4]);
-    out.push_back(digits[p[i] & 15]);
-  }
-  return out;
 }
 
 }  // namespace

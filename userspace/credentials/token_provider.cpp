@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <boost/json.hpp>
+#include <boost/url/pct_string_view.hpp>
 #include <random>
 
 #include "common/log.h"
@@ -53,27 +54,14 @@ ClientCredentials::~ClientCredentials() { OPENSSL_cleanse(secret.data(), secret.
 
 namespace {
 
-// application/x-www-form-urlencoded decoding of one component; nullopt on a bad escape.
+// application/x-www-form-urlencoded decoding of one component (Boost.URL,
+// as the proxy's form parsing); nullopt on a bad escape.
 std::optional<std::string> formDecode(std::string_view s) {
-  std::string out;
-  for (std::size_t i = 0; i < s.size(); ++i) {
-    if (s[i] == '+') {
-      out.push_back(' ');
-    } else if (s[i] == '%') {
-      auto hexv = [](char c) {
-        return c >= '0' && c <= '9'   ? c - '0'
-               : c >= 'a' && c <= 'f' ? c - 'a' + 10
-               : c >= 'A' && c <= 'F' ? c - 'A' + 10
-                                      : -1;
-      };
-      if (i + 2 >= s.size() || hexv(s[i + 1]) < 0 || hexv(s[i + 2]) < 0) return std::nullopt;
-      out.push_back(static_cast<char>(hexv(s[i + 1]) * 16 + hexv(s[i + 2])));
-      i += 2;
-    } else {
-      out.push_back(s[i]);
-    }
-  }
-  return out;
+  auto pct = boost::urls::make_pct_string_view(s);
+  if (!pct) return std::nullopt;
+  boost::urls::encoding_opts opt;
+  opt.space_as_plus = true;
+  return pct->decode(opt);
 }
 
 }  // namespace

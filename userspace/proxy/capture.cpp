@@ -7,6 +7,7 @@
 #include <openssl/x509.h>
 
 #include <algorithm>
+#include <chrono>
 #include <array>
 #include <memory>
 
@@ -22,6 +23,12 @@ namespace atlasgate::proxy::capture {
 
 namespace json = boost::json;
 using text::iequals;
+
+Origin Origin::current(std::string target, std::string owner) {
+  return Origin{
+      std::move(target), std::move(owner),
+      std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count()};
+}
 
 Minted::~Minted() {
   OPENSSL_cleanse(secret.data(), secret.size());

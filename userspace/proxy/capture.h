@@ -60,6 +60,7 @@ struct Origin {
   std::string target;  // the Atlas host
   std::string owner;   // the agent's name
   std::int64_t now = 0;
+  static Origin current(std::string target, std::string owner);  // at the wall clock's now
 };
 
 struct Minted {

@@ -2,6 +2,8 @@
 
 #include <fnmatch.h>
 
+#include <algorithm>
+
 #include <openssl/crypto.h>
 
 #include "common/log.h"
@@ -40,8 +42,12 @@ bool Captured::challengeHolders() const {
 }
 
 bool Captured::mayUse(std::string_view owner, std::string_view agent) const {
-  if (owner == agent) return true;
   std::lock_guard lock(mu_);
+  return mayUseLocked(owner, agent);
+}
+
+bool Captured::mayUseLocked(std::string_view owner, std::string_view agent) const {
+  if (owner == agent) return true;
   for (const auto& s : share_) {
     if (!glob(s.from, owner)) continue;
     for (const auto& to : s.to)
@@ -64,17 +70,12 @@ void Captured::reindex() {
 }
 
 bool Captured::holdsApiKey(std::string_view host, std::string_view agent) const {
-  std::vector<std::string> owners;
-  {
-    std::lock_guard lock(mu_);
-    auto it = apiKeyOwners_.find(host);
-    if (it == apiKeyOwners_.end()) return false;
-    if (it->second.contains(std::string(agent))) return true;
-    owners.assign(it->second.begin(), it->second.end());
-  }
-  for (const auto& o : owners)
-    if (mayUse(o, agent)) return true;
-  return false;
+  // On every request without credentials: no copy, one lock.
+  std::lock_guard lock(mu_);
+  auto it = apiKeyOwners_.find(host);
+  if (it == apiKeyOwners_.end()) return false;
+  return std::any_of(it->second.begin(), it->second.end(),
+                     [&](const std::string& owner) { return mayUseLocked(owner, agent); });
 }
 
 bool Captured::anyApiKey(std::string_view host) const {
@@ -83,38 +84,37 @@ bool Captured::anyApiKey(std::string_view host) const {
   return it != apiKeyOwners_.end() && !it->second.empty();
 }
 
-std::optional<vault::Unsealed> Captured::apiKey(std::string_view host, std::string_view publicKey,
-                                                std::string_view agent) {
+Captured::Found Captured::apiKey(std::string_view host, std::string_view publicKey, std::string_view agent) {
+  Found out;
   auto found = vault_->findByLookup(vault::Kind::ApiKey, host, publicKey);
   if (!found) {
     log::error("vault {}: {}", vault_->path(), found.error().message);
-    return std::nullopt;
+    return out;
   }
+  out.captured = !found->empty();
   for (auto& u : *found)
-    if (mayUse(u.entry.owner, agent)) return std::move(u);
-  return std::nullopt;
+    if (mayUse(u.entry.owner, agent)) {
+      out.usable = std::move(u);
+      break;
+    }
+  return out;
 }
 
-std::optional<vault::Unsealed> Captured::serviceAccount(std::string_view host, std::string_view clientId,
-                                                        std::string_view phantom, std::string_view agent) {
+Captured::Found Captured::serviceAccount(std::string_view host, std::string_view clientId, std::string_view phantom,
+                                         std::string_view agent) {
+  Found out;
   auto found = vault_->findByLookup(vault::Kind::ServiceAccountSecret, host, clientId);
   if (!found) {
     log::error("vault {}: {}", vault_->path(), found.error().message);
-    return std::nullopt;
+    return out;
   }
+  out.captured = !found->empty();
   for (auto& u : *found)
-    if (sameSecret(u.phantom, phantom) && mayUse(u.entry.owner, agent)) return std::move(u);
-  return std::nullopt;
-}
-
-bool Captured::isCapturedKey(std::string_view host, std::string_view publicKey) {
-  auto found = vault_->findByLookup(vault::Kind::ApiKey, host, publicKey);
-  return found && !found->empty();
-}
-
-bool Captured::isCapturedClient(std::string_view host, std::string_view clientId) {
-  auto found = vault_->findByObject(vault::Kind::ServiceAccountSecret, host, clientId);
-  return found && !found->empty();
+    if (sameSecret(u.phantom, phantom) && mayUse(u.entry.owner, agent)) {
+      out.usable = std::move(u);
+      break;
+    }
+  return out;
 }
 
 std::shared_ptr<const CredentialRuntime> Captured::runtimeFor(const vault::Unsealed& u) {

@@ -50,15 +50,17 @@ class Captured {
   bool holdsApiKey(std::string_view host, std::string_view agent) const;
   bool anyApiKey(std::string_view host) const;
 
-  // The captured API key `publicKey` if `agent` may use it.
-  std::optional<vault::Unsealed> apiKey(std::string_view host, std::string_view publicKey, std::string_view agent);
-  // The captured service-account secret whose phantom is `phantom`, if `agent` may use it.
-  std::optional<vault::Unsealed> serviceAccount(std::string_view host, std::string_view clientId,
-                                                std::string_view phantom, std::string_view agent);
-  // Is publicKey a captured API key on this target (whoever owns it)?
-  bool isCapturedKey(std::string_view host, std::string_view publicKey);
-  // Is clientId one of the captured service accounts on this target?
-  bool isCapturedClient(std::string_view host, std::string_view clientId);
+  // What an agent presents, looked up once: whether atlasgate captured it
+  // at all (`captured`), and the entry if this agent may use it.
+  struct Found {
+    bool captured = false;
+    std::optional<vault::Unsealed> usable;
+  };
+  // The captured API key `publicKey`.
+  Found apiKey(std::string_view host, std::string_view publicKey, std::string_view agent);
+  // A captured service-account secret of `clientId` whose phantom is `phantom`.
+  Found serviceAccount(std::string_view host, std::string_view clientId, std::string_view phantom,
+                       std::string_view agent);
 
   // The upstream credential of an entry, made once and cached by name.
   std::shared_ptr<const CredentialRuntime> runtimeFor(const vault::Unsealed& u);
@@ -84,6 +86,7 @@ class Captured {
  private:
   void reindex();
   void drop(std::string_view name);
+  bool mayUseLocked(std::string_view owner, std::string_view agent) const;  // mu_ held
 
   net::asio::any_io_executor ex_;
   upstream::UpstreamPool& pool_;

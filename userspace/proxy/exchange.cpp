@@ -133,14 +133,14 @@ bool capturedClient(const HttpRequest& req, const ExchangeContext& ctx, std::str
     if (id.empty()) return true;
     cc = credentials::ClientCredentials{std::move(id), formValue(req.body(), "client_secret")};
   }
-  if (!ctx.captured->isCapturedClient(ctx.target.host, cc->id)) return true;
-  auto u = ctx.captured->serviceAccount(ctx.target.host, cc->id, cc->secret, ctx.flow.agent.name);
-  if (!u) {
+  Captured::Found sa = ctx.captured->serviceAccount(ctx.target.host, cc->id, cc->secret, ctx.flow.agent.name);
+  if (!sa.captured) return true;
+  if (!sa.usable) {
     log::warn("conn {} agent {}: OAuth with captured client id {} refused (not its phantom, or not this agent's)",
               ctx.flow.id, ctx.flow.agent.name, text::forTerminal(cc->id));
     return false;
   }
-  bound = u->entry.name;
+  bound = sa.usable->entry.name;
   return true;
 }
 
@@ -217,13 +217,14 @@ std::optional<LocalResponse> digestAnswer(const HttpRequest& req, const Exchange
                                           audit::Record& rec) {
   auto a = credentials::parseDigestAuthorization(req[http::field::authorization]);
   if (!a) return digestChallenge(ctx, false, rec);
+  Captured::Found found = ctx.captured->apiKey(ctx.target.host, a->username, ctx.flow.agent.name);
   // A public key atlasgate never captured: the agent's own credentials are
   // dropped as always, and the target's configured one goes upstream.
-  if (!ctx.captured->isCapturedKey(ctx.target.host, a->username)) return std::nullopt;
+  if (!found.captured) return std::nullopt;
   using Check = credentials::DigestNonces::Check;
   Check nonce = ctx.captured->nonces().check(a->nonce, ctx.flow.agent.key);
   if (nonce != Check::Valid) return digestChallenge(ctx, nonce == Check::Stale, rec);
-  auto key = ctx.captured->apiKey(ctx.target.host, a->username, ctx.flow.agent.name);
+  std::optional<vault::Unsealed>& key = found.usable;
   // The uri answered for must be this request's: an answer for another path
   // is not an answer for this one.
   if (!key || a->uri != req.target() || !credentials::verifyDigest(*a, req.method_string(), key->phantom)) {
@@ -288,10 +289,8 @@ std::optional<LocalResponse> captureOutgoing(HttpRequest& req, const ExchangeCon
     rec.decision = "malformed";
     return refuse(Refusal::BadRequest, "A database user's body must not be content-encoded.");
   }
-  capture::Origin origin{
-      ctx.target.host, ctx.flow.agent.name,
-      std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count()};
-  auto swap = capture::swapDatabasePassword(*fwd.capture, req.body(), origin);
+  auto swap = capture::swapDatabasePassword(*fwd.capture, req.body(),
+                                            capture::Origin::current(ctx.target.host, ctx.flow.agent.name));
   if (!swap) {
     rec.decision = "malformed";
     return refuse(Refusal::BadRequest, fmt::format("Cannot create this database user: {}.", swap.error().message));

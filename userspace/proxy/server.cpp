@@ -581,25 +581,14 @@ void Server::settleCapture(Conn& c, Exchange& ex, const Forward& fwd, unsigned s
 
 namespace {
 
-capture::Origin captureOrigin(const std::string& host, const Flow& flow) {
-  return capture::Origin{
-      host, flow.agent.name,
-      std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count()};
-}
-
 // Reads the whole body, up to cap; "" or why it could not be.
 asio::awaitable<std::string> readWhole(upstream::Call& call, std::string& body, std::size_t cap,
                                        std::chrono::seconds timeout) {
   if (auto enc = call.response()[http::field::content_encoding]; !enc.empty() && !text::iequals(enc, "identity"))
     co_return "the answer is content-encoded";
-  std::vector<char> buf(16 * 1024);
-  while (!call.done()) {
-    std::size_t n = 0;
-    if (auto ec = co_await call.readSome(buf.data(), buf.size(), n, timeout))
-      co_return "reading it failed: " + ec.message();
-    if (body.size() + n > cap) co_return fmt::format("it is larger than capture.max_response_bytes ({})", cap);
-    body.append(buf.data(), n);
-  }
+  auto ec = co_await call.readBody(body, cap, timeout);
+  if (ec == http::error::body_limit) co_return fmt::format("it is larger than capture.max_response_bytes ({})", cap);
+  if (ec) co_return "reading it failed: " + ec.message();
   co_return std::string();
 }
 
@@ -611,7 +600,8 @@ asio::awaitable<bool> Server::relayCaptured(Conn& c, Exchange& ex, upstream::Cal
   std::string why = co_await readWhole(call, body, c.rt.config->capture.maxResponseBytes, c.limits().upstreamTimeout);
   std::string unclaimed = "see the Atlas organization or project of the request";
   Result<capture::Rewritten> rw = makeError("{}", why);
-  if (why.empty()) rw = capture::rewriteResponse(plan, body, captureOrigin(c.target.host, c.flow));
+  if (why.empty())
+    rw = capture::rewriteResponse(plan, body, capture::Origin::current(c.target.host, c.flow.agent.name));
   if (rw) {
     unclaimed = rw->unclaimed;
     if (auto stored = captured_->store(rw->minted); !stored) rw = makeError("the vault: {}", stored.error().message);

@@ -76,6 +76,17 @@ asio::awaitable<beast::error_code> Call::readSome(char* data, std::size_t size, 
   co_return ec;
 }
 
+asio::awaitable<beast::error_code> Call::readBody(std::string& body, std::size_t limit, std::chrono::seconds timeout) {
+  std::vector<char> piece(16 * 1024);
+  while (!parser_->is_done()) {
+    std::size_t n = 0;
+    if (auto ec = co_await readSome(piece.data(), piece.size(), n, timeout)) co_return ec;
+    if (body.size() + n > limit) co_return http::error::body_limit;
+    body.append(piece.data(), n);
+  }
+  co_return beast::error_code{};
+}
+
 asio::awaitable<bool> Call::discardBody(std::chrono::seconds timeout) {
   std::vector<char> scratch(8192);
   while (!parser_->is_done()) {
@@ -105,20 +116,10 @@ asio::awaitable<RoundTripResult> roundTrip(UpstreamPool& pool, const std::string
     co_return out;
   }
   std::string body;
-  std::vector<char> piece(16 * 1024);
-  while (!call.done()) {
-    std::size_t n = 0;
-    if (auto ec = co_await call.readSome(piece.data(), piece.size(), n, timeout)) {
-      out.ec = ec;
-      out.what = "read";
-      co_return out;
-    }
-    if (body.size() + n > bodyLimit) {
-      out.ec = http::error::body_limit;
-      out.what = "read";
-      co_return out;
-    }
-    body.append(piece.data(), n);
+  if (auto ec = co_await call.readBody(body, bodyLimit, timeout)) {
+    out.ec = ec;
+    out.what = "read";
+    co_return out;
   }
   out.response = http::response<http::string_body>(std::move(call.response().base()), std::move(body));
   call.finish();

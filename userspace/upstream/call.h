@@ -50,6 +50,9 @@ class Call {
   // Reads the next piece of the body into [data, data+size); n is how much.
   asio::awaitable<beast::error_code> readSome(char* data, std::size_t size, std::size_t& n,
                                               std::chrono::seconds timeout);
+  // Reads the rest of the body into `body`; http::error::body_limit when it
+  // would grow past `limit` (what was read stays, for the caller to wipe).
+  asio::awaitable<beast::error_code> readBody(std::string& body, std::size_t limit, std::chrono::seconds timeout);
   // Reads and drops the rest of the body; false when the connection failed.
   asio::awaitable<bool> discardBody(std::chrono::seconds timeout);
 

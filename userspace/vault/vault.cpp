@@ -112,6 +112,19 @@ Result<void> eachRow(Stmt& st, std::string_view what, const std::function<Result
   }
 }
 
+// Every row as an entry (metadata only).
+Result<std::vector<Entry>> entries(Stmt& st, std::string_view what, const std::string& path) {
+  std::vector<Entry> out;
+  auto r = eachRow(st, what, [&]() -> Result<void> {
+    auto e = readEntry(st, path);
+    if (!e) return e.error();
+    out.push_back(std::move(*e));
+    return {};
+  });
+  if (!r) return r.error();
+  return out;
+}
+
 }  // namespace
 
 std::string_view kindName(Kind k) {
@@ -239,15 +252,7 @@ Result<std::vector<Entry>> Vault::list() {
   auto st = Stmt::prepare(impl_->db.get(), impl_->path,
                           "SELECT " AG_VAULT_ENTRY_COLUMNS " FROM entries ORDER BY created_at, name");
   if (!st) return st.error();
-  std::vector<Entry> out;
-  auto r = eachRow(*st, "cannot list the entries", [&]() -> Result<void> {
-    auto e = readEntry(*st, impl_->path);
-    if (!e) return e.error();
-    out.push_back(std::move(*e));
-    return {};
-  });
-  if (!r) return r.error();
-  return out;
+  return entries(*st, "cannot list the entries", impl_->path);
 }
 
 Result<std::vector<Unsealed>> Vault::findByLookup(Kind k, std::string_view target, std::string_view lookup) {
@@ -291,15 +296,7 @@ Result<std::vector<Entry>> Vault::findByObject(Kind k, std::string_view target, 
   st->blob(3, object);
   st->blob(4, from);
   st->blob(5, to);
-  std::vector<Entry> out;
-  auto r = eachRow(*st, "cannot find entries by object", [&]() -> Result<void> {
-    auto e = readEntry(*st, impl_->path);
-    if (!e) return e.error();
-    out.push_back(std::move(*e));
-    return {};
-  });
-  if (!r) return r.error();
-  return out;
+  return entries(*st, "cannot find entries by object", impl_->path);
 }
 
 Result<bool> Vault::remove(std::string_view name) {
