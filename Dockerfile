@@ -47,7 +47,7 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       clang llvm libbpf-dev bpftool libelf-dev zlib1g-dev \
       libboost1.81-dev libboost-json1.81-dev libboost-url1.81-dev \
-      libyaml-cpp-dev libfmt-dev libcli11-dev libssl-dev libsqlite3-dev \
+      libyaml-cpp-dev libfmt-dev libcli11-dev libssl-dev libsqlite3-dev libbson-dev \
       cmake ninja-build pkg-config g++ make ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
@@ -67,7 +67,7 @@ ARG DEBIAN_FRONTEND=noninteractive
 RUN dpkg-query -W -f '${Package}\n' | sort > /base-packages \
  && apt-get update \
  && apt-get install -y --no-install-recommends \
-      libbpf1 libelf1 libssl3 libyaml-cpp0.7 libfmt9 libsqlite3-0 \
+      libbpf1 libelf1 libssl3 libyaml-cpp0.7 libfmt9 libsqlite3-0 libbson-1.0-0 \
       libboost-json1.81.0 libboost-url1.81.0 ca-certificates \
  && apt-get clean \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/cache/apt/archives/*.deb \

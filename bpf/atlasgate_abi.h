@@ -159,6 +159,7 @@ enum ag_counter {
 	AG_CNT_SKIP_NOT_MEMBER, /* to a target, but from no attached cgroup */
 	AG_CNT_MEMBER_WALKS, /* membership decided by walking the cgroup's path (cache miss) */
 	AG_CNT_MEMBER_DEEP, /* path deeper than the walk bound: treated as a member (fail closed) */
+	AG_CNT_REDIRECTED_MONGO, /* a TCP connection to a mongodb target's port redirected */
 	AG_CNT__MAX,
 };
 
@@ -187,6 +188,7 @@ static const char *const ag_counter_names[AG_CNT__MAX] = {
 	"skip_not_member",
 	"member_walks",
 	"member_deep",
+	"redirected_mongo",
 };
 #endif
 

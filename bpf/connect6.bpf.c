@@ -37,6 +37,7 @@ int ag_connect6(struct bpf_sock_addr *ctx)
 	f.is_target = t != NULL;
 	f.refuse_quic = ag_refuse_quic;
 	f.intercept_all = ag_intercept_all;
+	f.mongo_port = ag_mongo_port;
 
 	verdict = ag_decide(&f, &counter);
 	ag_count(counter);

@@ -27,6 +27,7 @@ struct ag_conn_facts {
 	__u8 is_target; /* destination found in the targets map */
 	__u8 refuse_quic; /* rodata switch: refuse UDP/443 to targets */
 	__u8 intercept_all; /* rodata switch: redirect every TCP/443 (intercept: all-tls) */
+	__u16 mongo_port; /* rodata: a mongodb target's port (27017); 0 = none */
 };
 
 /* Returns the verdict and sets *counter to the ag_counter that explains it. */
@@ -35,6 +36,14 @@ static __always_inline int ag_decide(const struct ag_conn_facts *f, __u32 *count
 	/* No exemption by pid: the verdict is acted on for members only, and
 	 * the daemon is never one (its cgroup cannot be attached); a pid
 	 * outlives nothing: after the daemon exits, an agent could get its. */
+	/* A mongodb target is a name pattern (*.mongodb.net), so no address
+	 * map can say which connections are its: every TCP connection to its
+	 * port is redirected and the ClientHello's name decides; the rest is
+	 * spliced through untouched. */
+	if (f->mongo_port != 0 && f->dport == f->mongo_port && f->sock_type == AG_SOCK_STREAM) {
+		*counter = AG_CNT_REDIRECTED_MONGO;
+		return AG_REDIRECT;
+	}
 	if (f->dport != AG_HTTPS_PORT) {
 		*counter = AG_CNT_SKIP_PORT;
 		return AG_PASS;

@@ -26,6 +26,7 @@ AG_RODATA(__u16, ag_proxy_port, 15443); /* host order */
 AG_RODATA(__u32, ag_daemon_tgid, 0); /* spares its own dials a skip count; exempts nothing */
 AG_RODATA(__u8, ag_refuse_quic, 1);
 AG_RODATA(__u8, ag_intercept_all, 0);
+AG_RODATA(__u16, ag_mongo_port, 0); /* host order; 0 = no mongodb target */
 
 /* Target addresses (IPv4, network order) -> which target owns them. */
 AG_MAP struct {

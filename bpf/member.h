@@ -177,8 +177,8 @@ static __always_inline int ag_socket_member(struct bpf_sock *sk)
 /*
  * The gate of connect4/6: is this connect() an agent's that the programs
  * must judge? Attached at the root, they run for every connect() on the
- * machine: only connections to a target (`t`; any connection, with all-tls)
- * are worth the membership check, and only members' are counted (under
+ * machine: only connections to a target (`t`; any connection, with all-tls;
+ * any to a mongodb target's port) are worth the membership check, and only members' are counted (under
  * `connect_counter`). A non-member's connection to a target is counted as
  * skipped, unless the daemon dials it (its upstream connections are no
  * agent's skipped ones; the pid only spares a counter, it exempts nothing).
@@ -186,7 +186,7 @@ static __always_inline int ag_socket_member(struct bpf_sock *sk)
 static __always_inline int ag_connect_member(struct bpf_sock_addr *ctx, const struct ag_target *t,
 					     __u32 connect_counter)
 {
-	if (!t && !ag_intercept_all)
+	if (!t && !ag_intercept_all && !(ag_mongo_port != 0 && bpf_ntohs(ctx->user_port) == ag_mongo_port))
 		return 0;
 	if (!ag_socket_member(ctx->sk)) {
 		if (t && (__u32)(bpf_get_current_pid_tgid() >> 32) != ag_daemon_tgid)

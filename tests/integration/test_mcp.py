@@ -47,11 +47,12 @@ AGENT = "mcp"
 
 
 def server_installed():
-    """The pinned packages are installed (the MCP server, and the npm Atlas
-    API client test_capture.py drives)."""
+    """The pinned packages are installed (the MCP server, the npm Atlas API
+    client test_capture.py drives, mongosh for test_mongodb.py)."""
     return os.path.exists(SERVER_PKG) and os.path.exists(
         os.path.join(MCP_DIR, "node_modules", ".bin", "mongodb-mcp-server")) and os.path.exists(
-        os.path.join(MCP_DIR, "node_modules", "mongodb-atlas-api-client", "package.json"))
+        os.path.join(MCP_DIR, "node_modules", "mongodb-atlas-api-client", "package.json")) and os.path.exists(
+        os.path.join(MCP_DIR, "node_modules", ".bin", "mongosh"))
 
 
 def unavailable(reason):

@@ -42,6 +42,10 @@ std::string toJson(const Record& r) {
                  q(r.decision), r.status, r.upstreamMs, r.totalMs, r.bytesIn, r.bytesOut, q(r.credential), q(r.dst));
   if (!r.error.empty()) fmt::format_to(std::back_inserter(out), ",\"error\":{}", q(r.error));
   if (!r.captured.empty()) fmt::format_to(std::back_inserter(out), ",\"captured\":{}", q(r.captured));
+  if (!r.protocol.empty()) {
+    fmt::format_to(std::back_inserter(out), ",\"protocol\":{},\"command\":{},\"database\":{},\"collection\":{}",
+                   q(r.protocol), q(r.command), q(r.database), q(r.collection));
+  }
   out.push_back('}');
   return out;
 }

@@ -33,6 +33,12 @@ struct Record {
   std::string dst;         // original destination the agent dialled, "addr:port"
   std::string error;       // errorCode when atlasgate answered itself
   std::string captured;    // vault entries this request made or dropped ("captured:api_key:<id>", ...), by name
+  // MongoDB commands (protocol "mongodb"; "" = an HTTP request): the
+  // command's name, database and collection ("" when it has none).
+  std::string protocol;
+  std::string command;
+  std::string database;
+  std::string collection;
 };
 
 std::string toJson(const Record& r);

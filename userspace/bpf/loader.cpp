@@ -200,6 +200,7 @@ Result<void> Loader::loadAndPin() {
     skel_->rodata->ag_daemon_tgid = options_.daemonTgid;
     skel_->rodata->ag_refuse_quic = options_.refuseQuic ? 1 : 0;
     skel_->rodata->ag_intercept_all = options_.interceptAll ? 1 : 0;
+    skel_->rodata->ag_mongo_port = options_.mongoPort;
 
     // Maps persist across daemon generations: re-use the pinned ones.
     bpf_map* map;

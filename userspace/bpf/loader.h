@@ -63,7 +63,8 @@ struct LoaderOptions {
   // the daemon is never a member (its cgroup cannot be attached).
   std::uint32_t daemonTgid = 0;
   bool refuseQuic = true;
-  bool interceptAll = false;  // intercept: all-tls
+  bool interceptAll = false;    // intercept: all-tls
+  std::uint16_t mongoPort = 0;  // a mongodb target's port: every TCP connection to it is redirected; 0 = none
   std::string pinRoot = AG_PIN_ROOT;
 };
 

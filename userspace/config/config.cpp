@@ -45,8 +45,12 @@ std::string_view actionName(Action a) {
 std::string Credential::describe() const {
   if (serviceAccount) return "service_account:" + serviceAccount->clientId;
   if (apiKey) return "api_key:" + apiKey->publicKey;
+  if (databaseUser) return "database_user:" + databaseUser->username;
+  if (temporaryUser) return "temporary_user:" + temporaryUser->groupId;
   return "none";
 }
+
+std::string_view protocolName(Protocol p) { return p == Protocol::Mongodb ? "mongodb" : "https"; }
 
 namespace {
 
@@ -527,9 +531,14 @@ class Parser {
   Target target(const Field& f, std::map<std::string, int>& hostLines) const;
   std::vector<std::string> addresses(const Field& f) const;
   std::string dnsName(const Field& f) const;
-  std::vector<Credential> credentials(const Field& f) const;
-  Credential namedCredential(const Field& f, std::map<std::string, int>& nameLines) const;
-  void credentialKind(const Fields& m, Credential& c) const;
+  std::string hostPattern(const Field& f) const;
+  std::vector<Credential> credentials(const Field& f, Protocol protocol) const;
+  Credential namedCredential(const Field& f, std::map<std::string, int>& nameLines, Protocol protocol) const;
+  void credentialKind(const Fields& m, Credential& c, Protocol protocol) const;
+  DatabaseUser databaseUser(const Field& f) const;
+  TemporaryUser temporaryUser(const Field& f) const;
+  void mongodbFilters(const Fields& m, Rule& r) const;
+  void checkTemporaryUsers(const Field& f, const std::vector<Target>& targets) const;
   SecretRef secret(const Fields& m, const std::string& stem) const;
   std::vector<std::string> globs(const Field& f) const;
   Rule rule(const Field& f, std::size_t index, const std::vector<Target>& targets) const;
@@ -1313,11 +1322,23 @@ void describeTargets(const Config& c, std::string& out) {
   auto to = std::back_inserter(out);
   fmt::format_to(to, "targets: {}\n", c.targets.size());
   for (const Target& t : c.targets) {
-    fmt::format_to(to, "  {} (upstream port {}, resolve {}, addresses {}, upstream CA {})\n", t.host, t.upstreamPort,
-                   yesNo(t.resolve), joined(t.addresses, "none"), t.upstreamCa.value_or("system trust store"));
+    if (t.protocol == Protocol::Mongodb) {
+      fmt::format_to(to, "  {} (mongodb, port {}, upstream CA {})\n", t.host, t.upstreamPort,
+                     t.upstreamCa.value_or("system trust store"));
+    } else {
+      fmt::format_to(to, "  {} (upstream port {}, resolve {}, addresses {}, upstream CA {})\n", t.host, t.upstreamPort,
+                     yesNo(t.resolve), joined(t.addresses, "none"), t.upstreamCa.value_or("system trust store"));
+    }
     if (t.credentials.empty()) fmt::format_to(to, "    no credentials: requests pass unchanged\n");
     for (const Credential& k : t.credentials) {
-      const SecretRef& s = k.serviceAccount ? k.serviceAccount->clientSecret : k.apiKey->privateKey;
+      if (k.temporaryUser) {
+        fmt::format_to(to, "    credential {}: {} (a user per agent, lifetime {}s; agents {})\n", k.name, k.describe(),
+                       k.temporaryUser->lifetime.count(), joined(k.agents, "all"));
+        continue;
+      }
+      const SecretRef& s = k.serviceAccount ? k.serviceAccount->clientSecret
+                           : k.apiKey       ? k.apiKey->privateKey
+                                            : k.databaseUser->password;
       const std::string secret = !s.file.empty()  ? "secret from file " + s.file
                                  : !s.env.empty() ? "secret from $" + s.env
                                                   : "secret inline";
@@ -1423,16 +1444,56 @@ std::vector<Target> Parser::targets(const Field& f) const {
   std::vector<Target> out;
   std::map<std::string, int> hostLines;
   for (const Field& item : items) out.push_back(target(item, hostLines));
+  if (std::none_of(out.begin(), out.end(), [](const Target& t) { return t.protocol == Protocol::Https; })) {
+    fail(f, "targets: at least one https target is required (the Atlas Administration API)");
+  }
+  checkTemporaryUsers(f, out);
+  // The kernel redirects one port for mongodb targets.
+  const Target* firstMongo = nullptr;
+  for (std::size_t i = 0; i < out.size(); ++i) {
+    if (out[i].protocol != Protocol::Mongodb) continue;
+    if (firstMongo == nullptr) firstMongo = &out[i];
+    if (out[i].upstreamPort != firstMongo->upstreamPort)
+      fail(items[i], "{}: every mongodb target must use one port ({} has {})", items[i].path, firstMongo->host,
+           firstMongo->upstreamPort);
+  }
   return out;
 }
 
+// A temporary_user is minted with the credential of an https target: which
+// one must be unambiguous, and it must have a credential.
+void Parser::checkTemporaryUsers(const Field& f, const std::vector<Target>& targets) const {
+  const std::vector<Field> items = list(f);
+  for (std::size_t i = 0; i < targets.size(); ++i) {
+    for (const Credential& c : targets[i].credentials) {
+      if (!c.temporaryUser) continue;
+      const std::string& api = c.temporaryUser->apiHost;
+      std::vector<const Target*> https;
+      for (const Target& t : targets)
+        if (t.protocol == Protocol::Https && !t.credentials.empty() && (api.empty() || t.host == api))
+          https.push_back(&t);
+      if (https.empty()) {
+        fail(items[i], "{}: temporary_user needs an https target with a credential to mint users{}", items[i].path,
+             api.empty() ? std::string() : fmt::format(" (api_host {} has none or is no https target)", api));
+      }
+      if (https.size() > 1) {
+        fail(items[i], "{}: temporary_user: several https targets have credentials; name one with api_host",
+             items[i].path);
+      }
+    }
+  }
+}
+
 Target Parser::target(const Field& f, std::map<std::string, int>& hostLines) const {
-  const Fields m = fields(f, {"host", "addresses", "upstream_ca", "upstream_port", "resolve", "credentials"});
+  const Fields m =
+      fields(f, {"host", "protocol", "port", "addresses", "upstream_ca", "upstream_port", "resolve", "credentials"});
   Target t;
   t.loc = loc(f.value.Mark());
+  if (const Field* p = m.find("protocol"))
+    t.protocol = choice<Protocol>(*p, {{"https", Protocol::Https}, {"mongodb", Protocol::Mongodb}});
 
   const Field* host = require(m, "host", " (the DNS name agents connect to)");
-  t.host = dnsName(*host);
+  t.host = t.protocol == Protocol::Mongodb ? hostPattern(*host) : dnsName(*host);
   if (const auto [it, fresh] = hostLines.emplace(t.host, markOf(*host).line + 1); !fresh) {
     fail(*host, "{}: duplicate target host {:?} (first at line {})", host->path, t.host, it->second);
   }
@@ -1446,8 +1507,36 @@ Target Parser::target(const Field& f, std::map<std::string, int>& hostLines) con
       fail(*r, "{}: with resolve: false and no addresses nothing would be intercepted for {}", r->path, t.host);
     }
   }
-  if (const Field* c = m.find("credentials")) t.credentials = credentials(*c);
+  if (t.protocol == Protocol::Mongodb) {
+    // Every TCP connection of an agent to this port is looked at: the
+    // ClientHello's name decides, so addresses and DNS play no part.
+    t.upstreamPort = 27017;
+    t.resolve = false;
+    for (const char* key : {"addresses", "resolve", "upstream_port"}) {
+      if (const Field* k = m.find(key))
+        fail(keyMark(*k), "{}: not for a mongodb target (its port is `port`; names are resolved when agents connect)",
+             k->path);
+    }
+    if (const Field* p = m.find("port")) t.upstreamPort = static_cast<std::uint16_t>(integer(*p, 1, 65535));
+    if (t.upstreamPort == 443) fail(*m.find("port"), "{}: 443 is the https targets' port", m.find("port")->path);
+  } else if (const Field* p = m.find("port")) {
+    fail(keyMark(*p), "{}: only mongodb targets have a port (https targets: upstream_port)", p->path);
+  }
+  if (const Field* c = m.find("credentials")) t.credentials = credentials(*c, t.protocol);
   return t;
+}
+
+// A mongodb target's host: a DNS name, or "*." and a name of two labels or more.
+std::string Parser::hostPattern(const Field& f) const {
+  const std::string raw = string(f);
+  if (!raw.starts_with("*.")) return dnsName(f);
+  std::string rest = toLower(raw.substr(2));
+  if (!rest.empty() && rest.back() == '.') rest.pop_back();
+  if (!isDnsName(rest) || rest.find('.') == std::string::npos) {
+    fail(f, "{}: {:?}: after \"*.\" a DNS name of two labels or more is expected (e.g. \"*.mongodb.net\")", f.path,
+         raw);
+  }
+  return "*." + rest;
 }
 
 std::vector<std::string> Parser::addresses(const Field& f) const {
@@ -1475,14 +1564,14 @@ std::string Parser::dnsName(const Field& f) const {
   return host;
 }
 
-std::vector<Credential> Parser::credentials(const Field& f) const {
+std::vector<Credential> Parser::credentials(const Field& f, Protocol protocol) const {
   if (f.value.IsNull()) return {};
   if (f.value.IsMap()) {
-    const Fields m = fields(f, {"service_account", "api_key"});
+    const Fields m = fields(f, {"service_account", "api_key", "database_user", "temporary_user"});
     Credential c;
     c.name = "default";
     c.loc = loc(f.value.Mark());
-    credentialKind(m, c);
+    credentialKind(m, c, protocol);
     return {c};
   }
   if (!f.value.IsSequence()) {
@@ -1491,12 +1580,12 @@ std::vector<Credential> Parser::credentials(const Field& f) const {
   }
   std::vector<Credential> out;
   std::map<std::string, int> nameLines;
-  for (const Field& item : list(f)) out.push_back(namedCredential(item, nameLines));
+  for (const Field& item : list(f)) out.push_back(namedCredential(item, nameLines, protocol));
   return out;
 }
 
-Credential Parser::namedCredential(const Field& f, std::map<std::string, int>& nameLines) const {
-  const Fields m = fields(f, {"name", "agents", "service_account", "api_key"});
+Credential Parser::namedCredential(const Field& f, std::map<std::string, int>& nameLines, Protocol protocol) const {
+  const Fields m = fields(f, {"name", "agents", "service_account", "api_key", "database_user", "temporary_user"});
   Credential c;
   c.loc = loc(f.value.Mark());
   const Field* n = require(m, "name", " when credentials is a list");
@@ -1505,13 +1594,28 @@ Credential Parser::namedCredential(const Field& f, std::map<std::string, int>& n
     fail(*n, "{}: duplicate credential name {:?} (first at line {})", n->path, c.name, it->second);
   }
   if (const Field* a = m.find("agents")) c.agents = globs(*a);
-  credentialKind(m, c);
+  credentialKind(m, c, protocol);
   return c;
 }
 
-void Parser::credentialKind(const Fields& m, Credential& c) const {
-  const Field* kind = exactlyOne(m, {"service_account", "api_key"}, "a credential is one or the other");
-  if (kind->key.Scalar() == "service_account") {
+void Parser::credentialKind(const Fields& m, Credential& c, Protocol protocol) const {
+  const bool mongo = protocol == Protocol::Mongodb;
+  for (const Field& e : m.entries) {
+    const std::string_view key = e.key.Scalar();
+    const bool forMongo = key == "database_user" || key == "temporary_user";
+    const bool forHttps = key == "service_account" || key == "api_key";
+    if ((forMongo && !mongo) || (forHttps && mongo)) {
+      fail(keyMark(e), "{}: a credential of {} targets, not of {} ones", e.path, forMongo ? "mongodb" : "https",
+           protocolName(protocol));
+    }
+  }
+  const Field* kind = mongo ? exactlyOne(m, {"database_user", "temporary_user"}, "a credential is one or the other")
+                            : exactlyOne(m, {"service_account", "api_key"}, "a credential is one or the other");
+  if (kind->key.Scalar() == "database_user") {
+    c.databaseUser = databaseUser(*kind);
+  } else if (kind->key.Scalar() == "temporary_user") {
+    c.temporaryUser = temporaryUser(*kind);
+  } else if (kind->key.Scalar() == "service_account") {
     const Fields s = fields(*kind, {"client_id", "client_secret_file", "client_secret_env", "client_secret"});
     ServiceAccount account;
     account.clientId = nonEmpty(*require(s, "client_id"));
@@ -1524,6 +1628,47 @@ void Parser::credentialKind(const Fields& m, Credential& c) const {
     key.privateKey = secret(s, "private_key");
     c.apiKey = std::move(key);
   }
+}
+
+DatabaseUser Parser::databaseUser(const Field& f) const {
+  const Fields s = fields(f, {"username", "password_file", "password_env", "password", "auth_source"});
+  DatabaseUser u;
+  u.username = nonEmpty(*require(s, "username"));
+  if (u.username.size() > 512) fail(*s.find("username"), "{}: longer than 512 bytes", s.find("username")->path);
+  u.password = secret(s, "password");
+  if (const Field* a = s.find("auth_source")) u.authSource = nonEmpty(*a);
+  return u;
+}
+
+TemporaryUser Parser::temporaryUser(const Field& f) const {
+  const Fields s = fields(f, {"group_id", "roles", "scopes", "lifetime", "api_host"});
+  TemporaryUser u;
+  const Field* g = require(s, "group_id", " (the Atlas project the users are made in)");
+  u.groupId = nonEmpty(*g);
+  const bool hex = u.groupId.size() == 24 && std::all_of(u.groupId.begin(), u.groupId.end(), [](char ch) {
+                     return (ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'f');
+                   });
+  if (!hex) fail(*g, "{}: expected a project id (24 lower-case hex digits)", g->path);
+  const Field* roles = require(s, "roles", " (e.g. [{roleName: readWrite, databaseName: app}])");
+  for (const Field& item : list(*roles)) {
+    const Fields r = fields(item, {"roleName", "databaseName", "collectionName"});
+    DatabaseRole role{isName(nonEmpty(*require(r, "roleName"))) ? nonEmpty(*r.find("roleName")) : "",
+                      nonEmpty(*require(r, "databaseName")), ""};
+    if (role.roleName.empty()) fail(*r.find("roleName"), "{}: not a role name", r.find("roleName")->path);
+    if (const Field* c = r.find("collectionName")) role.collectionName = nonEmpty(*c);
+    u.roles.push_back(std::move(role));
+  }
+  if (u.roles.empty()) fail(*roles, "{}: at least one role is required", roles->path);
+  if (const Field* sc = s.find("scopes")) u.scopes = globs(*sc);
+  if (const Field* l = s.find("lifetime")) {
+    u.lifetime = duration(*l);
+    // Atlas takes a deleteAfterDate at most a week ahead; below 10 minutes
+    // the renewals would be most of the traffic.
+    if (u.lifetime < std::chrono::minutes(10) || u.lifetime > std::chrono::hours(24 * 7))
+      fail(*l, "{}: between 10m and 7d (Atlas deletes the user at the end)", l->path);
+  }
+  if (const Field* a = s.find("api_host")) u.apiHost = dnsName(*a);
+  return u;
 }
 
 // Where the secret lives: STEM_file, STEM_env or (in a 0600 file) STEM inline.
@@ -1685,6 +1830,7 @@ std::vector<Rule> makeGuardrails(const std::vector<Target>& targets) {
   std::vector<std::string> hosts, clientIds;
   bool apiKey = false;
   for (const Target& t : targets) {
+    if (t.protocol != Protocol::Https) continue;
     hosts.push_back(t.host);
     for (const Credential& k : t.credentials) {
       apiKey = apiKey || k.apiKey.has_value();
@@ -1757,17 +1903,47 @@ std::vector<std::string> Parser::presets(const Field& f) const {
 }
 
 Rule Parser::rule(const Field& f, std::size_t index, const std::vector<Target>& targets) const {
-  const Fields m = fields(f, {"name", "method", "path", "host", "agents", "pod_labels", "container_labels", "when",
-                              "action", "rate", "burst", "per", "timeout", "would_be", "credential"});
+  const Fields m = fields(
+      f, {"name", "protocol", "method", "path", "host", "agents", "pod_labels", "container_labels", "when", "action",
+          "rate", "burst", "per", "timeout", "would_be", "credential", "command", "database", "collection"});
   Rule r;
   r.loc = loc(f.value.Mark());
   for (const Field& e : m.entries) r.keyLocs.emplace(e.key.Scalar(), loc(markOf(e)));
   const Field* n = m.find("name");
   r.name = n != nullptr ? name(*n) : fmt::format("rule-{}", index);
+  if (const Field* p = m.find("protocol"))
+    r.protocol = choice<Protocol>(*p, {{"https", Protocol::Https}, {"mongodb", Protocol::Mongodb}});
   ruleAction(m, r);
+  mongodbFilters(m, r);
   ruleFilters(m, targets, r);
   if (const Field* c = m.find("credential")) r.credential = ruleCredential(*c, r, targets);
+  for (const std::string& h : r.hosts) {
+    const auto t = std::find_if(targets.begin(), targets.end(), [&](const Target& x) { return x.host == h; });
+    if (t->protocol != r.protocol) {
+      fail(*m.find("host"), "{}: {} is a {} target and this is a {} rule", m.find("host")->path, h,
+           protocolName(t->protocol), protocolName(r.protocol));
+    }
+  }
   return r;
+}
+
+// command/database/collection belong to mongodb rules; method, path, when and
+// credential to https ones.
+void Parser::mongodbFilters(const Fields& m, Rule& r) const {
+  const bool mongo = r.protocol == Protocol::Mongodb;
+  for (const char* key : {"command", "database", "collection"}) {
+    if (const Field* k = m.find(key); k != nullptr && !mongo)
+      fail(keyMark(*k), "{}: {} is a filter of protocol: mongodb rules (add protocol: mongodb)", k->path, key);
+  }
+  for (const char* key : {"method", "path", "when", "credential"}) {
+    if (const Field* k = m.find(key); k != nullptr && mongo)
+      fail(keyMark(*k), "{}: {} is not a filter of protocol: mongodb rules (command, database, collection are)",
+           k->path, key);
+  }
+  if (!mongo) return;
+  if (const Field* c = m.find("command")) r.commands = globs(*c);
+  if (const Field* d = m.find("database")) r.databases = globs(*d);
+  if (const Field* c = m.find("collection")) r.collections = globs(*c);
 }
 
 // The action decides which of the other keys apply.
@@ -1829,7 +2005,7 @@ void Parser::ruleFilters(const Fields& m, const std::vector<Target>& targets, Ru
 std::vector<std::string> Parser::ruleHosts(const Field& f, const std::vector<Target>& targets) const {
   std::vector<std::string> out;
   for (const Field& item : oneOrMany(f)) {
-    const std::string host = dnsName(item);
+    const std::string host = hostPattern(item);
     const bool known = std::any_of(targets.begin(), targets.end(), [&](const Target& t) { return t.host == host; });
     if (!known) {
       std::string names;
@@ -2026,5 +2202,11 @@ std::vector<SchemaKey> schemaKeys() {
 }
 
 std::vector<Rule> guardrailRules(const std::vector<Target>& targets) { return makeGuardrails(targets); }
+
+std::uint16_t mongodbPort(const Config& c) {
+  for (const Target& t : c.targets)
+    if (t.protocol == Protocol::Mongodb) return t.upstreamPort;
+  return 0;
+}
 
 }  // namespace atlasgate::config

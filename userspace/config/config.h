@@ -46,22 +46,55 @@ struct ApiKey {
   SecretRef privateKey;
 };
 
+// protocol: mongodb targets. A database user atlasgate authenticates as
+// (SCRAM-SHA-256) on every upstream connection.
+struct DatabaseUser {
+  std::string username;
+  SecretRef password;
+  std::string authSource = "admin";
+};
+
+struct DatabaseRole {
+  std::string roleName;
+  std::string databaseName;
+  std::string collectionName;  // "" = the whole database
+};
+
+// One short-lived database user per agent, minted through the Admin API with
+// atlasgate's own credential of an https target (README "MongoDB clusters").
+struct TemporaryUser {
+  std::string groupId;  // 24 hex digits
+  std::vector<DatabaseRole> roles;
+  std::vector<std::string> scopes;  // cluster names the user is limited to; empty = every cluster of the project
+  std::chrono::seconds lifetime{6 * 3600};  // Atlas' deleteAfterDate; renewed before it ends
+  std::string apiHost;                      // the https target whose credential mints ("" = the only one)
+};
+
 struct Credential {
   std::string name;                              // "default" for the single (map) form
-  std::optional<ServiceAccount> serviceAccount;  // exactly one of these two
-  std::optional<ApiKey> apiKey;
+  std::optional<ServiceAccount> serviceAccount;  // exactly one of these (the first two: https targets,
+  std::optional<ApiKey> apiKey;                  // the last two: mongodb targets)
+  std::optional<DatabaseUser> databaseUser;
+  std::optional<TemporaryUser> temporaryUser;
   std::vector<std::string> agents;  // globs on the agent name; empty = every agent
   SourceLoc loc;
 
-  // "service_account:<client_id>" or "api_key:<public_key>": safe to log.
+  // "service_account:<client_id>", "api_key:<public_key>", "database_user:<name>",
+  // "temporary_user:<group_id>": safe to log.
   std::string describe() const;
 };
 
+enum class Protocol { Https, Mongodb };
+std::string_view protocolName(Protocol p);  // "https", "mongodb"
+
 struct Target {
-  std::string host;                       // lower-cased DNS name
+  // Lower-cased DNS name; a mongodb target may be a pattern "*.<name>", which
+  // matches every name below <name> (never <name> itself).
+  std::string host;
+  Protocol protocol = Protocol::Https;
   std::vector<std::string> addresses;     // literal IPv4/IPv6 addresses, validated
   std::optional<std::string> upstreamCa;  // PEM file; default: system trust store
-  std::uint16_t upstreamPort = 443;       // port atlasgate dials on the target's own addresses
+  std::uint16_t upstreamPort = 443;       // port atlasgate dials on the target's own addresses (mongodb: 27017)
   bool resolve = true;                    // also intercept what DNS answers for host
   std::vector<Credential> credentials;    // may be empty (then requests pass with no credential)
   SourceLoc loc;
@@ -106,6 +139,13 @@ struct Rule {
   std::chrono::seconds timeout{120};  // approve only
   Action wouldBe = Action::Block;     // log_only: what the rule would have done (block by default)
   std::string credential;             // optional: name of the target credential to use
+  // protocol: mongodb rules match commands instead of requests (README
+  // "MongoDB clusters"): globs on the command name (case-insensitive), the
+  // database and the collection; empty = any.
+  Protocol protocol = Protocol::Https;
+  std::vector<std::string> commands;
+  std::vector<std::string> databases;
+  std::vector<std::string> collections;
   SourceLoc loc;
   // Where each key of the rule was written, for policy/'s messages: "path",
   // "action", "when[0].matches" ... -> the location of its value. Empty for
@@ -281,5 +321,8 @@ struct SchemaKey {
   std::string doc;  // one line
 };
 std::vector<SchemaKey> schemaKeys();
+
+// The port of the mongodb targets (they share one), 0 when there is none.
+std::uint16_t mongodbPort(const Config& c);
 
 }  // namespace atlasgate::config

@@ -37,6 +37,8 @@
 #include "proxy/agents.h"
 #include "proxy/approvals.h"
 #include "proxy/captured.h"
+#include "mongo/scram.h"
+#include "proxy/mongo_logins.h"
 #include "proxy/server.h"
 #include "tls/authority.h"
 #include "tls/client_context.h"
@@ -101,6 +103,9 @@ class Daemon {
   Result<std::shared_ptr<const Runtime>> buildRuntime(std::shared_ptr<const config::Config> cfg,
                                                       const Runtime* previous);
   Result<void> applyTargets();
+  Result<std::shared_ptr<proxy::DatabaseLogins>> databaseLogin(const config::DatabaseUser& u,
+                                                               const std::string& description);
+  Result<void> temporaryUsers(const config::Config& cfg, Runtime& rt);
   void resolverThread();
   asio::awaitable<void> signalLoop();
   asio::awaitable<void> netnsLoop();
@@ -179,6 +184,7 @@ class Daemon {
   void containerDetach(std::map<std::string, AttachedContainer>::iterator it, const std::string& keep = {});
   void sweepStoppedContainers();
   std::map<std::string, std::shared_ptr<credentials::TokenProvider>> tokenProviders_;
+  std::map<std::string, std::shared_ptr<proxy::TemporaryUsers>> temporaryUsers_;  // by definition
   std::vector<std::string> extraAttached_;  // attached at run time with `atlasgate attach`
 
   std::mutex addrMu_;  // addresses_ is shared with the resolver thread
@@ -285,7 +291,8 @@ Result<void> Daemon::startTls() {
   for (const auto& t : config_->targets) {
     auto cctx = tls::makeClientContext(t.upstreamCa);
     if (!cctx) return makeError("target {}: {}", t.host, cctx.error().message);
-    pool_->addHost(t.host, cctx.value().release());
+    // A mongodb target's servers are dialled by the MongoDB front end, per name.
+    if (t.protocol == config::Protocol::Https) pool_->addHost(t.host, cctx.value().release());
   }
   pool_->setLimits(upstreamLimits(config_->limits));
   return openVault();
@@ -318,6 +325,7 @@ Result<void> Daemon::startKernel(std::shared_ptr<const Runtime> rt) {
   lo.refuseQuic = config_->bpf.refuseQuic;
   lo.pinRoot = config_->bpf.pinRoot;
   lo.interceptAll = config_->intercept == config::Intercept::AllTls;
+  lo.mongoPort = config::mongodbPort(*config_);
   auto loader = bpf::Loader::open(lo);
   if (!loader) return loader.error();
   loader_ = std::move(loader.value());
@@ -377,6 +385,7 @@ Result<std::shared_ptr<const Runtime>> Daemon::buildRuntime(std::shared_ptr<cons
   for (const auto& t : cfg->targets) {
     TargetRuntime tr;
     tr.host = t.host;
+    tr.protocol = t.protocol;
     {
       std::lock_guard lock(addrMu_);
       tr.id = targetIdLocked(t.host);
@@ -406,13 +415,69 @@ Result<std::shared_ptr<const Runtime>> Daemon::buildRuntime(std::shared_ptr<cons
         auto secret = credentials::readSecret(c.apiKey->privateKey, "private key of " + cr.description);
         if (!secret) return secret.error();
         cr.digest = std::make_shared<credentials::DigestAuth>(c.apiKey->publicKey, std::move(secret.value()));
+      } else if (c.databaseUser) {
+        auto login = databaseLogin(*c.databaseUser, cr.description);
+        if (!login) return login.error();
+        cr.database = std::move(login.value());
       }
       tr.credentials.push_back(std::move(cr));
     }
     rt->targets.push_back(std::move(tr));
   }
+  if (auto r = temporaryUsers(*cfg, *rt); !r) return r.error();
   tokenProviders_ = std::move(providers);
   return std::shared_ptr<const Runtime>(std::move(rt));
+}
+
+Result<std::shared_ptr<proxy::DatabaseLogins>> Daemon::databaseLogin(const config::DatabaseUser& u,
+                                                                     const std::string& description) {
+  auto secret = credentials::readSecret(u.password, "password of " + description);
+  if (!secret) return secret.error();
+  if (auto ok = mongo::checkPassword(secret->view()); !ok) return makeError("{}: {}", description, ok.error().message);
+  proxy::DatabaseLogin login{u.username, std::string(secret->view()), u.authSource, false};
+  return std::shared_ptr<proxy::DatabaseLogins>(std::make_shared<proxy::StaticLogin>(std::move(login)));
+}
+
+// A plain function: GCC 12 mishandles the captures of coroutine lambdas.
+static asio::awaitable<void> removeTemporaryUsers(std::shared_ptr<proxy::TemporaryUsers> users) {
+  co_await users->removeAll();
+}
+
+// temporary_user credentials: minted with the credential of their https
+// target (config/ checked there is exactly one). A manager survives a reload
+// when nothing about it changed, so the users it made do too.
+Result<void> Daemon::temporaryUsers(const config::Config& cfg, Runtime& rt) {
+  std::map<std::string, std::shared_ptr<proxy::TemporaryUsers>> kept;
+  for (std::size_t i = 0; i < cfg.targets.size(); ++i) {
+    for (std::size_t k = 0; k < cfg.targets[i].credentials.size(); ++k) {
+      const config::Credential& c = cfg.targets[i].credentials[k];
+      if (!c.temporaryUser) continue;
+      const proxy::TargetRuntime* api = nullptr;
+      for (const auto& t : rt.targets)
+        if (t.protocol == config::Protocol::Https && !t.credentials.empty() &&
+            (c.temporaryUser->apiHost.empty() || t.host == c.temporaryUser->apiHost))
+          api = &t;
+      if (api == nullptr)
+        return makeError("temporary_user of {}: no https target with a credential", rt.targets[i].host);
+      const auto& spec = *c.temporaryUser;
+      std::string key = fmt::format("{}|{}|{}|{}|{}|{}", cfg.targets[i].host, c.name, spec.groupId, api->host,
+                                    api->credentials.front().description, spec.lifetime.count());
+      for (const auto& r : spec.roles) key += "|" + r.roleName + "@" + r.databaseName + "." + r.collectionName;
+      for (const auto& sc : spec.scopes) key += "|scope:" + sc;
+      auto it = temporaryUsers_.find(key);
+      auto users = it != temporaryUsers_.end()
+                       ? it->second
+                       : std::make_shared<proxy::TemporaryUsers>(*pool_, api->host, api->credentials.front(), spec,
+                                                                 cfg.limits.upstreamTimeout);
+      kept[key] = users;
+      rt.targets[i].credentials[k].database = users;
+    }
+  }
+  // Managers a reload dropped: their users are deleted.
+  for (auto& [key, users] : temporaryUsers_)
+    if (!kept.contains(key)) asio::co_spawn(io_, removeTemporaryUsers(users), asio::detached);
+  temporaryUsers_ = std::move(kept);
+  return {};
 }
 
 Result<void> Daemon::applyTargets() {
@@ -806,6 +871,8 @@ asio::awaitable<void> Daemon::shutdown() {
   // Requests still queued for an upstream connection belong to agents that
   // are gone: they must never be sent. The pool stays open for the revokes.
   pool_->failWaiters();
+  // Temporary database users go before the credential that deletes them.
+  for (auto& [k, users] : temporaryUsers_) co_await users->removeAll();
   for (auto& [k, p] : tokenProviders_) co_await p->revoke();
   if (control_) control_->stop();
   if (admin_) admin_->stop();
@@ -838,16 +905,20 @@ Result<void> Daemon::reload() {
   if (next->capture.enabled != config_->capture.enabled || next->capture.keyFile != config_->capture.keyFile)
     return makeError("capture.enabled and capture.key_file changes need a restart");
   if (next->intercept != config_->intercept) return makeError("intercept changes need a restart");
+  if (config::mongodbPort(*next) != config::mongodbPort(*config_))
+    return makeError("adding or removing mongodb targets, or changing their port, needs a restart");
   // Targets may be added, removed and changed. A host the CA was not made
   // for cannot be added: its name constraints list the hosts, so agents
   // would have to trust a new CA (a restart makes it).
   std::map<std::string, tls::SslCtxPtr> contexts;  // new or changed upstream TLS (freed if the reload fails)
   for (const auto& t : next->targets) {
-    if (!authority_->allows(t.host))
+    const auto& caHosts = authority_->hosts();
+    if (std::find(caHosts.begin(), caHosts.end(), t.host) == caHosts.end())
       return makeError(
           "target {} is new to the CA (made for [{}]): adding a host needs a restart, which makes a new "
           "CA that agents must then trust",
           t.host, fmt::join(authority_->hosts(), ", "));
+    if (t.protocol == config::Protocol::Mongodb) continue;
     const config::Target* was = nullptr;
     for (const auto& o : config_->targets)
       if (o.host == t.host) was = &o;

@@ -93,9 +93,11 @@ struct Policy::Compiled {
   std::optional<labels::LabelSelector> podLabels;
   std::optional<labels::LabelSelector> containerLabels;
   std::vector<CompiledCondition> conditions;
-  std::uint64_t burst = 0;               // rate_limit
-  std::unique_ptr<RuleBuckets> buckets;  // rate_limit
-  std::string signature;                 // the definition, for adoptStateFrom()
+  std::uint64_t burst = 0;                                    // rate_limit
+  std::unique_ptr<RuleBuckets> buckets;                       // rate_limit
+  std::string signature;                                      // the definition, for adoptStateFrom()
+  bool mongodb = false;                                       // protocol: mongodb: commands, never requests
+  std::vector<std::string> commands, databases, collections;  // globs
 };
 
 struct Policy::Context {
@@ -130,6 +132,15 @@ bool hostMatches(const std::vector<std::string>& hosts, const std::string& host)
 bool labelsMatch(const std::optional<labels::LabelSelector>& sel, const std::map<std::string, std::string>* labels) {
   if (!sel) return true;
   return labels != nullptr && sel->matches(*labels);
+}
+
+// fnmatch over a string_view (NUL-terminated copy; a NUL inside never matches).
+bool globsMatch(const std::vector<std::string>& globs, std::string_view value, int flags) {
+  if (globs.empty()) return true;
+  if (value.find('\0') != std::string_view::npos) return false;
+  const std::string v(value);
+  return std::any_of(globs.begin(), globs.end(),
+                     [&](const auto& g) { return ::fnmatch(g.c_str(), v.c_str(), flags) == 0; });
 }
 
 bool agentMatches(const std::vector<std::string>& globs, const std::string& agent) {
@@ -238,6 +249,15 @@ Result<void> Policy::compileFilters(config::Rule& rule, std::string_view where, 
       !r) {
     return r;
   }
+  c.mongodb = rule.protocol == config::Protocol::Mongodb;
+  c.commands = rule.commands;
+  c.databases = rule.databases;
+  c.collections = rule.collections;
+  for (const auto* globs : {&c.commands, &c.databases, &c.collections}) {
+    for (const auto& g : *globs)
+      if (g.empty() || g.size() > 256)
+        return ruleError(rule, where, "", "empty or overlong command/database/collection");
+  }
   auto pattern = parsePattern(rule.path);
   if (!pattern) return ruleError(rule, where, "path", pattern.error().message);
   c.pattern = std::move(pattern.value());
@@ -286,11 +306,14 @@ Result<void> Policy::compileAction(const config::Rule& rule, std::string_view wh
 std::string Policy::signature(const config::Rule& rule, const Compiled& c) {
   std::vector<std::string> conds;
   for (const auto& cond : c.conditions) conds.push_back(cond.describe());
-  return fmt::format("{}\x1f{}\x1f{}\x1f{}\x1f{}\x1f{}\x1f{}\x1f{}\x1f{}\x1f{}", fmt::join(c.methods, ","),
+  return fmt::format("{}\x1f{}\x1f{}\x1f{}\x1f{}\x1f{}\x1f{}\x1f{}\x1f{}\x1f{}\x1f{}", fmt::join(c.methods, ","),
                      fmt::join(c.hosts, ","), rule.path + "\x1e" + rule.podLabels + "\x1e" + rule.containerLabels,
                      fmt::join(c.agents, "\x1e"), fmt::join(conds, "\x1e"), config::actionName(rule.action),
                      rule.rate ? rule.rate->count : 0, rule.rate ? rule.rate->periodSeconds : 0, c.burst,
-                     rule.per == config::RatePer::Agent ? "agent" : "rule");
+                     rule.per == config::RatePer::Agent ? "agent" : "rule",
+                     c.mongodb ? fmt::format("mongodb\x1e{}\x1e{}\x1e{}", fmt::join(c.commands, ","),
+                                             fmt::join(c.databases, ","), fmt::join(c.collections, ","))
+                               : std::string());
 }
 
 // Every check of what a rule means is made here, once; config/ loads only its
@@ -319,7 +342,8 @@ Result<std::shared_ptr<Policy>> Policy::compile(const config::Rules& rules, cons
     if (auto r = compileConditions(rule, where, *c); !r) return r.error();
     if (auto r = compileAction(rule, where, options, *c); !r) return r.error();
     c->signature = signature(rule, *c);
-    p->index_->add(c->pattern, static_cast<std::uint32_t>(i));
+    // A mongodb rule never decides a request: the path index never offers it.
+    if (!c->mongodb) p->index_->add(c->pattern, static_cast<std::uint32_t>(i));
     p->compiled_.push_back(std::move(c));
   }
   return p;
@@ -408,22 +432,9 @@ Decision Policy::evaluate(const Request& req, Clock::time_point now) {
 
   const std::size_t i = *pick.index;
   const config::Rule& rule = rules_[i];
-  d.rule = &rule;
-  d.ruleIndex = i;
-  d.ruleName = rule.name;
-  d.action = rule.action;
+  decidedBy(d, i);
   d.credential = rule.credential;
   switch (rule.action) {
-    case config::Action::Allow: d.verdict = Verdict::Allow; break;
-    case config::Action::Block: d.verdict = Verdict::Block; break;
-    case config::Action::Approve:
-      d.verdict = Verdict::Approve;
-      d.approveTimeout = rule.timeout;
-      break;
-    case config::Action::LogOnly:
-      d.verdict = Verdict::Allow;
-      d.logOnlyWouldBe = rule.wouldBe;
-      break;
     case config::Action::RateLimit: {
       auto outcome = compiled_[i]->buckets->take(req.agent, now);
       d.alsoChargedRuleIndex = alsoCharged(pick, primary, alternate);
@@ -438,6 +449,81 @@ Decision Policy::evaluate(const Request& req, Clock::time_point now) {
       d.retryAfter = outcome.retryAfter;
       break;
     }
+    default: break;
+  }
+  return d;
+}
+
+// The verdict of every action but rate_limit, whose token the caller takes.
+void Policy::decidedBy(Decision& d, std::size_t i) const {
+  const config::Rule& rule = rules_[i];
+  d.rule = &rule;
+  d.ruleIndex = i;
+  d.ruleName = rule.name;
+  d.action = rule.action;
+  switch (rule.action) {
+    case config::Action::Allow: d.verdict = Verdict::Allow; break;
+    case config::Action::Block: d.verdict = Verdict::Block; break;
+    case config::Action::Approve:
+      d.verdict = Verdict::Approve;
+      d.approveTimeout = rule.timeout;
+      break;
+    case config::Action::LogOnly:
+      d.verdict = Verdict::Allow;
+      d.logOnlyWouldBe = rule.wouldBe;
+      break;
+    case config::Action::RateLimit: break;
+  }
+}
+
+// ---- MongoDB commands -------------------------------------------------------
+
+std::optional<std::size_t> Policy::commandRule(const CommandRequest& req, const CommandAccess& a,
+                                               const std::string& host, const std::string& agent) const {
+  for (std::size_t i = 0; i < compiled_.size(); ++i) {
+    const Compiled& c = *compiled_[i];
+    if (!c.mongodb || !hostMatches(c.hosts, host) || !agentMatches(c.agents, agent) ||
+        !labelsMatch(c.podLabels, req.podLabels) || !labelsMatch(c.containerLabels, req.containerLabels)) {
+      continue;
+    }
+    if (!globsMatch(c.commands, a.command, FNM_CASEFOLD) || !globsMatch(c.databases, a.database, FNM_CASEFOLD))
+      continue;
+    if (!c.collections.empty() && a.collection.empty() &&
+        std::find(c.collections.begin(), c.collections.end(), "*") == c.collections.end())
+      continue;
+    if (!a.collection.empty() && !globsMatch(c.collections, a.collection, 0)) continue;
+    return i;
+  }
+  return std::nullopt;
+}
+
+Decision Policy::evaluateCommand(const CommandRequest& req, Clock::time_point now) {
+  const std::string host = normalizeHost(req.host);
+  const std::string agent(req.agent);
+  auto actionOf = [&](const std::optional<std::size_t>& i) { return i ? rules_[*i].action : default_; };
+  std::optional<std::size_t> pick;
+  const CommandAccess* decided = nullptr;
+  for (const CommandAccess& a : req.accesses) {
+    std::optional<std::size_t> i = commandRule(req, a, host, agent);
+    if (decided == nullptr || restrictiveness(actionOf(i)) > restrictiveness(actionOf(pick))) {
+      pick = i;
+      decided = &a;
+    }
+  }
+  Decision d;
+  if (decided != nullptr)
+    d.path = decided->collection.empty() ? std::string(decided->database)
+                                         : fmt::format("{}.{}", decided->database, decided->collection);
+  if (!pick) {
+    d.action = default_;
+    d.verdict = default_ == config::Action::Block ? Verdict::Block : Verdict::Allow;
+    return d;
+  }
+  decidedBy(d, *pick);
+  if (rules_[*pick].action == config::Action::RateLimit) {
+    auto outcome = compiled_[*pick]->buckets->take(req.agent, now);
+    d.verdict = outcome.allowed ? Verdict::Allow : Verdict::RateLimited;
+    d.retryAfter = outcome.retryAfter;
   }
   return d;
 }
@@ -460,7 +546,9 @@ Policy::Scan Policy::scan(const std::vector<std::string>& segments, const std::s
     const Compiled& c = *compiled_[i];
     RuleCheck check{i, rule.name, false, {}};
     std::size_t falseAt = 0, unknownAt = 0;
-    if (!methodMatches(c.methods, req.method)) {
+    if (c.mongodb) {
+      check.reason = "a protocol: mongodb rule (it decides commands, not requests)";
+    } else if (!methodMatches(c.methods, req.method)) {
       check.reason = fmt::format("method {} is not one of {}", req.method, fmt::join(c.methods, ", "));
     } else if (!hostMatches(c.hosts, ctx.host)) {
       check.reason = fmt::format("host {} is not one of {}", ctx.host, fmt::join(c.hosts, ", "));
@@ -598,6 +686,12 @@ std::string Policy::table() const {
     std::vector<std::string> conds;
     for (const auto& cond : c.conditions) conds.push_back(cond.describe());
     std::string action(config::actionName(r.action));
+    if (c.mongodb) {
+      // METHOD and PATH columns: the command and "database.collection" globs.
+      conds.insert(conds.begin(),
+                   fmt::format("mongodb command [{}] database [{}] collection [{}]", fmt::join(c.commands, ","),
+                               fmt::join(c.databases, ","), fmt::join(c.collections, ",")));
+    }
     switch (r.action) {
       case config::Action::RateLimit:
         action += fmt::format(" {}/{} burst {} per {}", r.rate->count, periodName(r.rate->periodSeconds), c.burst,

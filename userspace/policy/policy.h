@@ -101,6 +101,22 @@ struct Request {
   std::string_view methodOverride = {};
 };
 
+// One command of the MongoDB wire protocol (protocol: mongodb rules): each
+// access is one thing the command does (mongo/command.h: its own name,
+// database and collection, then the writes and reads it hides).
+struct CommandAccess {
+  std::string_view command;
+  std::string_view database;
+  std::string_view collection;  // "" for a database-level command
+};
+struct CommandRequest {
+  std::string_view host;  // the mongodb target as configured ("*.mongodb.net")
+  std::string_view agent;
+  std::vector<CommandAccess> accesses;
+  const std::map<std::string, std::string>* podLabels = nullptr;
+  const std::map<std::string, std::string>* containerLabels = nullptr;
+};
+
 enum class Verdict { Allow, Block, RateLimited, Approve, Malformed };
 std::string_view verdictName(Verdict v);  // "allow", "block", "rate_limited", "approve", "malformed"
 
@@ -180,8 +196,20 @@ class Policy {
   Policy(const Policy&) = delete;
   Policy& operator=(const Policy&) = delete;
 
-  // Decides and, for rate_limit rules, takes a token.
+  // Decides and, for rate_limit rules, takes a token. Only https rules
+  // (protocol: https, the default) take part.
   Decision evaluate(const Request& req, Clock::time_point now);
+
+  // A MongoDB command, by protocol: mongodb rules only: each access is
+  // decided by the first rule that applies to it (command glob
+  // case-insensitive, database glob case-insensitive as MongoDB's own
+  // uniqueness is, collection glob exact; an empty filter matches any; a
+  // database-level access has collection "", which only an absent
+  // collection filter or "*" matches), or by rules.default, and the
+  // strictest outcome wins, as for the two views of a path. A rate_limit
+  // rule takes one token per command. Decision::path is "db.collection"
+  // (or "db") of the access that decided.
+  Decision evaluateCommand(const CommandRequest& req, Clock::time_point now);
 
   // Which rule would decide, and why each earlier one does not apply. Takes
   // no token.
@@ -218,6 +246,10 @@ class Policy {
   static std::string signature(const config::Rule& rule, const Compiled& c);
   Scan scan(const std::vector<std::string>& segments, const std::string& shown, Context& ctx) const;
   Pick decide(const std::vector<std::string>& segments, Context& ctx) const;
+  void decidedBy(Decision& d, std::size_t ruleIndex) const;
+  // The first mongodb rule that applies to one access of a command.
+  std::optional<std::size_t> commandRule(const CommandRequest& req, const CommandAccess& a, const std::string& host,
+                                         const std::string& agent) const;
   Pick choose(const Pick& primary, const std::optional<Pick>& alternate) const;
   std::optional<std::size_t> alsoCharged(const Pick& pick, const Pick& primary,
                                          const std::optional<Pick>& alternate) const;

@@ -62,7 +62,20 @@ LocalResponse refuse(Refusal r, std::string_view detail, const std::vector<std::
 
 const TargetRuntime* Runtime::findTarget(std::string_view host) const {
   for (const auto& t : targets)
+    if (t.host == host && t.protocol == config::Protocol::Https) return &t;
+  return nullptr;
+}
+
+const TargetRuntime* Runtime::findMongodbTarget(std::string_view host) const {
+  for (const auto& t : targets) {
+    if (t.protocol != config::Protocol::Mongodb) continue;
     if (t.host == host) return &t;
+    // "*.suffix": any name strictly below suffix.
+    if (t.host.starts_with("*.")) {
+      const std::string_view suffix = std::string_view(t.host).substr(1);  // ".suffix"
+      if (host.size() > suffix.size() && host.ends_with(suffix)) return &t;
+    }
+  }
   return nullptr;
 }
 

@@ -1,5 +1,7 @@
 #include "proxy/server.h"
 
+#include "mongo/scram.h"
+
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/write.hpp>
 #include <boost/asio/ip/v6_only.hpp>
@@ -143,12 +145,12 @@ tcp::endpoint originalEndpoint(const ag_origin& o) {
   return {asio::ip::address_v4(b), port};
 }
 
+}  // namespace
+
 std::string endpointText(const tcp::endpoint& ep) {
   if (ep.address().is_v6()) return fmt::format("[{}]:{}", ep.address().to_string(), ep.port());
   return fmt::format("{}:{}", ep.address().to_string(), ep.port());
 }
-
-}  // namespace
 
 asio::awaitable<void> Server::acceptLoop(tcp::acceptor& acceptor, std::uint64_t netnsCookie) {
   asio::steady_timer pause(io_);
@@ -283,7 +285,10 @@ void Server::admit(tcp::socket sock, Flow flow) {
       log::error("conn {}: session ended by an unknown exception", id);
     }
   };
-  if (origin.target_id == AG_TARGET_NONE)
+  const std::uint16_t mongoPort = config::mongodbPort(*runtime_->config);
+  if (mongoPort != 0 && flow.originalDst.port() == mongoPort && origin.target_id == AG_TARGET_NONE)
+    asio::co_spawn(io_, mongoClassify(std::move(sock), std::move(flow)), logFailure);
+  else if (origin.target_id == AG_TARGET_NONE)
     asio::co_spawn(io_, classify(std::move(sock), std::move(flow)), logFailure);
   else
     asio::co_spawn(io_, serve(std::move(sock), std::move(flow)), logFailure);
@@ -773,41 +778,53 @@ asio::awaitable<bool> Server::relay(Conn& c, Exchange& ex, upstream::Call& call,
 asio::awaitable<void> Server::classify(tcp::socket socket, Flow flow) {
   // The destination is no known target address: what the ClientHello names
   // decides. Bytes are only peeked at, so a spliced connection gets them all.
+  tls::HelloPeek hello = co_await peekHello(socket);
+  if (hello.status == tls::HelloStatus::Sni) {
+    const auto& targets = runtime_->targets;
+    for (std::size_t i = 0; i < targets.size(); ++i)
+      if (targets[i].host == hello.host && targets[i].protocol == config::Protocol::Https) {
+        flow.origin.target_id = targets[i].id;
+        co_await serve(std::move(socket), std::move(flow));
+        co_return;
+      }
+  }
+  if (hello.status == tls::HelloStatus::NeedMore && !socket.is_open()) co_return;
+  co_await passthrough(std::move(socket), std::move(flow));
+}
+
+asio::awaitable<tls::HelloPeek> Server::peekHello(tcp::socket& socket) {
   const auto limits = runtime_->config->limits;
   auto deadline = Clock::now() + limits.handshakeTimeout;
   std::vector<std::uint8_t> peek(5 + 16384 + 2048);
   asio::steady_timer pause(io_);
   tls::HelloPeek hello;
+  // Ends the connection: nothing usable arrived in time.
+  auto drop = [&] {
+    beast::error_code ignored;
+    socket.close(ignored);
+    return tls::HelloPeek{};
+  };
   for (;;) {
     socket.non_blocking(true);
     ssize_t n = ::recv(socket.native_handle(), peek.data(), peek.size(), MSG_PEEK);
-    if (n == 0) co_return;  // closed before saying anything
+    if (n == 0) co_return drop();  // closed before saying anything
     if (n > 0) {
       hello = tls::peekClientHello(std::span<const std::uint8_t>(peek.data(), static_cast<std::size_t>(n)));
       if (hello.status != tls::HelloStatus::NeedMore || static_cast<std::size_t>(n) == peek.size()) break;
     } else if (errno != EAGAIN && errno != EWOULDBLOCK) {
-      co_return;
+      co_return drop();
     }
-    if (Clock::now() >= deadline) co_return;
+    if (Clock::now() >= deadline) co_return drop();
     if (n < 0) {
       auto [ec] = co_await socket.async_wait(tcp::socket::wait_read, kUseTuple);
-      if (ec) co_return;
+      if (ec) co_return drop();
     } else {
       // Part of a record is here; the rest follows shortly.
       pause.expires_after(std::chrono::milliseconds(5));
       co_await pause.async_wait(kUseTuple);
     }
   }
-  if (hello.status == tls::HelloStatus::Sni) {
-    const auto& targets = runtime_->targets;
-    for (std::size_t i = 0; i < targets.size(); ++i)
-      if (targets[i].host == hello.host) {
-        flow.origin.target_id = targets[i].id;
-        co_await serve(std::move(socket), std::move(flow));
-        co_return;
-      }
-  }
-  co_await passthrough(std::move(socket), std::move(flow));
+  co_return hello;
 }
 
 namespace {

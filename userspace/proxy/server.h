@@ -29,8 +29,13 @@
 #include "proxy/counters.h"
 #include "proxy/exchange.h"
 #include "proxy/metrics.h"
+#include "mongo/command.h"
+#include "policy/policy.h"
 #include "proxy/runtime.h"
+#include "tls/sni.h"
 #include "upstream/call.h"
+
+#include <boost/asio/thread_pool.hpp>
 
 namespace atlasgate::policy {
 class Policy;
@@ -38,6 +43,13 @@ class Policy;
 namespace atlasgate::tls {
 class ServerContext;
 }
+namespace atlasgate::mongo {
+class SaltedPasswordCache;
+}
+namespace atlasgate::proxy {
+struct MongoConn;
+struct MongoMessage;
+}  // namespace atlasgate::proxy
 namespace atlasgate::credentials {
 class TokenProvider;
 class DigestAuth;
@@ -53,6 +65,9 @@ using upstream::UpstreamHostView;
 using upstream::UpstreamLimits;
 using upstream::UpstreamPool;
 using upstream::UpstreamStats;
+
+// "addr:port", "[v6]:port": how logs and audit records name an endpoint.
+std::string endpointText(const tcp::endpoint& ep);
 
 struct ConnectionInfo {
   std::uint64_t id;
@@ -117,6 +132,27 @@ class Server {
   // intercept: all-tls: peek at the SNI; terminate a target, splice the rest.
   asio::awaitable<void> classify(tcp::socket socket, Flow flow);
   asio::awaitable<void> passthrough(tcp::socket socket, Flow flow);
+  // The MongoDB front end (mongo_session.cpp): a connection to the mongodb
+  // targets' port. A ClientHello naming a mongodb target is terminated and
+  // served; anything else is spliced through.
+  asio::awaitable<void> mongoClassify(tcp::socket socket, Flow flow);
+  asio::awaitable<void> mongoServe(tcp::socket socket, Flow flow, const TargetRuntime& target, std::string host,
+                                   std::shared_ptr<const Runtime> rt);
+  friend struct MongoConn;
+  asio::awaitable<void> mongoFromAgent(MongoConn& c);
+  asio::awaitable<void> mongoToAgent(MongoConn& c);
+  asio::awaitable<bool> mongoMsg(MongoConn& c, MongoMessage& m);
+  asio::awaitable<bool> mongoQuery(MongoConn& c, MongoMessage& m);
+  asio::awaitable<bool> mongoForward(MongoConn& c, MongoMessage& m, const mongo::CommandInfo& info,
+                                     const policy::Decision& d,
+                                     const std::function<asio::awaitable<bool>(const mongo::Doc&)>& answer);
+  Result<std::pair<policy::Decision, mongo::CommandInfo>> mongoDecide(MongoConn& c, Result<mongo::CommandInfo> info);
+  void mongoAudit(MongoConn& c, const mongo::CommandInfo& info, const policy::Decision* d, std::string_view decision,
+                  std::string_view error, std::size_t bytesIn);
+  // The ClientHello, peeked at (bytes stay in the socket); Sni or not.
+  asio::awaitable<tls::HelloPeek> peekHello(tcp::socket& socket);
+  // The client TLS context for a mongodb target's upstream (its upstream_ca).
+  ssl::context* mongoUpstreamTls(const std::optional<std::string>& caFile);
 
   struct Conn;      // one HTTP connection's state (server.cpp)
   struct Exchange;  // one request's audit record and keep-alive
@@ -179,6 +215,9 @@ class Server {
   credentials::PhantomTokens phantoms_;
   Captured* captured_ = nullptr;
   RequestMetrics metrics_;
+  std::map<std::string, std::unique_ptr<ssl::context>> mongoTls_;  // by upstream_ca ("" = system trust)
+  std::unique_ptr<mongo::SaltedPasswordCache> scramCache_;
+  std::unique_ptr<asio::thread_pool> resolvers_;  // dns::resolve blocks
 };
 
 }  // namespace atlasgate::proxy

@@ -175,7 +175,8 @@ GENERAL_NAME* dnsName(const std::string& host) {
   return gn;
 }
 
-bool addSubjectAltName(X509* cert, const std::string& host) {
+// Critical when the subject is empty, as RFC 5280 4.2.1.6 requires.
+bool addSubjectAltName(X509* cert, const std::string& host, bool critical) {
   GeneralNamesPtr names(GENERAL_NAMES_new());
   if (!names) return false;
   GENERAL_NAME* gn = dnsName(host);
@@ -184,7 +185,7 @@ bool addSubjectAltName(X509* cert, const std::string& host) {
     GENERAL_NAME_free(gn);
     return false;
   }
-  return X509_add1_ext_i2d(cert, NID_subject_alt_name, names.get(), 0, X509V3_ADD_DEFAULT) == 1;
+  return X509_add1_ext_i2d(cert, NID_subject_alt_name, names.get(), critical ? 1 : 0, X509V3_ADD_DEFAULT) == 1;
 }
 
 bool addNameConstraints(X509* cert, const std::vector<std::string>& hosts) {
@@ -194,7 +195,8 @@ bool addNameConstraints(X509* cert, const std::vector<std::string>& hosts) {
   if (nc->permittedSubtrees == nullptr) return false;
   for (const auto& host : hosts) {
     GENERAL_SUBTREE* subtree = GENERAL_SUBTREE_new();
-    GENERAL_NAME* gn = dnsName(host);
+    // `*.suffix` -> `.suffix`: with the leading dot only proper subdomains match.
+    GENERAL_NAME* gn = dnsName(isHostPattern(host) ? host.substr(1) : host);
     if (subtree == nullptr || gn == nullptr) {
       GENERAL_SUBTREE_free(subtree);
       GENERAL_NAME_free(gn);
@@ -210,7 +212,8 @@ bool addNameConstraints(X509* cert, const std::vector<std::string>& hosts) {
   return X509_add1_ext_i2d(cert, NID_name_constraints, nc.get(), 1, X509V3_ADD_DEFAULT) == 1;
 }
 
-// The DNS names a CA certificate's nameConstraints permit, sorted; nullopt
+// The DNS names a CA certificate's nameConstraints permit, sorted, with
+// `.suffix` read back as the pattern `*.suffix` it was made from; nullopt
 // when the extension is missing, not critical, or holds anything but
 // permitted DNS subtrees (then it is not one of ours).
 std::optional<std::vector<std::string>> permittedHosts(X509* cert) {
@@ -225,8 +228,10 @@ std::optional<std::vector<std::string>> permittedHosts(X509* cert) {
     const GENERAL_SUBTREE* st = sk_GENERAL_SUBTREE_value(nc->permittedSubtrees, i);
     if (st->base == nullptr || st->base->type != GEN_DNS) return std::nullopt;
     const ASN1_IA5STRING* s = st->base->d.dNSName;
-    hosts.emplace_back(reinterpret_cast<const char*>(ASN1_STRING_get0_data(s)),
-                       static_cast<size_t>(ASN1_STRING_length(s)));
+    std::string name(reinterpret_cast<const char*>(ASN1_STRING_get0_data(s)),
+                     static_cast<size_t>(ASN1_STRING_length(s)));
+    if (name.starts_with('.')) name.insert(0, 1, '*');
+    hosts.push_back(std::move(name));
   }
   std::sort(hosts.begin(), hosts.end());
   return hosts;
@@ -391,11 +396,22 @@ Result<std::string> normalizeHost(std::string_view host) {
   return h;
 }
 
+Result<std::string> normalizeHostPattern(std::string_view pattern) {
+  if (!pattern.starts_with("*.")) return normalizeHost(pattern);
+  auto suffix = normalizeHost(pattern.substr(2));
+  if (!suffix) return makeError("invalid host pattern \"{}\"", pattern);
+  // `*.com` would let the CA sign for a whole top-level domain.
+  if (suffix->find('.') == std::string::npos) {
+    return makeError("host pattern \"{}\" is too broad: `*.` needs a name of at least two labels", pattern);
+  }
+  return "*." + suffix.value();
+}
+
 Result<Authority> Authority::loadOrCreate(const std::string& stateDir, const std::vector<std::string>& hosts,
                                           const std::string& systemBundle) {
   Authority ca;
   for (const auto& h : hosts) {
-    auto n = normalizeHost(h);
+    auto n = normalizeHostPattern(h);
     if (!n) return n.error();
     ca.hosts_.push_back(std::move(n.value()));
   }
@@ -438,7 +454,31 @@ Result<Authority> Authority::loadOrCreate(const std::string& stateDir, const std
   return ca;
 }
 
-bool Authority::allows(std::string_view host) const { return std::binary_search(hosts_.begin(), hosts_.end(), host); }
+const std::string* Authority::match(std::string_view host) const {
+  // Only a name normalizeHost leaves unchanged: no '*' (an SNI of
+  // `*.mongodb.net` must not equal the pattern), no case or trailing-dot games.
+  auto normalized = normalizeHost(host);
+  if (!normalized || *normalized != host) return nullptr;
+  auto find = [this](std::string_view entry) -> const std::string* {
+    auto it = std::lower_bound(hosts_.begin(), hosts_.end(), entry);
+    return it != hosts_.end() && *it == entry ? &*it : nullptr;
+  };
+  if (const std::string* exact = find(host)) return exact;
+  // Longest suffix first, so the most specific pattern wins. Starting the
+  // search after the first label means the apex never matches its own pattern.
+  std::string probe;
+  for (size_t dot = host.find('.'); dot != std::string_view::npos; dot = host.find('.', dot + 1)) {
+    probe.clear();
+    probe.push_back('*');
+    probe.append(host.substr(dot));
+    if (const std::string* pattern = find(probe)) return pattern;
+  }
+  return nullptr;
+}
+
+bool Authority::hasEntry(std::string_view entry) const {
+  return std::binary_search(hosts_.begin(), hosts_.end(), entry);
+}
 
 Result<Leaf> Authority::mintLeaf(const std::string& host) const {
   auto normalized = normalizeHost(host);
@@ -454,18 +494,22 @@ Result<Leaf> Authority::mintLeaf(const std::string& host) const {
   if (!cert) return makeError("X509_new: {}", opensslErrors());
   std::time_t now = std::time(nullptr);
   X509_NAME* name = X509_get_subject_name(cert.get());
-  bool ok = X509_set_version(cert.get(), X509_VERSION_3) == 1 && setRandomSerial(cert.get()) &&
-            X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, reinterpret_cast<const unsigned char*>(h.c_str()), -1,
-                                       -1, 0) == 1 &&
-            X509_set_issuer_name(cert.get(), X509_get_subject_name(caCert_.get())) == 1 &&
-            setValidity(cert.get(), now, kBackdateSeconds, 0, kLeafValiditySeconds) &&
-            X509_set_pubkey(cert.get(), key->get()) == 1 &&
-            addExtension(cert.get(), caCert_.get(), NID_basic_constraints, "critical,CA:FALSE") &&
-            addExtension(cert.get(), caCert_.get(), NID_key_usage, "critical,digitalSignature") &&
-            addExtension(cert.get(), caCert_.get(), NID_ext_key_usage, "serverAuth") &&
-            addExtension(cert.get(), caCert_.get(), NID_subject_key_identifier, "hash") &&
-            addExtension(cert.get(), caCert_.get(), NID_authority_key_identifier, "keyid:always") &&
-            addSubjectAltName(cert.get(), h) && X509_sign(cert.get(), caKey_.get(), EVP_sha256()) > 0;
+  // A CN holds at most 64 characters (RFC 5280 ub-common-name) and names
+  // under a wildcard may be longer; verifiers use the SAN, so leave it out then.
+  bool cnFits = h.size() <= 64;
+  bool ok =
+      X509_set_version(cert.get(), X509_VERSION_3) == 1 && setRandomSerial(cert.get()) &&
+      (!cnFits || X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC,
+                                             reinterpret_cast<const unsigned char*>(h.c_str()), -1, -1, 0) == 1) &&
+      X509_set_issuer_name(cert.get(), X509_get_subject_name(caCert_.get())) == 1 &&
+      setValidity(cert.get(), now, kBackdateSeconds, 0, kLeafValiditySeconds) &&
+      X509_set_pubkey(cert.get(), key->get()) == 1 &&
+      addExtension(cert.get(), caCert_.get(), NID_basic_constraints, "critical,CA:FALSE") &&
+      addExtension(cert.get(), caCert_.get(), NID_key_usage, "critical,digitalSignature") &&
+      addExtension(cert.get(), caCert_.get(), NID_ext_key_usage, "serverAuth") &&
+      addExtension(cert.get(), caCert_.get(), NID_subject_key_identifier, "hash") &&
+      addExtension(cert.get(), caCert_.get(), NID_authority_key_identifier, "keyid:always") &&
+      addSubjectAltName(cert.get(), h, !cnFits) && X509_sign(cert.get(), caKey_.get(), EVP_sha256()) > 0;
   if (!ok) return makeError("cannot mint a certificate for {}: {}", h, opensslErrors());
 
   Leaf leaf;

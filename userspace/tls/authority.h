@@ -7,6 +7,12 @@
 // so even a stolen ca.key cannot mint a certificate that a verifier accepts
 // for any other name (RFC 5280 4.2.1.10). The price is that the CA must be
 // re-made whenever the set of targets changes; loadOrCreate does that.
+//
+// A target may also be a wildcard pattern `*.suffix`: it stands for every
+// name strictly below `suffix` (any depth), never `suffix` itself. Its
+// permitted subtree is the DNS name `.suffix`; the leading dot makes
+// OpenSSL's name-constraint check (and RFC 5280 readers) accept only proper
+// subdomains.
 
 #include <chrono>
 #include <string>
@@ -41,11 +47,18 @@ struct Leaf {
 // what is left is not a plain DNS name (LDH labels, no wildcards, <= 253).
 Result<std::string> normalizeHost(std::string_view host);
 
+// normalizeHost, or `*.` followed by a normalized name of at least two labels
+// (`*.mongodb.net`). Any other `*` (`*.net`, `a*.x.com`, `a.*.x.com`) is refused.
+Result<std::string> normalizeHostPattern(std::string_view pattern);
+
+// True for `*.`-prefixed entries (as normalizeHostPattern returns them).
+inline bool isHostPattern(std::string_view entry) { return entry.size() > 2 && entry.starts_with("*."); }
+
 class Authority {
  public:
   // Loads the CA from stateDir, or creates it (and stateDir) when it is absent,
   // unreadable, expiring within 30 days, or constrained to a different set of
-  // hosts than `hosts`. Always rewrites the trust bundle from systemBundle
+  // hosts than `hosts` (concrete names and `*.suffix` patterns). Always rewrites the trust bundle from systemBundle
   // (a missing system bundle gives a bundle holding only our CA, and a warning).
   static Result<Authority> loadOrCreate(const std::string& stateDir, const std::vector<std::string>& hosts,
                                         const std::string& systemBundle = kSystemBundle);
@@ -56,16 +69,27 @@ class Authority {
   Authority& operator=(const Authority&) = delete;
 
   // A fresh ECDSA P-256 leaf for `host` (SAN DNS:host, serverAuth, valid from
-  // now-5min to now+24h, SHA-256 by the CA). Refuses hosts outside hosts().
-  // Thread-safe: the CA key is only read.
+  // now-5min to now+24h, SHA-256 by the CA). Refuses names allows() refuses,
+  // and patterns themselves. Thread-safe: the CA key is only read.
   Result<Leaf> mintLeaf(const std::string& host) const;
 
-  // True when `host` (already lower-case) is one of the configured hosts.
-  bool allows(std::string_view host) const;
+  // True when the concrete `host` (already normalized) is a configured host or
+  // a proper subdomain of a configured pattern's suffix. False for patterns.
+  bool allows(std::string_view host) const { return match(host) != nullptr; }
+
+  // The configured entry (in hosts()) that allows the concrete, normalized
+  // `host`: the host itself when configured, else the most specific pattern
+  // covering it; nullptr when none does or `host` is not a concrete name.
+  // The pointer lives as long as this Authority.
+  const std::string* match(std::string_view host) const;
+
+  // True when `entry` (normalized host or pattern) is exactly one of hosts(),
+  // e.g. to check that a reloaded target needs no new CA.
+  bool hasEntry(std::string_view entry) const;
 
   X509* caCert() const { return caCert_.get(); }
   std::string caPem() const { return certToPem(caCert_.get()); }
-  // Normalized, sorted, unique.
+  // Normalized hosts and patterns, sorted, unique.
   const std::vector<std::string>& hosts() const { return hosts_; }
   const CaPaths& paths() const { return paths_; }
 

@@ -7,6 +7,7 @@
 #include <mutex>
 #include <span>
 #include <unordered_map>
+#include <unordered_set>
 #include <utility>
 
 #include <openssl/err.h>
@@ -40,28 +41,66 @@ struct ServerContext::State {
 
   std::mutex mu;
   std::unordered_map<std::string, std::shared_ptr<const Leaf>> leaves;  // guarded by mu
+  // Concrete names admitted by a pattern. Node-based, so the pointers handed
+  // to SSLs stay valid as the set grows; never shrinks. Guarded by mu.
+  std::unordered_set<std::string> wildcardNames;
+  std::chrono::steady_clock::time_point lastLimitWarning;  // guarded by mu
+  uint64_t suppressedLimitWarnings = 0;                    // guarded by mu
 
   std::atomic<uint64_t> refusedUnknownSni{0};
   std::atomic<uint64_t> refusedMissingSni{0};
   std::atomic<uint64_t> refusedMalformedSni{0};
   std::atomic<uint64_t> leavesMinted{0};
   std::atomic<uint64_t> mintFailures{0};
+  std::atomic<uint64_t> refusedNameLimit{0};
 
-  // The Authority's own copy of `host`, so a pointer to it outlives the SSL.
-  const std::string* findHost(std::string_view host) const {
-    const auto& hosts = authority->hosts();
-    auto it = std::lower_bound(hosts.begin(), hosts.end(), host);
-    return it != hosts.end() && *it == host ? &*it : nullptr;
+  struct Selection {
+    const std::string* host = nullptr;   // concrete name; lives as long as this State
+    const std::string* entry = nullptr;  // the Authority's host or pattern that admitted it
+    bool overLimit = false;              // admitted by a pattern, but no room to remember it
+  };
+
+  // Resolves a lower-case name to stable pointers: for a configured host, the
+  // Authority's own copy; for a name under a pattern, an interned copy.
+  Selection findHost(std::string_view host) {
+    const std::string* entry = authority->match(host);
+    if (entry == nullptr) return {};
+    if (!isHostPattern(*entry)) return {entry, entry};
+    std::lock_guard lock(mu);
+    std::string name(host);
+    if (auto it = wildcardNames.find(name); it != wildcardNames.end()) return {&*it, entry};
+    if (wildcardNames.size() >= kMaxWildcardNames) {
+      refusedNameLimit.fetch_add(1, std::memory_order_relaxed);
+      warnLimitLocked(host, *entry);
+      return {nullptr, entry, true};
+    }
+    return {&*wildcardNames.insert(std::move(name)).first, entry};
+  }
+
+  // At most one line a minute: the agent chooses how often this happens.
+  void warnLimitLocked(std::string_view host, const std::string& pattern) {
+    auto now = std::chrono::steady_clock::now();
+    if (lastLimitWarning != std::chrono::steady_clock::time_point{} &&
+        now - lastLimitWarning < std::chrono::minutes(1)) {
+      ++suppressedLimitWarnings;
+      return;
+    }
+    lastLimitWarning = now;
+    log::warn("refused TLS handshake: SNI \"{}\" under {} would exceed {} distinct names ({} more refusals not logged)",
+              printableName(host), pattern, kMaxWildcardNames, std::exchange(suppressedLimitWarnings, 0));
   }
 
   Result<std::shared_ptr<const Leaf>> leafFor(const std::string& host) {
     std::lock_guard lock(mu);
     auto now = clock();
-    if (auto it = leaves.find(host); it != leaves.end()) {
+    auto it = leaves.find(host);
+    if (it != leaves.end()) {
       const Leaf& leaf = *it->second;
       // Renew once less than a third of the lifetime is left, so an agent
       // never receives a certificate that expires in the middle of its work.
       if (leaf.notAfter - now > (leaf.notAfter - leaf.notBefore) / 3) return it->second;
+    } else if (leaves.size() >= kMaxWildcardNames + authority->hosts().size()) {
+      return makeError("refusing a leaf for {}: the cache already holds {} leaves", printableName(host), leaves.size());
     }
     auto minted = authority->mintLeaf(host);
     if (!minted) {
@@ -71,7 +110,7 @@ struct ServerContext::State {
     leavesMinted.fetch_add(1, std::memory_order_relaxed);
     auto leaf = std::make_shared<const Leaf>(std::move(minted).value());
     leaves[leaf->host] = leaf;
-    log::info("minted a leaf certificate for {}", leaf->host);
+    log::info("minted a leaf certificate for {}", printableName(leaf->host));
     return leaf;
   }
 };
@@ -96,6 +135,10 @@ int selectedHostIndex() {
   static const int idx = SSL_get_ex_new_index(0, nullptr, nullptr, nullptr, nullptr);
   return idx;
 }
+int matchedPatternIndex() {
+  static const int idx = SSL_get_ex_new_index(0, nullptr, nullptr, nullptr, nullptr);
+  return idx;
+}
 
 std::string lowerAscii(std::string_view s) {
   std::string out(s);
@@ -110,59 +153,72 @@ int refuse(int* alert, int code) {
   return SSL_CLIENT_HELLO_ERROR;
 }
 
+// Picks the target for this ClientHello from its SNI, or from the SSL's
+// default host when it names none. An empty Selection means refuse: `*alert`
+// and the counters say why.
+State::Selection selectTarget(SSL* ssl, State& state, int* alert) {
+  const unsigned char* ext = nullptr;
+  size_t extLen = 0;
+  SniResult sni;
+  bool haveSni = SSL_client_hello_get0_ext(ssl, TLSEXT_TYPE_server_name, &ext, &extLen) == 1;
+  if (haveSni) {
+    sni = parseServerName(std::span<const uint8_t>(ext, extLen));
+    if (sni.status != SniStatus::Ok) {
+      state.refusedMalformedSni.fetch_add(1, std::memory_order_relaxed);
+      log::warn("refused TLS handshake: malformed server_name extension ({} bytes)", extLen);
+      *alert = SSL_AD_DECODE_ERROR;
+      return {};
+    }
+    // RFC 6066 forbids IP literals as server names, but some clients (wrk,
+    // a URL with an IP) send them: that names no host, like no SNI at all.
+    in6_addr ip{};
+    if (::inet_pton(AF_INET, sni.host.c_str(), &ip) == 1 || ::inet_pton(AF_INET6, sni.host.c_str(), &ip) == 1)
+      haveSni = false;
+  }
+  *alert = SSL_AD_UNRECOGNIZED_NAME;
+  if (haveSni) {
+    auto selected = state.findHost(sni.host);
+    if (selected.host == nullptr && !selected.overLimit) {  // over the limit: findHost counted and logged it
+      state.refusedUnknownSni.fetch_add(1, std::memory_order_relaxed);
+      log::warn("refused TLS handshake: SNI \"{}\" is not a configured target", printableName(sni.host));
+    }
+    return selected.host != nullptr ? selected : State::Selection{};
+  }
+  const auto* fallback = static_cast<const std::string*>(SSL_get_ex_data(ssl, defaultHostIndex()));
+  State::Selection selected;
+  if (fallback != nullptr) selected = state.findHost(lowerAscii(*fallback));
+  if (selected.host == nullptr) {
+    state.refusedMissingSni.fetch_add(1, std::memory_order_relaxed);
+    log::warn("refused TLS handshake: no SNI and no target owns the original destination");
+    return {};
+  }
+  return selected;
+}
+
 // Runs before OpenSSL looks at the ClientHello's extensions: picks the target
 // host and installs its leaf. Exceptions must not cross back into OpenSSL.
 int onClientHello(SSL* ssl, int* alert, void* arg) noexcept {
   auto* state = static_cast<State*>(arg);
   try {
     SSL_set_ex_data(ssl, selectedHostIndex(), nullptr);
-    const std::string* host = nullptr;
-    const unsigned char* ext = nullptr;
-    size_t extLen = 0;
-    SniResult sni;
-    bool haveSni = SSL_client_hello_get0_ext(ssl, TLSEXT_TYPE_server_name, &ext, &extLen) == 1;
-    if (haveSni) {
-      sni = parseServerName(std::span<const uint8_t>(ext, extLen));
-      if (sni.status != SniStatus::Ok) {
-        state->refusedMalformedSni.fetch_add(1, std::memory_order_relaxed);
-        log::warn("refused TLS handshake: malformed server_name extension ({} bytes)", extLen);
-        return refuse(alert, SSL_AD_DECODE_ERROR);
-      }
-      // RFC 6066 forbids IP literals as server names, but some clients (wrk,
-      // a URL with an IP) send them: that names no host, like no SNI at all.
-      in6_addr ip{};
-      if (::inet_pton(AF_INET, sni.host.c_str(), &ip) == 1 || ::inet_pton(AF_INET6, sni.host.c_str(), &ip) == 1)
-        haveSni = false;
-    }
-    if (haveSni) {
-      host = state->findHost(sni.host);
-      if (host == nullptr) {
-        state->refusedUnknownSni.fetch_add(1, std::memory_order_relaxed);
-        log::warn("refused TLS handshake: SNI \"{}\" is not a configured target", printableName(sni.host));
-        return refuse(alert, SSL_AD_UNRECOGNIZED_NAME);
-      }
-    } else {
-      const auto* fallback = static_cast<const std::string*>(SSL_get_ex_data(ssl, defaultHostIndex()));
-      if (fallback != nullptr) host = state->findHost(lowerAscii(*fallback));
-      if (host == nullptr) {
-        state->refusedMissingSni.fetch_add(1, std::memory_order_relaxed);
-        log::warn("refused TLS handshake: no SNI and no target owns the original destination");
-        return refuse(alert, SSL_AD_UNRECOGNIZED_NAME);
-      }
-    }
+    SSL_set_ex_data(ssl, matchedPatternIndex(), nullptr);
+    State::Selection selected = selectTarget(ssl, *state, alert);
+    if (selected.host == nullptr) return SSL_CLIENT_HELLO_ERROR;
+    const std::string* host = selected.host;
 
     auto leaf = state->leafFor(*host);
     if (!leaf) {
-      log::error("refused TLS handshake for {}: {}", *host, leaf.error().message);
+      log::error("refused TLS handshake for {}: {}", printableName(*host), leaf.error().message);
       return refuse(alert, SSL_AD_INTERNAL_ERROR);
     }
     // The SSL takes its own references to the leaf, key and chain, so a later
     // renewal in the cache cannot pull them from under a live connection.
     if (SSL_use_cert_and_key(ssl, (*leaf)->cert.get(), (*leaf)->key.get(), state->chain.get(), 1) != 1) {
-      log::error("refused TLS handshake for {}: cannot install the leaf: {}", *host, opensslErrors());
+      log::error("refused TLS handshake for {}: cannot install the leaf: {}", printableName(*host), opensslErrors());
       return refuse(alert, SSL_AD_INTERNAL_ERROR);
     }
     SSL_set_ex_data(ssl, selectedHostIndex(), const_cast<std::string*>(host));
+    SSL_set_ex_data(ssl, matchedPatternIndex(), const_cast<std::string*>(selected.entry));
     return SSL_CLIENT_HELLO_SUCCESS;
   } catch (...) {
     return refuse(alert, SSL_AD_INTERNAL_ERROR);
@@ -251,6 +307,10 @@ const std::string* ServerContext::selectedHost(const SSL* ssl) {
   return static_cast<const std::string*>(SSL_get_ex_data(ssl, selectedHostIndex()));
 }
 
+const std::string* ServerContext::matchedPattern(const SSL* ssl) {
+  return static_cast<const std::string*>(SSL_get_ex_data(ssl, matchedPatternIndex()));
+}
+
 Result<std::shared_ptr<const Leaf>> ServerContext::leafFor(const std::string& host) const {
   if (state_ == nullptr) return makeError("moved-from ServerContext");
   return state_->leafFor(lowerAscii(host));
@@ -264,6 +324,10 @@ ServerCounters ServerContext::counters() const {
   out.refusedMalformedSni = state_->refusedMalformedSni.load(std::memory_order_relaxed);
   out.leavesMinted = state_->leavesMinted.load(std::memory_order_relaxed);
   out.mintFailures = state_->mintFailures.load(std::memory_order_relaxed);
+  out.refusedNameLimit = state_->refusedNameLimit.load(std::memory_order_relaxed);
+  std::lock_guard lock(state_->mu);
+  out.wildcardNames = state_->wildcardNames.size();
+  out.cachedLeaves = state_->leaves.size();
   return out;
 }
 

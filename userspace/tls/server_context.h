@@ -1,6 +1,9 @@
 #pragma once
 // The agent-facing TLS context: TLS 1.2-1.3, ECDHE only, one leaf certificate
-// per configured target host chosen from the SNI in the ClientHello.
+// per configured target host chosen from the SNI in the ClientHello. A target
+// pattern `*.suffix` answers any SNI strictly below `suffix`, with a leaf for
+// that concrete name; at most kMaxWildcardNames distinct such names per
+// context, so random SNIs cannot grow memory without bound.
 //
 // Ownership: ServerContext holds one reference to the SSL_CTX. Everything the
 // callbacks need (the Authority, the leaf cache, the counters) is owned by the
@@ -28,6 +31,9 @@
 namespace atlasgate::tls {
 
 inline constexpr const char* kAlpnHttp11 = "http/1.1";
+// Distinct concrete names a context answers under wildcard patterns; beyond
+// it a new name is refused (unrecognized_name). Leaves are bounded likewise.
+inline constexpr size_t kMaxWildcardNames = 4096;
 
 struct ServerCounters {
   uint64_t refusedUnknownSni = 0;    // SNI named a host that is not a target
@@ -35,6 +41,9 @@ struct ServerCounters {
   uint64_t refusedMalformedSni = 0;  // server_name extension did not parse
   uint64_t leavesMinted = 0;         // leaf certificates minted (first use + renewals)
   uint64_t mintFailures = 0;         // mintLeaf failed; the handshake was refused
+  uint64_t refusedNameLimit = 0;     // a new name under a pattern, kMaxWildcardNames already seen
+  uint64_t wildcardNames = 0;        // gauge: distinct names answered under patterns
+  uint64_t cachedLeaves = 0;         // gauge: leaves in the cache
 };
 
 class ServerContext {
@@ -61,13 +70,18 @@ class ServerContext {
   // the connection's original destination. Stored on the SSL (ex_data, not
   // owned): `host` must stay alive until the handshake is over. nullptr clears.
   static void setDefaultHost(SSL* ssl, const std::string* host);
-  // The target host this handshake was answered for, or nullptr before the
-  // ClientHello was processed / when it was refused. Points into the
-  // SSL_CTX's own host list: valid as long as the SSL lives.
+  // The concrete host this handshake was answered for (lower-case, no
+  // trailing dot), or nullptr before the ClientHello was processed / when it
+  // was refused. Owned by the SSL_CTX: valid as long as the SSL lives.
   static const std::string* selectedHost(const SSL* ssl);
+  // The configured entry (Authority::hosts()) that admitted selectedHost():
+  // the host itself for a concrete target, else the pattern (`*.mongodb.net`).
+  // nullptr exactly when selectedHost() is. Same lifetime.
+  static const std::string* matchedPattern(const SSL* ssl);
 
   // The cached leaf for `host`, minting it on first use and re-minting it when
-  // less than a third of its lifetime is left. Thread-safe.
+  // less than a third of its lifetime is left. Refuses a new host once the
+  // cache holds kMaxWildcardNames + hosts().size() leaves. Thread-safe.
   Result<std::shared_ptr<const Leaf>> leafFor(const std::string& host) const;
 
   ServerCounters counters() const;

@@ -130,6 +130,20 @@ TEST(NormalizeHost, LowerCasesAndValidates) {
   EXPECT_FALSE(normalizeHost(std::string("a\0b", 3)));
 }
 
+TEST(NormalizeHostPattern, AcceptsOneLeadingWildcardLabel) {
+  EXPECT_EQ(normalizeHostPattern("*.MongoDB.net.").value(), "*.mongodb.net");
+  EXPECT_EQ(normalizeHostPattern("*.a.b.example.org").value(), "*.a.b.example.org");
+  EXPECT_EQ(normalizeHostPattern("Cloud.MongoDB.com").value(), "cloud.mongodb.com");  // concrete names too
+  for (const char* bad :
+       {"*.net", "*.net.", "*", "*.", "*..", "**.x.com", "*x.com", "a*.x.com", "a.*.x.com", "*.*.x.com", "*.x*.com",
+        "x.com.*", ".mongodb.net", "*.127.0.0.1", "*.a..b", "*.-a.b", "*.a,DNS:evil.com", ""}) {
+    EXPECT_FALSE(normalizeHostPattern(bad)) << bad;
+  }
+  EXPECT_FALSE(normalizeHost("*.mongodb.net")) << "normalizeHost stays for concrete names";
+  EXPECT_TRUE(isHostPattern("*.mongodb.net"));
+  EXPECT_FALSE(isHostPattern("mongodb.net"));
+}
+
 TEST(Authority, CreatesFilesWithModes) {
   TempDir tmp;
   std::string state = tmp.file("state/nested");
@@ -369,6 +383,149 @@ TEST(Authority, LeakedKeyCannotMintForOtherNames) {
   X509_STORE_CTX_init(sctx.get(), store.get(), viaMid.get(), untrusted);
   EXPECT_NE(X509_verify_cert(sctx.get()), 1);
   sk_X509_free(untrusted);
+}
+
+// ------------------------------------------------------------ wildcards ----
+
+const std::vector<std::string> kWildHosts = {"cloud.mongodb.com", "*.mongodb.net"};
+
+TEST(AuthorityWildcard, PatternBecomesDotSuffixConstraint) {
+  TempDir tmp;
+  auto ca = Authority::loadOrCreate(tmp.path(), {"*.MongoDB.net.", "cloud.mongodb.com"}, tmp.file("none"));
+  ASSERT_TRUE(ca) << ca.error().message;
+  EXPECT_EQ(ca->hosts(), (std::vector<std::string>{"*.mongodb.net", "cloud.mongodb.com"}));
+  EXPECT_EQ(permitted(ca->caCert()), (std::vector<std::string>{".mongodb.net", "cloud.mongodb.com"}));
+}
+
+TEST(AuthorityWildcard, RefusesBadPatterns) {
+  TempDir tmp;
+  for (const char* bad : {"*.net", "a*.x.com", "a.*.x.com", "*"}) {
+    EXPECT_FALSE(Authority::loadOrCreate(tmp.path(), {"cloud.mongodb.com", bad}, tmp.file("none"))) << bad;
+  }
+}
+
+TEST(AuthorityWildcard, UnchangedPatternsReuseTheCa) {
+  TempDir tmp;
+  auto first = Authority::loadOrCreate(tmp.path(), kWildHosts, tmp.file("none"));
+  ASSERT_TRUE(first) << first.error().message;
+  std::string keyBefore = slurp(first->paths().caKey);
+  auto second = Authority::loadOrCreate(tmp.path(), {"*.MONGODB.NET", "cloud.mongodb.com."}, tmp.file("none"));
+  ASSERT_TRUE(second) << second.error().message;
+  EXPECT_EQ(X509_cmp(first->caCert(), second->caCert()), 0);
+  EXPECT_EQ(slurp(second->paths().caKey), keyBefore);
+}
+
+TEST(AuthorityWildcard, AddingAPatternRemakesTheCa) {
+  TempDir tmp;
+  auto first = Authority::loadOrCreate(tmp.path(), kHosts, tmp.file("none"));
+  ASSERT_TRUE(first) << first.error().message;
+  auto second = Authority::loadOrCreate(tmp.path(), kWildHosts, tmp.file("none"));
+  ASSERT_TRUE(second) << second.error().message;
+  EXPECT_NE(X509_cmp(first->caCert(), second->caCert()), 0);
+  EXPECT_EQ(permitted(second->caCert()), (std::vector<std::string>{".mongodb.net", "cloud.mongodb.com"}));
+  X509Ptr onDisk = readCert(second->paths().caCert);
+  EXPECT_EQ(X509_cmp(onDisk.get(), second->caCert()), 0);
+
+  // The apex is a different constraint from the pattern: `mongodb.net` would
+  // permit the apex and everything below, `.mongodb.net` only what is below.
+  auto apex = Authority::loadOrCreate(tmp.path(), {"cloud.mongodb.com", "mongodb.net"}, tmp.file("none"));
+  ASSERT_TRUE(apex) << apex.error().message;
+  EXPECT_NE(X509_cmp(second->caCert(), apex->caCert()), 0);
+  EXPECT_EQ(permitted(apex->caCert()), (std::vector<std::string>{"cloud.mongodb.com", "mongodb.net"}));
+  auto back = Authority::loadOrCreate(tmp.path(), kWildHosts, tmp.file("none"));
+  ASSERT_TRUE(back) << back.error().message;
+  EXPECT_NE(X509_cmp(apex->caCert(), back->caCert()), 0);
+}
+
+TEST(AuthorityWildcard, AllowsOnlyProperSubdomains) {
+  TempDir tmp;
+  auto ca = Authority::loadOrCreate(tmp.path(), kWildHosts, tmp.file("none"));
+  ASSERT_TRUE(ca) << ca.error().message;
+  for (const char* ok : {"a.mongodb.net", "a.b.mongodb.net", "x-1.y.z.mongodb.net", "cloud.mongodb.com"}) {
+    EXPECT_TRUE(ca->allows(ok)) << ok;
+  }
+  for (const char* bad : {"mongodb.net", "xmongodb.net", "a.mongodb.net.evil.com", "*.mongodb.net", ".mongodb.net",
+                          "a..mongodb.net", "A.mongodb.net", "a.mongodb.net.", "a.mongodb.net..", "*.a.mongodb.net",
+                          "a*.mongodb.net", "net", "", "a.cloud.mongodb.com", "mongodb.com"}) {
+    EXPECT_FALSE(ca->allows(bad)) << bad;
+  }
+  EXPECT_TRUE(ca->hasEntry("*.mongodb.net"));
+  EXPECT_TRUE(ca->hasEntry("cloud.mongodb.com"));
+  EXPECT_FALSE(ca->hasEntry("a.mongodb.net"));
+  EXPECT_FALSE(ca->hasEntry("mongodb.net"));
+}
+
+TEST(AuthorityWildcard, MatchNamesTheMostSpecificEntry) {
+  TempDir tmp;
+  auto ca =
+      Authority::loadOrCreate(tmp.path(), {"*.mongodb.net", "*.b.mongodb.net", "a.b.mongodb.net"}, tmp.file("none"));
+  ASSERT_TRUE(ca) << ca.error().message;
+  auto matched = [&](const char* host) -> std::string {
+    const std::string* entry = ca->match(host);
+    return entry ? *entry : "<none>";
+  };
+  EXPECT_EQ(matched("a.b.mongodb.net"), "a.b.mongodb.net");
+  EXPECT_EQ(matched("x.b.mongodb.net"), "*.b.mongodb.net");
+  EXPECT_EQ(matched("y.x.b.mongodb.net"), "*.b.mongodb.net");
+  EXPECT_EQ(matched("b.mongodb.net"), "*.mongodb.net");
+  EXPECT_EQ(matched("mongodb.net"), "<none>");
+  // The pointer is the Authority's own entry.
+  const std::string* entry = ca->match("q.mongodb.net");
+  ASSERT_NE(entry, nullptr);
+  EXPECT_TRUE(entry >= ca->hosts().data() && entry < ca->hosts().data() + ca->hosts().size());
+}
+
+TEST(AuthorityWildcard, MintsConcreteNamesUnderThePattern) {
+  TempDir tmp;
+  auto ca = Authority::loadOrCreate(tmp.path(), kWildHosts, tmp.file("none"));
+  ASSERT_TRUE(ca) << ca.error().message;
+  for (const char* host : {"A.MongoDB.net", "a.b.mongodb.net"}) {
+    auto leaf = ca->mintLeaf(host);
+    ASSERT_TRUE(leaf) << host << ": " << leaf.error().message;
+    std::string want = normalizeHost(host).value();
+    EXPECT_EQ(leaf->host, want);
+    EXPECT_EQ(verifyAgainst(ca->caCert(), leaf->cert.get(), want), X509_V_OK) << want;
+    EXPECT_EQ(X509_check_host(leaf->cert.get(), want.c_str(), 0, 0, nullptr), 1);
+    EXPECT_NE(X509_check_host(leaf->cert.get(), "other.mongodb.net", 0, 0, nullptr), 1) << "no wildcard SAN";
+  }
+  for (const char* bad :
+       {"*.mongodb.net", "mongodb.net", "evilmongodb.net", "a.mongodb.net.evil.com", ".mongodb.net"}) {
+    EXPECT_FALSE(ca->mintLeaf(bad)) << bad;
+  }
+}
+
+TEST(AuthorityWildcard, MintsNamesLongerThanACommonName) {
+  TempDir tmp;
+  auto ca = Authority::loadOrCreate(tmp.path(), kWildHosts, tmp.file("none"));
+  ASSERT_TRUE(ca) << ca.error().message;
+  std::string host = std::string(63, 'a') + "." + std::string(63, 'b') + ".mongodb.net";
+  auto leaf = ca->mintLeaf(host);
+  ASSERT_TRUE(leaf) << leaf.error().message;
+  EXPECT_EQ(X509_NAME_entry_count(X509_get_subject_name(leaf->cert.get())), 0);
+  int crit = -1;
+  GENERAL_NAMES_free(
+      static_cast<GENERAL_NAMES*>(X509_get_ext_d2i(leaf->cert.get(), NID_subject_alt_name, &crit, nullptr)));
+  EXPECT_EQ(crit, 1) << "an empty subject needs a critical SAN";
+  EXPECT_EQ(verifyAgainst(ca->caCert(), leaf->cert.get(), host), X509_V_OK);
+}
+
+TEST(AuthorityWildcard, LeakedKeyCannotMintForTheApexOrLookalikes) {
+  TempDir tmp;
+  auto ca = Authority::loadOrCreate(tmp.path(), kWildHosts, tmp.file("none"));
+  ASSERT_TRUE(ca) << ca.error().message;
+  EvpPkeyPtr stolen = readKey(ca->paths().caKey);
+  ASSERT_TRUE(stolen);
+  // Control: the constraint does admit names below the suffix, at any depth.
+  for (const char* inside : {"a.mongodb.net", "a.b.mongodb.net"}) {
+    X509Ptr ok = forge(ca->caCert(), stolen.get(), inside, inside);
+    EXPECT_EQ(verifyAgainst(ca->caCert(), ok.get(), inside), X509_V_OK) << inside;
+  }
+  for (const char* outside : {"mongodb.net", "evilmongodb.net", "a.mongodb.net.evil.com", "mongodb.com"}) {
+    X509Ptr evil = forge(ca->caCert(), stolen.get(), outside, outside);
+    EXPECT_EQ(verifyAgainst(ca->caCert(), evil.get(), ""), X509_V_ERR_PERMITTED_VIOLATION) << outside;
+    X509Ptr cnOnly = forge(ca->caCert(), stolen.get(), outside, "");
+    EXPECT_EQ(verifyAgainst(ca->caCert(), cnOnly.get(), ""), X509_V_ERR_PERMITTED_VIOLATION) << outside << " (CN)";
+  }
 }
 
 }  // namespace

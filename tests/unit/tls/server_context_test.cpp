@@ -3,6 +3,9 @@
 #include <chrono>
 #include <cstring>
 #include <memory>
+#include <random>
+#include <string>
+#include <vector>
 
 #include <gtest/gtest.h>
 
@@ -23,8 +26,10 @@ constexpr const char* kDev = "cloud-dev.mongodb.com";
 
 class ServerContextTest : public ::testing::Test {
  protected:
+  virtual std::vector<std::string> configuredHosts() const { return {kAtlas, kDev}; }
+
   void SetUp() override {
-    auto ca = Authority::loadOrCreate(tmp_.path(), {kAtlas, kDev}, tmp_.file("none"));
+    auto ca = Authority::loadOrCreate(tmp_.path(), configuredHosts(), tmp_.file("none"));
     ASSERT_TRUE(ca) << ca.error().message;
     authority_ = std::make_shared<const Authority>(std::move(ca).value());
     auto server = ServerContext::create(authority_, [this] { return now(); });
@@ -71,6 +76,7 @@ TEST_F(ServerContextTest, ConfiguredSniGetsVerifiableLeaf) {
     const std::string* selected = ServerContext::selectedHost(conn.server.get());
     ASSERT_NE(selected, nullptr);
     EXPECT_EQ(*selected, host);
+    EXPECT_EQ(ServerContext::matchedPattern(conn.server.get()), selected) << "a concrete target matches itself";
     // The CA travels after the leaf.
     STACK_OF(X509)* chain = SSL_get_peer_cert_chain(conn.client.get());
     ASSERT_EQ(sk_X509_num(chain), 2);
@@ -96,6 +102,7 @@ TEST_F(ServerContextTest, UnknownSniIsRefusedWithUnrecognizedName) {
   EXPECT_TRUE(conn.clientSide.failed);
   EXPECT_EQ(conn.clientSide.reason, alertReason(SSL_AD_UNRECOGNIZED_NAME));
   EXPECT_EQ(ServerContext::selectedHost(conn.server.get()), nullptr);
+  EXPECT_EQ(ServerContext::matchedPattern(conn.server.get()), nullptr);
   auto c = server_->counters();
   EXPECT_EQ(c.refusedUnknownSni, 1u);
   EXPECT_EQ(c.leavesMinted, 0u);
@@ -277,6 +284,171 @@ TEST_F(ServerContextTest, MovedFromIsHarmless) {
   EXPECT_EQ(server_->counters().leavesMinted, 0u);
   EXPECT_FALSE(server_->leafFor(kAtlas));
   EXPECT_NE(moved.native(), nullptr);
+}
+
+// ------------------------------------------------------------ wildcards ----
+
+constexpr const char* kPattern = "*.mongodb.net";
+
+class WildcardServerTest : public ServerContextTest {
+ protected:
+  std::vector<std::string> configuredHosts() const override { return {kAtlas, kPattern}; }
+
+  // The SNI, the handshake result and what the server selected.
+  struct Outcome {
+    bool ok = false;
+    int clientReason = 0;
+    std::string selected;  // "" when none
+    std::string pattern;   // "" when none
+  };
+  Outcome attempt(SSL_CTX* client, const std::string& sni, const char* expectHost = nullptr) {
+    Connection conn = connect(client, sni.c_str(), expectHost);
+    handshake(conn);
+    Outcome out{conn.ok(), conn.clientSide.reason, "", ""};
+    if (const std::string* s = ServerContext::selectedHost(conn.server.get())) out.selected = *s;
+    if (const std::string* p = ServerContext::matchedPattern(conn.server.get())) out.pattern = *p;
+    return out;
+  }
+};
+
+TEST_F(WildcardServerTest, NamesBelowThePatternGetTheirOwnLeaf) {
+  auto client = agentContext();
+  for (const char* host : {"a.mongodb.net", "a.b.mongodb.net", "cluster0-shard-00-01.x1y2z.mongodb.net"}) {
+    Connection conn = connect(client.get(), host, host);
+    handshake(conn);
+    ASSERT_TRUE(conn.ok()) << host << " client reason " << conn.clientSide.reason;
+    EXPECT_EQ(SSL_get_verify_result(conn.client.get()), X509_V_OK);
+    X509Ptr peer(SSL_get1_peer_certificate(conn.client.get()));
+    EXPECT_EQ(X509_check_host(peer.get(), host, 0, 0, nullptr), 1);
+    const std::string* selected = ServerContext::selectedHost(conn.server.get());
+    const std::string* pattern = ServerContext::matchedPattern(conn.server.get());
+    ASSERT_NE(selected, nullptr);
+    ASSERT_NE(pattern, nullptr);
+    EXPECT_EQ(*selected, host);
+    EXPECT_EQ(*pattern, kPattern);
+    EXPECT_EQ(pattern, &authority_->hosts()[0]) << "the Authority's own entry";
+  }
+  auto c = server_->counters();
+  EXPECT_EQ(c.wildcardNames, 3u);
+  EXPECT_EQ(c.leavesMinted, 3u);
+  EXPECT_EQ(c.cachedLeaves, 3u);
+
+  // A concrete target next to the pattern is still itself.
+  auto atlas = attempt(client.get(), kAtlas, kAtlas);
+  EXPECT_TRUE(atlas.ok);
+  EXPECT_EQ(atlas.selected, kAtlas);
+  EXPECT_EQ(atlas.pattern, kAtlas);
+  EXPECT_EQ(server_->counters().wildcardNames, 3u) << "concrete targets are not interned";
+}
+
+TEST_F(WildcardServerTest, InternedNameOutlivesTheConnection) {
+  auto client = agentContext();
+  const std::string* first = nullptr;
+  {
+    Connection conn = connect(client.get(), "a.mongodb.net", "a.mongodb.net");
+    handshake(conn);
+    ASSERT_TRUE(conn.ok());
+    first = ServerContext::selectedHost(conn.server.get());
+  }
+  Connection again = connect(client.get(), "A.MongoDB.NET", "a.mongodb.net");
+  handshake(again);
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(ServerContext::selectedHost(again.server.get()), first) << "one interned copy per name";
+  EXPECT_EQ(*first, "a.mongodb.net");
+  EXPECT_EQ(server_->counters().leavesMinted, 1u) << "the leaf is cached per concrete name";
+}
+
+TEST_F(WildcardServerTest, NamesOutsideThePatternAreRefused) {
+  auto client = agentContext();
+  const std::vector<std::string> attacks = {
+      "mongodb.net",   // the apex is not below itself
+      "xmongodb.net",  // suffix without a label boundary
+      "a.mongodb.net.evil.com",
+      "*.mongodb.net",  // the pattern itself as an SNI
+      "a.*.mongodb.net",
+      "mongodb.net.",
+      "a.mongodb.net..",  // two trailing dots: one is tolerated, not two
+      ".mongodb.net",
+      "a..mongodb.net",
+      "-a.mongodb.net",
+      "a_b.mongodb.net",
+      std::string(64, 'a') + ".mongodb.net",  // label too long
+      "api.cloud.mongodb.com",
+  };
+  for (const auto& sni : attacks) {
+    auto out = attempt(client.get(), sni);
+    EXPECT_FALSE(out.ok) << sni;
+    EXPECT_EQ(out.selected, "") << sni;
+    EXPECT_EQ(out.pattern, "") << sni;
+  }
+  auto c = server_->counters();
+  EXPECT_EQ(c.leavesMinted, 0u);
+  EXPECT_EQ(c.wildcardNames, 0u);
+  EXPECT_EQ(c.refusedUnknownSni + c.refusedMalformedSni, attacks.size());
+
+  // Upper case and one trailing dot are spellings of an allowed name.
+  for (const char* sni : {"A.MONGODB.NET", "a.mongodb.net."}) {
+    auto out = attempt(client.get(), sni, "a.mongodb.net");
+    EXPECT_TRUE(out.ok) << sni;
+    EXPECT_EQ(out.selected, "a.mongodb.net") << sni;
+  }
+}
+
+TEST_F(WildcardServerTest, PatternIsNoDefaultHost) {
+  // Without an SNI there is no concrete name to mint for.
+  auto client = agentContext();
+  const std::string fallback = kPattern;
+  Connection conn = connect(client.get(), nullptr);
+  ServerContext::setDefaultHost(conn.server.get(), &fallback);
+  handshake(conn);
+  EXPECT_FALSE(conn.ok());
+  EXPECT_EQ(conn.clientSide.reason, alertReason(SSL_AD_UNRECOGNIZED_NAME));
+  EXPECT_EQ(server_->counters().refusedMissingSni, 1u);
+  EXPECT_EQ(server_->counters().leavesMinted, 0u);
+}
+
+TEST_F(WildcardServerTest, DistinctNamesAreBounded) {
+  auto client = agentContext();
+  SSL_CTX_set_verify(client.get(), SSL_VERIFY_NONE, nullptr);  // speed: the leaves are checked above
+  std::mt19937_64 rng(42);
+  auto randomName = [&] {
+    static constexpr char kAlphabet[] = "abcdefghijklmnopqrstuvwxyz0123456789";
+    std::string label;
+    for (int i = 0; i < 12; ++i) label += kAlphabet[rng() % (sizeof kAlphabet - 1)];
+    return label + ".mongodb.net";
+  };
+  std::vector<std::string> names;
+  for (int i = 0; i < 5000; ++i) names.push_back(randomName());
+  size_t accepted = 0;
+  for (size_t i = 0; i < names.size(); ++i) {
+    auto out = attempt(client.get(), names[i]);
+    if (i < kMaxWildcardNames) {
+      ASSERT_TRUE(out.ok) << i << " " << names[i];
+      ++accepted;
+    } else {
+      ASSERT_FALSE(out.ok) << i << " " << names[i];
+      ASSERT_EQ(out.clientReason, alertReason(SSL_AD_UNRECOGNIZED_NAME)) << i;
+    }
+  }
+  EXPECT_EQ(accepted, kMaxWildcardNames);
+  auto c = server_->counters();
+  EXPECT_EQ(c.wildcardNames, kMaxWildcardNames);
+  EXPECT_EQ(c.refusedNameLimit, names.size() - kMaxWildcardNames);
+  EXPECT_EQ(c.refusedUnknownSni, 0u) << "counted apart from unknown names";
+  EXPECT_EQ(c.cachedLeaves, kMaxWildcardNames);
+
+  // Names already seen and concrete targets keep working.
+  EXPECT_TRUE(attempt(client.get(), names[0]).ok);
+  EXPECT_TRUE(attempt(client.get(), names[kMaxWildcardNames - 1]).ok);
+  EXPECT_TRUE(attempt(client.get(), kAtlas).ok);
+  EXPECT_EQ(server_->counters().wildcardNames, kMaxWildcardNames);
+
+  // The leaf cache is bounded too, even when asked directly: room is left
+  // for the configured entries (here kAtlas, already cached, and one more).
+  EXPECT_TRUE(server_->leafFor("direct1.mongodb.net"));
+  EXPECT_FALSE(server_->leafFor("direct2.mongodb.net"));
+  EXPECT_TRUE(server_->leafFor(names[5]));  // cached: still served
+  EXPECT_EQ(server_->counters().cachedLeaves, kMaxWildcardNames + authority_->hosts().size());
 }
 
 }  // namespace
