@@ -26,8 +26,22 @@ address, so SNI, Host and the dialled address are what a real agent would
 send. (wrk takes the SNI from the URL host; an IP-literal URL sends an IP as
 SNI, which this driver also checks against atlasgate and reports.)
 
+MongoDB section (skip with --no-mongodb): the stand-in replica set
+tests/fake_mongo on three 127.x:27017
+members with a static user, and bench/mongo_load.py (Debian's pymongo 3.11) as
+the client, run alternately
+  direct     with the user's credentials, straight to the stand-in
+  atlasgate  in the agent cgroup with no credential -> BPF redirect of port
+             27017 -> atlasgate (TLS terminate for *.mongodb.net, SCRAM as the
+             configured database_user, command rules, audit) -> stand-in
+measuring find-by-_id ops/s and latency over a pool of --mongo-connections,
+and the cost of a new connection plus one find. The client resolves the
+member names through a private /etc/hosts, atlasgate through a dnsmasq on a
+127.x high port (dns.servers).
+
 Writes bench/results/latest.{txt,json,png}. Standard library only (Debian's
-python3); needs root (cgroups, BPF, port 443), nginx, wrk, mitmdump, gnuplot.
+python3; python3-pymongo for the MongoDB section); needs root (cgroups, BPF,
+port 443), nginx, wrk, mitmdump, gnuplot, dnsmasq.
 """
 
 import argparse
@@ -58,6 +72,11 @@ PROXIES = ["atlasgate", "nginx", "mitmproxy"]
 BASE = "atlasgate-base"            # --baseline: the same daemon, an older binary
 DAEMONS = ("atlasgate", BASE)      # share pins and port: one runs at a time
 CLIENT_ID = "mdb_sa_id_bench0000000000000000000001"
+# The MongoDB section's stand-in cluster: names the target *.mongodb.net covers.
+MONGO_SET = "atlas-bench-shard-0"
+MONGO_NAMES = [f"cluster0-shard-00-0{i}.bench.mongodb.net" for i in range(3)]
+MONGO_USER = "bench-app"
+MONGO_DOCS = 100     # the stand-in scans the collection for a find by _id: keep it small
 
 
 def log(msg):
@@ -84,8 +103,8 @@ def cgroup2_mount():
     raise RuntimeError("no cgroup2 mount in /proc/self/mountinfo")
 
 
-def addr_free(addr, port=443):
-    s = socket.socket()
+def addr_free(addr, port=443, kind=socket.SOCK_STREAM):
+    s = socket.socket(socket.AF_INET, kind)
     try:
         s.bind((addr, port))
         return True
@@ -95,13 +114,13 @@ def addr_free(addr, port=443):
         s.close()
 
 
-def pick_addr(used):
+def pick_addr(used, port=443):
     for _ in range(200):
         a = f"127.{random.randint(20, 250)}.{random.randint(1, 250)}.{random.randint(2, 250)}"
-        if a not in used and addr_free(a):
+        if a not in used and addr_free(a, port):
             used.add(a)
             return a
-    raise RuntimeError("no free 127.x address for port 443")
+    raise RuntimeError(f"no free 127.x address for port {port}")
 
 
 def free_port():
@@ -282,6 +301,8 @@ class Bench:
             "settings": {
                 "rounds": args.rounds, "duration_s": args.duration, "threads": 2, "connections": args.connections,
                 "idle_connections": args.idle_conns,
+                "mongodb": {"connections": args.mongo_connections, "connects": args.mongo_connects,
+                            "documents": MONGO_DOCS} if args.mongodb else None,
             },
             "contenders": self.contenders,
             "rounds": [], "notes": [],
@@ -309,7 +330,9 @@ class Bench:
                     mem = int(line.split()[1]) // 1024
         vers = {}
         for name, cmd in (("nginx", ["nginx", "-v"]), ("mitmproxy", ["mitmdump", "--version"]),
-                          ("wrk", ["wrk", "-v"]), ("openssl", ["openssl", "version"])):
+                          ("wrk", ["wrk", "-v"]), ("openssl", ["openssl", "version"]),
+                          ("pymongo", ["/usr/bin/python3", "-c", "import pymongo; print('pymongo', pymongo.version)"]),
+                          ("dnsmasq", ["dnsmasq", "--version"])):
             try:
                 p = subprocess.run(cmd, capture_output=True, text=True, timeout=20)
                 txt = (p.stdout + p.stderr).strip().splitlines()
@@ -329,7 +352,13 @@ class Bench:
         self.mitm_addr = pick_addr(used)
         log(f"temp dir {self.tmp}; upstream {self.upstream}:443, nginx proxy {self.proxy_addr}:443, "
             f"mitmproxy {self.mitm_addr}:443")
+        if self.args.mongodb:
+            self.mongo_members = [(n, pick_addr(used, 27017)) for n in MONGO_NAMES]
+            self.dns_addr = pick_addr(used, 0)
+            log("mongodb stand-in " + ", ".join(f"{n}={a}:27017" for n, a in self.mongo_members))
         self.make_pki()
+        if self.args.mongodb:
+            self.start_mongo()
         self.start_upstream()
         self.start_nginx_proxy()
         self.start_mitmproxy()
@@ -342,6 +371,14 @@ class Bench:
                 f.write(f"127.0.0.1 localhost\n{addr} {HOST}\n")
             os.chmod(path, 0o644)
             self.hosts[c] = path
+        if self.args.mongodb:
+            # Direct and through atlasgate alike: the members' own addresses
+            # (atlasgate intercepts port 27017 whatever the address).
+            path = os.path.join(self.tmp, "hosts-mongodb")
+            with open(path, "w") as f:
+                f.write("127.0.0.1 localhost\n" + "".join(f"{a} {n}\n" for n, a in self.mongo_members))
+            os.chmod(path, 0o644)
+            self.hosts["mongodb"] = path
 
     def make_pki(self):
         pki = self.pki = os.path.join(self.tmp, "pki")
@@ -350,13 +387,17 @@ class Bench:
         run(["openssl", "req", "-new", "-x509", "-key", f"{pki}/ca.key", "-sha256", "-days", "30",
              "-subj", "/CN=atlasgate bench CA", "-addext", "basicConstraints=critical,CA:TRUE",
              "-addext", "keyUsage=critical,keyCertSign,cRLSign", "-out", f"{pki}/ca.pem"])
-        for name, ip in (("upstream", self.upstream), ("proxy", self.proxy_addr)):
+        leaves = [("upstream", HOST, f"DNS:{HOST},IP:{self.upstream}"),
+                  ("proxy", HOST, f"DNS:{HOST},IP:{self.proxy_addr}")]
+        if self.args.mongodb:
+            leaves.append(("mongo", MONGO_NAMES[0], ",".join(f"DNS:{n}" for n in MONGO_NAMES)))
+        for name, cn, san in leaves:
             ext = os.path.join(pki, f"{name}.ext")
             with open(ext, "w") as f:
                 f.write(f"basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n"
-                        f"extendedKeyUsage=serverAuth\nsubjectAltName=DNS:{HOST},IP:{ip}\n")
+                        f"extendedKeyUsage=serverAuth\nsubjectAltName={san}\n")
             run(["openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", f"{pki}/{name}.key"])
-            run(["openssl", "req", "-new", "-key", f"{pki}/{name}.key", "-subj", f"/CN={HOST}",
+            run(["openssl", "req", "-new", "-key", f"{pki}/{name}.key", "-subj", f"/CN={cn}",
                  "-out", f"{pki}/{name}.csr"])
             run(["openssl", "x509", "-req", "-in", f"{pki}/{name}.csr", "-CA", f"{pki}/ca.pem", "-CAkey",
                  f"{pki}/ca.key", "-set_serial", str(random.randint(1, 1 << 60)), "-days", "30", "-sha256",
@@ -407,6 +448,47 @@ class Bench:
         wait_for(lambda: port_open(self.mitm_addr, 443), 30, "mitmdump", p)
         self.mitm_ca = os.path.join(confdir, "mitmproxy-ca-cert.pem")
 
+    def start_mongo(self):
+        """The MongoDB section's stand-in cluster, and a DNS server for atlasgate.
+
+        fake_mongo: three
+        members on their 127.x:27017, TLS with a bench-CA certificate for the
+        member names, one static user. dnsmasq answers the members' A records
+        on a 127.x high port: atlasgate resolves the name the agent sent as SNI
+        with its own resolver (dns.servers), the client through /etc/hosts."""
+        self.mongo_password = "bench-" + "".join(random.choice("abcdefghijkmnpqrstuvwxyz23456789") for _ in range(20))
+        self.mongo_password_file = os.path.join(self.tmp, "mongo-password")
+        with open(self.mongo_password_file, "w") as f:
+            f.write(self.mongo_password)
+        os.chmod(self.mongo_password_file, 0o600)
+        ready = os.path.join(self.tmp, "fake_mongo.ready")
+        cmd = ["/usr/bin/python3", os.path.join(REPO, "tests", "fake_mongo", "fake_mongo.py"), "--cert", f"{self.pki}/mongo.pem",
+               "--key", f"{self.pki}/mongo.key", "--port", "27017", "--set-name", MONGO_SET,
+               "--user", f"{MONGO_USER}:{self.mongo_password}", "--ready-file", ready, "--quiet"]
+        for n, a in self.mongo_members:
+            cmd += ["--member", f"{n}={a}"]
+        p = self.spawn("fake_mongo", cmd)
+        wait_for(lambda: os.path.exists(ready), 20, "fake_mongo ready", p)
+
+        for _ in range(50):
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+                u.bind((self.dns_addr, 0))
+                port = u.getsockname()[1]
+            if addr_free(self.dns_addr, port):
+                break
+        self.dns_port = port
+        cmd = ["dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts", "--user=root",
+               f"--listen-address={self.dns_addr}", "--bind-interfaces", f"--port={port}", "--log-facility=-",
+               "--cache-size=0"]
+        cmd += [f"--host-record={n},{a}" for n, a in self.mongo_members]
+        p = self.spawn("dnsmasq", cmd)
+        log_path = os.path.join(self.tmp, "dnsmasq.log")
+
+        def started():
+            with open(log_path) as f:
+                return "started" in f.read()
+        wait_for(started, 10, "dnsmasq", p)
+
     def start_atlasgate(self, name="atlasgate"):
         """Starts the daemon of contender `name` (atlasgate or atlasgate-base).
 
@@ -414,7 +496,8 @@ class Bench:
         (so the same CA), agents cgroup, pins; only the binary differs."""
         if self.pin_root is None:
             self.write_atlasgate_config()
-        p = self.spawn(name, [self.binaries[name], "daemon", "--config", self.ag_config, "--run-dir", self.ag_run])
+        p = self.spawn(name, [self.binaries[name], "daemon", "--config", self.ag_configs[name], "--run-dir",
+                              self.ag_run])
 
         def ready():
             try:
@@ -454,9 +537,21 @@ class Bench:
             "rules": {"default": "allow"},
             "bpf": {"keep_on_exit": False, "pin_root": self.pin_root},
         }
-        self.ag_config = os.path.join(self.tmp, "atlasgate.yaml")
-        with open(self.ag_config, "w") as f:
-            json.dump(config, f, indent=2)
+        # --baseline: an older daemon may not know mongodb targets; it gets the
+        # https part only (the MongoDB section measures atlasgate alone).
+        self.ag_configs = {}
+        for name in self.binaries:
+            c = json.loads(json.dumps(config))
+            if self.args.mongodb and name == "atlasgate":
+                c["targets"].append({"host": "*.mongodb.net", "protocol": "mongodb",
+                                     "upstream_ca": os.path.join(self.pki, "ca.pem"),
+                                     "credentials": {"database_user": {
+                                         "username": MONGO_USER, "password_file": self.mongo_password_file}}})
+                c["dns"] = {"servers": [f"{self.dns_addr}:{self.dns_port}"]}
+            path = os.path.join(self.tmp, "atlasgate.yaml" if name == "atlasgate" else "atlasgate-base.yaml")
+            with open(path, "w") as f:
+                json.dump(c, f, indent=2)
+            self.ag_configs[name] = path
 
     def stop_atlasgate(self):
         """Stops the running daemon the way teardown does (SIGTERM, wait for its
@@ -902,6 +997,86 @@ class Bench:
         srv.wait(10)
         self.results["bpf_overhead"] = res
 
+    # -- MongoDB ---------------------------------------------------------------
+    def mongo_uri(self, contender):
+        """A seed list of the member names (the certificate names them, and the
+        agent would be given them); credentials only for direct."""
+        hosts = ",".join(f"{n}:27017" for n in MONGO_NAMES)
+        if contender == "direct":
+            return (f"mongodb://{MONGO_USER}:{self.mongo_password}@{hosts}/?replicaSet={MONGO_SET}&tls=true"
+                    f"&authSource=admin&authMechanism=SCRAM-SHA-256")
+        return f"mongodb://{hosts}/?replicaSet={MONGO_SET}&tls=true"
+
+    def mongo_client(self, contender, mode, *args, timeout=120):
+        """bench/mongo_load.py MODE for contender: direct from outside every
+        agent cgroup with its credentials and the bench CA; atlasgate from the
+        agent cgroup with none, trusting atlasgate's CA. Its JSON answer."""
+        ca = f"{self.pki}/ca.pem" if contender == "direct" else self.ag_ca
+        argv = ["/usr/bin/python3", os.path.join(BENCH, "mongo_load.py"), mode, self.mongo_uri(contender), ca]
+        argv += [str(a) for a in args]
+        cmd = self.client_cmd("mongodb", argv, self.wrk_cg if contender == "atlasgate" else None)
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        if p.returncode != 0:
+            raise RuntimeError(f"mongo_load.py {mode} for {contender} failed ({p.returncode}): "
+                               f"{p.stderr.strip()[-1500:]}")
+        return json.loads(p.stdout.strip().splitlines()[-1])
+
+    def mongodb(self):
+        """find by _id (ops/s, p50/p99) and new connection + one find, direct
+        vs through atlasgate, alternating, --rounds rounds."""
+        self.use_daemon("atlasgate")
+        a = self.args
+        seeded = self.mongo_client("direct", "seed", MONGO_DOCS)
+        if seeded.get("seeded") != MONGO_DOCS:
+            raise RuntimeError(f"mongodb: seeding bench.items: {seeded}")
+        checks = {}
+        for c in ("direct", "atlasgate"):
+            r = self.mongo_client(c, "check")
+            ok = r["found"] and r["users"] == [MONGO_USER]
+            checks[c] = dict(r, ok=ok)
+            log(f"mongodb sanity {c:9s}: find by _id -> {'found' if r['found'] else 'NOT FOUND'}; connectionStatus "
+                f"says authenticated as {r['users']}{'' if ok else '  <-- FAILED'}")
+            if not ok:
+                raise RuntimeError(f"mongodb sanity check failed for {c}: {r}")
+        mr = self.results["mongodb"] = {"sanity": checks, "rounds": []}
+        for c in ("direct", "atlasgate"):
+            self.mongo_client(c, "find", 1, a.mongo_connections, MONGO_DOCS)
+            self.mongo_client(c, "connect", 20)
+        log("mongodb warm-up done (1 s of finds + 20 new connections each)")
+        stand_in = self.procs["fake_mongo"].pid
+        for i in range(a.rounds):
+            order = ("direct", "atlasgate") if i % 2 == 0 else ("atlasgate", "direct")
+            rd = {}
+            for c in order:
+                self.use_daemon("atlasgate")
+                ag = self.pids("atlasgate") if c == "atlasgate" else []
+                cpu0 = (cpu_seconds(ag), cpu_seconds([stand_in]))
+                la0 = loadavg()
+                f = self.mongo_client(c, "find", a.duration, a.mongo_connections, MONGO_DOCS,
+                                      timeout=a.duration + 120)
+                cpu1 = (cpu_seconds(ag), cpu_seconds([stand_in]))
+                k = self.mongo_client(c, "connect", a.mongo_connects)
+                cpu2 = (cpu_seconds(ag), cpu_seconds([stand_in]))
+                f["loadavg"] = la0
+                if f["ops"]:
+                    f["stand_in_cpu_s_per_10k"] = round((cpu1[1] - cpu0[1]) / f["ops"] * 10000, 3)
+                    if ag:
+                        f["cpu_s_per_10k"] = round((cpu1[0] - cpu0[0]) / f["ops"] * 10000, 3)
+                if k["new_connections"]:
+                    # The connect run also opens the driver's monitor connections (one per member).
+                    k["stand_in_cpu_ms_per_conn"] = round((cpu2[1] - cpu1[1]) / k["new_connections"] * 1000, 3)
+                    if ag:
+                        k["cpu_ms_per_conn"] = round((cpu2[0] - cpu1[0]) / k["new_connections"] * 1000, 3)
+                rd[c] = {"find": f, "connect": k}
+                log(f"mongodb round {i + 1}/{a.rounds} {c:9s}: find {f['ops_per_s']:7.0f} ops/s p50 "
+                    f"{f['p50_ms']:.3f} ms p99 {f['p99_ms']:.3f} ms | new conn + find median {k['median_ms']:.2f} ms "
+                    f"({k['new_connections']} new connections)"
+                    + (f" | atlasgate cpu {f['cpu_s_per_10k']:.2f} s/10k, {k['cpu_ms_per_conn']:.2f} ms/conn"
+                       if "cpu_s_per_10k" in f and "cpu_ms_per_conn" in k else "")
+                    + (f" | errors {f['errors'] + k['errors']}" if f["errors"] + k["errors"] else "")
+                    + f" | load {la0:.2f}")
+            mr["rounds"].append(rd)
+
     def bpf_prog_stats(self, progs_dir):
         out = {}
         for name in sorted(os.listdir(progs_dir)):
@@ -1030,8 +1205,40 @@ def summarize(res):
         if s["direct"]["p50_ms"] is not None and s[c]["p50_ms"] is not None:
             s[c]["added_p50_ms"] = s[c]["p50_ms"] - s["direct"]["p50_ms"]
     res["summary"] = s
+    if res.get("mongodb"):
+        summarize_mongodb(res["mongodb"])
     if BASE in s:
         res["baseline_comparison"] = compare_baseline(res, s)
+    return s
+
+
+MONGO_CONTENDERS = ["direct", "atlasgate"]
+
+
+def summarize_mongodb(m):
+    s = {}
+    for c in MONGO_CONTENDERS:
+        rs = [r[c] for r in m["rounds"] if c in r]
+        s[c] = {
+            "find_ops_per_s": med(r["find"]["ops_per_s"] for r in rs),
+            "find_ops_per_s_range": [min(r["find"]["ops_per_s"] for r in rs), max(r["find"]["ops_per_s"] for r in rs)]
+            if rs else None,
+            "find_p50_ms": med(r["find"]["p50_ms"] for r in rs),
+            "find_p99_ms": med(r["find"]["p99_ms"] for r in rs),
+            "connect_median_ms": med(r["connect"]["median_ms"] for r in rs),
+            "connect_p90_ms": med(r["connect"]["p90_ms"] for r in rs),
+            "cpu_s_per_10k": med(r["find"].get("cpu_s_per_10k") for r in rs),
+            "cpu_ms_per_conn": med(r["connect"].get("cpu_ms_per_conn") for r in rs),
+            "stand_in_cpu_s_per_10k": med(r["find"].get("stand_in_cpu_s_per_10k") for r in rs),
+            "stand_in_cpu_ms_per_conn": med(r["connect"].get("stand_in_cpu_ms_per_conn") for r in rs),
+            "errors": sum(r["find"]["errors"] + r["find"]["misses"] + r["connect"]["errors"] for r in rs),
+        }
+    d = s["direct"]
+    for c in MONGO_CONTENDERS:
+        for key, base in (("added_p50_ms", "find_p50_ms"), ("added_connect_ms", "connect_median_ms")):
+            if d[base] is not None and s[c][base] is not None:
+                s[c][key] = s[c][base] - d[base]
+    m["summary"] = s
     return s
 
 
@@ -1198,6 +1405,9 @@ def table(res, s):
     sni = res.get("ip_literal_sni")
     if sni:
         L.append(f"IP-literal SNI (wrk https://<ip>/...): {'works' if sni['works'] else 'REFUSED by atlasgate'}")
+    m = res.get("mongodb")
+    if m and m.get("summary"):
+        L += mongodb_table(res, m["summary"])
     L.append("")
     L.append("targets (atlasgate):")
     for t in res.get("targets", []):
@@ -1206,6 +1416,44 @@ def table(res, s):
     L.append("CPU and RSS are the proxy's whole process tree (nginx: master + worker) from /proc; "
              "new connections: wrk -H 'Connection: close' (see bench/README.md).")
     return "\n".join(L) + "\n"
+
+
+def mongodb_table(res, s):
+    st = res["settings"]["mongodb"]
+    L = ["", f"MongoDB: stand-in replica set tests/fake_mongo (Python: it bounds the absolute figures; read the "
+             f"difference), client pymongo 3.11, {st['connections']} pooled connections, find_one by _id in "
+             f"{st['documents']} documents for {res['settings']['duration_s']} s; new connection = TCP + TLS + "
+             f"hello (+ the client's SCRAM, direct) + one find, median of {st['connects']}; "
+             f"median of {res['settings']['rounds']} rounds",
+         "atlasgate: client in the agent cgroup with no credential, atlasgate authenticates upstream as the "
+         "configured database_user"]
+    w = 15
+    head = f"{'':34s}" + "".join(f"{c:>{w}s}" for c in MONGO_CONTENDERS)
+    L.append(head)
+    L.append("-" * len(head))
+
+    def row(label, key, digits=0, only=None):
+        L.append(f"{label:34s}" + "".join(
+            f"{fmt(s[c].get(key) if only is None or c in only else None, digits):>{w}s}" for c in MONGO_CONTENDERS))
+
+    row("find by _id ops/s", "find_ops_per_s")
+    L.append(f"{'  range over rounds':34s}" + "".join(
+        f"{(f'{v[0]:,.0f}-{v[1]:,.0f}' if (v := s[c].get('find_ops_per_s_range')) else '-'):>{w}s}"
+        for c in MONGO_CONTENDERS))
+    L.append(f"{'  x direct':34s}" + "".join(
+        f"{fmt_ratio(ratio(s[c]['find_ops_per_s'], s['direct']['find_ops_per_s'])):>{w}s}" for c in MONGO_CONTENDERS))
+    row("find p50 latency (ms)", "find_p50_ms", 3)
+    row("find p99 latency (ms)", "find_p99_ms", 3)
+    row("  p50 added over direct (ms)", "added_p50_ms", 3)
+    row("new connection + find, median (ms)", "connect_median_ms", 2)
+    row("  p90 (ms)", "connect_p90_ms", 2)
+    row("  added over direct (ms)", "added_connect_ms", 2)
+    row("atlasgate CPU s / 10k finds", "cpu_s_per_10k", 3, ["atlasgate"])
+    row("atlasgate CPU ms / new connection", "cpu_ms_per_conn", 3, ["atlasgate"])
+    row("stand-in CPU s / 10k finds", "stand_in_cpu_s_per_10k", 3)
+    row("stand-in CPU ms / new connection", "stand_in_cpu_ms_per_conn", 3)
+    row("errors", "errors")
+    return L
 
 
 def chart(res, s, png, tmp):
@@ -1252,6 +1500,12 @@ def main():
     ap.add_argument("--keep-tmp", action="store_true")
     ap.add_argument("--no-profile", dest="profile", action="store_false",
                     help="skip the perf/strace pass over atlasgate (<out>/atlasgate-profile.txt)")
+    ap.add_argument("--no-mongodb", dest="mongodb", action="store_false",
+                    help="skip the MongoDB section (stand-in cluster, dnsmasq, find and new-connection runs)")
+    ap.add_argument("--mongo-connections", type=int, default=8,
+                    help="pooled connections (client threads) of the MongoDB find runs")
+    ap.add_argument("--mongo-connects", type=int, default=200,
+                    help="new connections timed per MongoDB connection-setup run")
     ap.add_argument("--baseline", metavar="BIN",
                     help="also measure the atlasgate daemon binary BIN (e.g. a build of an older commit) as "
                          "contender atlasgate-base, exactly like atlasgate, one daemon running at a time")
@@ -1262,6 +1516,13 @@ def main():
             sys.exit(f"bench: --baseline {args.baseline}: not an executable file")
     if os.geteuid() != 0:
         sys.exit("bench: needs root (cgroups, BPF, binding port 443)")
+    if args.mongodb:
+        missing = [w for w, ok in (("dnsmasq (Debian dnsmasq-base)", shutil.which("dnsmasq")),
+                                   ("pymongo (Debian python3-pymongo)",
+                                    subprocess.run(["/usr/bin/python3", "-c", "import pymongo, bson"],
+                                                   capture_output=True).returncode == 0)) if not ok]
+        if missing:
+            sys.exit(f"bench: the MongoDB section needs {' and '.join(missing)}; or pass --no-mongodb")
 
     b = Bench(args)
     t0 = time.monotonic()
@@ -1285,6 +1546,8 @@ def main():
             b.profile(args.out)
         b.idle_connections()
         b.bpf_overhead()
+        if args.mongodb:
+            b.mongodb()
     finally:
         b.teardown()
     res = b.results

@@ -199,3 +199,100 @@ TEST(Decide, InterceptAllRedirectsEveryTcp443) {
   o = decide(all(facts(AG_SOCK_DGRAM, 443, false, true)));
   EXPECT_EQ(o.verdict, AG_PASS);
 }
+
+// ---- mongo_port: every TCP connection to the mongodb targets' port ------------
+
+namespace {
+
+ag_conn_facts mongo(ag_conn_facts f, __u16 mongoPort, bool interceptAll = false) {
+  f.mongo_port = mongoPort;
+  f.intercept_all = interceptAll ? 1 : 0;
+  return f;
+}
+
+// A mongodb target is a name pattern: no address says which connections are
+// its, so the verdict ignores is_target, refuse_quic and intercept_all.
+TEST(DecideMongo, TcpToMongoPortIsRedirectedWhateverTheAddress) {
+  for (__u16 port : {__u16{27017}, __u16{27018}, __u16{1}, __u16{65535}})
+    for (bool target : {false, true})
+      for (bool quic : {false, true})
+        for (bool all : {false, true}) {
+          auto o = decide(mongo(facts(AG_SOCK_STREAM, port, target, quic), port, all));
+          EXPECT_EQ(o.verdict, AG_REDIRECT) << "port " << port << " target " << target;
+          EXPECT_EQ(o.counter, static_cast<__u32>(AG_CNT_REDIRECTED_MONGO)) << "port " << port;
+        }
+}
+
+TEST(DecideMongo, OtherSocketTypesToMongoPortPass) {
+  for (bool target : {false, true})
+    for (bool quic : {false, true}) {
+      auto o = decide(mongo(facts(AG_SOCK_DGRAM, 27017, target, quic), 27017));
+      EXPECT_EQ(o.verdict, AG_PASS) << "udp target " << target;
+      EXPECT_EQ(o.counter, static_cast<__u32>(AG_CNT_SKIP_PORT));
+      for (__u32 type : {0u, kSockRaw, kSockSeqpacket}) {
+        o = decide(mongo(facts(type, 27017, target, quic), 27017, true));
+        EXPECT_EQ(o.verdict, AG_PASS) << "type " << type;
+        EXPECT_EQ(o.counter, static_cast<__u32>(AG_CNT_SKIP_PORT)) << "type " << type;
+      }
+    }
+}
+
+TEST(DecideMongo, NeighbouringPortsAndZeroMongoPortPass) {
+  for (__u16 port : {__u16{27016}, __u16{27018}, __u16{0x8969} /* 27017 (0x6989) byte-swapped */, __u16{80}}) {
+    auto o = decide(mongo(facts(AG_SOCK_STREAM, port, true, true), 27017, true));
+    EXPECT_EQ(o.verdict, AG_PASS) << "port " << port;
+    EXPECT_EQ(o.counter, static_cast<__u32>(AG_CNT_SKIP_PORT)) << "port " << port;
+  }
+  // mongo_port 0 is "no mongodb target", not "port 0".
+  for (bool target : {false, true}) {
+    auto o = decide(mongo(facts(AG_SOCK_STREAM, 0, target, true), 0, true));
+    EXPECT_EQ(o.verdict, AG_PASS);
+    EXPECT_EQ(o.counter, static_cast<__u32>(AG_CNT_SKIP_PORT));
+    o = decide(mongo(facts(AG_SOCK_STREAM, 27017, target, true), 0));
+    EXPECT_EQ(o.verdict, AG_PASS);
+    EXPECT_EQ(o.counter, static_cast<__u32>(AG_CNT_SKIP_PORT));
+  }
+}
+
+// Whatever mongo_port is, a connection to another port is decided exactly as
+// with mongo_port 0: 443 keeps its own behaviour.
+TEST(DecideMongo, EverythingElseIsAsWithoutMongoPort) {
+  const __u16 ports[] = {0, 1, 80, 442, 443, 444, 8443, 15443, 27017, 65535};
+  const __u32 types[] = {0, kSockStream, kSockDgram, kSockRaw, kSockSeqpacket};
+  int compared = 0;
+  for (__u16 mongoPort : {__u16{0}, __u16{27017}, __u16{27018}})
+    for (__u16 port : ports)
+      for (__u32 type : types)
+        for (bool target : {false, true})
+          for (bool quic : {false, true})
+            for (bool all : {false, true}) {
+              if (mongoPort != 0 && port == mongoPort && type == AG_SOCK_STREAM) continue;
+              ++compared;
+              const auto without = decide(mongo(facts(type, port, target, quic), 0, all));
+              const auto with = decide(mongo(facts(type, port, target, quic), mongoPort, all));
+              EXPECT_EQ(with.verdict, without.verdict) << "mongo " << mongoPort << " port " << port << " type " << type;
+              EXPECT_EQ(with.counter, without.counter) << "mongo " << mongoPort << " port " << port;
+              EXPECT_NE(with.counter, static_cast<__u32>(AG_CNT_REDIRECTED_MONGO));
+            }
+  EXPECT_EQ(compared, 3 * 10 * 5 * 8 - 8);  // less TCP to 27017 with mongo_port 27017
+  // Spot checks of 443 with a mongodb port set.
+  auto o = decide(mongo(facts(AG_SOCK_STREAM, 443, true, true), 27017));
+  EXPECT_EQ(o.verdict, AG_REDIRECT);
+  EXPECT_EQ(o.counter, kNoCounter);
+  o = decide(mongo(facts(AG_SOCK_STREAM, 443, false, true), 27017));
+  EXPECT_EQ(o.counter, static_cast<__u32>(AG_CNT_SKIP_NOT_TARGET));
+  o = decide(mongo(facts(AG_SOCK_DGRAM, 443, true, true), 27017));
+  EXPECT_EQ(o.verdict, AG_REFUSE);
+  o = decide(mongo(facts(AG_SOCK_STREAM, 443, false, true), 27017, true));
+  EXPECT_EQ(o.counter, static_cast<__u32>(AG_CNT_REDIRECTED_ANY));
+}
+
+TEST(DecideMongo, MongoFactsAreNotModified) {
+  const auto f = mongo(facts(AG_SOCK_STREAM, 27017, false, false), 27017);
+  auto copy = f;
+  __u32 counter = 0;
+  EXPECT_EQ(ag_decide(&copy, &counter), AG_REDIRECT);
+  EXPECT_EQ(0, std::memcmp(&f, &copy, sizeof f));
+}
+
+}  // namespace

@@ -1912,6 +1912,12 @@ class Server:
                 sock, peer = member.sock.accept()
             except OSError:
                 return   # listener closed
+            # As mongod does: without it a new connection's first reply waits
+            # for the client's delayed ACK (~40 ms of Nagle stall).
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
             number = next(self.conn_numbers)
             if not self.cfg.quiet:
                 self.say("%s conn %d from %s" % (member.name, number, host_port(peer[0], peer[1])))

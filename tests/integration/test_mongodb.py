@@ -16,9 +16,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
-import tempfile
-import time
 import unittest
 
 from harness import PROJECT_ID, Env, PrivilegedTestCase, wait_for
@@ -59,7 +56,8 @@ class Dns:
     def ready(self):
         if self.proc.poll() is not None:
             raise AssertionError(f"dnsmasq exited ({self.proc.returncode}): " + open(self.log.name).read())
-        return "started" in open(self.log.name).read()
+        with open(self.log.name) as f:
+            return "started" in f.read()
 
     def wrap(self, argv):
         """argv in a private mount namespace whose /etc/resolv.conf names this server."""
@@ -111,18 +109,18 @@ class FakeMongo:
         self.out.close()
 
 
-class MongoTest(PrivilegedTestCase):
+class MongoCase(PrivilegedTestCase):
+    """One daemon with a mongodb target (temporary users), the DNS server and
+    the cluster; subclasses set RULES. Runs no tests itself."""
+
+    RULES = {"default": "allow"}
+
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
         ensure_server_installed()
-        rules = {"default": "allow", "list": [
-            {"name": "no-drops", "protocol": "mongodb", "command": ["drop", "dropDatabase"], "action": "block"},
-            {"name": "reports-read-only", "protocol": "mongodb", "agents": ["report-*"],
-             "command": ["insert", "update", "delete", "findAndModify", "drop"], "action": "block"},
-        ]}
         # 127.0.0.2: the address the stand-in's certificate names, which fake_mongo checks.
-        cls.env = Env(rules=rules, fake_addr="127.0.0.2")
+        cls.env = Env(rules=cls.RULES, fake_addr="127.0.0.2")
         try:
             cls.dns = Dns(cls.env.tmp)
             cls.mongo = FakeMongo(cls.env.tmp, f"https://{cls.env.fake_addr}:443",
@@ -144,7 +142,16 @@ class MongoTest(PrivilegedTestCase):
         for name in ("mongo", "dns"):
             if getattr(cls, name, None):
                 getattr(cls, name).stop()
+                setattr(cls, name, None)
         cls.env.close()
+
+
+class MongoTest(MongoCase):
+    RULES = {"default": "allow", "list": [
+        {"name": "no-drops", "protocol": "mongodb", "command": ["drop", "dropDatabase"], "action": "block"},
+        {"name": "reports-read-only", "protocol": "mongodb", "agents": ["report-*"],
+         "command": ["insert", "update", "delete", "findAndModify", "drop"], "action": "block"},
+    ]}
 
     def mongosh(self, script, name="shell-agent"):
         p = self.env.run_agent(self.dns.wrap([MONGOSH, "--quiet", "--norc", URI, "--eval", script]), name=name,
@@ -219,6 +226,33 @@ class MongoTest(PrivilegedTestCase):
                                               'catch (e) { print("REFUSED " + e.code) }']),
                                name="sneaky", timeout=120)
         self.assertIn("REFUSED 13", p.stdout, p.stdout + p.stderr)
+
+    def test_6_phantom_password_of_a_captured_user(self):
+        # The agent makes a database user through the Admin API: atlasgate
+        # gives Atlas a random password and keeps the agent's as its phantom.
+        body = json.dumps({"databaseName": "admin", "username": "app-user", "password": "agent-Chosen-pw-1",
+                           "roles": [{"roleName": "readWrite", "databaseName": "app"}]})
+        status, text, _ = self.env.curl(f"/api/atlas/v2/groups/{PROJECT_ID}/databaseUsers", method="POST",
+                                        extra=["-H", "Content-Type: application/json", "-d", body], name="maker")
+        self.assertEqual(status, 201, text)
+        minted = next(u for u in self.env.fake._call("GET", "/__fake/minted")["database_users"]
+                      if u["username"] == "app-user")
+        self.assertNotEqual(minted["password"], "agent-Chosen-pw-1")
+        uri = f"mongodb+srv://app-user:agent-Chosen-pw-1@{CLUSTER}/app?authSource=admin"
+        p = self.env.run_agent(self.dns.wrap([MONGOSH, "--quiet", "--norc", uri, "--eval",
+                                              'print("READ " + db.items.find().toArray().length)']),
+                               name="maker", timeout=120)
+        self.assertIn("READ 2", p.stdout, p.stdout + p.stderr + self.env.daemon_output()[-3000:])
+        # Atlas saw the user, with the password only atlasgate knows.
+        self.assertTrue(any(c.get("user") == "app-user" and c.get("command") == "find"
+                            for c in self.mongo.commands()))
+        # Attack: a wrong password, and the right one from another agent, fail alike.
+        bad = f"mongodb+srv://app-user:wrong-pw-123@{CLUSTER}/app?authSource=admin"
+        for u, name in ((bad, "maker"), (uri, "other-agent")):
+            p = self.env.run_agent(self.dns.wrap([MONGOSH, "--quiet", "--norc", u, "--eval", 'print("IN")']),
+                                   name=name, timeout=120)
+            self.assertNotIn("IN", p.stdout.split())
+            self.assertIn("Authentication failed", p.stdout + p.stderr)
 
     def test_9_users_deleted_when_the_daemon_stops(self):
         self.assertTrue(self.temporary_users())

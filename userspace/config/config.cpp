@@ -1503,7 +1503,7 @@ Target Parser::target(const Field& f, std::map<std::string, int>& hostLines) con
   if (const Field* p = m.find("upstream_port")) t.upstreamPort = static_cast<std::uint16_t>(integer(*p, 1, 65535));
   if (const Field* r = m.find("resolve")) {
     t.resolve = boolean(*r);
-    if (!t.resolve && t.addresses.empty()) {
+    if (!t.resolve && t.addresses.empty() && t.protocol == Protocol::Https) {
       fail(*r, "{}: with resolve: false and no addresses nothing would be intercepted for {}", r->path, t.host);
     }
   }
@@ -1665,7 +1665,7 @@ TemporaryUser Parser::temporaryUser(const Field& f) const {
     // Atlas takes a deleteAfterDate at most a week ahead; below 10 minutes
     // the renewals would be most of the traffic.
     if (u.lifetime < std::chrono::minutes(10) || u.lifetime > std::chrono::hours(24 * 7))
-      fail(*l, "{}: between 10m and 7d (Atlas deletes the user at the end)", l->path);
+      fail(*l, "{}: between 10m and 168h (Atlas deletes the user at the end)", l->path);
   }
   if (const Field* a = s.find("api_host")) u.apiHost = dnsName(*a);
   return u;

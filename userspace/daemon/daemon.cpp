@@ -106,6 +106,7 @@ class Daemon {
   Result<std::shared_ptr<proxy::DatabaseLogins>> databaseLogin(const config::DatabaseUser& u,
                                                                const std::string& description);
   Result<void> temporaryUsers(const config::Config& cfg, Runtime& rt);
+  void agentGone(const std::string& name);
   void resolverThread();
   asio::awaitable<void> signalLoop();
   asio::awaitable<void> netnsLoop();
@@ -438,6 +439,15 @@ Result<std::shared_ptr<proxy::DatabaseLogins>> Daemon::databaseLogin(const confi
   return std::shared_ptr<proxy::DatabaseLogins>(std::make_shared<proxy::StaticLogin>(std::move(login)));
 }
 
+static asio::awaitable<void> forgetAgent(std::shared_ptr<proxy::TemporaryUsers> users, std::string name) {
+  co_await users->forget(std::move(name));
+}
+
+// A discovered agent went away: its temporary database users are deleted.
+void Daemon::agentGone(const std::string& name) {
+  for (auto& [key, users] : temporaryUsers_) asio::co_spawn(io_, forgetAgent(users, name), asio::detached);
+}
+
 // A plain function: GCC 12 mishandles the captures of coroutine lambdas.
 static asio::awaitable<void> removeTemporaryUsers(std::shared_ptr<proxy::TemporaryUsers> users) {
   co_await users->removeAll();
@@ -674,6 +684,7 @@ void Daemon::podDelete(const discovery::PodInfo& pod) {
   if (it == attachedPods_.end()) return;
   if (auto r = loader_->detach(it->second.cgroup); !r) log::warn("pod {}: {}", it->second.name, r.error().message);
   agents_->forgetName(it->second.cgroup);
+  agentGone(it->second.name);
   log::info("pod {} detached", it->second.name);
   attachedPods_.erase(it);
   agents_->setRoots(attachedRoots());
@@ -743,6 +754,7 @@ void Daemon::containerDetach(std::map<std::string, AttachedContainer>::iterator 
   // The path may hold the container's next cgroup already: it is named
   // again when that one is attached.
   agents_->forgetName(a.cgroup);
+  if (keep.empty()) agentGone(a.name);  // not a restart: the agent is gone
   log::info("{} detached ({})", a.name, a.cgroup);
   attachedContainers_.erase(it);
   agents_->setRoots(attachedRoots());

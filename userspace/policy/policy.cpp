@@ -687,7 +687,7 @@ std::string Policy::table() const {
     for (const auto& cond : c.conditions) conds.push_back(cond.describe());
     std::string action(config::actionName(r.action));
     if (c.mongodb) {
-      // METHOD and PATH columns: the command and "database.collection" globs.
+      // The WHEN column: the command, database and collection globs.
       conds.insert(conds.begin(),
                    fmt::format("mongodb command [{}] database [{}] collection [{}]", fmt::join(c.commands, ","),
                                fmt::join(c.databases, ","), fmt::join(c.collections, ",")));

@@ -117,6 +117,25 @@ Captured::Found Captured::serviceAccount(std::string_view host, std::string_view
   return out;
 }
 
+Captured::Found Captured::databaseUser(const std::vector<std::string>& hosts, std::string_view username,
+                                       std::string_view agent) {
+  Found out;
+  for (const std::string& host : hosts) {
+    auto found = vault_->findByLookup(vault::Kind::DatabaseUser, host, username);
+    if (!found) {
+      log::error("vault {}: {}", vault_->path(), found.error().message);
+      return out;
+    }
+    out.captured = out.captured || !found->empty();
+    for (auto& u : *found)
+      if (mayUse(u.entry.owner, agent)) {
+        out.usable = std::move(u);
+        return out;
+      }
+  }
+  return out;
+}
+
 std::shared_ptr<const CredentialRuntime> Captured::runtimeFor(const vault::Unsealed& u) {
   {
     std::lock_guard lock(mu_);

@@ -62,6 +62,11 @@ class Captured {
   Found serviceAccount(std::string_view host, std::string_view clientId, std::string_view phantom,
                        std::string_view agent);
 
+  // A database user's password captured on any of `hosts` (the https
+  // targets: where the agent created the user), by username: the agent's
+  // phantom is its own password, the secret the one Atlas has.
+  Found databaseUser(const std::vector<std::string>& hosts, std::string_view username, std::string_view agent);
+
   // The upstream credential of an entry, made once and cached by name.
   std::shared_ptr<const CredentialRuntime> runtimeFor(const vault::Unsealed& u);
   // By name (a phantom token bound to a captured secret): nullptr once revoked.

@@ -81,7 +81,7 @@ std::vector<std::string> TemporaryUsers::users() const {
 
 net::asio::awaitable<Result<DatabaseLogin>> TemporaryUsers::login(const AgentIdentity& agent) {
   auto executor = co_await net::asio::this_coro::executor;
-  std::shared_ptr<User>& slot = users_[agent.key];
+  std::shared_ptr<User>& slot = users_[agent.name];  // one user per agent name, across its launches
   if (!slot) slot = std::make_shared<User>();
   std::shared_ptr<User> u = slot;
   // One mint or renewal at a time per agent; the others wait for it.
@@ -166,8 +166,8 @@ net::asio::awaitable<Result<void>> TemporaryUsers::remove(const std::string& use
   co_return Result<void>{};
 }
 
-net::asio::awaitable<void> TemporaryUsers::forget(std::string agentKey) {
-  auto it = users_.find(agentKey);
+net::asio::awaitable<void> TemporaryUsers::forget(std::string agentName) {
+  auto it = users_.find(agentName);
   if (it == users_.end()) co_return;
   std::shared_ptr<User> u = it->second;
   users_.erase(it);

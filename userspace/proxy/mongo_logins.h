@@ -44,7 +44,7 @@ class TemporaryUsers : public DatabaseLogins {
   std::string describe() const override { return "temporary_user:" + spec_.groupId; }
 
   // The agent is gone: its user is deleted.
-  net::asio::awaitable<void> forget(std::string agentKey);
+  net::asio::awaitable<void> forget(std::string agentName);
   // Shutdown: every user this daemon made is deleted.
   net::asio::awaitable<void> removeAll();
   // Usernames alive now (status, tests).
@@ -70,7 +70,7 @@ class TemporaryUsers : public DatabaseLogins {
   CredentialRuntime api_;
   config::TemporaryUser spec_;
   std::chrono::seconds timeout_;
-  std::map<std::string, std::shared_ptr<User>> users_;  // by agent key
+  std::map<std::string, std::shared_ptr<User>> users_;  // by agent name
 };
 
 }  // namespace atlasgate::proxy

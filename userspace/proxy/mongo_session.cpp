@@ -19,6 +19,9 @@
 
 #include <fnmatch.h>
 
+#include <openssl/hmac.h>
+#include <openssl/rand.h>
+
 #include <deque>
 
 #include "common/log.h"
@@ -27,6 +30,7 @@
 #include "mongo/scram.h"
 #include "mongo/wire.h"
 #include "policy/policy.h"
+#include "proxy/captured.h"
 #include "proxy/server.h"
 #include "tls/client_context.h"
 #include "tls/server_context.h"
@@ -105,6 +109,150 @@ mongo::Doc sanitizedHello(ByteView body) {
     return outer;
   }
   return mongo::without(body, {"compression", "speculativeAuthenticate", "saslSupportedMechs"});
+}
+
+}  // namespace
+
+// An upstream connection and the credential it was authenticated with.
+struct MongoUpstream {
+  std::unique_ptr<TlsStream> stream;
+  std::string credential;
+};
+
+// What the agent's first message says about its own authentication.
+struct AgentHello {
+  bool legacy = false;               // an OP_QUERY (the answer is an OP_REPLY)
+  bool authenticates = false;        // it asked for mechanisms or started SCRAM
+  bool askedMechs = false;           // saslSupportedMechs: "db.user"
+  std::optional<Bytes> speculative;  // speculativeAuthenticate: a saslStart document
+};
+
+namespace {
+
+AgentHello inspectHello(const MongoMessage& m) {
+  AgentHello h;
+  std::optional<ByteView> body;
+  std::optional<mongo::Query> q;
+  std::optional<mongo::Msg> msg;
+  if (m.header.opCode == static_cast<std::int32_t>(mongo::OpCode::Query)) {
+    auto parsed = mongo::parseQuery(m.bytes);
+    if (!parsed) return h;
+    q = std::move(parsed.value());
+    body = q->query;
+    h.legacy = true;
+    if (auto inner = mongo::DocView(*body).document("$query")) body = *inner;
+  } else if (m.header.opCode == static_cast<std::int32_t>(mongo::OpCode::Msg)) {
+    auto parsed = mongo::parseMsg(m.bytes);
+    if (!parsed) return h;
+    msg = std::move(parsed.value());
+    body = msg->body;
+  }
+  if (!body) return h;
+  mongo::DocView v(*body);
+  if (!isHello(v.firstKey())) return h;
+  h.askedMechs = v.string("saslSupportedMechs").has_value();
+  if (auto spec = v.document("speculativeAuthenticate"))
+    if (mongo::DocView(*spec).string("mechanism") == "SCRAM-SHA-256") h.speculative = Bytes(spec->begin(), spec->end());
+  h.authenticates = h.askedMechs || v.has("speculativeAuthenticate");
+  return h;
+}
+
+// {conversationId: 1, done, payload, ok: 1}: a SASL step answered here.
+mongo::Doc saslAnswer(std::string_view payload, bool done) {
+  mongo::Doc d;
+  BSON_APPEND_INT32(d.get(), "conversationId", 1);
+  BSON_APPEND_BOOL(d.get(), "done", done);
+  bson_append_binary(d.get(), "payload", 7, BSON_SUBTYPE_BINARY, reinterpret_cast<const std::uint8_t*>(payload.data()),
+                     static_cast<std::uint32_t>(payload.size()));
+  BSON_APPEND_DOUBLE(d.get(), "ok", 1.0);
+  return d;
+}
+
+// The server's hello reply, with what atlasgate answers for the agent's own
+// authentication in place of the server's.
+Result<Bytes> editedHelloReply(const MongoMessage& reply, const AgentHello& h,
+                               const std::optional<std::string>& speculative) {
+  auto edit = [&](ByteView doc) {
+    mongo::Doc out = mongo::without(doc, {"saslSupportedMechs", "speculativeAuthenticate"});
+    if (h.askedMechs) {
+      bson_t mechs;
+      BSON_APPEND_ARRAY_BEGIN(out.get(), "saslSupportedMechs", &mechs);
+      BSON_APPEND_UTF8(&mechs, "0", "SCRAM-SHA-256");
+      bson_append_array_end(out.get(), &mechs);
+    }
+    if (speculative) {
+      mongo::Doc step = saslAnswer(*speculative, false);
+      mongo::Doc clean = mongo::without(step.bytes(), {"ok"});
+      BSON_APPEND_DOCUMENT(out.get(), "speculativeAuthenticate", clean.get());
+    }
+    return out;
+  };
+  if (reply.header.opCode == static_cast<std::int32_t>(mongo::OpCode::Reply)) {
+    auto r = mongo::parseReply(reply.bytes);
+    if (!r) return r.error();
+    if (r->documents.size() != 1) return makeError("a hello reply with {} documents", r->documents.size());
+    mongo::Doc out = edit(r->documents[0]);
+    return mongo::buildReply(reply.header.requestId, reply.header.responseTo, r->responseFlags, r->cursorId,
+                             out.bytes());
+  }
+  auto m = mongo::parseMsg(reply.bytes);
+  if (!m) return m.error();
+  mongo::Doc out = edit(m->body);
+  return mongo::buildMsg(reply.header.requestId, reply.header.responseTo, m->flags & ~mongo::kChecksumPresent,
+                         out.bytes());
+}
+
+// A stable salt per username (so the salted-password cache serves repeated
+// logins), unpredictable from outside the process.
+std::string saltFor(std::string_view username) {
+  static const std::string key = [] {
+    std::string k(32, '\0');
+    RAND_bytes(reinterpret_cast<unsigned char*>(k.data()), static_cast<int>(k.size()));
+    return k;
+  }();
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  HMAC(EVP_sha256(), key.data(), static_cast<int>(key.size()), reinterpret_cast<const unsigned char*>(username.data()),
+       username.size(), md, &len);
+  return std::string(reinterpret_cast<const char*>(md), 16);
+}
+
+// The agent's hello as it goes upstream (sanitizedHello), re-framed.
+std::optional<Bytes> sanitizedHelloMessage(const MongoMessage& hello) {
+  if (hello.header.opCode == static_cast<std::int32_t>(mongo::OpCode::Query)) {
+    auto q = mongo::parseQuery(hello.bytes);
+    if (!q) return std::nullopt;
+    mongo::Doc clean = sanitizedHello(q->query);
+    return mongo::buildQuery(hello.header.requestId, q->flags, q->fullCollectionName, q->numberToSkip,
+                             q->numberToReturn, clean.bytes());
+  }
+  auto m = mongo::parseMsg(hello.bytes);
+  if (!m) return std::nullopt;
+  mongo::Doc clean = sanitizedHello(m->body);
+  return mongo::buildMsg(hello.header.requestId, 0, m->flags & ~mongo::kChecksumPresent, clean.bytes(), m->sequences);
+}
+
+// One step of the agent's SCRAM conversation, answered here. A wrong
+// password and an unknown user fail alike (ScramServer).
+mongo::Doc saslStep(const mongo::Msg& msg, std::unique_ptr<mongo::ScramServer>& server,
+                    const mongo::ScramServer::Lookup& lookup) {
+  mongo::DocView body(msg.body);
+  const std::string_view name = body.firstKey();
+  auto payload = body.binary("payload");
+  const std::string_view text =
+      payload ? std::string_view(reinterpret_cast<const char*>(payload->data()), payload->size()) : std::string_view();
+  if (name == "saslStart") {
+    if (body.string("mechanism") != "SCRAM-SHA-256")
+      return errorDoc("atlasgate: only SCRAM-SHA-256 is supported", kAuthenticationFailed, "AuthenticationFailed");
+    server = std::make_unique<mongo::ScramServer>(lookup);
+    if (auto r = server->first(text)) return saslAnswer(*r, false);
+  } else if (name == "saslContinue") {
+    if (server->done()) return saslAnswer("", true);  // a client that does not skip the empty exchange
+    if (auto r = server->final(text)) return saslAnswer(*r, true);
+  } else {
+    return errorDoc("atlasgate: authenticate first (the hello asked to)", kUnauthorized, "Unauthorized");
+  }
+  return errorDoc("Authentication failed.", kAuthenticationFailed, "AuthenticationFailed");
 }
 
 }  // namespace
@@ -279,6 +427,23 @@ asio::awaitable<Result<void>> authenticate(TlsStream& up, const DatabaseLogin& l
   co_return Result<void>{};
 }
 
+// A user the agent has just made may still be deploying: a failed SCRAM
+// leaves the connection usable, so it is tried again with backoff.
+asio::awaitable<Result<void>> authenticatePatiently(TlsStream& up, const DatabaseLogin& login,
+                                                    mongo::SaltedPasswordCache& cache, std::int32_t& id) {
+  auto auth = co_await authenticate(up, login, cache, id, mongo::kDefaultMaxMessageBytes);
+  asio::steady_timer pause(up.get_executor());
+  auto backoff = std::chrono::milliseconds(250);
+  for (auto deadline = Clock::now() + kDeployWait;
+       !auth && auth.error().code == kAuthenticationFailed && Clock::now() < deadline;) {
+    pause.expires_after(backoff);
+    co_await pause.async_wait(kUseTuple);
+    backoff = std::min(backoff * 2, std::chrono::milliseconds(4000));
+    auth = co_await authenticate(up, login, cache, id, mongo::kDefaultMaxMessageBytes);
+  }
+  co_return auth;
+}
+
 }  // namespace
 
 // Dials the server the agent named and authenticates; nullptr (logged) when
@@ -353,8 +518,49 @@ asio::awaitable<void> Server::mongoServe(tcp::socket socket, Flow flow, const Ta
     log::info("conn {} agent {}: TLS handshake failed: {}", flow.id, flow.agent.name, hec.message());
     co_return;
   }
+  if (!scramCache_) scramCache_ = std::make_unique<mongo::SaltedPasswordCache>();
+  if (!resolvers_) resolvers_ = std::make_unique<asio::thread_pool>(2);
+  std::optional<std::string> upstreamCa;
+  for (const auto& t : rt->config->targets)
+    if (t.host == target.host) upstreamCa = t.upstreamCa;
+  ssl::context* upTls = mongoUpstreamTls(upstreamCa);
+  if (upTls == nullptr) co_return;
+
+  // The agent speaks first: its hello says whether it authenticates itself
+  // (with a phantom password) or leaves that to atlasgate.
+  std::string why;
+  auto first = co_await readMessage(stream, mongo::kDefaultMaxMessageBytes, why);
+  if (!first) co_return;
   beast::get_lowest_layer(stream).expires_never();
-  // The credential: the first of the target's whose agents match.
+  const AgentHello hello = inspectHello(*first);
+  MongoUpstream up;
+  if (hello.authenticates) {
+    up = co_await mongoAgentAuth(stream, flow, *rt, target, host, *first, hello, *upTls);
+  } else {
+    up = co_await mongoAtlasgateAuth(flow, *rt, target, host, *upTls);
+  }
+  if (!up.stream) co_return;
+  MongoConn c{*this, stream, *up.stream, flow, target, host, rt, up.credential};
+  if (!hello.authenticates) {
+    // The first message goes the way of every other.
+    const auto op = static_cast<mongo::OpCode>(first->header.opCode);
+    bool ok = false;
+    if (op == mongo::OpCode::Msg)
+      ok = co_await mongoMsg(c, *first);
+    else if (op == mongo::OpCode::Query)
+      ok = co_await mongoQuery(c, *first);
+    if (!ok) co_return;
+  }
+  co_await (mongoFromAgent(c) || mongoToAgent(c));
+}
+
+// The agent authenticates nothing: atlasgate does, as the target's database
+// login for this agent (none: the connection stays unauthenticated, as a
+// driver's monitoring connection is). A temporary user Atlas is still
+// deploying fails with AuthenticationFailed: dial again with backoff.
+asio::awaitable<MongoUpstream> Server::mongoAtlasgateAuth(const Flow& flow, const Runtime& rt,
+                                                          const TargetRuntime& target, const std::string& host,
+                                                          ssl::context& upTls) {
   const CredentialRuntime* cred = nullptr;
   for (const auto& c : target.credentials) {
     bool match = c.agents.empty();
@@ -364,23 +570,11 @@ asio::awaitable<void> Server::mongoServe(tcp::socket socket, Flow flow, const Ta
       break;
     }
   }
+  MongoUpstream out;
   if (cred == nullptr) {
-    log::warn("conn {} agent {}: no database credential of {} serves this agent: closed", flow.id, flow.agent.name,
-              target.host);
-    co_return;
+    out.stream = co_await dialMongo(io_, *resolvers_, upTls, rt, target, host, flow);
+    co_return out;
   }
-  if (!scramCache_) scramCache_ = std::make_unique<mongo::SaltedPasswordCache>();
-  if (!resolvers_) resolvers_ = std::make_unique<asio::thread_pool>(2);
-  ssl::context* upTls = mongoUpstreamTls(rt->config->targets.empty() ? std::nullopt : [&] {
-    for (const auto& t : rt->config->targets)
-      if (t.host == target.host) return t.upstreamCa;
-    return std::optional<std::string>{};
-  }());
-  if (upTls == nullptr) co_return;
-
-  // Dial and authenticate; a temporary user Atlas is still deploying fails
-  // with AuthenticationFailed: try again with backoff.
-  std::unique_ptr<TlsStream> up;
   std::int32_t id = 0x41470000;
   const auto deadline = Clock::now() + kDeployWait;
   auto backoff = std::chrono::milliseconds(250);
@@ -389,26 +583,95 @@ asio::awaitable<void> Server::mongoServe(tcp::socket socket, Flow flow, const Ta
     auto login = co_await cred->database->login(flow.agent);
     if (!login) {
       log::warn("conn {} agent {}: no database login: {}", flow.id, flow.agent.name, login.error().message);
-      co_return;
+      co_return MongoUpstream{};
     }
-    up = co_await dialMongo(io_, *resolvers_, *upTls, *rt, target, host, flow);
-    if (!up) co_return;
+    auto up = co_await dialMongo(io_, *resolvers_, upTls, rt, target, host, flow);
+    if (!up) co_return MongoUpstream{};
     auto auth = co_await authenticate(*up, *login, *scramCache_, id, mongo::kDefaultMaxMessageBytes);
-    if (auth) break;
+    if (auth) {
+      log::debug("conn {} agent {}: mongodb {} authenticated as {}", flow.id, flow.agent.name, host,
+                 cred->database->describe());
+      co_return MongoUpstream{std::move(up), cred->database->describe()};
+    }
     const bool retry = login->temporary && auth.error().code == kAuthenticationFailed && Clock::now() < deadline;
     log::info("conn {} agent {}: authenticating as {} on {} failed: {}{}", flow.id, flow.agent.name, login->username,
               host, auth.error().message, retry ? " (the user may still be deploying: retrying)" : "");
-    if (!retry) co_return;
-    beast::error_code ignored;
-    beast::get_lowest_layer(*up).socket().close(ignored);
+    if (!retry) co_return MongoUpstream{};
     pause.expires_after(backoff);
     co_await pause.async_wait(kUseTuple);
     backoff = std::min(backoff * 2, std::chrono::milliseconds(4000));
   }
-  log::debug("conn {} agent {}: mongodb {} authenticated as {}", flow.id, flow.agent.name, host,
-             cred->database->describe());
-  MongoConn c{*this, stream, *up, flow, target, host, rt, cred->database->describe()};
-  co_await (mongoFromAgent(c) || mongoToAgent(c));
+}
+
+asio::awaitable<MongoUpstream> Server::mongoAgentAuth(TlsStream& agent, const Flow& flow, const Runtime& rt,
+                                                      const TargetRuntime& target, const std::string& host,
+                                                      const MongoMessage& hello, const AgentHello& h,
+                                                      ssl::context& upTls) {
+  auto up = co_await dialMongo(io_, *resolvers_, upTls, rt, target, host, flow);
+  if (!up) co_return MongoUpstream{};
+  // The hello goes upstream without the agent's authentication fields; its
+  // answer comes back with atlasgate's.
+  auto forwarded = sanitizedHelloMessage(hello);
+  if (!forwarded) co_return MongoUpstream{};
+  auto [wec, wn] = co_await asio::async_write(*up, asio::buffer(*forwarded), kUseTuple);
+  std::string why;
+  if (wec) co_return MongoUpstream{};
+  // (No co_await inside ?: anywhere here: GCC 12 miscompiles it.)
+  auto reply = co_await readMessage(*up, mongo::kDefaultMaxMessageBytes, why);
+  if (!reply) co_return MongoUpstream{};
+
+  std::vector<std::string> httpsHosts;
+  for (const auto& t : rt.targets)
+    if (t.protocol == config::Protocol::Https) httpsHosts.push_back(t.host);
+  std::shared_ptr<vault::Unsealed> chosen;
+  mongo::ScramServer::Lookup lookup = [&](std::string_view username) -> std::optional<mongo::ScramCredential> {
+    chosen.reset();
+    if (captured_ == nullptr) return std::nullopt;
+    auto found = captured_->databaseUser(httpsHosts, username, flow.agent.name);
+    if (!found.usable || !mongo::checkPassword(found.usable->phantom)) return std::nullopt;
+    auto cred = mongo::ScramCredential::derive(found.usable->phantom, saltFor(username), 15000, *scramCache_);
+    chosen = std::make_shared<vault::Unsealed>(std::move(*found.usable));
+    return cred;
+  };
+  auto server = std::make_unique<mongo::ScramServer>(lookup);
+  std::optional<std::string> speculative;
+  if (h.speculative) {
+    if (auto p = mongo::DocView(*h.speculative).binary("payload")) {
+      auto r = server->first(std::string_view(reinterpret_cast<const char*>(p->data()), p->size()));
+      if (r) speculative = std::move(r.value());
+    }
+  }
+  auto edited = editedHelloReply(*reply, h, speculative);
+  if (!edited) {
+    log::warn("conn {} agent {}: the server's hello reply: {}", flow.id, flow.agent.name, edited.error().message);
+    co_return MongoUpstream{};
+  }
+  auto [aec, an] = co_await asio::async_write(agent, asio::buffer(*edited), kUseTuple);
+  if (aec) co_return MongoUpstream{};
+  std::int32_t id = 0x41480000;
+  for (int step = 0; step < 8; ++step) {
+    auto m = co_await readMessage(agent, mongo::kDefaultMaxMessageBytes, why);
+    if (!m) co_return MongoUpstream{};
+    auto msg = mongo::parseMsg(m->bytes);
+    if (!msg) co_return MongoUpstream{};
+    auto answer = saslStep(*msg, server, lookup);
+    Bytes out = mongo::buildMsg(id++, m->header.requestId, 0, answer.bytes());
+    auto [ec, n] = co_await asio::async_write(agent, asio::buffer(out), kUseTuple);
+    if (ec) co_return MongoUpstream{};
+    if (!server->done() || !chosen) continue;
+    // The agent proved it knows the phantom: upstream as that user, with the
+    // password Atlas has (which the agent never saw).
+    DatabaseLogin login{server->username(), chosen->secret, "admin", false};
+    auto auth = co_await authenticatePatiently(*up, login, *scramCache_, id);
+    if (!auth) {
+      log::warn("conn {} agent {}: authenticating as captured user {} on {} failed: {}", flow.id, flow.agent.name,
+                login.username, host, auth.error().message);
+      co_return MongoUpstream{};
+    }
+    log::debug("conn {} agent {}: authenticated with the phantom of {}", flow.id, flow.agent.name, chosen->entry.name);
+    co_return MongoUpstream{std::move(up), chosen->entry.name};
+  }
+  co_return MongoUpstream{};
 }
 
 asio::awaitable<void> Server::mongoToAgent(MongoConn& c) {

@@ -49,6 +49,8 @@ class SaltedPasswordCache;
 namespace atlasgate::proxy {
 struct MongoConn;
 struct MongoMessage;
+struct MongoUpstream;
+struct AgentHello;
 }  // namespace atlasgate::proxy
 namespace atlasgate::credentials {
 class TokenProvider;
@@ -139,6 +141,14 @@ class Server {
   asio::awaitable<void> mongoServe(tcp::socket socket, Flow flow, const TargetRuntime& target, std::string host,
                                    std::shared_ptr<const Runtime> rt);
   friend struct MongoConn;
+  asio::awaitable<MongoUpstream> mongoAtlasgateAuth(const Flow& flow, const Runtime& rt, const TargetRuntime& target,
+                                                    const std::string& host, ssl::context& upTls);
+  // The agent authenticates itself with a captured database user's phantom
+  // password: answered here (SCRAM-SHA-256 server), then atlasgate
+  // authenticates upstream as that user with the password Atlas has.
+  asio::awaitable<MongoUpstream> mongoAgentAuth(TlsStream& agent, const Flow& flow, const Runtime& rt,
+                                                const TargetRuntime& target, const std::string& host,
+                                                const MongoMessage& hello, const AgentHello& h, ssl::context& upTls);
   asio::awaitable<void> mongoFromAgent(MongoConn& c);
   asio::awaitable<void> mongoToAgent(MongoConn& c);
   asio::awaitable<bool> mongoMsg(MongoConn& c, MongoMessage& m);
