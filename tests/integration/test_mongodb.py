@@ -151,6 +151,8 @@ class MongoTest(MongoCase):
         {"name": "no-drops", "protocol": "mongodb", "command": ["drop", "dropDatabase"], "action": "block"},
         {"name": "reports-read-only", "protocol": "mongodb", "agents": ["report-*"],
          "command": ["insert", "update", "delete", "findAndModify", "drop"], "action": "block"},
+        {"name": "ask-before-deleting", "protocol": "mongodb", "agents": ["cleaner"], "command": ["delete"],
+         "collection": "items", "action": "approve", "timeout": 60},
     ]}
 
     def mongosh(self, script, name="shell-agent"):
@@ -253,6 +255,42 @@ class MongoTest(MongoCase):
                                    name=name, timeout=120)
             self.assertNotIn("IN", p.stdout.split())
             self.assertIn("Authentication failed", p.stdout + p.stderr)
+
+    def test_7_approve_holds_a_command_for_an_operator(self):
+        import threading
+        results = {}
+
+        def delete(key, doc_id):
+            results[key] = self.mongosh(
+                f'try {{ print("DELETED " + db.items.deleteOne({{_id: {doc_id}}}).deletedCount) }}'
+                ' catch (e) { print("REFUSED " + e.message) }', name="cleaner")
+        self.mongosh("db.items.insertMany([{_id: 101, name: 'gamma'}, {_id: 102, name: 'delta'}])")
+        for key, doc_id, allow in (("denied", 101, False), ("approved", 102, True)):
+            t = threading.Thread(target=delete, args=(key, doc_id))
+            t.start()
+            held = wait_for(lambda: next((a for a in self.pending() if a["agent"] == "cleaner"), None),
+                            timeout=60, what="the delete held")
+            self.assertEqual(held["method"], "delete")
+            self.assertEqual(held["path"], "app.items")
+            self.assertIn('"delete" : "items"', held["body"])
+            # Held: the cluster has not seen it.
+            self.assertFalse(any(c.get("command") == "delete" for c in self.mongo.commands()))
+            p = self.env.cli("approvals", "allow" if allow else "deny", str(held["id"]))
+            self.assertEqual(p.returncode, 0, p.stderr)
+            t.join(120)
+        self.assertIn('REFUSED atlasgate: rule "ask-before-deleting": an operator denied it', results["denied"].stdout,
+                      results["denied"].stdout + results["denied"].stderr)
+        self.assertIn("DELETED 1", results["approved"].stdout, results["approved"].stdout)
+        deletes = [c for c in self.mongo.commands() if c.get("command") == "delete"]
+        self.assertEqual(len(deletes), 1, deletes)
+        decisions = [r["decision"] for r in self.env.audit() if r.get("command") == "delete"]
+        self.assertEqual(decisions, ["denied", "approved"])
+        self.mongosh("db.items.deleteMany({_id: {$gt: 100}})", name="janitor")
+
+    def pending(self):
+        p = self.env.cli("approvals", "--json")
+        self.assertEqual(p.returncode, 0, p.stderr)
+        return json.loads(p.stdout)["approvals"]
 
     def test_9_users_deleted_when_the_daemon_stops(self):
         self.assertTrue(self.temporary_users())

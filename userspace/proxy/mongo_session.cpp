@@ -496,11 +496,6 @@ std::string refusalText(const policy::Decision& d, const mongo::CommandInfo& inf
     case policy::Verdict::RateLimited:
       return fmt::format("atlasgate: rate limited by rule \"{}\" ({}); retry in {} s", d.ruleName, what,
                          d.retryAfter.count());
-    case policy::Verdict::Approve:
-      return fmt::format(
-          "atlasgate: rule \"{}\" needs an operator's approval, which MongoDB commands cannot wait "
-          "for yet ({})",
-          d.ruleName, what);
     default: return fmt::format("atlasgate: blocked by rule \"{}\" ({})", d.ruleName, what);
   }
 }
@@ -786,6 +781,22 @@ asio::awaitable<bool> Server::mongoMsg(MongoConn& c, MongoMessage& m) {
 asio::awaitable<bool> Server::mongoForward(MongoConn& c, MongoMessage& m, const mongo::CommandInfo& info,
                                            const policy::Decision& d,
                                            const std::function<asio::awaitable<bool>(const mongo::Doc&)>& answer) {
+  if (d.verdict == policy::Verdict::Approve) {
+    // Held for an operator: this connection's later commands wait behind
+    // it (their order is the agent's), replies keep flowing meanwhile.
+    const std::string_view verdict = co_await mongoHold(c, m, info, d);
+    mongoAudit(c, info, &d, verdict, "", m.bytes.size());
+    if (verdict != "approved") {
+      const std::string_view why = verdict == "queue_full"  ? "too many commands are held; retry later"
+                                   : verdict == "timed_out" ? "no operator approved it in time"
+                                                            : "an operator denied it";
+      const std::string text = fmt::format("atlasgate: rule \"{}\": {} ({} on {})", d.ruleName, why, info.name,
+                                           d.path.empty() ? info.database : d.path);
+      co_return co_await answer(errorDoc(text, kUnauthorized, "Unauthorized"));
+    }
+    auto [ec, n] = co_await asio::async_write(c.up, asio::buffer(m.bytes), kUseTuple);
+    co_return !ec;
+  }
   if (d.verdict != policy::Verdict::Allow) {
     counters_.add(d.verdict == policy::Verdict::RateLimited ? Counter::RateLimited : Counter::Blocked);
     mongoAudit(c, info, &d, d.verdict == policy::Verdict::RateLimited ? "rate_limited" : "block", "", m.bytes.size());
@@ -794,6 +805,43 @@ asio::awaitable<bool> Server::mongoForward(MongoConn& c, MongoMessage& m, const 
   mongoAudit(c, info, &d, d.logOnlyWouldBe ? "log_only" : "allow", "", m.bytes.size());
   auto [ec, n] = co_await asio::async_write(c.up, asio::buffer(m.bytes), kUseTuple);
   co_return !ec;
+}
+
+// An approve rule's command, held: "approved", "denied", "timed_out" or
+// "queue_full". The operator sees the command and its namespace, and the
+// start of its body as relaxed extended JSON.
+asio::awaitable<std::string_view> Server::mongoHold(MongoConn& c, const MongoMessage& m, const mongo::CommandInfo& info,
+                                                    const policy::Decision& d) {
+  const config::Limits& limits = c.rt->config->limits;
+  ApprovalInfo hold;
+  hold.agent = c.flow.agent.name;
+  hold.agentKey = c.flow.agent.key;
+  hold.method = info.name;
+  hold.host = c.host;
+  hold.path = d.path.empty() ? info.database : d.path;
+  hold.rule = d.ruleName;
+  hold.since = std::chrono::system_clock::now();
+  hold.timeout = d.approveTimeout;
+  if (m.header.opCode == static_cast<std::int32_t>(mongo::OpCode::Msg)) {
+    if (auto parsed = mongo::parseMsg(m.bytes)) {
+      if (auto body = mongo::Doc::fromBytes(parsed->body)) previewBody(hold, body->json());
+    }
+  }
+  hold.bodyBytes = m.bytes.size();
+  Admission admission =
+      approvals_.add(hold, HoldLimits{limits.maxHeldRequests, limits.maxHeldPerAgent, limits.maxHeldBodyBytes});
+  if (!admission.id) co_return "queue_full";
+  counters_.add(Counter::ApprovalsHeld);
+  log::info("conn {} agent {}: mongodb {} on {} held for approval by rule \"{}\" (request {})", c.flow.id,
+            c.flow.agent.name, info.name, hold.path, d.ruleName, admission.id);
+  ApprovalOutcome outcome = co_await approvals_.wait(admission.id);
+  if (outcome == ApprovalOutcome::Waiting) {  // the connection is ending
+    approvals_.abandon(admission.id);
+    co_return "abandoned";
+  }
+  co_return outcome == ApprovalOutcome::Approved ? "approved"
+  : outcome == ApprovalOutcome::TimedOut         ? "timed_out"
+                                                 : "denied";
 }
 
 asio::awaitable<bool> Server::mongoQuery(MongoConn& c, MongoMessage& m) {

@@ -157,6 +157,8 @@ class Server {
                                      const policy::Decision& d,
                                      const std::function<asio::awaitable<bool>(const mongo::Doc&)>& answer);
   Result<std::pair<policy::Decision, mongo::CommandInfo>> mongoDecide(MongoConn& c, Result<mongo::CommandInfo> info);
+  asio::awaitable<std::string_view> mongoHold(MongoConn& c, const MongoMessage& m, const mongo::CommandInfo& info,
+                                              const policy::Decision& d);
   void mongoAudit(MongoConn& c, const mongo::CommandInfo& info, const policy::Decision* d, std::string_view decision,
                   std::string_view error, std::size_t bytesIn);
   // The ClientHello, peeked at (bytes stay in the socket); Sni or not.
