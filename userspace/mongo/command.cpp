@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <optional>
+#include <set>
 #include <string_view>
 
 namespace atlasgate::mongo {
@@ -11,15 +12,47 @@ namespace {
 using namespace std::string_view_literals;
 
 constexpr int kMaxDepth = 64;
+// More distinct accesses than this and the command is refused: describing
+// (and checking) it must stay cheap on the event loop.
+constexpr std::size_t kMaxAccesses = 1000;
 
 // The accesses found so far, deduplicated in the order found.
 struct Found {
   std::vector<Access> accesses;
+  std::set<std::tuple<std::string, std::string, std::string>> seen;
+  bool overflow = false;
   void add(std::string_view command, std::string_view db, std::string_view coll) {
-    Access a{std::string(command), std::string(db), std::string(coll)};
-    if (std::find(accesses.begin(), accesses.end(), a) == accesses.end()) accesses.push_back(std::move(a));
+    if (!seen.emplace(std::string(command), std::string(db), std::string(coll)).second) return;
+    if (accesses.size() >= kMaxAccesses) {
+      overflow = true;
+      return;
+    }
+    accesses.push_back(Access{std::string(command), std::string(db), std::string(coll)});
   }
 };
+
+// A document anywhere in the command with a key twice: which one the server
+// obeys (a $lookup's last "from", the body's first "$db") is not atlasgate's
+// guess, so such a command is refused whole.
+bool duplicateKeysDeep(ByteView doc, bool isArray, int depth) {
+  bson_t b;
+  bson_iter_t it;
+  if (depth > 200 || !initView(&b, doc) || !bson_iter_init(&it, &b)) return true;
+  std::vector<std::string_view> keys;
+  while (bson_iter_next(&it)) {
+    if (!isArray) keys.emplace_back(bson_iter_key(&it), bson_iter_key_len(&it));
+    if (!BSON_ITER_HOLDS_DOCUMENT(&it) && !BSON_ITER_HOLDS_ARRAY(&it)) continue;
+    std::uint32_t len = 0;
+    const std::uint8_t* data = nullptr;
+    if (BSON_ITER_HOLDS_ARRAY(&it))
+      bson_iter_array(&it, &len, &data);
+    else
+      bson_iter_document(&it, &len, &data);
+    if (duplicateKeysDeep(ByteView(data, len), BSON_ITER_HOLDS_ARRAY(&it), depth + 1)) return true;
+  }
+  std::sort(keys.begin(), keys.end());
+  return std::adjacent_find(keys.begin(), keys.end()) != keys.end();
+}
 
 bool validDatabase(std::string_view db) {
   if (db.empty() || db.size() > 64) return false;
@@ -235,10 +268,13 @@ Result<void> update(Found& found, const Input& in, std::string_view coll) {
 Result<void> mapReduce(Found& found, const Input& in) {
   bson_iter_t out;
   if (!findIn(in.body, "out", &out)) return {};
-  if (!BSON_ITER_HOLDS_DOCUMENT(&out)) return addTarget(found, {"insert"}, &out, in.db, "", "mapReduce's 'out'");
+  // A plain name, or replace, replaces the collection (as $out: a drop too).
+  if (!BSON_ITER_HOLDS_DOCUMENT(&out))
+    return addTarget(found, {"insert", "drop"}, &out, in.db, "", "mapReduce's 'out'");
   DocView spec(iterDocument(&out));
   if (spec.has("inline")) return {};
-  for (std::string_view mode : {"replace"sv, "merge"sv, "reduce"sv})
+  if (spec.has("replace")) return addTarget(found, {"insert", "drop"}, &out, in.db, "replace", "mapReduce's 'out'");
+  for (std::string_view mode : {"merge"sv, "reduce"sv})
     if (spec.has(mode)) return addTarget(found, {"insert"}, &out, in.db, mode, "mapReduce's 'out'");
   return makeError("mapReduce's 'out' names no output collection");
 }
@@ -271,6 +307,34 @@ Result<void> applyOps(Found& found, const Input& in) {
   return {};
 }
 
+// renameCollection (on admin): "db.coll" to "db.coll". The source's name is
+// gone (as a drop), the target gets its documents, and with dropTarget an
+// existing target is dropped first.
+Result<void> renameCollection(Found& found, const Input& in) {
+  auto from = in.body.string("renameCollection");
+  auto to = in.body.string("to");
+  if (!from || !to) return makeError("renameCollection: 'renameCollection' and 'to' must be namespaces");
+  auto src = splitNamespace(*from, "renameCollection's source");
+  if (!src) return src.error();
+  auto dst = splitNamespace(*to, "renameCollection's 'to'");
+  if (!dst) return dst.error();
+  found.add("renameCollection", src->first, src->second);
+  found.add("drop", src->first, src->second);
+  found.add("renameCollection", dst->first, dst->second);
+  found.add("insert", dst->first, dst->second);
+  if (truthy(in.body, "dropTarget")) found.add("drop", dst->first, dst->second);
+  return {};
+}
+
+// Indexes with expireAfterSeconds delete documents (the TTL monitor).
+Result<void> ttlIndexes(Found& found, const Input& in, std::string_view coll) {
+  auto indexes = listOf(in, "indexes");
+  if (!indexes) return {};  // no list: the server refuses it
+  for (ByteView ix : *indexes)
+    if (DocView(ix).has("expireAfterSeconds")) found.add("delete", in.db, coll);
+  return {};
+}
+
 // A view (create or collMod with viewOn) reads its source and its pipeline's.
 Result<void> view(Found& found, const Input& in) {
   if (in.body.has("viewOn")) {
@@ -283,7 +347,17 @@ Result<void> view(Found& found, const Input& in) {
 
 Result<void> hidden(Found& found, const Input& in, std::string_view name, std::string_view coll) {
   if (name == "aggregate") return scanPipelineField(found, in.body, in.db, in.depth);
+  if (name == "collMod" && in.body.document("index") && DocView(*in.body.document("index")).has("expireAfterSeconds"))
+    found.add("delete", in.db, coll);
   if (name == "create" || name == "collMod") return view(found, in);
+  if (name == "renameCollection") return renameCollection(found, in);
+  if (name == "deleteIndexes") found.add("dropIndexes", in.db, coll);  // the server's alias
+  if (name == "createIndexes") return ttlIndexes(found, in, coll);
+  if (name == "convertToCapped") found.add("delete", in.db, coll);  // truncates to its size
+  if (name == "cloneCollectionAsCapped") {
+    found.add("find", in.db, coll);
+    if (auto to = in.body.string("toCollection")) found.add("insert", in.db, *to);
+  }
   if (name == "bulkWrite") return bulkWrite(found, in);
   if (name == "explain") return explain(found, in);
   if (name == "findAndModify" || name == "findandmodify") return findAndModify(found, in, coll);
@@ -305,8 +379,13 @@ Result<void> describeBody(Found& found, const Input& in) {
 }
 
 Result<CommandInfo> describeTop(const Input& in) {
+  if (duplicateKeysDeep(in.body.bytes(), false, 0)) return makeError("a document of the command has a key twice");
+  for (const Sequence& seq : *in.sequences)
+    for (ByteView d : seq.documents)
+      if (duplicateKeysDeep(d, false, 0)) return makeError("a document of the command has a key twice");
   Found found;
   if (auto r = describeBody(found, in); !r) return r.error();
+  if (found.overflow) return makeError("the command touches more than {} namespaces", kMaxAccesses);
   CommandInfo info;
   info.name = std::string(in.body.firstKey());
   info.database = std::string(in.db);

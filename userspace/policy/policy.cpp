@@ -488,8 +488,12 @@ std::optional<std::size_t> Policy::commandRule(const CommandRequest& req, const 
     }
     if (!globsMatch(c.commands, a.command, FNM_CASEFOLD) || !globsMatch(c.databases, a.database, FNM_CASEFOLD))
       continue;
+    // A database-level access ($changeStream, $currentOp on a database)
+    // may reach any collection: a restrictive rule that names collections
+    // applies to it (fail closed); an allow rule does not allow it.
     if (!c.collections.empty() && a.collection.empty() &&
-        std::find(c.collections.begin(), c.collections.end(), "*") == c.collections.end())
+        std::find(c.collections.begin(), c.collections.end(), "*") == c.collections.end() &&
+        rules_[i].action == config::Action::Allow)
       continue;
     if (!a.collection.empty() && !globsMatch(c.collections, a.collection, 0)) continue;
     return i;

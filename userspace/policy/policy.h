@@ -204,8 +204,10 @@ class Policy {
   // decided by the first rule that applies to it (command glob
   // case-insensitive, database glob case-insensitive as MongoDB's own
   // uniqueness is, collection glob exact; an empty filter matches any; a
-  // database-level access has collection "", which only an absent
-  // collection filter or "*" matches), or by rules.default, and the
+  // database-level access has collection "", which may reach any
+  // collection: an allow rule matches it only with no collection filter or
+  // "*", every other action whatever its collection filter), or by
+  // rules.default, and the
   // strictest outcome wins, as for the two views of a path. A rate_limit
   // rule takes one token per command. Decision::path is "db.collection"
   // (or "db") of the access that decided.

@@ -22,6 +22,7 @@
 #include <openssl/hmac.h>
 #include <openssl/rand.h>
 
+#include <cstring>
 #include <deque>
 
 #include "common/log.h"
@@ -56,7 +57,8 @@ constexpr std::chrono::seconds kDeployWait{120};
 
 // One whole message; nullopt at the end of the stream or on a bad header.
 template <class Stream>
-asio::awaitable<std::optional<MongoMessage>> readMessage(Stream& s, std::size_t maxBytes, std::string& why) {
+asio::awaitable<std::optional<MongoMessage>> readMessage(Stream& s, std::size_t maxBytes, std::string& why,
+                                                         std::chrono::seconds deadline = std::chrono::seconds(300)) {
   MongoMessage m;
   m.bytes.resize(mongo::kHeaderBytes);
   auto [ec, n] = co_await asio::async_read(s, asio::buffer(m.bytes), kUseTuple);
@@ -70,13 +72,22 @@ asio::awaitable<std::optional<MongoMessage>> readMessage(Stream& s, std::size_t 
     co_return std::nullopt;
   }
   m.header = *h;
-  m.bytes.resize(static_cast<std::size_t>(h->length));
-  auto [ec2, n2] = co_await asio::async_read(
-      s, asio::buffer(m.bytes.data() + mongo::kHeaderBytes, m.bytes.size() - mongo::kHeaderBytes), kUseTuple);
-  if (ec2) {
-    why = ec2.message();
-    co_return std::nullopt;
+  // The body grows as it arrives (a header claiming 48 MB reserves nothing
+  // by itself), and must arrive within the request timeout.
+  const std::size_t total = static_cast<std::size_t>(h->length);
+  auto& lower = beast::get_lowest_layer(s);
+  lower.expires_after(deadline);
+  while (m.bytes.size() < total) {
+    const std::size_t have = m.bytes.size();
+    m.bytes.resize(std::min(total, std::max<std::size_t>(have * 2, 64 * 1024)));
+    auto [ec2, n2] =
+        co_await asio::async_read(s, asio::buffer(m.bytes.data() + have, m.bytes.size() - have), kUseTuple);
+    if (ec2) {
+      why = ec2.message();
+      co_return std::nullopt;
+    }
   }
+  lower.expires_never();
   co_return m;
 }
 
@@ -101,11 +112,13 @@ bool isAuth(std::string_view name) {
 // own authentication (atlasgate's is the connection's).
 mongo::Doc sanitizedHello(ByteView body) {
   mongo::DocView view(body);
-  if (auto inner = view.document("$query")) {
-    // Legacy wrapping: {$query: {isMaster: 1, ...}, $readPreference: ...}.
-    mongo::Doc outer = mongo::without(body, {"$query"});
+  for (const char* wrapper : {"$query", "query"}) {
+    // Legacy wrapping: {$query: {isMaster: 1, ...}, $readPreference: ...}, or {query: {...}}.
+    auto inner = view.document(wrapper);
+    if (!inner || (std::string_view(wrapper) == "query" && view.firstKey() != "query")) continue;
+    mongo::Doc outer = mongo::without(body, {wrapper});
     mongo::Doc clean = mongo::without(*inner, {"compression", "speculativeAuthenticate", "saslSupportedMechs"});
-    bson_append_document(outer.get(), "$query", 6, clean.get());
+    bson_append_document(outer.get(), wrapper, static_cast<int>(std::strlen(wrapper)), clean.get());
     return outer;
   }
   return mongo::without(body, {"compression", "speculativeAuthenticate", "saslSupportedMechs"});
@@ -140,7 +153,12 @@ AgentHello inspectHello(const MongoMessage& m) {
     q = std::move(parsed.value());
     body = q->query;
     h.legacy = true;
-    if (auto inner = mongo::DocView(*body).document("$query")) body = *inner;
+    mongo::DocView outer(*body);
+    if (auto inner = outer.document("$query")) {
+      body = *inner;
+    } else if (auto q2 = outer.document("query"); q2 && outer.firstKey() == "query") {
+      body = *q2;
+    }
   } else if (m.header.opCode == static_cast<std::int32_t>(mongo::OpCode::Msg)) {
     auto parsed = mongo::parseMsg(m.bytes);
     if (!parsed) return h;
@@ -293,7 +311,10 @@ struct MongoConn {
       Bytes b = std::move(toAgent.front());
       toAgent.pop_front();
       queuedBytes -= b.size();
+      // A reader that stops reading is cut off, not waited for.
+      beast::get_lowest_layer(agent).expires_after(std::chrono::seconds(60));
       auto [ec, n] = co_await asio::async_write(agent, asio::buffer(b), kUseTuple);
+      beast::get_lowest_layer(agent).expires_never();
       if (ec) failed = true;
     }
     writing = false;
@@ -645,6 +666,9 @@ asio::awaitable<MongoUpstream> Server::mongoAgentAuth(TlsStream& agent, const Fl
   if (aec) co_return MongoUpstream{};
   std::int32_t id = 0x41480000;
   for (int step = 0; step < 8; ++step) {
+    // Authentication is a few quick round trips: an agent that stalls in it
+    // does not keep an upstream connection.
+    beast::get_lowest_layer(agent).expires_after(rt.config->limits.handshakeTimeout);
     auto m = co_await readMessage(agent, mongo::kDefaultMaxMessageBytes, why);
     if (!m) co_return MongoUpstream{};
     auto msg = mongo::parseMsg(m->bytes);
@@ -822,11 +846,17 @@ asio::awaitable<std::string_view> Server::mongoHold(MongoConn& c, const MongoMes
   hold.rule = d.ruleName;
   hold.since = std::chrono::system_clock::now();
   hold.timeout = d.approveTimeout;
-  if (m.header.opCode == static_cast<std::int32_t>(mongo::OpCode::Msg)) {
+  // What the command does comes first (padding cannot push a hidden $out
+  // out of the preview), then the start of its body.
+  std::string preview = "accesses:";
+  for (const auto& a : info.accesses)
+    preview += fmt::format(" {} {}{}{};", a.command, a.database, a.collection.empty() ? "" : ".", a.collection);
+  if (m.header.opCode == static_cast<std::int32_t>(mongo::OpCode::Msg) && m.bytes.size() <= 64 * 1024) {
     if (auto parsed = mongo::parseMsg(m.bytes)) {
-      if (auto body = mongo::Doc::fromBytes(parsed->body)) previewBody(hold, body->json());
+      if (auto body = mongo::Doc::fromBytes(parsed->body)) preview += " body: " + body->json();
     }
   }
+  previewBody(hold, preview);
   hold.bodyBytes = m.bytes.size();
   Admission admission =
       approvals_.add(hold, HoldLimits{limits.maxHeldRequests, limits.maxHeldPerAgent, limits.maxHeldBodyBytes});

@@ -3,6 +3,7 @@
 
 #include "mongo/command.h"
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <deque>
@@ -311,9 +312,11 @@ TEST(Update, UpsertInserts) {
 TEST(MapReduce, OutputCollections) {
   const char* base = R"({"mapReduce": "src", "map": {"$code": "function(){}"}, "reduce": {"$code": "function(){}"},)";
   auto with = [&](std::string out) { return std::string(base) + R"("out": )" + out + R"(, "$db": "app"})"; };
-  EXPECT_EQ(accessesOf(with(R"("dst")")), (Accesses{{"mapReduce", "app", "src"}, {"insert", "app", "dst"}}));
+  // A name or replace replaces the collection: an insert and a drop, as $out.
+  EXPECT_EQ(accessesOf(with(R"("dst")")),
+            (Accesses{{"mapReduce", "app", "src"}, {"insert", "app", "dst"}, {"drop", "app", "dst"}}));
   EXPECT_EQ(accessesOf(with(R"({"replace": "dst", "db": "other"})")),
-            (Accesses{{"mapReduce", "app", "src"}, {"insert", "other", "dst"}}));
+            (Accesses{{"mapReduce", "app", "src"}, {"insert", "other", "dst"}, {"drop", "other", "dst"}}));
   EXPECT_EQ(accessesOf(with(R"({"merge": "m"})")), (Accesses{{"mapReduce", "app", "src"}, {"insert", "app", "m"}}));
   EXPECT_EQ(accessesOf(with(R"({"reduce": "r"})")), (Accesses{{"mapReduce", "app", "src"}, {"insert", "app", "r"}}));
   EXPECT_EQ(accessesOf(with(R"({"inline": 1})")), (Accesses{{"mapReduce", "app", "src"}}));
@@ -404,4 +407,53 @@ TEST(Query, Refusals) {
 }
 
 }  // namespace
+// Found by the attack review: effects the first version did not describe.
+TEST(Review, RenameCollectionIsADropOfTheSourceAndAnInsertIntoTheTarget) {
+  EXPECT_EQ(accessesOf(R"({"renameCollection": "app.scratch", "to": "app.items", "dropTarget": true, "$db": "admin"})"),
+            (Accesses{{"renameCollection", "admin", "app.scratch"},
+                      {"renameCollection", "app", "scratch"},
+                      {"drop", "app", "scratch"},
+                      {"renameCollection", "app", "items"},
+                      {"insert", "app", "items"},
+                      {"drop", "app", "items"}}));
+  expectRefused(R"({"renameCollection": "app.scratch", "$db": "admin"})");
+  expectRefused(R"({"renameCollection": "app.scratch", "to": "items", "$db": "admin"})");
+}
+
+TEST(Review, AliasesAndDestructiveSideEffects) {
+  EXPECT_EQ(accessesOf(R"({"deleteIndexes": "items", "index": "*", "$db": "app"})"),
+            (Accesses{{"deleteIndexes", "app", "items"}, {"dropIndexes", "app", "items"}}));
+  EXPECT_EQ(accessesOf(R"({"convertToCapped": "items", "size": 4096, "$db": "app"})"),
+            (Accesses{{"convertToCapped", "app", "items"}, {"delete", "app", "items"}}));
+  EXPECT_EQ(
+      accessesOf(R"({"cloneCollectionAsCapped": "secrets", "toCollection": "copy", "size": 1, "$db": "app"})"),
+      (Accesses{{"cloneCollectionAsCapped", "app", "secrets"}, {"find", "app", "secrets"}, {"insert", "app", "copy"}}));
+  EXPECT_EQ(accessesOf(R"({"createIndexes": "items", "indexes": [{"key": {"t": 1}, "name": "t",
+                          "expireAfterSeconds": 0}], "$db": "app"})"),
+            (Accesses{{"createIndexes", "app", "items"}, {"delete", "app", "items"}}));
+  EXPECT_EQ(accessesOf(R"({"createIndexes": "items", "indexes": [{"key": {"t": 1}, "name": "t"}], "$db": "app"})"),
+            (Accesses{{"createIndexes", "app", "items"}}));
+}
+
+TEST(Review, ADuplicateKeyAnywhereIsRefused) {
+  // The server's $lookup obeys the last "from"; atlasgate would have read the first.
+  expectRefused(R"({"aggregate": "public", "pipeline": [{"$lookup": {"from": "public", "from": "secrets",
+                   "localField": "a", "foreignField": "b", "as": "x"}}], "cursor": {}, "$db": "app"})");
+  expectRefused(R"({"find": "c", "filter": {"a": 1, "a": 2}, "$db": "app"})");
+  EXPECT_EQ(accessesOf(R"({"find": "c", "filter": {"$or": [{"a": 1}, {"a": 2}]}, "$db": "app"})"),
+            (Accesses{{"find", "app", "c"}}));
+}
+
+TEST(Review, ACommandTouchingTooManyNamespacesIsRefused) {
+  std::string stages;
+  for (int i = 0; i < 1001; ++i) stages += fmt::format(R"(, {{"$unionWith": {{"coll": "c{}"}}}})", i);
+  expectRefused(R"({"aggregate": 1, "pipeline": [{"$documents": []})" + stages + R"(], "cursor": {}, "$db": "app"})");
+  std::string fewer;
+  for (int i = 0; i < 100; ++i) fewer += fmt::format(R"(, {{"$unionWith": {{"coll": "c{}"}}}})", i);
+  EXPECT_EQ(
+      accessesOf(R"({"aggregate": 1, "pipeline": [{"$documents": []})" + fewer + R"(], "cursor": {}, "$db": "app"})")
+          .size(),
+      101u);
+}
+
 }  // namespace atlasgate::mongo

@@ -156,9 +156,11 @@ TEST(PolicyCommand, DatabaseLevelAccessAndCollectionFilters) {
                     mongoRule("star", Action::Block, {"star"}, {}, {"users", "*"}),
                     mongoRule("none", Action::Block, {"none"})});
   ASSERT_TRUE(p);
-  EXPECT_EQ(ruleOf(*p, "named", "app", ""), "default");
+  // A database-level access may reach any collection: a restrictive rule
+  // naming collections applies to it (fail closed)...
+  EXPECT_EQ(ruleOf(*p, "named", "app", ""), "named");
   EXPECT_EQ(ruleOf(*p, "named", "app", "users"), "named");
-  EXPECT_EQ(ruleOf(*p, "glob", "app", ""), "default");
+  EXPECT_EQ(ruleOf(*p, "glob", "app", ""), "glob");
   EXPECT_EQ(ruleOf(*p, "glob", "app", "users"), "glob");
   EXPECT_EQ(ruleOf(*p, "star", "app", ""), "star");
   EXPECT_EQ(ruleOf(*p, "star", "app", "anything"), "star");
@@ -167,6 +169,14 @@ TEST(PolicyCommand, DatabaseLevelAccessAndCollectionFilters) {
   // Decision::path of a database-level access is the database alone.
   EXPECT_EQ(run(*p, "star", "app", "").path, "app");
   EXPECT_EQ(run(*p, "star", "app", "users").path, "app.users");
+  // ...and an allow rule naming collections does not allow it.
+  auto allow = compile({mongoRule("named", Action::Allow, {"named"}, {}, {"users"}),
+                        mongoRule("star", Action::Allow, {"star"}, {}, {"*"})},
+                       Action::Block);
+  ASSERT_TRUE(allow);
+  EXPECT_EQ(ruleOf(*allow, "named", "app", ""), "default");
+  EXPECT_EQ(ruleOf(*allow, "named", "app", "users"), "named");
+  EXPECT_EQ(ruleOf(*allow, "star", "app", ""), "star");
 }
 
 TEST(PolicyCommand, HostIsTheTargetAsConfigured) {
