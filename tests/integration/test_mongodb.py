@@ -185,6 +185,28 @@ class MongoTest(MongoCase):
         self.assertNotIn(users[0]["password"], open(self.env.audit_path).read())
         self.assertNotIn(users[0]["password"], self.env.daemon_output())
 
+    def test_1b_attack_agents_cannot_touch_the_users_atlasgate_manages(self):
+        # Its own temporary user with more roles, or another agent's with a
+        # password it knows: refused before the rules, whatever they allow.
+        users = self.temporary_users()
+        self.assertTrue(users)
+        victim = users[0]["username"]
+        body = json.dumps({"roles": [{"roleName": "atlasAdmin", "databaseName": "admin"}], "password": "Mine-123456"})
+        for method, path, data in (
+                ("PATCH", f"/api/atlas/v2/groups/{PROJECT_ID}/databaseUsers/admin/{victim}", body),
+                ("DELETE", f"/api/atlas/v2/groups/{PROJECT_ID}/databaseUsers/admin/{victim}", None),
+                ("POST", f"/api/atlas/v2/groups/{PROJECT_ID}/databaseUsers",
+                 json.dumps({"databaseName": "admin", "username": "atlasgate-evil-00000000", "password": "x1234567890",
+                             "roles": [{"roleName": "atlasAdmin", "databaseName": "admin"}]}))):
+            extra = ["-H", "Content-Type: application/json"] + (["-d", data] if data else [])
+            status, text, _ = self.env.curl(path, method=method, extra=extra, name="escalator")
+            self.assertEqual(status, 403, text)
+            self.assertIn("atlasgate's own", text)
+        self.assertIn(victim, [u["username"] for u in self.temporary_users()])
+        # Nothing of it reached Atlas.
+        self.assertFalse([r for r in self.env.fake.api_requests()
+                          if (victim in r["path"] and r["method"] != "GET") or "atlasgate-evil" in json.dumps(r)])
+
     def test_2_drop_is_refused_and_the_collection_stays(self):
         p = self.mongosh('try { db.items.drop(); print("DROPPED") } catch (e) { print("REFUSED " + e.message) };'
                          'print("COUNT " + db.items.countDocuments())')

@@ -1120,6 +1120,7 @@ json::value Daemon::statusCounters() {
   counters["tls_refused_unknown_sni"] = tc.refusedUnknownSni;
   counters["tls_refused_missing_sni"] = tc.refusedMissingSni;
   counters["tls_leaves_minted"] = tc.leavesMinted;
+  counters["tls_evicted_names"] = tc.evictedNames;  // names under a pattern pushed out by newer ones
   return counters;
 }
 

@@ -128,6 +128,38 @@ std::optional<Plan> planFor(std::string_view method, std::string_view target) {
   return planForSegments(method, *t->alternate);
 }
 
+namespace {
+
+void usersTouched(std::string_view method, const Segments& all, std::string_view body, std::vector<std::string>& out) {
+  if (all.size() < 6 || !iequals(all[0], "api") || !(iequals(all[1], "atlas") || iequals(all[1], "public")) ||
+      !versionSegment(all[2]) || !iequals(all[3], "groups") || !iequals(all[5], "databaseUsers"))
+    return;
+  // .../databaseUsers/{db}/{user} and .../databaseUsers/{user}/certs: every
+  // segment after databaseUsers may be the user's name.
+  if (all.size() >= 7) {
+    out.insert(out.end(), all.begin() + 6, all.end());
+    return;
+  }
+  if (all.size() != 6 || !iequals(method, "POST")) return;
+  boost::system::error_code ec;
+  json::value doc = json::parse(body, ec);
+  const json::object* o = ec ? nullptr : doc.if_object();
+  const json::value* u = o ? o->if_contains("username") : nullptr;
+  out.push_back(u && u->is_string() ? std::string(u->as_string()) : std::string());
+}
+
+}  // namespace
+
+std::vector<std::string> databaseUsersTouched(std::string_view method, std::string_view target, std::string_view body) {
+  std::vector<std::string> out;
+  if (iequals(method, "GET") || iequals(method, "HEAD")) return out;
+  auto t = policy::normalizeTarget(target);
+  if (!t) return out;
+  usersTouched(method, t->segments, body, out);
+  if (t->alternate) usersTouched(method, *t->alternate, body, out);
+  return out;
+}
+
 // ---- phantoms -------------------------------------------------------------------
 
 namespace {

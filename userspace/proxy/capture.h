@@ -55,6 +55,14 @@ struct Plan {
 // paths, so no spelling of a minting path escapes capture.
 std::optional<Plan> planFor(std::string_view method, std::string_view target);
 
+// The database users a request may change, create or delete: every segment
+// after databaseUsers for any method but GET and HEAD on
+// .../groups/{g}/databaseUsers/... (either reading of the path: {db}/{user},
+// {user}/certs), and the `username` of a POST to .../databaseUsers
+// (or a body atlasgate cannot read: "" then, which callers must treat as
+// unknown). Used to keep agents off the users atlasgate itself manages.
+std::vector<std::string> databaseUsersTouched(std::string_view method, std::string_view target, std::string_view body);
+
 // Who minted it, where, when: the metadata of the entries a capture makes.
 struct Origin {
   std::string target;  // the Atlas host

@@ -19,6 +19,7 @@
 #include "common/text.h"
 #include "credentials/digest.h"
 #include "credentials/oauth.h"
+#include "policy/path.h"
 #include "proxy/rewrite.h"
 
 namespace atlasgate::proxy {
@@ -342,12 +343,36 @@ Hold holdFor(const HttpRequest& req, const ExchangeContext& ctx, policy::Decisio
 
 }  // namespace
 
+// A request that would touch a database user atlasgate manages: its
+// temporary users (named "atlasgate-...") and the configured database_user
+// names. Otherwise an agent could give its temporary user more roles, or
+// take over another agent's. A POST whose username cannot be read is left
+// to capture, which refuses an unreadable database-user body.
+static std::optional<std::string> managedUserTouched(const HttpRequest& req, const ExchangeContext& ctx) {
+  for (const std::string& user : capture::databaseUsersTouched(req.method_string(), req.target(), req.body())) {
+    if (user.size() >= 10 && policy::asciiLower(user.substr(0, 10)) == "atlasgate-") return user;
+    for (const auto& t : ctx.runtime.config->targets)
+      for (const auto& c : t.credentials)
+        if (c.databaseUser && c.databaseUser->username == user) return user;
+  }
+  return std::nullopt;
+}
+
 Step decide(HttpRequest& req, const ExchangeContext& ctx, audit::Record& rec) {
   RequestCheck check = checkRequest(req, ctx.target.host);
   rec.path = std::string(req.target());  // absolute-form is now origin-form
   if (!check.ok) {
     rec.decision = "malformed";
     return refuse(check.refusal, check.detail);
+  }
+  if (auto managed = managedUserTouched(req, ctx)) {
+    rec.rule = "atlasgate:managed-database-user";
+    rec.decision = "block";
+    return refuse(Refusal::Blocked,
+                  fmt::format("The database user \"{}\" is atlasgate's own (a temporary_user or database_user of a "
+                              "mongodb target): agents cannot create, change or delete it.",
+                              text::forTerminal(*managed)),
+                  {rec.rule});
   }
   // Rules decide before any credential is touched.
   policy::Decision d = ctx.runtime.policy->evaluate(policyRequest(req, ctx), ctx.now);

@@ -4,10 +4,11 @@
 
 #include <algorithm>
 #include <cstring>
+#include <list>
 #include <mutex>
+#include <new>
 #include <span>
 #include <unordered_map>
-#include <unordered_set>
 #include <utility>
 
 #include <openssl/err.h>
@@ -39,69 +40,118 @@ struct ServerContext::State {
   Clock clock;
   X509StackPtr chain{nullptr, freeX509Stack};  // the CA certificate, sent after the leaf
 
+  // A concrete name admitted by a pattern. SSLs hold their own references to
+  // `name`, so evicting the entry never invalidates a live selectedHost().
+  struct WildcardName {
+    std::shared_ptr<const std::string> name;
+    std::shared_ptr<const Leaf> leaf;  // null until minted
+  };
+  using Lru = std::list<WildcardName>;
+
   std::mutex mu;
-  std::unordered_map<std::string, std::shared_ptr<const Leaf>> leaves;  // guarded by mu
-  // Concrete names admitted by a pattern. Node-based, so the pointers handed
-  // to SSLs stay valid as the set grows; never shrinks. Guarded by mu.
-  std::unordered_set<std::string> wildcardNames;
-  std::chrono::steady_clock::time_point lastLimitWarning;  // guarded by mu
-  uint64_t suppressedLimitWarnings = 0;                    // guarded by mu
+  // Configured concrete hosts only (at most hosts().size()): never evicted.
+  std::unordered_map<std::string, std::shared_ptr<const Leaf>> concreteLeaves;  // guarded by mu
+  // Names under patterns and their leaves, most recently used first; at most
+  // kMaxWildcardNames, so an agent sending random SNIs only evicts old names
+  // instead of locking new ones out. Guarded by mu.
+  Lru lru;
+  std::unordered_map<std::string_view, Lru::iterator> wildcardIndex;  // keys view *it->name; guarded by mu
+  size_t wildcardLeaves = 0;                                          // entries of lru with a leaf; guarded by mu
+  std::chrono::steady_clock::time_point lastEvictionWarning;          // guarded by mu
+  uint64_t suppressedEvictionWarnings = 0;                            // guarded by mu
 
   std::atomic<uint64_t> refusedUnknownSni{0};
   std::atomic<uint64_t> refusedMissingSni{0};
   std::atomic<uint64_t> refusedMalformedSni{0};
   std::atomic<uint64_t> leavesMinted{0};
   std::atomic<uint64_t> mintFailures{0};
-  std::atomic<uint64_t> refusedNameLimit{0};
+  std::atomic<uint64_t> evictedNames{0};
 
   struct Selection {
-    const std::string* host = nullptr;   // concrete name; lives as long as this State
-    const std::string* entry = nullptr;  // the Authority's host or pattern that admitted it
-    bool overLimit = false;              // admitted by a pattern, but no room to remember it
+    std::shared_ptr<const std::string> host;  // concrete name; shares ownership of its storage
+    const std::string* entry = nullptr;       // the Authority's host or pattern that admitted it
   };
 
-  // Resolves a lower-case name to stable pointers: for a configured host, the
-  // Authority's own copy; for a name under a pattern, an interned copy.
+  // Resolves a lower-case name: for a configured host, the Authority's own
+  // copy (aliased, so the reference keeps the Authority alive); for a name
+  // under a pattern, the interned copy, marking it most recently used.
   Selection findHost(std::string_view host) {
     const std::string* entry = authority->match(host);
     if (entry == nullptr) return {};
-    if (!isHostPattern(*entry)) return {entry, entry};
+    if (!isHostPattern(*entry)) return {std::shared_ptr<const std::string>(authority, entry), entry};
     std::lock_guard lock(mu);
-    std::string name(host);
-    if (auto it = wildcardNames.find(name); it != wildcardNames.end()) return {&*it, entry};
-    if (wildcardNames.size() >= kMaxWildcardNames) {
-      refusedNameLimit.fetch_add(1, std::memory_order_relaxed);
-      warnLimitLocked(host, *entry);
-      return {nullptr, entry, true};
+    return {touchLocked(host, *entry).name, entry};
+  }
+
+  // The entry for `host` (admitted by `pattern`), now the most recently used;
+  // inserted, evicting the least recently used name, when absent.
+  WildcardName& touchLocked(std::string_view host, const std::string& pattern) {
+    if (auto it = wildcardIndex.find(host); it != wildcardIndex.end()) {
+      lru.splice(lru.begin(), lru, it->second);  // moves the node: iterators stay valid
+      return lru.front();
     }
-    return {&*wildcardNames.insert(std::move(name)).first, entry};
+    auto name = std::make_shared<const std::string>(host);
+    if (lru.size() >= kMaxWildcardNames) evictLocked(host, pattern);
+    lru.push_front(WildcardName{std::move(name), nullptr});
+    try {
+      wildcardIndex.emplace(*lru.front().name, lru.begin());
+    } catch (...) {
+      lru.pop_front();  // keep lru and wildcardIndex in step
+      throw;
+    }
+    return lru.front();
+  }
+
+  void evictLocked(std::string_view incoming, const std::string& pattern) {
+    WildcardName& victim = lru.back();
+    if (victim.leaf) --wildcardLeaves;
+    wildcardIndex.erase(*victim.name);  // before the node: the key views its name
+    lru.pop_back();
+    evictedNames.fetch_add(1, std::memory_order_relaxed);
+    warnEvictionLocked(incoming, pattern);
   }
 
   // At most one line a minute: the agent chooses how often this happens.
-  void warnLimitLocked(std::string_view host, const std::string& pattern) {
+  void warnEvictionLocked(std::string_view host, const std::string& pattern) {
     auto now = std::chrono::steady_clock::now();
-    if (lastLimitWarning != std::chrono::steady_clock::time_point{} &&
-        now - lastLimitWarning < std::chrono::minutes(1)) {
-      ++suppressedLimitWarnings;
+    if (lastEvictionWarning != std::chrono::steady_clock::time_point{} &&
+        now - lastEvictionWarning < std::chrono::minutes(1)) {
+      ++suppressedEvictionWarnings;
       return;
     }
-    lastLimitWarning = now;
-    log::warn("refused TLS handshake: SNI \"{}\" under {} would exceed {} distinct names ({} more refusals not logged)",
-              printableName(host), pattern, kMaxWildcardNames, std::exchange(suppressedLimitWarnings, 0));
+    lastEvictionWarning = now;
+    log::warn("SNI \"{}\" under {}: over {} distinct names, forgot the least recently used ({} more not logged)",
+              printableName(host), pattern, kMaxWildcardNames, std::exchange(suppressedEvictionWarnings, 0));
   }
 
+  // `host` is normalized. Configured hosts and names under patterns are cached
+  // apart so that eviction never touches a configured host's leaf.
   Result<std::shared_ptr<const Leaf>> leafFor(const std::string& host) {
+    const std::string* entry = authority->match(host);
+    if (entry == nullptr) return mint(host);  // not a target: mintLeaf refuses it, counted there
     std::lock_guard lock(mu);
-    auto now = clock();
-    auto it = leaves.find(host);
-    if (it != leaves.end()) {
-      const Leaf& leaf = *it->second;
+    if (!isHostPattern(*entry)) return cachedLeafLocked(concreteLeaves[host], host);
+    WildcardName& name = touchLocked(host, *entry);
+    bool had = name.leaf != nullptr;
+    auto leaf = cachedLeafLocked(name.leaf, host);
+    if (!had && name.leaf) ++wildcardLeaves;
+    return leaf;
+  }
+
+  // Serves `slot` unless it is empty or due for renewal; else mints into it.
+  Result<std::shared_ptr<const Leaf>> cachedLeafLocked(std::shared_ptr<const Leaf>& slot, const std::string& host) {
+    if (slot) {
       // Renew once less than a third of the lifetime is left, so an agent
       // never receives a certificate that expires in the middle of its work.
-      if (leaf.notAfter - now > (leaf.notAfter - leaf.notBefore) / 3) return it->second;
-    } else if (leaves.size() >= kMaxWildcardNames + authority->hosts().size()) {
-      return makeError("refusing a leaf for {}: the cache already holds {} leaves", printableName(host), leaves.size());
+      auto now = clock();
+      if (slot->notAfter - now > (slot->notAfter - slot->notBefore) / 3) return slot;
     }
+    auto leaf = mint(host);
+    if (leaf) slot = *leaf;
+    return leaf;
+  }
+
+  Result<std::shared_ptr<const Leaf>> mint(const std::string& host) {
     auto minted = authority->mintLeaf(host);
     if (!minted) {
       mintFailures.fetch_add(1, std::memory_order_relaxed);
@@ -109,7 +159,6 @@ struct ServerContext::State {
     }
     leavesMinted.fetch_add(1, std::memory_order_relaxed);
     auto leaf = std::make_shared<const Leaf>(std::move(minted).value());
-    leaves[leaf->host] = leaf;
     log::info("minted a leaf certificate for {}", printableName(leaf->host));
     return leaf;
   }
@@ -131,8 +180,26 @@ int defaultHostIndex() {
   static const int idx = SSL_get_ex_new_index(0, nullptr, nullptr, nullptr, nullptr);
   return idx;
 }
+// The selected host is stored on the SSL as a heap-allocated shared_ptr the
+// SSL owns, so it outlives the name's eviction from the intern table.
+using SharedName = std::shared_ptr<const std::string>;
+
+void freeSelectedHost(void* /*parent*/, void* ptr, CRYPTO_EX_DATA* /*ad*/, int /*idx*/, long /*argl*/, void* /*argp*/) {
+  delete static_cast<SharedName*>(ptr);
+}
+
+// SSL_dup copies ex_data pointers: give the copy its own reference, or both
+// SSLs would free the same one.
+int dupSelectedHost(CRYPTO_EX_DATA* /*to*/, const CRYPTO_EX_DATA* /*from*/, void** fromData, int /*idx*/, long /*argl*/,
+                    void* /*argp*/) {
+  auto** data = reinterpret_cast<SharedName**>(fromData);
+  if (*data == nullptr) return 1;
+  *data = new (std::nothrow) SharedName(**data);
+  return *data != nullptr ? 1 : 0;  // 0 fails the SSL_dup
+}
+
 int selectedHostIndex() {
-  static const int idx = SSL_get_ex_new_index(0, nullptr, nullptr, nullptr, nullptr);
+  static const int idx = SSL_get_ex_new_index(0, nullptr, nullptr, dupSelectedHost, freeSelectedHost);
   return idx;
 }
 int matchedPatternIndex() {
@@ -178,11 +245,11 @@ State::Selection selectTarget(SSL* ssl, State& state, int* alert) {
   *alert = SSL_AD_UNRECOGNIZED_NAME;
   if (haveSni) {
     auto selected = state.findHost(sni.host);
-    if (selected.host == nullptr && !selected.overLimit) {  // over the limit: findHost counted and logged it
+    if (selected.host == nullptr) {
       state.refusedUnknownSni.fetch_add(1, std::memory_order_relaxed);
       log::warn("refused TLS handshake: SNI \"{}\" is not a configured target", printableName(sni.host));
     }
-    return selected.host != nullptr ? selected : State::Selection{};
+    return selected;
   }
   const auto* fallback = static_cast<const std::string*>(SSL_get_ex_data(ssl, defaultHostIndex()));
   State::Selection selected;
@@ -197,28 +264,44 @@ State::Selection selectTarget(SSL* ssl, State& state, int* alert) {
 
 // Runs before OpenSSL looks at the ClientHello's extensions: picks the target
 // host and installs its leaf. Exceptions must not cross back into OpenSSL.
+// Forgets what an earlier ClientHello on this SSL (after a HelloRetryRequest)
+// selected, releasing its reference.
+void clearSelection(SSL* ssl) {
+  auto* old = static_cast<SharedName*>(SSL_get_ex_data(ssl, selectedHostIndex()));
+  SSL_set_ex_data(ssl, selectedHostIndex(), nullptr);
+  SSL_set_ex_data(ssl, matchedPatternIndex(), nullptr);
+  delete old;
+}
+
+bool storeSelection(SSL* ssl, State::Selection selected) {
+  auto owned = std::make_unique<SharedName>(std::move(selected.host));
+  if (SSL_set_ex_data(ssl, selectedHostIndex(), owned.get()) != 1) return false;
+  owned.release();  // now freed by freeSelectedHost with the SSL
+  // The pattern lives in the Authority, which the SSL_CTX (referenced by the SSL) keeps.
+  SSL_set_ex_data(ssl, matchedPatternIndex(), const_cast<std::string*>(selected.entry));
+  return true;
+}
+
 int onClientHello(SSL* ssl, int* alert, void* arg) noexcept {
   auto* state = static_cast<State*>(arg);
   try {
-    SSL_set_ex_data(ssl, selectedHostIndex(), nullptr);
-    SSL_set_ex_data(ssl, matchedPatternIndex(), nullptr);
+    clearSelection(ssl);
     State::Selection selected = selectTarget(ssl, *state, alert);
     if (selected.host == nullptr) return SSL_CLIENT_HELLO_ERROR;
-    const std::string* host = selected.host;
+    const std::string& host = *selected.host;
 
-    auto leaf = state->leafFor(*host);
+    auto leaf = state->leafFor(host);
     if (!leaf) {
-      log::error("refused TLS handshake for {}: {}", printableName(*host), leaf.error().message);
+      log::error("refused TLS handshake for {}: {}", printableName(host), leaf.error().message);
       return refuse(alert, SSL_AD_INTERNAL_ERROR);
     }
     // The SSL takes its own references to the leaf, key and chain, so a later
     // renewal in the cache cannot pull them from under a live connection.
     if (SSL_use_cert_and_key(ssl, (*leaf)->cert.get(), (*leaf)->key.get(), state->chain.get(), 1) != 1) {
-      log::error("refused TLS handshake for {}: cannot install the leaf: {}", printableName(*host), opensslErrors());
+      log::error("refused TLS handshake for {}: cannot install the leaf: {}", printableName(host), opensslErrors());
       return refuse(alert, SSL_AD_INTERNAL_ERROR);
     }
-    SSL_set_ex_data(ssl, selectedHostIndex(), const_cast<std::string*>(host));
-    SSL_set_ex_data(ssl, matchedPatternIndex(), const_cast<std::string*>(selected.entry));
+    if (!storeSelection(ssl, std::move(selected))) return refuse(alert, SSL_AD_INTERNAL_ERROR);
     return SSL_CLIENT_HELLO_SUCCESS;
   } catch (...) {
     return refuse(alert, SSL_AD_INTERNAL_ERROR);
@@ -304,7 +387,8 @@ void ServerContext::setDefaultHost(SSL* ssl, const std::string* host) {
 }
 
 const std::string* ServerContext::selectedHost(const SSL* ssl) {
-  return static_cast<const std::string*>(SSL_get_ex_data(ssl, selectedHostIndex()));
+  const auto* owned = static_cast<const SharedName*>(SSL_get_ex_data(ssl, selectedHostIndex()));
+  return owned != nullptr ? owned->get() : nullptr;
 }
 
 const std::string* ServerContext::matchedPattern(const SSL* ssl) {
@@ -313,7 +397,10 @@ const std::string* ServerContext::matchedPattern(const SSL* ssl) {
 
 Result<std::shared_ptr<const Leaf>> ServerContext::leafFor(const std::string& host) const {
   if (state_ == nullptr) return makeError("moved-from ServerContext");
-  return state_->leafFor(lowerAscii(host));
+  // Normalized as the handshake path sees it; a name that does not normalize
+  // matches no target and is refused (and counted) by mintLeaf.
+  auto normalized = normalizeHost(host);
+  return state_->leafFor(normalized ? *normalized : host);
 }
 
 ServerCounters ServerContext::counters() const {
@@ -324,10 +411,11 @@ ServerCounters ServerContext::counters() const {
   out.refusedMalformedSni = state_->refusedMalformedSni.load(std::memory_order_relaxed);
   out.leavesMinted = state_->leavesMinted.load(std::memory_order_relaxed);
   out.mintFailures = state_->mintFailures.load(std::memory_order_relaxed);
-  out.refusedNameLimit = state_->refusedNameLimit.load(std::memory_order_relaxed);
+  out.evictedNames = state_->evictedNames.load(std::memory_order_relaxed);
   std::lock_guard lock(state_->mu);
-  out.wildcardNames = state_->wildcardNames.size();
-  out.cachedLeaves = state_->leaves.size();
+  out.wildcardNames = state_->lru.size();
+  out.cachedLeaves = state_->wildcardLeaves;
+  for (const auto& [host, leaf] : state_->concreteLeaves) out.cachedLeaves += leaf != nullptr ? 1 : 0;
   return out;
 }
 

@@ -2,8 +2,11 @@
 // The agent-facing TLS context: TLS 1.2-1.3, ECDHE only, one leaf certificate
 // per configured target host chosen from the SNI in the ClientHello. A target
 // pattern `*.suffix` answers any SNI strictly below `suffix`, with a leaf for
-// that concrete name; at most kMaxWildcardNames distinct such names per
-// context, so random SNIs cannot grow memory without bound.
+// that concrete name. Such names and their leaves are kept in an LRU of at
+// most kMaxWildcardNames per context: random SNIs cannot grow memory without
+// bound, and cannot lock new legitimate names out either (they only evict
+// old names, which are re-minted when seen again). Configured concrete
+// hosts' leaves are never evicted.
 //
 // Ownership: ServerContext holds one reference to the SSL_CTX. Everything the
 // callbacks need (the Authority, the leaf cache, the counters) is owned by the
@@ -31,8 +34,8 @@
 namespace atlasgate::tls {
 
 inline constexpr const char* kAlpnHttp11 = "http/1.1";
-// Distinct concrete names a context answers under wildcard patterns; beyond
-// it a new name is refused (unrecognized_name). Leaves are bounded likewise.
+// Concrete names under wildcard patterns a context remembers (with their
+// leaves); a new name beyond it evicts the least recently used one.
 inline constexpr size_t kMaxWildcardNames = 4096;
 
 struct ServerCounters {
@@ -41,8 +44,8 @@ struct ServerCounters {
   uint64_t refusedMalformedSni = 0;  // server_name extension did not parse
   uint64_t leavesMinted = 0;         // leaf certificates minted (first use + renewals)
   uint64_t mintFailures = 0;         // mintLeaf failed; the handshake was refused
-  uint64_t refusedNameLimit = 0;     // a new name under a pattern, kMaxWildcardNames already seen
-  uint64_t wildcardNames = 0;        // gauge: distinct names answered under patterns
+  uint64_t evictedNames = 0;         // names under patterns (and their leaves) evicted to make room
+  uint64_t wildcardNames = 0;        // gauge: names under patterns remembered (<= kMaxWildcardNames)
   uint64_t cachedLeaves = 0;         // gauge: leaves in the cache
 };
 
@@ -72,7 +75,8 @@ class ServerContext {
   static void setDefaultHost(SSL* ssl, const std::string* host);
   // The concrete host this handshake was answered for (lower-case, no
   // trailing dot), or nullptr before the ClientHello was processed / when it
-  // was refused. Owned by the SSL_CTX: valid as long as the SSL lives.
+  // was refused. The SSL holds a reference to it: valid as long as the SSL
+  // lives, even after the name is evicted from the context's LRU.
   static const std::string* selectedHost(const SSL* ssl);
   // The configured entry (Authority::hosts()) that admitted selectedHost():
   // the host itself for a concrete target, else the pattern (`*.mongodb.net`).
@@ -80,8 +84,9 @@ class ServerContext {
   static const std::string* matchedPattern(const SSL* ssl);
 
   // The cached leaf for `host`, minting it on first use and re-minting it when
-  // less than a third of its lifetime is left. Refuses a new host once the
-  // cache holds kMaxWildcardNames + hosts().size() leaves. Thread-safe.
+  // less than a third of its lifetime is left. A name under a pattern counts
+  // as used (LRU) and may evict another; configured hosts' leaves stay.
+  // Refuses names that are no target. Thread-safe.
   Result<std::shared_ptr<const Leaf>> leafFor(const std::string& host) const;
 
   ServerCounters counters() const;

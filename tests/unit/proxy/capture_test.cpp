@@ -1027,3 +1027,25 @@ TEST(CaptureTripwire, ALongRunOfBlanksBeforeTheValueDoesNotHideIt) {
 
 }  // namespace
 }  // namespace atlasgate::proxy::capture
+
+namespace atlasgate::proxy::capture {
+
+// The users a request would create, change or delete: what keeps agents off
+// the database users atlasgate manages (exchange.cpp).
+TEST(DatabaseUsersTouched, EveryWriteOnAUserBothViewsAndPostBodies) {
+  using V = std::vector<std::string>;
+  const std::string base = "/api/atlas/v2/groups/5f0000000000000000000001/databaseUsers";
+  EXPECT_EQ(databaseUsersTouched("PATCH", base + "/admin/atlasgate-a-1", ""), (V{"admin", "atlasgate-a-1"}));
+  EXPECT_EQ(databaseUsersTouched("delete", base + "/admin/u", ""), (V{"admin", "u"}));
+  EXPECT_EQ(databaseUsersTouched("POST", base + "/u/certs", ""), (V{"u", "certs"}));
+  EXPECT_EQ(databaseUsersTouched("PUT", "/api/public/v1.0/groups/g/databaseUsers/admin/u", ""), (V{"admin", "u"}));
+  EXPECT_EQ(databaseUsersTouched("GET", base + "/admin/u", ""), V{});
+  EXPECT_EQ(databaseUsersTouched("POST", base, R"({"username": "atlasgate-x", "password": "p"})"), V{"atlasgate-x"});
+  EXPECT_EQ(databaseUsersTouched("POST", base, "not json"), V{""});
+  // An encoded slash: the split reading names the user too.
+  EXPECT_EQ(databaseUsersTouched("PATCH", base + "/admin%2Fatlasgate-b", ""),
+            (V{"admin/atlasgate-b", "admin", "atlasgate-b"}));
+  EXPECT_EQ(databaseUsersTouched("PATCH", "/api/atlas/v2/groups/g/clusters/c", ""), V{});
+}
+
+}  // namespace atlasgate::proxy::capture
