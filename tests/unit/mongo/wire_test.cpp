@@ -310,7 +310,8 @@ Bytes compressed(std::int32_t original, std::int32_t size, std::uint8_t id, std:
 }
 
 TEST(Compressed, ParsesItsHeader) {
-  auto p = parseCompressed(compressed(2013, 40, 1, "snappy-bytes"));
+  const Bytes bytes = compressed(2013, 40, 1, "snappy-bytes");  // the parse's views point into it
+  auto p = parseCompressed(bytes);
   ASSERT_TRUE(p.ok()) << p.error().message;
   EXPECT_EQ(p->originalOpcode, 2013);
   EXPECT_EQ(p->uncompressedSize, 40);
