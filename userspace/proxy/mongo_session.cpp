@@ -236,18 +236,32 @@ std::string saltFor(std::string_view username) {
 }
 
 // The agent's hello as it goes upstream (sanitizedHello), re-framed.
+Bytes sanitizedHelloMessage(const mongo::Query& q) {
+  mongo::Doc clean = sanitizedHello(q.query);
+  return mongo::buildQuery(q.header.requestId, q.flags, q.fullCollectionName, q.numberToSkip, q.numberToReturn,
+                           clean.bytes());
+}
+
+Bytes sanitizedHelloMessage(const mongo::Msg& m) {
+  mongo::Doc clean = sanitizedHello(m.body);
+  return mongo::buildMsg(m.header.requestId, 0, m.flags & ~mongo::kChecksumPresent, clean.bytes(), m.sequences);
+}
+
 std::optional<Bytes> sanitizedHelloMessage(const MongoMessage& hello) {
   if (hello.header.opCode == static_cast<std::int32_t>(mongo::OpCode::Query)) {
     auto q = mongo::parseQuery(hello.bytes);
     if (!q) return std::nullopt;
-    mongo::Doc clean = sanitizedHello(q->query);
-    return mongo::buildQuery(hello.header.requestId, q->flags, q->fullCollectionName, q->numberToSkip,
-                             q->numberToReturn, clean.bytes());
+    return sanitizedHelloMessage(*q);
   }
   auto m = mongo::parseMsg(hello.bytes);
   if (!m) return std::nullopt;
-  mongo::Doc clean = sanitizedHello(m->body);
-  return mongo::buildMsg(hello.header.requestId, 0, m->flags & ~mongo::kChecksumPresent, clean.bytes(), m->sequences);
+  return sanitizedHelloMessage(*m);
+}
+
+// saslStart and friends on a connection atlasgate authenticated itself.
+mongo::Doc authenticatedByAtlasgate() {
+  return errorDoc("atlasgate: this connection is authenticated by atlasgate; connect without credentials",
+                  kAuthenticationFailed, "AuthenticationFailed");
 }
 
 // One step of the agent's SCRAM conversation, answered here. A wrong
@@ -787,17 +801,13 @@ asio::awaitable<bool> Server::mongoMsg(MongoConn& c, MongoMessage& m) {
   }
   auto& [d, info] = described.value();
   if (isHello(info.name)) {
-    mongo::Doc clean = sanitizedHello(parsed->body);
-    Bytes out = mongo::buildMsg(m.header.requestId, 0, parsed->flags & ~mongo::kChecksumPresent, clean.bytes(),
-                                parsed->sequences);
+    Bytes out = sanitizedHelloMessage(*parsed);
     auto [ec, n] = co_await asio::async_write(c.up, asio::buffer(out), kUseTuple);
     co_return !ec;
   }
   if (isAuth(info.name)) {
     mongoAudit(c, info, nullptr, "local", "ATLASGATE_AUTHENTICATES", m.bytes.size());
-    co_return co_await answer(
-        errorDoc("atlasgate: this connection is authenticated by atlasgate; connect without credentials",
-                 kAuthenticationFailed, "AuthenticationFailed"));
+    co_return co_await answer(authenticatedByAtlasgate());
   }
   co_return co_await mongoForward(c, m, info, d, answer);
 }
@@ -890,16 +900,12 @@ asio::awaitable<bool> Server::mongoQuery(MongoConn& c, MongoMessage& m) {
   }
   auto& [d, info] = described.value();
   if (isHello(info.name)) {
-    mongo::Doc clean = sanitizedHello(q->query);
-    Bytes out = mongo::buildQuery(m.header.requestId, q->flags, q->fullCollectionName, q->numberToSkip,
-                                  q->numberToReturn, clean.bytes());
+    Bytes out = sanitizedHelloMessage(*q);
     auto [ec, n] = co_await asio::async_write(c.up, asio::buffer(out), kUseTuple);
     co_return !ec;
   }
   if (isAuth(info.name)) {
-    co_return co_await answer(
-        errorDoc("atlasgate: this connection is authenticated by atlasgate; connect without credentials",
-                 kAuthenticationFailed, "AuthenticationFailed"));
+    co_return co_await answer(authenticatedByAtlasgate());
   }
   co_return co_await mongoForward(c, m, info, d, answer);
 }
