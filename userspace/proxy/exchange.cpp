@@ -86,11 +86,6 @@ const TargetRuntime* Runtime::findTargetById(std::uint32_t id) const {
   return nullptr;
 }
 
-namespace {
-
-constexpr std::string_view kTokenPath = "/api/oauth/token";
-constexpr std::string_view kRevokePath = "/api/oauth/revoke";
-
 const CredentialRuntime* chooseCredential(const TargetRuntime& t, const std::string& agent, std::string_view wanted) {
   for (const auto& c : t.credentials) {
     if (!wanted.empty()) {
@@ -103,6 +98,11 @@ const CredentialRuntime* chooseCredential(const TargetRuntime& t, const std::str
   }
   return nullptr;
 }
+
+namespace {
+
+constexpr std::string_view kTokenPath = "/api/oauth/token";
+constexpr std::string_view kRevokePath = "/api/oauth/revoke";
 
 // Value of `key` in an application/x-www-form-urlencoded body ("" if absent
 // or if the body is no valid form).

@@ -72,6 +72,10 @@ struct ExchangeContext {
   Captured* captured = nullptr;  // nullptr: capture is off
 };
 
+// The target's credential named `wanted`, or ("" wanted) the first whose
+// agent globs match (none: every agent); nullptr when there is none.
+const CredentialRuntime* chooseCredential(const TargetRuntime& t, const std::string& agent, std::string_view wanted);
+
 // A refusal from the table; retryAfter > 0 adds Retry-After.
 LocalResponse refuse(Refusal r, std::string_view detail, const std::vector<std::string>& parameters = {},
                      long long retryAfter = 0);

@@ -17,8 +17,6 @@
 
 #include <boost/asio/experimental/awaitable_operators.hpp>
 
-#include <fnmatch.h>
-
 #include <openssl/hmac.h>
 #include <openssl/rand.h>
 
@@ -591,15 +589,9 @@ asio::awaitable<void> Server::mongoServe(tcp::socket socket, Flow flow, const Ta
 asio::awaitable<MongoUpstream> Server::mongoAtlasgateAuth(const Flow& flow, const Runtime& rt,
                                                           const TargetRuntime& target, const std::string& host,
                                                           ssl::context& upTls) {
-  const CredentialRuntime* cred = nullptr;
-  for (const auto& c : target.credentials) {
-    bool match = c.agents.empty();
-    for (const auto& g : c.agents) match = match || ::fnmatch(g.c_str(), flow.agent.name.c_str(), 0) == 0;
-    if (match && c.database) {
-      cred = &c;
-      break;
-    }
-  }
+  // A mongodb target's credentials are all database logins (config/).
+  const CredentialRuntime* cred = chooseCredential(target, flow.agent.name, "");
+  if (cred != nullptr && !cred->database) cred = nullptr;
   MongoUpstream out;
   if (cred == nullptr) {
     out.stream = co_await dialMongo(io_, *resolvers_, upTls, rt, target, host, flow);
