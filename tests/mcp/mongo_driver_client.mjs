@@ -75,8 +75,18 @@ async function main() {
         serverMonitoringMode: "stream",
         appName: "atlasgate-driver-test",
     });
+    // An awaited heartbeat is the reply to a streaming (exhaustAllowed)
+    // hello. The driver also reports its monitor's connection handshake as a
+    // succeeded heartbeat with awaited set when the reply carries a
+    // topologyVersion, though no streaming hello was sent: only heartbeats of
+    // a server whose last heartbeat *started* awaited are counted as such.
+    const streaming = new Set();
+    client.on("serverHeartbeatStarted", (e) => {
+        if (e.awaited) streaming.add(e.connectionId);
+        else streaming.delete(e.connectionId);
+    });
     client.on("serverHeartbeatSucceeded", (e) => {
-        if (e.awaited) summary.heartbeats.awaited++;
+        if (e.awaited && streaming.has(e.connectionId)) summary.heartbeats.awaited++;
         else summary.heartbeats.polled++;
     });
     const step = async (name, fn) => {
