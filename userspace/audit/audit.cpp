@@ -4,7 +4,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <boost/json.hpp>
 #include <ctime>
 #include <filesystem>
 #include <iterator>
@@ -14,8 +13,6 @@
 #include "common/text.h"
 
 namespace atlasgate::audit {
-
-namespace json = boost::json;
 
 std::string toJson(const Record& r) {
   // Whole seconds rounded down (also before 1970), then the milliseconds.
@@ -28,23 +25,38 @@ std::string toJson(const Record& r) {
   std::size_t n = std::strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%S", &tm);
   std::snprintf(ts + n, sizeof ts - n, ".%03lldZ", static_cast<long long>(ms));
   // Written by hand rather than through json::object so that durations keep
-  // a fixed two-decimal form (Boost.JSON prints doubles in exponent form).
-  // Agent-controlled fields (path, comm, agent and cgroup names) may hold
-  // bytes that are no UTF-8: a record is always valid JSON in valid UTF-8.
-  auto q = [](std::string_view v) { return json::serialize(json::string_view(text::utf8Valid(v))); };
+  // a fixed two-decimal form (Boost.JSON prints doubles in exponent form),
+  // and straight into one buffer: this runs once per request. Agent-controlled
+  // fields (path, comm, agent and cgroup names) may hold bytes that are no
+  // UTF-8: a record is always valid JSON in valid UTF-8 (appendJsonString).
   std::string out;
-  out.reserve(512);
+  out.reserve(384 + r.path.size() + r.cgroup.size());
+  auto field = [&out](std::string_view key, std::string_view v) {
+    out += key;
+    text::appendJsonString(out, v);
+  };
+  field("{\"ts\":", ts);
+  field(",\"agent\":", r.agent);
+  fmt::format_to(std::back_inserter(out), ",\"pid\":{}", r.pid);
+  field(",\"comm\":", r.comm);
+  field(",\"cgroup\":", r.cgroup);
+  field(",\"method\":", r.method);
+  field(",\"host\":", r.host);
+  field(",\"path\":", r.path);
+  field(",\"rule\":", r.rule);
+  field(",\"decision\":", r.decision);
   fmt::format_to(std::back_inserter(out),
-                 "{{\"ts\":{},\"agent\":{},\"pid\":{},\"comm\":{},\"cgroup\":{},\"method\":{},\"host\":{},"
-                 "\"path\":{},\"rule\":{},\"decision\":{},\"status\":{},\"upstream_ms\":{:.2f},\"total_ms\":{:.2f},"
-                 "\"bytes_in\":{},\"bytes_out\":{},\"credential\":{},\"dst\":{}",
-                 q(ts), q(r.agent), r.pid, q(r.comm), q(r.cgroup), q(r.method), q(r.host), q(r.path), q(r.rule),
-                 q(r.decision), r.status, r.upstreamMs, r.totalMs, r.bytesIn, r.bytesOut, q(r.credential), q(r.dst));
-  if (!r.error.empty()) fmt::format_to(std::back_inserter(out), ",\"error\":{}", q(r.error));
-  if (!r.captured.empty()) fmt::format_to(std::back_inserter(out), ",\"captured\":{}", q(r.captured));
+                 ",\"status\":{},\"upstream_ms\":{:.2f},\"total_ms\":{:.2f},\"bytes_in\":{},\"bytes_out\":{}", r.status,
+                 r.upstreamMs, r.totalMs, r.bytesIn, r.bytesOut);
+  field(",\"credential\":", r.credential);
+  field(",\"dst\":", r.dst);
+  if (!r.error.empty()) field(",\"error\":", r.error);
+  if (!r.captured.empty()) field(",\"captured\":", r.captured);
   if (!r.protocol.empty()) {
-    fmt::format_to(std::back_inserter(out), ",\"protocol\":{},\"command\":{},\"database\":{},\"collection\":{}",
-                   q(r.protocol), q(r.command), q(r.database), q(r.collection));
+    field(",\"protocol\":", r.protocol);
+    field(",\"command\":", r.command);
+    field(",\"database\":", r.database);
+    field(",\"collection\":", r.collection);
   }
   out.push_back('}');
   return out;
@@ -61,6 +73,7 @@ Result<std::unique_ptr<AuditLog>> AuditLog::open(const std::string& path) {
 }
 
 AuditLog::~AuditLog() {
+  flush();
   if (fd_ >= 0) ::close(fd_);
 }
 
@@ -68,6 +81,7 @@ Result<void> AuditLog::reopen() {
   if (path_ == "-") return {};
   int fd = ::open(path_.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
   if (fd < 0) return sysError(errno, "open audit log {}", path_);
+  flush();  // what was gathered goes to the file it was gathered for
   std::lock_guard lock(mu_);
   if (fd_ >= 0) ::close(fd_);
   fd_ = fd;
@@ -76,15 +90,42 @@ Result<void> AuditLog::reopen() {
 
 void AuditLog::write(const Record& r) {
   std::string line = toJson(r);
+  if (observer_) observer_(r, line);
   line.push_back('\n');
   std::lock_guard lock(mu_);
+  if (!defer_) {
+    writeLocked(line, 1);
+    return;
+  }
+  pending_ += line;
+  ++pendingRecords_;
+  if (pending_.size() >= kBatchBytes) {
+    writeLocked(pending_, pendingRecords_);
+    pending_.clear();
+    pendingRecords_ = 0;
+  } else if (!flushQueued_) {
+    flushQueued_ = true;
+    defer_([this] { flush(); });
+  }
+}
+
+void AuditLog::flush() {
+  std::lock_guard lock(mu_);
+  flushQueued_ = false;
+  if (pending_.empty()) return;
+  writeLocked(pending_, pendingRecords_);
+  pending_.clear();
+  pendingRecords_ = 0;
+}
+
+void AuditLog::writeLocked(std::string_view line, std::uint64_t records) {
   int fd = path_ == "-" ? STDOUT_FILENO : fd_;
   struct stat st {};
   bool regular = ::fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
   // O_APPEND + one write(2): a record is never torn by another writer.
   ssize_t n = ::write(fd, line.data(), line.size());
   if (n == static_cast<ssize_t>(line.size())) {
-    ++written_;
+    written_ += records;
     return;
   }
   // A full disk: cut the fragment off again, so that the log stays one whole
@@ -93,7 +134,7 @@ void AuditLog::write(const Record& r) {
     static const char nl = '\n';
     (void)!::write(fd, &nl, 1);
   }
-  std::uint64_t lost = ++lost_;
+  std::uint64_t lost = lost_ += records;
   if (lost == 1 || (lost & (lost - 1)) == 0)  // 1, 2, 4, 8...: report without flooding
     log::warn("audit log {}: {} record(s) lost so far ({})", path_, lost, n < 0 ? std::strerror(errno) : "short write");
 }

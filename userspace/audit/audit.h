@@ -2,11 +2,20 @@
 // The audit trail: one JSON line per request (README "Audit log"). A record
 // names the credential used, never its secret or token. Writing never blocks
 // the data path on a full disk: a failed write is counted as lost.
+//
+// Batching: with a deferrer (the daemon's event loop), records are gathered
+// and written with one write(2) per batch: the deferred flush runs once the
+// handlers that are ready now have run, so a batch is whatever requests
+// finished in the same turn of the loop (at most kBatchBytes). No record
+// waits for more traffic, and flush() (shutdown, reopen, the destructor)
+// writes what is gathered.
 
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <mutex>
+#include <string_view>
 #include <string>
 
 #include "common/result.h"
@@ -49,19 +58,39 @@ class AuditLog {
   static Result<std::unique_ptr<AuditLog>> open(const std::string& path);
   ~AuditLog();
   void write(const Record& r);
+  // Writes the gathered records now.
+  void flush();
+  // How a flush is deferred: f must be called soon, on the thread that
+  // calls write(). Unset (the default): each record is written at once.
+  using Deferrer = std::function<void(std::function<void()> f)>;
+  void setDeferrer(Deferrer d) { defer_ = std::move(d); }
+  static constexpr std::size_t kBatchBytes = 64 * 1024;
   std::uint64_t written() const { return written_; }
   std::uint64_t lost() const { return lost_; }
   const std::string& path() const { return path_; }
   // Re-open (log rotation, reload).
   Result<void> reopen();
+  // Called with each record and its JSON line (without the newline) after
+  // it is written or lost: the console's live view. Set it before the first
+  // write and clear it before the observer goes; it runs on the writer's
+  // thread (the daemon's event loop).
+  using Observer = std::function<void(const Record&, std::string_view json)>;
+  void setObserver(Observer o) { observer_ = std::move(o); }
 
  private:
   AuditLog(std::string path, int fd) : path_(std::move(path)), fd_(fd) {}
+  // Writes lines (records whole records) with one write(2); mu_ held.
+  void writeLocked(std::string_view lines, std::uint64_t records);
   std::string path_;
   int fd_ = -1;
   std::mutex mu_;
   std::atomic<std::uint64_t> written_{0};
   std::atomic<std::uint64_t> lost_{0};
+  Observer observer_;
+  Deferrer defer_;
+  std::string pending_;  // gathered lines (under mu_)
+  std::uint64_t pendingRecords_ = 0;
+  bool flushQueued_ = false;
 };
 
 }  // namespace atlasgate::audit

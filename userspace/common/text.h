@@ -86,6 +86,54 @@ inline std::string utf8Valid(std::string_view s) {
   return out;
 }
 
+// Appends s to out as a JSON string literal (quotes included), with each
+// byte that is not part of well-formed UTF-8 replaced by U+FFFD (as
+// utf8Valid does), and the escapes Boost.JSON's serializer writes (for a
+// quote, a backslash, \b \f \n \r \t, other controls \u00xx): the same text as
+// json::serialize(json::string(utf8Valid(s))), without its two allocations.
+inline void appendJsonString(std::string& out, std::string_view s) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  out.push_back('"');
+  std::size_t run = 0;  // start of the bytes that need no care, copied in one go
+  for (std::size_t i = 0; i < s.size();) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    if (c >= 0x20 && c < 0x80 && c != '"' && c != '\\') {
+      ++i;
+      continue;
+    }
+    out.append(s.data() + run, i - run);
+    if (c >= 0x80) {
+      std::size_t n = utf8SequenceAt(s, i);
+      if (n == 0) {
+        out += "\xEF\xBF\xBD";
+        n = 1;
+      } else {
+        out.append(s.data() + i, n);
+      }
+      i += n;
+    } else {
+      out.push_back('\\');
+      switch (c) {
+        case '"': out.push_back('"'); break;
+        case '\\': out.push_back('\\'); break;
+        case '\b': out.push_back('b'); break;
+        case '\f': out.push_back('f'); break;
+        case '\n': out.push_back('n'); break;
+        case '\r': out.push_back('r'); break;
+        case '\t': out.push_back('t'); break;
+        default:
+          out += "u00";
+          out.push_back(kHex[c >> 4]);
+          out.push_back(kHex[c & 15]);
+      }
+      ++i;
+    }
+    run = i;
+  }
+  out.append(s.data() + run, s.size() - run);
+  out.push_back('"');
+}
+
 // Code points a terminal must not receive raw: controls (C0, DEL, C1: they
 // start escape sequences or move the cursor), bidirectional overrides and
 // isolates (they reorder what is displayed), and characters that draw

@@ -39,14 +39,18 @@ void Histogram::render(std::string& out, const std::string& name, const std::str
 
 void RequestMetrics::record(const audit::Record& r) {
   std::lock_guard lock(mu_);
-  std::string agent = r.agent;
+  std::string_view agent = r.agent;
   if (!agents_.contains(agent)) {
     if (agents_.size() >= kMaxAgents)
       agent = "_other";
     else
-      agents_[agent] = true;
+      agents_.emplace(std::string(agent), true);
   }
-  ++requests_[{agent, r.decision, r.status}];
+  const std::tuple<std::string_view, std::string_view, unsigned> key{agent, r.decision, r.status};
+  if (auto it = requests_.find(key); it != requests_.end())
+    ++it->second;
+  else
+    requests_.emplace(std::tuple<std::string, std::string, unsigned>{agent, r.decision, r.status}, 1);
   total_.observe(r.totalMs);
   if (r.upstreamMs > 0) upstream_.observe(r.upstreamMs);
 }

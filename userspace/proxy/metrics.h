@@ -36,8 +36,9 @@ class RequestMetrics {
 
  private:
   mutable std::mutex mu_;
-  std::map<std::tuple<std::string, std::string, unsigned>, std::uint64_t> requests_;  // agent, decision, status
-  std::map<std::string, bool> agents_;
+  // agent, decision, status; looked up by string_views (no copies per request)
+  std::map<std::tuple<std::string, std::string, unsigned>, std::uint64_t, std::less<>> requests_;
+  std::map<std::string, bool, std::less<>> agents_;
   Histogram total_;
   Histogram upstream_;
 };

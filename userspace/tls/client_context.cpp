@@ -102,6 +102,9 @@ Result<SslCtxPtr> makeClientContext(const std::optional<std::string>& caFile) {
     return makeError("cannot set the minimum TLS version: {}", opensslErrors());
   }
   SSL_CTX_set_options(c, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);
+  // An idle pooled connection gives its record buffers back (as agent-side
+  // connections do): the pool keeps connections open for minutes.
+  SSL_CTX_set_mode(c, SSL_MODE_RELEASE_BUFFERS);
   if (caFile) {
     // Only this file: the system store is not consulted at all.
     if (SSL_CTX_load_verify_locations(c, caFile->c_str(), nullptr) != 1) {

@@ -255,6 +255,68 @@ TEST(AuditLogFile, FullDiskCountsLostRecords) {
   EXPECT_EQ((*log)->lost(), 5u);
 }
 
+// With a deferrer (the daemon's loop), records gather until the deferred
+// flush runs, then go out together; nothing gathered is lost by a reopen,
+// the destructor or a full disk's accounting.
+TEST(AuditLogBatches, GatheredRecordsGoOutInOneFlush) {
+  TempDir dir;
+  std::string path = dir.file("audit.log");
+  auto log = audit::AuditLog::open(path);
+  ASSERT_TRUE(log);
+  std::vector<std::function<void()>> queued;
+  (*log)->setDeferrer([&](std::function<void()> f) { queued.push_back(std::move(f)); });
+  std::vector<std::string> seen;
+  (*log)->setObserver([&](const audit::Record&, std::string_view json) { seen.emplace_back(json); });
+  audit::Record a = sample(), b = sample();
+  b.status = 500;
+  (*log)->write(a);
+  (*log)->write(b);
+  EXPECT_EQ(queued.size(), 1u) << "one flush queued for the batch";
+  EXPECT_EQ(slurp(path), "") << "nothing written before the flush";
+  EXPECT_EQ(seen, (std::vector<std::string>{audit::toJson(a), audit::toJson(b)})) << "observed at once";
+  queued[0]();
+  EXPECT_EQ(slurp(path), audit::toJson(a) + "\n" + audit::toJson(b) + "\n");
+  EXPECT_EQ((*log)->written(), 2u);
+  (*log)->write(a);
+  EXPECT_EQ(queued.size(), 2u) << "the next record queues the next flush";
+  std::filesystem::rename(path, path + ".1");
+  ASSERT_TRUE((*log)->reopen());
+  EXPECT_EQ(slurp(path + ".1"), audit::toJson(a) + "\n" + audit::toJson(b) + "\n" + audit::toJson(a) + "\n")
+      << "reopen flushed to the old file";
+  (*log)->write(b);
+  log->reset();  // the destructor flushes
+  EXPECT_EQ(slurp(path), audit::toJson(b) + "\n");
+}
+
+TEST(AuditLogBatches, ABigBatchIsWrittenWithoutWaiting) {
+  TempDir dir;
+  std::string path = dir.file("audit.log");
+  auto log = audit::AuditLog::open(path);
+  ASSERT_TRUE(log);
+  int queued = 0;
+  (*log)->setDeferrer([&](std::function<void()>) { ++queued; });
+  audit::Record r = sample();
+  r.path = std::string(1000, 'p');
+  const std::size_t lineBytes = audit::toJson(r).size() + 1;
+  std::size_t records = audit::AuditLog::kBatchBytes / lineBytes + 1;
+  for (std::size_t i = 0; i < records; ++i) (*log)->write(r);
+  EXPECT_EQ(slurp(path).size(), records * lineBytes) << "the cap flushed without the deferred call";
+  EXPECT_EQ((*log)->written(), records);
+  EXPECT_EQ(queued, 1);
+}
+
+TEST(AuditLogBatches, AFullDiskLosesTheWholeBatchCounted) {
+  if (::access("/dev/full", W_OK) != 0) GTEST_SKIP() << "no writable /dev/full";
+  auto log = audit::AuditLog::open("/dev/full");
+  ASSERT_TRUE(log);
+  std::function<void()> flush;
+  (*log)->setDeferrer([&](std::function<void()> f) { flush = std::move(f); });
+  for (int i = 0; i < 4; ++i) (*log)->write(sample());
+  flush();
+  EXPECT_EQ((*log)->written(), 0u);
+  EXPECT_EQ((*log)->lost(), 4u);
+}
+
 TEST(AuditLogFile, StdoutNeedsNoFile) {
   auto log = audit::AuditLog::open("-");
   ASSERT_TRUE(log);

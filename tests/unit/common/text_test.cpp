@@ -6,6 +6,9 @@
 
 #include <gtest/gtest.h>
 
+#include <boost/json.hpp>
+#include <random>
+
 #include <string>
 #include <string_view>
 #include <memory>
@@ -197,3 +200,43 @@ TEST(Iequals, AsciiCaseOnlyAndWithinBounds) {
 
 }  // namespace
 }  // namespace atlasgate::text
+
+// appendJsonString is the audit log's (and the console's) JSON string writer:
+// it must write exactly what Boost.JSON writes for the UTF-8-mended string.
+std::string viaBoost(std::string_view s) { return boost::json::serialize(boost::json::string(text::utf8Valid(s))); }
+
+std::string viaAppend(std::string_view s) {
+  std::string out = "prefix";
+  text::appendJsonString(out, s);
+  EXPECT_EQ(out.substr(0, 6), "prefix");
+  return out.substr(6);
+}
+
+TEST(AppendJsonString, EveryByteAloneAndInContext) {
+  for (int b = 0; b < 256; ++b) {
+    std::string one(1, static_cast<char>(b));
+    EXPECT_EQ(viaAppend(one), viaBoost(one)) << b;
+    std::string mid = "ab" + one + "cd\xC3\xA9";
+    EXPECT_EQ(viaAppend(mid), viaBoost(mid)) << b;
+  }
+  EXPECT_EQ(viaAppend(""), "\"\"");
+  EXPECT_EQ(viaAppend("<script>\"x\"</script>\x1b[31m"), "\"<script>\\\"x\\\"</script>\\u001b[31m\"");
+}
+
+TEST(AppendJsonString, RandomBytesMatchBoostAndParseBack) {
+  std::mt19937 rng(20261201);
+  // Bias towards the interesting bytes: controls, quotes, backslashes, lead
+  // and continuation bytes, so that cut and overlong sequences come up.
+  const std::string alphabet = "a\"\\\n\t\x01\x1f\x7f\xC3\xA9\xE2\x82\xAC\xF0\x9F\x98\x80\xC0\xAF\xED\xA0\x80\xFF";
+  for (int round = 0; round < 20000; ++round) {
+    std::string s;
+    std::size_t len = rng() % 24;
+    for (std::size_t i = 0; i < len; ++i) s.push_back(alphabet[rng() % alphabet.size()]);
+    const std::string mine = viaAppend(s);
+    ASSERT_EQ(mine, viaBoost(s)) << round;
+    boost::system::error_code ec;
+    auto v = boost::json::parse(mine, ec);
+    ASSERT_FALSE(ec) << mine;
+    ASSERT_TRUE(text::isUtf8(v.as_string()));
+  }
+}
