@@ -79,12 +79,7 @@ struct Server::Impl {
 
   asio::awaitable<void> serve(tcp::socket sock) {
     beast::tcp_stream stream(std::move(sock));
-    open.insert(&stream);
-    struct Forget {
-      Impl* impl;
-      beast::tcp_stream* s;
-      ~Forget() { impl->open.erase(s); }
-    } forget{this, &stream};
+    Tracked<beast::tcp_stream, std::set<beast::tcp_stream*>> tracked(open, &stream);
     beast::flat_buffer buf;
     for (;;) {
       http::request<http::empty_body> req;
@@ -155,19 +150,12 @@ void Server::setToken(std::optional<credentials::Secret> token) {
 
 Result<std::unique_ptr<Server>> Server::start(asio::io_context& io, const std::string& address, Handlers handlers,
                                               std::optional<credentials::Secret> token) {
-  // "127.0.0.1:15444", "[::1]:15444", "localhost:15444"
-  auto colon = address.rfind(':');
-  if (colon == std::string::npos) return makeError("listen.admin: expected HOST:PORT, got {}", address);
-  std::string host = address.substr(0, colon);
-  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
-  if (host == "localhost") host = "127.0.0.1";
-  unsigned long port = std::strtoul(address.c_str() + colon + 1, nullptr, 10);
+  auto parsed = parseListenAddress(address);
+  if (!parsed) return makeError("listen.admin: expected HOST:PORT with an IP address or localhost, got {}", address);
   beast::error_code ec;
-  auto addr = asio::ip::make_address(host, ec);
-  if (ec || port == 0 || port > 65535) return makeError("listen.admin: bad address {}", address);
   const bool protectedMetrics = token.has_value();
   auto impl = std::make_shared<Impl>(io, std::move(handlers), std::move(token));
-  tcp::endpoint ep(addr, static_cast<unsigned short>(port));
+  tcp::endpoint ep = *parsed;
   impl->acceptor.open(ep.protocol(), ec);
   if (!ec) impl->acceptor.set_option(asio::socket_base::reuse_address(true), ec);
   if (!ec) impl->acceptor.bind(ep, ec);

@@ -255,6 +255,22 @@ int runCredentials(const std::string& socket, const std::vector<std::string>& ar
   return 0;
 }
 
+// atlasgate console-url: the link signs in whoever opens it first; it is
+// printed for the operator only (the control socket is root's).
+int runConsoleUrl(const std::string& socket) {
+  auto o = ask(socket, {{"cmd", "console_url"}});
+  if (!o) return 1;
+  std::printf("%s\n", str(o->if_contains("url")).c_str());
+  return 0;
+}
+
+int runReload(const std::string& socket) {
+  auto o = ask(socket, {{"cmd", "reload"}});
+  if (!o) return 1;
+  std::printf("reloaded\n");
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -304,6 +320,9 @@ int main(int argc, char** argv) {
   credentialsCmd->add_option("ACTION", credentialArgs, "list | revoke NAME")->expected(0, 2);
   credentialsCmd->add_flag("--json", asJson, "machine-readable output");
 
+  auto* consoleCmd = app.add_subcommand(
+      "console-url", "print a one-time sign-in link to the web console (listen.console; valid 10 minutes)");
+
   auto* reloadCmd =
       app.add_subcommand("reload", "reload the daemon's config (like SIGHUP); prints why a bad one was refused");
   app.add_subcommand("version", "print the version");
@@ -319,12 +338,8 @@ int main(int argc, char** argv) {
 
   if (approvalsCmd->parsed()) return runApprovals(socket, decision, asJson);
   if (credentialsCmd->parsed()) return runCredentials(socket, credentialArgs, asJson);
-  if (reloadCmd->parsed()) {
-    auto o = ask(socket, {{"cmd", "reload"}});
-    if (!o) return 1;
-    std::printf("reloaded\n");
-    return 0;
-  }
+  if (consoleCmd->parsed()) return runConsoleUrl(socket);
+  if (reloadCmd->parsed()) return runReload(socket);
 
   std::printf("atlasgate 0.1.0\n");
   return 0;

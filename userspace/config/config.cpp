@@ -947,6 +947,12 @@ void needsAdmin(const Parser& p, const Field& f, const Listen& l) {
   if (!l.admin) p.fail(f, "{}: needs listen.admin (the endpoint it protects)", f.path);
 }
 
+void concreteConsole(const Parser& p, const Field& f, const Listen& l) {
+  if (l.console && (l.console->starts_with("0.0.0.0:") || l.console->starts_with("[::]:")))
+    p.fail(f, "{}: bind one address (127.0.0.1:15445): the console refuses requests whose Host is not its address",
+           f.path);
+}
+
 constexpr Row<Listen> kListenRows[] = {
     {.key = "port",
      .slot = &Listen::port,
@@ -966,6 +972,18 @@ constexpr Row<Listen> kListenRows[] = {
      .nullable = true,
      .show = " (token from {})",
      .doc = "optional: /metrics then needs \"Authorization: Bearer <token>\""},
+    {.key = "console",
+     .slot = &Listen::console,
+     .kind = Kind::Address,
+     .check = concreteConsole,
+     .nullable = true,
+     .show = ", console {}",
+     .doc = "optional: the web console (loopback; sign in with `atlasgate console-url`)"},
+    {.key = "console_session",
+     .slot = &Listen::consoleSession,
+     .kind = Kind::Duration,
+     .bounds = {1, 7 * 24 * 3600},
+     .doc = "how long a console sign-in lasts (default 8h)"},
 };
 constexpr Table<Listen> kListen{.rows = kListenRows, .show = "listen: "};
 

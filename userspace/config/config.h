@@ -181,6 +181,10 @@ struct Listen {
   // A file holding the bearer token /metrics requires ("" = none: then admin
   // must be reachable only by trusted users). Read by the daemon, not here.
   std::string adminTokenFile;
+  // The web console (README "Console"): "127.0.0.1:15445", off when unset.
+  // A concrete address: requests are refused unless their Host names it.
+  std::optional<std::string> console;
+  std::chrono::seconds consoleSession{8 * 3600};  // how long a sign-in lasts
 };
 
 struct Agents {

@@ -4,6 +4,7 @@
 
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <malloc.h>
 #include <unistd.h>
 
 #include <boost/asio/signal_set.hpp>
@@ -24,6 +25,7 @@
 #include "common/log.h"
 #include "common/text.h"
 #include "config/config.h"
+#include "console/server.h"
 #include "control/control.h"
 #include "credentials/digest.h"
 #include "credentials/secret.h"
@@ -108,6 +110,8 @@ class Daemon {
   Result<void> temporaryUsers(const config::Config& cfg, Runtime& rt);
   void agentGone(const std::string& name);
   void resolverThread();
+  void trimMemory();
+  std::uint64_t connectionPeak_ = 0;  // live agent connections, highest since the last trim
   asio::awaitable<void> signalLoop();
   asio::awaitable<void> netnsLoop();
   void scanNamespaces();
@@ -130,6 +134,16 @@ class Daemon {
   json::value statusCounters();
   json::value statusUpstream();
   json::value statusBpf();
+  json::array statusAttached();
+  json::array statusPods();
+  json::array statusContainers();
+  json::value approvalsJson();
+  // listen.console: what the console asks for, and its wiring.
+  Result<void> startConsole();
+  console::Handlers consoleHandlers();
+  json::object consoleAgents();
+  Result<void> revokeCaptured(std::string_view name, std::string_view by);
+  Result<std::string> consoleExplain(const console::ExplainQuery& q);
   std::string metrics();
   Health health() const;  // what /healthz, status and atlasgate_healthy say
   void writeRuntimeFile();
@@ -151,6 +165,7 @@ class Daemon {
   std::unique_ptr<Server> server_;
   std::unique_ptr<control::Server> control_;
   std::unique_ptr<admin::Server> admin_;
+  std::unique_ptr<console::Server> console_;  // the audit log and approvals_ call into it: cleared in run()
   std::unique_ptr<discovery::PodWatcher> pods_;
   struct AttachedPod {
     std::string name;    // namespace/pod
@@ -245,12 +260,15 @@ Result<void> Daemon::start() {
   auto audit = audit::AuditLog::open(config_->auditLog);
   if (!audit) return audit.error();
   audit_ = std::move(audit.value());
+  // Records finished in one turn of the loop go out in one write(2).
+  audit_->setDeferrer([this](std::function<void()> f) { asio::post(io_, std::move(f)); });
   auto rt = buildRuntime(config_, nullptr);
   if (!rt) return rt.error();
   if (auto r = startKernel(*rt); !r) return r;
   if (auto r = startEndpoints(); !r) return r;
   if (auto r = startDiscovery(); !r) return r;
   writeRuntimeFile();
+  ::malloc_trim(0);  // what parsing the config and making the CA used
   // Everything that needed full root is done; keep only what serving needs.
   if (auto r = dropCapabilities(); !r) return r;
   log::info("capabilities now: {}", effectiveCapabilities());
@@ -371,6 +389,7 @@ Result<void> Daemon::startEndpoints() {
     if (!adm) return adm.error();
     admin_ = std::move(adm.value());
   }
+  if (config_->listen.console) return startConsole();
   return {};
 }
 
@@ -842,6 +861,18 @@ void Daemon::scanNamespaces() {
     it = netnsFailures_.contains(it->first) ? std::next(it) : netnsErrors_.erase(it);
 }
 
+// glibc keeps freed memory for reuse: after 10,000 agent connections have
+// come and gone the daemon would stay at their peak for good. When the live
+// connections have fallen well below their peak since the last trim, the
+// free pages go back to the kernel (malloc_trim; a few ms, every 10 s at most).
+void Daemon::trimMemory() {
+  const std::uint64_t live = server_->counters().get(proxy::Counter::LiveConnections);
+  connectionPeak_ = std::max(connectionPeak_, live);
+  if (connectionPeak_ < live + 1024) return;
+  ::malloc_trim(0);
+  connectionPeak_ = live;
+}
+
 asio::awaitable<void> Daemon::netnsLoop() {
   ownNetns_ = netnsInode(::getpid());
   // Pass-through connections of agents in another namespace leave from that
@@ -855,6 +886,7 @@ asio::awaitable<void> Daemon::netnsLoop() {
   for (unsigned tick = 0;; ++tick) {
     scanNamespaces();
     if (tick % 20 == 0) pool_->sweep();  // every 10 s: idle upstream connections past their time
+    if (tick % 20 == 10) trimMemory();
     if (pods_ && tick % 2 == 0)
       for (const auto& p : pods_->pods()) podUpsert(p);  // pods whose cgroup appeared after their event
     if (containers_ && tick % 2 == 1) {
@@ -888,6 +920,7 @@ asio::awaitable<void> Daemon::shutdown() {
   for (auto& [k, p] : tokenProviders_) co_await p->revoke();
   if (control_) control_->stop();
   if (admin_) admin_->stop();
+  if (console_) console_->stop();
   pool_->close();
   {
     std::lock_guard lock(stopMu_);
@@ -913,6 +946,8 @@ Result<void> Daemon::reload() {
   // What cannot change without a restart.
   if (next->listen.port != config_->listen.port) return makeError("listen.port changes need a restart");
   if (next->listen.admin != config_->listen.admin) return makeError("listen.admin changes need a restart");
+  if (next->listen.console != config_->listen.console || next->listen.consoleSession != config_->listen.consoleSession)
+    return makeError("listen.console and listen.console_session changes need a restart");
   if (next->stateDir != config_->stateDir) return makeError("state_dir changes need a restart");
   if (next->capture.enabled != config_->capture.enabled || next->capture.keyFile != config_->capture.keyFile)
     return makeError("capture.enabled and capture.key_file changes need a restart");
@@ -957,6 +992,7 @@ Result<void> Daemon::reload() {
   if (admin_) admin_->setToken(std::move(adminToken.value()));
   if (auto r = audit_->reopen(); !r) log::warn("reload: {}", r.error().message);
   log::info("configuration reloaded from {}", opts_.configPath);
+  ::malloc_trim(0);  // the previous rules and runtime, once their last user is gone
   return {};
 }
 
@@ -979,24 +1015,10 @@ json::value Daemon::control(const json::object& req) {
     return json::object{{"ok", true}, {"path", path}};
   }
   if (c == "credentials" || c == "revoke_credential") return controlCredentials(c, req);
-  if (c == "approvals") {
-    json::array list;
-    auto now = std::chrono::system_clock::now();
-    for (const auto& a : approvals_.pending())
-      list.push_back(
-          json::object{{"id", a.id},
-                       {"agent", a.agent},
-                       {"method", a.method},
-                       {"host", a.host},
-                       {"path", a.path},
-                       {"rule", a.rule},
-                       {"body", a.bodyPreview},
-                       {"body_leading_whitespace", a.bodyLeadingBlanks},
-                       {"body_bytes", a.bodyBytes},
-                       {"body_truncated", a.bodyTruncated},
-                       {"waiting_s", std::chrono::duration_cast<std::chrono::seconds>(now - a.since).count()},
-                       {"timeout_s", a.timeout.count()}});
-    return json::object{{"ok", true}, {"approvals", list}};
+  if (c == "approvals") return approvalsJson();
+  if (c == "console_url") {
+    if (!console_) return fail("the console is off: set listen.console (README \"Console\")");
+    return json::object{{"ok", true}, {"url", console_->signInUrl()}};
   }
   if (c == "decide") {
     auto id = req.if_contains("id");
@@ -1007,6 +1029,88 @@ json::value Daemon::control(const json::object& req) {
     return json::object{{"ok", true}};
   }
   return fail("unknown command " + c);
+}
+
+json::value Daemon::approvalsJson() {
+  json::array list;
+  auto now = std::chrono::system_clock::now();
+  for (const auto& a : approvals_.pending())
+    list.push_back(json::object{{"id", a.id},
+                                {"agent", a.agent},
+                                {"method", a.method},
+                                {"host", a.host},
+                                {"path", a.path},
+                                {"rule", a.rule},
+                                {"body", a.bodyPreview},
+                                {"body_leading_whitespace", a.bodyLeadingBlanks},
+                                {"body_bytes", a.bodyBytes},
+                                {"body_truncated", a.bodyTruncated},
+                                {"waiting_s", std::chrono::duration_cast<std::chrono::seconds>(now - a.since).count()},
+                                {"timeout_s", a.timeout.count()}});
+  return json::object{{"ok", true}, {"approvals", list}};
+}
+
+// ---- the console (listen.console) -------------------------------------------
+
+Result<void> Daemon::startConsole() {
+  auto srv = console::Server::start(io_, *config_->listen.console, config_->listen.consoleSession, consoleHandlers());
+  if (!srv) return srv.error();
+  console_ = std::move(srv.value());
+  audit_->setObserver([this](const audit::Record& r, std::string_view line) {
+    console_->feed().push(line, r.agent, r.decision, r.protocol, r.ts);
+  });
+  approvals_.setOnChange([this] { console_->approvalsChanged(approvals_.pending().size()); });
+  return {};
+}
+
+console::Handlers Daemon::consoleHandlers() {
+  console::Handlers h;
+  h.approvals = [this] { return approvalsJson(); };
+  h.decide = [this](std::uint64_t id, bool allow) {
+    if (!approvals_.decide(id, allow)) return false;
+    log::info("held request {} {} in the console", id, allow ? "allowed" : "denied");
+    return true;
+  };
+  h.agents = [this] { return consoleAgents(); };
+  h.rules = [this] { return server_->runtime()->policy->table(); };
+  h.explain = [this](const console::ExplainQuery& q) { return consoleExplain(q); };
+  h.credentials = [this] {
+    json::value captured = captured_ ? controlCredentials("credentials", {}) : json::value(json::object{});
+    auto* list = captured.is_object() ? captured.as_object().if_contains("credentials") : nullptr;
+    return json::value(json::object{{"capture", captured_ != nullptr},
+                                    {"captured", list ? *list : json::array{}},
+                                    {"configured", statusCredentials()}});
+  };
+  h.revoke = [this](std::string_view name) { return revokeCaptured(name, "in the console"); };
+  return h;
+}
+
+Result<void> Daemon::revokeCaptured(std::string_view name, std::string_view by) {
+  if (!captured_) return makeError("credential capture is off (capture.enabled: false)");
+  auto r = captured_->revoke(name);
+  if (!r) return r.error();
+  if (!*r) return makeError("no captured credential named {}", text::forTerminal(name));
+  log::info("captured credential {} revoked {}", text::forTerminal(name), by);
+  return {};
+}
+
+json::object Daemon::consoleAgents() {
+  return json::object{{"connections", statusConnections()},
+                      {"attached", statusAttached()},
+                      {"pods", statusPods()},
+                      {"containers", statusContainers()}};
+}
+
+// The same question as `atlasgate check --explain`, put to the running rules.
+Result<std::string> Daemon::consoleExplain(const console::ExplainQuery& q) {
+  auto rt = server_->runtime();
+  policy::Request req;
+  req.method = q.method;
+  req.target = q.path;
+  req.host = q.host.empty() ? std::string_view(config_->targets.front().host) : std::string_view(q.host);
+  req.agent = q.agent;
+  if (q.body) req.body = std::string_view(*q.body);
+  return rt->policy->explain(req).render();
 }
 
 Health Daemon::health() const {
@@ -1046,10 +1150,7 @@ json::value Daemon::controlCredentials(const std::string& c, const json::object&
   if (c == "revoke_credential") {
     auto n = req.if_contains("name");
     if (!n || !n->is_string()) return fail("revoke_credential needs name");
-    auto r = captured_->revoke(std::string_view(n->as_string()));
-    if (!r) return fail(r.error().message);
-    if (!*r) return fail(fmt::format("no captured credential named {}", text::forTerminal(n->as_string())));
-    log::info("captured credential {} revoked by an operator", text::forTerminal(n->as_string()));
+    if (auto r = revokeCaptured(std::string_view(n->as_string()), "by an operator"); !r) return fail(r.error().message);
     return json::object{{"ok", true}};
   }
   auto all = captured_->list();
@@ -1151,6 +1252,31 @@ json::value Daemon::statusBpf() {
   return bpfc;
 }
 
+json::array Daemon::statusAttached() {
+  json::array agents;
+  for (const auto& a : loader_->attachments())
+    agents.push_back(json::object{{"cgroup", a.path}, {"cgroup_id", a.cgroupId}});
+  return agents;
+}
+
+json::array Daemon::statusPods() {
+  json::array pods;
+  for (const auto& [uid, p] : attachedPods_)
+    pods.push_back(json::object{{"pod", p.name}, {"uid", uid}, {"cgroup", p.cgroup}});
+  return pods;
+}
+
+json::array Daemon::statusContainers() {
+  json::array cs;
+  for (const auto& [id, a] : attachedContainers_)
+    cs.push_back(json::object{{"container", a.name},
+                              {"id", id},
+                              {"cgroup", a.cgroup},
+                              {"cgroup_id", a.cgroupId},
+                              {"state", a.stoppedSince ? "stopped" : "running"}});
+  return cs;
+}
+
 json::value Daemon::status() {
   json::object o;
   o["ok"] = true;
@@ -1163,10 +1289,7 @@ json::value Daemon::status() {
   o["pid"] = ::getpid();
   o["config"] = opts_.configPath;
   o["listen_port"] = config_->listen.port;
-  json::array agents;
-  for (const auto& a : loader_->attachments())
-    agents.push_back(json::object{{"cgroup", a.path}, {"cgroup_id", a.cgroupId}});
-  o["attached"] = agents;
+  o["attached"] = statusAttached();
   o["connections"] = statusConnections();
   o["credentials"] = statusCredentials();
   o["targets"] = statusTargets();
@@ -1184,22 +1307,10 @@ json::value Daemon::status() {
   for (const auto& [ino, ns] : netns_)
     nss.push_back(json::object{{"netns", ino}, {"cookie", ns.cookie}, {"pid", ns.pid}});
   o["agent_namespaces"] = nss;
-  if (pods_) {
-    json::array pods;
-    for (const auto& [uid, p] : attachedPods_)
-      pods.push_back(json::object{{"pod", p.name}, {"uid", uid}, {"cgroup", p.cgroup}});
-    o["kubernetes"] = json::object{{"watch", pods_->describe()}, {"attached_pods", pods}};
-  }
+  if (pods_) o["kubernetes"] = json::object{{"watch", pods_->describe()}, {"attached_pods", statusPods()}};
   if (containers_) {
-    json::array cs;
-    for (const auto& [id, a] : attachedContainers_)
-      cs.push_back(json::object{{"container", a.name},
-                                {"id", id},
-                                {"cgroup", a.cgroup},
-                                {"cgroup_id", a.cgroupId},
-                                {"state", a.stoppedSince ? "stopped" : "running"}});
-    o["containers"] =
-        json::object{{"watch", containers_->describe()}, {"attached_containers", cs}, {"guard", containerGuard_}};
+    o["containers"] = json::object{
+        {"watch", containers_->describe()}, {"attached_containers", statusContainers()}, {"guard", containerGuard_}};
   }
   return o;
 }
@@ -1302,6 +1413,10 @@ int Daemon::run() {
   log::info("atlasgate ready: {} target(s), listening on port {}, agents cgroup {}", config_->targets.size(),
             config_->listen.port, agentsCgroup_);
   io_.run();
+  audit_->setDeferrer(nullptr);
+  audit_->flush();               // a stopped loop runs no deferred flush: nothing gathered is lost
+  audit_->setObserver(nullptr);  // the console goes before the audit log and approvals_
+  approvals_.setOnChange(nullptr);
   {
     std::lock_guard lock(stopMu_);
     stopping_ = true;

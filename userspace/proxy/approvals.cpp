@@ -51,6 +51,7 @@ Admission Approvals::add(ApprovalInfo info, const HoldLimits& limits) {
   e.timer = std::make_unique<asio::steady_timer>(ex_);
   e.timer->expires_after(e.info.timeout);
   a.id = id;
+  if (onChange_) onChange_();
   return a;
 }
 
@@ -58,6 +59,7 @@ void Approvals::erase(std::map<std::uint64_t, Entry>::iterator it) {
   heldBodyBytes_ -= it->second.info.bodyBytes;
   if (auto p = perAgent_.find(it->second.info.agentKey); p != perAgent_.end() && --p->second == 0) perAgent_.erase(p);
   entries_.erase(it);
+  if (onChange_) onChange_();
 }
 
 asio::awaitable<ApprovalOutcome> Approvals::wait(std::uint64_t id) {
@@ -96,6 +98,7 @@ bool Approvals::decide(std::uint64_t id, bool allow) {
   if (it == entries_.end() || it->second.decision) return false;
   it->second.decision = allow;
   it->second.timer->cancel();
+  if (onChange_) onChange_();
   return true;
 }
 

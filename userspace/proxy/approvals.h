@@ -8,6 +8,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -81,6 +82,9 @@ class Approvals {
   std::vector<ApprovalInfo> pending() const;
   // Shutdown: every held request is denied.
   void denyAll();
+  // Called whenever the pending list changes (a request held, decided,
+  // timed out or abandoned): the console pushes it to open pages.
+  void setOnChange(std::function<void()> f) { onChange_ = std::move(f); }
 
   // What is held now (decided entries whose requester has not yet picked
   // the decision up included: their bodies are still in memory).
@@ -102,6 +106,7 @@ class Approvals {
   std::uint64_t heldBodyBytes_ = 0;
   std::uint64_t refused_ = 0;
   std::uint64_t nextId_ = 1;
+  std::function<void()> onChange_;
 };
 
 }  // namespace atlasgate::proxy

@@ -884,7 +884,7 @@ TEST(ConfigPreset, AnOperatorRuleMayNotTakeAGuardrailsName) {
 TEST(ConfigDescribe, FullFileExactly) {
   const std::string want =
       "config " + kFullFile + "\n" +
-      "listen: port 16443, admin 127.0.0.1:16444\n"
+      "listen: port 16443, admin 127.0.0.1:16444, console off\n"
       "state dir: /srv/atlasgate/state; audit log: stdout; log level: debug\n"
       "agents: cgroup /sys/fs/cgroup/agents, attach /sys/fs/cgroup/ci.slice, /sys/fs/cgroup/dev.slice\n"
       "targets: 2\n"
@@ -911,7 +911,7 @@ TEST(ConfigDescribe, DefaultsAndAdminToken) {
   ASSERT_TRUE(r.ok()) << r.error().message;
   const std::string want =
       "config bad.yaml\n"
-      "listen: port 15443, admin [::1]:9 (token from /etc/t)\n"
+      "listen: port 15443, admin [::1]:9 (token from /etc/t), console off\n"
       "state dir: /var/lib/atlasgate; audit log: /var/log/atlasgate/audit.jsonl; log level: info\n"
       "agents: cgroup atlasgate, attach none\n"
       "targets: 1\n"
@@ -1069,7 +1069,8 @@ TEST(ConfigSchemaKinds, IntegerAndPortBounds) {
   EXPECT_EQ(r->limits.maxHeldRequests, 65536u);
 }
 
-// Kind::Duration: 1s to a year, or the key's own bounds (settle: 1s to 60s).
+// Kind::Duration: 1s to a year, or the key's own bounds (settle: 1s to 60s,
+// listen.console_session: 1s to 7 days).
 TEST(ConfigSchemaKinds, DurationBounds) {
   int checked = 0;
   for (const SchemaKey& k : schemaKeys()) {
@@ -1085,11 +1086,11 @@ TEST(ConfigSchemaKinds, DurationBounds) {
     const Result<Config> over = parse(yamlAt(k.path, plusOne(k.max) + "s"));
     ASSERT_FALSE(over.ok()) << k.path;
     const bool ownBounds = k.max < 365ull * 24 * 3600;
-    EXPECT_NE(over.error().message.find(ownBounds ? "expected between 1s and 60s" : "longer than a year"),
-              std::string::npos)
+    const std::string own = fmt::format("expected between 1s and {}s", k.max);
+    EXPECT_NE(over.error().message.find(ownBounds ? std::string_view(own) : "longer than a year"), std::string::npos)
         << over.error().message;
   }
-  EXPECT_EQ(checked, 11);
+  EXPECT_EQ(checked, 12);
   Result<Config> r = parse(yamlAt("discovery.containers.settle", "500ms"));
   ASSERT_TRUE(r.ok()) << r.error().message;
   EXPECT_EQ(r->containers->settle, 1s);
