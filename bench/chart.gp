@@ -1,7 +1,8 @@
 # Chart for bench/results/latest.png; scripts/bench fills in @DAT@, @PNG@, @TITLE@, @XMAX@, @WIDTH@.
 # Data columns: name ka_rps newconn_rps p50_ms p99_ms peak_rss_mib cpu_s_per_10k idle_rss_mib per_conn_kib colour
 # (colour: the contender's linetype, fixed per name; @XMAX@: number of contenders - 0.4;
-# @WIDTH@: 1500 px for four contenders, wider with atlasgate-base)
+# @WIDTH@: 1750 px for the five contenders, wider with atlasgate-base;
+# linetypes: 1 direct, 2 atlasgate, 3 nginx, 4 haproxy, 5 mitmproxy, 6 atlasgate-base)
 set terminal pngcairo size @WIDTH@,900 font "DejaVu Sans,11" noenhanced
 set output "@PNG@"
 set datafile missing "NaN"
@@ -15,8 +16,9 @@ set key off
 set linetype 1 lc rgb "#7f7f7f"
 set linetype 2 lc rgb "#2e7d32"
 set linetype 3 lc rgb "#1565c0"
-set linetype 4 lc rgb "#ef6c00"
-set linetype 5 lc rgb "#81c784"
+set linetype 4 lc rgb "#6a1b9a"
+set linetype 5 lc rgb "#ef6c00"
+set linetype 6 lc rgb "#81c784"
 lbl(v, f) = (v == v) ? sprintf(f, v) : "n/a"
 set multiplot layout 2,3 title "@TITLE@"
 

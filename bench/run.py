@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """atlasgate side-by-side benchmark driver (run through scripts/bench).
 
-One run, on loopback, round-robin over four contenders so that drift (other
+One run, on loopback, round-robin over five contenders so that drift (other
 builds on the machine, thermal, page cache) falls on all of them alike:
 
   direct     wrk -> upstream nginx (no proxy)
@@ -9,10 +9,13 @@ builds on the machine, thermal, page cache) falls on all of them alike:
              -> atlasgate (TLS terminate, inject token, audit) -> upstream
   nginx      wrk -> nginx reverse proxy (sets Authorization, keep-alive TLS
              pool to upstream, access log on) -> upstream
+  haproxy    wrk -> HAProxy 2.6 (bench/haproxy.cfg.in: one thread, the same
+             leaf as nginx, set-header Authorization, verified keep-alive TLS
+             pool with http-reuse always, access log to a file) -> upstream
   mitmproxy  wrk -> mitmdump --mode reverse:https://upstream (addon sets
              Authorization) -> upstream
 
-With --baseline BIN, a fifth contender, atlasgate-base, is measured exactly
+With --baseline BIN, a sixth contender, atlasgate-base, is measured exactly
 like atlasgate (same config, same agent cgroup, same runs) but with the daemon
 binary BIN (an older build). Only one daemon can run at a time (they share the
 BPF pins and the listen port), so the driver stops one (SIGTERM, waits for its
@@ -39,9 +42,14 @@ and the cost of a new connection plus one find. The client resolves the
 member names through a private /etc/hosts, atlasgate through a dnsmasq on a
 127.x high port (dns.servers).
 
+Growth passes (atlasgate only, at the end; skip with --no-growth): keep-alive
+req/s and CPU per request with 10, 1,000 and 10,000 rules in the config (the
+daemon restarted with each), and RSS, req/s and CPU with 10,000 idle agent TLS
+connections held open beside a keep-alive wrk run.
+
 Writes bench/results/latest.{txt,json,png}. Standard library only (Debian's
 python3; python3-pymongo for the MongoDB section); needs root (cgroups, BPF,
-port 443), nginx, wrk, mitmdump, gnuplot, dnsmasq.
+port 443), nginx, haproxy, wrk, mitmdump, gnuplot, dnsmasq.
 """
 
 import argparse
@@ -51,6 +59,7 @@ import os
 import platform
 import random
 import re
+import select
 import shutil
 import signal
 import socket
@@ -62,13 +71,15 @@ import tempfile
 import time
 import urllib.request
 
+import flamegraph  # bench/flamegraph.py, beside this file
+
 BENCH = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH)
 HOST = "cloud.mongodb.com"
 API_PATH = "/api/atlas/v2/groups"
 TOKEN = "bench-token-x"
-CONTENDERS = ["direct", "atlasgate", "nginx", "mitmproxy"]
-PROXIES = ["atlasgate", "nginx", "mitmproxy"]
+CONTENDERS = ["direct", "atlasgate", "nginx", "haproxy", "mitmproxy"]
+PROXIES = ["atlasgate", "nginx", "haproxy", "mitmproxy"]
 BASE = "atlasgate-base"            # --baseline: the same daemon, an older binary
 DAEMONS = ("atlasgate", BASE)      # share pins and port: one runs at a time
 CLIENT_ID = "mdb_sa_id_bench0000000000000000000001"
@@ -301,6 +312,7 @@ class Bench:
             "settings": {
                 "rounds": args.rounds, "duration_s": args.duration, "threads": 2, "connections": args.connections,
                 "idle_connections": args.idle_conns,
+                "growth": {"rules": args.growth_rules, "idle_connections": args.growth_conns} if args.growth else None,
                 "mongodb": {"connections": args.mongo_connections, "connects": args.mongo_connects,
                             "documents": MONGO_DOCS} if args.mongodb else None,
             },
@@ -329,7 +341,7 @@ class Bench:
                 if line.startswith("MemTotal:"):
                     mem = int(line.split()[1]) // 1024
         vers = {}
-        for name, cmd in (("nginx", ["nginx", "-v"]), ("mitmproxy", ["mitmdump", "--version"]),
+        for name, cmd in (("nginx", ["nginx", "-v"]), ("haproxy", ["haproxy", "-v"]), ("mitmproxy", ["mitmdump", "--version"]),
                           ("wrk", ["wrk", "-v"]), ("openssl", ["openssl", "version"]),
                           ("pymongo", ["/usr/bin/python3", "-c", "import pymongo; print('pymongo', pymongo.version)"]),
                           ("dnsmasq", ["dnsmasq", "--version"])):
@@ -349,9 +361,10 @@ class Bench:
         used = set()
         self.upstream = pick_addr(used)
         self.proxy_addr = pick_addr(used)
+        self.haproxy_addr = pick_addr(used)
         self.mitm_addr = pick_addr(used)
         log(f"temp dir {self.tmp}; upstream {self.upstream}:443, nginx proxy {self.proxy_addr}:443, "
-            f"mitmproxy {self.mitm_addr}:443")
+            f"haproxy {self.haproxy_addr}:443, mitmproxy {self.mitm_addr}:443")
         if self.args.mongodb:
             self.mongo_members = [(n, pick_addr(used, 27017)) for n in MONGO_NAMES]
             self.dns_addr = pick_addr(used, 0)
@@ -361,11 +374,12 @@ class Bench:
             self.start_mongo()
         self.start_upstream()
         self.start_nginx_proxy()
+        self.start_haproxy()
         self.start_mitmproxy()
         self.start_atlasgate()
         self.hosts = {}
         for c, addr in (("direct", self.upstream), ("atlasgate", self.upstream), (BASE, self.upstream),
-                        ("nginx", self.proxy_addr), ("mitmproxy", self.mitm_addr)):
+                        ("nginx", self.proxy_addr), ("haproxy", self.haproxy_addr), ("mitmproxy", self.mitm_addr)):
             path = os.path.join(self.tmp, f"hosts-{c}")
             with open(path, "w") as f:
                 f.write(f"127.0.0.1 localhost\n{addr} {HOST}\n")
@@ -406,12 +420,19 @@ class Bench:
             os.chmod(os.path.join(pki, f), 0o644 if f.endswith(".pem") else 0o600)
         os.chmod(pki, 0o755)
 
-    def spawn(self, name, cmd, env=None):
+    def spawn(self, name, cmd, env=None, stdout_path=None):
+        """Starts cmd in its own session; stderr (and stdout, unless
+        stdout_path names a file of its own) to <tmp>/<name>.log."""
         # Appends: a daemon restarted by --baseline keeps one log over its lifetimes.
         logf = open(os.path.join(self.tmp, f"{name}.log"), "a")
         self.logs.append(logf)
-        p = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL,
-                             start_new_session=True)
+        out = subprocess.STDOUT
+        if stdout_path:
+            out = open(stdout_path, "a")
+            self.logs.append(out)
+        p = subprocess.Popen(cmd, stdout=logf if out == subprocess.STDOUT else out,
+                             stderr=logf if out != subprocess.STDOUT else subprocess.STDOUT, env=env,
+                             stdin=subprocess.DEVNULL, start_new_session=True)
         self.procs[name] = p
         return p
 
@@ -435,6 +456,26 @@ class Bench:
                            UPSTREAM=self.upstream, PROXY=self.proxy_addr, PKI=self.pki, TOKEN=TOKEN)
         p = self.spawn("nginx", ["nginx", "-p", self.tmp, "-c", conf, "-e", f"{self.tmp}/proxy-error.log"])
         wait_for(lambda: port_open(self.proxy_addr, 443), 10, "nginx proxy", p)
+
+    def start_haproxy(self):
+        """HAProxy with bench/haproxy.cfg.in: the nginx proxy's leaf and key
+        (HAProxy wants them in one PEM file), the same token and upstream.
+        Foreground (-db), one process; its stdout is the access log file (the
+        config logs to `stdout format raw`), stderr goes to haproxy.log."""
+        crt = os.path.join(self.pki, "haproxy.pem")
+        with open(crt, "w") as f:
+            for part in ("proxy.pem", "proxy.key"):
+                with open(os.path.join(self.pki, part)) as g:
+                    f.write(g.read())
+        os.chmod(crt, 0o600)
+        conf = self.render("haproxy.cfg.in", os.path.join(self.tmp, "haproxy.cfg"), TMP=self.tmp,
+                           UPSTREAM=self.upstream, HAPROXY=self.haproxy_addr, PKI=self.pki, CRT=crt, TOKEN=TOKEN)
+        chk = subprocess.run(["haproxy", "-c", "-f", conf], capture_output=True, text=True)
+        if chk.returncode != 0:
+            raise RuntimeError(f"haproxy -c -f {conf}: {(chk.stdout + chk.stderr).strip()[-1500:]}")
+        self.haproxy_access = os.path.join(self.tmp, "haproxy-access.log")
+        p = self.spawn("haproxy", ["haproxy", "-db", "-f", conf], stdout_path=self.haproxy_access)
+        wait_for(lambda: port_open(self.haproxy_addr, 443), 10, "haproxy", p)
 
     def start_mitmproxy(self):
         confdir = os.path.join(self.tmp, "mitmproxy")
@@ -489,15 +530,16 @@ class Bench:
                 return "started" in f.read()
         wait_for(started, 10, "dnsmasq", p)
 
-    def start_atlasgate(self, name="atlasgate"):
+    def start_atlasgate(self, name="atlasgate", config=None):
         """Starts the daemon of contender `name` (atlasgate or atlasgate-base).
 
         Both run the one config written on the first call: same port, state dir
-        (so the same CA), agents cgroup, pins; only the binary differs."""
+        (so the same CA), agents cgroup, pins; only the binary differs. The
+        growth passes give atlasgate another `config` (more rules, limits)."""
         if self.pin_root is None:
             self.write_atlasgate_config()
-        p = self.spawn(name, [self.binaries[name], "daemon", "--config", self.ag_configs[name], "--run-dir",
-                              self.ag_run])
+        p = self.spawn(name, [self.binaries[name], "daemon", "--config", config or self.ag_configs[name],
+                              "--run-dir", self.ag_run])
 
         def ready():
             try:
@@ -540,6 +582,7 @@ class Bench:
         # --baseline: an older daemon may not know mongodb targets; it gets the
         # https part only (the MongoDB section measures atlasgate alone).
         self.ag_configs = {}
+        self.ag_config_data = {}
         for name in self.binaries:
             c = json.loads(json.dumps(config))
             if self.args.mongodb and name == "atlasgate":
@@ -552,6 +595,7 @@ class Bench:
             with open(path, "w") as f:
                 json.dump(c, f, indent=2)
             self.ag_configs[name] = path
+            self.ag_config_data[name] = c
 
     def stop_atlasgate(self):
         """Stops the running daemon the way teardown does (SIGTERM, wait for its
@@ -650,10 +694,11 @@ class Bench:
     # -- checks -----------------------------------------------------------------
     def sanity(self):
         cas = {"direct": f"{self.pki}/ca.pem", "atlasgate": self.ag_ca, BASE: self.ag_ca,
-               "nginx": f"{self.pki}/ca.pem", "mitmproxy": self.mitm_ca}
+               "nginx": f"{self.pki}/ca.pem", "haproxy": f"{self.pki}/ca.pem", "mitmproxy": self.mitm_ca}
         checks = {}
         for c in self.contenders:
             self.use_daemon(c, warm=False)  # idle RSS is taken right after these two requests
+            lines0 = self.access_log_lines(c)
             code, body, err = self.curl(c, API_PATH, cas[c])
             acode, abody, aerr = self.curl(c, "/__auth", cas[c])
             ok = code == "200" and '"results"' in body and acode == "200"
@@ -661,6 +706,15 @@ class Bench:
                 ok = ok and abody.strip() in (f"Bearer {TOKEN}", "Bearer " + TOKEN)
             checks[c] = {"api_status": code, "authorization_seen_by_upstream": abody.strip(), "ok": ok,
                          "error": err or aerr}
+            if self.access_log(c)[0]:
+                # One line per request: the two curls above.
+                time.sleep(0.1)
+                checks[c]["access_log_lines"] = self.access_log_lines(c) - lines0
+                if checks[c]["access_log_lines"] != 2:
+                    note = (f"{c}: access log grew by {checks[c]['access_log_lines']} lines for 2 requests "
+                            f"(expected one line per request)")
+                    log(f"warning: {note}")
+                    self.results["notes"].append(note)
             log(f"sanity {c:{self.cw}s}: GET {API_PATH} -> {code}; upstream saw Authorization: {abody.strip()!r}"
                 f"{'' if ok else '  <-- FAILED ' + (err or aerr)}")
             if not ok:
@@ -693,27 +747,47 @@ class Bench:
         except OSError:
             pass
 
+    def access_log(self, contender):
+        """The access log of a proxy that writes one (path, the value of its
+        first field on a resumed TLS session)."""
+        if contender == "nginx":
+            return os.path.join(self.tmp, "proxy-access.log"), "r"    # $ssl_session_reused
+        if contender == "haproxy":
+            return self.haproxy_access, "1"                             # %[ssl_fc_is_resumed]
+        return None, None
+
+    def access_log_lines(self, contender):
+        path, _ = self.access_log(contender)
+        try:
+            with open(path) as f:
+                return sum(1 for line in f if line.strip())
+        except (OSError, TypeError):
+            return 0
+
     def check_resumption(self):
         """Does wrk resume TLS sessions when it reconnects after Connection: close?
 
-        The nginx proxy logs $ssl_session_reused per request; a 1 s new-connection
-        run against it tells how many of wrk's handshakes were resumptions (wrk
-        behaves the same toward every contender)."""
-        path = os.path.join(self.tmp, "proxy-access.log")
-        start = os.path.getsize(path) if os.path.exists(path) else 0
-        r = self.wrk("nginx", 1, new_conn=True)
-        time.sleep(0.2)
-        with open(path) as f:
-            f.seek(start)
-            flags = [line.split()[0] for line in f if line.strip()]
-        reused = sum(1 for x in flags if x == "r")
-        share = reused / len(flags) if flags else 0.0
-        note = (f"wrk -H 'Connection: close': {len(flags)} requests, {reused} on resumed TLS sessions "
-                f"({100 * share:.0f}%) -> new-connection figures are "
-                + ("mostly abbreviated (resumed) handshakes" if share > 0.5 else "mostly full handshakes"))
-        log(note)
-        self.results["newconn_resumption"] = {"requests": len(flags), "resumed": reused, "share": round(share, 3),
-                                              "note": note}
+        The nginx proxy logs $ssl_session_reused per request, haproxy
+        ssl_fc_is_resumed; a 1 s new-connection run against each tells how many
+        of wrk's handshakes were resumptions (wrk behaves the same toward every
+        contender). The note is nginx's, as before; haproxy's is beside it."""
+        for c in ("nginx", "haproxy"):
+            path, mark = self.access_log(c)
+            start = os.path.getsize(path) if os.path.exists(path) else 0
+            self.wrk(c, 1, new_conn=True)
+            time.sleep(0.2)
+            with open(path) as f:
+                f.seek(start)
+                flags = [line.split()[0] for line in f if line.strip()]
+            reused = sum(1 for x in flags if x == mark)
+            share = reused / len(flags) if flags else 0.0
+            note = (f"wrk -H 'Connection: close' via {c}: {len(flags)} requests, {reused} on resumed TLS sessions "
+                    f"({100 * share:.0f}%) -> new-connection figures are "
+                    + ("mostly abbreviated (resumed) handshakes" if share > 0.5 else "mostly full handshakes"))
+            log(note)
+            key = "newconn_resumption" if c == "nginx" else "newconn_resumption_haproxy"
+            self.results[key] = {"requests": len(flags), "resumed": reused, "share": round(share, 3),
+                                 "note": note}
 
     # -- measurement ---------------------------------------------------------------
     def measure(self, contender, new_conn):
@@ -777,12 +851,16 @@ class Bench:
         lines = []
         if shutil.which("perf"):
             data = os.path.join(self.tmp, "perf.data")
-            rec = subprocess.Popen(["perf", "record", "-F", "1999", "-e", "cpu-clock", "-p", str(pid), "-o", data,
+            # dwarf stacks (the Release build has no frame pointers), 32 KiB of
+            # stack per sample: 8 KiB cut most coroutine stacks short.
+            rec = subprocess.Popen(["perf", "record", "-F", "1999", "-e", "cpu-clock", "--call-graph", "dwarf,32768",
+                                    "-p", str(pid), "-o", data,
                                     "--", "sleep", str(self.args.duration)],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             r = self.wrk("atlasgate", self.args.duration)
             rec.wait(30)
-            rep = subprocess.run(["perf", "report", "-i", data, "--stdio", "--no-children", "--sort", "dso,symbol",
+            rep = subprocess.run(["perf", "report", "-i", data, "--stdio", "--no-children", "-g", "none",
+                                  "--sort", "dso,symbol",
                                   "--percent-limit", "0"], capture_output=True, text=True)
             rows = []
             for l in rep.stdout.splitlines():
@@ -796,10 +874,13 @@ class Bench:
                          f"{len(rows)} symbols), cpu-clock samples by category ==")
             for k, v in sorted(buckets.items(), key=lambda kv: -kv[1]):
                 lines.append(f"  {v:6.2f}%  {k}")
+            self.results["profile"] = {"rps_while_profiled": round(r["rps"]),
+                                       "buckets_pct": {k: round(v, 2) for k, v in buckets.items()}}
             lines.append("")
             lines.append("== perf: top symbols ==")
             for pct, dso, sym in rows[:45]:
                 lines.append(f"  {pct:6.2f}%  {dso:22s} {sym[:150]}")
+            self.flame_graph(data, r, out_dir)
         if shutil.which("strace"):
             sfile = os.path.join(self.tmp, "strace.txt")
             st = subprocess.Popen(["strace", "-c", "-f", "-o", sfile, "-p", str(pid)],
@@ -815,6 +896,7 @@ class Bench:
             if m:
                 calls = int(m.group(1))
             lines.append("")
+            self.results.setdefault("profile", {})["syscalls_per_request"] = round(calls / max(r["requests"], 1), 2)
             lines.append(f"== strace -c -f: {r['requests']} requests (slowed by strace) -> "
                          f"{calls / max(r['requests'], 1):.1f} syscalls per request ==")
             lines += txt.splitlines()
@@ -822,6 +904,22 @@ class Bench:
         with open(path, "w") as f:
             f.write("\n".join(lines) + "\n")
         log(f"profile written to {path}")
+
+    def flame_graph(self, data, r, out_dir):
+        """The same samples as a flame graph: <out>/atlasgate-keepalive.svg
+        (bench/flamegraph.py; --no-inline: perf's addr2line would take minutes)."""
+        with subprocess.Popen(["perf", "script", "--no-inline", "-i", data], stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True, errors="replace") as ps:
+            folded = flamegraph.fold(ps.stdout)
+        if not folded:
+            log("flame graph: perf script gave no samples")
+            return
+        svg = flamegraph.render(folded, f"atlasgate under keep-alive load: {r['rps']:.0f} req/s "
+                                        f"(while profiled), wrk -c{self.args.connections}, {self.args.duration} s")
+        path = os.path.join(out_dir, "atlasgate-keepalive.svg")
+        with open(path, "w") as f:
+            f.write(svg)
+        log(f"flame graph: {sum(folded.values())} samples -> {path}")
 
     def daemon_counters(self, name="atlasgate"):
         """The running daemon's counters, asked with its own binary's `status`."""
@@ -894,8 +992,10 @@ class Bench:
     def idle_connections(self):
         self.use_daemon("atlasgate")  # atlasgate only, not atlasgate-base
         n = self.args.idle_conns
-        cas = {"atlasgate": self.ag_ca, "nginx": f"{self.pki}/ca.pem", "mitmproxy": self.mitm_ca}
-        addrs = {"atlasgate": self.upstream, "nginx": self.proxy_addr, "mitmproxy": self.mitm_addr}
+        cas = {"atlasgate": self.ag_ca, "nginx": f"{self.pki}/ca.pem", "haproxy": f"{self.pki}/ca.pem",
+               "mitmproxy": self.mitm_ca}
+        addrs = {"atlasgate": self.upstream, "nginx": self.proxy_addr, "haproxy": self.haproxy_addr,
+                 "mitmproxy": self.mitm_addr}
         out = {}
         cg = os.path.join(self.agents_cg, "idle")
         os.makedirs(cg, exist_ok=True)
@@ -914,16 +1014,7 @@ class Bench:
                 time.sleep(1.0)  # let the proxy settle (TLS 1.3 tickets sent, coroutines parked)
                 after = status_kib(pids, "VmRSS")
             finally:
-                try:
-                    p.stdin.write("\n")
-                    p.stdin.flush()
-                except OSError:
-                    pass
-                try:
-                    p.wait(20)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
+                self.close_idle(p)
             out[c] = {"connections": n, "rss_before_kib": before, "rss_after_kib": after,
                       "per_conn_kib": round((after - before) / n, 2)}
             log(f"idle connections {c:9s}: {n} held, RSS {before / 1024:.1f} -> {after / 1024:.1f} MiB, "
@@ -996,6 +1087,169 @@ class Bench:
         srv.terminate()
         srv.wait(10)
         self.results["bpf_overhead"] = res
+
+    # -- growth (atlasgate only) ---------------------------------------------------
+    def restart_atlasgate(self, config):
+        """Growth passes: restarts atlasgate with `config` as --baseline switches
+        daemons (SIGTERM, wait for the exit, pins gone; then start), checks one
+        request through it and warms it up (1 s keep-alive)."""
+        t0 = time.monotonic()
+        if self.daemon is not None:
+            self.stop_atlasgate()
+        t1 = time.monotonic()
+        self.start_atlasgate("atlasgate", config=config)
+        t2 = time.monotonic()
+        code, _, err = self.curl("atlasgate", API_PATH, self.ag_ca)
+        if code != "200":
+            raise RuntimeError(f"atlasgate with {config}: GET {API_PATH} -> {code} {err}")
+        self.wrk("atlasgate", 1)
+        return {"stop_s": round(t1 - t0, 2), "start_s": round(t2 - t1, 2)}
+
+    def growth_config(self, name, rules=None, limits=None):
+        c = json.loads(json.dumps(self.ag_config_data["atlasgate"]))
+        if rules is not None:
+            c["rules"] = rules
+        if limits:
+            c.setdefault("limits", {}).update(limits)
+        path = os.path.join(self.tmp, name)
+        with open(path, "w") as f:
+            json.dump(c, f, indent=1)
+        return path
+
+    def growth_rules(self):
+        """Keep-alive req/s and CPU per request with N rules in the config
+        (growth_rule_set: none matches the bench request, ~1 % are candidates
+        for it that fail on their agents glob), N from --growth-rules; the
+        daemon restarted for each N, the Ns round-robin over --rounds rounds."""
+        counts = self.args.growth_rules
+        cfgs, compiled = {}, {}
+        for n in counts:
+            path = self.growth_config(f"atlasgate-rules-{n}.yaml", rules=growth_rule_set(n))
+            t0 = time.monotonic()
+            chk = subprocess.run([self.binaries["atlasgate"], "check", "--config", path], capture_output=True,
+                                 text=True, timeout=300)
+            if chk.returncode != 0:
+                raise RuntimeError(f"atlasgate check --config {path}: {(chk.stdout + chk.stderr).strip()[-1500:]}")
+            compiled[n] = {"check_s": round(time.monotonic() - t0, 2), "config_bytes": os.path.getsize(path)}
+            cfgs[n] = path
+        log("growth rules: configs with " + ", ".join(f"{n:,}" for n in counts) + " rules pass `atlasgate check`")
+        out = {"counts": counts, "configs": {str(n): compiled[n] for n in counts}, "rounds": []}
+        running = None
+        for i in range(self.args.rounds):
+            order = counts[i % len(counts):] + counts[:i % len(counts)]
+            rd = {}
+            for n in order:
+                if running != n:
+                    sw = self.restart_atlasgate(cfgs[n])
+                    running = n
+                    info = out["configs"][str(n)]
+                    info.setdefault("start_s", []).append(sw["start_s"])
+                    info.setdefault("rss_after_warmup_kib", []).append(status_kib(self.pids("atlasgate"), "VmRSS"))
+                ka = self.measure("atlasgate", False)
+                rd[str(n)] = ka
+                log(f"growth rules round {i + 1}/{self.args.rounds} {n:>6,} rules: keep-alive {ka['rps']:9.0f} req/s "
+                    f"p50 {ka['p50_ms']:.2f} ms | cpu {ka['cpu_s_per_10k']:.3f} s/10k"
+                    + (f" | errors {ka['errors']} non2xx {ka['non2xx']}" if ka["errors"] + ka["non2xx"] else "")
+                    + f" | load {ka['loadavg']:.2f}")
+            out["rounds"].append(rd)
+        self.results.setdefault("growth", {})["rules"] = out
+
+    def hold_idle(self, n, cg, timeout):
+        """bench/idle_conns.py --best-effort in cgroup cg: up to n idle TLS
+        connections through atlasgate. Returns (process, held, why it stopped
+        short or None); the caller closes them with close_idle()."""
+        argv = ["/usr/bin/python3", os.path.join(BENCH, "idle_conns.py"), "--best-effort", self.upstream, str(n),
+                self.ag_ca]
+        p = subprocess.Popen(self.client_cmd("atlasgate", argv, cg), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+        self.procs["idle-conns"] = p
+        r, _, _ = select.select([p.stdout], [], [], timeout)
+        line = p.stdout.readline() if r else ""
+        m = re.match(r"ready (\d+)(?: stopped: (.*))?$", line.strip())
+        if not m:
+            self.close_idle(p)
+            raise RuntimeError(f"idle connections: {line!r} (timeout {timeout}s) {p.stderr.read()[-800:]}")
+        return p, int(m.group(1)), m.group(2)
+
+    def close_idle(self, p):
+        try:
+            p.stdin.write("\n")
+            p.stdin.flush()
+        except OSError:
+            pass
+        try:
+            p.wait(60)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+        self.procs.pop("idle-conns", None)
+
+    def growth_conns(self):
+        """RSS, keep-alive req/s and CPU per request with --growth-conns idle
+        agent TLS connections held open, against none: the daemon restarted
+        with limits that admit them; a keep-alive run before opening them, one
+        with them open, one after closing them."""
+        n = self.args.growth_conns
+        limits = {"max_connections": n + 1024, "max_connections_per_agent": n + 1024, "idle_timeout": "900s"}
+        path = self.growth_config("atlasgate-conns.yaml", limits=limits)
+        self.restart_atlasgate(path)
+        pids = self.pids("atlasgate")
+        pid = pids[0]
+
+        def fds():
+            try:
+                return len(os.listdir(f"/proc/{pid}/fd"))
+            except OSError:
+                return None
+
+        def nofile():
+            try:
+                with open(f"/proc/{pid}/limits") as f:
+                    for line in f:
+                        if line.startswith("Max open files"):
+                            return int(line.split()[3])
+            except (OSError, ValueError):
+                return None
+        out = {"requested": n, "limits": limits, "daemon_nofile": nofile()}
+        before = self.measure("atlasgate", False)
+        time.sleep(1.0)
+        out["without"] = {"rss_kib": status_kib(pids, "VmRSS"), "fds": fds(), "keepalive": before}
+        log(f"growth connections: keep-alive without idle connections {before['rps']:.0f} req/s, "
+            f"cpu {before['cpu_s_per_10k']:.3f} s/10k; RSS {out['without']['rss_kib'] / 1024:.1f} MiB")
+        cg = os.path.join(self.agents_cg, "idle")
+        os.makedirs(cg, exist_ok=True)
+        t0 = time.monotonic()
+        p, held, why = self.hold_idle(n, cg, timeout=max(600, n // 10))
+        try:
+            out["open_s"] = round(time.monotonic() - t0, 1)
+            out["held"] = held
+            if why:
+                out["short_because"] = why
+            time.sleep(2.0)  # let the daemon settle (TLS 1.3 tickets sent, coroutines parked)
+            rss1 = status_kib(pids, "VmRSS")
+            out["with"] = {"rss_kib": rss1, "fds": fds()}
+            log(f"growth connections: {held:,} idle connections open in {out['open_s']} s"
+                + (f" (stopped short: {why})" if why else "")
+                + f"; RSS {out['without']['rss_kib'] / 1024:.1f} -> {rss1 / 1024:.1f} MiB, daemon fds "
+                f"{out['without']['fds']} -> {out['with']['fds']}")
+            ka = self.measure("atlasgate", False)
+            out["with"]["keepalive"] = ka
+            out["with"]["rss_after_run_kib"] = status_kib(pids, "VmRSS")
+            out["with"]["hwm_kib"] = status_kib(pids, "VmHWM")
+            log(f"growth connections: keep-alive with {held:,} idle connections {ka['rps']:.0f} req/s, "
+                f"cpu {ka['cpu_s_per_10k']:.3f} s/10k")
+        finally:
+            self.close_idle(p)
+            remove_cgroup(cg)
+        time.sleep(2.0)
+        after = self.measure("atlasgate", False)
+        time.sleep(1.0)
+        out["after"] = {"rss_kib": status_kib(pids, "VmRSS"), "fds": fds(), "keepalive": after}
+        log(f"growth connections: after closing them {after['rps']:.0f} req/s, cpu {after['cpu_s_per_10k']:.3f} "
+            f"s/10k; RSS {out['after']['rss_kib'] / 1024:.1f} MiB")
+        if held:
+            out["per_conn_kib"] = round((out["with"]["rss_kib"] - out["without"]["rss_kib"]) / held, 2)
+        self.results.setdefault("growth", {})["connections"] = out
 
     # -- MongoDB ---------------------------------------------------------------
     def mongo_uri(self, contender):
@@ -1099,7 +1353,10 @@ class Bench:
         self.restore_bpf_stats()
         for name, p in reversed(list(self.procs.items())):
             if p.poll() is None:
-                p.send_signal(signal.SIGTERM if name != "nginx" and name != "upstream" else signal.SIGQUIT)
+                # nginx: SIGQUIT, graceful; haproxy: SIGUSR1, soft stop (hard-stop-after 5s in its
+                # config); the rest: SIGTERM.
+                p.send_signal({"nginx": signal.SIGQUIT, "upstream": signal.SIGQUIT,
+                               "haproxy": signal.SIGUSR1}.get(name, signal.SIGTERM))
         for name, p in self.procs.items():
             try:
                 p.wait(15)
@@ -1121,6 +1378,103 @@ class Bench:
                 log(f"kept {self.tmp}")
             else:
                 shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------
+# growth
+
+def growth_rule_set(n):
+    """`rules` with n rules, none of which matches the bench's GET
+    /api/atlas/v2/groups from agent "wrk", with `default: allow`:
+
+    - n - k `block` rules for DELETE on distinct cluster paths
+      /api/atlas/v2/groups/<24 hex>/clusters/r<i>: they grow the path trie
+      (10,000 literal group ids under /groups) but are never candidates for
+      the bench path;
+    - k = max(2, n / 100) `block` rules with an `agents:` glob that names no
+      agent ("bench-other-<j>-*"), half on /api/atlas/v2/** and half on
+      /api/atlas/v2/groups itself: they are candidates for every bench
+      request, each checked (method, host, agents) and rejected on its glob.
+    """
+    k = max(2, n // 100)
+    rules = [{"name": f"bench-no-delete-{i}", "method": "DELETE",
+              "path": f"/api/atlas/v2/groups/{0x5f0000000000000000000000 + i:024x}/clusters/r{i}", "action": "block"}
+             for i in range(n - k)]
+    rules += [{"name": f"bench-other-agents-{j}", "agents": [f"bench-other-{j}-*"],
+               "path": "/api/atlas/v2/**" if j % 2 == 0 else API_PATH, "action": "block"}
+              for j in range(k)]
+    return {"default": "allow", "list": rules}
+
+
+def summarize_growth(g):
+    r = g.get("rules")
+    if r:
+        summ = {}
+        for n in r["counts"]:
+            runs = [rd[str(n)] for rd in r["rounds"] if str(n) in rd]
+            info = r["configs"][str(n)]
+            summ[str(n)] = {"rules": n, "keepalive_rps": med(x["rps"] for x in runs),
+                            "keepalive_rps_range": [min(x["rps"] for x in runs), max(x["rps"] for x in runs)]
+                            if runs else None,
+                            "p50_ms": med(x["p50_ms"] for x in runs),
+                            "cpu_s_per_10k": med(x.get("cpu_s_per_10k") for x in runs),
+                            "errors": sum(x["errors"] + x["non2xx"] for x in runs),
+                            "start_s": med(info.get("start_s", [])),
+                            "rss_mib": (med(info.get("rss_after_warmup_kib", [])) or 0) / 1024}
+        base = summ[str(r["counts"][0])]
+        for v in summ.values():
+            v["x_rps"] = ratio(v["keepalive_rps"], base["keepalive_rps"])
+            v["x_cpu"] = ratio(v["cpu_s_per_10k"], base["cpu_s_per_10k"])
+        r["summary"] = summ
+    return g
+
+
+def growth_table(res):
+    g = res.get("growth") or {}
+    L = []
+    r = g.get("rules")
+    if r and r.get("summary"):
+        first = r["counts"][0]
+        L += ["", f"growth: rules (atlasgate; `default: allow` + N block rules that do not match the bench request, "
+                  f"~1% of them candidates for it rejected on an agents glob; daemon restarted per N, "
+                  f"keep-alive wrk -c{res['settings']['connections']} -d{res['settings']['duration_s']}s, "
+                  f"median of {res['settings']['rounds']} rounds round-robin)"]
+        head = (f"  {'rules':>8s}{'req/s':>12s}{'range':>17s}{f'x ({first:,} rules)':>16s}{'CPU s/10k':>12s}"
+                f"{f'x ({first:,} rules)':>16s}{'RSS MiB':>10s}{'start s':>9s}")
+        L.append(head)
+        L.append("  " + "-" * (len(head) - 2))
+        for n in r["counts"]:
+            v = r["summary"][str(n)]
+            rng = v["keepalive_rps_range"]
+            L.append(f"  {n:>8,}{fmt(v['keepalive_rps']):>12s}"
+                     f"{(f'{rng[0]:,.0f}-{rng[1]:,.0f}' if rng else '-'):>17s}{fmt_ratio(v['x_rps']):>16s}"
+                     f"{fmt(v['cpu_s_per_10k'], 3):>12s}{fmt_ratio(v['x_cpu']):>16s}{fmt(v['rss_mib'], 1):>10s}"
+                     f"{fmt(v['start_s'], 2):>9s}" + (f"  errors {v['errors']}" if v["errors"] else ""))
+    c = g.get("connections")
+    if c and "with" in c:
+        lim = c["limits"]
+        L += ["", f"growth: idle agent TLS connections (atlasgate; {c['held']:,} held by bench/idle_conns.py in an "
+                  f"agent cgroup, opened in {c['open_s']} s; limits.max_connections {lim['max_connections']:,}, "
+                  f"idle_timeout {lim['idle_timeout']}; keep-alive wrk -c{res['settings']['connections']} "
+                  f"-d{res['settings']['duration_s']}s beside them)"]
+        if c.get("short_because"):
+            L.append(f"  only {c['held']:,} of {c['requested']:,}: {c['short_because']}")
+        head = (f"  {'idle connections':24s}{'RSS MiB':>10s}{'KiB/conn':>10s}{'daemon fds':>12s}{'req/s':>10s}"
+                f"{'x without':>11s}{'CPU s/10k':>11s}{'x without':>11s}")
+        L.append(head)
+        L.append("  " + "-" * (len(head) - 2))
+        w = c["without"]["keepalive"]
+
+        def line(label, d, per):
+            ka = d.get("keepalive") or {}
+            return (f"  {label:24s}{fmt(d['rss_kib'] / 1024, 1):>10s}{(fmt(per, 1) if per is not None else '-'):>10s}"
+                    f"{fmt(d.get('fds')):>12s}{fmt(ka.get('rps')):>10s}"
+                    f"{fmt_ratio(ratio(ka.get('rps'), w['rps'])):>11s}{fmt(ka.get('cpu_s_per_10k'), 3):>11s}"
+                    f"{fmt_ratio(ratio(ka.get('cpu_s_per_10k'), w.get('cpu_s_per_10k'))):>11s}")
+        L.append(line("0 (before)", c["without"], None))
+        L.append(line(f"{c['held']:,}", c["with"], c.get("per_conn_kib")))
+        L.append(line("0 (after closing them)", c["after"], None))
+    return L
 
 
 # --------------------------------------------------------------------------
@@ -1207,6 +1561,8 @@ def summarize(res):
     res["summary"] = s
     if res.get("mongodb"):
         summarize_mongodb(res["mongodb"])
+    if res.get("growth"):
+        summarize_growth(res["growth"])
     if BASE in s:
         res["baseline_comparison"] = compare_baseline(res, s)
     return s
@@ -1281,7 +1637,7 @@ def fmt_ratio(v):
 
 
 def targets(res, s):
-    a, n, m = s["atlasgate"], s["nginx"], s["mitmproxy"]
+    a, n, h, m = s["atlasgate"], s["nginx"], s["haproxy"], s["mitmproxy"]
     bpf = res.get("bpf_overhead", {})
     bpf_ns = bpf.get("bpf_ns_per_connect")
     t = [
@@ -1291,12 +1647,18 @@ def targets(res, s):
          lambda v: v[0] is not None and v[1] is not None and v[0] <= v[1],
          lambda v: f"{v[0]:+.3f} ms vs {v[1]:+.3f} ms"),
         ("new-connection rate >= nginx's", ratio(a["newconn_rps"], n["newconn_rps"]), lambda v: v >= 1.0, fmt_ratio),
+        ("keep-alive req/s >= 1.0x haproxy", ratio(a["keepalive_rps"], h["keepalive_rps"]), lambda v: v >= 1.0,
+         fmt_ratio),
+        ("new-connection rate >= haproxy's", ratio(a["newconn_rps"], h["newconn_rps"]), lambda v: v >= 1.0,
+         fmt_ratio),
+        ("CPU per request <= nginx's", ratio(a.get("cpu_s_per_10k"), n.get("cpu_s_per_10k")), lambda v: v <= 1.0,
+         lambda v: f"{v:.2f}x (keep-alive CPU s/10k {a['cpu_s_per_10k']:.3f} vs {n['cpu_s_per_10k']:.3f})"),
         ("keep-alive req/s >= 10x mitmproxy", ratio(a["keepalive_rps"], m["keepalive_rps"]), lambda v: v >= 10,
          fmt_ratio),
         ("new-connection rate >= 10x mitmproxy", ratio(a["newconn_rps"], m["newconn_rps"]), lambda v: v >= 10,
          fmt_ratio),
-        ("RSS at idle <= 30 MiB", a.get("idle_rss_mib"), lambda v: v <= 30, lambda v: f"{v:.1f} MiB"),
-        ("RSS per idle agent connection <= 64 KiB", a.get("per_idle_conn_kib"), lambda v: v <= 64,
+        ("RSS at idle <= 20 MiB", a.get("idle_rss_mib"), lambda v: v <= 20, lambda v: f"{v:.1f} MiB"),
+        ("RSS per idle agent connection <= 24 KiB", a.get("per_idle_conn_kib"), lambda v: v <= 24,
          lambda v: f"{v:.1f} KiB"),
         ("BPF overhead per non-target connect() < 1 us", bpf_ns, lambda v: v < 1000,
          lambda v: f"{v:.0f} ns (bpf_stats); wall clock {bpf.get('wallclock_overhead_ns', 0):+.0f} ns"),
@@ -1359,6 +1721,7 @@ def table(res, s):
     row("keep-alive req/s", "keepalive_rps")
     range_row("  range over rounds", "keepalive_rps_range")
     ratio_row("  x nginx", "keepalive_rps", "nginx")
+    ratio_row("  x haproxy", "keepalive_rps", "haproxy")
     ratio_row("  x direct", "keepalive_rps", "direct")
     row("keep-alive p50 latency (ms)", "p50_ms", 3)
     row("keep-alive p99 latency (ms)", "p99_ms", 3)
@@ -1366,16 +1729,20 @@ def table(res, s):
     row("new TLS connections/s", "newconn_rps")
     range_row("  range over rounds", "newconn_rps_range")
     ratio_row("  x nginx", "newconn_rps", "nginx")
+    ratio_row("  x haproxy", "newconn_rps", "haproxy")
     ratio_row("  x direct", "newconn_rps", "direct")
     row("new-conn p50 latency (ms)", "newconn_p50_ms", 3)
     row("peak RSS, proxy (MiB, VmHWM)", "peak_rss_mib", 1, proxies)
     ratio_row("  x nginx", "peak_rss_mib", "nginx", proxies)
+    ratio_row("  x haproxy", "peak_rss_mib", "haproxy", proxies)
     row("idle RSS, proxy (MiB)", "idle_rss_mib", 1, proxies)
     row("RSS per idle TLS conn (KiB)", "per_idle_conn_kib", 1, proxies)
     row("CPU s / 10k req, keep-alive", "cpu_s_per_10k", 3, proxies)
     ratio_row("  x nginx", "cpu_s_per_10k", "nginx", proxies)
+    ratio_row("  x haproxy", "cpu_s_per_10k", "haproxy", proxies)
     row("CPU s / 10k req, new conn", "cpu_s_per_10k_newconn", 3, proxies)
     ratio_row("  x nginx", "cpu_s_per_10k_newconn", "nginx", proxies)
+    ratio_row("  x haproxy", "cpu_s_per_10k_newconn", "haproxy", proxies)
     row("errors (socket + non-2xx)", "errors")
     L.append("")
     cmp = res.get("baseline_comparison")
@@ -1408,14 +1775,59 @@ def table(res, s):
     m = res.get("mongodb")
     if m and m.get("summary"):
         L += mongodb_table(res, m["summary"])
+    L += growth_table(res)
     L.append("")
     L.append("targets (atlasgate):")
     for t in res.get("targets", []):
         L.append(f"  [{'met ' if t['met'] else 'MISS'}] {t['target']:46s} {t['value']}")
+    L += miss_causes(res, s)
     L.append("")
-    L.append("CPU and RSS are the proxy's whole process tree (nginx: master + worker) from /proc; "
+    L.append("CPU and RSS are the proxy's whole process tree (nginx: master + worker; haproxy: one process, "
+             "one thread) from /proc; "
              "new connections: wrk -H 'Connection: close' (see bench/README.md).")
     return "\n".join(L) + "\n"
+
+
+def miss_causes(res, s):
+    """For the missed targets: what this run measured as their cause (the
+    profile pass), and what would close them (bench/README.md "Why")."""
+    missed = [t["target"] for t in res.get("targets", []) if not t["met"]]
+    if not missed:
+        return []
+    a, n = s["atlasgate"], s["nginx"]
+    prof = res.get("profile", {})
+    b = prof.get("buckets_pct", {})
+
+    def pct(*keys):
+        return sum(v for k, v in b.items() if any(k.startswith(x) for x in keys))
+
+    L = ["", "why the misses (measured in this run; what would close them: bench/README.md \"Why\"):"]
+    speed = [m for m in missed if "req/s" in m or "added p50" in m or "CPU per request" in m]
+    if speed and a.get("cpu_s_per_10k") and n.get("cpu_s_per_10k"):
+        L.append(f"  throughput, latency, CPU: {a['cpu_s_per_10k'] * 100:.0f} us of CPU per keep-alive request vs "
+                 f"nginx's {n['cpu_s_per_10k'] * 100:.0f} us, on one event-loop thread (nginx and HAProxy also run "
+                 f"one, but do less per request).")
+        if b:
+            L.append(f"    where atlasgate's goes (perf, keep-alive): kernel TCP/loopback and scheduling "
+                     f"{pct('kernel'):.0f}%, Beast HTTP parse/serialise {pct('Beast HTTP'):.0f}%, Asio coroutines/"
+                     f"executor/timers {pct('Asio/Beast coroutine'):.0f}%, OpenSSL {pct('OpenSSL'):.0f}%, "
+                     f"malloc/free and copies {pct('malloc', 'libc mem'):.0f}%, atlasgate's own code (rules, "
+                     f"identity, audit, metrics) {pct('atlasgate'):.0f}%; "
+                     f"{prof.get('syscalls_per_request', '-')} syscalls per request (strace).")
+        L.append("    closes it: workers (an io_context per core, SO_REUSEPORT listeners); a leaner HTTP/1 path "
+                 "than Beast's generic parser/serializer; one deadline per request instead of a timer per I/O.")
+    if any("new-connection" in m for m in missed) and a.get("cpu_s_per_10k_newconn"):
+        L.append(f"  new connections: {a['cpu_s_per_10k_newconn'] * 100:.0f} us of CPU per new connection vs nginx's "
+                 f"{n['cpu_s_per_10k_newconn'] * 100:.0f} us (TLS handshake, BPF flow lookup, identity, a coroutine "
+                 f"and an Asio ssl::stream per connection), one thread; closes it: workers, a lighter TLS stream.")
+    if any("idle agent connection" in m for m in missed):
+        L.append(f"  memory per idle connection: {a.get('per_idle_conn_kib', 0):.1f} KiB, of which 34 KiB are the "
+                 f"two 17 KiB record buffers every Asio ssl::stream allocates (fixed in Boost; SSL_MODE_RELEASE_BUFFERS "
+                 f"frees only OpenSSL's own); the rest is OpenSSL's per-connection state and the connection's "
+                 f"coroutine frames and read buffer. Closes it: a TLS stream of atlasgate's own over OpenSSL "
+                 f"(SSL_read/SSL_write on the socket, no intermediate buffers), buffers taken only while a request "
+                 f"is in flight.")
+    return L
 
 
 def mongodb_table(res, s):
@@ -1479,7 +1891,7 @@ def chart(res, s, png, tmp):
              f"  |  BPF per non-target connect(): {b.get('bpf_ns_per_connect', float('nan')):.0f} ns")
     script = (script.replace("@DAT@", dat).replace("@PNG@", png).replace("@TITLE@", title)
               .replace("@XMAX@", f"{len(contenders) - 0.4:.1f}")
-              .replace("@WIDTH@", str(1500 if len(contenders) <= len(CONTENDERS) else 1900)))
+              .replace("@WIDTH@", str(1750 if len(contenders) <= len(CONTENDERS) else 2050)))
     with open(gp, "w") as f:
         f.write(script)
     p = subprocess.run(["gnuplot", gp], capture_output=True, text=True)
@@ -1506,10 +1918,17 @@ def main():
                     help="pooled connections (client threads) of the MongoDB find runs")
     ap.add_argument("--mongo-connects", type=int, default=200,
                     help="new connections timed per MongoDB connection-setup run")
+    ap.add_argument("--no-growth", dest="growth", action="store_false",
+                    help="skip the growth passes (atlasgate with 10/1,000/10,000 rules; with 10,000 idle connections)")
+    ap.add_argument("--growth-rules", default="10,1000,10000",
+                    help="rule counts of the rules growth pass, comma-separated (the first is the reference)")
+    ap.add_argument("--growth-conns", type=int, default=10000,
+                    help="idle agent TLS connections held open in the connections growth pass")
     ap.add_argument("--baseline", metavar="BIN",
                     help="also measure the atlasgate daemon binary BIN (e.g. a build of an older commit) as "
                          "contender atlasgate-base, exactly like atlasgate, one daemon running at a time")
     args = ap.parse_args()
+    args.growth_rules = [int(x) for x in args.growth_rules.split(",") if x.strip()]
     if args.baseline:
         args.baseline = os.path.abspath(args.baseline)
         if not (os.path.isfile(args.baseline) and os.access(args.baseline, os.X_OK)):
@@ -1548,6 +1967,10 @@ def main():
         b.bpf_overhead()
         if args.mongodb:
             b.mongodb()
+        b.results["access_log_lines"] = {c: b.access_log_lines(c) for c in ("nginx", "haproxy")}
+        if args.growth:
+            b.growth_rules()
+            b.growth_conns()
     finally:
         b.teardown()
     res = b.results
