@@ -32,7 +32,7 @@ using namespace asio::experimental::awaitable_operators;
 
 struct Server::Session {
   ConnectionInfo info;
-  TlsStream* stream = nullptr;
+  TlsSocket* stream = nullptr;
 };
 
 Server::Server(asio::io_context& io, TakeFlowFn takeFlow, tls::ServerContext& tls, UpstreamPool& pool,
@@ -119,8 +119,8 @@ void Server::closeAll() {
   for (auto& [id, s] : sessions_) {
     if (s->stream) {
       beast::error_code ec;
-      beast::get_lowest_layer(*s->stream).socket().shutdown(tcp::socket::shutdown_both, ec);
-      beast::get_lowest_layer(*s->stream).close();
+      s->stream->socket().shutdown(tcp::socket::shutdown_both, ec);
+      s->stream->close();
     }
   }
 }
@@ -295,7 +295,7 @@ void Server::admit(tcp::socket sock, Flow flow) {
 }
 
 struct Server::Conn {
-  TlsStream& stream;
+  TlsSocket& stream;
   const Flow& flow;
   const Runtime& rt;
   const TargetRuntime& target;
@@ -303,7 +303,7 @@ struct Server::Conn {
   beast::flat_buffer buffer;
   std::vector<char> relayBuf;  // response body relay, allocated at the first response, reused
   const config::Limits& limits() const { return rt.config->limits; }
-  beast::tcp_stream& lower() { return beast::get_lowest_layer(stream); }
+  TlsSocket& lower() { return stream; }  // its deadline
 };
 
 // One request's audit record, filled as the exchange goes.
@@ -318,8 +318,10 @@ namespace {
 // Completes with true when the agent closes or resets its connection, false
 // when it sends more bytes (kept in `buffer` for the next request) or when
 // the wait is cancelled.
-asio::awaitable<bool> agentHangsUp(TlsStream& stream, beast::flat_buffer& buffer) {
+asio::awaitable<bool> agentHangsUp(TlsSocket& stream, beast::flat_buffer& buffer) {
   co_await asio::this_coro::throw_if_cancelled(false);
+  // A cancellation emitted before the read starts would not reach it.
+  if ((co_await asio::this_coro::cancellation_state).cancelled() != asio::cancellation_type::none) co_return false;
   auto mb = buffer.prepare(4096);
   auto [ec, n] = co_await stream.async_read_some(mb, kUseTuple);
   buffer.commit(n);
@@ -332,7 +334,7 @@ double msSince(Clock::time_point t) { return std::chrono::duration<double, std::
 
 asio::awaitable<void> Server::serve(tcp::socket socket, Flow flow) {
   std::shared_ptr<const Runtime> rt = runtime_;  // this connection's snapshot, whatever reloads do
-  TlsStream stream(std::move(socket), *sslCtx_);
+  TlsSocket stream(std::move(socket), *sslCtx_);
   Session session;
   session.stream = &stream;
   session.info = {flow.id, flow.agent.name, flow.origin.pid, flow.comm, endpointText(flow.originalDst), Clock::now(),
@@ -355,7 +357,7 @@ asio::awaitable<void> Server::serve(tcp::socket socket, Flow flow) {
   beast::get_lowest_layer(stream).socket().close(ec);
 }
 
-asio::awaitable<const TargetRuntime*> Server::handshake(TlsStream& stream, const Runtime& rt, const Flow& flow) {
+asio::awaitable<const TargetRuntime*> Server::handshake(TlsSocket& stream, const Runtime& rt, const Flow& flow) {
   // Absent SNI means the target that owns the address the agent dialled.
   const std::string* defaultHost = nullptr;
   if (const TargetRuntime* t = rt.findTargetById(flow.origin.target_id)) defaultHost = &t->host;
@@ -380,6 +382,8 @@ asio::awaitable<bool> Server::exchange(Conn& c) {
   // Keep-alive: wait for the next request at most idleTimeout.
   if (c.buffer.size() == 0) {
     c.lower().expires_after(c.limits().idleTimeout);
+    auto [wec] = co_await c.stream.async_wait_readable(kUseTuple);  // no buffer taken while idle
+    if (wec) co_return false;
     auto [ec, n] = co_await c.stream.async_read_some(c.buffer.prepare(4096), kUseTuple);
     if (ec) co_return false;  // closed, reset or idle: nothing to answer
     c.buffer.commit(n);

@@ -24,6 +24,7 @@
 #include "config/config.h"
 #include "credentials/phantom.h"
 #include "net/asio.h"
+#include "net/tls_stream.h"
 #include "proxy/agents.h"
 #include "proxy/approvals.h"
 #include "proxy/counters.h"
@@ -169,7 +170,7 @@ class Server {
   struct Conn;      // one HTTP connection's state (server.cpp)
   struct Exchange;  // one request's audit record and keep-alive
   // The TLS handshake; the target the SNI named, or nullptr (close).
-  asio::awaitable<const TargetRuntime*> handshake(TlsStream& stream, const Runtime& rt, const Flow& flow);
+  asio::awaitable<const TargetRuntime*> handshake(TlsSocket& stream, const Runtime& rt, const Flow& flow);
   // One request and its answer; false when the connection ends.
   asio::awaitable<bool> exchange(Conn& c);
   // Reads the next request; nullopt when the connection ends (whatever had

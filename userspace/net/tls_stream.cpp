@@ -1,0 +1,264 @@
+#include "net/tls_stream.h"
+
+#include <sys/socket.h>
+
+#include <cerrno>
+#include <cstdint>
+
+#include <openssl/bio.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+
+namespace atlasgate::net {
+
+using boost::system::error_code;
+
+// OpenSSL's view of the socket: recv/send on its descriptor as it is now (a
+// closed socket reads as EBADF, never as whatever the number names next),
+// MSG_NOSIGNAL so a peer's reset is an error, not SIGPIPE.
+struct TlsSocketBio {
+  static TlsSocket& owner(BIO* b) { return *static_cast<TlsSocket*>(BIO_get_data(b)); }
+
+  static int read(BIO* b, char* data, std::size_t len, std::size_t* got) {
+    BIO_clear_retry_flags(b);
+    TlsSocket& s = owner(b);
+    if (!s.socket_.is_open()) {
+      s.lastErrno_ = EBADF;
+      return 0;
+    }
+    ssize_t r;
+    do r = ::recv(s.socket_.native_handle(), data, len, MSG_DONTWAIT);
+    while (r < 0 && errno == EINTR);
+    if (r > 0) {
+      *got = static_cast<std::size_t>(r);
+      return 1;
+    }
+    *got = 0;
+    if (r == 0)
+      BIO_set_flags(b, BIO_FLAGS_IN_EOF);
+    else if (errno == EAGAIN || errno == EWOULDBLOCK)
+      BIO_set_retry_read(b);
+    else
+      s.lastErrno_ = errno;
+    return 0;
+  }
+
+  static int write(BIO* b, const char* data, std::size_t len, std::size_t* put) {
+    BIO_clear_retry_flags(b);
+    TlsSocket& s = owner(b);
+    if (!s.socket_.is_open()) {
+      s.lastErrno_ = EBADF;
+      return 0;
+    }
+    ssize_t r;
+    do r = ::send(s.socket_.native_handle(), data, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+    while (r < 0 && errno == EINTR);
+    if (r >= 0) {
+      *put = static_cast<std::size_t>(r);
+      return 1;
+    }
+    *put = 0;
+    if (errno == EAGAIN || errno == EWOULDBLOCK)
+      BIO_set_retry_write(b);
+    else
+      s.lastErrno_ = errno;
+    return 0;
+  }
+
+  static long ctrl(BIO* b, int cmd, long, void*) {
+    switch (cmd) {
+      case BIO_CTRL_FLUSH: return 1;
+      case BIO_CTRL_EOF: return BIO_test_flags(b, BIO_FLAGS_IN_EOF) != 0;
+      default: return 0;
+    }
+  }
+
+  static BIO_METHOD* method() {
+    static BIO_METHOD* m = [] {
+      BIO_METHOD* bm = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "atlasgate socket");
+      if (!bm || !BIO_meth_set_read_ex(bm, read) || !BIO_meth_set_write_ex(bm, write) || !BIO_meth_set_ctrl(bm, ctrl))
+        throw boost::system::system_error(
+            error_code(static_cast<int>(ERR_get_error()), asio::error::get_ssl_category()), "BIO_meth_new");
+      return bm;
+    }();
+    return m;
+  }
+};
+
+struct TlsSocket::Deadline {
+  explicit Deadline(const executor_type& ex) : timer(ex) {}
+  asio::steady_timer timer;
+  Clock::time_point at = Clock::time_point::max();
+  bool armed = false;
+  bool fired = false;
+  int waiting = 0;                // operations waiting on the socket now
+  std::uint64_t generation = 0;   // of the timer's current wait; older ones are stale
+  tcp::socket* socket = nullptr;  // nullptr once the TlsSocket is gone
+
+  // (Re)starts the timer for `at`. When it passes with `at` unmoved while an
+  // operation waits, the socket is closed (as Beast's tcp_stream does): the
+  // operation completes, and sees `fired`. A deadline that passes while
+  // nothing waits ends nothing; the next wait arms the timer again, and
+  // times out at once if the deadline is still past.
+  static void arm(const std::shared_ptr<Deadline>& d) {
+    d->armed = true;
+    d->timer.expires_at(d->at);
+    d->timer.async_wait([d, gen = ++d->generation](error_code ec) {
+      if (gen != d->generation || !d->socket) return;
+      d->armed = false;
+      if (ec || d->at == Clock::time_point::max() || d->waiting == 0) return;
+      if (Clock::now() < d->at) return arm(d);  // moved later meanwhile
+      d->fired = true;
+      error_code ignored;
+      d->socket->close(ignored);
+    });
+  }
+};
+
+void TlsSocket::beginWait() {
+  Deadline& d = *deadline_;
+  ++d.waiting;
+  if (!d.armed && d.at != Clock::time_point::max()) Deadline::arm(deadline_);
+}
+
+void TlsSocket::endWait() { --deadline_->waiting; }
+
+TlsSocket::TlsSocket(tcp::socket socket, ssl::context& ctx)
+    : socket_(std::move(socket)), deadline_(std::make_shared<Deadline>(socket_.get_executor())) {
+  deadline_->socket = &socket_;
+  ssl_ = SSL_new(ctx.native_handle());
+  BIO* bio = ssl_ ? BIO_new(TlsSocketBio::method()) : nullptr;
+  if (!bio) {
+    error_code ec(static_cast<int>(ERR_get_error()), asio::error::get_ssl_category());
+    SSL_free(ssl_);
+    throw boost::system::system_error(ec, "TlsSocket");
+  }
+  BIO_set_data(bio, this);
+  BIO_set_init(bio, 1);
+  SSL_set_bio(ssl_, bio, bio);  // one reference, owned by the SSL
+  SSL_set_mode(ssl_, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_RELEASE_BUFFERS);
+  error_code ignored;
+  socket_.non_blocking(true, ignored);
+}
+
+TlsSocket::~TlsSocket() {
+  deadline_->socket = nullptr;
+  deadline_->timer.cancel();
+  SSL_free(ssl_);
+}
+
+void TlsSocket::close() {
+  error_code ignored;
+  socket_.close(ignored);
+}
+
+void TlsSocket::expires_after(Clock::duration d) {
+  Deadline& dl = *deadline_;
+  dl.at = Clock::now() + d;
+  dl.fired = false;
+  if (dl.armed ? dl.at < dl.timer.expiry() : dl.waiting > 0) Deadline::arm(deadline_);
+}
+
+void TlsSocket::expires_never() {
+  deadline_->at = Clock::time_point::max();
+  deadline_->fired = false;
+}
+
+bool TlsSocket::timedOut() const { return deadline_->fired; }
+
+TlsSocket::Want TlsSocket::settle(int ret, error_code& ec) {
+  int err = SSL_get_error(ssl_, ret);
+  switch (err) {
+    case SSL_ERROR_WANT_READ: return Want::Read;
+    case SSL_ERROR_WANT_WRITE: return Want::Write;
+    case SSL_ERROR_ZERO_RETURN:
+      ec = asio::error::eof;  // the peer's close_notify
+      break;
+    case SSL_ERROR_SYSCALL:
+      fatal_ = true;
+      ec = lastErrno_ ? error_code(lastErrno_, boost::system::system_category())
+                      : error_code(ssl::error::stream_truncated);
+      break;
+    default: {
+      fatal_ = true;
+      unsigned long e = ERR_peek_error();
+      if (e == 0)  // a callback asked to retry (none of atlasgate's does): not a success
+        ec = boost::system::errc::make_error_code(boost::system::errc::protocol_error);
+      else if (ERR_GET_LIB(e) == ERR_LIB_SSL && ERR_GET_REASON(e) == SSL_R_UNEXPECTED_EOF_WHILE_READING)
+        ec = ssl::error::stream_truncated;
+      else
+        ec = error_code(static_cast<int>(e), asio::error::get_ssl_category());
+      break;
+    }
+  }
+  ERR_clear_error();
+  return Want::Nothing;
+}
+
+TlsSocket::Want TlsSocket::tryHandshake(ssl::stream_base::handshake_type type, error_code& ec) {
+  if (!SSL_in_init(ssl_) && SSL_is_init_finished(ssl_)) return Want::Nothing;
+  if (SSL_in_before(ssl_)) {
+    if (type == ssl::stream_base::server)
+      SSL_set_accept_state(ssl_);
+    else
+      SSL_set_connect_state(ssl_);
+  }
+  ERR_clear_error();
+  lastErrno_ = 0;
+  int r = SSL_do_handshake(ssl_);
+  return r == 1 ? Want::Nothing : settle(r, ec);
+}
+
+TlsSocket::Want TlsSocket::tryShutdown(error_code& ec) {
+  if (fatal_ || !SSL_is_init_finished(ssl_) || !socket_.is_open()) {
+    ec = asio::error::not_connected;
+    return Want::Nothing;
+  }
+  ERR_clear_error();
+  lastErrno_ = 0;
+  int r = SSL_shutdown(ssl_);
+  if (r >= 0) return Want::Nothing;  // close_notify sent (0: the peer's not read, and not waited for)
+  Want w = settle(r, ec);
+  return w == Want::Read ? Want::Nothing : w;
+}
+
+TlsSocket::Want TlsSocket::tryReadable() {
+  if (SSL_has_pending(ssl_)) return Want::Nothing;
+  // The reactor is edge-triggered, and an edge it saw while nothing waited
+  // is gone: ask the socket itself before waiting.
+  char c;
+  ssize_t r;
+  do r = ::recv(socket_.native_handle(), &c, 1, MSG_PEEK | MSG_DONTWAIT);
+  while (r < 0 && errno == EINTR);
+  return r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) ? Want::Read : Want::Nothing;
+}
+
+TlsSocket::Want TlsSocket::tryRead(asio::mutable_buffer b, error_code& ec, std::size_t& n) {
+  n = 0;
+  if (b.size() == 0) return Want::Nothing;
+  ERR_clear_error();
+  lastErrno_ = 0;
+  std::size_t got = 0;
+  int r = SSL_read_ex(ssl_, b.data(), b.size(), &got);
+  if (r == 1) {
+    n = got;
+    return Want::Nothing;
+  }
+  return settle(r, ec);
+}
+
+TlsSocket::Want TlsSocket::tryWrite(asio::const_buffer b, error_code& ec, std::size_t& n) {
+  n = 0;
+  if (b.size() == 0) return Want::Nothing;
+  ERR_clear_error();
+  lastErrno_ = 0;
+  std::size_t put = 0;
+  int r = SSL_write_ex(ssl_, b.data(), b.size(), &put);
+  if (r == 1) {
+    n = put;
+    return Want::Nothing;
+  }
+  return settle(r, ec);
+}
+
+}  // namespace atlasgate::net
