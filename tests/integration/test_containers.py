@@ -56,6 +56,7 @@ class Podman:
         self.dir = os.path.join(tmp, "podman")
         os.makedirs(self.dir)
         self.rootfs = os.path.join(self.dir, "rootfs")
+        self.run_dir = os.path.join(self.rootfs, "run")
         self.socket = os.path.join(self.dir, "podman.sock")
         self.cgroup_parent = f"atlasgate-it-{tag}-podman"
         self.mounted = False
@@ -80,6 +81,11 @@ network_config_dir = "{self.dir}/net"
         subprocess.run(["mount", "--bind", "/", self.rootfs], check=True)
         self.mounted = True
         subprocess.run(["mount", "-o", "remount,bind,ro", self.rootfs], check=True)
+        # Private, so that nothing mounted under it reaches the host's /. Its
+        # /run is a tmpfs of its own: runc makes /run/.containerenv there,
+        # which a read-only bind of a / without that file cannot hold.
+        subprocess.run(["mount", "--make-private", self.rootfs], check=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0755,size=16m", "tmpfs", self.run_dir], check=True)
 
     def cli(self, *args, check=True, timeout=60):
         p = subprocess.run([*self.base, *args], env=self.env, capture_output=True, text=True, timeout=timeout)
@@ -135,6 +141,8 @@ network_config_dir = "{self.dir}/net"
                         except OSError:
                             pass
         if self.mounted:
+            if os.path.ismount(self.run_dir):
+                subprocess.run(["umount", self.run_dir], check=False)
             subprocess.run(["umount", self.rootfs], check=False)
             # Never delete through a mount of the host's root.
             if os.path.ismount(self.rootfs):
