@@ -233,6 +233,31 @@ TlsSocket::Want TlsSocket::tryReadable() {
   return r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) ? Want::Read : Want::Nothing;
 }
 
+TlsSocket::Want TlsSocket::tryConnect(const tcp::endpoint& endpoint, error_code& ec) {
+  if (socket_.is_open()) {
+    ec = asio::error::already_open;
+    return Want::Nothing;
+  }
+  socket_.open(endpoint.protocol(), ec);
+  if (!ec) socket_.non_blocking(true, ec);
+  if (ec) return Want::Nothing;
+  int r;
+  do r = ::connect(socket_.native_handle(), endpoint.data(), static_cast<socklen_t>(endpoint.size()));
+  while (r < 0 && errno == EINTR);
+  if (r == 0) return Want::Nothing;
+  if (errno == EINPROGRESS) return Want::Write;
+  ec = error_code(errno, boost::system::system_category());
+  return Want::Nothing;
+}
+
+TlsSocket::Want TlsSocket::connectResult(error_code& ec) {
+  int err = 0;
+  socklen_t len = sizeof err;
+  if (::getsockopt(socket_.native_handle(), SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
+  if (err) ec = error_code(err, boost::system::system_category());
+  return Want::Nothing;
+}
+
 TlsSocket::Want TlsSocket::tryRead(asio::mutable_buffer b, error_code& ec, std::size_t& n) {
   n = 0;
   if (b.size() == 0) return Want::Nothing;

@@ -26,6 +26,7 @@
 #include <iterator>
 #include <memory>
 #include <type_traits>
+#include <utility>
 
 #include "net/asio.h"
 
@@ -53,6 +54,11 @@ class TlsSocket {
   void expires_after(Clock::duration d);
   void expires_never();
 
+  // Opens the (closed) socket and connects it, within the deadline.
+  template <class Token>
+  auto async_connect(const tcp::endpoint& endpoint, Token&& token) {
+    return start<void(boost::system::error_code)>(Connect{this, endpoint}, std::forward<Token>(token));
+  }
   template <class Token>
   auto async_handshake(ssl::stream_base::handshake_type type, Token&& token) {
     return start<void(boost::system::error_code)>(Handshake{this, type}, std::forward<Token>(token));
@@ -91,27 +97,43 @@ class TlsSocket {
   Want tryRead(asio::mutable_buffer b, boost::system::error_code& ec, std::size_t& n);
   Want tryWrite(asio::const_buffer b, boost::system::error_code& ec, std::size_t& n);
   Want tryReadable();
+  Want tryConnect(const tcp::endpoint& endpoint, boost::system::error_code& ec);
+  Want connectResult(boost::system::error_code& ec);
   // The deadline applies while an operation waits on the socket.
   void beginWait();
   void endWait();
   Want settle(int ret, boost::system::error_code& ec);
   bool timedOut() const;
 
+  struct Connect {
+    static constexpr bool kBytes = false;
+    TlsSocket* s;
+    tcp::endpoint endpoint;
+    bool started = false;
+    Want operator()(boost::system::error_code& ec, std::size_t&) {
+      if (std::exchange(started, true)) return s->connectResult(ec);
+      return s->tryConnect(endpoint, ec);
+    }
+  };
   struct Handshake {
+    static constexpr bool kBytes = false;
     TlsSocket* s;
     ssl::stream_base::handshake_type type;
     Want operator()(boost::system::error_code& ec, std::size_t&) const { return s->tryHandshake(type, ec); }
   };
   struct Shutdown {
+    static constexpr bool kBytes = false;
     TlsSocket* s;
     Want operator()(boost::system::error_code& ec, std::size_t&) const { return s->tryShutdown(ec); }
   };
   struct Read {
+    static constexpr bool kBytes = true;
     TlsSocket* s;
     asio::mutable_buffer b;
     Want operator()(boost::system::error_code& ec, std::size_t& n) const { return s->tryRead(b, ec, n); }
   };
   struct Readable {
+    static constexpr bool kBytes = false;
     TlsSocket* s;
     bool waited = false;
     Want operator()(boost::system::error_code&, std::size_t&) {
@@ -124,6 +146,7 @@ class TlsSocket {
   // Asio's ssl::stream does: up to 8 KiB on the stack per attempt.
   template <class ConstBuffers>
   struct Write {
+    static constexpr bool kBytes = true;  // completes with (error_code, bytes)
     TlsSocket* s;
     ConstBuffers buffers;
     Want operator()(boost::system::error_code& ec, std::size_t& n) const {
@@ -186,10 +209,10 @@ class TlsSocket {
     }
     template <class Self>
     void finish(Self& self) {
-      if constexpr (std::is_same_v<Step, Handshake> || std::is_same_v<Step, Shutdown> || std::is_same_v<Step, Readable>)
-        self.complete(ec);
-      else
+      if constexpr (Step::kBytes)
         self.complete(ec, n);
+      else
+        self.complete(ec);
     }
   };
 

@@ -146,7 +146,7 @@ struct UpstreamHost : std::enable_shared_from_this<UpstreamHost> {
 };
 
 UpstreamConn::UpstreamConn(asio::any_io_executor ex, ssl::context& ctx, std::shared_ptr<UpstreamHost> o)
-    : stream(std::move(ex), ctx), owner(std::move(o)) {}
+    : stream(tcp::socket(std::move(ex)), ctx), owner(std::move(o)) {}
 
 UpstreamConn::~UpstreamConn() {
   if (owner) owner->slotFreed(*this);
@@ -198,7 +198,6 @@ asio::awaitable<void> UpstreamHost::connectOne() {
     co_await pause.async_wait(kUseTuple);
   }
   SSL* ssl = conn->stream.native_handle();
-  auto& lower = beast::get_lowest_layer(conn->stream);
   if (closed) {
     ec = PoolError::Closed;
   } else if (auto r = tls::prepareClientSsl(ssl, host); !r) {
@@ -206,16 +205,16 @@ asio::awaitable<void> UpstreamHost::connectOne() {
     log::warn("upstream {}: {}", host, r.error().message);
     ec = asio::error::invalid_argument;
   } else {
-    lower.expires_after(limits.connectTimeout);
-    auto [cec] = co_await lower.async_connect(ep, kUseTuple);
+    conn->stream.expires_after(limits.connectTimeout);  // TCP and TLS together
+    auto [cec] = co_await conn->stream.async_connect(ep, kUseTuple);
     ec = cec;
     if (!ec) {
       beast::error_code ignored;
-      lower.socket().set_option(tcp::no_delay(true), ignored);
+      conn->stream.socket().set_option(tcp::no_delay(true), ignored);
       auto [hec] = co_await conn->stream.async_handshake(ssl::stream_base::client, kUseTuple);
       ec = hec;
     }
-    lower.expires_never();
+    conn->stream.expires_never();
   }
   --connecting;
   if (ec) {

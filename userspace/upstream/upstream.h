@@ -33,6 +33,7 @@
 #include <vector>
 
 #include "net/asio.h"
+#include "net/tls_stream.h"
 
 namespace atlasgate::upstream {
 
@@ -46,7 +47,7 @@ struct UpstreamConn {
   UpstreamConn(const UpstreamConn&) = delete;
   UpstreamConn& operator=(const UpstreamConn&) = delete;
 
-  TlsStream stream;
+  TlsSocket stream;
   std::shared_ptr<UpstreamHost> owner;
   tcp::endpoint endpoint;
   std::string holder;  // the agent using it now ("" = idle, or atlasgate's own request)
