@@ -13,6 +13,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <tuple>
 
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/read.hpp>
@@ -431,6 +432,57 @@ TEST_F(TlsSocketTest, WritingToAResetPeerIsAnErrorNotSigpipe) {
         co_return;
       });
   EXPECT_TRUE(got == asio::error::connection_reset || got == asio::error::broken_pipe) << got.message();
+}
+
+TEST_F(TlsSocketTest, ConnectsAndSpeaksAsTheClient) {
+  std::string got;
+  error_code connected, shook;
+  asio::co_spawn(
+      io,
+      [&]() -> asio::awaitable<void> {
+        tcp::socket sock = co_await acceptor.async_accept(asio::use_awaitable);
+        ssl::stream<tcp::socket> srv(std::move(sock), serverCtx);
+        co_await srv.async_handshake(ssl::stream_base::server, asio::use_awaitable);
+        char b[5];
+        co_await asio::async_read(srv, asio::buffer(b), asio::use_awaitable);
+        co_await asio::async_write(srv, asio::buffer(b), asio::use_awaitable);
+      },
+      asio::detached);
+  asio::co_spawn(
+      io,
+      [&]() -> asio::awaitable<void> {
+        TlsSocket c(tcp::socket(io), clientCtx);
+        c.expires_after(5s);
+        std::tie(connected) = co_await c.async_connect(acceptor.local_endpoint(), kUseTuple);
+        if (connected) co_return;
+        std::tie(shook) = co_await c.async_handshake(ssl::stream_base::client, kUseTuple);
+        if (shook) co_return;
+        co_await asio::async_write(c, asio::buffer("hello", 5), kUseTuple);
+        char b[5];
+        auto [ec, n] = co_await asio::async_read(c, asio::buffer(b), kUseTuple);
+        got.assign(b, n);
+      },
+      asio::detached);
+  io.run_for(10s);
+  EXPECT_FALSE(connected) << connected.message();
+  EXPECT_FALSE(shook) << shook.message();
+  EXPECT_EQ(got, "hello");
+}
+
+TEST_F(TlsSocketTest, AConnectionRefusedIsAnErrorAtOnce) {
+  tcp::endpoint closed = acceptor.local_endpoint();
+  acceptor.close();  // nothing listens on that port now
+  error_code got;
+  asio::co_spawn(
+      io,
+      [&]() -> asio::awaitable<void> {
+        TlsSocket c(tcp::socket(io), clientCtx);
+        c.expires_after(5s);
+        std::tie(got) = co_await c.async_connect(closed, kUseTuple);
+      },
+      asio::detached);
+  io.run_for(10s);
+  EXPECT_EQ(got, asio::error::connection_refused) << got.message();
 }
 
 TEST_F(TlsSocketTest, APlainTextClientFailsTheHandshakeAtOnce) {
