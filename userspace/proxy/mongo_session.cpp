@@ -126,7 +126,7 @@ mongo::Doc sanitizedHello(ByteView body) {
 
 // An upstream connection and the credential it was authenticated with.
 struct MongoUpstream {
-  std::unique_ptr<TlsStream> stream;
+  std::unique_ptr<TlsSocket> stream;
   std::string credential;
 };
 
@@ -290,8 +290,8 @@ mongo::Doc saslStep(const mongo::Msg& msg, std::unique_ptr<mongo::ScramServer>& 
 // One terminated MongoDB connection.
 struct MongoConn {
   Server& server;
-  TlsStream& agent;
-  TlsStream& up;
+  TlsSocket& agent;
+  TlsSocket& up;
   Flow& flow;
   const TargetRuntime& target;
   std::string host;
@@ -380,7 +380,7 @@ asio::awaitable<Result<dns::Answer>> resolveOn(asio::thread_pool& pool, const st
 }
 
 // One command of atlasgate's own (SCRAM), and its reply's body.
-asio::awaitable<Result<mongo::Doc>> command(TlsStream& up, const mongo::Doc& body, std::int32_t id,
+asio::awaitable<Result<mongo::Doc>> command(TlsSocket& up, const mongo::Doc& body, std::int32_t id,
                                             std::size_t maxBytes) {
   Bytes msg = mongo::buildMsg(id, 0, 0, body.bytes());
   auto [ec, n] = co_await asio::async_write(up, asio::buffer(msg), kUseTuple);
@@ -437,7 +437,7 @@ Result<std::pair<std::string, std::int64_t>> saslReply(const mongo::Doc& reply) 
 }
 
 // SCRAM-SHA-256 as `login` on a fresh upstream connection.
-asio::awaitable<Result<void>> authenticate(TlsStream& up, const DatabaseLogin& login, mongo::SaltedPasswordCache& cache,
+asio::awaitable<Result<void>> authenticate(TlsSocket& up, const DatabaseLogin& login, mongo::SaltedPasswordCache& cache,
                                            std::int32_t& id, std::size_t maxBytes) {
   mongo::ScramClient client(login.username, login.password, cache);
   auto r1 = co_await command(up, saslDoc("saslStart", client.first(), std::nullopt, login.authSource), id++, maxBytes);
@@ -462,7 +462,7 @@ asio::awaitable<Result<void>> authenticate(TlsStream& up, const DatabaseLogin& l
 
 // A user the agent has just made may still be deploying: a failed SCRAM
 // leaves the connection usable, so it is tried again with backoff.
-asio::awaitable<Result<void>> authenticatePatiently(TlsStream& up, const DatabaseLogin& login,
+asio::awaitable<Result<void>> authenticatePatiently(TlsSocket& up, const DatabaseLogin& login,
                                                     mongo::SaltedPasswordCache& cache, std::int32_t& id) {
   auto auth = co_await authenticate(up, login, cache, id, mongo::kDefaultMaxMessageBytes);
   asio::steady_timer pause(up.get_executor());
@@ -481,7 +481,7 @@ asio::awaitable<Result<void>> authenticatePatiently(TlsStream& up, const Databas
 
 // Dials the server the agent named and authenticates; nullptr (logged) when
 // it cannot.
-static asio::awaitable<std::unique_ptr<TlsStream>> dialMongo(asio::io_context& io, asio::thread_pool& pool,
+static asio::awaitable<std::unique_ptr<TlsSocket>> dialMongo(asio::io_context& io, asio::thread_pool& pool,
                                                              ssl::context& tlsCtx, const Runtime& rt,
                                                              const TargetRuntime& target, const std::string& host,
                                                              const Flow& flow) {
@@ -496,12 +496,12 @@ static asio::awaitable<std::unique_ptr<TlsStream>> dialMongo(asio::io_context& i
     beast::error_code aec;
     auto addr = asio::ip::make_address(a, aec);
     if (aec) continue;
-    auto stream = std::make_unique<TlsStream>(io, tlsCtx);
+    auto stream = std::make_unique<TlsSocket>(tcp::socket(io), tlsCtx);
     if (auto r = tls::prepareClientSsl(stream->native_handle(), host); !r) {
       log::warn("conn {}: upstream {}: {}", flow.id, host, r.error().message);
       co_return nullptr;
     }
-    auto& lower = beast::get_lowest_layer(*stream);
+    auto& lower = *stream;
     lower.expires_after(limits.upstreamConnectTimeout);
     // The port the agent dialled: the mongodb targets' port (the kernel redirects no other).
     auto [cec] = co_await lower.async_connect(tcp::endpoint(addr, flow.originalDst.port()), kUseTuple);
@@ -538,7 +538,7 @@ std::string refusalText(const policy::Decision& d, const mongo::CommandInfo& inf
 asio::awaitable<void> Server::mongoServe(tcp::socket socket, Flow flow, const TargetRuntime& target, std::string host,
                                          std::shared_ptr<const Runtime> rt) {
   const auto& limits = rt->config->limits;
-  TlsStream stream(std::move(socket), *sslCtx_);
+  TlsSocket stream(std::move(socket), *sslCtx_);
   beast::get_lowest_layer(stream).expires_after(limits.handshakeTimeout);
   auto [hec] = co_await stream.async_handshake(ssl::stream_base::server, kUseTuple);
   if (hec) {
@@ -625,7 +625,7 @@ asio::awaitable<MongoUpstream> Server::mongoAtlasgateAuth(const Flow& flow, cons
   }
 }
 
-asio::awaitable<MongoUpstream> Server::mongoAgentAuth(TlsStream& agent, const Flow& flow, const Runtime& rt,
+asio::awaitable<MongoUpstream> Server::mongoAgentAuth(TlsSocket& agent, const Flow& flow, const Runtime& rt,
                                                       const TargetRuntime& target, const std::string& host,
                                                       const MongoMessage& hello, const AgentHello& h,
                                                       ssl::context& upTls) {

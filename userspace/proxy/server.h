@@ -147,7 +147,7 @@ class Server {
   // The agent authenticates itself with a captured database user's phantom
   // password: answered here (SCRAM-SHA-256 server), then atlasgate
   // authenticates upstream as that user with the password Atlas has.
-  asio::awaitable<MongoUpstream> mongoAgentAuth(TlsStream& agent, const Flow& flow, const Runtime& rt,
+  asio::awaitable<MongoUpstream> mongoAgentAuth(TlsSocket& agent, const Flow& flow, const Runtime& rt,
                                                 const TargetRuntime& target, const std::string& host,
                                                 const MongoMessage& hello, const AgentHello& h, ssl::context& upTls);
   asio::awaitable<void> mongoFromAgent(MongoConn& c);
