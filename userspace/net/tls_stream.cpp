@@ -258,32 +258,26 @@ TlsSocket::Want TlsSocket::connectResult(error_code& ec) {
   return Want::Nothing;
 }
 
-TlsSocket::Want TlsSocket::tryRead(asio::mutable_buffer b, error_code& ec, std::size_t& n) {
+// One SSL_read_ex or SSL_write_ex: n bytes, or what it waits for, or ec.
+template <class Fn>
+TlsSocket::Want TlsSocket::transfer(Fn fn, std::size_t size, error_code& ec, std::size_t& n) {
   n = 0;
-  if (b.size() == 0) return Want::Nothing;
+  if (size == 0) return Want::Nothing;
   ERR_clear_error();
   lastErrno_ = 0;
-  std::size_t got = 0;
-  int r = SSL_read_ex(ssl_, b.data(), b.size(), &got);
-  if (r == 1) {
-    n = got;
-    return Want::Nothing;
-  }
-  return settle(r, ec);
+  std::size_t done = 0;
+  int r = fn(&done);
+  if (r != 1) return settle(r, ec);
+  n = done;
+  return Want::Nothing;
+}
+
+TlsSocket::Want TlsSocket::tryRead(asio::mutable_buffer b, error_code& ec, std::size_t& n) {
+  return transfer([&](std::size_t* got) { return SSL_read_ex(ssl_, b.data(), b.size(), got); }, b.size(), ec, n);
 }
 
 TlsSocket::Want TlsSocket::tryWrite(asio::const_buffer b, error_code& ec, std::size_t& n) {
-  n = 0;
-  if (b.size() == 0) return Want::Nothing;
-  ERR_clear_error();
-  lastErrno_ = 0;
-  std::size_t put = 0;
-  int r = SSL_write_ex(ssl_, b.data(), b.size(), &put);
-  if (r == 1) {
-    n = put;
-    return Want::Nothing;
-  }
-  return settle(r, ec);
+  return transfer([&](std::size_t* put) { return SSL_write_ex(ssl_, b.data(), b.size(), put); }, b.size(), ec, n);
 }
 
 }  // namespace atlasgate::net

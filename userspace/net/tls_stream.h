@@ -103,6 +103,8 @@ class TlsSocket {
   void beginWait();
   void endWait();
   Want settle(int ret, boost::system::error_code& ec);
+  template <class Fn>
+  Want transfer(Fn fn, std::size_t size, boost::system::error_code& ec, std::size_t& n);
   bool timedOut() const;
 
   struct Connect {
