@@ -1815,18 +1815,20 @@ def miss_causes(res, s):
                      f"identity, audit, metrics) {pct('atlasgate'):.0f}%; "
                      f"{prof.get('syscalls_per_request', '-')} syscalls per request (strace).")
         L.append("    closes it: workers (an io_context per core, SO_REUSEPORT listeners); a leaner HTTP/1 path "
-                 "than Beast's generic parser/serializer; one deadline per request instead of a timer per I/O.")
+                 "than Beast's generic parser/serializer (its buffers_cat iterators and fields); fewer heap "
+                 "allocations per request (the audit record's strings, the parsers' fields, the upstream request's "
+                 "copy of the headers). (TLS already runs over net::TlsSocket: no Asio ssl::stream buffers, one "
+                 "deadline per connection, one recv per arrival.)")
     if any("new-connection" in m for m in missed) and a.get("cpu_s_per_10k_newconn"):
         L.append(f"  new connections: {a['cpu_s_per_10k_newconn'] * 100:.0f} us of CPU per new connection vs nginx's "
-                 f"{n['cpu_s_per_10k_newconn'] * 100:.0f} us (TLS handshake, BPF flow lookup, identity, a coroutine "
-                 f"and an Asio ssl::stream per connection), one thread; closes it: workers, a lighter TLS stream.")
+                 f"{n['cpu_s_per_10k_newconn'] * 100:.0f} us (TLS handshake, BPF flow lookup, identity, the "
+                 f"connection's coroutines and audit), one thread; closes it: workers (the handshake is the bulk, "
+                 f"and it is per core work).")
     if any("idle agent connection" in m for m in missed):
-        L.append(f"  memory per idle connection: {a.get('per_idle_conn_kib', 0):.1f} KiB, of which 34 KiB are the "
-                 f"two 17 KiB record buffers every Asio ssl::stream allocates (fixed in Boost; SSL_MODE_RELEASE_BUFFERS "
-                 f"frees only OpenSSL's own); the rest is OpenSSL's per-connection state and the connection's "
-                 f"coroutine frames and read buffer. Closes it: a TLS stream of atlasgate's own over OpenSSL "
-                 f"(SSL_read/SSL_write on the socket, no intermediate buffers), buffers taken only while a request "
-                 f"is in flight.")
+        L.append(f"  memory per idle connection: {a.get('per_idle_conn_kib', 0):.1f} KiB: OpenSSL's per-connection "
+                 f"state and the connection's coroutine frames (no read buffer is taken before the first request; "
+                 f"OpenSSL's record buffers are released while idle). Closes it: a smaller coroutine chain per "
+                 f"connection.")
     return L
 
 

@@ -137,6 +137,10 @@ TlsSocket::TlsSocket(tcp::socket socket, ssl::context& ctx)
   BIO_set_init(bio, 1);
   SSL_set_bio(ssl_, bio, bio);  // one reference, owned by the SSL
   SSL_set_mode(ssl_, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_RELEASE_BUFFERS);
+  // One recv for whatever has arrived, not two per record (header, body);
+  // what it read beyond a record stays in OpenSSL (SSL_has_pending), and
+  // its buffer is released once empty.
+  SSL_set_read_ahead(ssl_, 1);
   error_code ignored;
   socket_.non_blocking(true, ignored);
 }

@@ -382,8 +382,12 @@ asio::awaitable<bool> Server::exchange(Conn& c) {
   // Keep-alive: wait for the next request at most idleTimeout.
   if (c.buffer.size() == 0) {
     c.lower().expires_after(c.limits().idleTimeout);
-    auto [wec] = co_await c.stream.async_wait_readable(kUseTuple);  // no buffer taken while idle
-    if (wec) co_return false;
+    if (c.buffer.capacity() == 0) {
+      // A new connection takes no buffer until its first request arrives
+      // (a later one keeps its buffer, and reads at once: no extra syscall).
+      auto [wec] = co_await c.stream.async_wait_readable(kUseTuple);
+      if (wec) co_return false;
+    }
     auto [ec, n] = co_await c.stream.async_read_some(c.buffer.prepare(4096), kUseTuple);
     if (ec) co_return false;  // closed, reset or idle: nothing to answer
     c.buffer.commit(n);

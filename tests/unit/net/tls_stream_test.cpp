@@ -322,11 +322,11 @@ TEST_F(TlsSocketTest, WaitingUntilReadableSeesBytesOpenSslAlreadyHolds) {
   EXPECT_EQ(got, "0123456789");
 }
 
-// Two records in one segment: reading the first leaves the second in the
-// socket (OpenSSL reads one record at a time) and nothing in OpenSSL. The
-// reactor is edge-triggered and saw that segment's edge already, so the wait
-// must ask the socket, not only wait for the next edge (the peer sends
-// nothing more until answered).
+// Two records in one segment: reading the first leaves the second read
+// ahead inside OpenSSL, or still in the socket. Either way the reactor
+// (edge-triggered) saw that segment's edge already, so the wait must look at
+// both, not only wait for the next edge (the peer sends nothing more until
+// answered).
 TEST_F(TlsSocketTest, WaitingUntilReadableSeesASecondRecordAlreadyInTheSocket) {
   std::string got;
   run(
