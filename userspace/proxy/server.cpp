@@ -398,7 +398,7 @@ asio::awaitable<bool> Server::exchange(Conn& c) {
   ex.rec.comm = c.flow.comm;
   ex.rec.cgroup = c.flow.agent.cgroupPath;
   ex.rec.host = c.target.host;
-  ex.rec.dst = endpointText(c.flow.originalDst);
+  ex.rec.dst = c.session.info.dst;  // formatted once per connection
 
   std::optional<HttpRequest> req = co_await readRequest(c, ex);
   if (!req) co_return false;
