@@ -2,6 +2,7 @@
 
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdint>
 
@@ -115,17 +116,19 @@ struct TlsSocket::Deadline {
   }
 };
 
-void TlsSocket::beginWait() {
-  Deadline& d = *deadline_;
-  ++d.waiting;
-  if (!d.armed && d.at != Clock::time_point::max()) Deadline::arm(deadline_);
+void TlsSocket::beginWait(int dir) {
+  const std::shared_ptr<Deadline>& d = deadline_[dir];
+  ++d->waiting;
+  if (!d->armed && d->at != Clock::time_point::max()) Deadline::arm(d);
 }
 
-void TlsSocket::endWait() { --deadline_->waiting; }
+void TlsSocket::endWait(int dir) { --deadline_[dir]->waiting; }
 
 TlsSocket::TlsSocket(tcp::socket socket, ssl::context& ctx)
-    : socket_(std::move(socket)), deadline_(std::make_shared<Deadline>(socket_.get_executor())) {
-  deadline_->socket = &socket_;
+    : socket_(std::move(socket)),
+      deadline_{std::make_shared<Deadline>(socket_.get_executor()),
+                std::make_shared<Deadline>(socket_.get_executor())} {
+  for (auto& d : deadline_) d->socket = &socket_;
   ssl_ = SSL_new(ctx.native_handle());
   BIO* bio = ssl_ ? BIO_new(TlsSocketBio::method()) : nullptr;
   if (!bio) {
@@ -146,8 +149,10 @@ TlsSocket::TlsSocket(tcp::socket socket, ssl::context& ctx)
 }
 
 TlsSocket::~TlsSocket() {
-  deadline_->socket = nullptr;
-  deadline_->timer.cancel();
+  for (auto& d : deadline_) {
+    d->socket = nullptr;
+    d->timer.cancel();
+  }
   SSL_free(ssl_);
 }
 
@@ -156,19 +161,29 @@ void TlsSocket::close() {
   socket_.close(ignored);
 }
 
+// As Beast's tcp_stream: a direction with an operation waiting keeps the
+// deadline it waits under (the other direction's expires_* leave it alone).
 void TlsSocket::expires_after(Clock::duration d) {
-  Deadline& dl = *deadline_;
-  dl.at = Clock::now() + d;
-  dl.fired = false;
-  if (dl.armed ? dl.at < dl.timer.expiry() : dl.waiting > 0) Deadline::arm(deadline_);
+  const Clock::time_point at = Clock::now() + d;
+  for (const auto& dl : deadline_) {
+    if (dl->waiting > 0) continue;
+    dl->at = at;
+    dl->fired = false;
+    if (dl->armed && at < dl->timer.expiry()) Deadline::arm(dl);
+  }
 }
 
 void TlsSocket::expires_never() {
-  deadline_->at = Clock::time_point::max();
-  deadline_->fired = false;
+  for (const auto& dl : deadline_) {
+    if (dl->waiting > 0) continue;
+    dl->at = Clock::time_point::max();
+    dl->fired = false;
+  }
 }
 
-bool TlsSocket::timedOut() const { return deadline_->fired; }
+bool TlsSocket::timedOut(int dir) const { return deadline_[dir]->fired; }
+
+bool TlsSocket::timedOut() const { return deadline_[0]->fired || deadline_[1]->fired; }
 
 TlsSocket::Want TlsSocket::settle(int ret, error_code& ec) {
   int err = SSL_get_error(ssl_, ret);
@@ -235,6 +250,26 @@ TlsSocket::Want TlsSocket::tryReadable() {
   do r = ::recv(socket_.native_handle(), &c, 1, MSG_PEEK | MSG_DONTWAIT);
   while (r < 0 && errno == EINTR);
   return r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) ? Want::Read : Want::Nothing;
+}
+
+TlsSocket::Want TlsSocket::drain(std::size_t& drained) {
+  if (!socket_.is_open()) return Want::Nothing;
+  if (drained == 0) ::shutdown(socket_.native_handle(), SHUT_WR);
+  char scrap[4096];
+  while (drained < (1u << 20)) {
+    ssize_t r = ::recv(socket_.native_handle(), scrap, sizeof scrap, MSG_DONTWAIT);
+    if (r > 0) {
+      drained += static_cast<std::size_t>(r);
+      continue;
+    }
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      drained = std::max<std::size_t>(drained, 1);  // the sending side is shut
+      return Want::Read;
+    }
+    break;  // the peer closed (or reset): done
+  }
+  return Want::Nothing;
 }
 
 TlsSocket::Want TlsSocket::tryConnect(const tcp::endpoint& endpoint, error_code& ec) {

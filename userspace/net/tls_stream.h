@@ -1,5 +1,6 @@
 #pragma once
-// TlsSocket: TLS straight over a TCP socket, for the agent-facing HTTP path.
+// TlsSocket: TLS straight over a TCP socket, for every data-path connection
+// (agents' HTTP and MongoDB connections, the upstream pool, MongoDB clusters).
 //
 // Asio's ssl::stream runs OpenSSL over a memory BIO pair and copies every
 // byte through four 17 KiB buffers it holds for the stream's whole life,
@@ -9,8 +10,9 @@
 // the socket's descriptor, MSG_NOSIGNAL), waits for readiness only when
 // OpenSSL asks for it, and keeps no buffer of its own: with
 // SSL_MODE_RELEASE_BUFFERS an idle connection holds OpenSSL's state and
-// nothing else. Its deadline is one per stream (expires_after), checked by
-// one timer that is re-armed only when the deadline moves earlier.
+// nothing else. It has a deadline for reads and one for writes, as Beast's
+// tcp_stream, but each is checked by one timer, armed only while an
+// operation waits and re-armed only when the deadline moves earlier.
 //
 // The interface is the subset of beast::ssl_stream<beast::tcp_stream> that
 // atlasgate uses, with the same error codes: asio::error::eof after the
@@ -49,8 +51,11 @@ class TlsSocket {
   // the TLS state stays for the destructor.
   void close();
 
-  // The deadline of whatever is pending now and starts later; an operation
-  // pending when it passes completes with beast::error::timeout.
+  // The deadline of what starts later, and of what is pending now in a
+  // direction (reads, writes) with nothing waiting: as Beast's tcp_stream, a
+  // direction with an operation waiting keeps the deadline it waits under.
+  // An operation waiting when its deadline passes completes with
+  // beast::error::timeout, and the socket is closed.
   void expires_after(Clock::duration d);
   void expires_never();
 
@@ -63,7 +68,10 @@ class TlsSocket {
   auto async_handshake(ssl::stream_base::handshake_type type, Token&& token) {
     return start<void(boost::system::error_code)>(Handshake{this, type}, std::forward<Token>(token));
   }
-  // Sends close_notify; does not wait for the peer's.
+  // Sends close_notify, ends the sending side, then reads and drops what
+  // the peer still sends (up to 1 MiB, within the read deadline) until it
+  // closes: a close with unread bytes would be a reset, which can destroy
+  // the last answer before the peer reads it.
   template <class Token>
   auto async_shutdown(Token&& token) {
     return start<void(boost::system::error_code)>(Shutdown{this}, std::forward<Token>(token));
@@ -89,6 +97,8 @@ class TlsSocket {
  private:
   // What OpenSSL wants before the step can go on.
   enum class Want { Nothing, Read, Write };
+  // The deadline a wait runs under: a wait for readability is a read's.
+  static constexpr int kRead = 0, kWrite = 1;
   struct Deadline;
 
   // One attempt each; ec and n are the result when Want::Nothing.
@@ -97,15 +107,18 @@ class TlsSocket {
   Want tryRead(asio::mutable_buffer b, boost::system::error_code& ec, std::size_t& n);
   Want tryWrite(asio::const_buffer b, boost::system::error_code& ec, std::size_t& n);
   Want tryReadable();
+  // After close_notify: shuts the sending side, then drops what arrives.
+  Want drain(std::size_t& drained);
   Want tryConnect(const tcp::endpoint& endpoint, boost::system::error_code& ec);
   Want connectResult(boost::system::error_code& ec);
   // The deadline applies while an operation waits on the socket.
-  void beginWait();
-  void endWait();
+  void beginWait(int dir);
+  void endWait(int dir);
   Want settle(int ret, boost::system::error_code& ec);
   template <class Fn>
   Want transfer(Fn fn, std::size_t size, boost::system::error_code& ec, std::size_t& n);
-  bool timedOut() const;
+  bool timedOut(int dir) const;  // that direction's deadline passed while it waited
+  bool timedOut() const;         // either
 
   struct Connect {
     static constexpr bool kBytes = false;
@@ -126,7 +139,17 @@ class TlsSocket {
   struct Shutdown {
     static constexpr bool kBytes = false;
     TlsSocket* s;
-    Want operator()(boost::system::error_code& ec, std::size_t&) const { return s->tryShutdown(ec); }
+    bool sent = false;  // close_notify is out
+    std::size_t drained = 0;
+    Want operator()(boost::system::error_code& ec, std::size_t&) {
+      if (!sent) {
+        Want w = s->tryShutdown(ec);
+        if (w != Want::Nothing) return w;
+        sent = true;
+        if (ec) return Want::Nothing;
+      }
+      return s->drain(drained);
+    }
   };
   struct Read {
     static constexpr bool kBytes = true;
@@ -176,6 +199,7 @@ class TlsSocket {
     TlsSocket* s;
     Step step;
     enum { kStart, kWaiting, kPosted } state = kStart;
+    int waitDir = kRead;  // what the pending wait waits for
     boost::system::error_code ec{};
     std::size_t n = 0;
 
@@ -183,11 +207,11 @@ class TlsSocket {
     void operator()(Self& self, boost::system::error_code waitEc = {}) {
       if (state == kPosted) return finish(self);
       if (state == kWaiting) {
-        s->endWait();
+        s->endWait(waitDir);
         if (waitEc || self.cancelled() != asio::cancellation_type::none) {
-          ec = s->timedOut() ? boost::system::error_code(beast::error::timeout)
-               : waitEc      ? waitEc
-                             : boost::system::error_code(asio::error::operation_aborted);
+          ec = s->timedOut(waitDir) ? boost::system::error_code(beast::error::timeout)
+               : waitEc             ? waitEc
+                                    : boost::system::error_code(asio::error::operation_aborted);
           return finish(self);
         }
       }
@@ -198,7 +222,8 @@ class TlsSocket {
         w = step(ec, n);
       if (w != Want::Nothing) {
         state = kWaiting;
-        s->beginWait();
+        waitDir = w == Want::Read ? kRead : kWrite;
+        s->beginWait(waitDir);
         s->socket_.async_wait(w == Want::Read ? tcp::socket::wait_read : tcp::socket::wait_write, std::move(self));
         return;
       }
@@ -225,9 +250,9 @@ class TlsSocket {
 
   tcp::socket socket_;
   SSL* ssl_ = nullptr;
-  int lastErrno_ = 0;   // what the BIO's last recv/send failed with
-  bool fatal_ = false;  // OpenSSL failed: no close_notify may follow
-  std::shared_ptr<Deadline> deadline_;
+  int lastErrno_ = 0;                      // what the BIO's last recv/send failed with
+  bool fatal_ = false;                     // OpenSSL failed: no close_notify may follow
+  std::shared_ptr<Deadline> deadline_[2];  // reads' (kRead) and writes' (kWrite)
 
   friend struct TlsSocketBio;
 };

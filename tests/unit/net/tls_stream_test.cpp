@@ -388,6 +388,67 @@ TEST_F(TlsSocketTest, ADeadlinePassingBetweenOperationsOnlyEndsTheNextWait) {
   EXPECT_LT(took, 1s);
 }
 
+// As Beast's tcp_stream: the read side's expires_* do not touch a write
+// that waits (a MongoDB connection reads and writes at once).
+TEST_F(TlsSocketTest, AWaitingWriteKeepsItsDeadlineWhateverTheReadSideSets) {
+  error_code wrote;
+  Clock::duration took{};
+  run(
+      [&](TlsSocket& s) -> asio::awaitable<void> {
+        s.expires_after(300ms);
+        asio::co_spawn(
+            io,
+            [&]() -> asio::awaitable<void> {
+              co_await sleep(50ms);  // the write waits by now (the peer reads nothing)
+              s.expires_after(10s);  // a read starting...
+              s.expires_never();     // ...and ending
+            },
+            asio::detached);
+        auto t0 = Clock::now();
+        std::string big(64 << 20, 'x');
+        auto [ec, n] = co_await asio::async_write(s, asio::buffer(big), kUseTuple);
+        wrote = ec;
+        took = Clock::now() - t0;
+      },
+      [&](Peer& p) -> asio::awaitable<void> {
+        char b[1];
+        co_await p.async_read_some(asio::buffer(b), kUseTuple);  // ends with the server's close
+        co_await sleep(600ms);
+      });
+  EXPECT_EQ(wrote, beast::error::timeout) << wrote.message();
+  EXPECT_LT(took, 3s);
+}
+
+// The agent still sends (an upload refused early) when the answer goes out
+// and the connection closes. Closing with its bytes unread would be a reset,
+// which throws away what of the answer is still in the send queue: the
+// answer must arrive whole.
+TEST_F(TlsSocketTest, ShutdownDrainsWhatThePeerStillSendsSoTheAnswerArrives) {
+  const std::string answer = pattern(4 << 20);
+  std::string got;
+  error_code readEc;
+  run(
+      [&](TlsSocket& s) -> asio::awaitable<void> {
+        char b[16];
+        co_await s.async_read_some(asio::buffer(b), kUseTuple);  // a little of the upload
+        co_await asio::async_write(s, asio::buffer(answer), kUseTuple);
+        s.expires_after(5s);
+        co_await s.async_shutdown(kUseTuple);
+        s.socket().close();
+      },
+      [&](Peer& p) -> asio::awaitable<void> {
+        std::string upload(256 * 1024, 'u');
+        co_await asio::async_write(p, asio::buffer(upload), kUseTuple);
+        got.resize(answer.size());
+        auto [ec, n] = co_await asio::async_read(p, asio::buffer(got), kUseTuple);
+        readEc = ec;
+        got.resize(n);
+      });
+  EXPECT_FALSE(readEc) << readEc.message();
+  EXPECT_EQ(got.size(), answer.size());
+  EXPECT_TRUE(got == answer);
+}
+
 TEST_F(TlsSocketTest, AClosedSocketNeverWritesToTheDescriptorNumberReusedAfterIt) {
   run(
       [&](TlsSocket& s) -> asio::awaitable<void> {
