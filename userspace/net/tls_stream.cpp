@@ -92,22 +92,22 @@ struct TlsSocket::Deadline {
   Clock::time_point at = Clock::time_point::max();
   bool armed = false;
   bool fired = false;
-  int waiting = 0;                // operations waiting on the socket now
+  int pending = 0;                // operations pending in this direction
   std::uint64_t generation = 0;   // of the timer's current wait; older ones are stale
   tcp::socket* socket = nullptr;  // nullptr once the TlsSocket is gone
 
   // (Re)starts the timer for `at`. When it passes with `at` unmoved while an
-  // operation waits, the socket is closed (as Beast's tcp_stream does): the
-  // operation completes, and sees `fired`. A deadline that passes while
-  // nothing waits ends nothing; the next wait arms the timer again, and
-  // times out at once if the deadline is still past.
+  // operation of its direction is pending, the socket is closed (as Beast's
+  // tcp_stream does): the operation completes, and sees `fired`. A deadline
+  // that passes while nothing is pending ends nothing; the next operation
+  // arms the timer again, and times out at once if it is still past.
   static void arm(const std::shared_ptr<Deadline>& d) {
     d->armed = true;
     d->timer.expires_at(d->at);
     d->timer.async_wait([d, gen = ++d->generation](error_code ec) {
       if (gen != d->generation || !d->socket) return;
       d->armed = false;
-      if (ec || d->at == Clock::time_point::max() || d->waiting == 0) return;
+      if (ec || d->at == Clock::time_point::max() || d->pending == 0) return;
       if (Clock::now() < d->at) return arm(d);  // moved later meanwhile
       d->fired = true;
       error_code ignored;
@@ -116,13 +116,19 @@ struct TlsSocket::Deadline {
   }
 };
 
-void TlsSocket::beginWait(int dir) {
-  const std::shared_ptr<Deadline>& d = deadline_[dir];
-  ++d->waiting;
-  if (!d->armed && d->at != Clock::time_point::max()) Deadline::arm(d);
+void TlsSocket::beginOp(int dirs) {
+  for (int dir : {kRead, kWrite}) {
+    if (!(dirs & (1 << dir))) continue;
+    const std::shared_ptr<Deadline>& d = deadline_[dir];
+    ++d->pending;
+    if (!d->armed && d->at != Clock::time_point::max()) Deadline::arm(d);
+  }
 }
 
-void TlsSocket::endWait(int dir) { --deadline_[dir]->waiting; }
+void TlsSocket::endOp(int dirs) {
+  for (int dir : {kRead, kWrite})
+    if (dirs & (1 << dir)) --deadline_[dir]->pending;
+}
 
 TlsSocket::TlsSocket(tcp::socket socket, ssl::context& ctx)
     : socket_(std::move(socket)),
@@ -161,12 +167,12 @@ void TlsSocket::close() {
   socket_.close(ignored);
 }
 
-// As Beast's tcp_stream: a direction with an operation waiting keeps the
+// As Beast's tcp_stream: a direction with an operation pending keeps the
 // deadline it waits under (the other direction's expires_* leave it alone).
 void TlsSocket::expires_after(Clock::duration d) {
   const Clock::time_point at = Clock::now() + d;
   for (const auto& dl : deadline_) {
-    if (dl->waiting > 0) continue;
+    if (dl->pending > 0) continue;
     dl->at = at;
     dl->fired = false;
     if (dl->armed && at < dl->timer.expiry()) Deadline::arm(dl);
@@ -175,13 +181,15 @@ void TlsSocket::expires_after(Clock::duration d) {
 
 void TlsSocket::expires_never() {
   for (const auto& dl : deadline_) {
-    if (dl->waiting > 0) continue;
+    if (dl->pending > 0) continue;
     dl->at = Clock::time_point::max();
     dl->fired = false;
   }
 }
 
-bool TlsSocket::timedOut(int dir) const { return deadline_[dir]->fired; }
+bool TlsSocket::timedOut(int dirs) const {
+  return ((dirs & (1 << kRead)) && deadline_[kRead]->fired) || ((dirs & (1 << kWrite)) && deadline_[kWrite]->fired);
+}
 
 bool TlsSocket::timedOut() const { return deadline_[0]->fired || deadline_[1]->fired; }
 

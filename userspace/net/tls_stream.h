@@ -12,7 +12,7 @@
 // SSL_MODE_RELEASE_BUFFERS an idle connection holds OpenSSL's state and
 // nothing else. It has a deadline for reads and one for writes, as Beast's
 // tcp_stream, but each is checked by one timer, armed only while an
-// operation waits and re-armed only when the deadline moves earlier.
+// operation is pending and re-armed only when the deadline moves earlier.
 //
 // The interface is the subset of beast::ssl_stream<beast::tcp_stream> that
 // atlasgate uses, with the same error codes: asio::error::eof after the
@@ -52,10 +52,10 @@ class TlsSocket {
   void close();
 
   // The deadline of what starts later, and of what is pending now in a
-  // direction (reads, writes) with nothing waiting: as Beast's tcp_stream, a
-  // direction with an operation waiting keeps the deadline it waits under.
-  // An operation waiting when its deadline passes completes with
-  // beast::error::timeout, and the socket is closed.
+  // direction (reads, writes) with no operation pending: as Beast's
+  // tcp_stream, a direction with an operation pending keeps the deadline it
+  // started under. An operation pending when its deadline passes completes
+  // with beast::error::timeout, and the socket is closed.
   void expires_after(Clock::duration d);
   void expires_never();
 
@@ -111,16 +111,18 @@ class TlsSocket {
   Want drain(std::size_t& drained);
   Want tryConnect(const tcp::endpoint& endpoint, boost::system::error_code& ec);
   Want connectResult(boost::system::error_code& ec);
-  // The deadline applies while an operation waits on the socket.
-  void beginWait(int dir);
-  void endWait(int dir);
+  // The deadlines apply while an operation is pending in their direction
+  // (a bit mask: 1 << kRead, 1 << kWrite).
+  void beginOp(int dirs);
+  void endOp(int dirs);
   Want settle(int ret, boost::system::error_code& ec);
   template <class Fn>
   Want transfer(Fn fn, std::size_t size, boost::system::error_code& ec, std::size_t& n);
-  bool timedOut(int dir) const;  // that direction's deadline passed while it waited
-  bool timedOut() const;         // either
+  bool timedOut(int dirs) const;  // a deadline of these directions passed while pending
+  bool timedOut() const;          // either
 
   struct Connect {
+    static constexpr int kDirs = 3;
     static constexpr bool kBytes = false;
     TlsSocket* s;
     tcp::endpoint endpoint;
@@ -131,12 +133,14 @@ class TlsSocket {
     }
   };
   struct Handshake {
+    static constexpr int kDirs = 3;
     static constexpr bool kBytes = false;
     TlsSocket* s;
     ssl::stream_base::handshake_type type;
     Want operator()(boost::system::error_code& ec, std::size_t&) const { return s->tryHandshake(type, ec); }
   };
   struct Shutdown {
+    static constexpr int kDirs = 3;
     static constexpr bool kBytes = false;
     TlsSocket* s;
     bool sent = false;  // close_notify is out
@@ -152,12 +156,14 @@ class TlsSocket {
     }
   };
   struct Read {
+    static constexpr int kDirs = 1 << kRead;
     static constexpr bool kBytes = true;
     TlsSocket* s;
     asio::mutable_buffer b;
     Want operator()(boost::system::error_code& ec, std::size_t& n) const { return s->tryRead(b, ec, n); }
   };
   struct Readable {
+    static constexpr int kDirs = 1 << kRead;
     static constexpr bool kBytes = false;
     TlsSocket* s;
     bool waited = false;
@@ -171,6 +177,7 @@ class TlsSocket {
   // Asio's ssl::stream does: up to 8 KiB on the stack per attempt.
   template <class ConstBuffers>
   struct Write {
+    static constexpr int kDirs = 1 << kWrite;
     static constexpr bool kBytes = true;  // completes with (error_code, bytes)
     TlsSocket* s;
     ConstBuffers buffers;
@@ -199,19 +206,18 @@ class TlsSocket {
     TlsSocket* s;
     Step step;
     enum { kStart, kWaiting, kPosted } state = kStart;
-    int waitDir = kRead;  // what the pending wait waits for
     boost::system::error_code ec{};
     std::size_t n = 0;
 
     template <class Self>
     void operator()(Self& self, boost::system::error_code waitEc = {}) {
       if (state == kPosted) return finish(self);
+      if (state == kStart) s->beginOp(Step::kDirs);
       if (state == kWaiting) {
-        s->endWait(waitDir);
         if (waitEc || self.cancelled() != asio::cancellation_type::none) {
-          ec = s->timedOut(waitDir) ? boost::system::error_code(beast::error::timeout)
-               : waitEc             ? waitEc
-                                    : boost::system::error_code(asio::error::operation_aborted);
+          ec = s->timedOut(Step::kDirs) ? boost::system::error_code(beast::error::timeout)
+               : waitEc                 ? waitEc
+                                        : boost::system::error_code(asio::error::operation_aborted);
           return finish(self);
         }
       }
@@ -222,8 +228,6 @@ class TlsSocket {
         w = step(ec, n);
       if (w != Want::Nothing) {
         state = kWaiting;
-        waitDir = w == Want::Read ? kRead : kWrite;
-        s->beginWait(waitDir);
         s->socket_.async_wait(w == Want::Read ? tcp::socket::wait_read : tcp::socket::wait_write, std::move(self));
         return;
       }
@@ -236,6 +240,7 @@ class TlsSocket {
     }
     template <class Self>
     void finish(Self& self) {
+      s->endOp(Step::kDirs);
       if constexpr (Step::kBytes)
         self.complete(ec, n);
       else
