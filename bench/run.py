@@ -1817,8 +1817,8 @@ def miss_causes(res, s):
         L.append("    closes it: workers (an io_context per core, SO_REUSEPORT listeners); a leaner HTTP/1 path "
                  "than Beast's generic parser/serializer (its buffers_cat iterators and fields); fewer heap "
                  "allocations per request (the audit record's strings, the parsers' fields, the upstream request's "
-                 "copy of the headers). (TLS already runs over net::TlsSocket: no Asio ssl::stream buffers, one "
-                 "deadline per connection, one recv per arrival.)")
+                 "copy of the headers). (TLS already runs over net::TlsSocket: no Asio ssl::stream buffers, no "
+                 "timer armed per read and write, one recv per arrival.)")
     if any("new-connection" in m for m in missed) and a.get("cpu_s_per_10k_newconn"):
         L.append(f"  new connections: {a['cpu_s_per_10k_newconn'] * 100:.0f} us of CPU per new connection vs nginx's "
                  f"{n['cpu_s_per_10k_newconn'] * 100:.0f} us (TLS handshake, BPF flow lookup, identity, the "
