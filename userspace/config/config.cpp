@@ -4,6 +4,7 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <sched.h>
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 #include <sys/stat.h>
@@ -1332,6 +1333,28 @@ void parseIntercept(const Parser& p, const Row<Config>& row, const Field& f, Con
   c.intercept = static_cast<Intercept>(it - row.choices.begin());
 }
 
+constexpr std::uint32_t kMaxWorkers = 64;
+
+std::uint32_t availableCpus() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (::sched_getaffinity(0, sizeof set, &set) != 0) return 1;
+  return static_cast<std::uint32_t>(CPU_COUNT(&set));
+}
+
+// An integer from 1 to 64, or "auto": the CPUs this process may run on.
+void parseWorkers(const Parser& p, const Row<Config>&, const Field& f, Config& c) {
+  if (f.value.IsScalar() && f.value.Scalar() == "auto") {
+    c.workers = std::clamp<std::uint32_t>(availableCpus(), 1, kMaxWorkers);
+    return;
+  }
+  if (!f.value.IsScalar() || !parseUnsigned<std::uint64_t>(f.value.Scalar()))
+    p.fail(f, "{}: expected an integer from 1 to {} or auto, got {}", f.path, kMaxWorkers, shown(f.value));
+  c.workers = static_cast<std::uint32_t>(p.integer(f, 1, kMaxWorkers));
+}
+
+std::string workersText(const Row<Config>&, const Config& c) { return std::to_string(c.workers); }
+
 std::string interceptText(const Row<Config>& row, const Config& c) {
   return std::string(row.choices[static_cast<std::size_t>(c.intercept)]);
 }
@@ -1439,6 +1462,11 @@ constexpr Row<Config> kTopRows[] = {
      .kind = Kind::Choice,
      .choices = kIntercepts,
      .doc = "targets or all-tls"},
+    {.key = "workers",
+     .slot = Custom<Config>{.parse = parseWorkers, .value = workersText},
+     .kind = Kind::String,
+     .show = "workers: {}",
+     .doc = "event loops serving agents' HTTPS connections: 1 to 64, or auto (one per CPU)"},
     {.key = "publish_ca_dir",
      .slot = &Config::publishCaDir,
      .kind = Kind::Path,

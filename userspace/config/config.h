@@ -284,6 +284,10 @@ enum class Intercept {
 struct Config {
   std::string path;  // the file this came from
   Intercept intercept = Intercept::Targets;
+  // Event loops serving agents' HTTPS connections (README "Workers"): each
+  // its own thread, io_context, listeners (SO_REUSEPORT) and upstream pool.
+  // "auto" in the file is the number of CPUs this process may run on.
+  std::uint32_t workers = 1;
   Listen listen;
   std::string stateDir = "/var/lib/atlasgate";
   // Optional: a directory that gets copies of ca.pem and trust-bundle.pem only

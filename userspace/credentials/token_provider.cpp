@@ -152,29 +152,60 @@ bool TokenProvider::valid(Clock::time_point now) const { return !token_.empty() 
 std::string TokenProvider::basicAuth() const { return "Basic " + basicCredentials(clientId_, secret_.view()); }
 
 asio::awaitable<Result<std::string>> TokenProvider::token() {
-  auto now = Clock::now();
-  if (valid(now)) {
-    if (now >= refreshAt_ && !refreshing_ && now >= nextAttempt_)
-      asio::co_spawn(ex_, refresh(), asio::detached);  // ahead of expiry, in the background
-    co_return std::string(token_.view());
+  {
+    // The common case, from any thread: a valid token, copied under the lock.
+    std::lock_guard lock(mu_);
+    auto now = Clock::now();
+    if (valid(now)) {
+      if (now >= refreshAt_ && !refreshing_ && now >= nextAttempt_) {
+        refreshing_ = true;                              // claimed here: one refresh at a time
+        asio::co_spawn(ex_, refresh(), asio::detached);  // ahead of expiry, in the background
+      }
+      co_return std::string(token_.view());
+    }
   }
-  if (!refreshing_) {
-    if (failures_ > 0 && now < nextAttempt_)
-      co_return makeError("no valid token for {} (last attempt: {})", clientId_, lastError_);
-    asio::co_spawn(ex_, refresh(), asio::detached);
+  // No valid token: wait for one on the provider's own executor, where its
+  // timer lives (a worker's request hops there and back).
+  if ((co_await asio::this_coro::executor) == ex_) co_return co_await fetched();
+  // (co_spawn's result must be default-constructible: Result is not.)
+  auto there = [this]() -> asio::awaitable<std::optional<Result<std::string>>> { co_return co_await fetched(); };
+  std::optional<Result<std::string>> got = co_await asio::co_spawn(ex_, there(), asio::use_awaitable);
+  co_return std::move(*got);
+}
+
+asio::awaitable<Result<std::string>> TokenProvider::fetched() {
+  {
+    std::lock_guard lock(mu_);
+    auto now = Clock::now();
+    if (valid(now)) co_return std::string(token_.view());
+    if (!refreshing_) {
+      if (failures_ > 0 && now < nextAttempt_)
+        co_return makeError("no valid token for {} (last attempt: {})", clientId_, lastError_);
+      refreshing_ = true;
+      asio::co_spawn(ex_, refresh(), asio::detached);
+    }
   }
   // Wait for the one refresh in flight (bounded by its own timeout).
-  // (refresh() armed the timer when it began; re-arming it here would
+  // (refresh() arms the timer when it begins; re-arming it here would
   // cancel the other waiters' waits.)
-  while (refreshing_) co_await wake_.async_wait(kUseTuple);
+  while (isRefreshing()) co_await wake_.async_wait(kUseTuple);
+  std::lock_guard lock(mu_);
   if (valid(Clock::now())) co_return std::string(token_.view());
   co_return makeError("no valid token for {} ({})", clientId_, lastError_.empty() ? "unavailable" : lastError_);
 }
 
+bool TokenProvider::isRefreshing() const {
+  std::lock_guard lock(mu_);
+  return refreshing_;
+}
+
 asio::awaitable<void> TokenProvider::refresh() {
-  refreshing_ = true;
+  // refreshing_ was set by whoever spawned this, under the lock.
   wake_.expires_at(Clock::time_point::max());
-  ++stats_.fetches;
+  {
+    std::lock_guard lock(mu_);
+    ++stats_.fetches;
+  }
   http::request<http::string_body> req{http::verb::post, "/api/oauth/token", 11};
   req.set(http::field::host, host_);
   req.set(http::field::authorization, basicAuth());
@@ -188,6 +219,7 @@ asio::awaitable<void> TokenProvider::refresh() {
       rt.ec ? Result<TokenResponse>(makeError("token endpoint {} failed: {}", rt.what, rt.ec.message()))
             : parseTokenResponse(rt.response.result_int(), rt.response.body());
   auto now = Clock::now();
+  std::unique_lock lock(mu_);
   if (parsed) {
     auto ttl = parsed->expiresIn;
     token_ = Secret(std::move(parsed->accessToken));
@@ -201,44 +233,65 @@ asio::awaitable<void> TokenProvider::refresh() {
     margin_ = std::min<std::chrono::milliseconds>(kSafetyMargin, life / 10);
     failures_ = 0;
     lastError_.clear();
+    refreshing_ = false;
+    lock.unlock();
     log::info("service account {}: token obtained, valid {}s", clientId_, ttl.count());
   } else {
     ++stats_.failures;
     ++failures_;
     lastError_ = parsed.error().message;
     nextAttempt_ = now + backoff(failures_);
-    log::warn("service account {}: {} (attempt {}, next in {} ms)", clientId_, lastError_, failures_,
-              std::chrono::duration_cast<std::chrono::milliseconds>(nextAttempt_ - now).count());
+    const unsigned attempt = failures_;
+    const auto next = nextAttempt_;
+    refreshing_ = false;
+    lock.unlock();
+    log::warn("service account {}: {} (attempt {}, next in {} ms)", clientId_, parsed.error().message, attempt,
+              std::chrono::duration_cast<std::chrono::milliseconds>(next - now).count());
   }
-  refreshing_ = false;
   wake_.cancel();
 }
 
 void TokenProvider::invalidate(const std::string& token) {
-  if (token_.empty() || token_.view() != token) return;
-  ++stats_.invalidations;
-  token_.wipe();
-  expiresAt_ = {};
+  {
+    std::lock_guard lock(mu_);
+    if (token_.empty() || token_.view() != token) return;
+    ++stats_.invalidations;
+    token_.wipe();
+    expiresAt_ = {};
+  }
   log::warn("service account {}: upstream rejected the current token; fetching a new one", clientId_);
 }
 
 asio::awaitable<void> TokenProvider::revoke() {
-  if (token_.empty()) co_return;
+  std::string current;
+  {
+    std::lock_guard lock(mu_);
+    if (token_.empty()) co_return;
+    current = std::string(token_.view());
+  }
   http::request<http::string_body> req{http::verb::post, "/api/oauth/revoke", 11};
   req.set(http::field::host, host_);
   req.set(http::field::authorization, basicAuth());
   req.set(http::field::content_type, "application/x-www-form-urlencoded");
   req.set(http::field::accept, "application/json");
-  req.body() = "token=" + std::string(token_.view()) + "&token_type_hint=access_token";
+  req.body() = "token=" + current + "&token_type_hint=access_token";
+  OPENSSL_cleanse(current.data(), current.size());
   RoundTripResult rt = co_await roundTrip(pool_, host_, std::move(req), std::chrono::seconds(3));
   if (rt.ec || rt.response.result_int() != 200)
     log::warn("service account {}: revoking the token failed", clientId_);
   else
     log::info("service account {}: token revoked", clientId_);
+  std::lock_guard lock(mu_);
   token_.wipe();
 }
 
+TokenStats TokenProvider::stats() const {
+  std::lock_guard lock(mu_);
+  return stats_;
+}
+
 std::string TokenProvider::describeState() const {
+  std::lock_guard lock(mu_);
   auto now = Clock::now();
   if (refreshing_) return "refreshing";
   if (valid(now))

@@ -8,6 +8,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <mutex>
 #include <optional>
 #include <string>
 
@@ -33,6 +34,8 @@ class TokenProvider {
 
   // A valid bearer token, or an error whose message is safe to show. The
   // token endpoint is reached over the pool, at an address atlasgate chose.
+  // Callable from any thread (workers): a cached token is copied under a
+  // lock; waiting for a fetch happens on the provider's executor.
   net::asio::awaitable<Result<std::string>> token();
 
   // The upstream answered 401 for this token: do not inject it again.
@@ -43,12 +46,15 @@ class TokenProvider {
 
   // For status: "valid, expires in 3412s", "refreshing", "failing: …".
   std::string describeState() const;
-  const TokenStats& stats() const { return stats_; }
+  TokenStats stats() const;
   const std::string& clientId() const { return clientId_; }
 
  private:
+  // On ex_: a token, waiting for the refresh in flight (or starting one).
+  net::asio::awaitable<Result<std::string>> fetched();
   net::asio::awaitable<void> refresh();
-  bool valid(Clock::time_point now) const;
+  bool isRefreshing() const;
+  bool valid(Clock::time_point now) const;  // mu_ held
   std::string basicAuth() const;
 
   net::asio::any_io_executor ex_;
@@ -58,6 +64,9 @@ class TokenProvider {
   Secret secret_;
   std::chrono::seconds timeout_;
 
+  // What refresh() writes and callers on other threads read (ex_ alone
+  // touches wake_).
+  mutable std::mutex mu_;
   Secret token_;
   Clock::time_point expiresAt_{};
   Clock::time_point refreshAt_{};

@@ -45,6 +45,7 @@
 #include "tls/authority.h"
 #include "tls/client_context.h"
 #include "tls/server_context.h"
+#include "daemon/workers.h"
 #include "upstream/upstream.h"
 #include "vault/vault.h"
 
@@ -59,10 +60,13 @@ namespace {
 
 constexpr std::size_t kMaxAddressesPerHost = 64;
 
-UpstreamLimits upstreamLimits(const config::Limits& l) {
+// Each worker has a pool of its own: the caps are shared out among them.
+UpstreamLimits upstreamLimits(const config::Limits& l, std::size_t workers) {
+  auto share = [workers](std::size_t cap) { return std::max<std::size_t>(1, (cap + workers - 1) / workers); };
   UpstreamLimits u;
-  u.maxConnections = l.maxUpstreamConnections;
-  u.maxPerAgent = l.maxUpstreamConnectionsPerAgent;
+  u.maxConnections = share(l.maxUpstreamConnections);
+  u.maxPerAgent = share(l.maxUpstreamConnectionsPerAgent);
+  u.maxConnecting = share(u.maxConnecting);
   u.queueTimeout = l.upstreamQueueTimeout;
   u.connectTimeout = l.upstreamConnectTimeout;
   return u;
@@ -166,6 +170,19 @@ class Daemon {
   std::unique_ptr<control::Server> control_;
   std::unique_ptr<admin::Server> admin_;
   std::unique_ptr<console::Server> console_;  // the audit log and approvals_ call into it: cleared in run()
+  // workers: N (workers.h): after what they use, so they go first.
+  std::vector<std::unique_ptr<Worker>> workers_;
+  std::thread::id mainThread_ = std::this_thread::get_id();
+  // Runs f on every upstream pool, each on its own thread (waiting for each).
+  void forEachPool(const std::function<void(UpstreamPool&)>& f);
+  std::vector<Server*> servers();
+  std::vector<UpstreamPool*> pools();
+  std::uint64_t counterSum(proxy::Counter c);
+  UpstreamStats poolStats();
+  std::size_t poolIdle();
+  std::vector<UpstreamHostView> poolHosts();
+  Result<void> startWorkers(const std::shared_ptr<const Runtime>& rt, std::uint64_t netnsCookie);
+  void stopWorkers();
   std::unique_ptr<discovery::PodWatcher> pods_;
   struct AttachedPod {
     std::string name;    // namespace/pod
@@ -272,7 +289,99 @@ Result<void> Daemon::start() {
   // Everything that needed full root is done; keep only what serving needs.
   if (auto r = dropCapabilities(); !r) return r;
   log::info("capabilities now: {}", effectiveCapabilities());
+  for (auto& w : workers_) w->start();  // after the drop: threads keep what they were made with
+  if (!workers_.empty()) log::info("{} workers serve agents' HTTPS connections", workers_.size() + 1);
   return {};
+}
+
+Result<void> Daemon::startWorkers(const std::shared_ptr<const Runtime>& rt, std::uint64_t netnsCookie) {
+  for (auto& w : workers_) {
+    w->server = std::make_unique<Server>(
+        w->io, [this](const sockaddr* peer, std::uint64_t netns) { return loader_->take(peer, netns); }, *serverTls_,
+        *w->pool, *audit_, *agents_, approvals_, netnsCookie);
+    w->server->joinAs(w->index, *server_);
+    w->server->setRuntime(rt);
+    w->server->setCaptured(captured_.get());
+    if (auto r = w->server->listen(config_->listen.port, true); !r)
+      return makeError("worker {}: {}", w->index, r.error().message);
+  }
+  return {};
+}
+
+std::vector<Server*> Daemon::servers() {
+  std::vector<Server*> out{server_.get()};
+  for (auto& w : workers_)
+    if (w->server) out.push_back(w->server.get());
+  return out;
+}
+
+std::vector<UpstreamPool*> Daemon::pools() {
+  std::vector<UpstreamPool*> out{pool_.get()};
+  for (auto& w : workers_) out.push_back(w->pool.get());
+  return out;
+}
+
+void Daemon::forEachPool(const std::function<void(UpstreamPool&)>& f) {
+  f(*pool_);
+  for (auto& w : workers_) w->call([&] { f(*w->pool); });
+}
+
+std::uint64_t Daemon::counterSum(proxy::Counter c) {
+  std::uint64_t n = 0;
+  for (Server* s : servers()) n += s->counters().get(c);
+  return n;
+}
+
+UpstreamStats Daemon::poolStats() {
+  UpstreamStats sum = pool_->stats();
+  for (auto& w : workers_) {
+    UpstreamStats s = w->call([&] { return w->pool->stats(); });
+    sum.connects += s.connects;
+    sum.connectFailures += s.connectFailures;
+    sum.reuses += s.reuses;
+    sum.resumedSessions += s.resumedSessions;
+    sum.queued += s.queued;
+    sum.queueTimeouts += s.queueTimeouts;
+    sum.queueWaitSeconds += s.queueWaitSeconds;
+  }
+  return sum;
+}
+
+std::size_t Daemon::poolIdle() {
+  std::size_t n = pool_->idleCount();
+  for (auto& w : workers_) n += w->call([&] { return w->pool->idleCount(); });
+  return n;
+}
+
+std::vector<UpstreamHostView> Daemon::poolHosts() {
+  std::vector<UpstreamHostView> out = pool_->hosts();
+  for (auto& w : workers_)
+    for (const UpstreamHostView& h : w->call([&] { return w->pool->hosts(); }))
+      for (UpstreamHostView& o : out) {
+        if (o.host != h.host) continue;
+        o.open += h.open;
+        o.idle += h.idle;
+        o.connecting += h.connecting;
+        o.waiting += h.waiting;
+        o.stats.connects += h.stats.connects;
+        o.stats.connectFailures += h.stats.connectFailures;
+        o.stats.reuses += h.stats.reuses;
+        o.stats.resumedSessions += h.stats.resumedSessions;
+        o.stats.queued += h.stats.queued;
+        o.stats.queueTimeouts += h.stats.queueTimeouts;
+        o.stats.queueWaitSeconds += h.stats.queueWaitSeconds;
+      }
+  return out;
+}
+
+// The workers' loops end once their sessions are gone (shutdown() drained
+// them); one still busy after the grace makes the exit a forced one.
+void Daemon::stopWorkers() {
+  for (auto& w : workers_)
+    if (!w->stop(std::chrono::seconds(2))) {
+      log::warn("worker {} did not finish in time", w->index);
+      forced_ = true;
+    }
 }
 
 Result<void> Daemon::publishCa() const {
@@ -307,13 +416,20 @@ Result<void> Daemon::startTls() {
   if (!stls) return stls.error();
   serverTls_ = std::make_unique<tls::ServerContext>(std::move(stls.value()));
   pool_ = std::make_unique<UpstreamPool>(io_.get_executor());
-  for (const auto& t : config_->targets) {
-    auto cctx = tls::makeClientContext(t.upstreamCa);
-    if (!cctx) return makeError("target {}: {}", t.host, cctx.error().message);
-    // A mongodb target's servers are dialled by the MongoDB front end, per name.
-    if (t.protocol == config::Protocol::Https) pool_->addHost(t.host, cctx.value().release());
+  for (unsigned i = 1; i < config_->workers; ++i) {
+    workers_.push_back(std::make_unique<Worker>(i));
+    workers_.back()->pool = std::make_unique<UpstreamPool>(workers_.back()->io.get_executor());
   }
-  pool_->setLimits(upstreamLimits(config_->limits));
+  for (const auto& t : config_->targets) {
+    // A mongodb target's servers are dialled by the MongoDB front end, per name.
+    if (t.protocol != config::Protocol::Https) continue;
+    for (UpstreamPool* pool : pools()) {
+      auto cctx = tls::makeClientContext(t.upstreamCa);
+      if (!cctx) return makeError("target {}: {}", t.host, cctx.error().message);
+      pool->addHost(t.host, cctx.value().release());
+    }
+  }
+  for (UpstreamPool* pool : pools()) pool->setLimits(upstreamLimits(config_->limits, config_->workers));
   return openVault();
 }
 
@@ -356,10 +472,11 @@ Result<void> Daemon::startKernel(std::shared_ptr<const Runtime> rt) {
   server_ = std::make_unique<Server>(
       io_, [this](const sockaddr* peer, std::uint64_t netns) { return loader_->take(peer, netns); }, *serverTls_,
       *pool_, *audit_, *agents_, approvals_, *cookie);
-  server_->setRuntime(std::move(rt));
+  server_->setRuntime(rt);
   server_->setCaptured(captured_.get());
   // Listen before attaching, so that the first redirected connection finds us.
-  if (auto r = server_->listen(config_->listen.port); !r) return r;
+  if (auto r = server_->listen(config_->listen.port, !workers_.empty()); !r) return r;
+  if (auto r = startWorkers(rt, *cookie); !r) return r;
 
   if (auto r = loader_->attach(agentsCgroup_); !r) return r;
   for (const auto& p : config_->agents.attach) {
@@ -553,7 +670,9 @@ Result<void> Daemon::applyTargets() {
         byHost[configured.at(id)->host].emplace_back(a, configured.at(id)->upstreamPort);
     }
   }
-  for (auto& [host, endpoints] : byHost) pool_->setAddresses(host, std::move(endpoints));
+  forEachPool([&](UpstreamPool& pool) {
+    for (const auto& [host, endpoints] : byHost) pool.setAddresses(host, endpoints);
+  });
   return loader_->setTargets(table);
 }
 
@@ -643,7 +762,7 @@ Result<void> Daemon::startDiscovery() {
       if (auto r = loader_->attach(containerGuard_); !r) return r;
       agents_->setGuards({containerGuard_});
       agents_->setRoots(attachedRoots());
-      server_->setDiscoverySettle(config_->containers->settle);
+      for (Server* s : servers()) s->setDiscoverySettle(config_->containers->settle);
       log::info("containers under {} are redirected from their first connection (guard)", containerGuard_);
     }
     discovery::ContainerWatcherOptions co;
@@ -866,7 +985,7 @@ void Daemon::scanNamespaces() {
 // connections have fallen well below their peak since the last trim, the
 // free pages go back to the kernel (malloc_trim; a few ms, every 10 s at most).
 void Daemon::trimMemory() {
-  const std::uint64_t live = server_->counters().get(proxy::Counter::LiveConnections);
+  const std::uint64_t live = counterSum(proxy::Counter::LiveConnections);
   connectionPeak_ = std::max(connectionPeak_, live);
   if (connectionPeak_ < live + 1024) return;
   ::malloc_trim(0);
@@ -885,7 +1004,8 @@ asio::awaitable<void> Daemon::netnsLoop() {
   });
   for (unsigned tick = 0;; ++tick) {
     scanNamespaces();
-    if (tick % 20 == 0) pool_->sweep();  // every 10 s: idle upstream connections past their time
+    if (tick % 20 == 0)
+      forEachPool([](UpstreamPool& p) { p.sweep(); });  // every 10 s: idle upstream connections past their time
     if (tick % 20 == 10) trimMemory();
     if (pods_ && tick % 2 == 0)
       for (const auto& p : pods_->pods()) podUpsert(p);  // pods whose cgroup appeared after their event
@@ -901,9 +1021,10 @@ asio::awaitable<void> Daemon::netnsLoop() {
 
 asio::awaitable<void> Daemon::shutdown() {
   server_->stopAccepting();
+  for (auto& w : workers_) w->call([&] { w->server->stopAccepting(); });
   asio::steady_timer t(io_);
   auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-  while (server_->counters().get(proxy::Counter::LiveConnections) > 0 && std::chrono::steady_clock::now() < deadline) {
+  while (counterSum(proxy::Counter::LiveConnections) > 0 && std::chrono::steady_clock::now() < deadline) {
     t.expires_after(std::chrono::milliseconds(100));
     co_await t.async_wait(kUseTuple);
   }
@@ -912,16 +1033,17 @@ asio::awaitable<void> Daemon::shutdown() {
   if (pods_) pods_->stop();
   if (containers_) containers_->stop();
   server_->closeAll();
+  for (auto& w : workers_) w->call([&] { w->server->closeAll(); });
   // Requests still queued for an upstream connection belong to agents that
   // are gone: they must never be sent. The pool stays open for the revokes.
-  pool_->failWaiters();
+  forEachPool([](UpstreamPool& p) { p.failWaiters(); });
   // Temporary database users go before the credential that deletes them.
   for (auto& [k, users] : temporaryUsers_) co_await users->removeAll();
   for (auto& [k, p] : tokenProviders_) co_await p->revoke();
   if (control_) control_->stop();
   if (admin_) admin_->stop();
   if (console_) console_->stop();
-  pool_->close();
+  forEachPool([](UpstreamPool& p) { p.close(); });
   {
     std::lock_guard lock(stopMu_);
     stopping_ = true;
@@ -929,11 +1051,11 @@ asio::awaitable<void> Daemon::shutdown() {
   stopCv_.notify_all();
   // Closed sessions unwind on their own; whatever is still running after
   // 2 s is cut short by stopping the loop.
-  for (int i = 0; i < 20 && server_->counters().get(proxy::Counter::LiveConnections) > 0; ++i) {
+  for (int i = 0; i < 20 && counterSum(proxy::Counter::LiveConnections) > 0; ++i) {
     t.expires_after(std::chrono::milliseconds(100));
     co_await t.async_wait(kUseTuple);
   }
-  if (server_->counters().get(proxy::Counter::LiveConnections) > 0) {
+  if (counterSum(proxy::Counter::LiveConnections) > 0) {
     forced_ = true;
     io_.stop();
   }
@@ -952,12 +1074,14 @@ Result<void> Daemon::reload() {
   if (next->capture.enabled != config_->capture.enabled || next->capture.keyFile != config_->capture.keyFile)
     return makeError("capture.enabled and capture.key_file changes need a restart");
   if (next->intercept != config_->intercept) return makeError("intercept changes need a restart");
+  if (next->workers != config_->workers) return makeError("workers changes need a restart");
   if (config::mongodbPort(*next) != config::mongodbPort(*config_))
     return makeError("adding or removing mongodb targets, or changing their port, needs a restart");
   // Targets may be added, removed and changed. A host the CA was not made
   // for cannot be added: its name constraints list the hosts, so agents
   // would have to trust a new CA (a restart makes it).
-  std::map<std::string, tls::SslCtxPtr> contexts;  // new or changed upstream TLS (freed if the reload fails)
+  // New or changed upstream TLS, one per pool (freed if the reload fails).
+  std::map<std::string, std::vector<tls::SslCtxPtr>> contexts;
   for (const auto& t : next->targets) {
     const auto& caHosts = authority_->hosts();
     if (std::find(caHosts.begin(), caHosts.end(), t.host) == caHosts.end())
@@ -970,24 +1094,29 @@ Result<void> Daemon::reload() {
     for (const auto& o : config_->targets)
       if (o.host == t.host) was = &o;
     if (was && was->upstreamCa == t.upstreamCa && pool_->hasHost(t.host)) continue;
-    auto cctx = tls::makeClientContext(t.upstreamCa);
-    if (!cctx) return makeError("target {}: {}", t.host, cctx.error().message);
-    contexts[t.host] = std::move(cctx.value());
+    for (std::size_t i = 0; i < pools().size(); ++i) {
+      auto cctx = tls::makeClientContext(t.upstreamCa);
+      if (!cctx) return makeError("target {}: {}", t.host, cctx.error().message);
+      contexts[t.host].push_back(std::move(cctx.value()));
+    }
   }
   auto rt = buildRuntime(next, server_->runtime().get());
   if (!rt) return rt.error();
   auto adminToken = admin::readToken(next->listen);  // re-read: a rotated token takes effect
   if (!adminToken) return adminToken.error();
   std::atomic_store(&config_, std::shared_ptr<const config::Config>(next));
-  for (auto& [host, ctx] : contexts) pool_->setContext(host, ctx.release());  // the pool owns it
+  for (auto& [host, ctxs] : contexts) {
+    std::size_t i = 0;
+    forEachPool([&](UpstreamPool& p) { p.setContext(host, ctxs[i++].release()); });  // the pool owns it
+  }
   contexts.clear();
   if (auto r = applyTargets(); !r) return r;
-  pool_->setLimits(upstreamLimits(next->limits));
+  forEachPool([&](UpstreamPool& p) { p.setLimits(upstreamLimits(next->limits, next->workers)); });
   for (const auto& p : next->agents.attach)
     if (auto r = loader_->attach(p, false); !r) log::warn("reload: {}", r.error().message);
   log::Level level;
   if (log::parseLevel(next->logLevel, level)) log::setLevel(level);
-  server_->setRuntime(rt.value());
+  for (Server* srv : servers()) srv->setRuntime(rt.value());
   if (captured_) captured_->configure(next->capture);  // capture.share
   if (admin_) admin_->setToken(std::move(adminToken.value()));
   if (auto r = audit_->reopen(); !r) log::warn("reload: {}", r.error().message);
@@ -1057,7 +1186,15 @@ Result<void> Daemon::startConsole() {
   if (!srv) return srv.error();
   console_ = std::move(srv.value());
   audit_->setObserver([this](const audit::Record& r, std::string_view line) {
-    console_->feed().push(line, r.agent, r.decision, r.protocol, r.ts);
+    if (std::this_thread::get_id() == mainThread_) {
+      console_->feed().push(line, r.agent, r.decision, r.protocol, r.ts);
+      return;
+    }
+    // A worker's record: the console lives on the daemon's thread.
+    asio::post(io_, [this, line = std::string(line), agent = r.agent, decision = r.decision, protocol = r.protocol,
+                     ts = r.ts] {
+      if (console_) console_->feed().push(line, agent, decision, protocol, ts);
+    });
   });
   approvals_.setOnChange([this] { console_->approvalsChanged(approvals_.pending().size()); });
   return {};
@@ -1131,8 +1268,13 @@ Health Daemon::health() const {
 json::value Daemon::statusConnections() {
   json::array conns;
   auto now = std::chrono::steady_clock::now();
-  for (const auto& c : server_->connections())
+  std::vector<proxy::ConnectionInfo> all;
+  for (Server* srv : servers())
+    for (auto& c : srv->connections()) all.push_back(std::move(c));
+  std::sort(all.begin(), all.end(), [](const auto& a, const auto& b) { return a.id < b.id; });
+  for (const auto& c : all)
     conns.push_back(json::object{{"id", c.id},
+                                 {"worker", c.worker},
                                  {"agent", c.agent},
                                  {"pid", c.pid},
                                  {"comm", c.comm},
@@ -1207,14 +1349,14 @@ json::value Daemon::statusTargets() {
 }
 
 json::value Daemon::statusCounters() {
-  const UpstreamStats pool = pool_->stats();  // summed over targets: once
+  const UpstreamStats pool = poolStats();  // summed over targets (and workers): once
   json::object counters;
-  for (const auto& row : proxy::kCounterTable) counters[row.status] = server_->counters().get(row.counter);
+  for (const auto& row : proxy::kCounterTable) counters[row.status] = counterSum(row.counter);
   counters["approvals_refused"] = approvals_.refused();
   counters["phantom_tokens_live"] = server_->phantoms().size();
   counters["audit_written"] = audit_->written();
   counters["audit_lost"] = audit_->lost();
-  counters["upstream_idle"] = pool_->idleCount();
+  counters["upstream_idle"] = poolIdle();
   counters["upstream_connects"] = pool.connects;
   counters["upstream_reuses"] = pool.reuses;
   auto tc = serverTls_->counters();
@@ -1227,7 +1369,7 @@ json::value Daemon::statusCounters() {
 
 json::value Daemon::statusUpstream() {
   json::array upstream;
-  for (const auto& h : pool_->hosts())
+  for (const auto& h : poolHosts())
     upstream.push_back(json::object{{"host", h.host},
                                     {"open", h.open},
                                     {"idle", h.idle},
@@ -1289,6 +1431,13 @@ json::value Daemon::status() {
   o["pid"] = ::getpid();
   o["config"] = opts_.configPath;
   o["listen_port"] = config_->listen.port;
+  json::array workers;  // each event loop's share
+  for (Server* srv : servers())
+    workers.push_back(json::object{{"worker", srv->worker()},
+                                   {"accepted", srv->counters().get(proxy::Counter::Accepted)},
+                                   {"live_connections", srv->counters().get(proxy::Counter::LiveConnections)},
+                                   {"requests", srv->counters().get(proxy::Counter::Requests)}});
+  o["workers"] = std::move(workers);
   o["attached"] = statusAttached();
   o["connections"] = statusConnections();
   o["credentials"] = statusCredentials();
@@ -1316,7 +1465,14 @@ json::value Daemon::status() {
 }
 
 std::string Daemon::metrics() {
-  std::string out = server_->metrics().render();
+  std::string out;
+  if (workers_.empty()) {
+    out = server_->metrics().render();
+  } else {
+    proxy::RequestMetrics merged;
+    for (Server* srv : servers()) merged.merge(srv->metrics());
+    out = merged.render();
+  }
   auto counter = [&out](std::string_view name, std::string_view help, std::string_view type) {
     fmt::format_to(std::back_inserter(out), "# HELP {} {}\n# TYPE {} {}\n", name, help, name, type);
   };
@@ -1325,11 +1481,11 @@ std::string Daemon::metrics() {
   fmt::format_to(std::back_inserter(out), "atlasgate_healthy {}\n", health().ok() ? 1 : 0);
   for (const auto& row : proxy::kCounterTable) {
     counter(row.metric, row.help, row.gauge ? "gauge" : "counter");
-    fmt::format_to(std::back_inserter(out), "{} {}\n", row.metric, server_->counters().get(row.counter));
+    fmt::format_to(std::back_inserter(out), "{} {}\n", row.metric, counterSum(row.counter));
   }
   counter("atlasgate_upstream_pool_idle", "Idle upstream connections kept for reuse.", "gauge");
-  fmt::format_to(std::back_inserter(out), "atlasgate_upstream_pool_idle {}\n", pool_->idleCount());
-  auto hostViews = pool_->hosts();
+  fmt::format_to(std::back_inserter(out), "atlasgate_upstream_pool_idle {}\n", poolIdle());
+  auto hostViews = poolHosts();
   auto perHost = [&](const char* name, const char* help, const char* type, auto value) {
     counter(name, help, type);
     for (const auto& h : hostViews)
@@ -1352,7 +1508,7 @@ std::string Daemon::metrics() {
           [](const UpstreamHostView& h) { return h.stats.connectFailures; });
   counter("atlasgate_upstream_connects_total", "Upstream TLS connections opened, by TLS session resumption.",
           "counter");
-  const UpstreamStats pool = pool_->stats();  // summed over targets: once
+  const UpstreamStats pool = poolStats();  // summed over targets (and workers): once
   fmt::format_to(std::back_inserter(out), "atlasgate_upstream_connects_total{{resumed=\"false\"}} {}\n",
                  pool.connects - pool.resumedSessions);
   fmt::format_to(std::back_inserter(out), "atlasgate_upstream_connects_total{{resumed=\"true\"}} {}\n",
@@ -1413,6 +1569,7 @@ int Daemon::run() {
   log::info("atlasgate ready: {} target(s), listening on port {}, agents cgroup {}", config_->targets.size(),
             config_->listen.port, agentsCgroup_);
   io_.run();
+  stopWorkers();
   audit_->setDeferrer(nullptr);
   audit_->flush();               // a stopped loop runs no deferred flush: nothing gathered is lost
   audit_->setObserver(nullptr);  // the console goes before the audit log and approvals_

@@ -88,6 +88,7 @@ std::string AgentDirectory::relative(const std::string& abs) const {
 
 void AgentDirectory::setName(const std::string& absolutePath, std::string name,
                              std::shared_ptr<const std::map<std::string, std::string>> podLabels, LabelKind kind) {
+  std::lock_guard lock(mu_);
   GivenName& g = names_[relative(absolutePath)];
   bool same = g.name == name && g.kind == kind &&
               ((!g.labels && !podLabels) || (g.labels && podLabels && *g.labels == *podLabels));
@@ -97,17 +98,20 @@ void AgentDirectory::setName(const std::string& absolutePath, std::string name,
 }
 
 void AgentDirectory::forgetName(const std::string& absolutePath) {
+  std::lock_guard lock(mu_);
   names_.erase(relative(absolutePath));
   cache_.clear();
 }
 
 void AgentDirectory::setGuards(std::vector<std::string> absolutePaths) {
+  std::lock_guard lock(mu_);
   guardsRel_.clear();
   for (const auto& p : absolutePaths) guardsRel_.push_back(relative(p));
   cache_.clear();
 }
 
 void AgentDirectory::setRoots(std::vector<std::string> absolutePaths) {
+  std::lock_guard lock(mu_);
   rootsRel_.clear();
   for (const auto& p : absolutePaths) rootsRel_.push_back(relative(p));
   cache_.clear();
@@ -128,6 +132,7 @@ std::string AgentDirectory::pathOf(std::uint64_t cgroupId) {
 }
 
 AgentIdentity AgentDirectory::lookup(std::uint64_t cgroupId) {
+  std::lock_guard lock(mu_);
   if (auto it = cache_.find(cgroupId); it != cache_.end()) return it->second;
   AgentIdentity id;
   if (gone_.contains(cgroupId)) {

@@ -24,6 +24,7 @@
 #include <map>
 #include <set>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -88,6 +89,8 @@ class AgentDirectory {
   std::string agentsRel_;
   std::vector<std::string> rootsRel_;
   std::vector<std::string> guardsRel_;
+  // Workers look agents up from their own threads (Daemon: workers).
+  std::mutex mu_;
   std::map<std::uint64_t, AgentIdentity> cache_;
   std::set<std::uint64_t> gone_;            // ids whose cgroup was removed
   std::map<std::string, GivenName> names_;  // relative cgroup path -> given name

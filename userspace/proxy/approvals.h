@@ -11,9 +11,11 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <vector>
 
 #include "net/asio.h"
@@ -64,43 +66,42 @@ struct Admission {
   std::chrono::seconds retryAfter{0};  // when a place is expected to free up (at least 1 s)
 };
 
+// Thread-safe: workers hold requests from their own threads. A held
+// request's timer lives on the executor of whoever waits for it; decide()
+// and denyAll() (the daemon's thread) cancel it there, by a post.
 class Approvals {
  public:
-  explicit Approvals(asio::any_io_executor ex) : ex_(std::move(ex)) {}
+  explicit Approvals(asio::any_io_executor ex) : ex_(std::move(ex)), owner_(std::this_thread::get_id()) {}
 
-  // Registers a held request and returns its ID, unless holding it would
-  // pass one of the limits: then it is not registered and Admission says
-  // which cap was full.
-  Admission add(ApprovalInfo info, const HoldLimits& limits);
-  // Suspends until decided or timed out (the entry is then gone). When the
-  // wait itself is cancelled, returns Waiting and the entry stays.
+  // `waiter`: the executor wait(id) will run on (default: the daemon's).
+  Admission add(ApprovalInfo info, const HoldLimits& limits, asio::any_io_executor waiter = {});
   asio::awaitable<ApprovalOutcome> wait(std::uint64_t id);
-  // The agent went away: drop its request.
   void abandon(std::uint64_t id);
-  // Returns false when no such request is waiting.
   bool decide(std::uint64_t id, bool allow);
   std::vector<ApprovalInfo> pending() const;
-  // Shutdown: every held request is denied.
   void denyAll();
-  // Called whenever the pending list changes (a request held, decided,
-  // timed out or abandoned): the console pushes it to open pages.
+  // Runs on the thread that made this object (posted there from others).
   void setOnChange(std::function<void()> f) { onChange_ = std::move(f); }
 
-  // What is held now (decided entries whose requester has not yet picked
-  // the decision up included: their bodies are still in memory).
-  std::size_t held() const { return entries_.size(); }
-  std::uint64_t heldBodyBytes() const { return heldBodyBytes_; }
-  std::uint64_t refused() const { return refused_; }
+  std::size_t held() const;
+  std::uint64_t heldBodyBytes() const;
+  std::uint64_t refused() const;
 
  private:
   struct Entry {
     ApprovalInfo info;
     std::optional<bool> decision;
-    std::unique_ptr<asio::steady_timer> timer;
+    std::shared_ptr<asio::steady_timer> timer;
   };
+  // mu_ held; the caller calls changed() once it is released.
   void erase(std::map<std::uint64_t, Entry>::iterator it);
+  void changed();
+  // Ends a wait on the timer, on the timer's own executor.
+  void wake(const std::shared_ptr<asio::steady_timer>& timer);
 
   asio::any_io_executor ex_;
+  std::thread::id owner_;
+  mutable std::mutex mu_;
   std::map<std::uint64_t, Entry> entries_;
   std::map<std::string, std::size_t, std::less<>> perAgent_;  // held entries per agentKey
   std::uint64_t heldBodyBytes_ = 0;

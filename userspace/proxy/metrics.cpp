@@ -27,6 +27,12 @@ void Histogram::observe(double ms) {
   sum_ += ms / 1000.0;
 }
 
+void Histogram::merge(const Histogram& o) {
+  for (std::size_t i = 0; i < kBucketsMs.size(); ++i) counts_[i] += o.counts_[i];
+  count_ += o.count_;
+  sum_ += o.sum_;
+}
+
 void Histogram::render(std::string& out, const std::string& name, const std::string& labels) const {
   std::string sep = labels.empty() ? "" : ",";
   for (std::size_t i = 0; i < kBucketsMs.size(); ++i)
@@ -37,20 +43,30 @@ void Histogram::render(std::string& out, const std::string& name, const std::str
   fmt::format_to(std::back_inserter(out), "{}_sum{} {}\n{}_count{} {}\n", name, braces, sum_, name, braces, count_);
 }
 
-void RequestMetrics::record(const audit::Record& r) {
-  std::lock_guard lock(mu_);
-  std::string_view agent = r.agent;
+void RequestMetrics::count(std::string_view agent, std::string_view decision, unsigned status, std::uint64_t n) {
   if (!agents_.contains(agent)) {
     if (agents_.size() >= kMaxAgents)
       agent = "_other";
     else
       agents_.emplace(std::string(agent), true);
   }
-  const std::tuple<std::string_view, std::string_view, unsigned> key{agent, r.decision, r.status};
+  const std::tuple<std::string_view, std::string_view, unsigned> key{agent, decision, status};
   if (auto it = requests_.find(key); it != requests_.end())
-    ++it->second;
+    it->second += n;
   else
-    requests_.emplace(std::tuple<std::string, std::string, unsigned>{agent, r.decision, r.status}, 1);
+    requests_.emplace(std::tuple<std::string, std::string, unsigned>{agent, decision, status}, n);
+}
+
+void RequestMetrics::merge(const RequestMetrics& o) {
+  std::scoped_lock lock(mu_, o.mu_);
+  for (const auto& [k, n] : o.requests_) count(std::get<0>(k), std::get<1>(k), std::get<2>(k), n);
+  total_.merge(o.total_);
+  upstream_.merge(o.upstream_);
+}
+
+void RequestMetrics::record(const audit::Record& r) {
+  std::lock_guard lock(mu_);
+  count(r.agent, r.decision, r.status, 1);
   total_.observe(r.totalMs);
   if (r.upstreamMs > 0) upstream_.observe(r.upstreamMs);
 }

@@ -350,7 +350,7 @@ ssl::context* Server::mongoUpstreamTls(const std::optional<std::string>& caFile)
 }
 
 asio::awaitable<void> Server::mongoClassify(tcp::socket socket, Flow flow) {
-  std::shared_ptr<const Runtime> rt = runtime_;
+  std::shared_ptr<const Runtime> rt = runtime();
   tls::HelloPeek hello = co_await peekHello(socket);
   if (hello.status == tls::HelloStatus::NeedMore && !socket.is_open()) co_return;
   if (hello.status == tls::HelloStatus::Sni) {

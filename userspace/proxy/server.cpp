@@ -14,6 +14,7 @@
 
 #include <openssl/crypto.h>
 
+#include "common/fd.h"
 #include "common/log.h"
 #include "common/text.h"
 #include "credentials/digest.h"
@@ -31,7 +32,8 @@ using Clock = std::chrono::steady_clock;
 using namespace asio::experimental::awaitable_operators;
 
 struct Server::Session {
-  ConnectionInfo info;
+  ConnectionInfo info;  // requests: see `requests`
+  std::atomic<std::uint64_t> requests{0};
   TlsSocket* stream = nullptr;
 };
 
@@ -49,7 +51,16 @@ Server::Server(asio::io_context& io, TakeFlowFn takeFlow, tls::ServerContext& tl
 
 Server::~Server() = default;
 
-Result<void> Server::listen(std::uint16_t port) {
+void Server::joinAs(unsigned worker, Server& home) {
+  worker_ = worker;
+  home_ = &home;
+  shared_ = home.shared_;
+  home.peers_.push_back(this);
+}
+
+Result<void> Server::listen(std::uint16_t port) { return listen(port, false); }
+
+Result<void> Server::listen(std::uint16_t port, bool reusePort) {
   struct Addr {
     const char* text;
     bool required;
@@ -60,6 +71,10 @@ Result<void> Server::listen(std::uint16_t port) {
     tcp::endpoint ep(asio::ip::make_address(a.text), port);
     acc->open(ep.protocol(), ec);
     if (!ec) acc->set_option(asio::socket_base::reuse_address(true), ec);
+    // Only the daemon's uid can join the group (the kernel checks): agents
+    // run as other users. Agents' namespaces get one listener, no group
+    // (Daemon::scanNamespaces): a container's root could join one there.
+    if (!ec && reusePort) acc->set_option(asio::detail::socket_option::boolean<SOL_SOCKET, SO_REUSEPORT>(true), ec);
     if (!ec && ep.address().is_v6()) acc->set_option(asio::ip::v6_only(true), ec);
     if (!ec) acc->bind(ep, ec);
     if (!ec) acc->listen(asio::socket_base::max_listen_connections, ec);
@@ -68,8 +83,9 @@ Result<void> Server::listen(std::uint16_t port) {
       log::warn("not listening on [{}]:{}: {}", a.text, port, ec.message());
       continue;
     }
-    log::info("listening on {}",
-              a.required ? fmt::format("{}:{}", a.text, port) : fmt::format("[{}]:{}", a.text, port));
+    if (worker_ == 0)
+      log::info("listening on {}",
+                a.required ? fmt::format("{}:{}", a.text, port) : fmt::format("[{}]:{}", a.text, port));
     asio::co_spawn(io_, acceptLoop(*acc, netnsCookie_), asio::detached);
     acceptors_.push_back(std::move(acc));
   }
@@ -116,6 +132,7 @@ void Server::stopAccepting() {
 }
 
 void Server::closeAll() {
+  std::lock_guard lock(sessionsMu_);
   for (auto& [id, s] : sessions_) {
     if (s->stream) {
       beast::error_code ec;
@@ -126,8 +143,12 @@ void Server::closeAll() {
 }
 
 std::vector<ConnectionInfo> Server::connections() const {
+  std::lock_guard lock(sessionsMu_);
   std::vector<ConnectionInfo> out;
-  for (const auto& [id, s] : sessions_) out.push_back(s->info);
+  for (const auto& [id, s] : sessions_) {
+    out.push_back(s->info);
+    out.back().requests = s->requests.load(std::memory_order_relaxed);
+  }
   return out;
 }
 
@@ -189,7 +210,7 @@ asio::awaitable<void> Server::acceptLoop(tcp::acceptor& acceptor, std::uint64_t 
     flow.agent = agents_.lookup(origin->cgroup_id);
     flow.originalDst = originalEndpoint(*origin);
     flow.comm.assign(origin->comm, strnlen(origin->comm, sizeof origin->comm));
-    if (flow.agent.guarded && heldForDiscovery_ < runtime_->config->limits.maxConnectionsPerAgent) {
+    if (flow.agent.guarded && heldForDiscovery_ < runtime()->config->limits.maxConnectionsPerAgent) {
       // Under a guard, not named yet (a container just started or restarted):
       // wait, off the accept loop, for discovery to name it. (At most
       // max_connections_per_agent wait at once: unnamed, they share one cap.)
@@ -243,18 +264,34 @@ void Server::admit(tcp::socket sock, Flow flow) {
     sock.close(pec);
     return;
   }
-  const config::Limits& caps = runtime_->config->limits;
-  std::uint32_t& mine = perAgentConnections_[flow.agent.key];
-  if (counters_.get(Counter::LiveConnections) >= caps.maxConnections || mine >= caps.maxConnectionsPerAgent) {
+  const std::shared_ptr<const Runtime> rt = runtime();
+  const config::Limits& caps = rt->config->limits;
+  std::uint32_t mine = 0;
+  std::uint64_t live = 0;
+  bool over = false;
+  {
+    // Every worker's connections count: one lock per new connection.
+    std::lock_guard lock(shared_->mu);
+    auto it = shared_->perAgent.find(flow.agent.key);
+    mine = it == shared_->perAgent.end() ? 0 : it->second;
+    live = shared_->live;
+    over = live >= caps.maxConnections || mine >= caps.maxConnectionsPerAgent;
+    if (!over) {
+      ++shared_->live;
+      if (it == shared_->perAgent.end())
+        shared_->perAgent.emplace(flow.agent.key, 1);
+      else
+        ++it->second;
+    }
+  }
+  if (over) {
     counters_.add(Counter::RefusedOverLimit);
-    if (mine == 0) perAgentConnections_.erase(flow.agent.key);
     auto now = Clock::now();
     if (now - lastLimitWarning_ >= std::chrono::seconds(1)) {
       log::warn(
           "refused connections over a cap: agent {} has {} (max_connections_per_agent {}), {} in all "
           "(max_connections {})",
-          flow.agent.name, mine, caps.maxConnectionsPerAgent, counters_.get(Counter::LiveConnections),
-          caps.maxConnections);
+          flow.agent.name, mine, caps.maxConnectionsPerAgent, live, caps.maxConnections);
       lastLimitWarning_ = now;
     }
     sock.set_option(asio::socket_base::linger(true, 0), pec);
@@ -262,18 +299,67 @@ void Server::admit(tcp::socket sock, Flow flow) {
     return;
   }
   counters_.add(Counter::Accepted);
-  ++mine;
   counters_.add(Counter::LiveConnections);
-  // Given back when the connection ends, whichever path serves it.
-  flow.slot = std::shared_ptr<void>(nullptr, [this, key = flow.agent.key](void*) {
+  // Given back when the connection ends, whichever path (and worker) serves it.
+  flow.slot = std::shared_ptr<void>(nullptr, [this, shared = shared_, key = flow.agent.key](void*) {
     counters_.sub(Counter::LiveConnections);
-    auto it = perAgentConnections_.find(key);
-    if (it != perAgentConnections_.end() && --it->second == 0) perAgentConnections_.erase(it);
+    std::lock_guard lock(shared->mu);
+    --shared->live;
+    auto it = shared->perAgent.find(key);
+    if (it != shared->perAgent.end() && --it->second == 0) shared->perAgent.erase(it);
   });
   if (origin.flags & AG_ORIGIN_HANDED)
     log::debug("agent {}: a socket created by pid {} was connected by another process", flow.agent.name, origin.pid);
-  flow.id = nextId_++;
+  flow.id = shared_->nextId.fetch_add(1, std::memory_order_relaxed);
   sock.set_option(tcp::no_delay(true), pec);
+  start(std::move(sock), std::move(flow));
+}
+
+namespace {
+
+// A connection to an HTTPS target's address (startHere: serve()); the rest
+// (MongoDB, all-tls classification) is worker 0's.
+bool servedOnWorkers(const Flow& flow) { return flow.origin.target_id != AG_TARGET_NONE; }
+
+}  // namespace
+
+void Server::start(tcp::socket sock, Flow flow) {
+  const bool https = servedOnWorkers(flow);
+  if (home_ != nullptr && !https) {
+    handOff(*home_, std::move(sock), std::move(flow));  // MongoDB and all-tls classification: worker 0
+    return;
+  }
+  if (home_ == nullptr && https && !peers_.empty() && flow.origin.netns_cookie != netnsCookie_) {
+    // From an agents' namespace (one listener, worker 0's): in turn.
+    std::size_t pick = nextPeer_++ % (peers_.size() + 1);
+    if (pick != 0) {
+      handOff(*peers_[pick - 1], std::move(sock), std::move(flow));
+      return;
+    }
+  }
+  startHere(std::move(sock), std::move(flow));
+}
+
+void Server::handOff(Server& to, tcp::socket sock, Flow flow) {
+  beast::error_code ec;
+  const bool v6 = sock.local_endpoint(ec).address().is_v6();
+  UniqueFd fd(ec ? -1 : sock.release(ec));
+  if (ec || !fd.valid()) {
+    log::warn("conn {} agent {}: handing the connection to worker {} failed: {}", flow.id, flow.agent.name, to.worker_,
+              ec.message());
+    return;  // the socket (or fd) closes; the slot is given back
+  }
+  asio::post(to.io_, [&to, fd = std::move(fd), v6, flow = std::move(flow)]() mutable {
+    tcp::socket here(to.io_);
+    beast::error_code aec;
+    here.assign(v6 ? tcp::v6() : tcp::v4(), fd.get(), aec);
+    if (aec) return;
+    fd.release();
+    to.startHere(std::move(here), std::move(flow));
+  });
+}
+
+void Server::startHere(tcp::socket sock, Flow flow) {
   // No exception may end the daemon: a session that throws is logged and dropped.
   auto logFailure = [id = flow.id](std::exception_ptr e) {
     if (!e) return;
@@ -285,10 +371,11 @@ void Server::admit(tcp::socket sock, Flow flow) {
       log::error("conn {}: session ended by an unknown exception", id);
     }
   };
-  const std::uint16_t mongoPort = config::mongodbPort(*runtime_->config);
-  if (mongoPort != 0 && flow.originalDst.port() == mongoPort && origin.target_id == AG_TARGET_NONE)
+  const std::uint16_t mongoPort = config::mongodbPort(*runtime()->config);
+  const std::uint32_t targetId = flow.origin.target_id;
+  if (mongoPort != 0 && flow.originalDst.port() == mongoPort && targetId == AG_TARGET_NONE)
     asio::co_spawn(io_, mongoClassify(std::move(sock), std::move(flow)), logFailure);
-  else if (origin.target_id == AG_TARGET_NONE)
+  else if (targetId == AG_TARGET_NONE)
     asio::co_spawn(io_, classify(std::move(sock), std::move(flow)), logFailure);
   else
     asio::co_spawn(io_, serve(std::move(sock), std::move(flow)), logFailure);
@@ -333,17 +420,23 @@ double msSince(Clock::time_point t) { return std::chrono::duration<double, std::
 }  // namespace
 
 asio::awaitable<void> Server::serve(tcp::socket socket, Flow flow) {
-  std::shared_ptr<const Runtime> rt = runtime_;  // this connection's snapshot, whatever reloads do
+  std::shared_ptr<const Runtime> rt = runtime();  // this connection's snapshot, whatever reloads do
   TlsSocket stream(std::move(socket), *sslCtx_);
   Session session;
   session.stream = &stream;
   session.info = {flow.id, flow.agent.name, flow.origin.pid, flow.comm, endpointText(flow.originalDst), Clock::now(),
-                  0};
-  sessions_[flow.id] = &session;
+                  0,       worker_};
+  {
+    std::lock_guard lock(sessionsMu_);
+    sessions_[flow.id] = &session;
+  }
   struct Leave {
     Server* s;
     std::uint64_t id;
-    ~Leave() { s->sessions_.erase(id); }
+    ~Leave() {
+      std::lock_guard lock(s->sessionsMu_);
+      s->sessions_.erase(id);
+    }
   } leave{this, flow.id};
 
   if (const TargetRuntime* target = co_await handshake(stream, *rt, flow)) {
@@ -403,7 +496,7 @@ asio::awaitable<bool> Server::exchange(Conn& c) {
   std::optional<HttpRequest> req = co_await readRequest(c, ex);
   if (!req) co_return false;
   counters_.add(Counter::Requests);
-  Step step = decide(*req, ExchangeContext{c.rt, c.target, c.flow, phantoms_, Clock::now(), captured_}, ex.rec);
+  Step step = decide(*req, ExchangeContext{c.rt, c.target, c.flow, shared_->phantoms, Clock::now(), captured_}, ex.rec);
   if (auto* held = std::get_if<Hold>(&step)) {
     std::optional<Step> after = co_await hold(c, ex, *req, std::move(*held));
     if (!after) {
@@ -467,8 +560,8 @@ asio::awaitable<std::optional<HttpRequest>> Server::readRequest(Conn& c, Exchang
 asio::awaitable<std::optional<Step>> Server::hold(Conn& c, Exchange& ex, HttpRequest& req, Hold h) {
   const config::Limits& limits = c.limits();
   // A held request keeps its body in memory: what may be held is capped.
-  Admission admission =
-      approvals_.add(h.info, HoldLimits{limits.maxHeldRequests, limits.maxHeldPerAgent, limits.maxHeldBodyBytes});
+  Admission admission = approvals_.add(
+      h.info, HoldLimits{limits.maxHeldRequests, limits.maxHeldPerAgent, limits.maxHeldBodyBytes}, io_.get_executor());
   if (!admission.id) co_return approvalQueueFull(h, admission, ex.rec);
   counters_.add(Counter::ApprovalsHeld);
   const std::uint64_t id = admission.id;
@@ -490,8 +583,8 @@ asio::awaitable<std::optional<Step>> Server::hold(Conn& c, Exchange& ex, HttpReq
   if (outcome == ApprovalOutcome::Waiting) outcome = co_await approvals_.wait(id);
   if (outcome != ApprovalOutcome::Approved) co_return approvalRefused(h, outcome, ex.rec);
   ex.rec.decision = "approved";
-  co_return admitted(req, ExchangeContext{c.rt, c.target, c.flow, phantoms_, Clock::now(), captured_}, h.decision,
-                     ex.rec);
+  co_return admitted(req, ExchangeContext{c.rt, c.target, c.flow, shared_->phantoms, Clock::now(), captured_},
+                     h.decision, ex.rec);
 }
 
 asio::awaitable<bool> Server::answer(Conn& c, Exchange& ex, LocalResponse local) {
@@ -512,7 +605,7 @@ void Server::finish(Conn& c, Exchange& ex) {
   ex.rec.totalMs = msSince(ex.start);
   audit_.write(ex.rec);
   metrics_.record(ex.rec);
-  ++c.session.info.requests;
+  c.session.requests.fetch_add(1, std::memory_order_relaxed);
 }
 
 asio::awaitable<bool> Server::forward(Conn& c, Exchange& ex, HttpRequest& req, Forward& fwd) {
@@ -788,7 +881,8 @@ asio::awaitable<void> Server::classify(tcp::socket socket, Flow flow) {
   // decides. Bytes are only peeked at, so a spliced connection gets them all.
   tls::HelloPeek hello = co_await peekHello(socket);
   if (hello.status == tls::HelloStatus::Sni) {
-    const auto& targets = runtime_->targets;
+    const auto rt = runtime();
+    const auto& targets = rt->targets;
     for (std::size_t i = 0; i < targets.size(); ++i)
       if (targets[i].host == hello.host && targets[i].protocol == config::Protocol::Https) {
         flow.origin.target_id = targets[i].id;
@@ -801,7 +895,7 @@ asio::awaitable<void> Server::classify(tcp::socket socket, Flow flow) {
 }
 
 asio::awaitable<tls::HelloPeek> Server::peekHello(tcp::socket& socket) {
-  const auto limits = runtime_->config->limits;
+  const auto limits = runtime()->config->limits;
   auto deadline = Clock::now() + limits.handshakeTimeout;
   std::vector<std::uint8_t> peek(5 + 16384 + 2048);
   asio::steady_timer pause(io_);
@@ -866,7 +960,7 @@ asio::awaitable<void> pump(beast::tcp_stream& from, beast::tcp_stream& to, std::
 
 asio::awaitable<void> Server::passthrough(tcp::socket socket, Flow flow) {
   counters_.add(Counter::Passthrough);
-  const auto limits = runtime_->config->limits;
+  const auto limits = runtime()->config->limits;
   beast::tcp_stream agent(std::move(socket));
   auto refuse = [&](const std::string& why) {
     log::info("conn {} agent {}: pass-through to {} failed: {}", flow.id, flow.agent.name,

@@ -14,6 +14,7 @@
 #include <functional>
 #include <list>
 #include <map>
+#include <mutex>
 #include <memory>
 #include <optional>
 #include <string>
@@ -80,8 +81,26 @@ struct ConnectionInfo {
   std::string dst;
   std::chrono::steady_clock::time_point since;
   std::uint64_t requests;
+  unsigned worker = 0;  // the event loop serving it (0: the daemon's own)
 };
 
+// What the workers' servers share: thread-safe.
+struct ServerShared {
+  credentials::PhantomTokens phantoms;
+  std::atomic<std::uint64_t> nextId{1};  // connection numbers, unique across workers
+  // limits.max_connections and max_connections_per_agent count every worker.
+  std::mutex mu;
+  std::uint64_t live = 0;
+  std::map<std::string, std::uint32_t, std::less<>> perAgent;  // by agent key
+};
+
+// One event loop's server. The daemon's own (worker 0) serves everything;
+// with `workers: N` each further worker gets a Server of its own on its own
+// io_context (thread), listening on the same port (SO_REUSEPORT) in the
+// daemon's network namespace. A worker serves HTTPS targets; a MongoDB or
+// all-tls connection it accepts is handed to worker 0, which runs MongoDB,
+// classification, pass-through and the listeners in agents' namespaces (and
+// hands the HTTPS connections accepted there to the workers in turn).
 class Server {
  public:
   // The kernel's record of an accepted connection, consumed (bpf::Loader::take):
@@ -93,10 +112,16 @@ class Server {
 
   // Listens on 127.0.0.1:port and [::1]:port (the latter if IPv6 is up).
   Result<void> listen(std::uint16_t port);
-  void setRuntime(std::shared_ptr<const Runtime> runtime) { runtime_ = std::move(runtime); }
+  // With SO_REUSEPORT: every worker listens on the port (workers > 1).
+  Result<void> listen(std::uint16_t port, bool reusePort);
+  // Makes this a worker of `home` (worker 0): shares its caps, phantoms and
+  // connection numbers, and hands it what only worker 0 serves. Before listen.
+  void joinAs(unsigned worker, Server& home);
+  // Any thread (reloads run on worker 0 while workers read it).
+  void setRuntime(std::shared_ptr<const Runtime> runtime) { std::atomic_store(&runtime_, std::move(runtime)); }
   // How long a flow from under a guard may wait for discovery to name it.
   void setDiscoverySettle(std::chrono::milliseconds settle) { discoverySettle_ = settle; }
-  std::shared_ptr<const Runtime> runtime() const { return runtime_; }
+  std::shared_ptr<const Runtime> runtime() const { return std::atomic_load(&runtime_); }
 
   // A listening socket opened inside an agent's network namespace (takes the fd).
   Result<void> adoptListener(int fd, bool v6, std::uint64_t netnsCookie);
@@ -112,21 +137,29 @@ class Server {
   // Credential capture (nullptr: off). Outlives the server's sessions.
   void setCaptured(Captured* captured) { captured_ = captured; }
 
-  // Stop accepting; live sessions finish their current exchange.
+  // Stop accepting; live sessions finish their current exchange. On this
+  // server's thread (the daemon posts it to workers).
   void stopAccepting();
-  // Cancel whatever is still running (end of drain).
+  // Cancel whatever is still running (end of drain). On this server's thread.
   void closeAll();
 
+  // This worker's own; the daemon sums them (any thread).
   const Counters& counters() const { return counters_; }
-  const credentials::PhantomTokens& phantoms() const { return phantoms_; }
+  const credentials::PhantomTokens& phantoms() const { return shared_->phantoms; }
   const RequestMetrics& metrics() const { return metrics_; }
-  std::vector<ConnectionInfo> connections() const;
+  std::vector<ConnectionInfo> connections() const;  // any thread
+  unsigned worker() const { return worker_; }
 
  private:
   struct Session;
   asio::awaitable<void> acceptLoop(tcp::acceptor& acceptor, std::uint64_t netnsCookie);
   // Caps, then serve (or classify, for all-tls); refuses an unnamed agent.
   void admit(tcp::socket sock, Flow flow);
+  // An admitted connection: served here, or handed to the worker that serves it.
+  void start(tcp::socket sock, Flow flow);
+  void startHere(tcp::socket sock, Flow flow);
+  // Moves the socket to `to`'s event loop (its thread) and starts it there.
+  void handOff(Server& to, tcp::socket sock, Flow flow);
   // A flow from under a guard that discovery has not named yet: re-asks
   // every 20 ms, up to the settle time, then admit() (which refuses it if
   // it is still unnamed).
@@ -216,16 +249,19 @@ class Server {
   std::vector<std::unique_ptr<tcp::acceptor>> acceptors_;
   // Listeners in agents' network namespaces, by namespace cookie.
   std::map<std::uint64_t, std::vector<std::shared_ptr<tcp::acceptor>>> foreign_;
+  mutable std::mutex sessionsMu_;  // connections() reads it from the daemon's thread
   std::map<std::uint64_t, Session*> sessions_;
-  std::uint64_t nextId_ = 1;
-  std::map<std::string, std::uint32_t> perAgentConnections_;  // by agent key
+  std::shared_ptr<ServerShared> shared_ = std::make_shared<ServerShared>();
+  unsigned worker_ = 0;
+  Server* home_ = nullptr;      // a worker's worker 0
+  std::vector<Server*> peers_;  // worker 0's workers
+  std::size_t nextPeer_ = 0;    // worker 0: whom the next connection from an agents' namespace goes to
   std::chrono::steady_clock::time_point lastAcceptWarning_{};
   std::chrono::steady_clock::time_point lastLimitWarning_{};
   std::chrono::steady_clock::time_point lastUnknownWarning_{};
   std::chrono::milliseconds discoverySettle_{3000};
   std::uint32_t heldForDiscovery_ = 0;  // flows waiting in awaitNamed() now
   Counters counters_;
-  credentials::PhantomTokens phantoms_;
   Captured* captured_ = nullptr;
   RequestMetrics metrics_;
   std::map<std::string, std::unique_ptr<ssl::context>> mongoTls_;  // by upstream_ca ("" = system trust)
