@@ -234,6 +234,10 @@ class Env:
             "bpf": {"keep_on_exit": False, "pin_root": self.pin_root},
             "limits": {"idle_timeout": 5, "upstream_timeout": 5},
         }
+        # ATLASGATE_TEST_WORKERS=N runs any suite with `workers: N` (by hand:
+        # CI runs test_workers.py for them).
+        if os.environ.get("ATLASGATE_TEST_WORKERS"):
+            self.config["workers"] = int(os.environ["ATLASGATE_TEST_WORKERS"])
         for k, v in (config_extra or {}).items():
             if isinstance(v, dict) and isinstance(self.config.get(k), dict):
                 self.config[k].update(v)

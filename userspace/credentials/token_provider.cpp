@@ -152,18 +152,21 @@ bool TokenProvider::valid(Clock::time_point now) const { return !token_.empty() 
 std::string TokenProvider::basicAuth() const { return "Basic " + basicCredentials(clientId_, secret_.view()); }
 
 asio::awaitable<Result<std::string>> TokenProvider::token() {
+  // co_spawn may run refresh() at once on this thread: never under mu_.
+  bool ahead = false;
+  std::optional<std::string> cached;
   {
     // The common case, from any thread: a valid token, copied under the lock.
     std::lock_guard lock(mu_);
     auto now = Clock::now();
     if (valid(now)) {
-      if (now >= refreshAt_ && !refreshing_ && now >= nextAttempt_) {
-        refreshing_ = true;                              // claimed here: one refresh at a time
-        asio::co_spawn(ex_, refresh(), asio::detached);  // ahead of expiry, in the background
-      }
-      co_return std::string(token_.view());
+      cached.emplace(token_.view());
+      ahead = now >= refreshAt_ && !refreshing_ && now >= nextAttempt_;
+      if (ahead) refreshing_ = true;  // claimed here: one refresh at a time
     }
   }
+  if (ahead) asio::co_spawn(ex_, refresh(), asio::detached);  // ahead of expiry, in the background
+  if (cached) co_return std::move(*cached);
   // No valid token: wait for one on the provider's own executor, where its
   // timer lives (a worker's request hops there and back).
   if ((co_await asio::this_coro::executor) == ex_) co_return co_await fetched();
@@ -174,6 +177,7 @@ asio::awaitable<Result<std::string>> TokenProvider::token() {
 }
 
 asio::awaitable<Result<std::string>> TokenProvider::fetched() {
+  bool start = false;
   {
     std::lock_guard lock(mu_);
     auto now = Clock::now();
@@ -181,10 +185,10 @@ asio::awaitable<Result<std::string>> TokenProvider::fetched() {
     if (!refreshing_) {
       if (failures_ > 0 && now < nextAttempt_)
         co_return makeError("no valid token for {} (last attempt: {})", clientId_, lastError_);
-      refreshing_ = true;
-      asio::co_spawn(ex_, refresh(), asio::detached);
+      refreshing_ = start = true;
     }
   }
+  if (start) asio::co_spawn(ex_, refresh(), asio::detached);
   // Wait for the one refresh in flight (bounded by its own timeout).
   // (refresh() arms the timer when it begins; re-arming it here would
   // cancel the other waiters' waits.)
