@@ -1154,6 +1154,79 @@ class Bench:
             out["rounds"].append(rd)
         self.results.setdefault("growth", {})["rules"] = out
 
+    def thread_cpu(self):
+        """CPU seconds of the atlasgate daemon's threads, by thread name: its own
+        loop ("atlasgate", with the resolver thread, which is idle here) and each
+        worker ("atlasgate-w1", ...)."""
+        tck = os.sysconf("SC_CLK_TCK")
+        out = {}
+        pid = self.procs["atlasgate"].pid
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                    data = f.read()
+            except OSError:
+                continue
+            name = data[data.index("(") + 1:data.rindex(")")]
+            fields = data.rsplit(")", 1)[1].split()
+            out[name] = out.get(name, 0) + (int(fields[11]) + int(fields[12])) / tck
+        return out
+
+    def worker_requests(self):
+        """Requests each event loop served so far (status "workers")."""
+        p = subprocess.run([self.binaries["atlasgate"], "--control-socket", os.path.join(self.ag_run, "control.sock"),
+                            "status", "--json"], capture_output=True, text=True, timeout=15)
+        st = json.loads(p.stdout)
+        return {w["worker"]: w["requests"] for w in st.get("workers", [])}
+
+    def growth_workers(self):
+        """Keep-alive req/s and CPU per request with `workers: N`, N from
+        --growth-workers, the daemon restarted for each, round-robin over
+        --rounds rounds. Per worker: its thread's CPU over the requests it
+        served, so that scaling shows even where the load generator shares the
+        cores (2 cores here: wrk's two threads, the upstream and the daemon)."""
+        counts = self.args.growth_workers
+        cfgs = {}
+        for n in counts:
+            c = json.loads(json.dumps(self.ag_config_data["atlasgate"]))
+            c["workers"] = n
+            path = os.path.join(self.tmp, f"atlasgate-workers-{n}.yaml")
+            with open(path, "w") as f:
+                json.dump(c, f, indent=1)
+            cfgs[n] = path
+        out = {"counts": counts, "rounds": []}
+        running = None
+        for i in range(self.args.rounds):
+            order = counts[i % len(counts):] + counts[:i % len(counts)]
+            rd = {}
+            for n in order:
+                if running != n:
+                    self.restart_atlasgate(cfgs[n])
+                    running = n
+                t0, q0 = self.thread_cpu(), self.worker_requests()
+                ka = self.measure("atlasgate", False)
+                t1, q1 = self.thread_cpu(), self.worker_requests()
+                per = {}
+                for w in sorted(q1):
+                    name = "atlasgate" if w == 0 else f"atlasgate-w{w}"
+                    served = q1[w] - q0.get(w, 0)
+                    cpu = t1.get(name, 0) - t0.get(name, 0)
+                    per[str(w)] = {"requests": served, "cpu_s": round(cpu, 3),
+                                   "cpu_s_per_10k": round(cpu / served * 10000, 3) if served else None}
+                ka["workers"] = per
+                total = sum(v["requests"] for v in per.values())
+                busiest = max((v["cpu_s"] for v in per.values()), default=0)
+                # With a core per worker, the busiest one bounds throughput.
+                ka["busiest_cpu_s_per_10k"] = round(busiest / total * 10000, 3) if total and n > 1 \
+                    else ka.get("cpu_s_per_10k")
+                rd[str(n)] = ka
+                log(f"growth workers round {i + 1}/{self.args.rounds} workers {n}: keep-alive {ka['rps']:9.0f} req/s "
+                    f"p50 {ka['p50_ms']:.2f} ms | cpu {ka['cpu_s_per_10k']:.3f} s/10k | per worker "
+                    + ", ".join(f"w{w} {v['requests']} req {v['cpu_s_per_10k']} s/10k" for w, v in per.items())
+                    + f" | load {ka['loadavg']:.2f}")
+            out["rounds"].append(rd)
+        self.results.setdefault("growth", {})["workers"] = out
+
     def hold_idle(self, n, cg, timeout):
         """bench/idle_conns.py --best-effort in cgroup cg: up to n idle TLS
         connections through atlasgate. Returns (process, held, why it stopped
@@ -1426,6 +1499,32 @@ def summarize_growth(g):
             v["x_rps"] = ratio(v["keepalive_rps"], base["keepalive_rps"])
             v["x_cpu"] = ratio(v["cpu_s_per_10k"], base["cpu_s_per_10k"])
         r["summary"] = summ
+    w = g.get("workers")
+    if w:
+        summ = {}
+        for n in w["counts"]:
+            runs = [rd[str(n)] for rd in w["rounds"] if str(n) in rd]
+            per = {}
+            for run in runs:
+                for k, v in run["workers"].items():
+                    per.setdefault(k, []).append(v)
+            summ[str(n)] = {"workers": n, "keepalive_rps": med(x["rps"] for x in runs),
+                            "p50_ms": med(x["p50_ms"] for x in runs),
+                            "cpu_s_per_10k": med(x.get("cpu_s_per_10k") for x in runs),
+                            "busiest_cpu_s_per_10k": med(x.get("busiest_cpu_s_per_10k") for x in runs),
+                            "host_busy_pct": med(x.get("host_busy_pct") for x in runs),
+                            "errors": sum(x["errors"] + x["non2xx"] for x in runs),
+                            "per_worker": {k: {"requests": med(x["requests"] for x in v),
+                                               "cpu_s_per_10k": med(x["cpu_s_per_10k"] for x in v)}
+                                           for k, v in per.items()}}
+        base = summ[str(w["counts"][0])]
+        for v in summ.values():
+            v["x_rps"] = ratio(v["keepalive_rps"], base["keepalive_rps"])
+            v["x_cpu"] = ratio(v["cpu_s_per_10k"], base["cpu_s_per_10k"])
+            # What a core per worker would give, as a multiple of one worker on
+            # one core: the busiest worker's CPU per request bounds it.
+            v["scaling"] = ratio(base["cpu_s_per_10k"], v["busiest_cpu_s_per_10k"])
+        w["summary"] = summ
     return g
 
 
@@ -1474,6 +1573,25 @@ def growth_table(res):
         L.append(line("0 (before)", c["without"], None))
         L.append(line(f"{c['held']:,}", c["with"], c.get("per_conn_kib")))
         L.append(line("0 (after closing them)", c["after"], None))
+    w = g.get("workers")
+    if w and w.get("summary"):
+        first = w["counts"][0]
+        L += ["", f"growth: workers (atlasgate; daemon restarted per `workers:`, keep-alive "
+                  f"wrk -t2 -c{res['settings']['connections']} -d{res['settings']['duration_s']}s on the same "
+                  f"{res['machine'].get('cpus', '?')} cores, median of {res['settings']['rounds']} rounds; "
+                  f"per worker: its thread's CPU over the requests it served)"]
+        head = (f"  {'workers':>8s}{'req/s':>12s}{f'x ({first})':>9s}{'CPU s/10k':>12s}{f'x ({first})':>9s}"
+                f"{'host busy':>11s}{'scaling':>9s}  per worker (requests, CPU s/10k)")
+        L.append(head)
+        L.append("  " + "-" * (len(head) - 2))
+        for n in w["counts"]:
+            v = w["summary"][str(n)]
+            per = ", ".join(f"w{k}: {fmt(x['requests'])} req {fmt(x['cpu_s_per_10k'], 3)}"
+                            for k, x in sorted(v["per_worker"].items()))
+            L.append(f"  {n:>8d}{fmt(v['keepalive_rps']):>12s}{fmt_ratio(v['x_rps']):>9s}"
+                     f"{fmt(v['cpu_s_per_10k'], 3):>12s}{fmt_ratio(v['x_cpu']):>9s}"
+                     f"{(fmt(v['host_busy_pct'], 0) + '%'):>11s}{fmt_ratio(v['scaling']):>9s}  {per}"
+                     + (f"  errors {v['errors']}" if v["errors"] else ""))
     return L
 
 
@@ -1663,6 +1781,13 @@ def targets(res, s):
         ("BPF overhead per non-target connect() < 1 us", bpf_ns, lambda v: v < 1000,
          lambda v: f"{v:.0f} ns (bpf_stats); wall clock {bpf.get('wallclock_overhead_ns', 0):+.0f} ns"),
     ]
+    ws = ((res.get("growth") or {}).get("workers") or {}).get("summary") or {}
+    if "2" in ws:
+        t.append(("2 workers >= 1.8x 1 worker (a core each: busiest worker's CPU per request)",
+                  ws["2"].get("scaling"), lambda v: v >= 1.8,
+                  lambda v: f"{v:.2f}x (busiest worker {ws['2']['busiest_cpu_s_per_10k']:.3f} s/10k vs one worker "
+                            f"{ws[str(res['growth']['workers']['counts'][0])]['cpu_s_per_10k']:.3f}; "
+                            f"req/s {ws['2']['x_rps']:.2f}x on these shared cores)"))
     out = []
     for name, v, ok, f in t:
         try:
@@ -1926,11 +2051,14 @@ def main():
                     help="rule counts of the rules growth pass, comma-separated (the first is the reference)")
     ap.add_argument("--growth-conns", type=int, default=10000,
                     help="idle agent TLS connections held open in the connections growth pass")
+    ap.add_argument("--growth-workers", default="1,2",
+                    help="`workers:` values of the workers growth pass, comma-separated (the first is the reference)")
     ap.add_argument("--baseline", metavar="BIN",
                     help="also measure the atlasgate daemon binary BIN (e.g. a build of an older commit) as "
                          "contender atlasgate-base, exactly like atlasgate, one daemon running at a time")
     args = ap.parse_args()
     args.growth_rules = [int(x) for x in args.growth_rules.split(",") if x.strip()]
+    args.growth_workers = [int(x) for x in args.growth_workers.split(",") if x.strip()]
     if args.baseline:
         args.baseline = os.path.abspath(args.baseline)
         if not (os.path.isfile(args.baseline) and os.access(args.baseline, os.X_OK)):
@@ -1973,6 +2101,7 @@ def main():
         if args.growth:
             b.growth_rules()
             b.growth_conns()
+            b.growth_workers()
     finally:
         b.teardown()
     res = b.results

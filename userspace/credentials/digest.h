@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cstdint>
 #include <map>
+#include <atomic>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -58,7 +59,7 @@ class DigestAuth {
   std::mutex mu_;
   std::optional<DigestChallenge> challenge_;
   std::uint32_t nc_ = 0;
-  std::uint64_t challenges_ = 0;
+  std::atomic<std::uint64_t> challenges_{0};  // read by status on another thread (workers)
 };
 
 // --- atlasgate as the Digest server -------------------------------------------

@@ -4,6 +4,9 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <thread>
+
 #include "common/text.h"
 #include "proxy/approvals.h"
 
@@ -150,4 +153,75 @@ TEST(HeldCaps, RetryAfterFollowsTheSoonestRelevantTimeout) {
   EXPECT_EQ(r.full, HoldCap::PerAgent);
   EXPECT_GT(r.retryAfter.count(), 200);
   EXPECT_LE(r.retryAfter.count(), 300);
+}
+
+// workers: a request held on a worker's loop (its own thread) is decided
+// from the daemon's thread. The decision must wake the waiter there, even
+// when it comes between the waiter's look at the entry and its wait (the
+// cancel is posted to the waiter's loop), and onChange runs on the daemon's
+// thread only.
+TEST(HeldAcrossThreads, DecisionFromTheDaemonWakesAWaiterOnAWorker) {
+  asio::io_context daemon;
+  Approvals a(daemon.get_executor());
+  std::atomic<int> changesOffThread{0};
+  const auto daemonThread = std::this_thread::get_id();
+  a.setOnChange([&] {
+    if (std::this_thread::get_id() != daemonThread) ++changesOffThread;
+  });
+  const HoldLimits lim{1000, 1000, 1 << 20};
+  for (int round = 0; round < 200; ++round) {
+    asio::io_context worker;
+    std::atomic<std::uint64_t> id{0};
+    std::optional<ApprovalOutcome> out;
+    std::thread t([&] {
+      asio::co_spawn(
+          worker,
+          [&]() -> asio::awaitable<void> {
+            Admission ad = a.add(held("A", 1), lim, worker.get_executor());
+            id = ad.id;
+            out = co_await a.wait(ad.id);
+          },
+          asio::detached);
+      worker.run();
+    });
+    while (id == 0) std::this_thread::yield();
+    if (round % 2 == 1) std::this_thread::sleep_for(std::chrono::microseconds(50 * (round % 7)));
+    EXPECT_TRUE(a.decide(id, round % 3 != 0));
+    t.join();  // the worker's loop ends only once the wait completed
+    ASSERT_TRUE(out.has_value());
+    EXPECT_EQ(*out, round % 3 != 0 ? ApprovalOutcome::Approved : ApprovalOutcome::Denied);
+  }
+  daemon.run();  // the posted onChange calls
+  EXPECT_EQ(changesOffThread, 0);
+  EXPECT_EQ(a.held(), 0u);
+}
+
+TEST(HeldAcrossThreads, DenyAllWakesEveryWorker) {
+  asio::io_context daemon;
+  Approvals a(daemon.get_executor());
+  const HoldLimits lim{1000, 1000, 1 << 20};
+  std::vector<std::unique_ptr<asio::io_context>> loops;
+  std::vector<std::thread> threads;
+  std::atomic<int> denied{0}, added{0};
+  for (int w = 0; w < 4; ++w) {
+    loops.push_back(std::make_unique<asio::io_context>());
+    asio::io_context& io = *loops.back();
+    threads.emplace_back([&] {
+      for (int i = 0; i < 5; ++i)
+        asio::co_spawn(
+            io,
+            [&]() -> asio::awaitable<void> {
+              Admission ad = a.add(held("A", 1), lim, io.get_executor());
+              ++added;
+              if (co_await a.wait(ad.id) == ApprovalOutcome::Denied) ++denied;
+            },
+            asio::detached);
+      io.run();
+    });
+  }
+  while (added < 20) std::this_thread::yield();
+  a.denyAll();
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(denied, 20);
+  EXPECT_EQ(a.held(), 0u);
 }
