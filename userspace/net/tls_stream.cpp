@@ -20,50 +20,39 @@ using boost::system::error_code;
 struct TlsSocketBio {
   static TlsSocket& owner(BIO* b) { return *static_cast<TlsSocket*>(BIO_get_data(b)); }
 
-  static int read(BIO* b, char* data, std::size_t len, std::size_t* got) {
+  // One recv or send (retried on EINTR): 1 with *done set, or 0 with the
+  // retry flag (would block), EOF (a recv of 0) or lastErrno_ set.
+  template <bool Reading, class Io>
+  static int transfer(BIO* b, std::size_t* done, Io io) {
     BIO_clear_retry_flags(b);
+    *done = 0;
     TlsSocket& s = owner(b);
     if (!s.socket_.is_open()) {
       s.lastErrno_ = EBADF;
       return 0;
     }
     ssize_t r;
-    do r = ::recv(s.socket_.native_handle(), data, len, MSG_DONTWAIT);
+    do r = io(s.socket_.native_handle());
     while (r < 0 && errno == EINTR);
-    if (r > 0) {
-      *got = static_cast<std::size_t>(r);
+    if (r > 0 || (!Reading && r == 0)) {
+      *done = static_cast<std::size_t>(r);
       return 1;
     }
-    *got = 0;
     if (r == 0)
       BIO_set_flags(b, BIO_FLAGS_IN_EOF);
     else if (errno == EAGAIN || errno == EWOULDBLOCK)
-      BIO_set_retry_read(b);
+      Reading ? BIO_set_retry_read(b) : BIO_set_retry_write(b);
     else
       s.lastErrno_ = errno;
     return 0;
   }
 
+  static int read(BIO* b, char* data, std::size_t len, std::size_t* got) {
+    return transfer<true>(b, got, [&](int fd) { return ::recv(fd, data, len, MSG_DONTWAIT); });
+  }
+
   static int write(BIO* b, const char* data, std::size_t len, std::size_t* put) {
-    BIO_clear_retry_flags(b);
-    TlsSocket& s = owner(b);
-    if (!s.socket_.is_open()) {
-      s.lastErrno_ = EBADF;
-      return 0;
-    }
-    ssize_t r;
-    do r = ::send(s.socket_.native_handle(), data, len, MSG_NOSIGNAL | MSG_DONTWAIT);
-    while (r < 0 && errno == EINTR);
-    if (r >= 0) {
-      *put = static_cast<std::size_t>(r);
-      return 1;
-    }
-    *put = 0;
-    if (errno == EAGAIN || errno == EWOULDBLOCK)
-      BIO_set_retry_write(b);
-    else
-      s.lastErrno_ = errno;
-    return 0;
+    return transfer<false>(b, put, [&](int fd) { return ::send(fd, data, len, MSG_NOSIGNAL | MSG_DONTWAIT); });
   }
 
   static long ctrl(BIO* b, int cmd, long, void*) {

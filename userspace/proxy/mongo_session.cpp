@@ -324,9 +324,9 @@ struct MongoConn {
       toAgent.pop_front();
       queuedBytes -= b.size();
       // A reader that stops reading is cut off, not waited for.
-      beast::get_lowest_layer(agent).expires_after(std::chrono::seconds(60));
+      agent.expires_after(std::chrono::seconds(60));
       auto [ec, n] = co_await asio::async_write(agent, asio::buffer(b), kUseTuple);
-      beast::get_lowest_layer(agent).expires_never();
+      agent.expires_never();
       if (ec) failed = true;
     }
     writing = false;
@@ -501,21 +501,20 @@ static asio::awaitable<std::unique_ptr<TlsSocket>> dialMongo(asio::io_context& i
       log::warn("conn {}: upstream {}: {}", flow.id, host, r.error().message);
       co_return nullptr;
     }
-    auto& lower = *stream;
-    lower.expires_after(limits.upstreamConnectTimeout);
+    stream->expires_after(limits.upstreamConnectTimeout);
     // The port the agent dialled: the mongodb targets' port (the kernel redirects no other).
-    auto [cec] = co_await lower.async_connect(tcp::endpoint(addr, flow.originalDst.port()), kUseTuple);
+    auto [cec] = co_await stream->async_connect(tcp::endpoint(addr, flow.originalDst.port()), kUseTuple);
     if (cec) {
       log::info("conn {}: upstream {} ({}) connect failed: {}", flow.id, host, a, cec.message());
       continue;
     }
-    lower.socket().set_option(tcp::no_delay(true), aec);
+    stream->socket().set_option(tcp::no_delay(true), aec);
     auto [hec] = co_await stream->async_handshake(ssl::stream_base::client, kUseTuple);
     if (hec) {
       log::warn("conn {}: upstream {} ({}) TLS failed: {}", flow.id, host, a, hec.message());
       continue;
     }
-    lower.expires_never();
+    stream->expires_never();
     co_return stream;
   }
   co_return nullptr;
@@ -539,7 +538,7 @@ asio::awaitable<void> Server::mongoServe(tcp::socket socket, Flow flow, const Ta
                                          std::shared_ptr<const Runtime> rt) {
   const auto& limits = rt->config->limits;
   TlsSocket stream(std::move(socket), *sslCtx_);
-  beast::get_lowest_layer(stream).expires_after(limits.handshakeTimeout);
+  stream.expires_after(limits.handshakeTimeout);
   auto [hec] = co_await stream.async_handshake(ssl::stream_base::server, kUseTuple);
   if (hec) {
     counters_.add(Counter::HandshakeFailures);
@@ -559,7 +558,7 @@ asio::awaitable<void> Server::mongoServe(tcp::socket socket, Flow flow, const Ta
   std::string why;
   auto first = co_await readMessage(stream, mongo::kDefaultMaxMessageBytes, why);
   if (!first) co_return;
-  beast::get_lowest_layer(stream).expires_never();
+  stream.expires_never();
   const AgentHello hello = inspectHello(*first);
   MongoUpstream up;
   if (hello.authenticates) {
@@ -674,7 +673,7 @@ asio::awaitable<MongoUpstream> Server::mongoAgentAuth(TlsSocket& agent, const Fl
   for (int step = 0; step < 8; ++step) {
     // Authentication is a few quick round trips: an agent that stalls in it
     // does not keep an upstream connection.
-    beast::get_lowest_layer(agent).expires_after(rt.config->limits.handshakeTimeout);
+    agent.expires_after(rt.config->limits.handshakeTimeout);
     auto m = co_await readMessage(agent, mongo::kDefaultMaxMessageBytes, why);
     if (!m) co_return MongoUpstream{};
     auto msg = mongo::parseMsg(m->bytes);

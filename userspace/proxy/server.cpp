@@ -390,7 +390,6 @@ struct Server::Conn {
   beast::flat_buffer buffer;
   std::vector<char> relayBuf;  // response body relay, allocated at the first response, reused
   const config::Limits& limits() const { return rt.config->limits; }
-  TlsSocket& lower() { return stream; }  // its deadline
 };
 
 // One request's audit record, filled as the exchange goes.
@@ -445,9 +444,9 @@ asio::awaitable<void> Server::serve(tcp::socket socket, Flow flow) {
     while (co_await exchange(c)) {}
   }
   beast::error_code ec;
-  beast::get_lowest_layer(stream).expires_after(std::chrono::seconds(2));
+  stream.expires_after(std::chrono::seconds(2));
   co_await stream.async_shutdown(kUseTuple);
-  beast::get_lowest_layer(stream).socket().close(ec);
+  stream.socket().close(ec);
 }
 
 asio::awaitable<const TargetRuntime*> Server::handshake(TlsSocket& stream, const Runtime& rt, const Flow& flow) {
@@ -456,7 +455,7 @@ asio::awaitable<const TargetRuntime*> Server::handshake(TlsSocket& stream, const
   if (const TargetRuntime* t = rt.findTargetById(flow.origin.target_id)) defaultHost = &t->host;
   tls::ServerContext::setDefaultHost(stream.native_handle(), defaultHost);
 
-  beast::get_lowest_layer(stream).expires_after(rt.config->limits.handshakeTimeout);
+  stream.expires_after(rt.config->limits.handshakeTimeout);
   auto [hec] = co_await stream.async_handshake(ssl::stream_base::server, kUseTuple);
   if (hec) {
     counters_.add(Counter::HandshakeFailures);
@@ -474,7 +473,7 @@ asio::awaitable<const TargetRuntime*> Server::handshake(TlsSocket& stream, const
 asio::awaitable<bool> Server::exchange(Conn& c) {
   // Keep-alive: wait for the next request at most idleTimeout.
   if (c.buffer.size() == 0) {
-    c.lower().expires_after(c.limits().idleTimeout);
+    c.stream.expires_after(c.limits().idleTimeout);
     if (c.buffer.capacity() == 0) {
       // A new connection takes no buffer until its first request arrives
       // (a later one keeps its buffer, and reads at once: no extra syscall).
@@ -515,7 +514,7 @@ asio::awaitable<std::optional<HttpRequest>> Server::readRequest(Conn& c, Exchang
   http::request_parser<http::string_body> parser;
   parser.header_limit(limits.maxHeaderBytes);
   parser.body_limit(limits.maxBodyBytes);
-  c.lower().expires_after(limits.headerTimeout);
+  c.stream.expires_after(limits.headerTimeout);
   auto [hec, hn] = co_await http::async_read_header(c.stream, c.buffer, parser, kUseTuple);
   if (hec) {
     std::optional<LocalResponse> refusal = readRefusal(hec, false, limits);
@@ -539,7 +538,7 @@ asio::awaitable<std::optional<HttpRequest>> Server::readRequest(Conn& c, Exchang
     http::response<http::empty_body> cont{http::status::continue_, 11};
     co_await http::async_write(c.stream, cont, kUseTuple);
   }
-  c.lower().expires_after(limits.requestTimeout);
+  c.stream.expires_after(limits.requestTimeout);
   auto [bec, bn] = co_await http::async_read(c.stream, c.buffer, parser, kUseTuple);
   if (bec) {
     ex.rec.decision = "malformed";
@@ -567,7 +566,7 @@ asio::awaitable<std::optional<Step>> Server::hold(Conn& c, Exchange& ex, HttpReq
   const std::uint64_t id = admission.id;
   log::info("conn {} agent {}: {} {} held for approval by rule \"{}\" (request {})", c.flow.id, c.flow.agent.name,
             ex.rec.method, ex.rec.path, h.decision.ruleName, id);
-  c.lower().expires_never();
+  c.stream.expires_never();
   // Wait for the decision, but notice an agent that hangs up meanwhile:
   // nobody would receive the answer, so nothing must be done for it.
   std::variant<ApprovalOutcome, bool> first = co_await (approvals_.wait(id) || agentHangsUp(c.stream, c.buffer));
@@ -594,7 +593,7 @@ asio::awaitable<bool> Server::answer(Conn& c, Exchange& ex, LocalResponse local)
   ex.rec.status = local.response.result_int();
   ex.rec.error = std::string(local.errorCode);
   ex.rec.bytesOut = local.response.body().size();
-  c.lower().expires_after(c.limits().requestTimeout);
+  c.stream.expires_after(c.limits().requestTimeout);
   auto [ec, n] = co_await http::async_write(c.stream, local.response, kUseTuple);
   finish(c, ex);
   co_return !ec && ex.keepAlive;
@@ -753,7 +752,7 @@ asio::awaitable<bool> Server::sendCaptured(Conn& c, Exchange& ex, const http::re
   res.keep_alive(ex.keepAlive);
   ex.rec.status = res.result_int();
   ex.rec.bytesOut = res.body().size();
-  c.lower().expires_after(c.limits().requestTimeout);
+  c.stream.expires_after(c.limits().requestTimeout);
   auto [ec, n] = co_await http::async_write(c.stream, res, kUseTuple);
   finish(c, ex);
   co_return !ec && ex.keepAlive;
@@ -852,7 +851,7 @@ asio::awaitable<bool> Server::relay(Conn& c, Exchange& ex, upstream::Call& call,
       res.body().size = 0;
       res.body().more = false;
     }
-    c.lower().expires_after(limits.requestTimeout);
+    c.stream.expires_after(limits.requestTimeout);
     auto [wec, wn] = co_await http::async_write(c.stream, sr, kUseTuple);
     if (wec && wec != http::error::need_buffer) {
       relayErr = wec;
