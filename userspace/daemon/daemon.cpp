@@ -334,16 +334,7 @@ std::uint64_t Daemon::counterSum(proxy::Counter c) {
 
 UpstreamStats Daemon::poolStats() {
   UpstreamStats sum = pool_->stats();
-  for (auto& w : workers_) {
-    UpstreamStats s = w->call([&] { return w->pool->stats(); });
-    sum.connects += s.connects;
-    sum.connectFailures += s.connectFailures;
-    sum.reuses += s.reuses;
-    sum.resumedSessions += s.resumedSessions;
-    sum.queued += s.queued;
-    sum.queueTimeouts += s.queueTimeouts;
-    sum.queueWaitSeconds += s.queueWaitSeconds;
-  }
+  for (auto& w : workers_) sum += w->call([&] { return w->pool->stats(); });
   return sum;
 }
 
@@ -363,13 +354,7 @@ std::vector<UpstreamHostView> Daemon::poolHosts() {
         o.idle += h.idle;
         o.connecting += h.connecting;
         o.waiting += h.waiting;
-        o.stats.connects += h.stats.connects;
-        o.stats.connectFailures += h.stats.connectFailures;
-        o.stats.reuses += h.stats.reuses;
-        o.stats.resumedSessions += h.stats.resumedSessions;
-        o.stats.queued += h.stats.queued;
-        o.stats.queueTimeouts += h.stats.queueTimeouts;
-        o.stats.queueWaitSeconds += h.stats.queueWaitSeconds;
+        o.stats += h.stats;
       }
   return out;
 }

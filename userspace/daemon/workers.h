@@ -77,9 +77,11 @@ struct Worker {
   auto call(F&& f) -> decltype(f()) {
     if (!running) return f();
     using R = decltype(f());
-    std::packaged_task<R()> task(std::forward<F>(f));
-    std::future<R> result = task.get_future();
-    net::asio::post(io, [&task] { task(); });
+    // Shared: the worker may still be inside the task when the result is
+    // ready and this frame returns.
+    auto task = std::make_shared<std::packaged_task<R()>>(std::forward<F>(f));
+    std::future<R> result = task->get_future();
+    net::asio::post(io, [task] { (*task)(); });
     return result.get();
   }
 

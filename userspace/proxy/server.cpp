@@ -58,8 +58,6 @@ void Server::joinAs(unsigned worker, Server& home) {
   home.peers_.push_back(this);
 }
 
-Result<void> Server::listen(std::uint16_t port) { return listen(port, false); }
-
 Result<void> Server::listen(std::uint16_t port, bool reusePort) {
   struct Addr {
     const char* text;

@@ -110,9 +110,8 @@ class Server {
          AgentDirectory& agents, Approvals& approvals, std::uint64_t netnsCookie);
   ~Server();
 
-  // Listens on 127.0.0.1:port and [::1]:port (the latter if IPv6 is up).
-  Result<void> listen(std::uint16_t port);
-  // With SO_REUSEPORT: every worker listens on the port (workers > 1).
+  // Listens on 127.0.0.1:port and [::1]:port (the latter if IPv6 is up);
+  // with SO_REUSEPORT when every worker listens on the port (workers > 1).
   Result<void> listen(std::uint16_t port, bool reusePort);
   // Makes this a worker of `home` (worker 0): shares its caps, phantoms and
   // connection numbers, and hands it what only worker 0 serves. Before listen.

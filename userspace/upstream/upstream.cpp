@@ -374,15 +374,7 @@ std::size_t UpstreamPool::idleCount() const {
 
 UpstreamStats UpstreamPool::stats() const {
   UpstreamStats s;
-  for (const auto& [k, h] : hosts_) {
-    s.connects += h->stats.connects;
-    s.connectFailures += h->stats.connectFailures;
-    s.reuses += h->stats.reuses;
-    s.resumedSessions += h->stats.resumedSessions;
-    s.queued += h->stats.queued;
-    s.queueTimeouts += h->stats.queueTimeouts;
-    s.queueWaitSeconds += h->stats.queueWaitSeconds;
-  }
+  for (const auto& [k, h] : hosts_) s += h->stats;
   return s;
 }
 

@@ -72,6 +72,17 @@ struct UpstreamStats {
   std::uint64_t queued = 0;         // requests that had to wait for a connection
   std::uint64_t queueTimeouts = 0;  // ... and gave up (503 ATLASGATE_UPSTREAM_BUSY)
   double queueWaitSeconds = 0;      // total time spent waiting
+
+  UpstreamStats& operator+=(const UpstreamStats& o) {
+    connects += o.connects;
+    connectFailures += o.connectFailures;
+    reuses += o.reuses;
+    resumedSessions += o.resumedSessions;
+    queued += o.queued;
+    queueTimeouts += o.queueTimeouts;
+    queueWaitSeconds += o.queueWaitSeconds;
+    return *this;
+  }
 };
 
 // One target's pool, as status and /metrics show it.
