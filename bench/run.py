@@ -1105,12 +1105,14 @@ class Bench:
         self.wrk("atlasgate", 1)
         return {"stop_s": round(t1 - t0, 2), "start_s": round(t2 - t1, 2)}
 
-    def growth_config(self, name, rules=None, limits=None):
+    def growth_config(self, name, rules=None, limits=None, workers=None):
         c = json.loads(json.dumps(self.ag_config_data["atlasgate"]))
         if rules is not None:
             c["rules"] = rules
         if limits:
             c.setdefault("limits", {}).update(limits)
+        if workers is not None:
+            c["workers"] = workers
         path = os.path.join(self.tmp, name)
         with open(path, "w") as f:
             json.dump(c, f, indent=1)
@@ -1134,7 +1136,28 @@ class Bench:
             cfgs[n] = path
         log("growth rules: configs with " + ", ".join(f"{n:,}" for n in counts) + " rules pass `atlasgate check`")
         out = {"counts": counts, "configs": {str(n): compiled[n] for n in counts}, "rounds": []}
-        running = None
+
+        def restarted(n, sw):
+            info = out["configs"][str(n)]
+            info.setdefault("start_s", []).append(sw["start_s"])
+            info.setdefault("rss_after_warmup_kib", []).append(status_kib(self.pids("atlasgate"), "VmRSS"))
+
+        def one(i, n):
+            ka = self.measure("atlasgate", False)
+            log(f"growth rules round {i + 1}/{self.args.rounds} {n:>6,} rules: keep-alive {ka['rps']:9.0f} req/s "
+                f"p50 {ka['p50_ms']:.2f} ms | cpu {ka['cpu_s_per_10k']:.3f} s/10k"
+                + (f" | errors {ka['errors']} non2xx {ka['non2xx']}" if ka["errors"] + ka["non2xx"] else "")
+                + f" | load {ka['loadavg']:.2f}")
+            return ka
+        out["rounds"] = self.restart_rounds(counts, cfgs, one, restarted)
+        self.results.setdefault("growth", {})["rules"] = out
+
+    def restart_rounds(self, counts, cfgs, one, restarted=None):
+        """--rounds rounds over the configs cfgs[n], n in counts, rotated each
+        round; atlasgate restarted (restart_atlasgate) when the config changes,
+        then restarted(n, its timings) if given. one(round, n) measures; the
+        rounds' {str(n): result} are returned."""
+        rounds, running = [], None
         for i in range(self.args.rounds):
             order = counts[i % len(counts):] + counts[:i % len(counts)]
             rd = {}
@@ -1142,17 +1165,11 @@ class Bench:
                 if running != n:
                     sw = self.restart_atlasgate(cfgs[n])
                     running = n
-                    info = out["configs"][str(n)]
-                    info.setdefault("start_s", []).append(sw["start_s"])
-                    info.setdefault("rss_after_warmup_kib", []).append(status_kib(self.pids("atlasgate"), "VmRSS"))
-                ka = self.measure("atlasgate", False)
-                rd[str(n)] = ka
-                log(f"growth rules round {i + 1}/{self.args.rounds} {n:>6,} rules: keep-alive {ka['rps']:9.0f} req/s "
-                    f"p50 {ka['p50_ms']:.2f} ms | cpu {ka['cpu_s_per_10k']:.3f} s/10k"
-                    + (f" | errors {ka['errors']} non2xx {ka['non2xx']}" if ka["errors"] + ka["non2xx"] else "")
-                    + f" | load {ka['loadavg']:.2f}")
-            out["rounds"].append(rd)
-        self.results.setdefault("growth", {})["rules"] = out
+                    if restarted:
+                        restarted(n, sw)
+                rd[str(n)] = one(i, n)
+            rounds.append(rd)
+        return rounds
 
     def thread_cpu(self):
         """CPU seconds of the atlasgate daemon's threads, by thread name: its own
@@ -1186,45 +1203,31 @@ class Bench:
         served, so that scaling shows even where the load generator shares the
         cores (2 cores here: wrk's two threads, the upstream and the daemon)."""
         counts = self.args.growth_workers
-        cfgs = {}
-        for n in counts:
-            c = json.loads(json.dumps(self.ag_config_data["atlasgate"]))
-            c["workers"] = n
-            path = os.path.join(self.tmp, f"atlasgate-workers-{n}.yaml")
-            with open(path, "w") as f:
-                json.dump(c, f, indent=1)
-            cfgs[n] = path
-        out = {"counts": counts, "rounds": []}
-        running = None
-        for i in range(self.args.rounds):
-            order = counts[i % len(counts):] + counts[:i % len(counts)]
-            rd = {}
-            for n in order:
-                if running != n:
-                    self.restart_atlasgate(cfgs[n])
-                    running = n
-                t0, q0 = self.thread_cpu(), self.worker_requests()
-                ka = self.measure("atlasgate", False)
-                t1, q1 = self.thread_cpu(), self.worker_requests()
-                per = {}
-                for w in sorted(q1):
-                    name = "atlasgate" if w == 0 else f"atlasgate-w{w}"
-                    served = q1[w] - q0.get(w, 0)
-                    cpu = t1.get(name, 0) - t0.get(name, 0)
-                    per[str(w)] = {"requests": served, "cpu_s": round(cpu, 3),
-                                   "cpu_s_per_10k": round(cpu / served * 10000, 3) if served else None}
-                ka["workers"] = per
-                total = sum(v["requests"] for v in per.values())
-                busiest = max((v["cpu_s"] for v in per.values()), default=0)
-                # With a core per worker, the busiest one bounds throughput.
-                ka["busiest_cpu_s_per_10k"] = round(busiest / total * 10000, 3) if total and n > 1 \
-                    else ka.get("cpu_s_per_10k")
-                rd[str(n)] = ka
-                log(f"growth workers round {i + 1}/{self.args.rounds} workers {n}: keep-alive {ka['rps']:9.0f} req/s "
-                    f"p50 {ka['p50_ms']:.2f} ms | cpu {ka['cpu_s_per_10k']:.3f} s/10k | per worker "
-                    + ", ".join(f"w{w} {v['requests']} req {v['cpu_s_per_10k']} s/10k" for w, v in per.items())
-                    + f" | load {ka['loadavg']:.2f}")
-            out["rounds"].append(rd)
+        cfgs = {n: self.growth_config(f"atlasgate-workers-{n}.yaml", workers=n) for n in counts}
+
+        def one(i, n):
+            t0, q0 = self.thread_cpu(), self.worker_requests()
+            ka = self.measure("atlasgate", False)
+            t1, q1 = self.thread_cpu(), self.worker_requests()
+            per = {}
+            for w in sorted(q1):
+                name = "atlasgate" if w == 0 else f"atlasgate-w{w}"
+                served = q1[w] - q0.get(w, 0)
+                cpu = t1.get(name, 0) - t0.get(name, 0)
+                per[str(w)] = {"requests": served, "cpu_s": round(cpu, 3),
+                               "cpu_s_per_10k": round(cpu / served * 10000, 3) if served else None}
+            ka["workers"] = per
+            total = sum(v["requests"] for v in per.values())
+            busiest = max((v["cpu_s"] for v in per.values()), default=0)
+            # With a core per worker, the busiest one bounds throughput.
+            ka["busiest_cpu_s_per_10k"] = round(busiest / total * 10000, 3) if total and n > 1 \
+                else ka.get("cpu_s_per_10k")
+            log(f"growth workers round {i + 1}/{self.args.rounds} workers {n}: keep-alive {ka['rps']:9.0f} req/s "
+                f"p50 {ka['p50_ms']:.2f} ms | cpu {ka['cpu_s_per_10k']:.3f} s/10k | per worker "
+                + ", ".join(f"w{w} {v['requests']} req {v['cpu_s_per_10k']} s/10k" for w, v in per.items())
+                + f" | load {ka['loadavg']:.2f}")
+            return ka
+        out = {"counts": counts, "rounds": self.restart_rounds(counts, cfgs, one)}
         self.results.setdefault("growth", {})["workers"] = out
 
     def hold_idle(self, n, cg, timeout):
@@ -1528,6 +1531,12 @@ def summarize_growth(g):
     return g
 
 
+def table_head(L, head):
+    """Appends a table's head line and its rule."""
+    L.append(head)
+    L.append("  " + "-" * (len(head) - 2))
+
+
 def growth_table(res):
     g = res.get("growth") or {}
     L = []
@@ -1540,8 +1549,7 @@ def growth_table(res):
                   f"median of {res['settings']['rounds']} rounds round-robin)"]
         head = (f"  {'rules':>8s}{'req/s':>12s}{'range':>17s}{f'x ({first:,} rules)':>16s}{'CPU s/10k':>12s}"
                 f"{f'x ({first:,} rules)':>16s}{'RSS MiB':>10s}{'start s':>9s}")
-        L.append(head)
-        L.append("  " + "-" * (len(head) - 2))
+        table_head(L, head)
         for n in r["counts"]:
             v = r["summary"][str(n)]
             rng = v["keepalive_rps_range"]
@@ -1560,8 +1568,7 @@ def growth_table(res):
             L.append(f"  only {c['held']:,} of {c['requested']:,}: {c['short_because']}")
         head = (f"  {'idle connections':24s}{'RSS MiB':>10s}{'KiB/conn':>10s}{'daemon fds':>12s}{'req/s':>10s}"
                 f"{'x without':>11s}{'CPU s/10k':>11s}{'x without':>11s}")
-        L.append(head)
-        L.append("  " + "-" * (len(head) - 2))
+        table_head(L, head)
         w = c["without"]["keepalive"]
 
         def line(label, d, per):
@@ -1582,8 +1589,7 @@ def growth_table(res):
                   f"per worker: its thread's CPU over the requests it served)"]
         head = (f"  {'workers':>8s}{'req/s':>12s}{f'x ({first})':>9s}{'CPU s/10k':>12s}{f'x ({first})':>9s}"
                 f"{'host busy':>11s}{'scaling':>9s}  per worker (requests, CPU s/10k)")
-        L.append(head)
-        L.append("  " + "-" * (len(head) - 2))
+        table_head(L, head)
         for n in w["counts"]:
             v = w["summary"][str(n)]
             per = ", ".join(f"w{k}: {fmt(x['requests'])} req {fmt(x['cpu_s_per_10k'], 3)}"
