@@ -362,9 +362,11 @@ std::vector<UpstreamHostView> Daemon::poolHosts() {
 // The workers' loops end once their sessions are gone (shutdown() drained
 // them); one still busy after the grace makes the exit a forced one.
 void Daemon::stopWorkers() {
+  for (auto& w : workers_) w->release();
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(2);
   for (auto& w : workers_)
-    if (!w->stop(std::chrono::seconds(2))) {
-      log::warn("worker {} did not finish in time", w->index);
+    if (!w->finish(deadline)) {
+      log::warn("worker {} did not finish in time: stopped", w->index);
       forced_ = true;
     }
 }

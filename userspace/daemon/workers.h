@@ -85,14 +85,20 @@ struct Worker {
     return result.get();
   }
 
-  // Lets the loop end once its work is done; true when it did within `grace`.
-  bool stop(std::chrono::milliseconds grace) {
+  // Lets the loop end once its work is done (every worker is told before
+  // any is waited for: one grace for all, not one each).
+  void release() { guard.reset(); }
+  // True when the loop ended by `deadline`; otherwise it is stopped (the
+  // handler running now finishes, no other runs).
+  bool finish(std::chrono::steady_clock::time_point deadline) {
     if (!running) return true;
-    guard.reset();
-    if (endedFuture.wait_for(grace) != std::future_status::ready) return false;
+    const bool ended = endedFuture.wait_until(deadline) == std::future_status::ready;
+    if (!ended) io.stop();
+    // Joined either way: nothing the daemon tears down next (the audit
+    // log's observer, approvals' onChange) may still be in use here.
     thread.join();
     running = false;
-    return true;
+    return ended;
   }
 };
 

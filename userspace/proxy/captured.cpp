@@ -57,6 +57,7 @@ bool Captured::mayUseLocked(std::string_view owner, std::string_view agent) cons
 }
 
 void Captured::reindex() {
+  std::lock_guard order(reindexMu_);
   auto all = vault_->list();
   std::map<std::string, std::multiset<std::string>, std::less<>> owners;
   if (all) {
@@ -170,7 +171,7 @@ std::shared_ptr<const CredentialRuntime> Captured::runtimeNamed(std::string_view
 
 Result<void> Captured::store(capture::Minted& m) {
   if (auto r = vault_->put(m.entry, m.secret, m.phantom); !r) return r;
-  ++capturedCount_;
+  capturedCount_.fetch_add(1, std::memory_order_relaxed);
   if (m.entry.kind == vault::Kind::ApiKey) reindex();
   return {};
 }

@@ -11,6 +11,7 @@
 // in memory, since every unauthenticated request asks "does this agent hold
 // a captured API key?". Thread-safe.
 
+#include <atomic>
 #include <chrono>
 #include <map>
 #include <memory>
@@ -86,7 +87,7 @@ class Captured {
 
   Result<std::vector<vault::Entry>> list();
   const credentials::DigestNonces& nonces() const { return nonces_; }
-  std::uint64_t captured() const { return capturedCount_; }
+  std::uint64_t captured() const { return capturedCount_.load(std::memory_order_relaxed); }
 
  private:
   void reindex();
@@ -104,7 +105,10 @@ class Captured {
   bool challengeHolders_ = true;
   std::map<std::string, std::multiset<std::string>, std::less<>> apiKeyOwners_;  // host -> owners
   std::map<std::string, std::shared_ptr<const CredentialRuntime>, std::less<>> runtimes_;
-  std::uint64_t capturedCount_ = 0;
+  std::atomic<std::uint64_t> capturedCount_{0};
+  // Held across a whole reindex (the vault read and the install): two
+  // workers capturing at once install their indexes in the order they read.
+  std::mutex reindexMu_;
 };
 
 }  // namespace atlasgate::proxy

@@ -208,17 +208,23 @@ asio::awaitable<void> Server::acceptLoop(tcp::acceptor& acceptor, std::uint64_t 
     flow.agent = agents_.lookup(origin->cgroup_id);
     flow.originalDst = originalEndpoint(*origin);
     flow.comm.assign(origin->comm, strnlen(origin->comm, sizeof origin->comm));
-    if (flow.agent.guarded && heldForDiscovery_ < runtime()->config->limits.maxConnectionsPerAgent) {
+    if (flow.agent.guarded && holdForDiscovery(runtime()->config->limits.maxConnectionsPerAgent)) {
       // Under a guard, not named yet (a container just started or restarted):
       // wait, off the accept loop, for discovery to name it. (At most
-      // max_connections_per_agent wait at once: unnamed, they share one cap.)
+      // max_connections_per_agent wait at once, over all workers: unnamed,
+      // they share one cap.)
       counters_.add(Counter::HeldForDiscovery);
-      ++heldForDiscovery_;
       asio::co_spawn(io_, awaitNamed(std::move(sock), std::move(flow)), asio::detached);
       continue;
     }
     admit(std::move(sock), std::move(flow));
   }
+}
+
+bool Server::holdForDiscovery(std::uint32_t cap) {
+  if (shared_->heldForDiscovery.fetch_add(1, std::memory_order_relaxed) < cap) return true;
+  shared_->heldForDiscovery.fetch_sub(1, std::memory_order_relaxed);
+  return false;
 }
 
 asio::awaitable<void> Server::awaitNamed(tcp::socket sock, Flow flow) {
@@ -230,7 +236,7 @@ asio::awaitable<void> Server::awaitNamed(tcp::socket sock, Flow flow) {
     if (!sock.is_open()) co_return;
     flow.agent = agents_.lookup(flow.origin.cgroup_id);
   }
-  --heldForDiscovery_;
+  shared_->heldForDiscovery.fetch_sub(1, std::memory_order_relaxed);
   admit(std::move(sock), std::move(flow));
 }
 

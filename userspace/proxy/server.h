@@ -92,6 +92,9 @@ struct ServerShared {
   std::mutex mu;
   std::uint64_t live = 0;
   std::map<std::string, std::uint32_t, std::less<>> perAgent;  // by agent key
+  // Flows waiting in awaitNamed() now, on every worker: unnamed, they share
+  // one max_connections_per_agent.
+  std::atomic<std::uint32_t> heldForDiscovery{0};
 };
 
 // One event loop's server. The daemon's own (worker 0) serves everything;
@@ -163,6 +166,8 @@ class Server {
   // every 20 ms, up to the settle time, then admit() (which refuses it if
   // it is still unnamed).
   asio::awaitable<void> awaitNamed(tcp::socket sock, Flow flow);
+  // Takes one of the `cap` places for such flows; false when all are taken.
+  bool holdForDiscovery(std::uint32_t cap);
   asio::awaitable<void> serve(tcp::socket socket, Flow flow);
   // intercept: all-tls: peek at the SNI; terminate a target, splice the rest.
   asio::awaitable<void> classify(tcp::socket socket, Flow flow);
@@ -259,7 +264,6 @@ class Server {
   std::chrono::steady_clock::time_point lastLimitWarning_{};
   std::chrono::steady_clock::time_point lastUnknownWarning_{};
   std::chrono::milliseconds discoverySettle_{3000};
-  std::uint32_t heldForDiscovery_ = 0;  // flows waiting in awaitNamed() now
   Counters counters_;
   Captured* captured_ = nullptr;
   RequestMetrics metrics_;
