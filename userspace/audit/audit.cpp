@@ -4,7 +4,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <charconv>
 #include <ctime>
+#include <type_traits>
 #include <filesystem>
 #include <iterator>
 #include <memory>
@@ -14,30 +16,66 @@
 
 namespace atlasgate::audit {
 
-std::string toJson(const Record& r) {
+namespace {
+
+// "2026-12-01T08:38:25": formatted once per second per thread (a record is
+// written on every request).
+std::string_view secondsText(std::chrono::sys_seconds whole) {
+  thread_local std::chrono::sys_seconds cached{std::chrono::seconds(-1)};
+  thread_local char text[32];
+  thread_local std::size_t size = 0;
+  if (whole != cached || size == 0) {
+    std::time_t t = std::chrono::system_clock::to_time_t(whole);
+    std::tm tm{};
+    gmtime_r(&t, &tm);
+    size = std::strftime(text, sizeof text, "%Y-%m-%dT%H:%M:%S", &tm);
+    cached = whole;
+  }
+  return {text, size};
+}
+
+template <class T>
+void appendNumber(std::string& out, T v) {
+  char buf[32];
+  std::to_chars_result r;
+  if constexpr (std::is_floating_point_v<T>)
+    r = std::to_chars(buf, buf + sizeof buf, v, std::chars_format::fixed, 2);
+  else
+    r = std::to_chars(buf, buf + sizeof buf, v);
+  out.append(buf, r.ec == std::errc() ? r.ptr : buf);
+}
+
+}  // namespace
+
+void appendJson(std::string& out, const Record& r) {
   // Whole seconds rounded down (also before 1970), then the milliseconds.
   auto whole = std::chrono::floor<std::chrono::seconds>(r.ts);
   auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(r.ts - whole).count();
-  std::time_t t = std::chrono::system_clock::to_time_t(whole);
-  std::tm tm{};
-  gmtime_r(&t, &tm);
-  char ts[40];
-  std::size_t n = std::strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%S", &tm);
-  std::snprintf(ts + n, sizeof ts - n, ".%03lldZ", static_cast<long long>(ms));
   // Written by hand rather than through json::object so that durations keep
   // a fixed two-decimal form (Boost.JSON prints doubles in exponent form),
   // and straight into one buffer: this runs once per request. Agent-controlled
   // fields (path, comm, agent and cgroup names) may hold bytes that are no
   // UTF-8: a record is always valid JSON in valid UTF-8 (appendJsonString).
-  std::string out;
-  out.reserve(384 + r.path.size() + r.cgroup.size());
+  out.reserve(out.size() + 384 + r.path.size() + r.cgroup.size());
   auto field = [&out](std::string_view key, std::string_view v) {
     out += key;
     text::appendJsonString(out, v);
   };
-  field("{\"ts\":", ts);
+  auto number = [&out](std::string_view key, auto v) {
+    out += key;
+    appendNumber(out, v);
+  };
+  out += "{\"ts\":\"";
+  out += secondsText(whole);
+  const char millis[] = {'.',
+                         static_cast<char>('0' + ms / 100),
+                         static_cast<char>('0' + ms / 10 % 10),
+                         static_cast<char>('0' + ms % 10),
+                         'Z',
+                         '"'};
+  out.append(millis, sizeof millis);
   field(",\"agent\":", r.agent);
-  fmt::format_to(std::back_inserter(out), ",\"pid\":{}", r.pid);
+  number(",\"pid\":", r.pid);
   field(",\"comm\":", r.comm);
   field(",\"cgroup\":", r.cgroup);
   field(",\"method\":", r.method);
@@ -45,9 +83,11 @@ std::string toJson(const Record& r) {
   field(",\"path\":", r.path);
   field(",\"rule\":", r.rule);
   field(",\"decision\":", r.decision);
-  fmt::format_to(std::back_inserter(out),
-                 ",\"status\":{},\"upstream_ms\":{:.2f},\"total_ms\":{:.2f},\"bytes_in\":{},\"bytes_out\":{}", r.status,
-                 r.upstreamMs, r.totalMs, r.bytesIn, r.bytesOut);
+  number(",\"status\":", r.status);
+  number(",\"upstream_ms\":", r.upstreamMs);
+  number(",\"total_ms\":", r.totalMs);
+  number(",\"bytes_in\":", r.bytesIn);
+  number(",\"bytes_out\":", r.bytesOut);
   field(",\"credential\":", r.credential);
   field(",\"dst\":", r.dst);
   if (!r.error.empty()) field(",\"error\":", r.error);
@@ -59,6 +99,11 @@ std::string toJson(const Record& r) {
     field(",\"collection\":", r.collection);
   }
   out.push_back('}');
+}
+
+std::string toJson(const Record& r) {
+  std::string out;
+  appendJson(out, r);
   return out;
 }
 
@@ -89,7 +134,10 @@ Result<void> AuditLog::reopen() {
 }
 
 void AuditLog::write(const Record& r) {
-  std::string line = toJson(r);
+  // Formatted into this thread's own buffer, which keeps its capacity.
+  thread_local std::string line;
+  line.clear();
+  appendJson(line, r);
   if (observer_) observer_(r, line);
   line.push_back('\n');
   std::lock_guard lock(mu_);
@@ -105,7 +153,10 @@ void AuditLog::write(const Record& r) {
     pendingRecords_ = 0;
   } else if (!flushQueued_) {
     flushQueued_ = true;
-    defer_([this] { flush(); });
+    const auto quiet = std::chrono::steady_clock::now() - lastWrite_;
+    const auto delay = quiet >= kLinger ? std::chrono::microseconds(0)
+                                        : kLinger - std::chrono::duration_cast<std::chrono::microseconds>(quiet);
+    defer_(delay, [this] { flush(); });
   }
 }
 
@@ -120,8 +171,7 @@ void AuditLog::flush() {
 
 void AuditLog::writeLocked(std::string_view line, std::uint64_t records) {
   int fd = path_ == "-" ? STDOUT_FILENO : fd_;
-  struct stat st {};
-  bool regular = ::fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
+  lastWrite_ = std::chrono::steady_clock::now();
   // O_APPEND + one write(2): a record is never torn by another writer.
   ssize_t n = ::write(fd, line.data(), line.size());
   if (n == static_cast<ssize_t>(line.size())) {
@@ -130,7 +180,9 @@ void AuditLog::writeLocked(std::string_view line, std::uint64_t records) {
   }
   // A full disk: cut the fragment off again, so that the log stays one whole
   // JSON object per line and the next record does not glue onto it.
-  if (n > 0 && regular && ::ftruncate(fd, st.st_size) != 0) {
+  struct stat st {};
+  if (n > 0 && ::fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size >= n &&
+      ::ftruncate(fd, st.st_size - n) != 0) {
     static const char nl = '\n';
     (void)!::write(fd, &nl, 1);
   }

@@ -249,6 +249,7 @@ class Daemon {
   };
   std::map<std::uint64_t, NetnsFailure> netnsErrors_;  // by inode: the last failure, for health()
   asio::steady_timer netnsTimer_{io_};
+  asio::steady_timer auditTimer_{io_};  // the audit log's deferred flush (one at a time)
 };
 
 Result<void> Daemon::start() {
@@ -277,8 +278,15 @@ Result<void> Daemon::start() {
   auto audit = audit::AuditLog::open(config_->auditLog);
   if (!audit) return audit.error();
   audit_ = std::move(audit.value());
-  // Records finished in one turn of the loop go out in one write(2).
-  audit_->setDeferrer([this](std::function<void()> f) { asio::post(io_, std::move(f)); });
+  // Records go out in batches (audit.h): a flush after this turn of the
+  // loop, or, while records keep coming, after the audit log's linger.
+  audit_->setDeferrer([this](std::chrono::microseconds delay, std::function<void()> f) {
+    asio::post(io_, [this, delay, f = std::move(f)]() mutable {
+      if (delay.count() == 0) return f();
+      auditTimer_.expires_after(delay);
+      auditTimer_.async_wait([f = std::move(f)](beast::error_code) { f(); });
+    });
+  });
   auto rt = buildRuntime(config_, nullptr);
   if (!rt) return rt.error();
   if (auto r = startKernel(*rt); !r) return r;

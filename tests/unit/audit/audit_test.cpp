@@ -9,11 +9,14 @@
 
 #include <boost/json/parse.hpp>
 #include <boost/json/value.hpp>
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <thread>
+#include <utility>
 
 #include "audit/audit.h"
 #include "common/text.h"
@@ -264,7 +267,7 @@ TEST(AuditLogBatches, GatheredRecordsGoOutInOneFlush) {
   auto log = audit::AuditLog::open(path);
   ASSERT_TRUE(log);
   std::vector<std::function<void()>> queued;
-  (*log)->setDeferrer([&](std::function<void()> f) { queued.push_back(std::move(f)); });
+  (*log)->setDeferrer([&](std::chrono::microseconds, std::function<void()> f) { queued.push_back(std::move(f)); });
   std::vector<std::string> seen;
   (*log)->setObserver([&](const audit::Record&, std::string_view json) { seen.emplace_back(json); });
   audit::Record a = sample(), b = sample();
@@ -294,7 +297,7 @@ TEST(AuditLogBatches, ABigBatchIsWrittenWithoutWaiting) {
   auto log = audit::AuditLog::open(path);
   ASSERT_TRUE(log);
   int queued = 0;
-  (*log)->setDeferrer([&](std::function<void()>) { ++queued; });
+  (*log)->setDeferrer([&](std::chrono::microseconds, std::function<void()>) { ++queued; });
   audit::Record r = sample();
   r.path = std::string(1000, 'p');
   const std::size_t lineBytes = audit::toJson(r).size() + 1;
@@ -305,12 +308,45 @@ TEST(AuditLogBatches, ABigBatchIsWrittenWithoutWaiting) {
   EXPECT_EQ(queued, 1);
 }
 
+// A record after a quiet spell is flushed at once (the next loop turn); one
+// that follows a write by less than the linger waits out the rest of it.
+TEST(AuditLogBatches, UnderLoadBatchesWaitOutTheLinger) {
+  TempDir dir;
+  std::string path = dir.file("audit.log");
+  auto log = audit::AuditLog::open(path);
+  ASSERT_TRUE(log);
+  std::vector<std::pair<std::chrono::microseconds, std::function<void()>>> queued;
+  (*log)->setDeferrer(
+      [&](std::chrono::microseconds delay, std::function<void()> f) { queued.emplace_back(delay, std::move(f)); });
+  const auto linger = audit::AuditLog::kLinger;
+  (*log)->write(sample());
+  ASSERT_EQ(queued.size(), 1u);
+  EXPECT_EQ(queued[0].first.count(), 0) << "nothing written before: no wait";
+  const auto before = std::chrono::steady_clock::now();
+  queued[0].second();
+  (*log)->write(sample());
+  const auto took = std::chrono::steady_clock::now() - before;
+  ASSERT_EQ(queued.size(), 2u);
+  EXPECT_LE(queued[1].first, linger);
+  if (took < linger / 2)  // (a machine that stalled for the linger owes no wait)
+    EXPECT_GE(queued[1].first, linger / 2) << "right after a write: wait";
+  queued[1].second();
+  std::this_thread::sleep_for(linger * 3);
+  (*log)->write(sample());
+  ASSERT_EQ(queued.size(), 3u);
+  EXPECT_EQ(queued[2].first.count(), 0) << "quiet again: no wait";
+  queued[2].second();
+  EXPECT_EQ((*log)->written(), 3u);
+  const std::string all = slurp(path);
+  EXPECT_EQ(std::count(all.begin(), all.end(), '\n'), 3);
+}
+
 TEST(AuditLogBatches, AFullDiskLosesTheWholeBatchCounted) {
   if (::access("/dev/full", W_OK) != 0) GTEST_SKIP() << "no writable /dev/full";
   auto log = audit::AuditLog::open("/dev/full");
   ASSERT_TRUE(log);
   std::function<void()> flush;
-  (*log)->setDeferrer([&](std::function<void()> f) { flush = std::move(f); });
+  (*log)->setDeferrer([&](std::chrono::microseconds, std::function<void()> f) { flush = std::move(f); });
   for (int i = 0; i < 4; ++i) (*log)->write(sample());
   flush();
   EXPECT_EQ((*log)->written(), 0u);
