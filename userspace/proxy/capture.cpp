@@ -119,6 +119,9 @@ std::optional<Plan> planForSegments(std::string_view method, const Segments& all
 }  // namespace
 
 std::optional<Plan> planFor(std::string_view method, std::string_view target) {
+  // Only these mint or drop a credential (planForSegments): a GET costs no
+  // second reading of its path.
+  if (!iequals(method, "POST") && !iequals(method, "PATCH") && !iequals(method, "DELETE")) return std::nullopt;
   auto t = policy::normalizeTarget(target);
   if (!t) return std::nullopt;  // malformed: refused before this by the rules
   // Both readings of the path (path.h): a server that drops ";params" or
@@ -275,10 +278,13 @@ bool Tripwire::hit(std::string_view piece) {
   // followed by this piece's head): longest pattern ~64 bytes, or extra.
   const std::size_t keep = std::max<std::size_t>(1024, extra_.size());
   if (scan(piece)) return true;
-  std::string seam = tail_;
-  seam.append(piece.substr(0, std::min(piece.size(), keep)));
-  bool found = scan(seam);
-  OPENSSL_cleanse(seam.data(), seam.size());
+  bool found = false;
+  if (!tail_.empty()) {  // the first piece has no seam: its head was just scanned
+    std::string seam = tail_;
+    seam.append(piece.substr(0, std::min(piece.size(), keep)));
+    found = scan(seam);
+    OPENSSL_cleanse(seam.data(), seam.size());
+  }
   if (piece.size() >= keep) {
     tail_.assign(piece.substr(piece.size() - keep));
   } else {

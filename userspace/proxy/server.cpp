@@ -10,7 +10,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <array>
 #include <cstring>
+#include <tuple>
 
 #include <openssl/crypto.h>
 
@@ -19,6 +21,7 @@
 #include "common/text.h"
 #include "credentials/digest.h"
 #include "credentials/token_provider.h"
+#include "net/http_head.h"
 #include "policy/policy.h"
 #include "proxy/captured.h"
 #include "proxy/errors.h"
@@ -393,6 +396,7 @@ struct Server::Conn {
   Session& session;
   beast::flat_buffer buffer;
   std::vector<char> relayBuf;  // response body relay, allocated at the first response, reused
+  std::string head;            // the relayed response's head, written here (net/http_head.h), reused
   const config::Limits& limits() const { return rt.config->limits; }
 };
 
@@ -542,8 +546,11 @@ asio::awaitable<std::optional<HttpRequest>> Server::readRequest(Conn& c, Exchang
     http::response<http::empty_body> cont{http::status::continue_, 11};
     co_await http::async_write(c.stream, cont, kUseTuple);
   }
-  c.stream.expires_after(limits.requestTimeout);
-  auto [bec, bn] = co_await http::async_read(c.stream, c.buffer, parser, kUseTuple);
+  beast::error_code bec;
+  if (!parser.is_done()) {  // a body follows (a request without one is done with its head)
+    c.stream.expires_after(limits.requestTimeout);
+    std::tie(bec, std::ignore) = co_await http::async_read(c.stream, c.buffer, parser, kUseTuple);
+  }
   if (bec) {
     ex.rec.decision = "malformed";
     if (std::optional<LocalResponse> refusal = readRefusal(bec, true, limits)) {
@@ -830,13 +837,22 @@ asio::awaitable<bool> Server::relay(Conn& c, Exchange& ex, upstream::Call& call,
   prepareAgentResponse(res);
   res.keep_alive(ex.keepAlive);
   if (c.relayBuf.empty()) c.relayBuf.resize(16 * 1024);
-  http::response_serializer<http::buffer_body> sr{res};
+  // The body goes on piece by piece as it arrives. A chunked one is framed
+  // again by Beast's serializer; any other goes as it came, the first piece
+  // in one write with the head.
+  const bool chunked = res.chunked();
+  std::optional<http::response_serializer<http::buffer_body>> sr;
+  if (chunked)
+    sr.emplace(res);
+  else
+    net::writeHead(c.head, res);
+  bool headSent = false;
   beast::error_code relayErr;
   bool agentFailed = false;
   bool tripped = false;  // a secret capture did not plan for: the agent gets none of it
   do {
+    std::size_t n = 0;
     if (!call.done()) {
-      std::size_t n = 0;
       if (auto ec = co_await call.readSome(c.relayBuf.data(), c.relayBuf.size(), n, limits.upstreamTimeout)) {
         relayErr = ec;
         break;
@@ -846,25 +862,30 @@ asio::awaitable<bool> Server::relay(Conn& c, Exchange& ex, upstream::Call& call,
         tripped = true;
         break;
       }
-      res.body().data = c.relayBuf.data();
-      res.body().size = n;
-      res.body().more = !call.done();
       ex.rec.bytesOut += n;
-    } else {
-      res.body().data = nullptr;
-      res.body().size = 0;
-      res.body().more = false;
     }
     c.stream.expires_after(limits.requestTimeout);
-    auto [wec, wn] = co_await http::async_write(c.stream, sr, kUseTuple);
-    if (wec && wec != http::error::need_buffer) {
+    beast::error_code wec;
+    if (chunked) {
+      res.body().data = n ? c.relayBuf.data() : nullptr;
+      res.body().size = n;
+      res.body().more = !call.done();
+      std::tie(wec, std::ignore) = co_await http::async_write(c.stream, *sr, kUseTuple);
+      if (wec == http::error::need_buffer) wec = {};
+    } else {
+      const std::array<asio::const_buffer, 2> out{headSent ? asio::const_buffer() : asio::buffer(c.head),
+                                                  asio::buffer(c.relayBuf.data(), n)};
+      std::tie(wec, std::ignore) = co_await asio::async_write(c.stream, out, kUseTuple);
+    }
+    headSent = chunked ? sr->is_header_done() : !wec;
+    if (wec) {
       relayErr = wec;
       agentFailed = true;
       break;
     }
-  } while (!call.done() || !sr.is_done());
+  } while (!call.done() || (chunked && !sr->is_done()));
 
-  if (tripped) co_return co_await tripRelay(c, ex, call, sr.is_header_done());
+  if (tripped) co_return co_await tripRelay(c, ex, call, headSent);
   if (relayErr) {
     // The agent must see a broken response, never a fabricated complete one.
     log::warn("conn {} agent {}: relaying the response failed ({} side): {}", c.flow.id, c.flow.agent.name,

@@ -1,6 +1,10 @@
 #include "upstream/call.h"
 
+#include "net/http_head.h"
+
 #include <algorithm>
+#include <array>
+#include <tuple>
 #include <vector>
 
 namespace atlasgate::upstream {
@@ -11,16 +15,23 @@ asio::awaitable<beast::error_code> Call::send(const http::request<http::string_b
                                               std::chrono::seconds timeout) {
   beast::error_code ec;
   for (int attempt = 0; attempt < 2; ++attempt) {
-    buffer_.clear();
     auto got = co_await pool_.acquire(host_, agent_);
     if (got.ec) {
       step_ = "connect";
       co_return got.ec;
     }
     conn_ = std::move(got.conn);
+    conn_->buffer.clear();
     auto& lower = beast::get_lowest_layer(conn_->stream);
     lower.expires_after(timeout);
-    auto [wec, wn] = co_await http::async_write(conn_->stream, req, kUseTuple);
+    beast::error_code wec;
+    if (req.chunked()) {  // not after prepare_payload; Beast frames it if it ever is
+      std::tie(wec, std::ignore) = co_await http::async_write(conn_->stream, req, kUseTuple);
+    } else {
+      net::writeHead(conn_->head, req);
+      const std::array<asio::const_buffer, 2> wire{asio::buffer(conn_->head), asio::buffer(req.body())};
+      std::tie(wec, std::ignore) = co_await asio::async_write(conn_->stream, wire, kUseTuple);
+    }
     if (wec) {
       step_ = "write";
       conn_.reset();
@@ -31,12 +42,12 @@ asio::awaitable<beast::error_code> Call::send(const http::request<http::string_b
     auto rec = co_await readFinalHead(req.method() == http::verb::head);
     if (rec) {
       step_ = "read";
+      const bool nothingRead = conn_->buffer.size() == 0;
       conn_.reset();
       ec = rec;
       // A keep-alive connection the target closed meanwhile: nothing of the
       // request was processed, try once on a fresh one.
-      if (got.reused && (rec == http::error::end_of_stream || rec == asio::ssl::error::stream_truncated) &&
-          buffer_.size() == 0)
+      if (got.reused && (rec == http::error::end_of_stream || rec == asio::ssl::error::stream_truncated) && nothingRead)
         continue;
       co_return ec;
     }
@@ -55,7 +66,7 @@ asio::awaitable<beast::error_code> Call::readFinalHead(bool head) {
     parser_.emplace();
     parser_->body_limit(boost::none);
     if (head) parser_->skip(true);
-    auto [ec, n] = co_await http::async_read_header(conn_->stream, buffer_, *parser_, kUseTuple);
+    auto [ec, n] = co_await http::async_read_header(conn_->stream, conn_->buffer, *parser_, kUseTuple);
     if (ec) co_return ec;
     const unsigned status = parser_->get().result_int();
     if (status == 101) co_return http::error::bad_status;
@@ -69,8 +80,17 @@ asio::awaitable<beast::error_code> Call::readSome(char* data, std::size_t size, 
   auto& body = parser_->get().body();
   body.data = data;
   body.size = size;
+  if (conn_->buffer.size() > 0 && !parser_->is_done()) {
+    // Body bytes already read with the head (a small answer is all here):
+    // parsed now, without a trip through the event loop.
+    beast::error_code ec;
+    conn_->buffer.consume(parser_->put(conn_->buffer.data(), ec));
+    if (ec == http::error::need_buffer || ec == http::error::need_more) ec = {};
+    n = ec ? 0 : size - body.size;
+    if (ec || n > 0 || parser_->is_done()) co_return ec;
+  }
   beast::get_lowest_layer(conn_->stream).expires_after(timeout);
-  auto [ec, rn] = co_await http::async_read(conn_->stream, buffer_, *parser_, kUseTuple);
+  auto [ec, rn] = co_await http::async_read(conn_->stream, conn_->buffer, *parser_, kUseTuple);
   if (ec == http::error::need_buffer) ec = {};
   n = ec ? 0 : size - body.size;
   co_return ec;
@@ -99,7 +119,7 @@ asio::awaitable<bool> Call::discardBody(std::chrono::seconds timeout) {
 void Call::finish() {
   if (!conn_) return;
   beast::get_lowest_layer(conn_->stream).expires_never();
-  if (parser_ && parser_->is_done() && keepAlive_ && buffer_.size() == 0) pool_.release(std::move(conn_));
+  if (parser_ && parser_->is_done() && keepAlive_ && conn_->buffer.size() == 0) pool_.release(std::move(conn_));
   conn_.reset();
 }
 

@@ -70,7 +70,6 @@ class Call {
   const std::string& host_;
   const std::string& agent_;
   std::unique_ptr<UpstreamConn> conn_;
-  beast::flat_buffer buffer_;
   std::optional<http::response_parser<http::buffer_body>> parser_;
   std::string step_;
   bool keepAlive_ = false;

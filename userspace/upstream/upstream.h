@@ -54,6 +54,11 @@ struct UpstreamConn {
   bool held = false;   // counted in its holder's share
   std::chrono::steady_clock::time_point idleSince{};
   std::uint64_t uses = 0;
+  // Kept with the connection, capacity and all, from request to request:
+  // what was read past the last response (empty when it is pooled) and the
+  // head of the request being written.
+  beast::flat_buffer buffer;
+  std::string head;
 };
 
 struct UpstreamLimits {
