@@ -214,6 +214,12 @@ POST /__fake/faults    JSON object; keys given are set, others kept
                                                        a 103 Early Hints before the answer
   {"body_override": {"path_prefix": "/api/atlas/v2/groups", "body": "..."}}
                                                        the answer's body replaced (status kept)
+  {"framing": {"path_prefix": "/api/atlas/v2/groups", "mode": "two_te"}}
+        a hostile answer's framing: "two_te" (Transfer-Encoding: identity and
+        then chunked; the chunk data is itself a whole second response),
+        "te_and_length" (chunked with a Content-Length too), "te_no_body" (a
+        HEAD answer that says chunked; it has no body), "until_close" (neither
+        length nor chunks: the body ends when the connection closes)
   {"cert_content_type": "application/x-pem-file"}      Content-Type of the
         X.509 certificate POST answer (null = the API's usual one)
 GET  /__fake/state     dump of the in-memory data
@@ -489,7 +495,7 @@ class State:
                 "stall_ms": 0, "stall_count": -1,
                 "reset_mid_response": 0, "close_after_headers": 0,
                 "chunked": [], "delay_response": [], "cert_content_type": None,
-                "early_hints": [], "body_override": [],
+                "early_hints": [], "body_override": [], "framing": [],
             }
             self.max_active_tokens = self.cfg.max_active_tokens
 
@@ -521,6 +527,10 @@ class State:
                 r["chunk_delay_ms"] = max(0, int(it.get("chunk_delay_ms", 0)))
             elif key == "early_hints":
                 pass
+            elif key == "framing":
+                r["mode"] = str(it.get("mode", ""))
+                if r["mode"] not in ("two_te", "te_and_length", "te_no_body", "until_close"):
+                    raise ValueError("framing mode must be two_te, te_and_length, te_no_body or until_close")
             elif key == "body_override":
                 if not isinstance(it.get("body"), str):
                     raise ValueError("body_override entries need a string body")
@@ -605,7 +615,7 @@ class State:
                         self.faults["stall_count"] = -1
                 elif key == "stall_count":
                     self.faults["stall_count"] = int(val)
-                elif key in ("chunked", "delay_response", "early_hints", "body_override"):
+                elif key in ("chunked", "delay_response", "early_hints", "body_override", "framing"):
                     self.faults[key] = self._response_rules(key, val)
                 elif key == "cert_content_type":
                     if val is not None and not isinstance(val, str):
@@ -1792,16 +1802,18 @@ class Handler(http.server.BaseHTTPRequestHandler):
                     fault = "reset_mid_response"
                 elif st._take(st.faults, "close_after_headers"):
                     fault = "close_after_headers"
-            chunk_rule = delay_rule = hints_rule = override_rule = None
+            chunk_rule = delay_rule = hints_rule = override_rule = framing_rule = None
             if not fault and e["auth"].endswith(":ok"):
                 p = e["path"].split("?", 1)[0]
                 delay_rule = st.take_rule("delay_response", p, self.command)
                 hints_rule = st.take_rule("early_hints", p, self.command)
                 override_rule = st.take_rule("body_override", p, self.command)
+                framing_rule = st.take_rule("framing", p, self.command)
                 if self.command != "HEAD" and status not in (204, 304) and status >= 200:
                     chunk_rule = st.take_rule("chunked", p, self.command)
             for f in (fault, chunk_rule and "chunked", delay_rule and "delay_response",
-                      hints_rule and "early_hints", override_rule and "body_override"):
+                      hints_rule and "early_hints", override_rule and "body_override",
+                      framing_rule and "framing"):
                 if f:
                     e["fault"] = (e["fault"] + "," + f) if e["fault"] else f
         if override_rule:
@@ -1828,6 +1840,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
             time.sleep(0.05)
         if delay_rule and delay_rule["phase"] == "before_headers":
             time.sleep(delay_rule["ms"] / 1000.0)
+        if framing_rule:
+            self.send_hostile_framing(framing_rule["mode"], status, ctype, body_out)
+            return
         self.send_response(status, reason(status))
         if data or status not in (204, 304):
             self.send_header("Content-Type", ctype)
@@ -1878,6 +1893,26 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if len(pieces) < 2 and delay_rule and delay_rule["phase"] == "mid_body":
             time.sleep(delay_rule["ms"] / 1000.0)
         self.wfile.write(b"0\r\n\r\n")
+
+    def send_hostile_framing(self, mode, status, ctype, body):
+        """An answer whose framing a proxy could read two ways (faults
+        "framing"); the connection ends after it unless it is te_no_body."""
+        head = b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\n" % (status, reason(status).encode(), ctype.encode())
+        if mode == "two_te":
+            smuggled = b"0\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"
+            out = head + b"Transfer-Encoding: identity\r\nTransfer-Encoding: chunked\r\n\r\n"
+            out += b"%x\r\n%s\r\n0\r\n\r\n" % (len(smuggled), smuggled)
+        elif mode == "te_and_length":
+            chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+            out = head + b"Transfer-Encoding: chunked\r\nContent-Length: %d\r\n\r\n" % len(chunked) + chunked
+        elif mode == "te_no_body":
+            out = head + b"Transfer-Encoding: chunked\r\n\r\n"
+        else:  # until_close
+            out = head + b"\r\n" + body
+        self.wfile.write(out)
+        self.wfile.flush()
+        if mode != "te_no_body":
+            self.close_connection = True
 
     def end_headers_with(self, data):
         """end_headers() + body in one write (one TLS record, no Nagle stall)."""

@@ -36,13 +36,16 @@ std::string_view secondsText(std::chrono::sys_seconds whole) {
 
 template <class T>
 void appendNumber(std::string& out, T v) {
-  char buf[32];
+  char buf[400];  // the longest double in fixed notation is 309 digits and its decimals
   std::to_chars_result r;
   if constexpr (std::is_floating_point_v<T>)
     r = std::to_chars(buf, buf + sizeof buf, v, std::chars_format::fixed, 2);
   else
     r = std::to_chars(buf, buf + sizeof buf, v);
-  out.append(buf, r.ec == std::errc() ? r.ptr : buf);
+  if (r.ec == std::errc())
+    out.append(buf, r.ptr);
+  else
+    out.push_back('0');  // (not reached: the buffer fits any value) still valid JSON
 }
 
 }  // namespace
@@ -180,8 +183,11 @@ void AuditLog::writeLocked(std::string_view line, std::uint64_t records) {
   }
   // A full disk: cut the fragment off again, so that the log stays one whole
   // JSON object per line and the next record does not glue onto it.
+  // Only on the file this log opened (O_APPEND, so its fragment is at the
+  // end): standard output may be shared with other writers, and has no
+  // O_APPEND.
   struct stat st {};
-  if (n > 0 && ::fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size >= n &&
+  if (n > 0 && fd == fd_ && ::fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size >= n &&
       ::ftruncate(fd, st.st_size - n) != 0) {
     static const char nl = '\n';
     (void)!::write(fd, &nl, 1);

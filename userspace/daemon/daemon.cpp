@@ -368,15 +368,26 @@ std::vector<UpstreamHostView> Daemon::poolHosts() {
 }
 
 // The workers' loops end once their sessions are gone (shutdown() drained
-// them); one still busy after the grace makes the exit a forced one.
+// them); one still busy after the grace makes the exit a forced one. One
+// whose handler does not even return then is stuck in a system call: the
+// daemon exits there, as nothing it would tear down is safe from that
+// thread (the pins stay: agents' connections are refused until a restart).
 void Daemon::stopWorkers() {
   for (auto& w : workers_) w->release();
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(2);
-  for (auto& w : workers_)
-    if (!w->finish(deadline)) {
-      log::warn("worker {} did not finish in time: stopped", w->index);
-      forced_ = true;
+  for (auto& w : workers_) {
+    switch (w->finish(deadline, std::chrono::seconds(1))) {
+      case Worker::End::InTime: break;
+      case Worker::End::Stopped:
+        log::warn("worker {} did not finish in time: stopped", w->index);
+        forced_ = true;
+        break;
+      case Worker::End::Stuck:
+        log::error("worker {} is stuck in a handler: exiting without cleanup", w->index);
+        std::fflush(nullptr);
+        std::_Exit(1);
     }
+  }
 }
 
 Result<void> Daemon::publishCa() const {

@@ -88,17 +88,27 @@ struct Worker {
   // Lets the loop end once its work is done (every worker is told before
   // any is waited for: one grace for all, not one each).
   void release() { guard.reset(); }
-  // True when the loop ended by `deadline`; otherwise it is stopped (the
-  // handler running now finishes, no other runs).
-  bool finish(std::chrono::steady_clock::time_point deadline) {
-    if (!running) return true;
-    const bool ended = endedFuture.wait_until(deadline) == std::future_status::ready;
-    if (!ended) io.stop();
-    // Joined either way: nothing the daemon tears down next (the audit
-    // log's observer, approvals' onChange) may still be in use here.
-    thread.join();
+  enum class End { InTime, Stopped, Stuck };
+  // InTime: the loop ended by `deadline`. Otherwise it is stopped (the
+  // handler running now finishes, no other runs) and joined: Stopped. Stuck:
+  // that handler did not return within `stuck` either (a write(2) to a pipe
+  // nobody reads): the thread is left, and the caller must exit at once.
+  End finish(std::chrono::steady_clock::time_point deadline, std::chrono::milliseconds stuck) {
+    if (!running) return End::InTime;
     running = false;
-    return ended;
+    if (endedFuture.wait_until(deadline) == std::future_status::ready) {
+      thread.join();
+      return End::InTime;
+    }
+    io.stop();
+    if (endedFuture.wait_for(stuck) != std::future_status::ready) {
+      thread.detach();
+      return End::Stuck;
+    }
+    // Joined: nothing the daemon tears down next (the audit log's observer,
+    // approvals' onChange) may still be in use here.
+    thread.join();
+    return End::Stopped;
   }
 };
 

@@ -117,6 +117,7 @@ class Tripwire {
 
  private:
   bool scan(std::string_view s) const;
+  static constexpr std::size_t kExtraLead = 8;  // of the extra secret's characters: enough to trip
   std::string extra_;
   std::string tail_;  // the end of the previous piece, for matches across pieces
 };

@@ -835,12 +835,17 @@ asio::awaitable<bool> Server::relay(Conn& c, Exchange& ex, upstream::Call& call,
   auto& res = call.response();
   ex.rec.status = res.result_int();
   prepareAgentResponse(res);
+  // A body that ends when the target closes ends the agent's connection too:
+  // the agent has no other way to find its end.
+  if (call.endsAtClose()) ex.keepAlive = false;
   res.keep_alive(ex.keepAlive);
   if (c.relayBuf.empty()) c.relayBuf.resize(16 * 1024);
   // The body goes on piece by piece as it arrives. A chunked one is framed
   // again by Beast's serializer; any other goes as it came, the first piece
-  // in one write with the head.
-  const bool chunked = res.chunked();
+  // in one write with the head. Framing is the parser's (the head's agrees:
+  // Call refuses a head that reads two ways); a response with no body (to
+  // HEAD, 204, 304) gets no chunks, whatever its head says.
+  const bool chunked = call.chunked() && !call.done();
   std::optional<http::response_serializer<http::buffer_body>> sr;
   if (chunked)
     sr.emplace(res);

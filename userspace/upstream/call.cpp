@@ -1,5 +1,7 @@
 #include "upstream/call.h"
 
+#include <openssl/crypto.h>
+
 #include "net/http_head.h"
 
 #include <algorithm>
@@ -31,6 +33,7 @@ asio::awaitable<beast::error_code> Call::send(const http::request<http::string_b
       net::writeHead(conn_->head, req);
       const std::array<asio::const_buffer, 2> wire{asio::buffer(conn_->head), asio::buffer(req.body())};
       std::tie(wec, std::ignore) = co_await asio::async_write(conn_->stream, wire, kUseTuple);
+      OPENSSL_cleanse(conn_->head.data(), conn_->head.size());  // it carries the credential
     }
     if (wec) {
       step_ = "write";
@@ -70,9 +73,26 @@ asio::awaitable<beast::error_code> Call::readFinalHead(bool head) {
     if (ec) co_return ec;
     const unsigned status = parser_->get().result_int();
     if (status == 101) co_return http::error::bad_status;
-    if (status >= 200) co_return beast::error_code{};
+    if (status >= 200) co_return framingError();
   }
   co_return http::error::bad_status;  // an endless run of interim answers
+}
+
+// The response's framing must read one way only, for the parser here and
+// for the agent, who gets the same head: at most one Transfer-Encoding, and
+// then exactly "chunked" and no Content-Length. (Two fields, "identity" and
+// "chunked", would be de-chunked here and read as chunked by the agent:
+// body bytes of the target's choosing would frame the agent's next response.)
+beast::error_code Call::framingError() const {
+  const auto& res = parser_->get();
+  const std::size_t te = res.count(http::field::transfer_encoding);
+  if (te == 0) return {};
+  std::string_view v = res[http::field::transfer_encoding];
+  while (!v.empty() && (v.front() == ' ' || v.front() == '\t')) v.remove_prefix(1);
+  while (!v.empty() && (v.back() == ' ' || v.back() == '\t')) v.remove_suffix(1);
+  if (te > 1 || !beast::iequals(v, "chunked") || res.count(http::field::content_length) > 0)
+    return http::error::bad_transfer_encoding;
+  return {};
 }
 
 asio::awaitable<beast::error_code> Call::readSome(char* data, std::size_t size, std::size_t& n,
@@ -119,7 +139,10 @@ asio::awaitable<bool> Call::discardBody(std::chrono::seconds timeout) {
 void Call::finish() {
   if (!conn_) return;
   beast::get_lowest_layer(conn_->stream).expires_never();
-  if (parser_ && parser_->is_done() && keepAlive_ && conn_->buffer.size() == 0) pool_.release(std::move(conn_));
+  if (parser_ && parser_->is_done() && keepAlive_ && conn_->buffer.size() == 0) {
+    conn_->scrub();  // what it read (a minted secret, say) does not wait in the pool
+    pool_.release(std::move(conn_));
+  }
   conn_.reset();
 }
 

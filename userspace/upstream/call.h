@@ -47,6 +47,12 @@ class Call {
   // The response: head after send(); body pieces land where readSome puts them.
   http::response<http::buffer_body>& response() { return parser_->get(); }
   bool done() const { return parser_->is_done(); }
+  // The body is framed by chunks (false: by Content-Length, or by the end of
+  // the connection, or there is none).
+  bool chunked() const { return parser_->chunked(); }
+  // The body runs until the target closes the connection (neither length
+  // nor chunks): the agent's connection must end with it.
+  bool endsAtClose() const { return !parser_->is_done() && !parser_->chunked() && !parser_->content_length(); }
   // Reads the next piece of the body into [data, data+size); n is how much.
   asio::awaitable<beast::error_code> readSome(char* data, std::size_t size, std::size_t& n,
                                               std::chrono::seconds timeout);
@@ -65,6 +71,7 @@ class Call {
  private:
   // The response head after any 1xx interim answers.
   asio::awaitable<beast::error_code> readFinalHead(bool head);
+  beast::error_code framingError() const;
 
   UpstreamPool& pool_;
   const std::string& host_;

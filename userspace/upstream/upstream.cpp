@@ -1,5 +1,6 @@
 #include "upstream/upstream.h"
 
+#include <openssl/crypto.h>
 #include <openssl/ssl.h>
 
 #include <algorithm>
@@ -149,7 +150,15 @@ UpstreamConn::UpstreamConn(asio::any_io_executor ex, ssl::context& ctx, std::sha
     : stream(tcp::socket(std::move(ex)), ctx), owner(std::move(o)) {}
 
 UpstreamConn::~UpstreamConn() {
+  scrub();
   if (owner) owner->slotFreed(*this);
+}
+
+void UpstreamConn::scrub() {
+  buffer.clear();
+  auto all = buffer.prepare(buffer.capacity());  // the storage it has: nothing is allocated
+  OPENSSL_cleanse(all.data(), all.size());
+  OPENSSL_cleanse(head.data(), head.size());
 }
 
 void UpstreamHost::maybeConnect() {

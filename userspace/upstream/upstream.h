@@ -59,6 +59,8 @@ struct UpstreamConn {
   // head of the request being written.
   beast::flat_buffer buffer;
   std::string head;
+  // Zeroes the buffer's storage (what was read through it is decrypted).
+  void scrub();
 };
 
 struct UpstreamLimits {

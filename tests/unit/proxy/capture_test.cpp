@@ -1000,7 +1000,7 @@ TEST(CaptureTripwire, MintedSecretsTripItMaskedOnesDoNot) {
     EXPECT_FALSE(trips(maskedSa2, size));
     EXPECT_FALSE(trips(b.cert, size));
     EXPECT_FALSE(trips(R"({"results":[{"name":"Cluster0"}],"totalCount":1})", size));
-    EXPECT_FALSE(trips(R"({"user":"bob","note":"pw is Xy7Qw2Lk"})", size, "Xy7Qw2Lk9"));
+    EXPECT_FALSE(trips(R"({"user":"bob","note":"pw is Xy7Qw2L"})", size, "Xy7Qw2Lk9"));
   }
 }
 
@@ -1012,6 +1012,20 @@ TEST(CaptureTripwire, ASecretSplitAcrossManyPiecesIsFound) {
   const std::string withExtra = "{\"x\":\"" + longExtra + "\"}";
   for (std::size_t size : {std::size_t(1), std::size_t(3), std::size_t(64), std::size_t(199)})
     EXPECT_TRUE(trips(withExtra, size, longExtra)) << size;
+}
+
+TEST(CaptureTripwire, APieceEndingInsideTheExtraSecretTripsItself) {
+  // The piece that would carry the password's start trips: the next piece,
+  // with the rest, is not needed to see it (and nothing of it goes out).
+  const std::string password = strongPassword();
+  for (std::size_t cut = 8; cut < password.size(); ++cut) {
+    Tripwire w(password);
+    EXPECT_TRUE(w.hit("{\"password\":\"" + password.substr(0, cut))) << cut;
+  }
+  // Fewer than 8 of its characters at a piece's end do not trip it (yet).
+  Tripwire w(password);
+  EXPECT_FALSE(w.hit("{\"password\":\"" + password.substr(0, 7)));
+  EXPECT_TRUE(w.hit(password.substr(7)));
 }
 
 TEST(CaptureTripwire, ALongRunOfBlanksBeforeTheValueDoesNotHideIt) {
