@@ -155,7 +155,6 @@ inline bool isHazardous(char32_t c) {
   return false;
 }
 
-// ASCII whitespace: space, \t, \n, \r, \v, \f.
 // ASCII case-insensitive equality (header names, auth schemes, tokens). Not
 // boost::beast::iequals: in Boost 1.81 it reads one byte past the end when
 // the strings differ only in the case of their last character (found by
@@ -171,7 +170,15 @@ inline bool iequals(std::string_view a, std::string_view b) {
   return true;
 }
 
+// ASCII whitespace: space, \t, \n, \r, \v, \f.
 inline bool isAsciiBlank(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f'; }
+
+// s without the spaces and tabs around it (HTTP's optional whitespace).
+inline std::string_view trimOws(std::string_view s) {
+  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
+  while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
+  return s;
+}
 
 namespace detail {
 inline constexpr std::size_t kMaxBlankRun = 8;

@@ -78,10 +78,8 @@ RequestCheck checkRequest(http::request<http::string_body>& req, std::string_vie
   if (req.count(http::field::transfer_encoding) > 0) {
     // Only plain chunked framing is understood end to end; anything else
     // ("gzip, chunked") would reach Atlas with framing we did not check.
-    std::string_view te = req[http::field::transfer_encoding];
-    while (!te.empty() && (te.front() == ' ' || te.front() == '\t')) te.remove_prefix(1);
-    while (!te.empty() && (te.back() == ' ' || te.back() == '\t')) te.remove_suffix(1);
-    if (req.count(http::field::transfer_encoding) > 1 || !iequals(te, "chunked"))
+    if (req.count(http::field::transfer_encoding) > 1 ||
+        !iequals(text::trimOws(req[http::field::transfer_encoding]), "chunked"))
       return fail(Refusal::NotImplemented, "Only Transfer-Encoding: chunked is supported.");
   }
 

@@ -1,7 +1,6 @@
 #include "upstream/call.h"
 
-#include <openssl/crypto.h>
-
+#include "common/text.h"
 #include "net/http_head.h"
 
 #include <algorithm>
@@ -32,8 +31,9 @@ asio::awaitable<beast::error_code> Call::send(const http::request<http::string_b
     } else {
       net::writeHead(conn_->head, req);
       const std::array<asio::const_buffer, 2> wire{asio::buffer(conn_->head), asio::buffer(req.body())};
+      // The head carries the credential: conn_->scrub() cleanses it when
+      // the connection goes back to the pool or away.
       std::tie(wec, std::ignore) = co_await asio::async_write(conn_->stream, wire, kUseTuple);
-      OPENSSL_cleanse(conn_->head.data(), conn_->head.size());  // it carries the credential
     }
     if (wec) {
       step_ = "write";
@@ -87,10 +87,8 @@ beast::error_code Call::framingError() const {
   const auto& res = parser_->get();
   const std::size_t te = res.count(http::field::transfer_encoding);
   if (te == 0) return {};
-  std::string_view v = res[http::field::transfer_encoding];
-  while (!v.empty() && (v.front() == ' ' || v.front() == '\t')) v.remove_prefix(1);
-  while (!v.empty() && (v.back() == ' ' || v.back() == '\t')) v.remove_suffix(1);
-  if (te > 1 || !beast::iequals(v, "chunked") || res.count(http::field::content_length) > 0)
+  if (te > 1 || !text::iequals(text::trimOws(res[http::field::transfer_encoding]), "chunked") ||
+      res.count(http::field::content_length) > 0)
     return http::error::bad_transfer_encoding;
   return {};
 }
