@@ -39,16 +39,11 @@ std::string healthBody(const std::vector<std::string>& problems) {
 }
 
 bool bearerMatches(std::string_view authorization, std::string_view token) {
-  auto trim = [](std::string_view v) {
-    while (!v.empty() && (v.front() == ' ' || v.front() == '\t')) v.remove_prefix(1);
-    while (!v.empty() && (v.back() == ' ' || v.back() == '\t')) v.remove_suffix(1);
-    return v;
-  };
-  authorization = trim(authorization);
+  authorization = text::trimOws(authorization);
   std::string_view presented;
   // Not secret: whether the header has the Bearer form at all.
   if (authorization.size() > 7 && asciiIEqual(authorization.substr(0, 7), "bearer ")) {
-    presented = trim(authorization.substr(7));
+    presented = text::trimOws(authorization.substr(7));
   }
   // Hash both so that the comparison takes the same time for every guess,
   // whatever its length; CRYPTO_memcmp does not stop at the first difference.

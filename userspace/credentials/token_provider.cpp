@@ -68,9 +68,7 @@ std::optional<std::string> formDecode(std::string_view s) {
 
 std::optional<ClientCredentials> parseBasicCredentials(std::string_view a) {
   if (a.size() > 4096 || a.size() < 6 || !text::iequals(a.substr(0, 6), "basic ")) return std::nullopt;
-  std::string_view b64 = a.substr(6);
-  while (!b64.empty() && (b64.front() == ' ' || b64.front() == '\t')) b64.remove_prefix(1);
-  while (!b64.empty() && (b64.back() == ' ' || b64.back() == '\t')) b64.remove_suffix(1);
+  std::string_view b64 = text::trimOws(a.substr(6));
   if (b64.empty() || b64.size() % 4 != 0) return std::nullopt;
   // '=' only as padding, at the very end (EVP_DecodeBlock would take it inside).
   if (std::size_t eq = b64.find('=');

@@ -204,9 +204,7 @@ LocalResponse oauthAnswer(const HttpRequest& req, bool token, const ExchangeCont
 std::optional<LocalResponse> phantomRefusal(const HttpRequest& req, const ExchangeContext& ctx, std::string& bound) {
   std::string_view authz = req[http::field::authorization];
   if (authz.size() <= 7 || !iequals(authz.substr(0, 7), "bearer ")) return std::nullopt;
-  std::string_view token = authz.substr(7);
-  while (!token.empty() && (token.front() == ' ' || token.front() == '\t')) token.remove_prefix(1);
-  while (!token.empty() && (token.back() == ' ' || token.back() == '\t')) token.remove_suffix(1);
+  std::string_view token = text::trimOws(authz.substr(7));
   using credentials::PhantomCheck;
   PhantomCheck pc = ctx.phantoms.check(token, ctx.flow.agent.key, ctx.now, &bound);
   if (pc == PhantomCheck::NotPhantom || pc == PhantomCheck::Valid) return std::nullopt;
